@@ -1,0 +1,1 @@
+"""The gateway role: admission, dispatch of jobs to runners, stop and feedback (the control plane)."""

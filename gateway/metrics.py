@@ -1,0 +1,40 @@
+"""Prometheus metrics of one gateway process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class GatewayMetrics:
+    """Counters and gauges a gateway keeps, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.streams_created = Counter("tokenrelay_gateway_streams_created", "Streams admitted", registry=r)
+        self.streams_queued = Gauge(
+            "tokenrelay_gateway_streams_queued", "Streams waiting for a runner", registry=r
+        )
+        self.errors = Counter("tokenrelay_gateway_errors", "Errors answered, by code", ["code"], registry=r)
+        self.control_sockets = Gauge(
+            "tokenrelay_gateway_control_sockets_open", "Control WebSockets open now", registry=r
+        )
+        self.control_messages = Counter(
+            "tokenrelay_gateway_control_messages", "Control messages by type", ["type"], registry=r
+        )
+        self.dispatch_seconds = Histogram(
+            "tokenrelay_gateway_dispatch_seconds", "Stream admitted -> a runner accepted it",
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.stop_seconds = Histogram(
+            "tokenrelay_gateway_stop_seconds", "Stop received -> owner confirmed the halt",
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.runners_available = Gauge(
+            "tokenrelay_gateway_runners_available", "Runners heard from recently", registry=r
+        )
+        self.feedback = Counter(
+            "tokenrelay_gateway_feedback", "Feedback stored, by rating", ["rating"], registry=r
+        )

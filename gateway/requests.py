@@ -1,0 +1,94 @@
+"""Sans-I/O validation of a new stream's body (``POST /v1/streams`` and the WS ``start`` message)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tokenrelay.errors import BadRequest
+from tokenrelay.messages import ChatMessage
+
+ROLES = frozenset({"system", "user", "assistant"})
+MAX_MODEL_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamRequest:
+    """A validated request for a new stream."""
+
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    model: str | None
+
+
+def parse_json_object(body: bytes | str) -> dict[str, Any]:
+    """Parse a JSON object body or raise ``bad_request``."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("the body must be a JSON object")
+    return obj
+
+
+def parse_stream_request(
+    obj: dict[str, Any], *, default_max_tokens: int, max_tokens_limit: int
+) -> StreamRequest:
+    """Validate ``{"messages": [...] | "prompt": "...", "max_tokens"?, "model"?}``.
+
+    ``max_tokens`` must be an integer in ``1..max_tokens_limit``; unknown fields are ignored.
+    """
+    return StreamRequest(
+        messages=_messages(obj),
+        max_tokens=_max_tokens(obj.get("max_tokens"), default_max_tokens, max_tokens_limit),
+        model=_model(obj.get("model")),
+    )
+
+
+def _messages(obj: dict[str, Any]) -> tuple[ChatMessage, ...]:
+    messages, prompt = obj.get("messages"), obj.get("prompt")
+    if messages is not None and prompt is not None:
+        raise BadRequest("give either messages or prompt, not both")
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt:
+            raise BadRequest("prompt must be a non-empty string")
+        return (ChatMessage(role="user", content=prompt),)
+    if messages is None:
+        raise BadRequest("messages or prompt is required")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty array")
+    return tuple(_message(i, m) for i, m in enumerate(messages))
+
+
+def _message(i: int, item: Any) -> ChatMessage:
+    if not isinstance(item, dict):
+        raise BadRequest(f"messages[{i}] must be an object")
+    role, content = item.get("role"), item.get("content")
+    if role not in ROLES:
+        raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
+    if not isinstance(content, str):
+        raise BadRequest(f"messages[{i}].content must be a string")
+    return ChatMessage(role=role, content=content)
+
+
+def _max_tokens(value: Any, default: int, limit: int) -> int:
+    if value is None:
+        return min(default, limit)
+    if type(value) is not int:
+        raise BadRequest("max_tokens must be an integer")
+    if value < 1:
+        raise BadRequest("max_tokens must be at least 1")
+    if value > limit:
+        raise BadRequest(f"max_tokens must be at most {limit}")
+    return value
+
+
+def _model(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_MODEL_CHARS:
+        raise BadRequest(f"model must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
+    return value

@@ -1,0 +1,334 @@
+"""The gateway's core: admit streams, dispatch them to runners, stop them, report them.
+
+Ownership: while a stream waits for a runner it is owned by the gateway that admitted it
+(cancels reach it on ``tokenrelay.gateway.<id>.cancel``); once a runner accepts, that runner
+owns it (``tokenrelay.runner.<id>.cancel``).  Exactly one owner answers a stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from gateway.metrics import GatewayMetrics
+from gateway.requests import StreamRequest
+from tokenrelay import codec, subjects
+from tokenrelay.codec import CodecError
+from tokenrelay.config import GatewayConfig
+from tokenrelay.errors import ErrorCode, NotFound, Overloaded, Unavailable
+from tokenrelay.messages import (
+    CancelReason,
+    CancelReply,
+    CancelRequest,
+    Feedback,
+    FinishReason,
+    JobAccepted,
+    JobRequest,
+    RunnerHeartbeat,
+    StreamEnd,
+    StreamError,
+    StreamRecord,
+    StreamStart,
+    StreamState,
+)
+
+log = logging.getLogger(__name__)
+
+DISPATCH_BACKOFF_MIN_S = 0.005
+DISPATCH_BACKOFF_MAX_S = 0.1
+OWNER_MEMORY_STREAMS = 100_000
+"""Runner ids of this many recently dispatched streams are kept, to route stops without a KV read."""
+DEFAULT_MODEL = "synthetic"
+
+
+@dataclass(frozen=True, slots=True)
+class StopResult:
+    """What a stop answers: the stream's final state."""
+
+    stream_id: str
+    finish_reason: FinishReason | None
+    tokens: int
+
+
+@dataclass
+class _Queued:
+    job: JobRequest
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_reason: CancelReason = CancelReason.CLIENT
+    result: asyncio.Future[StopResult] | None = None
+
+
+class StreamManager:
+    """Admission, dispatch and stop for the streams of one gateway."""
+
+    def __init__(
+        self, config: GatewayConfig, *, nc: NATS, kv: KeyValue, metrics: GatewayMetrics, gateway_id: str
+    ) -> None:
+        self.config = config
+        self.gateway_id = gateway_id
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self._kv = kv
+        self._metrics = metrics
+        self._queued: dict[str, _Queued] = {}
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._runners: dict[str, tuple[RunnerHeartbeat, float]] = {}
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Listen to runner heartbeats and to cancels for streams queued here."""
+        self._subs.append(await self._nc.subscribe(subjects.RUNNER_HEARTBEAT, cb=self._on_heartbeat))
+        self._subs.append(
+            await self._nc.subscribe(subjects.gateway_cancel(self.gateway_id), cb=self._on_cancel_request)
+        )
+        await self._nc.flush()
+
+    async def close(self) -> None:
+        """Stop listening and abandon dispatches in flight."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- runners -----------------------------------------------------------------------------
+
+    def live_runners(self) -> list[RunnerHeartbeat]:
+        """Runners heard from within ``runner_stale_after_s``."""
+        horizon = time.monotonic() - self.config.runner_stale_after_s
+        return [beat for beat, seen in self._runners.values() if seen >= horizon]
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = codec.decode_as(msg.data, RunnerHeartbeat)
+        except CodecError:
+            return
+        self._runners[beat.runner_id] = (beat, time.monotonic())
+        self._metrics.runners_available.set(len(self.live_runners()))
+
+    # -- create and dispatch -------------------------------------------------------------------
+
+    async def create(self, request: StreamRequest) -> StreamRecord:
+        """Admit a stream: record it as queued and start dispatching it to a runner."""
+        if len(self._queued) >= self.config.max_queued_streams:
+            raise Overloaded("too many streams are waiting for a runner", retry_after_s=1)
+        live = self.live_runners()
+        if not live:
+            raise Unavailable("no runner is available")
+        stream_id = subjects.new_stream_id()
+        model = request.model or live[0].model or DEFAULT_MODEL
+        job = JobRequest(
+            stream_id=stream_id,
+            epoch=secrets.token_hex(4),
+            gateway_id=self.gateway_id,
+            model=model,
+            messages=request.messages,
+            max_tokens=request.max_tokens,
+            created=int(time.time()),
+        )
+        record = StreamRecord(
+            stream_id=stream_id,
+            state=StreamState.QUEUED,
+            model=model,
+            created=job.created,
+            epoch=job.epoch,
+            gateway_id=self.gateway_id,
+        )
+        await self._kv.create(stream_id, codec.encode(record))
+        self._queued[stream_id] = _Queued(job)
+        self._metrics.streams_queued.set(len(self._queued))
+        self._metrics.streams_created.inc()
+        task = asyncio.create_task(self._dispatch(self._queued[stream_id]), name=f"dispatch-{stream_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        log.info("stream %s created model=%s max_tokens=%d", stream_id, model, job.max_tokens)
+        return record
+
+    async def _dispatch(self, queued: _Queued) -> None:
+        job = queued.job
+        started = time.monotonic()
+        deadline = started + self.config.queue_timeout_s
+        backoff_s = DISPATCH_BACKOFF_MIN_S
+        try:
+            while not queued.cancel.is_set():
+                runner_id = await self._offer(job)
+                if runner_id is not None:
+                    self._metrics.dispatch_seconds.observe(time.monotonic() - started)
+                    self._remember_owner(job.stream_id, runner_id)
+                    if queued.cancel.is_set():
+                        result = await self._ask_owner(job.stream_id, runner_id, queued.cancel_reason)
+                        self._settle(queued, result)
+                    return
+                if time.monotonic() >= deadline:
+                    await self._end_unstarted(job, error=ErrorCode.OVERLOADED)
+                    self._settle(queued, StopResult(job.stream_id, FinishReason.ERROR, 0))
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queued.cancel.wait(), backoff_s)
+                backoff_s = min(backoff_s * 2, DISPATCH_BACKOFF_MAX_S)
+            await self._end_unstarted(job, cancel=queued.cancel_reason)
+            self._settle(queued, StopResult(job.stream_id, FinishReason.CANCELLED, 0))
+        finally:
+            self._queued.pop(job.stream_id, None)
+            self._metrics.streams_queued.set(len(self._queued))
+
+    async def _offer(self, job: JobRequest) -> str | None:
+        """Offer the job to the runners' queue group once; return the runner that took it."""
+        try:
+            msg = await self._nc.request(
+                subjects.JOBS, codec.encode(job), timeout=self.config.dispatch_attempt_timeout_s
+            )
+            reply = codec.decode(msg.data)
+        except (NoRespondersError, NatsTimeout, CodecError):
+            return None
+        return reply.runner_id if isinstance(reply, JobAccepted) else None
+
+    @staticmethod
+    def _settle(queued: _Queued, result: StopResult) -> None:
+        """Answer the stop(s) waiting on a stream that was still queued."""
+        if queued.result is not None and not queued.result.done():
+            queued.result.set_result(result)
+
+    async def _end_unstarted(
+        self, job: JobRequest, *, cancel: CancelReason | None = None, error: ErrorCode | None = None
+    ) -> None:
+        """Publish start + terminal event for a stream no runner ever took, and record it finished."""
+        start = StreamStart(
+            stream_id=job.stream_id, epoch=job.epoch, model=job.model, created=job.created,
+            runner_id=self.gateway_id, ts=time.time(),
+        )  # fmt: skip
+        terminal: StreamEnd | StreamError
+        if error is not None:
+            terminal = StreamError(
+                seq=1, code=str(error), message="no runner took the stream in time", tokens=0
+            )
+        else:
+            terminal = StreamEnd(
+                seq=1, finish_reason=FinishReason.CANCELLED, tokens=0, ttft_ms=None, cancel_reason=cancel
+            )
+        subject = subjects.events(job.stream_id)
+        await self._nc.publish(subject, codec.encode(start))
+        await self._nc.publish(subject, codec.encode(terminal))
+        record = StreamRecord(
+            stream_id=job.stream_id,
+            state=StreamState.FINISHED,
+            model=job.model,
+            created=job.created,
+            epoch=job.epoch,
+            gateway_id=self.gateway_id,
+            finish_reason=FinishReason.ERROR if error is not None else FinishReason.CANCELLED,
+            error_code=str(error) if error is not None else None,
+        )
+        await self._kv.put(job.stream_id, codec.encode(record))
+
+    def _remember_owner(self, stream_id: str, runner_id: str) -> None:
+        self._owners[stream_id] = runner_id
+        while len(self._owners) > OWNER_MEMORY_STREAMS:
+            self._owners.popitem(last=False)
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    async def stop(self, stream_id: str, reason: CancelReason = CancelReason.CLIENT) -> StopResult:
+        """Halt a stream; answer once its owner confirmed. Idempotent; a finished stream answers its state."""
+        started = time.monotonic()
+        result = await self._stop(stream_id, reason)
+        self._metrics.stop_seconds.observe(time.monotonic() - started)
+        return result
+
+    async def _stop(self, stream_id: str, reason: CancelReason) -> StopResult:
+        local = await self._stop_local(stream_id, reason)
+        if local is not None:
+            return local
+        record = await self.record(stream_id)
+        if record.state is StreamState.FINISHED:
+            return StopResult(stream_id, record.finish_reason, record.tokens)
+        if record.runner_id is not None:
+            return await self._ask_owner(stream_id, record.runner_id, reason)
+        return await self._ask(subjects.gateway_cancel(record.gateway_id), stream_id, reason)
+
+    async def _stop_local(self, stream_id: str, reason: CancelReason) -> StopResult | None:
+        """Stop a stream this gateway dispatched, without reading the KV store."""
+        queued = self._queued.get(stream_id)
+        if queued is not None:
+            if queued.result is None:
+                queued.result = asyncio.get_running_loop().create_future()
+                queued.cancel_reason = reason
+                queued.cancel.set()
+            return await asyncio.shield(queued.result)
+        runner_id = self._owners.get(stream_id)
+        if runner_id is not None:
+            return await self._ask_owner(stream_id, runner_id, reason)
+        return None
+
+    async def _ask_owner(self, stream_id: str, runner_id: str, reason: CancelReason) -> StopResult:
+        result = await self._ask(subjects.runner_cancel(runner_id), stream_id, reason)
+        if result.finish_reason is None:
+            # The runner no longer remembers it: the record has the final state.
+            record = await self.record(stream_id)
+            return StopResult(stream_id, record.finish_reason, record.tokens)
+        return result
+
+    async def _ask(self, subject: str, stream_id: str, reason: CancelReason) -> StopResult:
+        request = CancelRequest(stream_id=stream_id, reason=reason)
+        try:
+            msg = await self._nc.request(subject, codec.encode(request), timeout=self.config.cancel_timeout_s)
+            reply = codec.decode_as(msg.data, CancelReply)
+        except (NoRespondersError, NatsTimeout) as exc:
+            raise Unavailable("the stream's owner did not confirm the stop") from exc
+        except CodecError as exc:
+            raise Unavailable("the stream's owner answered garbage") from exc
+        return StopResult(stream_id, reply.finish_reason, reply.tokens)
+
+    async def _on_cancel_request(self, msg: Msg) -> None:
+        """Another gateway forwards a stop for a stream this gateway dispatched."""
+        try:
+            request = codec.decode_as(msg.data, CancelRequest)
+            result = await self._stop_local(request.stream_id, request.reason)
+        except (CodecError, Unavailable) as exc:
+            log.warning("forwarded cancel failed: %s", exc)
+            return
+        reply = CancelReply(
+            stream_id=request.stream_id,
+            found=result is not None,
+            finish_reason=result.finish_reason if result else None,
+            tokens=result.tokens if result else 0,
+        )
+        await msg.respond(codec.encode(reply))
+
+    # -- status and feedback ---------------------------------------------------------------------
+
+    async def record(self, stream_id: str) -> StreamRecord:
+        """The stream's record, or ``not_found``."""
+        if not subjects.is_stream_id(stream_id):
+            raise NotFound("no such stream")
+        try:
+            entry = await self._kv.get(stream_id)
+        except KeyNotFoundError:
+            raise NotFound("no such stream") from None
+        if entry.value is None:
+            raise NotFound("no such stream")
+        return codec.decode_as(entry.value, StreamRecord)
+
+    async def feedback(self, stream_id: str, rating: str, comment: str | None) -> None:
+        """Store feedback durably; returns once JetStream has acknowledged it."""
+        await self.record(stream_id)
+        item = Feedback(
+            stream_id=stream_id, rating="up" if rating == "up" else "down", comment=comment, ts=time.time()
+        )
+        await self._js.publish(subjects.feedback(stream_id), codec.encode(item))
+        self._metrics.feedback.labels(rating=item.rating).inc()

@@ -1,0 +1,41 @@
+"""The runner process: NATS connection, engine, :class:`~runner.node.Runner`, and ops HTTP."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from runner.engines import make_engine
+from runner.metrics import RunnerMetrics
+from runner.node import Runner
+from tokenrelay import natsio, subjects
+from tokenrelay.config import RunnerConfig
+from tokenrelay.service import add_ops_routes, errors_middleware, serve
+
+log = logging.getLogger(__name__)
+
+
+def ops_app(nc: NATS, metrics: RunnerMetrics) -> web.Application:
+    """``/healthz``, ``/readyz`` (connected to NATS) and ``/metrics`` of a runner."""
+    app = web.Application(middlewares=[errors_middleware])
+    add_ops_routes(app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS")
+    return app
+
+
+async def run(config: RunnerConfig) -> None:
+    """Run one runner until SIGINT/SIGTERM."""
+    runner_id = subjects.new_node_id("runner")
+    nc = await natsio.connect(config.nats_url, name=runner_id)
+    js = nc.jetstream()
+    await natsio.ensure_events_stream(js, config.history)
+    kv = await natsio.ensure_streams_bucket(js, config.history)
+    metrics = RunnerMetrics()
+    node = Runner(config, nc=nc, kv=kv, engine=make_engine(config), runner_id=runner_id, metrics=metrics)
+    await node.start()
+    try:
+        await serve(ops_app(nc, metrics), config.host, config.port, name=runner_id)
+    finally:
+        await node.stop()
+        await nc.drain()

@@ -1,0 +1,48 @@
+"""Sans-I/O publish batching: bound the messages per second of one stream.
+
+A token that arrives when the stream has been quiet for ``publish_interval_s`` goes out at
+once (the first token is never delayed).  Tokens that arrive faster are held and published
+together at ``last_publish + publish_interval_s``.  The caller asks :meth:`add` whether to
+publish now and, if not, :meth:`deadline` for when.
+"""
+
+from __future__ import annotations
+
+
+class DeltaBatcher:
+    """Accumulates token text between publishes of one stream."""
+
+    def __init__(self, *, publish_interval_s: float) -> None:
+        if publish_interval_s < 0:
+            raise ValueError("publish_interval_s must be >= 0")
+        self._interval_s = publish_interval_s
+        self._parts: list[str] = []
+        self._last_publish: float | None = None
+
+    @property
+    def pending_tokens(self) -> int:
+        """Tokens held, not yet taken."""
+        return len(self._parts)
+
+    def add(self, text: str, now: float) -> bool:
+        """Hold one token; return whether the batch is due now."""
+        self._parts.append(text)
+        return self._due(now)
+
+    def deadline(self) -> float | None:
+        """When held tokens are due, or ``None`` if nothing is held."""
+        if not self._parts:
+            return None
+        if self._last_publish is None:
+            return float("-inf")
+        return self._last_publish + self._interval_s
+
+    def take(self, now: float) -> tuple[str, int]:
+        """Return (text, token count) of everything held, and start a new interval at ``now``."""
+        parts, self._parts = self._parts, []
+        self._last_publish = now
+        return "".join(parts), len(parts)
+
+    def _due(self, now: float) -> bool:
+        deadline = self.deadline()
+        return deadline is not None and now >= deadline

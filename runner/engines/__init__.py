@@ -1,0 +1,62 @@
+"""Inference engines behind one small interface.
+
+An engine turns a :class:`GenerationRequest` into an async iterator of text pieces, one per
+token, each made of whole UTF-8 characters.  The runner, not the engine, enforces
+``max_tokens`` and cancellation: it stops iterating and closes the iterator (``aclose``),
+which is where an engine frees its resources (an upstream HTTP request, a decode loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from tokenrelay.config import RunnerConfig
+from tokenrelay.messages import ChatMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationRequest:
+    """What an engine is asked to continue."""
+
+    stream_id: str
+    model: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+
+
+class EngineError(Exception):
+    """An engine failure that ends one stream with an ``error`` event carrying ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Engine(Protocol):
+    """What the runner needs from an inference engine."""
+
+    name: str
+    model: str
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Yield the generation's tokens as text, one piece per token."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the engine's resources when the runner stops."""
+        ...
+
+
+ENGINES = ("synthetic",)
+
+
+def make_engine(config: RunnerConfig) -> Engine:
+    """Build the engine named by ``config.engine``."""
+    if config.engine == "synthetic":
+        from runner.engines.synthetic import SyntheticEngine
+
+        return SyntheticEngine(config.synthetic, model=config.model)
+    raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")

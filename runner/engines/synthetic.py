@@ -1,0 +1,77 @@
+"""The synthetic engine: deterministic text for a given prompt, paced like a real model.
+
+The text is a pure function of the prompt (and the configured length), so tests can compute
+what a stream must contain with :func:`synthetic_tokens`.  Its vocabulary mixes ASCII with
+accented Latin, CJK, emoji and line breaks so that every layer's UTF-8 and framing handling
+is exercised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator
+
+from runner.engines import GenerationRequest
+from tokenrelay.config import SyntheticConfig
+from tokenrelay.messages import ChatMessage
+
+VOCABULARY = (
+    "the", "stream", "token", "relay", "fast", "stop", "now", "and", "of", "to",
+    "café", "naïve", "über", "señor", "façade", "Ωmega", "δέλτα", "привет",
+    "日本語", "流式", "トークン", "한국어", "😀", "🚀", "🧪", "👩‍💻", "∑", "→",
+)  # fmt: skip
+MIN_NATURAL_LENGTH_TOKENS = 16
+NATURAL_LENGTH_SPREAD_TOKENS = 48
+NEWLINE_EVERY_TOKENS = 11
+
+
+def prompt_text(messages: tuple[ChatMessage, ...]) -> str:
+    """The text the synthetic engine keys its output on."""
+    return "\n".join(f"{m.role}: {m.content}" for m in messages)
+
+
+def synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 0) -> list[str]:
+    """Every token the synthetic engine produces for ``prompt``, at most ``max_tokens``."""
+    seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big")
+    rng = random.Random(seed)
+    natural = length_tokens or MIN_NATURAL_LENGTH_TOKENS + seed % NATURAL_LENGTH_SPREAD_TOKENS
+    tokens: list[str] = []
+    for i in range(min(natural, max_tokens)):
+        word = rng.choice(VOCABULARY)
+        if i == 0:
+            tokens.append(word.capitalize())
+        elif i % NEWLINE_EVERY_TOKENS == 0:
+            tokens.append("\n" + word)
+        else:
+            tokens.append(" " + word)
+    return tokens
+
+
+class SyntheticEngine:
+    """Yields :func:`synthetic_tokens` with ``ttft_ms`` before the first and ``1/tokens_per_s`` between."""
+
+    name = "synthetic"
+
+    def __init__(self, config: SyntheticConfig, *, model: str = "synthetic") -> None:
+        self._config = config
+        self.model = model
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Tokens on a fixed schedule from the start (no drift from slow consumers of the iterator)."""
+        tokens = synthetic_tokens(
+            prompt_text(request.messages),
+            max_tokens=request.max_tokens,
+            length_tokens=self._config.length_tokens,
+        )
+        loop = asyncio.get_running_loop()
+        start = loop.time() + self._config.ttft_ms / 1000
+        interval_s = 1 / self._config.tokens_per_s if self._config.tokens_per_s > 0 else 0.0
+        for i, token in enumerate(tokens):
+            # Sleeping even for 0 s gives a pending cancel the chance to land before each token.
+            await asyncio.sleep(max(0.0, start + i * interval_s - loop.time()))
+            yield token
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,281 @@
+"""One stream's generation on a runner: drive the engine, publish events, obey one cancel.
+
+The :class:`Generation` is the single owner of its stream's cancellation.  ``cancel()``
+records why and cancels the generation task, which interrupts the engine wherever it waits
+(a pacing sleep, an upstream read) so no further token is produced.  The task then publishes
+the terminal event and resolves :attr:`Generation.done` with the final token count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+
+from runner.batcher import DeltaBatcher
+from runner.engines import Engine, EngineError, GenerationRequest
+from runner.metrics import RunnerMetrics
+from tokenrelay import codec, subjects
+from tokenrelay.errors import ErrorCode
+from tokenrelay.messages import (
+    CancelReason,
+    FinishReason,
+    JobRequest,
+    StreamDelta,
+    StreamEnd,
+    StreamError,
+    StreamEvent,
+    StreamRecord,
+    StreamStart,
+    StreamState,
+)
+
+log = logging.getLogger(__name__)
+
+RecordWriter = Callable[[StreamRecord], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a generation ended."""
+
+    finish_reason: FinishReason
+    tokens: int
+    error_code: str | None = None
+
+
+class Generation:
+    """Generates one stream and publishes its events on ``tokenrelay.stream.<id>.events``."""
+
+    def __init__(
+        self,
+        job: JobRequest,
+        *,
+        engine: Engine,
+        nc: NATS,
+        runner_id: str,
+        publish_interval_s: float,
+        metrics: RunnerMetrics,
+        write_record: RecordWriter,
+    ) -> None:
+        self.job = job
+        self._engine = engine
+        self._nc = nc
+        self._runner_id = runner_id
+        self._subject = subjects.events(job.stream_id)
+        self._batcher = DeltaBatcher(publish_interval_s=publish_interval_s)
+        self._metrics = metrics
+        self._write_record = write_record
+        self._seq = 0
+        self._tokens = 0
+        self._ttft_ms: float | None = None
+        self._cancel_reason: CancelReason | None = None
+        self._abort: tuple[str, str] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Outcome] | None = None
+        self._record_task: asyncio.Task[None] | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the engine has produced so far."""
+        return self._tokens
+
+    def start(self) -> asyncio.Task[Outcome]:
+        """Begin generating in a task of its own."""
+        self._task = asyncio.create_task(self._run(), name=f"generation-{self.job.stream_id}")
+        return self._task
+
+    async def cancel(self, reason: CancelReason) -> Outcome:
+        """Halt before the next token and return the outcome once the terminal event is out."""
+        assert self._task is not None, "cancel() before start()"
+        if self._cancel_reason is None and not self._task.done():
+            self._cancel_reason = reason
+            self._metrics.cancellations.labels(reason=str(reason)).inc()
+            self._task.cancel()
+        return await asyncio.shield(self._task)
+
+    async def abort(self, code: str, message: str) -> Outcome:
+        """End the stream now with an ``error`` event (the runner is going away)."""
+        assert self._task is not None, "abort() before start()"
+        if self._cancel_reason is None and self._abort is None and not self._task.done():
+            self._abort = (code, message)
+            self._task.cancel()
+        return await asyncio.shield(self._task)
+
+    async def _run(self) -> Outcome:
+        accepted = time.perf_counter()
+        try:
+            await self._publish(
+                StreamStart(
+                    stream_id=self.job.stream_id,
+                    epoch=self.job.epoch,
+                    model=self.job.model,
+                    created=self.job.created,
+                    runner_id=self._runner_id,
+                    ts=time.time(),
+                )
+            )
+            self._save_record(self._record(StreamState.RUNNING))
+            reason = await self._generate(accepted)
+            outcome = Outcome(reason, self._tokens)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or (self._cancel_reason is None and self._abort is None):
+                raise  # not a cancel this generation asked for
+            task.uncancel()
+            if self._abort is not None:
+                await self._finish_with_error(*self._abort)
+                return Outcome(FinishReason.ERROR, self._tokens, self._abort[0])
+            outcome = Outcome(FinishReason.CANCELLED, self._tokens)
+        except EngineError as exc:
+            outcome = Outcome(FinishReason.ERROR, self._tokens, exc.code)
+            await self._finish_with_error(exc.code, exc.message)
+            return outcome
+        except Exception as exc:
+            log.exception("stream %s: engine failed", self.job.stream_id)
+            outcome = Outcome(FinishReason.ERROR, self._tokens, str(ErrorCode.ENGINE_ERROR))
+            await self._finish_with_error(str(ErrorCode.ENGINE_ERROR), f"engine failed: {exc}")
+            return outcome
+        await self._flush()
+        await self._publish(
+            StreamEnd(
+                seq=self._next_seq(),
+                finish_reason=outcome.finish_reason,
+                tokens=outcome.tokens,
+                ttft_ms=self._ttft_ms,
+                cancel_reason=self._cancel_reason,
+            )
+        )
+        self._finish(outcome)
+        return outcome
+
+    async def _generate(self, accepted: float) -> FinishReason:
+        tokens = self._engine.stream(self._request())
+        try:
+            async for text in tokens:
+                if self._cancel_reason is not None:
+                    # Produced although the cancel had already arrived: wasted compute, not sent.
+                    self._metrics.tokens_after_cancel.inc()
+                    raise asyncio.CancelledError
+                self._tokens += 1
+                self._metrics.tokens.inc()
+                if self._ttft_ms is None:
+                    self._ttft_ms = (time.perf_counter() - accepted) * 1000
+                    self._metrics.ttft.observe(self._ttft_ms / 1000)
+                if self._batcher.add(text, time.monotonic()):
+                    await self._flush()
+                else:
+                    self._arm_flush()
+                if self._tokens >= self.job.max_tokens:
+                    return FinishReason.LENGTH
+            return FinishReason.STOP
+        finally:
+            self._disarm_flush()
+            await tokens.aclose()  # type: ignore[attr-defined]
+
+    def _request(self) -> GenerationRequest:
+        return GenerationRequest(
+            stream_id=self.job.stream_id,
+            model=self.job.model,
+            messages=self.job.messages,
+            max_tokens=self.job.max_tokens,
+        )
+
+    async def _finish_with_error(self, code: str, message: str) -> None:
+        await self._flush()
+        await self._publish(
+            StreamError(seq=self._next_seq(), code=code, message=message, tokens=self._tokens)
+        )
+        self._finish(Outcome(FinishReason.ERROR, self._tokens, code))
+
+    def _finish(self, outcome: Outcome) -> None:
+        self._metrics.streams.labels(finish_reason=str(outcome.finish_reason)).inc()
+        record = self._record(StreamState.FINISHED)
+        self._save_record(
+            StreamRecord(
+                stream_id=record.stream_id,
+                state=record.state,
+                model=record.model,
+                created=record.created,
+                epoch=record.epoch,
+                gateway_id=record.gateway_id,
+                runner_id=record.runner_id,
+                finish_reason=outcome.finish_reason,
+                tokens=outcome.tokens,
+                ttft_ms=self._ttft_ms,
+                error_code=outcome.error_code,
+            )
+        )
+        log.info(
+            "stream %s finished reason=%s tokens=%d cancel=%s",
+            self.job.stream_id, outcome.finish_reason, outcome.tokens, self._cancel_reason,
+        )  # fmt: skip
+
+    def _record(self, state: StreamState) -> StreamRecord:
+        return StreamRecord(
+            stream_id=self.job.stream_id,
+            state=state,
+            model=self.job.model,
+            created=self.job.created,
+            epoch=self.job.epoch,
+            gateway_id=self.job.gateway_id,
+            runner_id=self._runner_id,
+            tokens=self._tokens,
+            ttft_ms=self._ttft_ms,
+        )
+
+    def _save_record(self, record: StreamRecord) -> None:
+        """Write records in order, off the token path."""
+        previous = self._record_task
+
+        async def write() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            try:
+                await self._write_record(record)
+            except Exception as exc:
+                log.warning("stream %s: could not save record: %s", record.stream_id, exc)
+
+        self._record_task = asyncio.create_task(write())
+
+    async def records_saved(self) -> None:
+        """Wait until every record write of this generation has completed."""
+        if self._record_task is not None:
+            await self._record_task
+
+    def _arm_flush(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush_at_deadline())
+
+    def _disarm_flush(self) -> None:
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            self._flush_task = None
+
+    async def _flush_at_deadline(self) -> None:
+        deadline = self._batcher.deadline()
+        if deadline is not None:
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        await self._flush()
+
+    async def _flush(self) -> None:
+        if self._batcher.pending_tokens == 0:
+            return
+        text, count = self._batcher.take(time.monotonic())
+        await self._publish(
+            StreamDelta(seq=self._next_seq(), text=text, index=self._tokens, count=count, ts=time.time())
+        )
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _publish(self, event: StreamEvent) -> None:
+        self._metrics.messages.inc()
+        await self._nc.publish(self._subject, codec.encode(event))

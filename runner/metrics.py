@@ -1,0 +1,41 @@
+"""Prometheus metrics of one runner process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class RunnerMetrics:
+    """Counters and gauges a runner keeps, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.active_streams = Gauge("tokenrelay_runner_active_streams", "Streams generating now", registry=r)
+        self.capacity = Gauge(
+            "tokenrelay_runner_capacity", "Streams this runner generates at once", registry=r
+        )
+        self.streams = Counter(
+            "tokenrelay_runner_streams", "Finished streams by finish reason", ["finish_reason"], registry=r
+        )
+        self.tokens = Counter("tokenrelay_runner_tokens", "Tokens produced by the engine", registry=r)
+        self.messages = Counter(
+            "tokenrelay_runner_published_messages", "Event messages published", registry=r
+        )
+        self.tokens_after_cancel = Counter(
+            "tokenrelay_runner_tokens_after_cancel",
+            "Tokens the engine produced after a cancel had reached this runner",
+            registry=r,
+        )
+        self.cancellations = Counter(
+            "tokenrelay_runner_cancellations", "Cancellations by reason", ["reason"], registry=r
+        )
+        self.jobs_rejected = Counter(
+            "tokenrelay_runner_jobs_rejected", "Jobs refused at capacity", registry=r
+        )
+        self.ttft = Histogram(
+            "tokenrelay_runner_ttft_seconds",
+            "Job accepted -> first token published",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )

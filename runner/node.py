@@ -1,0 +1,186 @@
+"""A runner process's core: take jobs from the queue group, own their generations, answer cancels.
+
+Why a queue group and not a JetStream work queue: a job is only worth running while its
+client is waiting, and a stream whose runner dies must fail fast rather than be redelivered
+minutes later.  Core request/reply on a queue group gives the gateway an immediate answer
+(accepted, or rejected at capacity, or "no responders" when no runner is up) in one round trip,
+adds nothing to the time to first token, and spreads jobs over any number of runners.
+A runner at capacity rejects the job; the gateway retries, and the queue group's random choice
+lands the retry on another runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import OrderedDict
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
+
+from runner.engines import Engine
+from runner.generation import Generation, Outcome
+from runner.metrics import RunnerMetrics
+from tokenrelay import codec, subjects
+from tokenrelay.codec import CodecError
+from tokenrelay.config import RunnerConfig
+from tokenrelay.errors import ErrorCode
+from tokenrelay.messages import (
+    CancelReply,
+    CancelRequest,
+    JobAccepted,
+    JobRejected,
+    JobRequest,
+    RunnerHeartbeat,
+    StreamRecord,
+)
+
+log = logging.getLogger(__name__)
+
+FINISHED_MEMORY_STREAMS = 10_000
+"""Outcomes of this many recently finished streams are kept to answer late cancels."""
+SHUTDOWN_GRACE_S = 2.0
+
+
+class Runner:
+    """Owns every generation running in this process."""
+
+    def __init__(
+        self,
+        config: RunnerConfig,
+        *,
+        nc: NATS,
+        kv: KeyValue,
+        engine: Engine,
+        runner_id: str,
+        metrics: RunnerMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.runner_id = runner_id
+        self.metrics = metrics or RunnerMetrics()
+        self._nc = nc
+        self._kv = kv
+        self._engine = engine
+        self._active: dict[str, Generation] = {}
+        self._finished: OrderedDict[str, Outcome] = OrderedDict()
+        self._subs: list[Subscription] = []
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.metrics.capacity.set(config.max_concurrency)
+
+    @property
+    def active(self) -> int:
+        """Streams generating now."""
+        return len(self._active)
+
+    async def start(self) -> None:
+        """Subscribe to jobs and cancels, and start heartbeating."""
+        self._subs.append(
+            await self._nc.subscribe(subjects.JOBS, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job)
+        )
+        self._subs.append(
+            await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel)
+        )
+        await self._nc.flush()
+        await self._heartbeat()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        log.info(
+            "runner %s ready (engine=%s model=%s)", self.runner_id, self._engine.name, self._engine.model
+        )
+
+    async def stop(self) -> None:
+        """Stop taking jobs, end what is running as ``shutting_down``, and release the engine."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        tasks = [
+            g.abort(str(ErrorCode.SHUTTING_DOWN), "the runner is shutting down")
+            for g in self._active.values()
+        ]
+        if tasks:
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), SHUTDOWN_GRACE_S)
+        await self._engine.aclose()
+
+    async def _on_job(self, msg: Msg) -> None:
+        try:
+            job = codec.decode_as(msg.data, JobRequest)
+        except CodecError as exc:
+            log.warning("dropping malformed job: %s", exc)
+            return
+        if len(self._active) >= self.config.max_concurrency or job.stream_id in self._active:
+            self.metrics.jobs_rejected.inc()
+            reply = JobRejected(
+                stream_id=job.stream_id, code=str(ErrorCode.OVERLOADED), message="at capacity"
+            )
+            await msg.respond(codec.encode(reply))
+            return
+        generation = Generation(
+            job,
+            engine=self._engine,
+            nc=self._nc,
+            runner_id=self.runner_id,
+            publish_interval_s=self.config.publish_interval_ms / 1000,
+            metrics=self.metrics,
+            write_record=self._write_record,
+        )
+        self._active[job.stream_id] = generation
+        self.metrics.active_streams.set(len(self._active))
+        # Reply before the first event so the gateway knows the owner before any cancel can race it.
+        await msg.respond(codec.encode(JobAccepted(stream_id=job.stream_id, runner_id=self.runner_id)))
+        task = generation.start()
+        task.add_done_callback(functools.partial(self._on_done, job.stream_id))
+
+    def _on_done(self, stream_id: str, task: asyncio.Task[Outcome]) -> None:
+        self._active.pop(stream_id, None)
+        self.metrics.active_streams.set(len(self._active))
+        if not task.cancelled() and task.exception() is None:
+            self._finished[stream_id] = task.result()
+            while len(self._finished) > FINISHED_MEMORY_STREAMS:
+                self._finished.popitem(last=False)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            request = codec.decode_as(msg.data, CancelRequest)
+        except CodecError as exc:
+            log.warning("dropping malformed cancel: %s", exc)
+            return
+        generation = self._active.get(request.stream_id)
+        if generation is not None:
+            outcome: Outcome | None = await generation.cancel(request.reason)
+        else:
+            outcome = self._finished.get(request.stream_id)
+        reply = CancelReply(
+            stream_id=request.stream_id,
+            found=outcome is not None,
+            finish_reason=outcome.finish_reason if outcome else None,
+            tokens=outcome.tokens if outcome else 0,
+        )
+        await msg.respond(codec.encode(reply))
+
+    async def _write_record(self, record: StreamRecord) -> None:
+        await self._kv.put(record.stream_id, codec.encode(record))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            try:
+                await self._heartbeat()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        beat = RunnerHeartbeat(
+            runner_id=self.runner_id,
+            engine=self._engine.name,
+            model=self._engine.model,
+            active=len(self._active),
+            capacity=self.config.max_concurrency,
+            ts=time.time(),
+        )
+        await self._nc.publish(subjects.RUNNER_HEARTBEAT, codec.encode(beat))

@@ -1,0 +1,1 @@
+"""The streamer role: SSE readers fed from NATS, with history replay for late and resuming readers."""

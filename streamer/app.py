@@ -1,0 +1,166 @@
+"""The streamer's HTTP shell: ``GET /v1/streams/{id}/events`` as Server-Sent Events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from streamer import history
+from streamer.cursor import Cursor, CursorError
+from streamer.hub import Hub, Reader
+from streamer.metrics import StreamerMetrics
+from tokenrelay import codec, natsio, subjects
+from tokenrelay.config import StreamerConfig
+from tokenrelay.errors import BadRequest, ErrorCode, NotFound, ResumeUnavailable
+from tokenrelay.messages import StreamRecord, StreamState
+from tokenrelay.service import add_ops_routes, errors_middleware, serve
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+    "Connection": "keep-alive",
+}
+GAP_RETRIES = 3
+GAP_RETRY_DELAY_S = 0.02
+
+CONFIG_KEY = web.AppKey("config", StreamerConfig)
+NC_KEY = web.AppKey("nc", NATS)
+KV_KEY = web.AppKey("kv", KeyValue)
+HUB_KEY = web.AppKey("hub", Hub)
+METRICS_KEY = web.AppKey("metrics", StreamerMetrics)
+
+
+def parse_cursor(request: web.Request) -> Cursor | None:
+    """The resume cursor from ``Last-Event-ID`` or ``?last_event_id=`` (header wins)."""
+    text = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if not text:
+        return None
+    try:
+        return Cursor.parse(text)
+    except CursorError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+async def load_record(kv: KeyValue, stream_id: str) -> StreamRecord:
+    """The stream's record, or ``not_found``."""
+    if not subjects.is_stream_id(stream_id):
+        raise NotFound("no such stream")
+    try:
+        entry = await kv.get(stream_id)
+    except KeyNotFoundError:
+        raise NotFound("no such stream") from None
+    if entry.value is None:
+        raise NotFound("no such stream")
+    return codec.decode_as(entry.value, StreamRecord)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Stream one generation's events as SSE, from the start or after the client's cursor."""
+    app = request.app
+    config, hub = app[CONFIG_KEY], app[HUB_KEY]
+    cursor = parse_cursor(request)
+    record = await load_record(app[KV_KEY], request.match_info["id"])
+    if cursor is not None and cursor.epoch != record.epoch:
+        raise ResumeUnavailable("the cursor belongs to a history that is gone")
+    reader = Reader(
+        record.stream_id,
+        epoch=record.epoch,
+        resume=cursor,
+        max_buffered_bytes=config.max_reader_buffer_bytes,
+        now=hub.clock(),
+    )
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    metrics = app[METRICS_KEY]
+    metrics.readers.inc()
+    try:
+        await hub.attach(reader)
+        await response.prepare(request)
+        await catch_up(app, reader, record)
+        await pump(reader, response, metrics)
+    except (ConnectionResetError, asyncio.CancelledError):
+        log.debug("stream %s: reader went away", record.stream_id)
+    finally:
+        hub.detach(reader)
+        if reader.buffer.close_code is not None:
+            metrics.reader_errors.labels(code=reader.buffer.close_code).inc()
+    return response
+
+
+async def catch_up(app: web.Application, reader: Reader, record: StreamRecord) -> None:
+    """Feed the reader what was published before it subscribed, and prove there is no gap."""
+    nc, hub, metrics = app[NC_KEY], app[HUB_KEY], app[METRICS_KEY]
+    for _ in range(GAP_RETRIES):
+        metrics.history_fetches.inc()
+        try:
+            past = await history.fetch(nc, reader.stream_id, batch=app[CONFIG_KEY].history_batch_messages)
+        except history.HistoryError as exc:
+            reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), hub.clock())
+            return
+        for event in past:
+            reader.deliver(event, hub.clock())
+        if reader.buffer.closed or not reader.replay.waiting_on_gap:
+            break
+        await asyncio.sleep(GAP_RETRY_DELAY_S)
+    if reader.buffer.closed:
+        return
+    nothing_stored = reader.replay.next_seq == 0 and record.state is StreamState.FINISHED
+    if reader.replay.waiting_on_gap or nothing_stored:
+        reader.fail(
+            str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", hub.clock()
+        )
+
+
+async def pump(reader: Reader, response: web.StreamResponse, metrics: StreamerMetrics) -> None:
+    """Write whatever the reader has queued, as soon as it is queued, until its terminal event."""
+    while True:
+        await reader.wake.wait()
+        reader.wake.clear()
+        data = reader.buffer.take()
+        if data:
+            await response.write(data)
+            metrics.writes.inc()
+            metrics.bytes_sent.inc(len(data))
+        if reader.buffer.closed and reader.buffer.buffered_bytes == 0:
+            return
+
+
+def make_app(
+    config: StreamerConfig, *, nc: NATS, kv: KeyValue, metrics: StreamerMetrics | None = None
+) -> web.Application:
+    """The streamer application over an open NATS connection."""
+    metrics = metrics or StreamerMetrics()
+    hub = Hub(nc, heartbeat_s=config.heartbeat_s, metrics=metrics)
+    app = web.Application(middlewares=[errors_middleware])
+    app[CONFIG_KEY], app[NC_KEY], app[KV_KEY], app[HUB_KEY], app[METRICS_KEY] = config, nc, kv, hub, metrics
+    app.router.add_get("/v1/streams/{id}/events", events)
+    add_ops_routes(app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS")
+
+    async def on_startup(_: web.Application) -> None:
+        hub.start()
+
+    async def on_shutdown(_: web.Application) -> None:
+        await hub.shutdown(str(ErrorCode.SHUTTING_DOWN), "the streamer is shutting down; resume elsewhere")
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+async def run(config: StreamerConfig) -> None:
+    """Run one streamer until SIGINT/SIGTERM."""
+    nc = await natsio.connect(config.nats_url, name=subjects.new_node_id("streamer"))
+    js = nc.jetstream()
+    await natsio.ensure_events_stream(js, config.history)
+    kv = await natsio.ensure_streams_bucket(js, config.history)
+    try:
+        await serve(make_app(config, nc=nc, kv=kv), config.host, config.port, name="streamer")
+    finally:
+        await nc.drain()

@@ -1,0 +1,50 @@
+"""Stream events -> SSE frames, as the contract names them (sans-I/O).
+
+===========  ===========================  ================================================
+NATS event   SSE ``event:``               ``data:``
+===========  ===========================  ================================================
+start        ``start`` (id ``epoch:0``)     ``{"stream_id", "model", "created"}``
+delta        ``delta`` (id ``epoch:index``) ``{"text", "index"}``
+end          ``stop`` (id ``epoch:tokens``) ``{"finish_reason", "tokens", "ttft_ms"}``
+error        ``error`` (id ``epoch:tokens``) ``{"code", "message"}``
+===========  ===========================  ================================================
+
+Every frame carries an ``id`` so a reconnecting ``EventSource`` resumes after it.  The
+terminal frame's id equals the last delta's, so a reader that resumes after the last delta,
+or after the terminal event, gets the terminal event again.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from streamer.sse import encode_event
+from tokenrelay.messages import StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
+
+
+def frame(event: StreamEvent, epoch: str) -> bytes:
+    """The SSE bytes for one stream event."""
+    if isinstance(event, StreamDelta):
+        data = {"text": event.text, "index": event.index}
+        return encode_event(orjson.dumps(data).decode(), event="delta", id=f"{epoch}:{event.index}")
+    if isinstance(event, StreamStart):
+        data_start = {"stream_id": event.stream_id, "model": event.model, "created": event.created}
+        return encode_event(orjson.dumps(data_start).decode(), event="start", id=f"{epoch}:0")
+    if isinstance(event, StreamEnd):
+        data_end = {
+            "finish_reason": str(event.finish_reason),
+            "tokens": event.tokens,
+            "ttft_ms": event.ttft_ms,
+        }
+        return encode_event(orjson.dumps(data_end).decode(), event="stop", id=f"{epoch}:{event.tokens}")
+    return error_frame(event.code, event.message, id=f"{epoch}:{event.tokens}")
+
+
+def error_frame(code: str, message: str, *, id: str | None = None) -> bytes:
+    """A terminal ``error`` event."""
+    return encode_event(orjson.dumps({"code": code, "message": message}).decode(), event="error", id=id)
+
+
+def is_terminal(event: StreamEvent) -> bool:
+    """Whether this event ends the stream."""
+    return isinstance(event, StreamEnd | StreamError)

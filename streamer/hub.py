@@ -1,0 +1,170 @@
+"""Fan-out of live NATS events to the SSE readers of this streamer.
+
+One core-NATS subscription per stream with at least one reader here, shared by all of them;
+each event is decoded and framed once and the same bytes are queued to every reader that is
+in step.  One loop sends heartbeats to idle readers (no timer per reader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from streamer.buffer import ReaderBuffer
+from streamer.cursor import Cursor
+from streamer.frames import frame, is_terminal
+from streamer.metrics import StreamerMetrics
+from streamer.replay import Replay, ReplayError
+from tokenrelay import codec, subjects
+from tokenrelay.codec import CodecError
+from tokenrelay.messages import StreamEvent
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+MAX_HEARTBEAT_TICK_S = 1.0
+
+
+class Reader:
+    """One SSE connection: its replay position, its bounded buffer and its wake-up signal."""
+
+    def __init__(
+        self, stream_id: str, *, epoch: str, resume: Cursor | None, max_buffered_bytes: int, now: float
+    ) -> None:
+        self.stream_id = stream_id
+        self.epoch = epoch
+        self.replay = Replay(epoch=epoch, resume=resume)
+        self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now)
+        self.wake = asyncio.Event()
+
+    def deliver(self, event: StreamEvent, now: float, framed: bytes | None = None) -> None:
+        """Take one event (history or live); queue whatever it releases."""
+        released = self.replay.push(event)
+        if isinstance(released, ReplayError):
+            self.fail(str(released.code), released.message, now)
+            return
+        for ready in released:
+            data = framed if ready is event and framed is not None else frame(ready, self.epoch)
+            if is_terminal(ready):
+                self.buffer.finish(data, now)
+            else:
+                self.buffer.append(data, now)
+        if released or self.buffer.closed:
+            self.wake.set()
+
+    def fail(self, code: str, message: str, now: float) -> None:
+        """End this reader with an ``error`` event."""
+        self.buffer.fail(code, message, now)
+        self.wake.set()
+
+
+class _Channel:
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+        self.readers: set[Reader] = set()
+        self.sub: Subscription | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Hub:
+    """Live subscriptions of this streamer, keyed by stream id."""
+
+    def __init__(
+        self, nc: NATS, *, heartbeat_s: float, metrics: StreamerMetrics, clock: Clock = time.monotonic
+    ) -> None:
+        self._nc = nc
+        self._heartbeat_s = heartbeat_s
+        self._metrics = metrics
+        self.clock = clock
+        self._channels: dict[str, _Channel] = {}
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._cleanup_tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start the heartbeat loop."""
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+
+    async def attach(self, reader: Reader) -> None:
+        """Make sure live events of the reader's stream reach it (subscribed on the server)."""
+        channel = self._channels.get(reader.stream_id)
+        if channel is None:
+            channel = _Channel(reader.epoch)
+            self._channels[reader.stream_id] = channel
+            channel.readers.add(reader)
+            try:
+                channel.sub = await self._nc.subscribe(subjects.events(reader.stream_id), cb=self._on_msg)
+                # The server has the subscription once the flush returns, so any event published
+                # from now on reaches us live; anything earlier is in history.
+                await self._nc.flush()
+            except BaseException as exc:
+                channel.ready.set_exception(exc)
+                channel.ready.exception()  # mark retrieved
+                self.detach(reader)
+                raise
+            channel.ready.set_result(None)
+            self._metrics.channels_open.set(len(self._channels))
+        else:
+            channel.readers.add(reader)
+            await asyncio.shield(channel.ready)
+        self._metrics.readers_open.inc()
+
+    def detach(self, reader: Reader) -> None:
+        """Forget a reader; drop the stream's subscription when it was the last one."""
+        channel = self._channels.get(reader.stream_id)
+        if channel is None or reader not in channel.readers:
+            return
+        channel.readers.discard(reader)
+        if channel.ready.done() and channel.ready.exception() is None:
+            self._metrics.readers_open.dec()
+        if not channel.readers:
+            del self._channels[reader.stream_id]
+            self._metrics.channels_open.set(len(self._channels))
+            if channel.sub is not None:
+                task = asyncio.create_task(self._unsubscribe(channel.sub))
+                self._cleanup_tasks.add(task)
+                task.add_done_callback(self._cleanup_tasks.discard)
+
+    async def shutdown(self, code: str, message: str) -> None:
+        """End every reader with an ``error`` event (they may resume on another streamer)."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        now = self.clock()
+        for channel in self._channels.values():
+            for reader in channel.readers:
+                reader.fail(code, message, now)
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        stream_id = msg.subject.split(".")[2]
+        channel = self._channels.get(stream_id)
+        if channel is None:
+            return
+        try:
+            event = codec.decode_event(msg.data)
+        except CodecError as exc:
+            log.warning("stream %s: dropping malformed event: %s", stream_id, exc)
+            return
+        framed = frame(event, channel.epoch)
+        now = self.clock()
+        for reader in tuple(channel.readers):
+            reader.deliver(event, now, framed)
+
+    async def _heartbeat_loop(self) -> None:
+        tick_s = min(self._heartbeat_s / 2, MAX_HEARTBEAT_TICK_S)
+        while True:
+            await asyncio.sleep(tick_s)
+            now = self.clock()
+            for channel in self._channels.values():
+                for reader in channel.readers:
+                    if reader.buffer.ping_if_idle(now, self._heartbeat_s):
+                        reader.wake.set()

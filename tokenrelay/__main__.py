@@ -1,0 +1,5 @@
+"""``python -m tokenrelay`` is the same as the ``tokenrelay`` console script."""
+
+from tokenrelay.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""The ``tokenrelay`` command line: ``up`` runs everything; ``gateway|streamer|runner`` run one role."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tokenrelay import config as c
+from tokenrelay.service import setup_logging
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option that ``up`` forwards unchanged to the child processes."""
+
+    flag: str
+    type: Any
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser | Any) -> None:
+        parser.add_argument(
+            self.flag, type=self.type, default=self.default, choices=self.choices, help=self.help
+        )
+
+    def forward(self, args: argparse.Namespace) -> list[str]:
+        return [self.flag, str(getattr(args, self.dest))]
+
+
+HISTORY_OPTIONS = (
+    Option(
+        "--history-ttl-s", float, c.DEFAULT_HISTORY_TTL_S, "seconds a stream's events are kept for replay"
+    ),
+    Option("--history-storage", str, "memory", "JetStream storage for history", ("memory", "file")),
+    Option(
+        "--history-max-bytes", int, c.DEFAULT_HISTORY_MAX_BYTES, "bytes of history kept, oldest dropped first"
+    ),
+)
+ENGINE_OPTIONS = (
+    Option("--engine", str, "synthetic", "inference engine of the runners", ("synthetic",)),
+    Option("--model", str, "synthetic", "model name the runners report"),
+    Option("--max-concurrency", int, c.DEFAULT_MAX_CONCURRENCY, "streams one runner generates at once"),
+    Option("--publish-interval-ms", float, c.DEFAULT_PUBLISH_INTERVAL_MS,
+           "tokens faster than this are batched into one NATS message (0: every token)"),
+    Option("--synthetic-ttft-ms", float, c.DEFAULT_SYNTHETIC_TTFT_MS,
+           "synthetic engine: delay before the first token"),
+    Option("--synthetic-tokens-per-s", float, c.DEFAULT_SYNTHETIC_TOKENS_PER_S,
+           "synthetic engine: tokens per second after the first (0: as fast as possible)"),
+    Option("--synthetic-length-tokens", int, 0,
+           "synthetic engine: natural length of every text (0: derived from the prompt)"),
+)  # fmt: skip
+STREAMER_OPTIONS = (
+    Option("--heartbeat-s", float, c.DEFAULT_HEARTBEAT_S, "send ': ping' to readers idle this long"),
+    Option("--max-reader-buffer-bytes", int, c.DEFAULT_MAX_READER_BUFFER_BYTES,
+           "unsent bytes per reader before it is closed as slow_consumer"),
+)  # fmt: skip
+GATEWAY_OPTIONS = (
+    Option(
+        "--max-queued-streams", int, c.DEFAULT_MAX_QUEUED_STREAMS, "streams waiting for a runner before 503"
+    ),
+    Option("--queue-timeout-s", float, c.DEFAULT_QUEUE_TIMEOUT_S, "seconds a stream waits for a runner"),
+    Option("--max-tokens-limit", int, c.DEFAULT_MAX_TOKENS_LIMIT, "largest max_tokens a request may ask for"),
+)
+
+
+def _history(args: argparse.Namespace) -> c.HistoryConfig:
+    return c.HistoryConfig(
+        ttl_s=args.history_ttl_s,
+        storage=c.StorageKind(args.history_storage),
+        max_bytes=args.history_max_bytes,
+    )
+
+
+def _common(parser: argparse.ArgumentParser, *, port: int) -> None:
+    parser.add_argument("--nats-url", default=c.DEFAULT_NATS_URL, help="NATS server to connect to")
+    parser.add_argument("--host", default=c.DEFAULT_HOST, help="address to listen on")
+    parser.add_argument("--port", type=int, default=port, help="port to listen on")
+    parser.add_argument("--log-level", default="INFO")
+    for option in HISTORY_OPTIONS:
+        option.add_to(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(prog="tokenrelay", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run NATS (embedded unless --nats-url), a gateway, a streamer and runners")
+    up.add_argument("--nats-url", default=None, help="use this NATS instead of starting an embedded one")
+    up.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (a free one if taken)")
+    up.add_argument("--host", default=c.DEFAULT_HOST, help="address gateway and streamer listen on")
+    up.add_argument("--gateway-port", type=int, default=c.DEFAULT_GATEWAY_PORT)
+    up.add_argument("--streamer-port", type=int, default=c.DEFAULT_STREAMER_PORT)
+    up.add_argument("--runners", type=int, default=1, help="runner processes to start")
+    up.add_argument("--log-level", default="INFO")
+    for option in (*HISTORY_OPTIONS, *ENGINE_OPTIONS, *STREAMER_OPTIONS, *GATEWAY_OPTIONS):
+        option.add_to(up)
+
+    gateway = sub.add_parser("gateway", help="run one gateway (control plane)")
+    _common(gateway, port=c.DEFAULT_GATEWAY_PORT)
+    gateway.add_argument("--public-url", default=None, help="base URL clients reach this gateway at")
+    gateway.add_argument("--streamer-url", default=f"http://{c.DEFAULT_HOST}:{c.DEFAULT_STREAMER_PORT}",
+                         help="base URL clients reach the streamers at (for events_url)")  # fmt: skip
+    for option in GATEWAY_OPTIONS:
+        option.add_to(gateway)
+
+    streamer = sub.add_parser("streamer", help="run one streamer (SSE data plane)")
+    _common(streamer, port=c.DEFAULT_STREAMER_PORT)
+    for option in STREAMER_OPTIONS:
+        option.add_to(streamer)
+
+    runner = sub.add_parser("runner", help="run one runner (inference engine)")
+    _common(runner, port=c.DEFAULT_RUNNER_PORT)
+    for option in ENGINE_OPTIONS:
+        option.add_to(runner)
+    return parser
+
+
+def gateway_config(args: argparse.Namespace) -> c.GatewayConfig:
+    """Typed gateway config from parsed arguments."""
+    return c.GatewayConfig(
+        host=args.host, port=args.port, nats_url=args.nats_url, public_url=args.public_url,
+        streamer_url=args.streamer_url, history=_history(args), max_queued_streams=args.max_queued_streams,
+        queue_timeout_s=args.queue_timeout_s, max_tokens_limit=args.max_tokens_limit,
+    )  # fmt: skip
+
+
+def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
+    """Typed streamer config from parsed arguments."""
+    return c.StreamerConfig(
+        host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args),
+        heartbeat_s=args.heartbeat_s, max_reader_buffer_bytes=args.max_reader_buffer_bytes,
+    )  # fmt: skip
+
+
+def runner_config(args: argparse.Namespace) -> c.RunnerConfig:
+    """Typed runner config from parsed arguments."""
+    synthetic = c.SyntheticConfig(
+        ttft_ms=args.synthetic_ttft_ms,
+        tokens_per_s=args.synthetic_tokens_per_s,
+        length_tokens=args.synthetic_length_tokens,
+    )
+    return c.RunnerConfig(
+        host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args), engine=args.engine,
+        model=args.model, max_concurrency=args.max_concurrency, publish_interval_ms=args.publish_interval_ms,
+        synthetic=synthetic,
+    )  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tokenrelay`` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        if args.command == "up":
+            from tokenrelay.supervisor import up
+
+            return up(args)
+        if args.command == "gateway":
+            from gateway.app import run as run_gateway
+
+            asyncio.run(run_gateway(gateway_config(args)))
+        elif args.command == "streamer":
+            from streamer.app import run as run_streamer
+
+            asyncio.run(run_streamer(streamer_config(args)))
+        elif args.command == "runner":
+            from runner.app import run as run_runner
+
+            asyncio.run(run_runner(runner_config(args)))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"tokenrelay {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,136 @@
+"""Typed configuration of each role. Defaults are named constants with their unit in the name.
+
+The command line (:mod:`tokenrelay.cli`) builds these; code receives them as typed values,
+never as ``dict[str, Any]``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_GATEWAY_PORT = 8080
+DEFAULT_STREAMER_PORT = 8081
+DEFAULT_RUNNER_PORT = 8090
+
+DEFAULT_HISTORY_TTL_S = 600.0
+DEFAULT_HISTORY_MAX_BYTES = 1 << 30
+DEFAULT_HEARTBEAT_S = 15.0
+DEFAULT_MAX_READER_BUFFER_BYTES = 1 << 20
+DEFAULT_HISTORY_BATCH_MESSAGES = 256
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_TOKENS_LIMIT = 32_768
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_MAX_QUEUED_STREAMS = 1_000
+DEFAULT_QUEUE_TIMEOUT_S = 10.0
+DEFAULT_DISPATCH_ATTEMPT_TIMEOUT_S = 1.0
+DEFAULT_CANCEL_TIMEOUT_S = 5.0
+DEFAULT_MAX_CONCURRENCY = 256
+DEFAULT_PUBLISH_INTERVAL_MS = 5.0
+DEFAULT_RUNNER_HEARTBEAT_INTERVAL_S = 1.0
+DEFAULT_RUNNER_STALE_AFTER_S = 3.0
+DEFAULT_SYNTHETIC_TTFT_MS = 50.0
+DEFAULT_SYNTHETIC_TOKENS_PER_S = 30.0
+DEFAULT_MAX_CONTROL_INFLIGHT = 64
+DEFAULT_MAX_WS_MESSAGE_BYTES = 1 << 20
+
+
+class StorageKind(enum.StrEnum):
+    """JetStream storage for stream history."""
+
+    MEMORY = "memory"
+    FILE = "file"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryConfig:
+    """How long and where per-stream history (for late readers and resume) is kept.
+
+    Messages older than ``ttl_s`` seconds are dropped; past ``max_bytes`` the oldest go first.
+    """
+
+    ttl_s: float = DEFAULT_HISTORY_TTL_S
+    storage: StorageKind = StorageKind.MEMORY
+    max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    """The control plane: admission, dispatch to runners, stop and feedback."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_GATEWAY_PORT
+    nats_url: str = DEFAULT_NATS_URL
+    public_url: str | None = None
+    """Base URL clients use for this gateway (control_url, stop_url); default from host:port."""
+    streamer_url: str = f"http://{DEFAULT_HOST}:{DEFAULT_STREAMER_PORT}"
+    """Base URL clients use for the streamer (events_url)."""
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """Larger request bodies are refused with 413."""
+    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
+    """A larger ``max_tokens`` is refused with 400 ``bad_request``."""
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    max_queued_streams: int = DEFAULT_MAX_QUEUED_STREAMS
+    """Streams waiting for a runner; beyond this a new stream gets 503 ``overloaded`` at once."""
+    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
+    """A stream no runner took within this time ends with an ``overloaded`` error event."""
+    dispatch_attempt_timeout_s: float = DEFAULT_DISPATCH_ATTEMPT_TIMEOUT_S
+    cancel_timeout_s: float = DEFAULT_CANCEL_TIMEOUT_S
+    """How long a stop waits for the owner to confirm before answering ``unavailable``."""
+    runner_stale_after_s: float = DEFAULT_RUNNER_STALE_AFTER_S
+    """A runner not heard from for this long no longer counts as available (``/readyz``)."""
+    max_control_inflight: int = DEFAULT_MAX_CONTROL_INFLIGHT
+    """Control messages handled at once per socket; more wait (the socket is not read)."""
+    max_ws_message_bytes: int = DEFAULT_MAX_WS_MESSAGE_BYTES
+
+    def base_url(self) -> str:
+        """This gateway's public base URL."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamerConfig:
+    """The data plane: SSE readers fed from NATS."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_STREAMER_PORT
+    nats_url: str = DEFAULT_NATS_URL
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    """A reader that got nothing for this many seconds is sent a ``: ping`` comment."""
+    max_reader_buffer_bytes: int = DEFAULT_MAX_READER_BUFFER_BYTES
+    """A reader with more unsent bytes than this is closed with ``slow_consumer``."""
+    history_batch_messages: int = DEFAULT_HISTORY_BATCH_MESSAGES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyntheticConfig:
+    """The synthetic engine's pacing and length."""
+
+    ttft_ms: float = DEFAULT_SYNTHETIC_TTFT_MS
+    tokens_per_s: float = DEFAULT_SYNTHETIC_TOKENS_PER_S
+    """0 means as fast as possible."""
+    length_tokens: int = 0
+    """Natural length of every text (then ``finish_reason`` ``stop``); 0 derives it from the prompt."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerConfig:
+    """One runner: takes jobs from the queue group and streams tokens of its engine."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_RUNNER_PORT
+    """HTTP port for ``/healthz`` and ``/metrics``; 0 picks a free one."""
+    nats_url: str = DEFAULT_NATS_URL
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    engine: str = "synthetic"
+    model: str = "synthetic"
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    """Streams generated at once; further jobs are rejected so another runner takes them."""
+    publish_interval_ms: float = DEFAULT_PUBLISH_INTERVAL_MS
+    """Tokens that come faster than this are batched into one message; 0 publishes each token."""
+    heartbeat_interval_s: float = DEFAULT_RUNNER_HEARTBEAT_INTERVAL_S
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -1,0 +1,91 @@
+"""The one error vocabulary of tokenrelay.
+
+Every error that reaches a client has a stable machine-readable ``code`` (an
+:class:`ErrorCode`), a human ``message`` and, over HTTP, a fitting status.  The JSON
+shape is ``{"error": {"code": ..., "message": ...}}`` (see DESIGN.md).
+
+Hierarchy::
+
+    TokenRelayError
+    ├── BadRequest          400 bad_request
+    ├── NotFound            404 not_found
+    ├── Overloaded          503 overloaded (carries retry_after_s)
+    ├── Unavailable         503 unavailable
+    └── UpstreamError       502 (engine failures; code chosen by the engine)
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes. Clients may switch on these; never rename one."""
+
+    BAD_REQUEST = "bad_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_FOUND = "not_found"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+    SLOW_CONSUMER = "slow_consumer"
+    RESUME_UNAVAILABLE = "resume_unavailable"
+    RUNNER_LOST = "runner_lost"
+    ENGINE_ERROR = "engine_error"
+    SHUTTING_DOWN = "shutting_down"
+
+
+class TokenRelayError(Exception):
+    """Base class of every error tokenrelay reports to a client."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the body of an HTTP error response."""
+        return {"error": {"code": str(self.code), "message": self.message}}
+
+
+class BadRequest(TokenRelayError):
+    """The request is malformed or breaks a documented rule."""
+
+    code = ErrorCode.BAD_REQUEST
+    http_status = 400
+
+
+class NotFound(TokenRelayError):
+    """No such stream (or it is not visible to the caller)."""
+
+    code = ErrorCode.NOT_FOUND
+    http_status = 404
+
+
+class Overloaded(TokenRelayError):
+    """Capacity is exhausted; the client should retry after ``retry_after_s`` seconds."""
+
+    code = ErrorCode.OVERLOADED
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(TokenRelayError):
+    """A dependency (NATS, the runners) cannot be reached right now."""
+
+    code = ErrorCode.UNAVAILABLE
+    http_status = 503
+
+
+class ResumeUnavailable(TokenRelayError):
+    """The history a cursor points into is gone: resuming would leave a gap."""
+
+    code = ErrorCode.RESUME_UNAVAILABLE
+    http_status = 410

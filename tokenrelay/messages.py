@@ -1,0 +1,214 @@
+"""Wire messages exchanged over NATS between gateway, runner and streamer.
+
+Each message is a small frozen dataclass with a literal ``type`` tag; :mod:`tokenrelay.codec`
+is the only place that turns them into bytes and back.  Per-stream events carry ``seq``:
+0 for :class:`StreamStart`, then 1, 2, ... for each :class:`StreamDelta`, and the last one
+for the terminal :class:`StreamEnd` or :class:`StreamError`.  ``seq`` lets a reader merge
+replayed history with live messages without gaps or duplicates.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+
+class StreamState(enum.StrEnum):
+    """Lifecycle of a stream: queued -> running -> finished (or queued -> finished)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(enum.StrEnum):
+    """Why a generation ended."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class CancelReason(enum.StrEnum):
+    """Who asked for a cancellation."""
+
+    CLIENT = "client"
+    DISCONNECT = "disconnect"
+    RUNNER_LOST = "runner_lost"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatMessage:
+    """One message of the conversation a generation continues."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRequest:
+    """Gateway -> runners (queue group): please generate this stream."""
+
+    type: Literal["job"] = "job"
+    stream_id: str
+    epoch: str
+    gateway_id: str
+    model: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    created: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobAccepted:
+    """Runner -> gateway: the job is mine; cancel it on my subject."""
+
+    type: Literal["job_accepted"] = "job_accepted"
+    stream_id: str
+    runner_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRejected:
+    """Runner -> gateway: the job was not taken (``code`` says why, e.g. ``overloaded``)."""
+
+    type: Literal["job_rejected"] = "job_rejected"
+    stream_id: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamStart:
+    """First event of every stream (seq 0)."""
+
+    type: Literal["start"] = "start"
+    stream_id: str
+    seq: int = 0
+    epoch: str
+    model: str
+    created: int
+    runner_id: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamDelta:
+    """One or more tokens. ``index`` is the token count after this batch; ``count`` is in it.
+
+    ``ts`` is the wall-clock time (seconds) the batch was published, for lag measurement.
+    """
+
+    type: Literal["delta"] = "delta"
+    seq: int
+    text: str
+    index: int
+    count: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEnd:
+    """Terminal event of a generation that ended with a finish reason."""
+
+    type: Literal["end"] = "end"
+    seq: int
+    finish_reason: FinishReason
+    tokens: int
+    ttft_ms: float | None
+    cancel_reason: CancelReason | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamError:
+    """Terminal event of a generation that failed; ``code`` is an :class:`~tokenrelay.errors.ErrorCode`."""
+
+    type: Literal["error"] = "error"
+    seq: int
+    code: str
+    message: str
+    tokens: int
+
+
+StreamEvent = StreamStart | StreamDelta | StreamEnd | StreamError
+TERMINAL_EVENTS = (StreamEnd, StreamError)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequest:
+    """Gateway -> owner (runner, or the gateway holding it queued): stop this stream."""
+
+    type: Literal["cancel"] = "cancel"
+    stream_id: str
+    reason: CancelReason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelReply:
+    """Owner -> gateway, sent once generation has halted (or had already ended)."""
+
+    type: Literal["cancel_reply"] = "cancel_reply"
+    stream_id: str
+    found: bool
+    finish_reason: FinishReason | None
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerHeartbeat:
+    """Runner -> everyone, every ``heartbeat_interval_s``: I am alive, with this load."""
+
+    type: Literal["runner_heartbeat"] = "runner_heartbeat"
+    runner_id: str
+    engine: str
+    model: str
+    active: int
+    capacity: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamRecord:
+    """A stream's state, kept in the ``tokenrelay_streams`` KV bucket (key: stream id)."""
+
+    type: Literal["record"] = "record"
+    stream_id: str
+    state: StreamState
+    model: str
+    created: int
+    epoch: str
+    gateway_id: str
+    runner_id: str | None = None
+    finish_reason: FinishReason | None = None
+    tokens: int = 0
+    ttft_ms: float | None = None
+    error_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Feedback:
+    """A user's rating of one stream, stored durably in JetStream."""
+
+    type: Literal["feedback"] = "feedback"
+    stream_id: str
+    rating: Literal["up", "down"]
+    comment: str | None = None
+    ts: float
+
+
+Message = (
+    JobRequest
+    | JobAccepted
+    | JobRejected
+    | StreamStart
+    | StreamDelta
+    | StreamEnd
+    | StreamError
+    | CancelRequest
+    | CancelReply
+    | RunnerHeartbeat
+    | StreamRecord
+    | Feedback
+)

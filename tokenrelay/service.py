@@ -1,0 +1,134 @@
+"""What every HTTP-serving role shares: JSON errors, health, metrics and the serve loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from tokenrelay.errors import ErrorCode, Overloaded, TokenRelayError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ReadyCheck = Callable[[], str | None]
+"""Returns ``None`` when ready, else the reason it is not."""
+
+REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
+READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("ready_check")
+
+
+def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response encoded with orjson."""
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(exc: TokenRelayError) -> web.Response:
+    """The contract's error shape, with ``Retry-After`` for ``overloaded``."""
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+    return json_response(exc.to_dict(), status=exc.http_status, headers=headers)
+
+
+def plain_error(status: int, code: ErrorCode, message: str) -> web.Response:
+    """An error response for statuses that have no exception class of their own (405, 413...)."""
+    return json_response({"error": {"code": str(code), "message": message}}, status=status)
+
+
+_HTTP_CODES = {
+    400: ErrorCode.BAD_REQUEST,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into the contract's JSON shape; never leak a traceback to a client."""
+    try:
+        return await handler(request)
+    except TokenRelayError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST if exc.status < 500 else ErrorCode.INTERNAL)
+        return plain_error(exc.status, code, exc.reason)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return plain_error(500, ErrorCode.INTERNAL, "internal error")
+
+
+async def healthz(_: web.Request) -> web.Response:
+    """The process is alive and serving HTTP."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to serve: connected to NATS, and whatever else the role checks."""
+    reason = request.app[READY_KEY]()
+    if reason is None:
+        return json_response({"status": "ready"})
+    return plain_error(503, ErrorCode.UNAVAILABLE, reason)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this process's registry."""
+    body = generate_latest(request.app[REGISTRY_KEY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: ReadyCheck) -> None:
+    """Mount ``/healthz``, ``/readyz`` and ``/metrics``."""
+    app[REGISTRY_KEY] = registry
+    app[READY_KEY] = ready
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+
+async def serve(app: web.Application, host: str, port: int, *, name: str) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0] if runner.addresses else (host, port)
+    log.info("%s listening on http://%s:%s", name, bound[0], bound[1])
+    await wait_for_signal()
+    log.info("%s shutting down", name)
+    await runner.cleanup()
+
+
+async def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM arrives."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One line per record, with the role in the logger name."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )

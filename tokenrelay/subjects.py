@@ -1,0 +1,86 @@
+"""NATS subjects, JetStream streams and KV buckets: the whole wire topology in one place.
+
+==============================================  =========  ===================================
+subject                                         pattern    carries
+==============================================  =========  ===================================
+``tokenrelay.jobs``                              req/reply  JobRequest -> JobAccepted|JobRejected
+                                                            (queue group ``runners``)
+``tokenrelay.stream.<id>.events``                pub/sub    StreamStart, StreamDelta, StreamEnd
+                                                            (captured by JetStream for replay)
+``tokenrelay.runner.<runner_id>.cancel``         req/reply  CancelRequest -> CancelReply
+``tokenrelay.gateway.<gateway_id>.cancel``       req/reply  CancelRequest -> CancelReply
+                                                            (streams still queued in a gateway)
+``tokenrelay.runners.heartbeat``                 pub/sub    RunnerHeartbeat
+``tokenrelay.feedback.<id>``                     JetStream  Feedback (file storage)
+==============================================  =========  ===================================
+
+Stream ids are 32 lowercase hex characters (128 random bits), so they are always valid
+single subject tokens; anything else is rejected before it can reach a subject.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+JOBS = "tokenrelay.jobs"
+RUNNER_QUEUE_GROUP = "runners"
+RUNNER_HEARTBEAT = "tokenrelay.runners.heartbeat"
+
+EVENTS_STREAM = "TOKENRELAY_EVENTS"
+EVENTS_WILDCARD = "tokenrelay.stream.*.events"
+
+FEEDBACK_STREAM = "TOKENRELAY_FEEDBACK"
+FEEDBACK_WILDCARD = "tokenrelay.feedback.*"
+
+STREAMS_BUCKET = "tokenrelay_streams"
+
+_STREAM_ID = re.compile(r"[0-9a-f]{32}")
+_NODE_ID = re.compile(r"[0-9a-z_-]{1,64}")
+
+
+def new_stream_id() -> str:
+    """A fresh, unguessable stream id (128 random bits, hex)."""
+    return secrets.token_hex(16)
+
+
+def new_node_id(role: str) -> str:
+    """An id for one gateway or runner process, e.g. ``runner-1f2e3d4c``."""
+    return f"{role}-{secrets.token_hex(4)}"
+
+
+def is_stream_id(value: str) -> bool:
+    """Whether ``value`` has the exact shape of a stream id."""
+    return _STREAM_ID.fullmatch(value) is not None
+
+
+def _node(node_id: str) -> str:
+    if _NODE_ID.fullmatch(node_id) is None:
+        raise ValueError(f"invalid node id {node_id!r}")
+    return node_id
+
+
+def _stream(stream_id: str) -> str:
+    if not is_stream_id(stream_id):
+        raise ValueError(f"invalid stream id {stream_id!r}")
+    return stream_id
+
+
+def events(stream_id: str) -> str:
+    """The subject a runner publishes a stream's events on."""
+    return f"tokenrelay.stream.{_stream(stream_id)}.events"
+
+
+def runner_cancel(runner_id: str) -> str:
+    """The subject one runner takes cancel requests on."""
+    return f"tokenrelay.runner.{_node(runner_id)}.cancel"
+
+
+def gateway_cancel(gateway_id: str) -> str:
+    """The subject one gateway takes cancel requests on for streams it still holds queued."""
+    return f"tokenrelay.gateway.{_node(gateway_id)}.cancel"
+
+
+def feedback(stream_id: str) -> str:
+    """The subject feedback for one stream is stored under."""
+    return f"tokenrelay.feedback.{_stream(stream_id)}"
