@@ -89,10 +89,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 def spawn(child: Child, *, log_path: str | None = None) -> None:
     """Start a child in its own session, set to die with the supervisor; output to ``log_path`` if given."""
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(open(log_path, "ab")) if log_path else None  # noqa: SIM115
-        # preexec_fn is safe here: the supervisor runs no threads.
-        child.process = subprocess.Popen(  # noqa: PLW1509
-            child.argv, start_new_session=True, preexec_fn=_die_with_parent, stdout=out, stderr=out
+        out = stack.enter_context(open(log_path, "ab")) if log_path else None
+        child.process = subprocess.Popen(
+            child.argv,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - safe: the supervisor runs no threads
+            stdout=out,
+            stderr=out,
         )
 
 
