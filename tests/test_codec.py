@@ -1,0 +1,260 @@
+"""Spec of the wire codec: every message round-trips; anything malformed is a CodecError."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import orjson
+import pytest
+
+from tokenrelay import codec
+from tokenrelay import messages as m
+from tokenrelay.codec import CodecError
+
+SID = "0123456789abcdef0123456789abcdef"
+
+SAMPLES: list[m.Message] = [
+    m.JobRequest(
+        stream_id=SID,
+        epoch="e1",
+        gateway_id="gateway-1",
+        model="synthetic",
+        messages=(m.ChatMessage(role="system", content="be brief"), m.ChatMessage(role="user", content="hi")),
+        max_tokens=64,
+        created=1_700_000_000,
+    ),
+    m.JobAccepted(stream_id=SID, runner_id="runner-1"),
+    m.JobRejected(stream_id=SID, code="overloaded", message="at capacity"),
+    m.StreamStart(stream_id=SID, epoch="e1", model="synthetic", created=1_700_000_000, runner_id="r", ts=1.5),
+    m.StreamDelta(seq=1, text="Hello", index=1, count=1, ts=2.25),
+    m.StreamEnd(seq=2, finish_reason=m.FinishReason.STOP, tokens=1, ttft_ms=12.5),
+    m.StreamEnd(
+        seq=3,
+        finish_reason=m.FinishReason.CANCELLED,
+        tokens=2,
+        ttft_ms=None,
+        cancel_reason=m.CancelReason.DISCONNECT,
+    ),
+    m.StreamError(seq=4, code="engine_error", message="boom", tokens=3),
+    m.CancelRequest(stream_id=SID, reason=m.CancelReason.CLIENT),
+    m.CancelReply(stream_id=SID, found=True, finish_reason=m.FinishReason.CANCELLED, tokens=7),
+    m.CancelReply(stream_id=SID, found=False, finish_reason=None, tokens=0),
+    m.RunnerHeartbeat(runner_id="runner-1", engine="synthetic", model="m", active=1, capacity=8, ts=3.0),
+    m.StreamRecord(stream_id=SID, state=m.StreamState.QUEUED, model="m", created=1, epoch="e1", gateway_id="g"),
+    m.StreamRecord(
+        stream_id=SID,
+        state=m.StreamState.FINISHED,
+        model="m",
+        created=1,
+        epoch="e1",
+        gateway_id="g",
+        runner_id="runner-1",
+        finish_reason=m.FinishReason.ERROR,
+        tokens=5,
+        ttft_ms=3.5,
+        error_code="engine_error",
+    ),
+    m.Feedback(stream_id=SID, rating="up", ts=4.0),
+    m.Feedback(stream_id=SID, rating="down", comment="too slow", ts=4.0),
+]
+
+MULTIBYTE_TEXTS = [
+    "café naïve façade",
+    "日本語 流式 トークン 한국어",
+    "😀🚀🧪 👩\u200d💻",
+    "line one\nline two\r\nline three\r",
+    "\t\"quoted\" \\ backslash \u2028 separator",
+    "",
+]
+
+
+def _by_type(type_tag: str) -> m.Message:
+    return next(s for s in SAMPLES if s.type == type_tag)
+
+
+def _wire(message: m.Message, /, **changes: Any) -> bytes:
+    """The message as a JSON object with some fields replaced (or removed when the value is ...)."""
+    obj = orjson.loads(codec.encode(message))
+    for name, value in changes.items():
+        if value is ...:
+            del obj[name]
+        else:
+            obj[name] = value
+    return orjson.dumps(obj)
+
+
+def _required_fields() -> list[tuple[str, str]]:
+    cases = []
+    for cls in typing.get_args(m.Message):
+        for field in dataclasses.fields(cls):
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                cases.append((cls.__dataclass_fields__["type"].default, field.name))
+    return cases
+
+
+def test_samples_cover_every_message_type() -> None:
+    assert {type(s) for s in SAMPLES} == set(typing.get_args(m.Message))
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda s: type(s).__name__)
+def test_every_message_round_trips_through_encode_and_decode(message: m.Message) -> None:
+    assert codec.decode(codec.encode(message)) == message
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda s: type(s).__name__)
+def test_encoded_message_is_a_json_object_tagged_with_its_type(message: m.Message) -> None:
+    obj = orjson.loads(codec.encode(message))
+    assert isinstance(obj, dict)
+    assert obj["type"] == message.type
+
+
+def test_decode_accepts_str_as_well_as_bytes() -> None:
+    message = _by_type("delta")
+    assert codec.decode(codec.encode(message).decode()) == message
+
+
+@pytest.mark.parametrize("text", MULTIBYTE_TEXTS)
+def test_delta_text_with_multibyte_characters_and_line_breaks_round_trips(text: str) -> None:
+    message = m.StreamDelta(seq=1, text=text, index=1, count=1, ts=0.0)
+    assert codec.decode_as(codec.encode(message), m.StreamDelta).text == text
+
+
+@pytest.mark.parametrize("text", MULTIBYTE_TEXTS)
+def test_chat_message_content_with_multibyte_characters_round_trips(text: str) -> None:
+    message = dataclasses.replace(
+        typing.cast(m.JobRequest, _by_type("job")), messages=(m.ChatMessage(role="user", content=text),)
+    )
+    assert codec.decode_as(codec.encode(message), m.JobRequest).messages[0].content == text
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"not json", b'{"type": "delta",}', b"\xff\xfe", "{'a': 1}"])
+def test_decode_rejects_invalid_json(data: bytes | str) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(data)
+
+
+@pytest.mark.parametrize("data", [b"[]", b"1", b'"start"', b"null", b"true", b'[{"type": "start"}]'])
+def test_decode_rejects_json_that_is_not_an_object(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(data)
+
+
+@pytest.mark.parametrize(
+    "data", [b"{}", b'{"type": "nope"}', b'{"type": "Start"}', b'{"type": 1}', b'{"type": null}']
+)
+def test_decode_rejects_missing_or_unknown_type_tag(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(data)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="codec.decode looks the type tag up in a dict, so an unhashable tag raises TypeError, not CodecError",
+)
+@pytest.mark.parametrize("data", [b'{"type": []}', b'{"type": {}}'])
+def test_decode_rejects_unhashable_type_tag_with_codec_error(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(data)
+
+
+@pytest.mark.parametrize(("type_tag", "field"), _required_fields())
+def test_decode_rejects_message_missing_required_field(type_tag: str, field: str) -> None:
+    with pytest.raises(CodecError, match=field):
+        codec.decode(_wire(_by_type(type_tag), **{field: ...}))
+
+
+@pytest.mark.parametrize(
+    ("type_tag", "field", "value"),
+    [
+        ("delta", "seq", True),
+        ("delta", "seq", "1"),
+        ("delta", "seq", 1.0),
+        ("delta", "seq", None),
+        ("delta", "index", False),
+        ("delta", "count", "3"),
+        ("delta", "text", 5),
+        ("delta", "text", ["a"]),
+        ("delta", "ts", "1.5"),
+        ("delta", "ts", True),
+        ("start", "created", 1.5),
+        ("start", "stream_id", 123),
+        ("job", "max_tokens", True),
+        ("job", "max_tokens", "10"),
+        ("job", "messages", "hi"),
+        ("job", "messages", [1]),
+        ("job", "messages", [{"role": "user"}]),
+        ("job", "messages", [{"role": "user", "content": 5}]),
+        ("job", "messages", {"role": "user", "content": "x"}),
+        ("cancel_reply", "found", 1),
+        ("cancel_reply", "found", "true"),
+        ("cancel_reply", "tokens", None),
+        ("runner_heartbeat", "capacity", 8.0),
+        ("record", "runner_id", 5),
+        ("record", "tokens", None),
+        ("end", "ttft_ms", "12"),
+        ("feedback", "comment", 1),
+        ("feedback", "ts", None),
+    ],
+)
+def test_decode_rejects_field_of_wrong_type(type_tag: str, field: str, value: Any) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(_wire(_by_type(type_tag), **{field: value}))
+
+
+@pytest.mark.parametrize(
+    ("type_tag", "field", "value"),
+    [
+        ("end", "finish_reason", "done"),
+        ("end", "finish_reason", "STOP"),
+        ("end", "finish_reason", 1),
+        ("end", "cancel_reason", "bored"),
+        ("cancel", "reason", "CLIENT"),
+        ("cancel_reply", "finish_reason", "finished"),
+        ("record", "state", "paused"),
+        ("feedback", "rating", "meh"),
+        ("feedback", "rating", "UP"),
+        ("feedback", "rating", None),
+    ],
+)
+def test_decode_rejects_bad_enum_or_literal_value(type_tag: str, field: str, value: Any) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(_wire(_by_type(type_tag), **{field: value}))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Literal fields are checked with `value in set(...)`, so an unhashable value raises TypeError",
+)
+@pytest.mark.parametrize("value", [[], {}])
+def test_decode_rejects_unhashable_literal_value_with_codec_error(value: Any) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(_wire(_by_type("feedback"), rating=value))
+
+
+def test_decode_as_returns_message_of_the_expected_class() -> None:
+    message = _by_type("job_accepted")
+    assert codec.decode_as(codec.encode(message), m.JobAccepted) == message
+
+
+def test_decode_as_rejects_message_of_another_class() -> None:
+    with pytest.raises(CodecError, match="JobRejected"):
+        codec.decode_as(codec.encode(_by_type("job_accepted")), m.JobRejected)
+
+
+def test_decode_as_rejects_invalid_bytes_with_codec_error() -> None:
+    with pytest.raises(CodecError):
+        codec.decode_as(b"{", m.JobAccepted)
+
+
+@pytest.mark.parametrize("type_tag", ["start", "delta", "end", "error"])
+def test_decode_event_accepts_every_stream_event(type_tag: str) -> None:
+    message = _by_type(type_tag)
+    assert codec.decode_event(codec.encode(message)) == message
+
+
+@pytest.mark.parametrize("type_tag", ["job", "cancel", "record", "feedback"])
+def test_decode_event_rejects_message_that_is_not_a_stream_event(type_tag: str) -> None:
+    with pytest.raises(CodecError):
+        codec.decode_event(codec.encode(_by_type(type_tag)))

@@ -1,0 +1,104 @@
+"""``tokenrelay up``: embedded NATS plus three roles as separate processes, and a clean stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import create_stream
+from tests.procs import pid_alive, stop_process, wait_until
+from tests.sse_client import read_stream
+from tokenrelay.supervisor import free_port
+
+BANNER = re.compile(r"^\s+(nats|gateway|streamer|runner-\d+)\s+(\S+)\s+pid (\d+)", re.M)
+
+
+@dataclass
+class Up:
+    process: subprocess.Popen[bytes]
+    log: Path
+    pids: dict[str, int]
+    urls: dict[str, str]
+
+
+@pytest.fixture
+def start_up() -> Iterator[object]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def launch(*extra: str) -> Up:
+        log = Path(tempfile.mkdtemp(prefix="tokenrelay-up-")) / "up.log"
+        argv = [sys.executable, "-m", "tokenrelay", "up", "--gateway-port", str(free_port())]
+        argv += ["--streamer-port", str(free_port()), "--nats-port", str(free_port()), *extra]
+        with log.open("wb") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        started.append(process)
+        wait_until(lambda: "Press Ctrl-C" in log.read_text() or process.poll() is not None, what="up banner")
+        text = log.read_text()
+        assert process.poll() is None, text
+        found = BANNER.findall(text)
+        return Up(process, log, {n: int(p) for n, _, p in found}, {n: u for n, u, _ in found})
+
+    yield launch
+    for process in started:
+        stop_process(process)
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+async def test_up_runs_nats_gateway_streamer_and_runner_as_separate_processes(start_up: object) -> None:
+    up: Up = start_up("--synthetic-tokens-per-s", "50")  # type: ignore[operator]
+    assert set(up.pids) == {"nats", "gateway", "streamer", "runner-1"}
+    assert len(set(up.pids.values()) | {up.process.pid}) == 5
+    assert "nats-server" in _cmdline(up.pids["nats"])
+    for role in ("gateway", "streamer", "runner"):
+        name = "runner-1" if role == "runner" else role
+        assert f"tokenrelay {role}" in _cmdline(up.pids[name])
+    created = await create_stream(up.urls["gateway"], "through up", max_tokens=20)
+    stream = await read_stream(created["events_url"])
+    assert len(stream.of("delta")) == 20 and stream.chunks > 1
+
+
+def test_sigint_stops_every_child_and_leaves_no_process_behind(start_up: object) -> None:
+    up: Up = start_up()  # type: ignore[operator]
+    up.process.send_signal(signal.SIGINT)
+    assert up.process.wait(timeout=30) == 0
+    for name, pid in up.pids.items():
+        assert not pid_alive(pid), f"{name} (pid {pid}) survived"
+
+
+def test_sigterm_stops_every_child_and_leaves_no_process_behind(start_up: object) -> None:
+    up: Up = start_up("--runners", "2")  # type: ignore[operator]
+    assert {"runner-1", "runner-2"} <= set(up.pids)
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(timeout=30) == 0
+    assert not any(pid_alive(pid) for pid in up.pids.values())
+
+
+def test_a_child_that_dies_is_reported_and_up_exits_non_zero(start_up: object) -> None:
+    up: Up = start_up()  # type: ignore[operator]
+    os.kill(up.pids["runner-1"], signal.SIGKILL)
+    assert up.process.wait(timeout=30) == 1
+    assert "runner-1" in up.log.read_text() and "exited" in up.log.read_text()
+    assert not any(pid_alive(pid) for pid in up.pids.values())
+
+
+def test_embedded_nats_moves_to_a_free_port_when_the_requested_one_is_taken(start_up: object) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        up: Up = start_up("--nats-port", str(port))  # type: ignore[operator]
+        assert up.urls["nats"].startswith("nats://127.0.0.1:")
+        assert not up.urls["nats"].endswith(f":{port}")
