@@ -105,9 +105,7 @@ class ControlSession:
                     self._tasks.add(task)
                     task.add_done_callback(self._done)
                 elif msg.type is WSMsgType.BINARY:
-                    await self._send(
-                        control.error_reply(BadRequest("binary messages are not supported"), None)
-                    )
+                    await self._send(control.error_reply(BadRequest("binary messages are not supported"), None))
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -136,9 +134,7 @@ class ControlSession:
         if isinstance(command, control.Start):
             record = await self._streams.create(_stream_request(self._config, command.body))
             urls = _urls(self._config, record.stream_id)
-            return control.reply(
-                "started", command.ref, stream_id=record.stream_id, events_url=urls["events_url"]
-            )
+            return control.reply("started", command.ref, stream_id=record.stream_id, events_url=urls["events_url"])
         if isinstance(command, control.Stop):
             await self._streams.record(command.stream_id)
             result = await self._streams.stop(command.stream_id)
@@ -171,9 +167,7 @@ async def control_socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def make_app(
-    config: GatewayConfig, streams: StreamManager, metrics: GatewayMetrics, nc: NATS
-) -> web.Application:
+def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetrics, nc: NATS) -> web.Application:
     """The gateway application around a started :class:`StreamManager`."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_body_bytes)
     app[CONFIG_KEY], app[STREAMS_KEY], app[METRICS_KEY] = config, streams, metrics

@@ -14,9 +14,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.streams_created = Counter("tokenrelay_gateway_streams_created", "Streams admitted", registry=r)
-        self.streams_queued = Gauge(
-            "tokenrelay_gateway_streams_queued", "Streams waiting for a runner", registry=r
-        )
+        self.streams_queued = Gauge("tokenrelay_gateway_streams_queued", "Streams waiting for a runner", registry=r)
         self.errors = Counter("tokenrelay_gateway_errors", "Errors answered, by code", ["code"], registry=r)
         self.control_sockets = Gauge(
             "tokenrelay_gateway_control_sockets_open", "Control WebSockets open now", registry=r
@@ -35,6 +33,4 @@ class GatewayMetrics:
         self.runners_available = Gauge(
             "tokenrelay_gateway_runners_available", "Runners heard from recently", registry=r
         )
-        self.feedback = Counter(
-            "tokenrelay_gateway_feedback", "Feedback stored, by rating", ["rating"], registry=r
-        )
+        self.feedback = Counter("tokenrelay_gateway_feedback", "Feedback stored, by rating", ["rating"], registry=r)

@@ -34,9 +34,7 @@ def parse_json_object(body: bytes | str) -> dict[str, Any]:
     return obj
 
 
-def parse_stream_request(
-    obj: dict[str, Any], *, default_max_tokens: int, max_tokens_limit: int
-) -> StreamRequest:
+def parse_stream_request(obj: dict[str, Any], *, default_max_tokens: int, max_tokens_limit: int) -> StreamRequest:
     """Validate ``{"messages": [...] | "prompt": "...", "max_tokens"?, "model"?}``.
 
     ``max_tokens`` must be an integer in ``1..max_tokens_limit``; unknown fields are ignored.

@@ -214,9 +214,7 @@ class StreamManager:
         )  # fmt: skip
         terminal: StreamEnd | StreamError
         if error is not None:
-            terminal = StreamError(
-                seq=1, code=str(error), message="no runner took the stream in time", tokens=0
-            )
+            terminal = StreamError(seq=1, code=str(error), message="no runner took the stream in time", tokens=0)
         else:
             terminal = StreamEnd(
                 seq=1, finish_reason=FinishReason.CANCELLED, tokens=0, ttft_ms=None, cancel_reason=cancel
@@ -327,8 +325,6 @@ class StreamManager:
     async def feedback(self, stream_id: str, rating: str, comment: str | None) -> None:
         """Store feedback durably; returns once JetStream has acknowledged it."""
         await self.record(stream_id)
-        item = Feedback(
-            stream_id=stream_id, rating="up" if rating == "up" else "down", comment=comment, ts=time.time()
-        )
+        item = Feedback(stream_id=stream_id, rating="up" if rating == "up" else "down", comment=comment, ts=time.time())
         await self._js.publish(subjects.feedback(stream_id), codec.encode(item))
         self._metrics.feedback.labels(rating=item.rating).inc()

@@ -188,9 +188,7 @@ class Generation:
 
     async def _finish_with_error(self, code: str, message: str) -> None:
         await self._flush()
-        await self._publish(
-            StreamError(seq=self._next_seq(), code=code, message=message, tokens=self._tokens)
-        )
+        await self._publish(StreamError(seq=self._next_seq(), code=code, message=message, tokens=self._tokens))
         self._finish(Outcome(FinishReason.ERROR, self._tokens, code))
 
     def _finish(self, outcome: Outcome) -> None:

@@ -12,16 +12,12 @@ class RunnerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.active_streams = Gauge("tokenrelay_runner_active_streams", "Streams generating now", registry=r)
-        self.capacity = Gauge(
-            "tokenrelay_runner_capacity", "Streams this runner generates at once", registry=r
-        )
+        self.capacity = Gauge("tokenrelay_runner_capacity", "Streams this runner generates at once", registry=r)
         self.streams = Counter(
             "tokenrelay_runner_streams", "Finished streams by finish reason", ["finish_reason"], registry=r
         )
         self.tokens = Counter("tokenrelay_runner_tokens", "Tokens produced by the engine", registry=r)
-        self.messages = Counter(
-            "tokenrelay_runner_published_messages", "Event messages published", registry=r
-        )
+        self.messages = Counter("tokenrelay_runner_published_messages", "Event messages published", registry=r)
         self.tokens_after_cancel = Counter(
             "tokenrelay_runner_tokens_after_cancel",
             "Tokens the engine produced after a cancel had reached this runner",
@@ -30,9 +26,7 @@ class RunnerMetrics:
         self.cancellations = Counter(
             "tokenrelay_runner_cancellations", "Cancellations by reason", ["reason"], registry=r
         )
-        self.jobs_rejected = Counter(
-            "tokenrelay_runner_jobs_rejected", "Jobs refused at capacity", registry=r
-        )
+        self.jobs_rejected = Counter("tokenrelay_runner_jobs_rejected", "Jobs refused at capacity", registry=r)
         self.ttft = Histogram(
             "tokenrelay_runner_ttft_seconds",
             "Job accepted -> first token published",

@@ -79,18 +79,12 @@ class Runner:
 
     async def start(self) -> None:
         """Subscribe to jobs and cancels, and start heartbeating."""
-        self._subs.append(
-            await self._nc.subscribe(subjects.JOBS, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job)
-        )
-        self._subs.append(
-            await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel)
-        )
+        self._subs.append(await self._nc.subscribe(subjects.JOBS, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job))
+        self._subs.append(await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel))
         await self._nc.flush()
         await self._heartbeat()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
-        log.info(
-            "runner %s ready (engine=%s model=%s)", self.runner_id, self._engine.name, self._engine.model
-        )
+        log.info("runner %s ready (engine=%s model=%s)", self.runner_id, self._engine.name, self._engine.model)
 
     async def stop(self) -> None:
         """Stop taking jobs, end what is running as ``shutting_down``, and release the engine."""
@@ -99,10 +93,7 @@ class Runner:
                 await sub.unsubscribe()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
-        tasks = [
-            g.abort(str(ErrorCode.SHUTTING_DOWN), "the runner is shutting down")
-            for g in self._active.values()
-        ]
+        tasks = [g.abort(str(ErrorCode.SHUTTING_DOWN), "the runner is shutting down") for g in self._active.values()]
         if tasks:
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), SHUTDOWN_GRACE_S)
         await self._engine.aclose()
@@ -115,9 +106,7 @@ class Runner:
             return
         if len(self._active) >= self.config.max_concurrency or job.stream_id in self._active:
             self.metrics.jobs_rejected.inc()
-            reply = JobRejected(
-                stream_id=job.stream_id, code=str(ErrorCode.OVERLOADED), message="at capacity"
-            )
+            reply = JobRejected(stream_id=job.stream_id, code=str(ErrorCode.OVERLOADED), message="at capacity")
             await msg.respond(codec.encode(reply))
             return
         generation = Generation(

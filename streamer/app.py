@@ -113,9 +113,7 @@ async def catch_up(app: web.Application, reader: Reader, record: StreamRecord) -
         return
     nothing_stored = reader.replay.next_seq == 0 and record.state is StreamState.FINISHED
     if reader.replay.waiting_on_gap or nothing_stored:
-        reader.fail(
-            str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", hub.clock()
-        )
+        reader.fail(str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", hub.clock())
 
 
 async def pump(reader: Reader, response: web.StreamResponse, metrics: StreamerMetrics) -> None:

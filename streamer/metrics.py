@@ -17,9 +17,7 @@ class StreamerMetrics:
             "tokenrelay_streamer_channels_open", "Streams with a live NATS subscription here", registry=r
         )
         self.writes = Counter("tokenrelay_streamer_writes", "Socket writes to SSE readers", registry=r)
-        self.bytes_sent = Counter(
-            "tokenrelay_streamer_bytes_sent", "Bytes written to SSE readers", registry=r
-        )
+        self.bytes_sent = Counter("tokenrelay_streamer_bytes_sent", "Bytes written to SSE readers", registry=r)
         self.history_fetches = Counter(
             "tokenrelay_streamer_history_fetches", "History reads (late or resuming readers)", registry=r
         )

@@ -16,16 +16,15 @@ from tokenrelay.messages import ChatMessage
 async def post(url: str, body: Any = None, *, data: bytes | None = None) -> tuple[int, Any]:
     """POST JSON (or raw ``data``); return (status, parsed JSON body)."""
     payload = data if data is not None else orjson.dumps(body)
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, data=payload, headers={"Content-Type": "application/json"}) as response:
-            return response.status, orjson.loads(await response.read())
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session, session.post(url, data=payload, headers=headers) as response:
+        return response.status, orjson.loads(await response.read())
 
 
 async def get_json(url: str) -> tuple[int, Any]:
     """GET; return (status, parsed JSON body)."""
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url) as response:
-            return response.status, orjson.loads(await response.read())
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, orjson.loads(await response.read())
 
 
 async def create_stream(gateway_url: str, prompt: str, max_tokens: int = 40) -> dict[str, Any]:
@@ -43,9 +42,8 @@ def expected_text(prompt: str, max_tokens: int, length_tokens: int = 0) -> str:
 
 async def metric(url: str, name: str) -> float:
     """Sum of every sample of metric ``name`` on a process's ``/metrics``."""
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{url}/metrics") as response:
-            text = await response.text()
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        text = await response.text()
     pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.M)
     return sum(float(v) for v in pattern.findall(text))
 

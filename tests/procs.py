@@ -79,7 +79,16 @@ def nats_server() -> Iterator[NatsServer]:
         port = free_port()
         log = open(os.path.join(store, "nats.log"), "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [nats_server_binary(), "--jetstream", "--addr", "127.0.0.1", "--port", str(port), "--store_dir", store],
+            [
+                nats_server_binary(),
+                "--jetstream",
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--store_dir",
+                store,
+            ],
             stdout=log,
             stderr=log,
         )
@@ -152,13 +161,9 @@ def system(
         try:
             streamer = start_role("streamer", nats_url, logs, "streamer", streamer_args)
             roles.append(streamer)
-            runner_roles = [
-                start_role("runner", nats_url, logs, f"runner-{i}", runner_args) for i in range(runners)
-            ]
+            runner_roles = [start_role("runner", nats_url, logs, f"runner-{i}", runner_args) for i in range(runners)]
             roles += runner_roles
-            gateway = start_role(
-                "gateway", nats_url, logs, "gateway", ["--streamer-url", streamer.url, *gateway_args]
-            )
+            gateway = start_role("gateway", nats_url, logs, "gateway", ["--streamer-url", streamer.url, *gateway_args])
             roles.append(gateway)
             for role in roles:
                 wait_until(lambda r=role: _healthy_or_dead(r, logs), what=f"{role.name} health")

@@ -98,24 +98,22 @@ async def read_stream(
     url: str, *, headers: dict[str, str] | None = None, stop_after: int | None = None, timeout_s: float = 60
 ) -> Stream:
     """Read an SSE response until the server closes it (or ``stop_after`` events have arrived)."""
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as response:
-            out = Stream(response.status, dict(response.headers))
-            if response.status != 200 or not response.headers.get("Content-Type", "").startswith(
-                "text/event-stream"
-            ):
-                out.body = await response.read()
-                return out
-            parser = Parser()
-            decoder = _Utf8()
-            async for chunk in response.content.iter_any():
-                out.chunks += 1
-                parser.feed(decoder.decode(chunk), time.monotonic(), out)
-                if stop_after is not None and len(out.events) >= stop_after:
-                    break
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response,
+    ):
+        out = Stream(response.status, dict(response.headers))
+        if response.status != 200 or not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            out.body = await response.read()
             return out
+        parser = Parser()
+        decoder = _Utf8()
+        async for chunk in response.content.iter_any():
+            out.chunks += 1
+            parser.feed(decoder.decode(chunk), time.monotonic(), out)
+            if stop_after is not None and len(out.events) >= stop_after:
+                break
+        return out
 
 
 class _Utf8:

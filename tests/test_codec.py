@@ -65,7 +65,7 @@ MULTIBYTE_TEXTS = [
     "日本語 流式 トークン 한국어",
     "😀🚀🧪 👩\u200d💻",
     "line one\nline two\r\nline three\r",
-    "\t\"quoted\" \\ backslash \u2028 separator",
+    '\t"quoted" \\ backslash \u2028 separator',
     "",
 ]
 
@@ -141,9 +141,7 @@ def test_decode_rejects_json_that_is_not_an_object(data: bytes) -> None:
         codec.decode(data)
 
 
-@pytest.mark.parametrize(
-    "data", [b"{}", b'{"type": "nope"}', b'{"type": "Start"}', b'{"type": 1}', b'{"type": null}']
-)
+@pytest.mark.parametrize("data", [b"{}", b'{"type": "nope"}', b'{"type": "Start"}', b'{"type": 1}', b'{"type": null}'])
 def test_decode_rejects_missing_or_unknown_type_tag(data: bytes) -> None:
     with pytest.raises(CodecError):
         codec.decode(data)

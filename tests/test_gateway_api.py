@@ -107,7 +107,7 @@ async def test_events_of_an_unknown_stream_is_404_not_found(sut: System, stream_
 
 @pytest.mark.parametrize("cursor", ["garbage", "abc", "zz:1", "ab:-1", "ab:01", "ab:1:2", "x" * 100])
 async def test_events_with_a_malformed_cursor_is_400_bad_request(sut: System, cursor: str) -> None:
-    status, created = await post(f"{sut.gateway_url}/v1/streams", {"prompt": "cursor", "max_tokens": 2})
+    _status, created = await post(f"{sut.gateway_url}/v1/streams", {"prompt": "cursor", "max_tokens": 2})
     stream = await read_stream(created["events_url"], headers={"Last-Event-ID": cursor})
     assert (stream.status, _code(orjson.loads(stream.body))) == (400, "bad_request")
 
@@ -164,9 +164,7 @@ async def test_ws_message_with_an_unknown_type_gets_an_error_echoing_ref(sut: Sy
     ids=["bad-max-tokens", "start-empty", "stop-no-id", "stop-unknown", "stop-garbage-id", "feedback-unknown",
          "feedback-bad-rating", "feedback-oversize-comment"],
 )  # fmt: skip
-async def test_ws_invalid_commands_get_their_exact_error_code(
-    sut: System, message: dict[str, Any], code: str
-) -> None:
+async def test_ws_invalid_commands_get_their_exact_error_code(sut: System, message: dict[str, Any], code: str) -> None:
     async with connect(f"{sut.gateway_url.replace('http', 'ws')}/v1/control") as ws:
         reply = await _ask(ws, orjson.dumps({**message, "ref": 1}).decode())
         assert (reply["type"], reply["code"], reply["ref"]) == ("error", code, 1)
@@ -178,7 +176,13 @@ async def test_ws_feedback_for_a_real_stream_is_acknowledged(sut: System) -> Non
         ack = await _ask(
             ws,
             orjson.dumps(
-                {"type": "feedback", "stream_id": started["stream_id"], "rating": "up", "comment": "good", "ref": 2}
+                {
+                    "type": "feedback",
+                    "stream_id": started["stream_id"],
+                    "rating": "up",
+                    "comment": "good",
+                    "ref": 2,
+                }
             ).decode(),
         )
         assert ack == {"type": "ack", "stream_id": started["stream_id"], "ref": 2}

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers import create_stream, expected_text, get_json, metric, post, wait_finished
+from tests.helpers import create_stream, expected_text, metric, post, wait_finished
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 
@@ -70,7 +70,11 @@ async def test_sse_response_carries_the_contract_headers_and_event_order(sut: Sy
 async def test_max_tokens_ends_the_stream_with_finish_reason_length(sut: System) -> None:
     created = await create_stream(sut.gateway_url, "long one", max_tokens=5)
     stream = await read_stream(created["events_url"])
-    assert stream.terminal.json() | {"ttft_ms": None} == {"finish_reason": "length", "tokens": 5, "ttft_ms": None}
+    assert stream.terminal.json() | {"ttft_ms": None} == {
+        "finish_reason": "length",
+        "tokens": 5,
+        "ttft_ms": None,
+    }
     assert stream.text == expected_text("long one", 5)
 
 
@@ -78,7 +82,7 @@ async def test_reader_connecting_after_the_stream_finished_gets_the_whole_text(s
     created = await create_stream(sut.gateway_url, "late reader", max_tokens=30)
     await wait_finished(sut.gateway_url, created["id"])
     stream = await read_stream(created["events_url"])
-    assert [e.event for e in stream.events][0] == "start"
+    assert next(e.event for e in stream.events) == "start"
     assert stream.text == expected_text("late reader", 30)
 
 

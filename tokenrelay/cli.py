@@ -28,22 +28,16 @@ class Option:
         return self.flag.removeprefix("--").replace("-", "_")
 
     def add_to(self, parser: argparse.ArgumentParser | Any) -> None:
-        parser.add_argument(
-            self.flag, type=self.type, default=self.default, choices=self.choices, help=self.help
-        )
+        parser.add_argument(self.flag, type=self.type, default=self.default, choices=self.choices, help=self.help)
 
     def forward(self, args: argparse.Namespace) -> list[str]:
         return [self.flag, str(getattr(args, self.dest))]
 
 
 HISTORY_OPTIONS = (
-    Option(
-        "--history-ttl-s", float, c.DEFAULT_HISTORY_TTL_S, "seconds a stream's events are kept for replay"
-    ),
+    Option("--history-ttl-s", float, c.DEFAULT_HISTORY_TTL_S, "seconds a stream's events are kept for replay"),
     Option("--history-storage", str, "memory", "JetStream storage for history", ("memory", "file")),
-    Option(
-        "--history-max-bytes", int, c.DEFAULT_HISTORY_MAX_BYTES, "bytes of history kept, oldest dropped first"
-    ),
+    Option("--history-max-bytes", int, c.DEFAULT_HISTORY_MAX_BYTES, "bytes of history kept, oldest dropped first"),
 )
 ENGINE_OPTIONS = (
     Option("--engine", str, "synthetic", "inference engine of the runners", ("synthetic",)),
@@ -64,9 +58,7 @@ STREAMER_OPTIONS = (
            "unsent bytes per reader before it is closed as slow_consumer"),
 )  # fmt: skip
 GATEWAY_OPTIONS = (
-    Option(
-        "--max-queued-streams", int, c.DEFAULT_MAX_QUEUED_STREAMS, "streams waiting for a runner before 503"
-    ),
+    Option("--max-queued-streams", int, c.DEFAULT_MAX_QUEUED_STREAMS, "streams waiting for a runner before 503"),
     Option("--queue-timeout-s", float, c.DEFAULT_QUEUE_TIMEOUT_S, "seconds a stream waits for a runner"),
     Option("--max-tokens-limit", int, c.DEFAULT_MAX_TOKENS_LIMIT, "largest max_tokens a request may ask for"),
 )

@@ -25,9 +25,7 @@ class CodecError(ValueError):
     """Bytes that are not a valid message of the expected kind."""
 
 
-_TYPES: dict[str, type[Any]] = {
-    cls.__dataclass_fields__["type"].default: cls for cls in typing.get_args(m.Message)
-}
+_TYPES: dict[str, type[Any]] = {cls.__dataclass_fields__["type"].default: cls for cls in typing.get_args(m.Message)}
 
 
 def encode(message: m.Message) -> bytes:
@@ -38,7 +36,8 @@ def encode(message: m.Message) -> bytes:
 def decode(data: bytes | str) -> m.Message:
     """Parse any wire message; raise :class:`CodecError` if it is not one."""
     obj = _loads(data)
-    cls = _TYPES.get(obj.get("type"))  # type: ignore[arg-type]
+    tag = obj.get("type")
+    cls = _TYPES.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise CodecError(f"unknown message type {obj.get('type')!r}")
     return typing.cast(m.Message, _build(cls, obj))

@@ -11,10 +11,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from tokenrelay.errors import ErrorCode, Overloaded, TokenRelayError
+from tokenrelay.errors import ErrorCode, Overloaded, TokenRelayError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,7 @@ READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("ready_check")
 
 def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON response encoded with orjson."""
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
 def error_response(exc: TokenRelayError) -> web.Response:
@@ -66,6 +65,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return plain_error(exc.status, code, exc.reason)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
+    except NatsError as exc:  # JetStream errors derive from it too
+        log.warning("NATS failed during %s %s: %s", request.method, request.path, exc)
+        return error_response(Unavailable("the message broker is unavailable; retry shortly"))
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return plain_error(500, ErrorCode.INTERNAL, "internal error")

@@ -154,9 +154,7 @@ def _wait_ready(children: list[Child], check: list[tuple[Child, str]]) -> None:
 def _raise_if_exited(children: list[Child]) -> None:
     for child in children:
         if child.process is not None and child.process.poll() is not None:
-            raise SupervisorError(
-                f"{child.name} (pid {child.pid}) exited with status {child.process.returncode}"
-            )
+            raise SupervisorError(f"{child.name} (pid {child.pid}) exited with status {child.process.returncode}")
 
 
 def _role_argv(role: str, nats_url: str, host: str, port: int, args: argparse.Namespace) -> list[str]:
