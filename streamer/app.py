@@ -85,7 +85,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         await catch_up(app, reader, record)
         await pump(reader, response, metrics)
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         log.debug("stream %s: reader went away", record.stream_id)
     finally:
         hub.detach(reader)
@@ -159,6 +159,7 @@ async def run(config: StreamerConfig) -> None:
     await natsio.ensure_events_stream(js, config.history)
     kv = await natsio.ensure_streams_bucket(js, config.history)
     try:
-        await serve(make_app(config, nc=nc, kv=kv), config.host, config.port, name="streamer")
+        app = make_app(config, nc=nc, kv=kv)
+        await serve(app, config.host, config.port, name="streamer", cancel_on_disconnect=True)
     finally:
         await nc.drain()

@@ -175,3 +175,17 @@ async def test_status_reports_state_finish_reason_tokens_and_ttft(sut: System) -
     assert final["id"] == created["id"]
     assert final["finish_reason"] == "length" and final["tokens"] == 4
     assert final["ttft_ms"] is not None and final["ttft_ms"] >= 0
+
+
+async def test_a_reader_that_disconnects_mid_stream_is_released_by_the_streamer(sut: System) -> None:
+    created = await create_stream(sut.gateway_url, "walk away", max_tokens=1000)
+    baseline = await metric(sut.streamer_url, "tokenrelay_streamer_readers_open")
+    stream = await read_stream(created["events_url"], stop_after=3)  # closes the connection after 3 events
+    assert len(stream.events) == 3
+    for _ in range(500):
+        if await metric(sut.streamer_url, "tokenrelay_streamer_readers_open") == baseline:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the streamer kept a reader whose client had gone")
+    await post(created["stop_url"])

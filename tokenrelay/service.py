@@ -101,9 +101,21 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Rea
     app.router.add_get("/metrics", metrics)
 
 
-async def serve(app: web.Application, host: str, port: int, *, name: str) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+async def serve(
+    app: web.Application, host: str, port: int, *, name: str, cancel_on_disconnect: bool = False
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully.
+
+    ``cancel_on_disconnect`` cancels a handler as soon as its client goes away (what a
+    long-lived SSE response wants; not what a request that must finish its work wants).
+    """
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        handler_cancellation=cancel_on_disconnect,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -1,0 +1,156 @@
+"""Spec of the per-reader buffer: coalesced writes, one bounded backpressure decision, heartbeats."""
+
+from __future__ import annotations
+
+import orjson
+
+from streamer.buffer import ReaderBuffer
+from streamer.sse import PING
+from tokenrelay.errors import ErrorCode
+
+T0 = 1000.0
+HEARTBEAT_S = 15.0
+
+
+def only_data(frame: bytes) -> dict[str, object]:
+    """The JSON object carried by a single-``data:``-line SSE frame."""
+    data_lines = [line for line in frame.split(b"\n") if line.startswith(b"data: ")]
+    assert len(data_lines) == 1, frame
+    obj = orjson.loads(data_lines[0].removeprefix(b"data: "))
+    assert isinstance(obj, dict)
+    return obj
+
+
+def test_buffer_starts_empty() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    assert buffer.buffered_bytes == 0
+    assert buffer.take() == b""
+    assert not buffer.closed
+    assert buffer.close_code is None
+
+
+def test_buffer_coalesces_appended_frames_into_one_take() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    assert buffer.append(b"one\n\n", T0)
+    assert buffer.append(b"two\n\n", T0 + 1)
+    assert buffer.append(b"three\n\n", T0 + 2)
+    assert buffer.buffered_bytes == 17
+    assert buffer.take() == b"one\n\ntwo\n\nthree\n\n"
+
+
+def test_buffer_is_empty_after_take() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    buffer.append(b"x", T0)
+    buffer.take()
+    assert buffer.buffered_bytes == 0
+    assert buffer.take() == b""
+
+
+def test_buffer_accepts_bytes_up_to_exactly_max_buffered_bytes() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    assert buffer.append(b"12345", T0)
+    assert buffer.append(b"67890", T0)
+    assert not buffer.closed
+    assert buffer.take() == b"1234567890"
+
+
+def test_taking_frees_room_for_more_bytes() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    assert buffer.append(b"1234567890", T0)
+    buffer.take()
+    assert buffer.append(b"abcdefghij", T0)
+    assert buffer.take() == b"abcdefghij"
+
+
+def test_buffer_replaces_pending_bytes_with_slow_consumer_error_when_over_max_buffered_bytes() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    assert buffer.append(b"12345", T0)
+    assert not buffer.append(b"678901", T0)
+    assert buffer.closed
+    assert buffer.close_code == str(ErrorCode.SLOW_CONSUMER)
+    written = buffer.take()
+    assert written.startswith(b"event: error\n")
+    assert written.endswith(b"\n\n")
+    assert written.count(b"\n\n") == 1
+    assert b"12345" not in written
+    assert only_data(written)["code"] == "slow_consumer"
+    assert buffer.buffered_bytes == 0
+
+
+def test_closed_buffer_refuses_further_bytes() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    buffer.append(b"x" * 11, T0)
+    buffer.take()
+    assert not buffer.append(b"y", T0)
+    assert buffer.take() == b""
+
+
+def test_finish_queues_the_terminal_frame_and_closes() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    buffer.append(b"delta\n\n", T0)
+    buffer.finish(b"stop\n\n", T0)
+    assert buffer.closed
+    assert buffer.close_code is None
+    assert buffer.take() == b"delta\n\nstop\n\n"
+    assert not buffer.append(b"late\n\n", T0)
+
+
+def test_finish_queues_the_terminal_frame_even_beyond_max_buffered_bytes() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=8, now=T0)
+    buffer.append(b"12345678", T0)
+    buffer.finish(b"terminal frame\n\n", T0)
+    assert buffer.closed
+    assert buffer.take() == b"12345678terminal frame\n\n"
+
+
+def test_finish_after_slow_consumer_failure_is_ignored() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=4, now=T0)
+    buffer.append(b"12345", T0)
+    buffer.finish(b"stop\n\n", T0)
+    assert b"stop" not in buffer.take()
+    assert buffer.close_code == "slow_consumer"
+
+
+def test_fail_queues_one_error_frame_with_code_message_and_id() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    buffer.append(b"pending\n\n", T0)
+    buffer.fail("runner_lost", "the runner went away", T0, id="e1:4")
+    written = buffer.take()
+    assert written.startswith(b"event: error\nid: e1:4\n")
+    assert only_data(written) == {"code": "runner_lost", "message": "the runner went away"}
+    assert buffer.close_code == "runner_lost"
+
+
+def test_ping_if_idle_does_nothing_before_heartbeat_s_of_inactivity() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    assert not buffer.ping_if_idle(T0 + HEARTBEAT_S - 0.5, HEARTBEAT_S)
+    assert buffer.take() == b""
+
+
+def test_ping_if_idle_queues_a_ping_comment_after_heartbeat_s_of_inactivity() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    assert buffer.ping_if_idle(T0 + HEARTBEAT_S, HEARTBEAT_S)
+    assert buffer.take() == PING
+
+
+def test_a_ping_restarts_the_idle_interval() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    assert buffer.ping_if_idle(T0 + 20, HEARTBEAT_S)
+    assert not buffer.ping_if_idle(T0 + 30, HEARTBEAT_S)
+    assert buffer.ping_if_idle(T0 + 35, HEARTBEAT_S)
+    assert buffer.take() == PING + PING
+
+
+def test_appending_a_frame_restarts_the_idle_interval() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    buffer.append(b"delta\n\n", T0 + 10)
+    assert not buffer.ping_if_idle(T0 + 20, HEARTBEAT_S)
+    assert buffer.ping_if_idle(T0 + 25, HEARTBEAT_S)
+
+
+def test_ping_if_idle_does_nothing_once_closed() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    buffer.finish(b"stop\n\n", T0)
+    buffer.take()
+    assert not buffer.ping_if_idle(T0 + 1000, HEARTBEAT_S)
+    assert buffer.take() == b""
