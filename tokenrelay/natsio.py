@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 import nats
+import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -19,6 +21,14 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 0.5
 FEEDBACK_MAX_AGE_S = 0.0  # keep feedback until an operator deletes it
+DIRECT_GET_TIMEOUT_S = 2.0
+DEFAULT_DIRECT_GET_BATCH = 256
+_STATUS_END_OF_BATCH = "204"
+_STATUS_NOT_FOUND = "404"
+
+
+class DirectGetError(Exception):
+    """Stored messages could not be read (the broker did not answer, or answered an error)."""
 
 
 async def connect(url: str, *, name: str) -> NATS:
@@ -98,3 +108,48 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.stream_info(config.name)
     except NotFoundError:
         await js.add_stream(config)
+
+
+async def direct_get(
+    nc: NATS, stream: str, subject: str, *, from_seq: int = 1, batch: int = DEFAULT_DIRECT_GET_BATCH
+) -> list[tuple[int, bytes]]:
+    """Every stored message of ``subject`` in ``stream`` from sequence ``from_seq`` on, as (seq, data).
+
+    Uses batched direct gets (nats-server >= 2.11, ``allow_direct`` on the stream): no consumer
+    is created; each request returns up to ``batch`` messages and an end-of-batch status, and
+    we page on until nothing is pending.
+    """
+    api = f"$JS.API.DIRECT.GET.{stream}"
+    sub = await nc.subscribe(nc.new_inbox())
+    found: list[tuple[int, bytes]] = []
+    try:
+        seq = from_seq
+        while True:
+            request = orjson.dumps({"seq": seq, "next_by_subj": subject, "batch": batch})
+            await nc.publish(api, request, reply=sub.subject)
+            last_seq, pending = await _read_batch(sub, found)
+            if last_seq is None or pending == 0:
+                return found
+            seq = last_seq + 1
+    finally:
+        await sub.unsubscribe()
+
+
+async def _read_batch(sub: Subscription, found: list[tuple[int, bytes]]) -> tuple[int | None, int]:
+    """Collect one batch; return (last sequence read, messages still pending)."""
+    last_seq: int | None = None
+    while True:
+        try:
+            msg = await sub.next_msg(timeout=DIRECT_GET_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise DirectGetError("direct get timed out") from exc
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == _STATUS_NOT_FOUND:
+            return last_seq, 0
+        if status == _STATUS_END_OF_BATCH:
+            return last_seq, int(headers.get("Nats-Num-Pending", "0"))
+        if status is not None:
+            raise DirectGetError(f"direct get failed: {status} {headers.get('Description', '')}")
+        last_seq = int(headers["Nats-Sequence"])
+        found.append((last_seq, msg.data))

@@ -101,9 +101,7 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Rea
     app.router.add_get("/metrics", metrics)
 
 
-async def serve(
-    app: web.Application, host: str, port: int, *, name: str, cancel_on_disconnect: bool = False
-) -> None:
+async def serve(app: web.Application, host: str, port: int, *, name: str, cancel_on_disconnect: bool = False) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully.
 
     ``cancel_on_disconnect`` cancels a handler as soon as its client goes away (what a
