@@ -65,7 +65,7 @@ def _message(i: int, item: Any) -> ChatMessage:
     if not isinstance(item, dict):
         raise BadRequest(f"messages[{i}] must be an object")
     role, content = item.get("role"), item.get("content")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
     if not isinstance(content, str):
         raise BadRequest(f"messages[{i}].content must be a string")

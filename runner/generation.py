@@ -207,6 +207,7 @@ class Generation:
                 tokens=outcome.tokens,
                 ttft_ms=self._ttft_ms,
                 error_code=outcome.error_code,
+                cancel_reason=self._cancel_reason,
             )
         )
         log.info(

@@ -171,5 +171,6 @@ class Runner:
             active=len(self._active),
             capacity=self.config.max_concurrency,
             ts=time.time(),
+            streams=tuple(self._active),
         )
         await self._nc.publish(subjects.RUNNER_HEARTBEAT, codec.encode(beat))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import orjson
 
 from streamer.sse import encode_event
-from tokenrelay.messages import StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
+from tokenrelay.messages import OUT_OF_BAND_SEQ, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
 
 
 def frame(event: StreamEvent, epoch: str) -> bytes:
@@ -37,6 +37,8 @@ def frame(event: StreamEvent, epoch: str) -> bytes:
             "ttft_ms": event.ttft_ms,
         }
         return encode_event(orjson.dumps(data_end).decode(), event="stop", id=f"{epoch}:{event.tokens}")
+    if event.seq == OUT_OF_BAND_SEQ:
+        return error_frame(event.code, event.message)  # no id: the reader's last cursor stays valid
     return error_frame(event.code, event.message, id=f"{epoch}:{event.tokens}")
 
 

@@ -5,7 +5,8 @@ arrive in any order.  :class:`Replay` releases events strictly in ``seq`` order,
 duplicates, holds events that arrive ahead of a gap, and skips what the reader's cursor
 says it already has.  It never guesses: a cursor from another history (epoch mismatch) or
 one that does not fall on an event boundary is an error, and so is a gap that history
-cannot fill.
+cannot fill.  An out-of-band terminal error (``seq`` -1, published when a runner is lost)
+ends the reader wherever it is.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from streamer.cursor import Cursor
 from tokenrelay.errors import ErrorCode
-from tokenrelay.messages import StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
+from tokenrelay.messages import OUT_OF_BAND_SEQ, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
 
 DEFAULT_MAX_HELD_EVENTS = 4096
 
@@ -52,9 +53,13 @@ class Replay:
 
     def push(self, event: StreamEvent) -> list[StreamEvent] | ReplayError:
         """Take one event from history or live; return what may be sent now, in order."""
+        if event.seq == OUT_OF_BAND_SEQ and isinstance(event, StreamError) and not self.finished:
+            self.finished = True
+            self._held.clear()
+            return [event]
         if self.finished or event.seq < self.next_seq or event.seq in self._held:
             return []
-        if len(self._held) >= self._max_held:
+        if event.seq != self.next_seq and len(self._held) >= self._max_held:
             return ReplayError(ErrorCode.SLOW_CONSUMER, "too many events held while catching up")
         self._held[event.seq] = event
         out: list[StreamEvent] = []

@@ -196,11 +196,6 @@ def test_replay_fails_as_slow_consumer_when_more_than_max_held_events_wait_on_a_
     assert result.code is ErrorCode.SLOW_CONSUMER
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Replay.push checks max_held_events before storing the event, so the event that fills the gap "
-    "fails as slow_consumer when exactly max_held_events are held, although none would be held after it",
-)
 def test_replay_releases_the_gap_filling_event_when_exactly_max_held_events_are_held() -> None:
     replay = Replay(epoch=EPOCH, max_held_events=2)
     assert push_all(replay, [START, D2, D3]) == [START]

@@ -105,7 +105,7 @@ def _checker(hint: Any, where: str) -> Callable[[Any], Any]:
     args = typing.get_args(hint)
     if origin is typing.Literal:
         allowed = set(args)
-        return lambda v: v if v in allowed else _fail(where, v)
+        return lambda v: v if isinstance(v, str | int | float | bool) and v in allowed else _fail(where, v)
     if origin in (types.UnionType, typing.Union):
         inner = [_checker(a, where) for a in args if a is not type(None)]
         return lambda v: None if v is None and len(inner) < len(args) else _first(inner, v, where)

@@ -132,6 +132,10 @@ class StreamError:
     tokens: int
 
 
+OUT_OF_BAND_SEQ = -1
+"""``seq`` of a terminal :class:`StreamError` published by someone other than the stream's runner
+(the gateway, when that runner is lost): it ends every reader wherever it is."""
+
 StreamEvent = StreamStart | StreamDelta | StreamEnd | StreamError
 TERMINAL_EVENTS = (StreamEnd, StreamError)
 
@@ -167,6 +171,8 @@ class RunnerHeartbeat:
     active: int
     capacity: int
     ts: float
+    streams: tuple[str, ...] = ()
+    """Ids of the streams this runner is generating now."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +191,7 @@ class StreamRecord:
     tokens: int = 0
     ttft_ms: float | None = None
     error_code: str | None = None
+    cancel_reason: CancelReason | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

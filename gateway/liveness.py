@@ -1,0 +1,58 @@
+"""Sans-I/O registry of runners: who is alive, and which streams each one owns.
+
+Runners heartbeat every ``heartbeat_interval_s`` with the ids of the streams they generate.
+A runner not heard from for ``stale_after_s`` is declared lost, once, and :meth:`expire`
+hands back every stream it may still have owned: those in its last heartbeat plus those
+dispatched to it since.  Their readers must get a ``runner_lost`` error, never silence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenrelay.messages import RunnerHeartbeat
+
+
+@dataclass
+class _Runner:
+    beat: RunnerHeartbeat
+    seen: float
+    streams: set[str] = field(default_factory=set)
+    dispatched: dict[str, float] = field(default_factory=dict)
+
+
+class RunnerRegistry:
+    """What this gateway knows of the runners, fed with heartbeats and dispatches."""
+
+    def __init__(self, *, stale_after_s: float) -> None:
+        self._stale_after_s = stale_after_s
+        self._runners: dict[str, _Runner] = {}
+
+    def on_heartbeat(self, beat: RunnerHeartbeat, now: float) -> None:
+        """Record a heartbeat received at ``now`` (monotonic seconds)."""
+        runner = self._runners.get(beat.runner_id)
+        if runner is None:
+            runner = self._runners[beat.runner_id] = _Runner(beat, now)
+        runner.beat, runner.seen = beat, now
+        runner.streams = set(beat.streams)
+        # A dispatch older than this heartbeat is either listed in it or already finished.
+        runner.dispatched = {sid: at for sid, at in runner.dispatched.items() if at > now - self._stale_after_s}
+        for stream_id in beat.streams:
+            runner.dispatched.pop(stream_id, None)
+
+    def on_dispatch(self, stream_id: str, runner_id: str, now: float) -> None:
+        """A runner accepted a stream at ``now``; it owns it until a heartbeat says otherwise."""
+        runner = self._runners.get(runner_id)
+        if runner is not None:
+            runner.dispatched[stream_id] = now
+
+    def live(self, now: float) -> list[RunnerHeartbeat]:
+        """Last heartbeats of the runners heard from within ``stale_after_s``."""
+        return [r.beat for r in self._runners.values() if now - r.seen < self._stale_after_s]
+
+    def expire(self, now: float) -> dict[str, set[str]]:
+        """Forget runners gone stale; return {runner id: streams it may still have owned}."""
+        lost = {rid: r for rid, r in self._runners.items() if now - r.seen >= self._stale_after_s}
+        for runner_id in lost:
+            del self._runners[runner_id]
+        return {rid: r.streams | set(r.dispatched) for rid, r in lost.items()}
