@@ -13,7 +13,9 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -21,16 +23,19 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import Error as JetStreamError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from gateway.liveness import RunnerRegistry
 from gateway.metrics import GatewayMetrics
 from gateway.requests import StreamRequest
 from tokenrelay import codec, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.config import GatewayConfig
-from tokenrelay.errors import ErrorCode, NotFound, Overloaded, Unavailable
+from tokenrelay.errors import ErrorCode, NotFound, Overloaded, TokenRelayError, Unavailable
 from tokenrelay.messages import (
+    OUT_OF_BAND_SEQ,
     CancelReason,
     CancelReply,
     CancelRequest,
@@ -53,6 +58,7 @@ DISPATCH_BACKOFF_MAX_S = 0.1
 OWNER_MEMORY_STREAMS = 100_000
 """Runner ids of this many recently dispatched streams are kept, to route stops without a KV read."""
 DEFAULT_MODEL = "synthetic"
+RUNNER_CHECKS_PER_STALE_PERIOD = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +92,25 @@ class StreamManager:
         self._metrics = metrics
         self._queued: dict[str, _Queued] = {}
         self._owners: OrderedDict[str, str] = OrderedDict()
-        self._runners: dict[str, tuple[RunnerHeartbeat, float]] = {}
+        self._runners = RunnerRegistry(stale_after_s=config.runner_stale_after_s)
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Listen to runner heartbeats and to cancels for streams queued here."""
-        self._subs.append(await self._nc.subscribe(subjects.RUNNER_HEARTBEAT, cb=self._on_heartbeat))
+        """Listen to runner heartbeats, to cancels, and watch for lost runners."""
+        nc = self._nc
+        self._subs.append(await nc.subscribe(subjects.RUNNER_HEARTBEAT, cb=self._on_heartbeat))
+        self._subs.append(await nc.subscribe(subjects.gateway_cancel(self.gateway_id), cb=self._on_cancel_request))
         self._subs.append(
-            await self._nc.subscribe(subjects.gateway_cancel(self.gateway_id), cb=self._on_cancel_request)
+            await nc.subscribe(subjects.CANCELS, queue=subjects.GATEWAY_QUEUE_GROUP, cb=self._on_cancel_request)
         )
-        await self._nc.flush()
+        await nc.flush()
+        self._spawn(self._watch_runners(), name="watch-runners")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """Stop listening and abandon dispatches in flight."""
@@ -110,16 +124,54 @@ class StreamManager:
 
     def live_runners(self) -> list[RunnerHeartbeat]:
         """Runners heard from within ``runner_stale_after_s``."""
-        horizon = time.monotonic() - self.config.runner_stale_after_s
-        return [beat for beat, seen in self._runners.values() if seen >= horizon]
+        return self._runners.live(time.monotonic())
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
             beat = codec.decode_as(msg.data, RunnerHeartbeat)
         except CodecError:
             return
-        self._runners[beat.runner_id] = (beat, time.monotonic())
+        self._runners.on_heartbeat(beat, time.monotonic())
         self._metrics.runners_available.set(len(self.live_runners()))
+
+    async def _watch_runners(self) -> None:
+        """Turn every stream of a runner that stopped heartbeating into a ``runner_lost`` error."""
+        interval_s = self.config.runner_stale_after_s / RUNNER_CHECKS_PER_STALE_PERIOD
+        while True:
+            await asyncio.sleep(interval_s)
+            for runner_id, stream_ids in self._runners.expire(time.monotonic()).items():
+                log.warning("runner %s lost with %d stream(s)", runner_id, len(stream_ids))
+                for stream_id in stream_ids:
+                    try:
+                        await self._fail_lost_stream(stream_id)
+                    except (JetStreamError, TokenRelayError) as exc:
+                        log.warning("stream %s: could not mark it lost: %s", stream_id, exc)
+            self._metrics.runners_available.set(len(self.live_runners()))
+
+    async def _fail_lost_stream(self, stream_id: str) -> None:
+        """End an unfinished stream with an out-of-band ``runner_lost`` error (one gateway wins the CAS)."""
+        entry = await self._kv.get(stream_id)
+        if entry.value is None or entry.revision is None:
+            return
+        record = codec.decode_as(entry.value, StreamRecord)
+        if record.state is StreamState.FINISHED:
+            return
+        finished = replace(
+            record, state=StreamState.FINISHED, finish_reason=FinishReason.ERROR, error_code=str(ErrorCode.RUNNER_LOST)
+        )
+        try:
+            await self._kv.update(stream_id, codec.encode(finished), last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return  # the runner finished it after all, or another gateway got there first
+        error = StreamError(
+            seq=OUT_OF_BAND_SEQ,
+            code=str(ErrorCode.RUNNER_LOST),
+            message="the runner generating this stream stopped responding",
+            tokens=record.tokens,
+        )
+        await self._nc.publish(subjects.events(stream_id), codec.encode(error))
+        self._metrics.errors.labels(code=str(ErrorCode.RUNNER_LOST)).inc()
+        log.info("stream %s finished reason=error code=runner_lost", stream_id)
 
     # -- create and dispatch -------------------------------------------------------------------
 
@@ -153,9 +205,7 @@ class StreamManager:
         self._queued[stream_id] = _Queued(job)
         self._metrics.streams_queued.set(len(self._queued))
         self._metrics.streams_created.inc()
-        task = asyncio.create_task(self._dispatch(self._queued[stream_id]), name=f"dispatch-{stream_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._dispatch(self._queued[stream_id]), name=f"dispatch-{stream_id}")
         log.info("stream %s created model=%s max_tokens=%d", stream_id, model, job.max_tokens)
         return record
 
@@ -170,6 +220,7 @@ class StreamManager:
                 if runner_id is not None:
                     self._metrics.dispatch_seconds.observe(time.monotonic() - started)
                     self._remember_owner(job.stream_id, runner_id)
+                    self._runners.on_dispatch(job.stream_id, runner_id, time.monotonic())
                     if queued.cancel.is_set():
                         result = await self._ask_owner(job.stream_id, runner_id, queued.cancel_reason)
                         self._settle(queued, result)
@@ -293,12 +344,15 @@ class StreamManager:
         return StopResult(stream_id, reply.finish_reason, reply.tokens)
 
     async def _on_cancel_request(self, msg: Msg) -> None:
-        """Another gateway forwards a stop for a stream this gateway dispatched."""
+        """A stop from elsewhere: another gateway, or a streamer whose readers all left."""
         try:
             request = codec.decode_as(msg.data, CancelRequest)
-            result = await self._stop_local(request.stream_id, request.reason)
-        except (CodecError, Unavailable) as exc:
-            log.warning("forwarded cancel failed: %s", exc)
+            if msg.subject == subjects.CANCELS:
+                result: StopResult | None = await self.stop(request.stream_id, request.reason)
+            else:
+                result = await self._stop_local(request.stream_id, request.reason)
+        except (CodecError, TokenRelayError) as exc:
+            log.warning("cancel from %s failed: %s", msg.subject, exc)
             return
         reply = CancelReply(
             stream_id=request.stream_id,

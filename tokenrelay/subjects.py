@@ -10,6 +10,11 @@ subject                                         pattern    carries
 ``tokenrelay.runner.<runner_id>.cancel``         req/reply  CancelRequest -> CancelReply
 ``tokenrelay.gateway.<gateway_id>.cancel``       req/reply  CancelRequest -> CancelReply
                                                             (streams still queued in a gateway)
+``tokenrelay.cancels``                           req/reply  CancelRequest -> CancelReply
+                                                            (queue group ``gateways``; any gateway
+                                                            routes it to the stream's owner)
+``tokenrelay.readers.<id>``                      req/reply  "does anyone read this stream?" (a
+                                                            streamer with readers answers)
 ``tokenrelay.runners.heartbeat``                 pub/sub    RunnerHeartbeat
 ``tokenrelay.feedback.<id>``                     JetStream  Feedback (file storage)
 ==============================================  =========  ===================================
@@ -26,6 +31,9 @@ import secrets
 JOBS = "tokenrelay.jobs"
 RUNNER_QUEUE_GROUP = "runners"
 RUNNER_HEARTBEAT = "tokenrelay.runners.heartbeat"
+CANCELS = "tokenrelay.cancels"
+GATEWAY_QUEUE_GROUP = "gateways"
+READERS_WILDCARD = "tokenrelay.readers.*"
 
 EVENTS_STREAM = "TOKENRELAY_EVENTS"
 EVENTS_WILDCARD = "tokenrelay.stream.*.events"
@@ -79,6 +87,11 @@ def runner_cancel(runner_id: str) -> str:
 def gateway_cancel(gateway_id: str) -> str:
     """The subject one gateway takes cancel requests on for streams it still holds queued."""
     return f"tokenrelay.gateway.{_node(gateway_id)}.cancel"
+
+
+def readers(stream_id: str) -> str:
+    """The subject that asks the streamers whether anyone still reads a stream."""
+    return f"tokenrelay.readers.{_stream(stream_id)}"
 
 
 def feedback(stream_id: str) -> str:

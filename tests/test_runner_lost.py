@@ -1,0 +1,48 @@
+"""A runner that dies mid-stream turns into a ``runner_lost`` error for its readers, never silence."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers import create_stream, metric, wait_finished
+from tests.procs import NatsServer, System, system
+from tests.sse_client import read_stream
+
+STALE_AFTER_S = 1.0
+GENEROUS_BOUND_S = 10.0  # detection is STALE_AFTER_S plus a check interval; this only guards against "never"
+
+
+@pytest.fixture(scope="module")
+def sut(nats: NatsServer) -> Iterator[System]:
+    with system(
+        nats.url,
+        runner_args=["--synthetic-tokens-per-s", "20", "--synthetic-ttft-ms", "0"],
+        gateway_args=["--runner-stale-after-s", str(STALE_AFTER_S)],
+    ) as running:
+        yield running
+
+
+async def test_killing_the_runner_mid_stream_ends_readers_with_runner_lost(sut: System) -> None:
+    created = await create_stream(sut.gateway_url, "doomed", max_tokens=10_000)
+    reader = asyncio.create_task(read_stream(created["events_url"]))
+    while await metric(sut.runners[0].url, "tokenrelay_runner_tokens_total") < 3:
+        await asyncio.sleep(0.02)
+    killed_at = time.monotonic()
+    os.kill(sut.runners[0].process.pid, signal.SIGKILL)
+    stream = await asyncio.wait_for(reader, GENEROUS_BOUND_S)
+    assert stream.terminal.event == "error"
+    assert stream.terminal.json()["code"] == "runner_lost"
+    assert stream.terminal.at - killed_at < GENEROUS_BOUND_S
+    assert len(stream.of("delta")) >= 3
+    final = await wait_finished(sut.gateway_url, created["id"])
+    assert (final["finish_reason"], final["error_code"]) == ("error", "runner_lost")
+    # A reader arriving afterwards gets the text that was produced, then the same error.
+    late = await read_stream(created["events_url"])
+    assert late.text == stream.text
+    assert late.terminal.json()["code"] == "runner_lost"
