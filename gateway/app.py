@@ -58,6 +58,7 @@ def _status_body(record: StreamRecord) -> dict[str, Any]:
         "tokens": record.tokens,
         "ttft_ms": record.ttft_ms,
         "error_code": record.error_code,
+        "cancel_reason": str(record.cancel_reason) if record.cancel_reason is not None else None,
     }
 
 

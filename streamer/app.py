@@ -135,14 +135,20 @@ def make_app(
 ) -> web.Application:
     """The streamer application over an open NATS connection."""
     metrics = metrics or StreamerMetrics()
-    hub = Hub(nc, heartbeat_s=config.heartbeat_s, metrics=metrics)
+    hub = Hub(
+        nc,
+        heartbeat_s=config.heartbeat_s,
+        metrics=metrics,
+        disconnect_grace_s=config.disconnect_grace_s,
+        cancel_timeout_s=config.cancel_timeout_s,
+    )
     app = web.Application(middlewares=[errors_middleware])
     app[CONFIG_KEY], app[NC_KEY], app[KV_KEY], app[HUB_KEY], app[METRICS_KEY] = config, nc, kv, hub, metrics
     app.router.add_get("/v1/streams/{id}/events", events)
     add_ops_routes(app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS")
 
     async def on_startup(_: web.Application) -> None:
-        hub.start()
+        await hub.start()
 
     async def on_shutdown(_: web.Application) -> None:
         await hub.shutdown(str(ErrorCode.SHUTTING_DOWN), "the streamer is shutting down; resume elsewhere")

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from streamer.abandon import AbandonWatcher
 from streamer.buffer import ReaderBuffer
 from streamer.cursor import Cursor
 from streamer.frames import frame, is_terminal
@@ -77,9 +78,23 @@ class Hub:
     """Live subscriptions of this streamer, keyed by stream id."""
 
     def __init__(
-        self, nc: NATS, *, heartbeat_s: float, metrics: StreamerMetrics, clock: Clock = time.monotonic
+        self,
+        nc: NATS,
+        *,
+        heartbeat_s: float,
+        metrics: StreamerMetrics,
+        disconnect_grace_s: float = 0.0,
+        cancel_timeout_s: float = 5.0,
+        clock: Clock = time.monotonic,
     ) -> None:
         self._nc = nc
+        self.abandon = AbandonWatcher(
+            nc,
+            grace_s=disconnect_grace_s,
+            cancel_timeout_s=cancel_timeout_s,
+            metrics=metrics,
+            has_readers=self.has_readers,
+        )
         self._heartbeat_s = heartbeat_s
         self._metrics = metrics
         self.clock = clock
@@ -87,12 +102,19 @@ class Hub:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._cleanup_tasks: set[asyncio.Task[None]] = set()
 
-    def start(self) -> None:
-        """Start the heartbeat loop."""
+    async def start(self) -> None:
+        """Start the heartbeat loop and the abandoned-stream watcher."""
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        await self.abandon.start()
+
+    def has_readers(self, stream_id: str) -> bool:
+        """Whether any reader of ``stream_id`` is connected here."""
+        channel = self._channels.get(stream_id)
+        return channel is not None and bool(channel.readers)
 
     async def attach(self, reader: Reader) -> None:
         """Make sure live events of the reader's stream reach it (subscribed on the server)."""
+        self.abandon.reader_joined(reader.stream_id)
         channel = self._channels.get(reader.stream_id)
         if channel is None:
             channel = _Channel(reader.epoch)
@@ -124,6 +146,8 @@ class Hub:
         if channel.ready.done() and channel.ready.exception() is None:
             self._metrics.readers_open.dec()
         if not channel.readers:
+            if not reader.replay.finished:
+                self.abandon.last_reader_left(reader.stream_id)
             del self._channels[reader.stream_id]
             self._metrics.channels_open.set(len(self._channels))
             if channel.sub is not None:
@@ -135,6 +159,7 @@ class Hub:
         """End every reader with an ``error`` event (they may resume on another streamer)."""
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
+        await self.abandon.close()
         now = self.clock()
         for channel in self._channels.values():
             for reader in channel.readers:

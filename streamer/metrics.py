@@ -21,6 +21,11 @@ class StreamerMetrics:
         self.history_fetches = Counter(
             "tokenrelay_streamer_history_fetches", "History reads (late or resuming readers)", registry=r
         )
+        self.disconnect_cancels = Counter(
+            "tokenrelay_streamer_disconnect_cancels",
+            "Generations cancelled because every reader left for the grace period",
+            registry=r,
+        )
         self.reader_errors = Counter(
             "tokenrelay_streamer_reader_errors",
             "Readers ended with an error event, by code",

@@ -59,3 +59,13 @@ async def wait_finished(gateway_url: str, stream_id: str, timeout_s: float = 30)
             return dict(body)
         assert loop.time() < deadline, f"stream {stream_id} not finished: {body}"
         await asyncio.sleep(0.05)
+
+
+async def wait_for_metric(url: str, name: str, at_least: float, *, timeout_s: float = 30) -> float:
+    """Poll a process's metric until it reaches ``at_least``; return its value."""
+    for _ in range(int(timeout_s / 0.02)):
+        value = await metric(url, name)
+        if value >= at_least:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{name} at {url} never reached {at_least}")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import create_stream, metric, wait_finished
+from tests.helpers import create_stream, wait_finished, wait_for_metric
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 
@@ -31,8 +31,7 @@ def sut(nats: NatsServer) -> Iterator[System]:
 async def test_killing_the_runner_mid_stream_ends_readers_with_runner_lost(sut: System) -> None:
     created = await create_stream(sut.gateway_url, "doomed", max_tokens=10_000)
     reader = asyncio.create_task(read_stream(created["events_url"]))
-    while await metric(sut.runners[0].url, "tokenrelay_runner_tokens_total") < 3:
-        await asyncio.sleep(0.02)
+    await wait_for_metric(sut.runners[0].url, "tokenrelay_runner_tokens_total", 3)
     killed_at = time.monotonic()
     os.kill(sut.runners[0].process.pid, signal.SIGKILL)
     stream = await asyncio.wait_for(reader, GENEROUS_BOUND_S)

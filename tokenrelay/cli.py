@@ -56,6 +56,8 @@ STREAMER_OPTIONS = (
     Option("--heartbeat-s", float, c.DEFAULT_HEARTBEAT_S, "send ': ping' to readers idle this long"),
     Option("--max-reader-buffer-bytes", int, c.DEFAULT_MAX_READER_BUFFER_BYTES,
            "unsent bytes per reader before it is closed as slow_consumer"),
+    Option("--disconnect-grace-s", float, c.DEFAULT_DISCONNECT_GRACE_S,
+           "cancel a generation whose readers all left this long ago (0: never)"),
 )  # fmt: skip
 GATEWAY_OPTIONS = (
     Option("--max-queued-streams", int, c.DEFAULT_MAX_QUEUED_STREAMS, "streams waiting for a runner before 503"),
@@ -141,6 +143,7 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
     return c.StreamerConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args),
         heartbeat_s=args.heartbeat_s, max_reader_buffer_bytes=args.max_reader_buffer_bytes,
+        disconnect_grace_s=args.disconnect_grace_s,
     )  # fmt: skip
 
 

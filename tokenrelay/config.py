@@ -20,6 +20,7 @@ DEFAULT_HISTORY_MAX_BYTES = 1 << 30
 DEFAULT_HEARTBEAT_S = 15.0
 DEFAULT_MAX_READER_BUFFER_BYTES = 1 << 20
 DEFAULT_HISTORY_BATCH_MESSAGES = 256
+DEFAULT_DISCONNECT_GRACE_S = 5.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_TOKENS_LIMIT = 32_768
 DEFAULT_MAX_TOKENS = 256
@@ -104,6 +105,10 @@ class StreamerConfig:
     max_reader_buffer_bytes: int = DEFAULT_MAX_READER_BUFFER_BYTES
     """A reader with more unsent bytes than this is closed with ``slow_consumer``."""
     history_batch_messages: int = DEFAULT_HISTORY_BATCH_MESSAGES
+    disconnect_grace_s: float = DEFAULT_DISCONNECT_GRACE_S
+    """When every reader of an unfinished stream has gone (here and on every other streamer) for
+    this long, the generation is cancelled (reason ``disconnect``); 0 never cancels."""
+    cancel_timeout_s: float = DEFAULT_CANCEL_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

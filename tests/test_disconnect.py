@@ -1,0 +1,46 @@
+"""A client that leaves and does not return cancels its generation; one that returns in time loses nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers import create_stream, expected_text, wait_finished, wait_for_metric
+from tests.procs import NatsServer, System, system
+from tests.sse_client import read_stream
+
+GRACE_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def sut(nats: NatsServer) -> Iterator[System]:
+    with system(
+        nats.url,
+        runner_args=["--synthetic-tokens-per-s", "20", "--synthetic-ttft-ms", "0"],
+        streamer_args=["--disconnect-grace-s", str(GRACE_S)],
+    ) as running:
+        yield running
+
+
+async def test_a_reader_that_leaves_and_does_not_return_cancels_the_generation(sut: System) -> None:
+    created = await create_stream(sut.gateway_url, "nobody is listening", max_tokens=5_000)
+    first = await read_stream(created["events_url"], stop_after=3)
+    assert len(first.events) == 3
+    final = await wait_finished(sut.gateway_url, created["id"])
+    assert final["finish_reason"] == "cancelled"
+    assert final["cancel_reason"] == "disconnect"
+    assert final["tokens"] < 5_000
+    await wait_for_metric(sut.runners[0].url, 'tokenrelay_runner_cancellations_total{reason="disconnect"}', 1)
+    await wait_for_metric(sut.streamer_url, "tokenrelay_streamer_disconnect_cancels_total", 1)
+
+
+async def test_a_reader_that_returns_within_the_grace_period_gets_the_full_text(sut: System) -> None:
+    created = await create_stream(sut.gateway_url, "brief network blip", max_tokens=30)
+    first = await read_stream(created["events_url"], stop_after=4)
+    cursor = first.events[-1].id
+    assert cursor is not None
+    rest = await read_stream(created["events_url"], headers={"Last-Event-ID": cursor})
+    assert first.text + rest.text == expected_text("brief network blip", 30)
+    assert rest.terminal.json()["finish_reason"] == "length"
+    assert "start" not in [e.event for e in rest.events]
