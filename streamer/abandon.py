@@ -22,7 +22,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from streamer.metrics import StreamerMetrics
 from tokenrelay import codec, subjects
-from tokenrelay.messages import CancelReason, CancelReply, CancelRequest
+from tokenrelay.messages import CancelReason, CancelReply, CancelRequest, FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class AbandonWatcher:
         except Exception as exc:
             log.warning("stream %s: disconnect cancel failed: %s", stream_id, exc)
             return
-        self._metrics.disconnect_cancels.inc()
+        if reply.finish_reason is FinishReason.CANCELLED:
+            self._metrics.disconnect_cancels.inc()
         log.info(
             "stream %s abandoned by its readers: finish_reason=%s tokens=%d",
             stream_id, reply.finish_reason, reply.tokens,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ HISTORY_OPTIONS = (
     Option("--history-max-bytes", int, c.DEFAULT_HISTORY_MAX_BYTES, "bytes of history kept, oldest dropped first"),
 )
 ENGINE_OPTIONS = (
-    Option("--engine", str, "synthetic", "inference engine of the runners", ("synthetic",)),
+    Option("--engine", str, "synthetic", "inference engine of the runners", ("synthetic", "openai")),
     Option("--model", str, "synthetic", "model name the runners report"),
     Option("--max-concurrency", int, c.DEFAULT_MAX_CONCURRENCY, "streams one runner generates at once"),
     Option("--publish-interval-ms", float, c.DEFAULT_PUBLISH_INTERVAL_MS,
@@ -51,6 +52,9 @@ ENGINE_OPTIONS = (
            "synthetic engine: tokens per second after the first (0: as fast as possible)"),
     Option("--synthetic-length-tokens", int, 0,
            "synthetic engine: natural length of every text (0: derived from the prompt)"),
+    Option("--upstream-url", str, "", "openai engine: base URL of an OpenAI-compatible server, ending in /v1"),
+    Option("--upstream-model", str, "", "openai engine: model name to ask the upstream for"),
+    Option("--upstream-timeout-s", float, 60.0, "openai engine: end a stream whose upstream is silent this long"),
 )  # fmt: skip
 STREAMER_OPTIONS = (
     Option("--heartbeat-s", float, c.DEFAULT_HEARTBEAT_S, "send ': ping' to readers idle this long"),
@@ -157,8 +161,20 @@ def runner_config(args: argparse.Namespace) -> c.RunnerConfig:
     return c.RunnerConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args), engine=args.engine,
         model=args.model, max_concurrency=args.max_concurrency, publish_interval_ms=args.publish_interval_ms,
-        synthetic=synthetic,
+        synthetic=synthetic, upstream=_upstream(args),
     )  # fmt: skip
+
+
+def _upstream(args: argparse.Namespace) -> c.UpstreamConfig | None:
+    if args.engine != "openai":
+        return None
+    if not args.upstream_url or not args.upstream_model:
+        raise SystemExit("tokenrelay runner: --engine openai needs --upstream-url and --upstream-model")
+    # The key comes from the environment so it never shows in a process list.
+    key = os.environ.get("TOKENRELAY_UPSTREAM_API_KEY") or None
+    return c.UpstreamConfig(
+        url=args.upstream_url, model=args.upstream_model, api_key=key, read_timeout_s=args.upstream_timeout_s
+    )
 
 
 def _export_feedback(args: argparse.Namespace) -> int:

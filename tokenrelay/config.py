@@ -123,6 +123,19 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamConfig:
+    """An OpenAI-compatible server the ``openai`` engine streams from."""
+
+    url: str
+    """Base URL ending in ``/v1`` (``/chat/completions`` is appended)."""
+    model: str
+    api_key: str | None = None
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    """No byte from the upstream for this long ends the stream with ``upstream_timeout``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunnerConfig:
     """One runner: takes jobs from the queue group and streams tokens of its engine."""
 
@@ -139,3 +152,5 @@ class RunnerConfig:
     """Tokens that come faster than this are batched into one message; 0 publishes each token."""
     heartbeat_interval_s: float = DEFAULT_RUNNER_HEARTBEAT_INTERVAL_S
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    upstream: UpstreamConfig | None = None
+    """Required by the ``openai`` engine."""

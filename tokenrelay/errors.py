@@ -11,7 +11,10 @@ Hierarchy::
     ├── NotFound            404 not_found
     ├── Overloaded          503 overloaded (carries retry_after_s)
     ├── Unavailable         503 unavailable
-    └── UpstreamError       502 (engine failures; code chosen by the engine)
+    └── ResumeUnavailable   410 resume_unavailable
+
+Codes that only ever reach a client inside an SSE ``error`` event (``slow_consumer``,
+``runner_lost``, ``engine_error``, ``upstream_*``, ``shutting_down``) have no exception class.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class ErrorCode(enum.StrEnum):
     RESUME_UNAVAILABLE = "resume_unavailable"
     RUNNER_LOST = "runner_lost"
     ENGINE_ERROR = "engine_error"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
     SHUTTING_DOWN = "shutting_down"
 
 

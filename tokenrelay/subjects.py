@@ -5,7 +5,8 @@ subject                                         pattern    carries
 ==============================================  =========  ===================================
 ``tokenrelay.jobs``                              req/reply  JobRequest -> JobAccepted|JobRejected
                                                             (queue group ``runners``)
-``tokenrelay.stream.<id>.events``                pub/sub    StreamStart, StreamDelta, StreamEnd
+``tokenrelay.stream.<id>.events``                pub/sub    StreamStart, StreamDelta, then StreamEnd
+                                                            or StreamError
                                                             (captured by JetStream for replay)
 ``tokenrelay.runner.<runner_id>.cancel``         req/reply  CancelRequest -> CancelReply
 ``tokenrelay.gateway.<gateway_id>.cancel``       req/reply  CancelRequest -> CancelReply

@@ -50,7 +50,7 @@ class Engine(Protocol):
         ...
 
 
-ENGINES = ("synthetic",)
+ENGINES = ("synthetic", "openai")
 
 
 def make_engine(config: RunnerConfig) -> Engine:
@@ -59,4 +59,17 @@ def make_engine(config: RunnerConfig) -> Engine:
         from runner.engines.synthetic import SyntheticEngine
 
         return SyntheticEngine(config.synthetic, model=config.model)
+    if config.engine == "openai":
+        from runner.engines.openai import OpenAIEngine
+
+        if config.upstream is None:
+            raise ValueError("the openai engine needs --upstream-url and --upstream-model")
+        up = config.upstream
+        return OpenAIEngine(
+            base_url=up.url,
+            model=up.model,
+            api_key=up.api_key,
+            connect_timeout_s=up.connect_timeout_s,
+            read_timeout_s=up.read_timeout_s,
+        )
     raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
