@@ -78,10 +78,7 @@ async def stream_status(request: web.Request) -> web.Response:
 
 async def stop_stream(request: web.Request) -> web.Response:
     """``POST /v1/streams/{id}/stop`` -> the final state once generation halted."""
-    streams = request.app[STREAMS_KEY]
-    stream_id = request.match_info["id"]
-    await streams.record(stream_id)  # not_found before anything else
-    return json_response(_stop_body(await streams.stop(stream_id)))
+    return json_response(_stop_body(await request.app[STREAMS_KEY].stop(request.match_info["id"])))
 
 
 class ControlSession:
@@ -137,12 +134,11 @@ class ControlSession:
             urls = _urls(self._config, record.stream_id)
             return control.reply("started", command.ref, stream_id=record.stream_id, events_url=urls["events_url"])
         if isinstance(command, control.Stop):
-            await self._streams.record(command.stream_id)
             result = await self._streams.stop(command.stream_id)
             body = _stop_body(result)
             return control.reply(
                 "stopped", command.ref, stream_id=result.stream_id,
-                tokens=body["tokens"], finish_reason=body["finish_reason"],
+                tokens=body["tokens"], finish_reason=body["finish_reason"], halted_ts=result.halted_ts,
             )  # fmt: skip
         await self._streams.feedback(command.stream_id, command.rating, command.comment)
         return control.reply("ack", command.ref, stream_id=command.stream_id)

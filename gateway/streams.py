@@ -68,6 +68,7 @@ class StopResult:
     stream_id: str
     finish_reason: FinishReason | None
     tokens: int
+    halted_ts: float | None = None
 
 
 @dataclass
@@ -300,6 +301,7 @@ class StreamManager:
         return result
 
     async def _stop(self, stream_id: str, reason: CancelReason) -> StopResult:
+        # Streams dispatched here are stopped without a KV read; others (and unknown ids) go through the record.
         local = await self._stop_local(stream_id, reason)
         if local is not None:
             return local
@@ -341,10 +343,13 @@ class StreamManager:
             raise Unavailable("the stream's owner did not confirm the stop") from exc
         except CodecError as exc:
             raise Unavailable("the stream's owner answered garbage") from exc
-        return StopResult(stream_id, reply.finish_reason, reply.tokens)
+        return StopResult(stream_id, reply.finish_reason, reply.tokens, reply.halted_ts)
 
     async def _on_cancel_request(self, msg: Msg) -> None:
         """A stop from elsewhere: another gateway, or a streamer whose readers all left."""
+        self._spawn(self._answer_cancel(msg), name="answer-cancel")
+
+    async def _answer_cancel(self, msg: Msg) -> None:
         try:
             request = codec.decode_as(msg.data, CancelRequest)
             if msg.subject == subjects.CANCELS:
@@ -359,6 +364,7 @@ class StreamManager:
             found=result is not None,
             finish_reason=result.finish_reason if result else None,
             tokens=result.tokens if result else 0,
+            halted_ts=result.halted_ts if result else None,
         )
         await msg.respond(codec.encode(reply))
 

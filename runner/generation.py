@@ -75,6 +75,8 @@ class Generation:
         self._tokens = 0
         self._ttft_ms: float | None = None
         self._cancel_reason: CancelReason | None = None
+        self.halted_ts: float | None = None
+        """Wall-clock time a cancel stopped the engine."""
         self._abort: tuple[str, str] | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[Outcome] | None = None
@@ -128,6 +130,7 @@ class Generation:
             if task is None or (self._cancel_reason is None and self._abort is None):
                 raise  # not a cancel this generation asked for
             task.uncancel()
+            self.halted_ts = time.time()
             if self._abort is not None:
                 await self._finish_with_error(*self._abort)
                 return Outcome(FinishReason.ERROR, self._tokens, self._abort[0])

@@ -70,6 +70,7 @@ class Runner:
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._cancel_tasks: set[asyncio.Task[None]] = set()
         self.metrics.capacity.set(config.max_concurrency)
 
     @property
@@ -134,14 +135,23 @@ class Runner:
                 self._finished.popitem(last=False)
 
     async def _on_cancel(self, msg: Msg) -> None:
+        # nats-py runs one subscription's callbacks one after another: answer each cancel in a task of
+        # its own so a halt that takes a while never delays the next stream's cancel.
+        task = asyncio.create_task(self._cancel(msg))
+        self._cancel_tasks.add(task)
+        task.add_done_callback(self._cancel_tasks.discard)
+
+    async def _cancel(self, msg: Msg) -> None:
         try:
             request = codec.decode_as(msg.data, CancelRequest)
         except CodecError as exc:
             log.warning("dropping malformed cancel: %s", exc)
             return
         generation = self._active.get(request.stream_id)
+        halted_ts = None
         if generation is not None:
             outcome: Outcome | None = await generation.cancel(request.reason)
+            halted_ts = generation.halted_ts
         else:
             outcome = self._finished.get(request.stream_id)
         reply = CancelReply(
@@ -149,6 +159,7 @@ class Runner:
             found=outcome is not None,
             finish_reason=outcome.finish_reason if outcome else None,
             tokens=outcome.tokens if outcome else 0,
+            halted_ts=halted_ts,
         )
         await msg.respond(codec.encode(reply))
 

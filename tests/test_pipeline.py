@@ -122,8 +122,9 @@ async def test_ws_stop_mid_stream_cancels_and_the_runner_produces_no_further_tok
         tokens_at_stop = sum([await metric(r.url, "tokenrelay_runner_tokens_total") for r in sut.runners])
     assert stopped == {
         "type": "stopped", "stream_id": started["stream_id"], "tokens": stopped["tokens"],
-        "finish_reason": "cancelled", "ref": 7,
+        "finish_reason": "cancelled", "halted_ts": stopped["halted_ts"], "ref": 7,
     }  # fmt: skip
+    assert isinstance(stopped["halted_ts"], float)
     stream = await reader
     assert stream.terminal.event == "stop"
     assert stream.terminal.json()["finish_reason"] == "cancelled"

@@ -158,6 +158,8 @@ class CancelReply:
     found: bool
     finish_reason: FinishReason | None
     tokens: int
+    halted_ts: float | None = None
+    """Wall-clock time the engine stopped, when this cancel is what stopped it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from runner.engines import GenerationRequest
 from tokenrelay.config import SyntheticConfig
@@ -34,19 +34,22 @@ def prompt_text(messages: tuple[ChatMessage, ...]) -> str:
 
 def synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 0) -> list[str]:
     """Every token the synthetic engine produces for ``prompt``, at most ``max_tokens``."""
+    return list(iter_synthetic_tokens(prompt, max_tokens=max_tokens, length_tokens=length_tokens))
+
+
+def iter_synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 0) -> Iterator[str]:
+    """The same tokens, made one at a time (a long text costs nothing up front)."""
     seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big")
     rng = random.Random(seed)
     natural = length_tokens or MIN_NATURAL_LENGTH_TOKENS + seed % NATURAL_LENGTH_SPREAD_TOKENS
-    tokens: list[str] = []
     for i in range(min(natural, max_tokens)):
         word = rng.choice(VOCABULARY)
         if i == 0:
-            tokens.append(word.capitalize())
+            yield word.capitalize()
         elif i % NEWLINE_EVERY_TOKENS == 0:
-            tokens.append("\n" + word)
+            yield "\n" + word
         else:
-            tokens.append(" " + word)
-    return tokens
+            yield " " + word
 
 
 class SyntheticEngine:
@@ -60,7 +63,7 @@ class SyntheticEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Tokens on a fixed schedule from the start (no drift from slow consumers of the iterator)."""
-        tokens = synthetic_tokens(
+        tokens = iter_synthetic_tokens(
             prompt_text(request.messages),
             max_tokens=request.max_tokens,
             length_tokens=self._config.length_tokens,
