@@ -38,7 +38,7 @@ async def connect(url: str, *, name: str) -> NATS:
         log.warning("nats error: %s", exc)
 
     async def on_disconnected() -> None:
-        log.warning("nats disconnected")
+        log.info("nats disconnected")
 
     async def on_reconnected() -> None:
         log.info("nats reconnected")
