@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nats.aio.client import Client as NATS
 
@@ -198,17 +198,10 @@ class Generation:
         self._metrics.streams.labels(finish_reason=str(outcome.finish_reason)).inc()
         record = self._record(StreamState.FINISHED)
         self._save_record(
-            StreamRecord(
-                stream_id=record.stream_id,
-                state=record.state,
-                model=record.model,
-                created=record.created,
-                epoch=record.epoch,
-                gateway_id=record.gateway_id,
-                runner_id=record.runner_id,
+            replace(
+                record,
                 finish_reason=outcome.finish_reason,
                 tokens=outcome.tokens,
-                ttft_ms=self._ttft_ms,
                 error_code=outcome.error_code,
                 cancel_reason=self._cancel_reason,
             )

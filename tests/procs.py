@@ -8,18 +8,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenrelay.supervisor import free_port, nats_server_binary
+from tokenrelay.supervisor import free_port, http_ok, nats_ready, nats_server_binary
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -31,15 +28,6 @@ def wait_until(predicate: object, *, timeout_s: float = STARTUP_TIMEOUT_S, what:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def http_ok(url: str) -> bool:
-    """Whether GET ``url`` answers 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> None:
@@ -94,19 +82,11 @@ def nats_server(store_dir: str | None = None) -> Iterator[NatsServer]:
             stderr=log,
         )
         try:
-            wait_until(lambda: _accepts(port), what="nats-server")
+            wait_until(lambda: nats_ready("127.0.0.1", port), what="nats-server")
             yield NatsServer(f"nats://127.0.0.1:{port}", store, process)
         finally:
             stop_process(process)
             log.close()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            return sock.recv(4).startswith(b"INFO")
-    except OSError:
-        return False
 
 
 @dataclass

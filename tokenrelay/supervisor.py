@@ -122,7 +122,8 @@ def _terminate(children: list[Child]) -> None:
             child.process.wait()
 
 
-def _healthy(url: str) -> bool:
+def http_ok(url: str) -> bool:
+    """Whether GET ``url`` answers 200 within a second."""
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)
@@ -130,7 +131,8 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _nats_ready(host: str, port: int) -> bool:
+def nats_ready(host: str, port: int) -> bool:
+    """Whether a NATS server greets on ``host:port``."""
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
             return sock.recv(4).startswith(b"INFO")
@@ -143,7 +145,7 @@ def _wait_ready(children: list[Child], check: list[tuple[Child, str]]) -> None:
     pending = list(check)
     while pending:
         _raise_if_exited(children)
-        pending = [(child, url) for child, url in pending if not _healthy(url)]
+        pending = [(child, url) for child, url in pending if not http_ok(url)]
         if time.monotonic() > deadline:
             names = ", ".join(child.name for child, _ in pending)
             raise SupervisorError(f"not ready after {STARTUP_TIMEOUT_S:.0f} s: {names}")
@@ -221,7 +223,7 @@ def start_nats(port: int, store_dir: str) -> tuple[Child, str]:
     child = Child("nats", argv, url)
     spawn(child, log_path=os.path.join(store_dir, "nats-server.log"))
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not _nats_ready("127.0.0.1", port):
+    while not nats_ready("127.0.0.1", port):
         _raise_if_exited([child])
         if time.monotonic() > deadline:
             raise SupervisorError("nats-server did not start")
