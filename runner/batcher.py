@@ -2,7 +2,8 @@
 
 A token that arrives when the stream has been quiet for ``publish_interval_s`` goes out at
 once (the first token is never delayed).  Tokens that arrive faster are held and published
-together at ``last_publish + publish_interval_s``.  The caller asks :meth:`add` whether to
+together at ``last_publish + publish_interval_s``.  Tokens whose text is empty (an engine
+holding back half a character) are counted but never published on their own.  The caller asks :meth:`add` whether to
 publish now and, if not, :meth:`deadline` for when.
 """
 
@@ -17,6 +18,7 @@ class DeltaBatcher:
             raise ValueError("publish_interval_s must be >= 0")
         self._interval_s = publish_interval_s
         self._parts: list[str] = []
+        self._has_text = False
         self._last_publish: float | None = None
 
     @property
@@ -27,11 +29,12 @@ class DeltaBatcher:
     def add(self, text: str, now: float) -> bool:
         """Hold one token; return whether the batch is due now."""
         self._parts.append(text)
+        self._has_text = self._has_text or bool(text)
         return self._due(now)
 
     def deadline(self) -> float | None:
-        """When held tokens are due, or ``None`` if nothing is held."""
-        if not self._parts:
+        """When held tokens are due, or ``None`` if no text is held (tokens of "" wait for text)."""
+        if not self._has_text:
             return None
         if self._last_publish is None:
             return float("-inf")
@@ -40,6 +43,7 @@ class DeltaBatcher:
     def take(self, now: float) -> tuple[str, int]:
         """Return (text, token count) of everything held, and start a new interval at ``now``."""
         parts, self._parts = self._parts, []
+        self._has_text = False
         self._last_publish = now
         return "".join(parts), len(parts)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from nats.aio.client import Client as NATS
 
 from runner.batcher import DeltaBatcher
-from runner.engines import Engine, EngineError, GenerationRequest
+from runner.engines import Engine, EngineError, GenerationRequest, TextTail
 from runner.metrics import RunnerMetrics
 from tokenrelay import codec, subjects
 from tokenrelay.errors import ErrorCode
@@ -165,6 +165,9 @@ class Generation:
                     # Produced although the cancel had already arrived: wasted compute, not sent.
                     self._metrics.tokens_after_cancel.inc()
                     raise asyncio.CancelledError
+                if isinstance(text, TextTail):
+                    self._batcher.add(text, time.monotonic())
+                    continue
                 self._tokens += 1
                 self._metrics.tokens.inc()
                 if self._ttft_ms is None:
@@ -255,14 +258,17 @@ class Generation:
 
     async def _flush_at_deadline(self) -> None:
         deadline = self._batcher.deadline()
-        if deadline is not None:
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        if deadline is None:
+            return  # only empty pieces held: they go out with the next text
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         await self._flush()
 
     async def _flush(self) -> None:
         if self._batcher.pending_tokens == 0:
             return
         text, count = self._batcher.take(time.monotonic())
+        if not text:
+            return  # tokens that completed no character: counted in the terminal event, nothing to show
         await self._publish(
             StreamDelta(seq=self._next_seq(), text=text, index=self._tokens, count=count, ts=time.time())
         )

@@ -41,7 +41,7 @@ HISTORY_OPTIONS = (
     Option("--history-max-bytes", int, c.DEFAULT_HISTORY_MAX_BYTES, "bytes of history kept, oldest dropped first"),
 )
 ENGINE_OPTIONS = (
-    Option("--engine", str, "synthetic", "inference engine of the runners", ("synthetic", "openai")),
+    Option("--engine", str, "synthetic", "inference engine of the runners", ("synthetic", "openai", "transformers")),
     Option("--model", str, "synthetic", "model name the runners report"),
     Option("--max-concurrency", int, c.DEFAULT_MAX_CONCURRENCY, "streams one runner generates at once"),
     Option("--publish-interval-ms", float, c.DEFAULT_PUBLISH_INTERVAL_MS,
@@ -55,6 +55,8 @@ ENGINE_OPTIONS = (
     Option("--upstream-url", str, "", "openai engine: base URL of an OpenAI-compatible server, ending in /v1"),
     Option("--upstream-model", str, "", "openai engine: model name to ask the upstream for"),
     Option("--upstream-timeout-s", float, 60.0, "openai engine: end a stream whose upstream is silent this long"),
+    Option("--model-path", str, "", "transformers engine: local model directory (or a cached Hugging Face name)"),
+    Option("--worker-threads", int, 1, "transformers engine: generations computed at once"),
 )  # fmt: skip
 STREAMER_OPTIONS = (
     Option("--heartbeat-s", float, c.DEFAULT_HEARTBEAT_S, "send ': ping' to readers idle this long"),
@@ -161,7 +163,8 @@ def runner_config(args: argparse.Namespace) -> c.RunnerConfig:
     return c.RunnerConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args), engine=args.engine,
         model=args.model, max_concurrency=args.max_concurrency, publish_interval_ms=args.publish_interval_ms,
-        synthetic=synthetic, upstream=_upstream(args),
+        synthetic=synthetic, upstream=_upstream(args), model_path=args.model_path or None,
+        worker_threads=args.worker_threads,
     )  # fmt: skip
 
 

@@ -154,3 +154,7 @@ class RunnerConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     upstream: UpstreamConfig | None = None
     """Required by the ``openai`` engine."""
+    model_path: str | None = None
+    """The ``transformers`` engine's model: a local directory (or a name in the Hugging Face cache)."""
+    worker_threads: int = 1
+    """``transformers`` engine: generations computed at once (others wait for a thread)."""

@@ -26,6 +26,15 @@ class GenerationRequest:
     max_tokens: int
 
 
+class TextTail(str):
+    """Text an engine yields after its last token that completes earlier tokens (not a token itself).
+
+    For example the bytes of a character that generation ended in the middle of.
+    """
+
+    __slots__ = ()
+
+
 class EngineError(Exception):
     """An engine failure that ends one stream with an ``error`` event carrying ``code``."""
 
@@ -42,7 +51,7 @@ class Engine(Protocol):
     model: str
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Yield the generation's tokens as text, one piece per token."""
+        """Yield the generation's tokens as text, one piece per token (then maybe one :class:`TextTail`)."""
         ...
 
     async def aclose(self) -> None:
@@ -50,7 +59,7 @@ class Engine(Protocol):
         ...
 
 
-ENGINES = ("synthetic", "openai")
+ENGINES = ("synthetic", "openai", "transformers")
 
 
 def make_engine(config: RunnerConfig) -> Engine:
@@ -59,6 +68,14 @@ def make_engine(config: RunnerConfig) -> Engine:
         from runner.engines.synthetic import SyntheticEngine
 
         return SyntheticEngine(config.synthetic, model=config.model)
+    if config.engine == "transformers":
+        try:
+            from runner.engines.transformers import TransformersEngine
+        except ImportError as exc:
+            raise ValueError("the transformers engine needs: pip install 'tokenrelay[transformers]'") from exc
+        if not config.model_path:
+            raise ValueError("the transformers engine needs --model-path")
+        return TransformersEngine(config.model_path, worker_threads=config.worker_threads)
     if config.engine == "openai":
         from runner.engines.openai import OpenAIEngine
 
