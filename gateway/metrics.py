@@ -30,6 +30,12 @@ class GatewayMetrics:
             "tokenrelay_gateway_stop_seconds", "Stop received -> owner confirmed the halt",
             buckets=LATENCY_BUCKETS_S, registry=r,
         )  # fmt: skip
+        self.cancellations = Counter(
+            "tokenrelay_gateway_cancellations",
+            "Stops handled, by reason (client, disconnect, runner_lost)",
+            ["reason"],
+            registry=r,
+        )
         self.runners_available = Gauge(
             "tokenrelay_gateway_runners_available", "Runners heard from recently", registry=r
         )

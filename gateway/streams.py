@@ -172,6 +172,7 @@ class StreamManager:
         )
         await self._nc.publish(subjects.events(stream_id), codec.encode(error))
         self._metrics.errors.labels(code=str(ErrorCode.RUNNER_LOST)).inc()
+        self._metrics.cancellations.labels(reason=str(CancelReason.RUNNER_LOST)).inc()
         log.info("stream %s finished reason=error code=runner_lost", stream_id)
 
     # -- create and dispatch -------------------------------------------------------------------
@@ -298,6 +299,8 @@ class StreamManager:
         started = time.monotonic()
         result = await self._stop(stream_id, reason)
         self._metrics.stop_seconds.observe(time.monotonic() - started)
+        if result.finish_reason is FinishReason.CANCELLED:
+            self._metrics.cancellations.labels(reason=str(reason)).inc()
         return result
 
     async def _stop(self, stream_id: str, reason: CancelReason) -> StopResult:

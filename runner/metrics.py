@@ -26,6 +26,12 @@ class RunnerMetrics:
         self.cancellations = Counter(
             "tokenrelay_runner_cancellations", "Cancellations by reason", ["reason"], registry=r
         )
+        self.cancel_seconds = Histogram(
+            "tokenrelay_runner_cancel_seconds",
+            "Cancel request received -> engine halted",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r,
+        )
         self.jobs_rejected = Counter("tokenrelay_runner_jobs_rejected", "Jobs refused at capacity", registry=r)
         self.ttft = Histogram(
             "tokenrelay_runner_ttft_seconds",

@@ -150,8 +150,11 @@ class Runner:
         generation = self._active.get(request.stream_id)
         halted_ts = None
         if generation is not None:
+            received = time.time()
             outcome: Outcome | None = await generation.cancel(request.reason)
             halted_ts = generation.halted_ts
+            if halted_ts is not None:
+                self.metrics.cancel_seconds.observe(max(0.0, halted_ts - received))
         else:
             outcome = self._finished.get(request.stream_id)
         reply = CancelReply(
