@@ -30,6 +30,8 @@ SSE_HEADERS = {
 }
 GAP_RETRIES = 3
 GAP_RETRY_DELAY_S = 0.02
+HISTORY_SETTLE_S = 0.05
+"""After this long, every event published before a reader subscribed is in JetStream."""
 
 CONFIG_KEY = web.AppKey("config", StreamerConfig)
 NC_KEY = web.AppKey("nc", NATS)
@@ -84,7 +86,11 @@ async def events(request: web.Request) -> web.StreamResponse:
         await hub.attach(reader)
         await response.prepare(request)
         await catch_up(app, reader, record)
-        await pump(reader, response, metrics)
+        settle = asyncio.create_task(settle_history(app, reader, record))
+        try:
+            await pump(reader, response, metrics)
+        finally:
+            settle.cancel()
     except ConnectionResetError:
         log.debug("stream %s: reader went away", record.stream_id)
     finally:
@@ -109,10 +115,32 @@ async def catch_up(app: web.Application, reader: Reader, record: StreamRecord) -
         if reader.buffer.closed or not reader.replay.waiting_on_gap:
             break
         await asyncio.sleep(GAP_RETRY_DELAY_S)
-    if reader.buffer.closed:
+    if not reader.buffer.closed and reader.replay.waiting_on_gap:
+        reader.fail(str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", hub.clock())
+
+
+async def settle_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
+    """Read history once more shortly after subscribing, unless live events already reached the reader.
+
+    JetStream stores a message a moment after it is published.  An event published just before
+    this reader's subscription can be missing from the first history read *and* never arrive live;
+    if it was the stream's last event the reader would wait forever.  By ``HISTORY_SETTLE_S`` after
+    subscribing, everything published before the subscription is stored.
+    """
+    await asyncio.sleep(HISTORY_SETTLE_S)
+    if reader.buffer.closed or reader.replay.finished or reader.live_events:
         return
+    hub = app[HUB_KEY]
+    app[METRICS_KEY].history_fetches.inc()
+    try:
+        past = await history.fetch(app[NC_KEY], reader.stream_id, batch=app[CONFIG_KEY].history_batch_messages)
+    except history.HistoryError as exc:
+        reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), hub.clock())
+        return
+    for event in past:
+        reader.deliver(event, hub.clock())
     nothing_stored = reader.replay.next_seq == 0 and record.state is StreamState.FINISHED
-    if reader.replay.waiting_on_gap or nothing_stored:
+    if not reader.buffer.closed and (reader.replay.waiting_on_gap or nothing_stored):
         reader.fail(str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", hub.clock())
 
 

@@ -44,9 +44,13 @@ class Reader:
         self.replay = Replay(epoch=epoch, resume=resume)
         self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now)
         self.wake = asyncio.Event()
+        self.live_events = 0
+        """Events that reached this reader from its live subscription."""
 
     def deliver(self, event: StreamEvent, now: float, framed: bytes | None = None) -> None:
-        """Take one event (history or live); queue whatever it releases."""
+        """Take one event (history, or live with its shared ``framed`` bytes); queue whatever it releases."""
+        if framed is not None:
+            self.live_events += 1
         released = self.replay.push(event)
         if isinstance(released, ReplayError):
             self.fail(str(released.code), released.message, now)
