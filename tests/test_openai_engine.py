@@ -72,8 +72,10 @@ async def test_stop_closes_the_upstream_request_before_the_stopped_reply(sut: Sy
         stopped_at = time.monotonic()
     assert stopped["type"] == "stopped" and stopped["finish_reason"] == "cancelled"
     assert call.disconnected_at is not None, "the upstream never saw its client go away"
-    assert stop_sent <= call.disconnected_at <= stopped_at + 0.05
     print(f"stop sent -> upstream saw disconnect: {(call.disconnected_at - stop_sent) * 1000:.1f} ms")
+    # The runner closes the upstream request before it confirms the stop (typically ~5 ms after the stop here).
+    assert stop_sent <= call.disconnected_at <= stopped_at + 0.05
+    assert call.disconnected_at - stop_sent < 0.05
     assert not call.finished
 
 
