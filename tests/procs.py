@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenrelay.supervisor import free_port, http_ok, nats_ready, nats_server_binary
+from tokenrelay.supervisor import free_port, http_ok, nats_ready, nats_server_argv
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -68,16 +68,7 @@ def nats_server(store_dir: str | None = None) -> Iterator[NatsServer]:
         port = free_port()
         log = open(os.path.join(store, "nats.log"), "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "--jetstream",
-                "--addr",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--store_dir",
-                store,
-            ],
+            nats_server_argv(port, store),
             stdout=log,
             stderr=log,
         )

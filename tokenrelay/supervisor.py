@@ -205,20 +205,16 @@ def plan(args: argparse.Namespace, nats_url: str) -> list[Child]:
     return children
 
 
+def nats_server_argv(port: int, store_dir: str) -> list[str]:
+    """Command line of a loopback nats-server with JetStream storing in ``store_dir``."""
+    return [nats_server_binary(), "--jetstream", "--addr", "127.0.0.1", "--port", str(port), "--store_dir", store_dir]
+
+
 def start_nats(port: int, store_dir: str) -> tuple[Child, str]:
     """Start the embedded nats-server with JetStream; return it and its URL."""
     if not port_is_free("127.0.0.1", port):
         port = free_port()
-    argv = [
-        nats_server_binary(),
-        "--jetstream",
-        "--addr",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--store_dir",
-        store_dir,
-    ]
+    argv = nats_server_argv(port, store_dir)
     url = f"nats://127.0.0.1:{port}"
     child = Child("nats", argv, url)
     spawn(child, log_path=os.path.join(store_dir, "nats-server.log"))
