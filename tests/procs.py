@@ -97,6 +97,7 @@ class System:
     gateway: Role
     streamer: Role
     runners: list[Role] = field(default_factory=list)
+    streamers: list[Role] = field(default_factory=list)
 
     @property
     def gateway_url(self) -> str:
@@ -123,6 +124,7 @@ def system(
     nats_url: str,
     *,
     runners: int = 1,
+    streamers: int = 1,
     runner_args: Sequence[str] = (),
     streamer_args: Sequence[str] = (),
     gateway_args: Sequence[str] = (),
@@ -131,8 +133,11 @@ def system(
     with tempfile.TemporaryDirectory(prefix="tokenrelay-test-logs-") as logs:
         roles: list[Role] = []
         try:
-            streamer = start_role("streamer", nats_url, logs, "streamer", streamer_args)
-            roles.append(streamer)
+            streamer_roles = [
+                start_role("streamer", nats_url, logs, f"streamer-{i}", streamer_args) for i in range(streamers)
+            ]
+            streamer = streamer_roles[0]
+            roles += streamer_roles
             runner_roles = [start_role("runner", nats_url, logs, f"runner-{i}", runner_args) for i in range(runners)]
             roles += runner_roles
             gateway = start_role("gateway", nats_url, logs, "gateway", ["--streamer-url", streamer.url, *gateway_args])
@@ -140,7 +145,7 @@ def system(
             for role in roles:
                 wait_until(lambda r=role: _healthy_or_dead(r, logs), what=f"{role.name} health")
             wait_until(lambda: http_ok(f"{gateway.url}/readyz"), what="gateway ready")
-            yield System(nats_url, gateway, streamer, runner_roles)
+            yield System(nats_url, gateway, streamer, runner_roles, streamer_roles)
         finally:
             for role in reversed(roles):
                 stop_process(role.process)

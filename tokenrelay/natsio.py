@@ -22,6 +22,8 @@ CONNECT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 0.5
 FEEDBACK_MAX_AGE_S = 0.0  # keep feedback until an operator deletes it
 DIRECT_GET_TIMEOUT_S = 2.0
+RECORD_TTL_FACTOR = 2
+"""Stream records outlive their history, so a cursor into expired history answers resume_unavailable, not 404."""
 DEFAULT_DIRECT_GET_BATCH = 256
 _STATUS_END_OF_BATCH = "204"
 _STATUS_NOT_FOUND = "404"
@@ -87,7 +89,7 @@ async def ensure_feedback_stream(js: JetStreamContext) -> None:
 
 
 async def ensure_streams_bucket(js: JetStreamContext, history: HistoryConfig) -> KeyValue:
-    """Open (declaring if needed) the KV bucket of stream records; records live as long as history."""
+    """Open (declaring if needed) the KV bucket of stream records; they outlive history ``RECORD_TTL_FACTOR`` times."""
     try:
         return await js.key_value(subjects.STREAMS_BUCKET)
     except NotFoundError:
@@ -96,7 +98,7 @@ async def ensure_streams_bucket(js: JetStreamContext, history: HistoryConfig) ->
         KeyValueConfig(
             bucket=subjects.STREAMS_BUCKET,
             history=1,
-            ttl=history.ttl_s,
+            ttl=history.ttl_s * RECORD_TTL_FACTOR,
             storage=_storage(history.storage),
         )
     )
