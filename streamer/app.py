@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import socket
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -12,7 +14,7 @@ from nats.js.kv import KeyValue
 
 from streamer import history
 from streamer.cursor import Cursor, CursorError
-from streamer.hub import Hub, Reader
+from streamer.hub import Clock, Hub, Reader
 from streamer.metrics import StreamerMetrics
 from tokenrelay import codec, natsio, subjects
 from tokenrelay.config import StreamerConfig
@@ -80,6 +82,12 @@ async def events(request: web.Request) -> web.StreamResponse:
         now=hub.clock(),
     )
     response = web.StreamResponse(headers=SSE_HEADERS)
+    transport = request.transport
+    reader.abort = transport.abort if transport is not None else None
+    if transport is not None and config.socket_send_buffer_bytes > 0:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_send_buffer_bytes)
     metrics = app[METRICS_KEY]
     metrics.readers.inc()
     try:
@@ -88,7 +96,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         await catch_up(app, reader, record)
         settle = asyncio.create_task(settle_history(app, reader, record))
         try:
-            await pump(reader, response, metrics)
+            await pump(reader, response, metrics, flush_interval_s=config.flush_interval_ms / 1000, clock=hub.clock)
         finally:
             settle.cancel()
     except ConnectionResetError:
@@ -144,14 +152,28 @@ async def settle_history(app: web.Application, reader: Reader, record: StreamRec
         reader.fail(str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", hub.clock())
 
 
-async def pump(reader: Reader, response: web.StreamResponse, metrics: StreamerMetrics) -> None:
-    """Write whatever the reader has queued, as soon as it is queued, until its terminal event."""
+async def pump(
+    reader: Reader, response: web.StreamResponse, metrics: StreamerMetrics, *, flush_interval_s: float, clock: Clock
+) -> None:
+    """Write what the reader has queued until its terminal event.
+
+    An event is written at once unless the last write was less than ``flush_interval_s`` ago;
+    then the rest of the interval collects more, and they go out merged in one write.
+    """
+    loop = asyncio.get_running_loop()
+    last_write = -math.inf
     while True:
         await reader.wake.wait()
         reader.wake.clear()
+        wait_s = last_write + flush_interval_s - loop.time()
+        if wait_s > 0 and not reader.buffer.closed:
+            await asyncio.sleep(wait_s)
         data = reader.buffer.take()
         if data:
+            reader.writing_since = clock()
             await response.write(data)
+            reader.writing_since = None
+            last_write = loop.time()
             metrics.writes.inc()
             metrics.bytes_sent.inc(len(data))
         if reader.buffer.closed and reader.buffer.buffered_bytes == 0:
@@ -167,6 +189,7 @@ def make_app(
         nc,
         heartbeat_s=config.heartbeat_s,
         metrics=metrics,
+        write_timeout_s=config.write_timeout_s,
         disconnect_grace_s=config.disconnect_grace_s,
         cancel_timeout_s=config.cancel_timeout_s,
     )

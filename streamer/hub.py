@@ -25,7 +25,8 @@ from streamer.metrics import StreamerMetrics
 from streamer.replay import Replay, ReplayError
 from tokenrelay import codec, subjects
 from tokenrelay.codec import CodecError
-from tokenrelay.messages import StreamEvent
+from tokenrelay.errors import ErrorCode
+from tokenrelay.messages import StreamDelta, StreamEvent
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,14 @@ class Reader:
         self.stream_id = stream_id
         self.epoch = epoch
         self.replay = Replay(epoch=epoch, resume=resume)
-        self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now)
+        self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now, epoch=epoch)
         self.wake = asyncio.Event()
         self.live_events = 0
         """Events that reached this reader from its live subscription."""
+        self.writing_since: float | None = None
+        """When the write in progress started (``None`` when not writing)."""
+        self.abort: Callable[[], None] | None = None
+        """Drops the client connection at once (set by the HTTP shell)."""
 
     def deliver(self, event: StreamEvent, now: float, framed: bytes | None = None) -> None:
         """Take one event (history, or live with its shared ``framed`` bytes); queue whatever it releases."""
@@ -56,7 +61,11 @@ class Reader:
             self.fail(str(released.code), released.message, now)
             return
         for ready in released:
-            data = framed if ready is event and framed is not None else frame(ready, self.epoch)
+            shared = framed if ready is event else None
+            if isinstance(ready, StreamDelta):
+                self.buffer.append_delta(ready, now, shared)
+                continue
+            data = shared if shared is not None else frame(ready, self.epoch)
             if is_terminal(ready):
                 self.buffer.finish(data, now)
             else:
@@ -87,6 +96,7 @@ class Hub:
         *,
         heartbeat_s: float,
         metrics: StreamerMetrics,
+        write_timeout_s: float = 10.0,
         disconnect_grace_s: float = 0.0,
         cancel_timeout_s: float = 5.0,
         clock: Clock = time.monotonic,
@@ -100,6 +110,7 @@ class Hub:
             has_readers=self.has_readers,
         )
         self._heartbeat_s = heartbeat_s
+        self._write_timeout_s = write_timeout_s
         self._metrics = metrics
         self.clock = clock
         self._channels: dict[str, _Channel] = {}
@@ -189,11 +200,19 @@ class Hub:
             reader.deliver(event, now, framed)
 
     async def _heartbeat_loop(self) -> None:
-        tick_s = min(self._heartbeat_s / 2, MAX_HEARTBEAT_TICK_S)
+        """One loop for every reader: pings for the idle, ``slow_consumer`` for writes stuck too long."""
+        tick_s = min(self._heartbeat_s / 2, self._write_timeout_s / 2, MAX_HEARTBEAT_TICK_S)
         while True:
             await asyncio.sleep(tick_s)
             now = self.clock()
             for channel in self._channels.values():
                 for reader in channel.readers:
-                    if reader.buffer.ping_if_idle(now, self._heartbeat_s):
-                        reader.wake.set()
+                    self._check(reader, now)
+
+    def _check(self, reader: Reader, now: float) -> None:
+        if reader.writing_since is not None and now - reader.writing_since >= self._write_timeout_s:
+            reader.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not take a write in time", now)
+            if reader.abort is not None:
+                reader.abort()  # the stuck write raises; the client may resume from its cursor
+        elif reader.buffer.ping_if_idle(now, self._heartbeat_s):
+            reader.wake.set()

@@ -62,6 +62,12 @@ STREAMER_OPTIONS = (
     Option("--heartbeat-s", float, c.DEFAULT_HEARTBEAT_S, "send ': ping' to readers idle this long"),
     Option("--max-reader-buffer-bytes", int, c.DEFAULT_MAX_READER_BUFFER_BYTES,
            "unsent bytes per reader before it is closed as slow_consumer"),
+    Option("--flush-interval-ms", float, c.DEFAULT_FLUSH_INTERVAL_MS,
+           "write to a reader at most this often, merging what arrives in between (0: every event)"),
+    Option("--socket-send-buffer-bytes", int, 0,
+           "kernel send buffer per SSE connection (SO_SNDBUF); 0: the kernel's autotuning"),
+    Option("--write-timeout-s", float, c.DEFAULT_WRITE_TIMEOUT_S,
+           "close a reader as slow_consumer when a write is not taken within this time"),
     Option("--disconnect-grace-s", float, c.DEFAULT_DISCONNECT_GRACE_S,
            "cancel a generation whose readers all left this long ago (0: never)"),
 )  # fmt: skip
@@ -149,7 +155,8 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
     return c.StreamerConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args),
         heartbeat_s=args.heartbeat_s, max_reader_buffer_bytes=args.max_reader_buffer_bytes,
-        disconnect_grace_s=args.disconnect_grace_s,
+        disconnect_grace_s=args.disconnect_grace_s, flush_interval_ms=args.flush_interval_ms,
+        write_timeout_s=args.write_timeout_s, socket_send_buffer_bytes=args.socket_send_buffer_bytes,
     )  # fmt: skip
 
 

@@ -21,6 +21,8 @@ DEFAULT_HEARTBEAT_S = 15.0
 DEFAULT_MAX_READER_BUFFER_BYTES = 1 << 20
 DEFAULT_HISTORY_BATCH_MESSAGES = 256
 DEFAULT_DISCONNECT_GRACE_S = 5.0
+DEFAULT_FLUSH_INTERVAL_MS = 10.0
+DEFAULT_WRITE_TIMEOUT_S = 10.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_TOKENS_LIMIT = 32_768
 DEFAULT_MAX_TOKENS = 256
@@ -105,6 +107,13 @@ class StreamerConfig:
     max_reader_buffer_bytes: int = DEFAULT_MAX_READER_BUFFER_BYTES
     """A reader with more unsent bytes than this is closed with ``slow_consumer``."""
     history_batch_messages: int = DEFAULT_HISTORY_BATCH_MESSAGES
+    flush_interval_ms: float = DEFAULT_FLUSH_INTERVAL_MS
+    """A reader is written to at most this often; what arrives in between is merged (0: every event)."""
+    socket_send_buffer_bytes: int = 0
+    """Kernel send buffer of each SSE connection (``SO_SNDBUF``); 0 keeps the kernel's autotuning, which
+    lets one client that never reads park up to ``net.ipv4.tcp_wmem``'s maximum (often 4 MiB) in the kernel."""
+    write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S
+    """A write the client has not taken within this time closes the reader as ``slow_consumer``."""
     disconnect_grace_s: float = DEFAULT_DISCONNECT_GRACE_S
     """When every reader of an unfinished stream has gone (here and on every other streamer) for
     this long, the generation is cancelled (reason ``disconnect``); 0 never cancels."""

@@ -1,0 +1,70 @@
+"""A client that never reads costs bounded memory and is closed as ``slow_consumer``; others keep flowing."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.helpers import create_stream, expected_text, metric, wait_for_metric
+from tests.procs import NatsServer, System, system
+from tests.sse_client import read_stream
+
+STALLED = 5
+LENGTH = 60_000  # ~270 KB of text: well past 16 KiB of kernel send buffer + 64 KiB of transport + 64 KiB of ours
+
+
+@pytest.fixture(scope="module")
+def sut(nats: NatsServer) -> Iterator[System]:
+    with system(
+        nats.url,
+        runner_args=[
+            "--synthetic-tokens-per-s",
+            "0",
+            "--synthetic-ttft-ms",
+            "0",
+            "--synthetic-length-tokens",
+            str(LENGTH),
+        ],
+        streamer_args=[
+            "--max-reader-buffer-bytes",
+            "65536",
+            "--write-timeout-s",
+            "1",
+            "--socket-send-buffer-bytes",
+            "16384",
+        ],
+        gateway_args=["--max-tokens-limit", str(LENGTH)],
+    ) as running:
+        yield running
+
+
+def _stalled_reader(events_url: str) -> socket.socket:
+    """Open the SSE request with a tiny receive window and never read a byte."""
+    url = urlsplit(events_url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((url.hostname or "127.0.0.1", url.port or 80))
+    sock.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    return sock
+
+
+async def test_readers_that_never_read_are_closed_as_slow_consumers_while_a_normal_reader_gets_everything(
+    sut: System,
+) -> None:
+    before = await metric(sut.streamer_url, 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}')
+    created = await create_stream(sut.gateway_url, "firehose", max_tokens=LENGTH)
+    stalled = [_stalled_reader(created["events_url"]) for _ in range(STALLED)]
+    try:
+        normal = await read_stream(created["events_url"])
+        assert normal.text == expected_text("firehose", LENGTH, LENGTH)
+        # Deltas that piled up were merged into fewer, larger events.
+        assert len(normal.of("delta")) < LENGTH
+        await wait_for_metric(
+            sut.streamer_url, 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}', before + STALLED
+        )
+    finally:
+        for sock in stalled:
+            sock.close()
