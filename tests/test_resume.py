@@ -101,3 +101,18 @@ async def test_a_cursor_into_expired_history_gets_resume_unavailable_never_a_par
                 break
         assert late.terminal.json()["code"] == "resume_unavailable"
         assert not late.of("delta")
+
+
+async def test_a_streamer_shutting_down_ends_readers_with_a_retryable_error_and_they_resume_elsewhere() -> None:
+    with nats_server() as own, system(own.url, streamers=2, runner_args=RUNNER_ARGS) as sut:
+        created = await create_stream(sut.gateway_url, "rolling restart", max_tokens=300)
+        reader = asyncio.create_task(read_stream(_events_url(sut.streamers[0].url, created["id"])))
+        await asyncio.sleep(0.5)
+        sut.streamers[0].process.send_signal(signal.SIGTERM)
+        first = await reader
+        assert first.terminal.event == "error"
+        assert first.terminal.json()["code"] == "shutting_down"
+        cursor = first.of("delta")[-1].id
+        rest = await _read_from(_events_url(sut.streamers[1].url, created["id"]), cursor)
+        assert sut.streamers[0].process.wait(timeout=10) == 0
+    assert first.text + rest.text == expected_text("rolling restart", 300, 100000)
