@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import nats
 import orjson
 from nats.aio.client import Client as NATS
-from nats.aio.subscription import Subscription
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -119,39 +120,56 @@ async def direct_get(
 
     Uses batched direct gets (nats-server >= 2.11, ``allow_direct`` on the stream): no consumer
     is created; each request returns up to ``batch`` messages and an end-of-batch status, and
-    we page on until nothing is pending.
+    we page on until nothing is pending.  Messages are collected by a callback, with one
+    timeout per batch rather than one per message.
     """
     api = f"$JS.API.DIRECT.GET.{stream}"
-    sub = await nc.subscribe(nc.new_inbox())
-    found: list[tuple[int, bytes]] = []
+    reader = _BatchReader()
+    sub = await nc.subscribe(nc.new_inbox(), cb=reader.on_msg)
     try:
         seq = from_seq
         while True:
+            reader.start_batch()
             request = orjson.dumps({"seq": seq, "next_by_subj": subject, "batch": batch})
             await nc.publish(api, request, reply=sub.subject)
-            last_seq, pending = await _read_batch(sub, found)
+            last_seq, pending = await reader.end_of_batch()
             if last_seq is None or pending == 0:
-                return found
+                return reader.found
             seq = last_seq + 1
     finally:
         await sub.unsubscribe()
 
 
-async def _read_batch(sub: Subscription, found: list[tuple[int, bytes]]) -> tuple[int | None, int]:
-    """Collect one batch; return (last sequence read, messages still pending)."""
-    last_seq: int | None = None
-    while True:
+class _BatchReader:
+    """Collects one direct-get batch at a time from a subscription callback."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[int, bytes]] = []
+        self._last_seq: int | None = None
+        self._done: asyncio.Future[tuple[int | None, int]] | None = None
+
+    def start_batch(self) -> None:
+        self._last_seq = None
+        self._done = asyncio.get_running_loop().create_future()
+
+    async def end_of_batch(self) -> tuple[int | None, int]:
+        assert self._done is not None
         try:
-            msg = await sub.next_msg(timeout=DIRECT_GET_TIMEOUT_S)
+            return await asyncio.wait_for(self._done, DIRECT_GET_TIMEOUT_S)
         except TimeoutError as exc:
             raise DirectGetError("direct get timed out") from exc
+
+    async def on_msg(self, msg: Msg) -> None:
+        if self._done is None or self._done.done():
+            return
         headers = msg.headers or {}
         status = headers.get("Status")
         if status == _STATUS_NOT_FOUND:
-            return last_seq, 0
-        if status == _STATUS_END_OF_BATCH:
-            return last_seq, int(headers.get("Nats-Num-Pending", "0"))
-        if status is not None:
-            raise DirectGetError(f"direct get failed: {status} {headers.get('Description', '')}")
-        last_seq = int(headers["Nats-Sequence"])
-        found.append((last_seq, msg.data))
+            self._done.set_result((self._last_seq, 0))
+        elif status == _STATUS_END_OF_BATCH:
+            self._done.set_result((self._last_seq, int(headers.get("Nats-Num-Pending", "0"))))
+        elif status is not None:
+            self._done.set_exception(DirectGetError(f"direct get failed: {status} {headers.get('Description', '')}"))
+        else:
+            self._last_seq = int(headers["Nats-Sequence"])
+            self.found.append((self._last_seq, msg.data))
