@@ -24,16 +24,16 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import Error as JetStreamError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from gateway.liveness import RunnerRegistry
 from gateway.metrics import GatewayMetrics
 from gateway.requests import StreamRequest
-from tokenrelay import codec, subjects
+from tokenrelay import codec, natsio, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.config import GatewayConfig
-from tokenrelay.errors import ErrorCode, NotFound, Overloaded, TokenRelayError, Unavailable
+from tokenrelay.errors import ErrorCode, Overloaded, TokenRelayError, Unavailable
 from tokenrelay.messages import (
     OUT_OF_BAND_SEQ,
     CancelReason,
@@ -375,15 +375,7 @@ class StreamManager:
 
     async def record(self, stream_id: str) -> StreamRecord:
         """The stream's record, or ``not_found``."""
-        if not subjects.is_stream_id(stream_id):
-            raise NotFound("no such stream")
-        try:
-            entry = await self._kv.get(stream_id)
-        except KeyNotFoundError:
-            raise NotFound("no such stream") from None
-        if entry.value is None:
-            raise NotFound("no such stream")
-        return codec.decode_as(entry.value, StreamRecord)
+        return await natsio.load_record(self._kv, stream_id)
 
     async def feedback(self, stream_id: str, rating: str, comment: str | None) -> None:
         """Store feedback durably; returns once JetStream has acknowledged it."""

@@ -9,16 +9,15 @@ import socket
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from streamer import history
 from streamer.cursor import Cursor, CursorError
 from streamer.hub import Clock, Hub, Reader
 from streamer.metrics import StreamerMetrics
-from tokenrelay import codec, natsio, subjects
+from tokenrelay import natsio, subjects
 from tokenrelay.config import StreamerConfig
-from tokenrelay.errors import BadRequest, ErrorCode, NotFound, ResumeUnavailable
+from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable
 from tokenrelay.messages import StreamRecord, StreamState
 from tokenrelay.service import add_ops_routes, errors_middleware, serve
 
@@ -53,25 +52,12 @@ def parse_cursor(request: web.Request) -> Cursor | None:
         raise BadRequest(str(exc)) from None
 
 
-async def load_record(kv: KeyValue, stream_id: str) -> StreamRecord:
-    """The stream's record, or ``not_found``."""
-    if not subjects.is_stream_id(stream_id):
-        raise NotFound("no such stream")
-    try:
-        entry = await kv.get(stream_id)
-    except KeyNotFoundError:
-        raise NotFound("no such stream") from None
-    if entry.value is None:
-        raise NotFound("no such stream")
-    return codec.decode_as(entry.value, StreamRecord)
-
-
 async def events(request: web.Request) -> web.StreamResponse:
     """Stream one generation's events as SSE, from the start or after the client's cursor."""
     app = request.app
     config, hub = app[CONFIG_KEY], app[HUB_KEY]
     cursor = parse_cursor(request)
-    record = await load_record(app[KV_KEY], request.match_info["id"])
+    record = await natsio.load_record(app[KV_KEY], request.match_info["id"])
     if cursor is not None and cursor.epoch != record.epoch:
         raise ResumeUnavailable("the cursor belongs to a history that is gone")
     reader = Reader(
@@ -93,7 +79,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         await hub.attach(reader)
         await response.prepare(request)
-        await catch_up(app, reader, record)
+        await catch_up(app, reader)
         settle = asyncio.create_task(settle_history(app, reader, record))
         try:
             await pump(reader, response, metrics, flush_interval_s=config.flush_interval_ms / 1000, clock=hub.clock)
@@ -108,23 +94,33 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def catch_up(app: web.Application, reader: Reader, record: StreamRecord) -> None:
+async def read_history(app: web.Application, reader: Reader) -> bool:
+    """Feed the reader every stored event of its stream; ``False`` (reader failed) if history cannot be read."""
+    app[METRICS_KEY].history_fetches.inc()
+    try:
+        past = await history.fetch(app[NC_KEY], reader.stream_id, batch=app[CONFIG_KEY].history_batch_messages)
+    except history.HistoryError as exc:
+        reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), app[HUB_KEY].clock())
+        return False
+    for event in past:
+        reader.deliver(event, app[HUB_KEY].clock())
+    return True
+
+
+def _history_gone(app: web.Application, reader: Reader) -> None:
+    reader.fail(str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", app[HUB_KEY].clock())
+
+
+async def catch_up(app: web.Application, reader: Reader) -> None:
     """Feed the reader what was published before it subscribed, and prove there is no gap."""
-    nc, hub, metrics = app[NC_KEY], app[HUB_KEY], app[METRICS_KEY]
     for _ in range(GAP_RETRIES):
-        metrics.history_fetches.inc()
-        try:
-            past = await history.fetch(nc, reader.stream_id, batch=app[CONFIG_KEY].history_batch_messages)
-        except history.HistoryError as exc:
-            reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), hub.clock())
+        if not await read_history(app, reader):
             return
-        for event in past:
-            reader.deliver(event, hub.clock())
         if reader.buffer.closed or not reader.replay.waiting_on_gap:
             break
         await asyncio.sleep(GAP_RETRY_DELAY_S)
     if not reader.buffer.closed and reader.replay.waiting_on_gap:
-        reader.fail(str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", hub.clock())
+        _history_gone(app, reader)
 
 
 async def settle_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
@@ -138,18 +134,11 @@ async def settle_history(app: web.Application, reader: Reader, record: StreamRec
     await asyncio.sleep(HISTORY_SETTLE_S)
     if reader.buffer.closed or reader.replay.finished or reader.live_events:
         return
-    hub = app[HUB_KEY]
-    app[METRICS_KEY].history_fetches.inc()
-    try:
-        past = await history.fetch(app[NC_KEY], reader.stream_id, batch=app[CONFIG_KEY].history_batch_messages)
-    except history.HistoryError as exc:
-        reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), hub.clock())
+    if not await read_history(app, reader):
         return
-    for event in past:
-        reader.deliver(event, hub.clock())
     nothing_stored = reader.replay.next_seq == 0 and record.state is StreamState.FINISHED
     if not reader.buffer.closed and (reader.replay.waiting_on_gap or nothing_stored):
-        reader.fail(str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", hub.clock())
+        _history_gone(app, reader)
 
 
 async def pump(

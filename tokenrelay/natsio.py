@@ -11,11 +11,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from tokenrelay import subjects
+from tokenrelay import codec, subjects
 from tokenrelay.config import HistoryConfig, StorageKind
+from tokenrelay.errors import NotFound
+from tokenrelay.messages import StreamRecord
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,19 @@ async def ensure_streams_bucket(js: JetStreamContext, history: HistoryConfig) ->
             storage=_storage(history.storage),
         )
     )
+
+
+async def load_record(kv: KeyValue, stream_id: str) -> StreamRecord:
+    """A stream's record from the KV bucket, or ``not_found`` (also for ids of the wrong shape)."""
+    if not subjects.is_stream_id(stream_id):
+        raise NotFound("no such stream")
+    try:
+        entry = await kv.get(stream_id)
+    except KeyNotFoundError:
+        raise NotFound("no such stream") from None
+    if entry.value is None:
+        raise NotFound("no such stream")
+    return codec.decode_as(entry.value, StreamRecord)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
