@@ -8,6 +8,7 @@ import math
 import socket
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
@@ -70,6 +71,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers=SSE_HEADERS)
     transport = request.transport
     reader.abort = transport.abort if transport is not None else None
+    if transport is not None:
+        # Pause (and make ``drain`` wait) as soon as the kernel refuses bytes: what a client has
+        # not taken stays in the reader's buffer, where it is merged and counted against its limit.
+        transport.set_write_buffer_limits(high=0)
     if transport is not None and config.socket_send_buffer_bytes > 0:
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -78,11 +83,20 @@ async def events(request: web.Request) -> web.StreamResponse:
     metrics.readers.inc()
     try:
         await hub.attach(reader)
-        await response.prepare(request)
+        writer = await response.prepare(request)
+        if writer is None:  # only for a response already finished, which this one is not
+            raise ConnectionResetError("the response was closed before streaming")
         await catch_up(app, reader)
         settle = asyncio.create_task(settle_history(app, reader, record))
         try:
-            await pump(reader, response, metrics, flush_interval_s=config.flush_interval_ms / 1000, clock=hub.clock)
+            await pump(
+                reader,
+                response,
+                writer,
+                metrics,
+                flush_interval_s=config.flush_interval_ms / 1000,
+                clock=hub.clock,
+            )
         finally:
             settle.cancel()
     except ConnectionResetError:
@@ -142,12 +156,20 @@ async def settle_history(app: web.Application, reader: Reader, record: StreamRec
 
 
 async def pump(
-    reader: Reader, response: web.StreamResponse, metrics: StreamerMetrics, *, flush_interval_s: float, clock: Clock
+    reader: Reader,
+    response: web.StreamResponse,
+    writer: AbstractStreamWriter,
+    metrics: StreamerMetrics,
+    *,
+    flush_interval_s: float,
+    clock: Clock,
 ) -> None:
     """Write what the reader has queued until its terminal event.
 
     An event is written at once unless the last write was less than ``flush_interval_s`` ago;
-    then the rest of the interval collects more, and they go out merged in one write.
+    then the rest of the interval collects more, and they go out merged in one write.  A write
+    is complete when the kernel has every byte of it (``drain``); until then its size counts
+    against the reader's buffer limit and the write timeout runs.
     """
     loop = asyncio.get_running_loop()
     last_write = -math.inf
@@ -160,7 +182,10 @@ async def pump(
         data = reader.buffer.take()
         if data:
             reader.writing_since = clock()
+            reader.buffer.in_flight_bytes = len(data)
             await response.write(data)
+            await writer.drain()
+            reader.buffer.in_flight_bytes = 0
             reader.writing_since = None
             last_write = loop.time()
             metrics.writes.inc()

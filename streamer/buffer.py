@@ -3,9 +3,10 @@
 Frames are appended as they are produced and taken by the reader's writer in one piece, so
 a reader that falls behind gets one larger write; deltas that pile up back to back are merged
 into one larger ``delta`` event (its ``id`` is the last one's, so resuming stays exact).  If
-the unsent bytes would pass ``max_buffered_bytes`` the buffer is replaced by one terminal
-``slow_consumer`` error frame and closed: memory per reader stays bounded whatever the client
-does.
+the unsent bytes — those queued here plus the write in flight, which the I/O shell reports in
+``in_flight_bytes`` until the transport has handed it to the kernel — would pass
+``max_buffered_bytes``, the buffer is replaced by one terminal ``slow_consumer`` error frame and
+closed: memory per reader stays bounded whatever the client does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class ReaderBuffer:
         self.closed = False
         self.close_code: str | None = None
         self.last_activity = now
+        self.in_flight_bytes = 0
+        """Bytes taken by the writer that the transport still holds (set by the I/O shell)."""
 
     @property
     def buffered_bytes(self) -> int:
@@ -54,7 +57,7 @@ class ReaderBuffer:
     def _add(self, item: _Pending, size: int, now: float) -> bool:
         if self.closed:
             return False
-        if self._size + size > self._max:
+        if self._size + self.in_flight_bytes + size > self._max:
             self.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not read fast enough", now)
             return False
         self._chunks.append(item)

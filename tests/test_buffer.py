@@ -77,6 +77,24 @@ def test_buffer_replaces_pending_bytes_with_slow_consumer_error_when_over_max_bu
     assert buffer.buffered_bytes == 0
 
 
+def test_bytes_of_the_write_in_flight_count_against_max_buffered_bytes() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    assert buffer.append(b"1234567890", T0)
+    buffer.take()
+    buffer.in_flight_bytes = 10
+    assert not buffer.append(b"a", T0)
+    assert buffer.close_code == str(ErrorCode.SLOW_CONSUMER)
+
+
+def test_a_completed_write_frees_its_room() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    buffer.in_flight_bytes = 6
+    assert buffer.append(b"1234", T0)
+    buffer.in_flight_bytes = 0
+    assert buffer.append(b"567890", T0)
+    assert buffer.take() == b"1234567890"
+
+
 def test_closed_buffer_refuses_further_bytes() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
     buffer.append(b"x" * 11, T0)

@@ -13,7 +13,7 @@ from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 
 STALLED = 5
-LENGTH = 60_000  # ~270 KB of text: well past 16 KiB of kernel send buffer + 64 KiB of transport + 64 KiB of ours
+LENGTH = 60_000  # ~270 KB of text: well past 16 KiB of kernel send buffer + 64 KiB of ours
 TOKENS_PER_S = 30_000  # fast, but a pace any reading client keeps up with on a busy CI machine (~2 s in all)
 
 
