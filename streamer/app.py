@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -86,8 +87,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         writer = await response.prepare(request)
         if writer is None:  # only for a response already finished, which this one is not
             raise ConnectionResetError("the response was closed before streaming")
-        await catch_up(app, reader)
-        settle = asyncio.create_task(settle_history(app, reader, record))
+        replay = asyncio.create_task(replay_history(app, reader, record))
         try:
             await pump(
                 reader,
@@ -98,7 +98,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 clock=hub.clock,
             )
         finally:
-            settle.cancel()
+            replay.cancel()
     except ConnectionResetError:
         log.debug("stream %s: reader went away", record.stream_id)
     finally:
@@ -109,15 +109,26 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def read_history(app: web.Application, reader: Reader) -> bool:
-    """Feed the reader every stored event of its stream; ``False`` (reader failed) if history cannot be read."""
+    """Feed the reader every stored event of its stream; ``False`` (reader failed) if history cannot be read.
+
+    Paced by the client: before each event, wait while half the reader's buffer limit is
+    unsent, so a late reader of a long stream holds one page of history, not all of it, and
+    is never closed as a slow consumer just because history is faster than live tokens.
+    """
     app[METRICS_KEY].history_fetches.inc()
+    clock = app[HUB_KEY].clock
+    pages = history.pages(app[NC_KEY], reader.stream_id, batch=app[CONFIG_KEY].history_batch_messages)
     try:
-        past = await history.fetch(app[NC_KEY], reader.stream_id, batch=app[CONFIG_KEY].history_batch_messages)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                for event in page:
+                    await reader.room()
+                    if reader.buffer.closed:
+                        return False
+                    reader.deliver(event, clock())
     except history.HistoryError as exc:
-        reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), app[HUB_KEY].clock())
+        reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), clock())
         return False
-    for event in past:
-        reader.deliver(event, app[HUB_KEY].clock())
     return True
 
 
@@ -135,6 +146,12 @@ async def catch_up(app: web.Application, reader: Reader) -> None:
         await asyncio.sleep(GAP_RETRY_DELAY_S)
     if not reader.buffer.closed and reader.replay.waiting_on_gap:
         _history_gone(app, reader)
+
+
+async def replay_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
+    """Catch the reader up from history while the writer sends, then settle (runs beside :func:`pump`)."""
+    await catch_up(app, reader)
+    await settle_history(app, reader, record)
 
 
 async def settle_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
@@ -187,6 +204,7 @@ async def pump(
             await writer.drain()
             reader.buffer.in_flight_bytes = 0
             reader.writing_since = None
+            reader.written.set()
             last_write = loop.time()
             metrics.writes.inc()
             metrics.bytes_sent.inc(len(data))

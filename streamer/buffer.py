@@ -43,6 +43,16 @@ class ReaderBuffer:
         """Bytes appended and not yet taken."""
         return self._size
 
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes queued here plus the write in flight: what counts against the limit."""
+        return self._size + self.in_flight_bytes
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        """The limit on :attr:`unsent_bytes`."""
+        return self._max
+
     def append(self, data: bytes, now: float) -> bool:
         """Queue bytes for the client; return ``False`` if the reader is (now) closed."""
         if self.closed:
@@ -57,7 +67,7 @@ class ReaderBuffer:
     def _add(self, item: _Pending, size: int, now: float) -> bool:
         if self.closed:
             return False
-        if self._size + self.in_flight_bytes + size > self._max:
+        if self.unsent_bytes + size > self._max:
             self.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not read fast enough", now)
             return False
         self._chunks.append(item)

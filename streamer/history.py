@@ -6,7 +6,9 @@ stream's subject with batched direct gets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncGenerator
 
 from nats.aio.client import Client as NATS
 
@@ -19,13 +21,20 @@ log = logging.getLogger(__name__)
 HistoryError = natsio.DirectGetError
 
 
-async def fetch(nc: NATS, stream_id: str, *, batch: int = natsio.DEFAULT_DIRECT_GET_BATCH) -> list[StreamEvent]:
-    """Every stored event of ``stream_id``, in publish order; malformed ones are skipped."""
-    stored = await natsio.direct_get(nc, subjects.EVENTS_STREAM, subjects.events(stream_id), batch=batch)
-    events: list[StreamEvent] = []
-    for seq, data in stored:
-        try:
-            events.append(codec.decode_event(data))
-        except CodecError as exc:
-            log.warning("skipping malformed stored event at seq %s: %s", seq, exc)
-    return events
+async def pages(
+    nc: NATS, stream_id: str, *, batch: int = natsio.DEFAULT_DIRECT_GET_BATCH
+) -> AsyncGenerator[list[StreamEvent]]:
+    """The stored events of ``stream_id`` in publish order, ``batch`` messages a page; malformed ones skipped.
+
+    Use under :func:`contextlib.aclosing` when you may stop early.
+    """
+    stored = natsio.direct_get_pages(nc, subjects.EVENTS_STREAM, subjects.events(stream_id), batch=batch)
+    async with contextlib.aclosing(stored):
+        async for page in stored:
+            events: list[StreamEvent] = []
+            for seq, data in page:
+                try:
+                    events.append(codec.decode_event(data))
+                except CodecError as exc:
+                    log.warning("skipping malformed stored event at seq %s: %s", seq, exc)
+            yield events

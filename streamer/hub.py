@@ -45,6 +45,8 @@ class Reader:
         self.replay = Replay(epoch=epoch, resume=resume)
         self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now, epoch=epoch)
         self.wake = asyncio.Event()
+        self.written = asyncio.Event()
+        """Set by the writer after each completed write and when the reader closes."""
         self.live_events = 0
         """Events that reached this reader from its live subscription."""
         self.writing_since: float | None = None
@@ -77,6 +79,13 @@ class Reader:
         """End this reader with an ``error`` event."""
         self.buffer.fail(code, message, now)
         self.wake.set()
+        self.written.set()
+
+    async def room(self) -> None:
+        """Wait while at least half the buffer limit is unsent (history is read no faster than the client takes it)."""
+        while not self.buffer.closed and self.buffer.unsent_bytes * 2 > self.buffer.max_buffered_bytes:
+            self.written.clear()
+            await self.written.wait()
 
 
 class _Channel:

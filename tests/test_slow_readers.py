@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers import create_stream, expected_text, metric, wait_for_metric
+from tests.helpers import create_stream, expected_text, metric, wait_finished, wait_for_metric
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 
@@ -70,3 +70,24 @@ async def test_readers_that_never_read_are_closed_as_slow_consumers_while_a_norm
     finally:
         for sock in stalled:
             sock.close()
+
+
+async def test_a_late_reader_of_a_history_far_larger_than_its_buffer_gets_the_whole_text(sut: System) -> None:
+    created = await create_stream(sut.gateway_url, "long history", max_tokens=LENGTH)
+    await wait_finished(sut.gateway_url, created["id"])
+    late = await read_stream(created["events_url"])
+    assert late.terminal.event == "stop", late.terminal.data
+    assert late.text == expected_text("long history", LENGTH, LENGTH)
+
+
+async def test_a_late_reader_that_never_reads_is_closed_as_a_slow_consumer(sut: System) -> None:
+    before = await metric(sut.streamer_url, 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}')
+    created = await create_stream(sut.gateway_url, "nobody reads the past", max_tokens=LENGTH)
+    await wait_finished(sut.gateway_url, created["id"])
+    stalled = _stalled_reader(created["events_url"])
+    try:
+        await wait_for_metric(
+            sut.streamer_url, 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}', before + 1
+        )
+    finally:
+        stalled.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncGenerator
 
 import nats
 import orjson
@@ -131,12 +133,25 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 async def direct_get(
     nc: NATS, stream: str, subject: str, *, from_seq: int = 1, batch: int = DEFAULT_DIRECT_GET_BATCH
 ) -> list[tuple[int, bytes]]:
-    """Every stored message of ``subject`` in ``stream`` from sequence ``from_seq`` on, as (seq, data).
+    """Every stored message of ``subject`` in ``stream`` from sequence ``from_seq`` on, as (seq, data)."""
+    found: list[tuple[int, bytes]] = []
+    pages = direct_get_pages(nc, stream, subject, from_seq=from_seq, batch=batch)
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            found.extend(page)
+    return found
+
+
+async def direct_get_pages(
+    nc: NATS, stream: str, subject: str, *, from_seq: int = 1, batch: int = DEFAULT_DIRECT_GET_BATCH
+) -> AsyncGenerator[list[tuple[int, bytes]]]:
+    """The stored messages of ``subject`` in ``stream`` from ``from_seq`` on, one page of at most ``batch``.
 
     Uses batched direct gets (nats-server >= 2.11, ``allow_direct`` on the stream): no consumer
     is created; each request returns up to ``batch`` messages and an end-of-batch status, and
-    we page on until nothing is pending.  Messages are collected by a callback, with one
-    timeout per batch rather than one per message.
+    the next page is asked for only when the caller wants it (so a consumer that waits between
+    pages holds one page in memory, not the whole history).  Messages are collected by a
+    callback, with one timeout per batch rather than one per message.
     """
     api = f"$JS.API.DIRECT.GET.{stream}"
     reader = _BatchReader()
@@ -148,8 +163,10 @@ async def direct_get(
             request = orjson.dumps({"seq": seq, "next_by_subj": subject, "batch": batch})
             await nc.publish(api, request, reply=sub.subject)
             last_seq, pending = await reader.end_of_batch()
+            if reader.found:
+                yield reader.take()
             if last_seq is None or pending == 0:
-                return reader.found
+                return
             seq = last_seq + 1
     finally:
         await sub.unsubscribe()
@@ -162,6 +179,10 @@ class _BatchReader:
         self.found: list[tuple[int, bytes]] = []
         self._last_seq: int | None = None
         self._done: asyncio.Future[tuple[int | None, int]] | None = None
+
+    def take(self) -> list[tuple[int, bytes]]:
+        found, self.found = self.found, []
+        return found
 
     def start_batch(self) -> None:
         self._last_seq = None
