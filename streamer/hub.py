@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 MAX_HEARTBEAT_TICK_S = 1.0
+FAILED_WRITE_GRACE_S = 1.0
+"""A reader that failed (``slow_consumer``, shutdown) while a write is stuck gets this long for its
+``error`` event to go out; then the connection is dropped and the client resumes from its cursor."""
 
 
 class Reader:
@@ -56,11 +59,17 @@ class Reader:
 
     def deliver(self, event: StreamEvent, now: float, framed: bytes | None = None) -> None:
         """Take one event (history, or live with its shared ``framed`` bytes); queue whatever it releases."""
+        if self.buffer.closed:
+            return
         if framed is not None:
             self.live_events += 1
         released = self.replay.push(event)
         if isinstance(released, ReplayError):
             self.fail(str(released.code), released.message, now)
+            return
+        if self.replay.held_bytes + self.buffer.unsent_bytes > self.buffer.max_buffered_bytes:
+            # Events held while history catches up count against the same limit as queued bytes.
+            self.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not read fast enough", now)
             return
         for ready in released:
             shared = framed if ready is event else None
@@ -78,6 +87,7 @@ class Reader:
     def fail(self, code: str, message: str, now: float) -> None:
         """End this reader with an ``error`` event."""
         self.buffer.fail(code, message, now)
+        self.replay.abandon()
         self.wake.set()
         self.written.set()
 
@@ -219,7 +229,12 @@ class Hub:
                     self._check(reader, now)
 
     def _check(self, reader: Reader, now: float) -> None:
-        if reader.writing_since is not None and now - reader.writing_since >= self._write_timeout_s:
+        stuck = reader.writing_since is not None
+        timed_out = stuck and now - (reader.writing_since or now) >= self._write_timeout_s
+        failed_long_ago = reader.buffer.close_code is not None and now - reader.buffer.last_activity >= (
+            FAILED_WRITE_GRACE_S
+        )
+        if timed_out or (stuck and failed_long_ago):
             reader.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not take a write in time", now)
             if reader.abort is not None:
                 reader.abort()  # the stuck write raises; the client may resume from its cursor

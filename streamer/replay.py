@@ -18,6 +18,15 @@ from tokenrelay.errors import ErrorCode
 from tokenrelay.messages import OUT_OF_BAND_SEQ, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
 
 DEFAULT_MAX_HELD_EVENTS = 4096
+EVENT_OVERHEAD_BYTES = 64
+"""Bytes a held event is counted for beyond its text (the object, its fields), for accounting."""
+
+
+def held_size(event: StreamEvent) -> int:
+    """What holding ``event`` is counted as, in bytes."""
+    if isinstance(event, StreamDelta):
+        return len(event.text.encode()) + EVENT_OVERHEAD_BYTES
+    return EVENT_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +53,23 @@ class Replay:
         self._resume_offset = resume.offset if resume is not None else 0
         self._resumed = resume is not None
         self._held: dict[int, StreamEvent] = {}
+        self._held_bytes = 0
         self._max_held = max_held_events
+        self._abandoned = False
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes (by :func:`held_size`) of the events held ahead of a gap."""
+        return self._held_bytes
+
+    def abandon(self) -> None:
+        """The reader failed: drop what is held and take nothing more (``finished`` is left as it was)."""
+        self._abandoned = True
+        self._release_all()
+
+    def _release_all(self) -> None:
+        self._held.clear()
+        self._held_bytes = 0
 
     @property
     def waiting_on_gap(self) -> bool:
@@ -55,16 +80,18 @@ class Replay:
         """Take one event from history or live; return what may be sent now, in order."""
         if event.seq == OUT_OF_BAND_SEQ and isinstance(event, StreamError) and not self.finished:
             self.finished = True
-            self._held.clear()
+            self._release_all()
             return [event]
-        if self.finished or event.seq < self.next_seq or event.seq in self._held:
+        if self.finished or self._abandoned or event.seq < self.next_seq or event.seq in self._held:
             return []
         if event.seq != self.next_seq and len(self._held) >= self._max_held:
             return ReplayError(ErrorCode.SLOW_CONSUMER, "too many events held while catching up")
         self._held[event.seq] = event
+        self._held_bytes += held_size(event)
         out: list[StreamEvent] = []
         while not self.finished and self.next_seq in self._held:
             ready = self._held.pop(self.next_seq)
+            self._held_bytes -= held_size(ready)
             self.next_seq += 1
             admitted = self._admit(ready)
             if isinstance(admitted, ReplayError):
@@ -88,5 +115,5 @@ class Replay:
         if event.tokens < self._resume_offset:
             return ReplayError(ErrorCode.BAD_REQUEST, "the cursor is past the end of the stream")
         self.finished = True
-        self._held.clear()
+        self._release_all()
         return event

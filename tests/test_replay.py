@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import pytest
 
 from streamer.cursor import Cursor
-from streamer.replay import Replay, ReplayError
+from streamer.replay import EVENT_OVERHEAD_BYTES, Replay, ReplayError, held_size
 from tokenrelay.errors import ErrorCode
 from tokenrelay.messages import FinishReason, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
 
@@ -200,3 +200,26 @@ def test_replay_releases_the_gap_filling_event_when_exactly_max_held_events_are_
     replay = Replay(epoch=EPOCH, max_held_events=2)
     assert push_all(replay, [START, D2, D3]) == [START]
     assert replay.push(D1) == [D1, D2, D3]
+
+
+def test_replay_counts_the_bytes_of_events_held_ahead_of_a_gap() -> None:
+    replay = Replay(epoch=EPOCH)
+    push_all(replay, [START, D2, D3])
+    assert replay.held_bytes == held_size(D2) + held_size(D3)
+    assert held_size(D2) == len(D2.text.encode()) + EVENT_OVERHEAD_BYTES
+
+
+def test_released_events_no_longer_count_as_held() -> None:
+    replay = Replay(epoch=EPOCH)
+    push_all(replay, [START, D2, D3])
+    replay.push(D1)
+    assert replay.held_bytes == 0
+
+
+def test_an_abandoned_replay_drops_what_it_held_and_releases_nothing_more() -> None:
+    replay = Replay(epoch=EPOCH)
+    push_all(replay, [START, D2])
+    replay.abandon()
+    assert replay.held_bytes == 0
+    assert replay.push(D1) == []
+    assert not replay.finished

@@ -91,3 +91,37 @@ async def test_a_late_reader_that_never_reads_is_closed_as_a_slow_consumer(sut: 
         )
     finally:
         stalled.close()
+
+
+async def test_a_stalled_reader_past_its_buffer_limit_is_dropped_long_before_the_write_timeout(
+    nats: NatsServer,
+) -> None:
+    """The limit, not the (here one-hour) write timeout, ends it; the held live events count too."""
+    with system(
+        nats.url,
+        runner_args=[
+            "--synthetic-tokens-per-s",
+            "2000",
+            "--synthetic-ttft-ms",
+            "0",
+            "--synthetic-length-tokens",
+            "20000",
+        ],
+        streamer_args=[
+            "--max-reader-buffer-bytes",
+            "32768",
+            "--write-timeout-s",
+            "3600",
+            "--socket-send-buffer-bytes",
+            "4096",
+        ],
+        gateway_args=["--max-tokens-limit", "20000"],
+    ) as running:
+        created = await create_stream(running.gateway_url, "limit first", max_tokens=20_000)
+        stalled = _stalled_reader(created["events_url"])
+        try:
+            await wait_for_metric(
+                running.streamer_url, 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}', 1, timeout_s=60
+            )
+        finally:
+            stalled.close()
