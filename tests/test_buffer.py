@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 import orjson
 
-from streamer.buffer import ReaderBuffer
+from streamer.buffer import BYTES_OVERHEAD_BYTES, RUN_OVERHEAD_BYTES, TEXT_OVERHEAD_BYTES, ReaderBuffer
+from streamer.frames import frame
 from streamer.sse import PING
 from tokenrelay.errors import ErrorCode
+from tokenrelay.messages import StreamDelta
 
 T0 = 1000.0
 HEARTBEAT_S = 15.0
+OVERHEAD = BYTES_OVERHEAD_BYTES
 
 
 def only_data(frame: bytes) -> dict[str, object]:
@@ -30,11 +35,11 @@ def test_buffer_starts_empty() -> None:
 
 
 def test_buffer_coalesces_appended_frames_into_one_take() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    buffer = ReaderBuffer(max_buffered_bytes=1000, now=T0)
     assert buffer.append(b"one\n\n", T0)
     assert buffer.append(b"two\n\n", T0 + 1)
     assert buffer.append(b"three\n\n", T0 + 2)
-    assert buffer.buffered_bytes == 17
+    assert buffer.buffered_bytes == 17 + 3 * OVERHEAD
     assert buffer.take() == b"one\n\ntwo\n\nthree\n\n"
 
 
@@ -47,7 +52,7 @@ def test_buffer_is_empty_after_take() -> None:
 
 
 def test_buffer_accepts_bytes_up_to_exactly_max_buffered_bytes() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    buffer = ReaderBuffer(max_buffered_bytes=10 + 2 * OVERHEAD, now=T0)
     assert buffer.append(b"12345", T0)
     assert buffer.append(b"67890", T0)
     assert not buffer.closed
@@ -55,7 +60,7 @@ def test_buffer_accepts_bytes_up_to_exactly_max_buffered_bytes() -> None:
 
 
 def test_taking_frees_room_for_more_bytes() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    buffer = ReaderBuffer(max_buffered_bytes=10 + OVERHEAD, now=T0)
     assert buffer.append(b"1234567890", T0)
     buffer.take()
     assert buffer.append(b"abcdefghij", T0)
@@ -63,7 +68,7 @@ def test_taking_frees_room_for_more_bytes() -> None:
 
 
 def test_buffer_replaces_pending_bytes_with_slow_consumer_error_when_over_max_buffered_bytes() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    buffer = ReaderBuffer(max_buffered_bytes=10 + 2 * OVERHEAD, now=T0)
     assert buffer.append(b"12345", T0)
     assert not buffer.append(b"678901", T0)
     assert buffer.closed
@@ -78,7 +83,7 @@ def test_buffer_replaces_pending_bytes_with_slow_consumer_error_when_over_max_bu
 
 
 def test_bytes_of_the_write_in_flight_count_against_max_buffered_bytes() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    buffer = ReaderBuffer(max_buffered_bytes=10 + OVERHEAD, now=T0)
     assert buffer.append(b"1234567890", T0)
     buffer.take()
     buffer.in_flight_bytes = 10
@@ -87,7 +92,7 @@ def test_bytes_of_the_write_in_flight_count_against_max_buffered_bytes() -> None
 
 
 def test_a_completed_write_frees_its_room() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
+    buffer = ReaderBuffer(max_buffered_bytes=10 + 2 * OVERHEAD, now=T0)
     buffer.in_flight_bytes = 6
     assert buffer.append(b"1234", T0)
     buffer.in_flight_bytes = 0
@@ -114,7 +119,7 @@ def test_finish_queues_the_terminal_frame_and_closes() -> None:
 
 
 def test_finish_queues_the_terminal_frame_even_beyond_max_buffered_bytes() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=8, now=T0)
+    buffer = ReaderBuffer(max_buffered_bytes=8 + OVERHEAD, now=T0)
     buffer.append(b"12345678", T0)
     buffer.finish(b"terminal frame\n\n", T0)
     assert buffer.closed
@@ -152,7 +157,7 @@ def test_ping_if_idle_queues_a_ping_comment_after_heartbeat_s_of_inactivity() ->
 
 
 def test_a_ping_restarts_the_idle_interval() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    buffer = ReaderBuffer(max_buffered_bytes=1000, now=T0)
     assert buffer.ping_if_idle(T0 + 20, HEARTBEAT_S)
     assert not buffer.ping_if_idle(T0 + 30, HEARTBEAT_S)
     assert buffer.ping_if_idle(T0 + 35, HEARTBEAT_S)
@@ -160,7 +165,7 @@ def test_a_ping_restarts_the_idle_interval() -> None:
 
 
 def test_appending_a_frame_restarts_the_idle_interval() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
+    buffer = ReaderBuffer(max_buffered_bytes=1000, now=T0)
     buffer.append(b"delta\n\n", T0 + 10)
     assert not buffer.ping_if_idle(T0 + 20, HEARTBEAT_S)
     assert buffer.ping_if_idle(T0 + 25, HEARTBEAT_S)
@@ -172,3 +177,53 @@ def test_ping_if_idle_does_nothing_once_closed() -> None:
     buffer.take()
     assert not buffer.ping_if_idle(T0 + 1000, HEARTBEAT_S)
     assert buffer.take() == b""
+
+
+def _delta(index: int, text: str) -> StreamDelta:
+    return StreamDelta(seq=index, text=text, index=index, count=1, ts=0.0)
+
+
+def test_a_lone_pending_delta_goes_out_as_its_shared_frame() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10_000, now=T0, epoch="e1")
+    shared = frame(_delta(1, "a"), "e1")
+    buffer.append_delta(_delta(1, "a"), T0, shared)
+    assert buffer.take() is shared
+
+
+def test_back_to_back_pending_deltas_go_out_as_one_delta_with_the_last_id_and_index() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10_000, now=T0, epoch="e1")
+    for i, text in enumerate(["Hel", "lo", " wörld"], start=1):
+        buffer.append_delta(_delta(i, text), T0, frame(_delta(i, text), "e1"))
+    written = buffer.take()
+    assert written.count(b"\n\n") == 1
+    assert b"id: e1:3\n" in written
+    assert only_data(written) == {"text": "Hello wörld", "index": 3}
+
+
+def test_a_frame_between_deltas_keeps_the_order_and_splits_the_merge() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10_000, now=T0, epoch="e1")
+    buffer.append_delta(_delta(1, "a"), T0)
+    buffer.append(PING, T0)
+    buffer.append_delta(_delta(2, "b"), T0)
+    buffer.append_delta(_delta(3, "c"), T0)
+    first, ping, rest = buffer.take().split(b"\n\n", 2)
+    assert b'"text":"a"' in first
+    assert ping + b"\n\n" == PING
+    assert b'"text":"bc"' in rest
+
+
+def test_a_delta_merged_into_a_pending_run_costs_only_its_text() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10_000, now=T0, epoch="e1")
+    buffer.append_delta(_delta(1, "first"), T0)
+    after_first = buffer.buffered_bytes
+    assert after_first == RUN_OVERHEAD_BYTES + sys.getsizeof("first") + TEXT_OVERHEAD_BYTES
+    buffer.append_delta(_delta(2, "second"), T0)
+    assert buffer.buffered_bytes - after_first == sys.getsizeof("second") + TEXT_OVERHEAD_BYTES
+
+
+def test_deltas_past_the_limit_close_the_reader_as_a_slow_consumer() -> None:
+    limit = RUN_OVERHEAD_BYTES + 3 * (sys.getsizeof("x") + TEXT_OVERHEAD_BYTES)
+    buffer = ReaderBuffer(max_buffered_bytes=limit, now=T0, epoch="e1")
+    assert all(buffer.append_delta(_delta(i, "x"), T0) for i in (1, 2, 3))
+    assert not buffer.append_delta(_delta(4, "x"), T0)
+    assert buffer.close_code == str(ErrorCode.SLOW_CONSUMER)
