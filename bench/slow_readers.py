@@ -44,7 +44,7 @@ from tokenrelay import codec, subjects
 from tokenrelay.messages import StreamDelta
 
 PHASES = ("unread", "stalled", "alone")
-STALLED_RCVBUF_BYTES = 4096
+STALLED_RCVBUF_BYTES = 1  # the kernel raises it to its minimum (~2 KiB)
 ALLOWANCE_BYTES = 32 << 20
 """Fixed allowance on top of ``stalled x max-reader-buffer-bytes`` (connections, sockets, allocator slack)."""
 SLOW_CONSUMER = 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}'
@@ -205,17 +205,17 @@ async def main() -> None:
     parser.add_argument("--stalled", type=int, default=500, help="clients that open a stream and never read")
     parser.add_argument("--normal", type=int, default=100, help="clients that read every token")
     parser.add_argument("--tokens", type=int, default=20_000, help="max_tokens of every stream")
-    parser.add_argument("--tokens-per-s", type=float, default=20, help="the synthetic engine's rate, per stream")
+    parser.add_argument("--tokens-per-s", type=float, default=10, help="the synthetic engine's rate, per stream")
     parser.add_argument("--duration-s", type=float, default=60)
     parser.add_argument("--warmup-s", type=float, default=2, help="lag ignored this long after the ramp")
-    parser.add_argument("--max-reader-buffer-bytes", type=int, default=32768)
+    parser.add_argument("--max-reader-buffer-bytes", type=int, default=16384)
     parser.add_argument("--write-timeout-s", type=float, default=60, help="long, so the buffer limit closes them")
     parser.add_argument(
         "--socket-send-buffer-bytes",
         type=int,
-        default=4096,
-        help="the streamer's SO_SNDBUF (the kernel doubles it); 0 = the kernel's autotuning, which lets a stalled "
-        "reader's socket absorb minutes of tokens before any write blocks",
+        default=1,
+        help="the streamer's SO_SNDBUF (1: the kernel's minimum, ~4.6 KiB); 0 = the kernel's autotuning, "
+        "which lets a stalled reader's socket absorb minutes of tokens before any write blocks",
     )
     parser.add_argument("--sample-s", type=float, default=0.5)
     parser.add_argument("--phases", default=",".join(PHASES))

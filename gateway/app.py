@@ -10,6 +10,7 @@ from aiohttp import WSMsgType, web
 from nats.aio.client import Client as NATS
 
 from gateway import control
+from gateway.admission import Admission
 from gateway.metrics import GatewayMetrics
 from gateway.requests import StreamRequest, parse_json_object, parse_stream_request
 from gateway.streams import StopResult, StreamManager
@@ -193,8 +194,11 @@ async def run(config: GatewayConfig) -> None:
     metrics = GatewayMetrics()
     streams = StreamManager(config, nc=nc, kv=kv, metrics=metrics, gateway_id=gateway_id)
     await streams.start()
+    admission = Admission(config, nc=nc, streams=streams)
+    await admission.start()
     try:
         await serve(make_app(config, streams, metrics, nc), config.host, config.port, name=gateway_id)
     finally:
+        await admission.close()
         await streams.close()
         await nc.drain()

@@ -66,12 +66,17 @@ class AbandonWatcher:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
 
-    def last_reader_left(self, stream_id: str) -> None:
-        """Start the grace period of an unfinished stream that has no reader here now."""
+    def last_reader_left(self, stream_id: str, *, resumable: bool = True) -> None:
+        """Start the grace period of an unfinished stream that has no reader here now.
+
+        A reader that cannot come back (a compatible-API request: its client has no cursor)
+        gets no grace: its stream is cancelled at once.  A grace of 0 turns all of this off.
+        """
         if self._grace_s <= 0 or stream_id in self._timers:
             return
         loop = asyncio.get_running_loop()
-        self._timers[stream_id] = loop.call_later(self._grace_s, self._expired, stream_id)
+        grace_s = self._grace_s if resumable else 0.0
+        self._timers[stream_id] = loop.call_later(grace_s, self._expired, stream_id)
 
     def reader_joined(self, stream_id: str) -> None:
         """A reader is back: the stream is not abandoned."""

@@ -69,7 +69,16 @@ async def events(request: web.Request) -> web.StreamResponse:
         max_buffered_bytes=config.max_reader_buffer_bytes,
         now=hub.clock(),
     )
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    return await serve_reader(request, reader, record, SSE_HEADERS)
+
+
+async def serve_reader(
+    request: web.Request, reader: Reader, record: StreamRecord, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Send one reader's events (history, then live) as a streaming response until its terminal event."""
+    app = request.app
+    config, hub = app[CONFIG_KEY], app[HUB_KEY]
+    response = web.StreamResponse(headers=headers)
     transport = request.transport
     reader.abort = transport.abort if transport is not None else None
     if transport is not None:
@@ -106,6 +115,25 @@ async def events(request: web.Request) -> web.StreamResponse:
         if reader.buffer.close_code is not None:
             metrics.reader_errors.labels(code=reader.buffer.close_code).inc()
     return response
+
+
+async def collect(app: web.Application, reader: Reader, record: StreamRecord) -> bytes:
+    """Everything a reader's framing produces, gathered in memory until its terminal event (no client socket)."""
+    hub = app[HUB_KEY]
+    out: list[bytes] = []
+    await hub.attach(reader)
+    replay = asyncio.create_task(replay_history(app, reader, record))
+    try:
+        while True:
+            await reader.wake.wait()
+            reader.wake.clear()
+            out.append(reader.buffer.take())
+            reader.written.set()
+            if reader.buffer.closed and reader.buffer.buffered_bytes == 0:
+                return b"".join(out)
+    finally:
+        replay.cancel()
+        hub.detach(reader)
 
 
 async def read_history(app: web.Application, reader: Reader) -> bool:
@@ -228,6 +256,9 @@ def make_app(
     app = web.Application(middlewares=[errors_middleware])
     app[CONFIG_KEY], app[NC_KEY], app[KV_KEY], app[HUB_KEY], app[METRICS_KEY] = config, nc, kv, hub, metrics
     app.router.add_get("/v1/streams/{id}/events", events)
+    from streamer.compat import http as compat_http
+
+    compat_http.add_routes(app)
     add_ops_routes(app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS")
 
     async def on_startup(_: web.Application) -> None:

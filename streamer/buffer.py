@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 
-from streamer.frames import error_frame, frame
+from streamer.frames import Framing, NativeFraming
 from streamer.sse import PING
 from tokenrelay.errors import ErrorCode
 from tokenrelay.messages import StreamDelta
@@ -45,9 +45,9 @@ _Pending = bytes | _Run
 class ReaderBuffer:
     """Unsent bytes of one SSE reader, bounded by ``max_buffered_bytes``."""
 
-    def __init__(self, *, max_buffered_bytes: int, now: float, epoch: str = "") -> None:
+    def __init__(self, *, max_buffered_bytes: int, now: float, epoch: str = "", framing: Framing | None = None) -> None:
         self._max = max_buffered_bytes
-        self._epoch = epoch
+        self._framing: Framing = framing or NativeFraming(epoch)
         self._chunks: list[_Pending] = []
         self._size = 0
         self.closed = False
@@ -125,7 +125,7 @@ class ReaderBuffer:
         """Drop what is pending, queue a terminal ``error`` and close."""
         if self.closed:
             return
-        failure = error_frame(code, message, id=id)
+        failure = self._framing.error(code, message, id=id)
         self._chunks = [failure]
         self._size = len(failure)
         self.close_code = code
@@ -151,5 +151,5 @@ class ReaderBuffer:
         if run.framed is not None:
             return run.framed
         if len(run.texts) == 1:
-            return frame(run.last, self._epoch)
-        return frame(replace(run.last, text="".join(run.texts), count=run.count), self._epoch)
+            return self._framing.event(run.last)
+        return self._framing.event(replace(run.last, text="".join(run.texts), count=run.count))

@@ -16,6 +16,8 @@ or after the terminal event, gets the terminal event again.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import orjson
 
 from streamer.sse import encode_event
@@ -50,3 +52,33 @@ def error_frame(code: str, message: str, *, id: str | None = None) -> bytes:
 def is_terminal(event: StreamEvent) -> bool:
     """Whether this event ends the stream."""
     return isinstance(event, StreamEnd | StreamError)
+
+
+class Framing(Protocol):
+    """How one reader's events become bytes on the wire (the native SSE events, or a compatible API's)."""
+
+    shares_native: bool
+    """Whether the native frame the hub makes once per event can be sent to this reader as is."""
+
+    def event(self, event: StreamEvent) -> bytes:
+        """The bytes for one event (a merged delta included); may be empty."""
+        ...
+
+    def error(self, code: str, message: str, *, id: str | None = None) -> bytes:
+        """The bytes that end the reader with an error."""
+        ...
+
+
+class NativeFraming:
+    """tokenrelay's own SSE events (the table above)."""
+
+    shares_native = True
+
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+
+    def event(self, event: StreamEvent) -> bytes:
+        return frame(event, self.epoch)
+
+    def error(self, code: str, message: str, *, id: str | None = None) -> bytes:
+        return error_frame(code, message, id=id)

@@ -20,7 +20,7 @@ from nats.aio.subscription import Subscription
 from streamer.abandon import AbandonWatcher
 from streamer.buffer import ReaderBuffer
 from streamer.cursor import Cursor
-from streamer.frames import frame, is_terminal
+from streamer.frames import Framing, NativeFraming, frame, is_terminal
 from streamer.metrics import StreamerMetrics
 from streamer.replay import Replay, ReplayError
 from tokenrelay import codec, subjects
@@ -41,12 +41,23 @@ class Reader:
     """One SSE connection: its replay position, its bounded buffer and its wake-up signal."""
 
     def __init__(
-        self, stream_id: str, *, epoch: str, resume: Cursor | None, max_buffered_bytes: int, now: float
+        self,
+        stream_id: str,
+        *,
+        epoch: str,
+        resume: Cursor | None,
+        max_buffered_bytes: int,
+        now: float,
+        framing: Framing | None = None,
+        resumable: bool = True,
     ) -> None:
         self.stream_id = stream_id
+        self.resumable = resumable
+        """Whether the client can come back with a cursor (native SSE) or not (a compatible API)."""
         self.epoch = epoch
+        self.framing: Framing = framing or NativeFraming(epoch)
         self.replay = Replay(epoch=epoch, resume=resume)
-        self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now, epoch=epoch)
+        self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now, framing=self.framing)
         self.wake = asyncio.Event()
         self.written = asyncio.Event()
         """Set by the writer after each completed write and when the reader closes."""
@@ -72,11 +83,11 @@ class Reader:
             self.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not read fast enough", now)
             return
         for ready in released:
-            shared = framed if ready is event else None
+            shared = framed if ready is event and self.framing.shares_native else None
             if isinstance(ready, StreamDelta):
                 self.buffer.append_delta(ready, now, shared)
                 continue
-            data = shared if shared is not None else frame(ready, self.epoch)
+            data = shared if shared is not None else self.framing.event(ready)
             if is_terminal(ready):
                 self.buffer.finish(data, now)
             else:
@@ -181,7 +192,7 @@ class Hub:
             self._metrics.readers_open.dec()
         if not channel.readers:
             if not reader.replay.finished:
-                self.abandon.last_reader_left(reader.stream_id)
+                self.abandon.last_reader_left(reader.stream_id, resumable=reader.resumable)
             del self._channels[reader.stream_id]
             self._metrics.channels_open.set(len(self._channels))
             if channel.sub is not None:

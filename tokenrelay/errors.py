@@ -95,3 +95,16 @@ class ResumeUnavailable(TokenRelayError):
 
     code = ErrorCode.RESUME_UNAVAILABLE
     http_status = 410
+
+
+_CLASSES: dict[str, type[TokenRelayError]] = {
+    cls.code: cls for cls in (BadRequest, NotFound, Overloaded, Unavailable, ResumeUnavailable)
+}
+
+
+def from_code(code: str, message: str, *, retry_after_s: float | None = None) -> TokenRelayError:
+    """Rebuild the error another process reported by code (``internal`` for a code with no class)."""
+    cls = _CLASSES.get(code, TokenRelayError)
+    if cls is Overloaded:
+        return Overloaded(message, retry_after_s=max(1, round(retry_after_s or 1)))
+    return cls(message)

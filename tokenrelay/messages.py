@@ -207,6 +207,41 @@ class Feedback:
     ts: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartRequest:
+    """Streamer -> any gateway (``tokenrelay.api.start``): admit a stream for a compatible-API request."""
+
+    type: Literal["start_request"] = "start_request"
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartRefused:
+    """Gateway -> streamer: the stream was not admitted; ``code`` is an :class:`~tokenrelay.errors.ErrorCode`."""
+
+    type: Literal["start_refused"] = "start_refused"
+    code: str
+    message: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelsRequest:
+    """Streamer -> any gateway (``tokenrelay.api.models``): which models do live runners serve?"""
+
+    type: Literal["models_request"] = "models_request"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelList:
+    """Gateway -> streamer: the models of the runners alive now, each once."""
+
+    type: Literal["model_list"] = "model_list"
+    models: tuple[str, ...] = ()
+
+
 Message = (
     JobRequest
     | JobAccepted
@@ -220,4 +255,8 @@ Message = (
     | RunnerHeartbeat
     | StreamRecord
     | Feedback
+    | StartRequest
+    | StartRefused
+    | ModelsRequest
+    | ModelList
 )

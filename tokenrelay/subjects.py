@@ -17,6 +17,11 @@ subject                                         pattern    carries
 ``tokenrelay.readers.<id>``                      req/reply  "does anyone read this stream?" (a
                                                             streamer with readers answers)
 ``tokenrelay.runners.heartbeat``                 pub/sub    RunnerHeartbeat
+``tokenrelay.api.start``                         req/reply  StartRequest -> StreamRecord|StartRefused
+                                                            (queue group ``gateways``: admission for
+                                                            the compatible APIs a streamer serves)
+``tokenrelay.api.models``                        req/reply  ModelsRequest -> ModelList
+                                                            (queue group ``gateways``)
 ``tokenrelay.feedback.<id>``                     JetStream  Feedback (file storage)
 ==============================================  =========  ===================================
 
@@ -33,6 +38,8 @@ JOBS = "tokenrelay.jobs"
 RUNNER_QUEUE_GROUP = "runners"
 RUNNER_HEARTBEAT = "tokenrelay.runners.heartbeat"
 CANCELS = "tokenrelay.cancels"
+API_START = "tokenrelay.api.start"
+API_MODELS = "tokenrelay.api.models"
 GATEWAY_QUEUE_GROUP = "gateways"
 READERS_WILDCARD = "tokenrelay.readers.*"
 
