@@ -1,4 +1,4 @@
-"""HTTP shell of the compatible APIs: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""HTTP shell of the compatible APIs: ``POST /v1/chat/completions``, ``GET /v1/models``, ``POST /v1/messages``.
 
 Admission goes through a gateway over NATS (``tokenrelay.api.start``); the stream is then
 read here like any other, with the OpenAI framing instead of the native one.  A client of
@@ -16,7 +16,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from streamer.app import CONFIG_KEY, HUB_KEY, NC_KEY, SSE_HEADERS, collect, serve_reader
-from streamer.compat import openai
+from streamer.compat import anthropic, openai
 from streamer.frames import Framing
 from streamer.hub import Reader
 from tokenrelay import codec, subjects
@@ -44,6 +44,7 @@ _STATUS_OF_STREAM_ERRORS: dict[str, int] = {
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/messages", messages)
 
 
 async def admit(app: web.Application, start: StartRequest) -> StreamRecord:
@@ -144,3 +145,32 @@ async def models(request: web.Request) -> web.Response:
     now = int(time.time())
     data = [{"id": model, "object": "model", "created": now, "owned_by": OWNED_BY} for model in listed.models]
     return json_response({"object": "list", "data": data})
+
+
+def _anthropic_error(code: str, message: str, status: int, retry_after_s: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    body = anthropic.error_body(code, message)
+    return json_response(body, status=anthropic.http_status(code, status), headers=headers)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """Anthropic ``POST /v1/messages``: ``message_start`` ... ``message_stop`` events, or one ``message``."""
+    app = request.app
+    try:
+        start, options = anthropic.parse_messages_request(await _json_body(request))
+        record = await admit(app, start)
+    except TokenRelayError as exc:
+        retry = exc.retry_after_s if isinstance(exc, Overloaded) else None
+        return _anthropic_error(str(exc.code), exc.message, exc.http_status, retry)
+    headers = {STREAM_ID_HEADER: record.stream_id}
+    if options.stream:
+        framing = anthropic.EventFraming(stream_id=record.stream_id, model=record.model)
+        return await serve_reader(request, _reader(app, record, framing), record, {**SSE_HEADERS, **headers})
+    collector = openai.TextCollector()
+    text = (await collect(app, _reader(app, record, collector), record)).decode()
+    if collector.failure is not None:
+        code, message = collector.failure
+        return _anthropic_error(code, message, _STATUS_OF_STREAM_ERRORS.get(code, 500))
+    assert collector.end is not None  # a reader closes with an end or a failure
+    body = anthropic.message_body(stream_id=record.stream_id, model=record.model, text=text, end=collector.end)
+    return json_response(body, headers=headers)
