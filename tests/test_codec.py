@@ -58,6 +58,13 @@ SAMPLES: list[m.Message] = [
     ),
     m.Feedback(stream_id=SID, rating="up", ts=4.0),
     m.Feedback(stream_id=SID, rating="down", comment="too slow", ts=4.0),
+    m.StartRequest(messages=(m.ChatMessage(role="user", content="hi"),), max_tokens=5, model="synthetic"),
+    m.StartRequest(messages=(m.ChatMessage(role="system", content="s"), m.ChatMessage(role="user", content="u"))),
+    m.StartRefused(code="overloaded", message="too many streams are waiting", retry_after_s=1.0),
+    m.StartRefused(code="bad_request", message="max_tokens must be at most 500"),
+    m.ModelsRequest(),
+    m.ModelList(models=("synthetic", "gpt2")),
+    m.ModelList(),
 ]
 
 MULTIBYTE_TEXTS = [
