@@ -12,9 +12,10 @@ from nats.aio.client import Client as NATS
 from gateway import control
 from gateway.admission import Admission
 from gateway.metrics import GatewayMetrics
-from gateway.requests import StreamRequest, parse_json_object, parse_stream_request
+from gateway.requests import StreamRequest, parse_stream_request
 from gateway.streams import StopResult, StreamManager
 from tokenrelay import natsio, subjects
+from tokenrelay.codec import parse_json_object
 from tokenrelay.config import GatewayConfig
 from tokenrelay.errors import BadRequest, TokenRelayError
 from tokenrelay.messages import StreamRecord

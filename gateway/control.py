@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.requests import parse_json_object
+from tokenrelay.codec import parse_json_object
 from tokenrelay.errors import BadRequest, TokenRelayError
 
 MAX_REF_CHARS = 128

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from tokenrelay.errors import BadRequest
 from tokenrelay.messages import ChatMessage
 
@@ -21,17 +19,6 @@ class StreamRequest:
     messages: tuple[ChatMessage, ...]
     max_tokens: int
     model: str | None
-
-
-def parse_json_object(body: bytes | str) -> dict[str, Any]:
-    """Parse a JSON object body or raise ``bad_request``."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise BadRequest("the body must be a JSON object")
-    return obj
 
 
 def parse_stream_request(obj: dict[str, Any], *, default_max_tokens: int, max_tokens_limit: int) -> StreamRequest:

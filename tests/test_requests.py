@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.requests import MAX_MODEL_CHARS, parse_json_object, parse_stream_request
+from gateway.requests import MAX_MODEL_CHARS, parse_stream_request
+from tokenrelay.codec import parse_json_object
 from tokenrelay.errors import BadRequest
 from tokenrelay.messages import ChatMessage
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import orjson
 
 from tokenrelay import messages as m
+from tokenrelay.errors import BadRequest
 
 T = TypeVar("T")
 
@@ -57,6 +58,17 @@ def decode_event(data: bytes | str) -> m.StreamEvent:
     if not isinstance(message, m.StreamStart | m.StreamDelta | m.StreamEnd | m.StreamError):
         raise CodecError(f"not a stream event: {type(message).__name__}")
     return message
+
+
+def parse_json_object(body: bytes | str) -> dict[str, Any]:
+    """Parse a client's JSON object body (HTTP or WebSocket) or raise ``bad_request``."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("the body must be a JSON object")
+    return obj
 
 
 def _loads(data: bytes | str) -> dict[str, Any]:

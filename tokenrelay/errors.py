@@ -9,6 +9,7 @@ Hierarchy::
     TokenRelayError
     ├── BadRequest          400 bad_request
     ├── NotFound            404 not_found
+    ├── PayloadTooLarge     413 payload_too_large
     ├── Overloaded          503 overloaded (carries retry_after_s)
     ├── Unavailable         503 unavailable
     └── ResumeUnavailable   410 resume_unavailable
@@ -72,6 +73,13 @@ class NotFound(TokenRelayError):
     http_status = 404
 
 
+class PayloadTooLarge(TokenRelayError):
+    """The request body is over the size limit."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+    http_status = 413
+
+
 class Overloaded(TokenRelayError):
     """Capacity is exhausted; the client should retry after ``retry_after_s`` seconds."""
 
@@ -98,7 +106,7 @@ class ResumeUnavailable(TokenRelayError):
 
 
 _CLASSES: dict[str, type[TokenRelayError]] = {
-    cls.code: cls for cls in (BadRequest, NotFound, Overloaded, Unavailable, ResumeUnavailable)
+    cls.code: cls for cls in (BadRequest, NotFound, PayloadTooLarge, Overloaded, Unavailable, ResumeUnavailable)
 }
 
 
