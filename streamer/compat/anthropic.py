@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from streamer.compat.common import joined_text
 from streamer.sse import encode_event
 from tokenrelay.errors import BadRequest, ErrorCode
 from tokenrelay.messages import (
@@ -53,7 +54,7 @@ def parse_messages_request(obj: dict[str, Any]) -> tuple[StartRequest, MessagesO
     parsed = [_message(i, m) for i, m in enumerate(messages)]
     system = obj.get("system")
     if system is not None:
-        parsed.insert(0, ChatMessage(role="system", content=_text("system", system)))
+        parsed.insert(0, ChatMessage(role="system", content=joined_text("system", system, piece="block")))
     model = obj.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model must be a non-empty string")
@@ -72,20 +73,7 @@ def _message(i: int, item: Any) -> ChatMessage:
     role = item.get("role")
     if role not in ROLES:
         raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
-    return ChatMessage(role=role, content=_text(f"messages[{i}].content", item.get("content")))
-
-
-def _text(where: str, content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for j, block in enumerate(content):
-            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-                raise BadRequest(f"{where}[{j}] must be a text block")
-            parts.append(block["text"])
-        return "".join(parts)
-    raise BadRequest(f"{where} must be a string or an array of text blocks")
+    return ChatMessage(role=role, content=joined_text(f"messages[{i}].content", item.get("content"), piece="block"))
 
 
 def stop_reason(end: StreamEnd) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from streamer.compat.common import joined_text
 from streamer.sse import encode_event
 from tokenrelay.errors import BadRequest, ErrorCode
 from tokenrelay.messages import ChatMessage, StartRequest, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
@@ -73,21 +74,7 @@ def _message(i: int, item: Any) -> ChatMessage:
     if role not in ROLES:
         raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
     role = "system" if role == "developer" else role
-    return ChatMessage(role=role, content=_text(f"messages[{i}].content", content))
-
-
-def _text(where: str, content: Any) -> str:
-    """A string, or the text parts of a content array joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise BadRequest(f"{where}[{j}] must be a text part")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise BadRequest(f"{where} must be a string or an array of text parts")
+    return ChatMessage(role=role, content=joined_text(f"messages[{i}].content", content, piece="part"))
 
 
 def finish_reason(end: StreamEnd) -> str:
@@ -133,29 +120,6 @@ class ChunkFraming:
 
     def error(self, code: str, message: str, *, id: str | None = None) -> bytes:
         return _data(error_body(code, message))
-
-
-class TextCollector:
-    """For ``stream: false``: deltas become their bare text; the terminal event is kept."""
-
-    shares_native = False
-
-    def __init__(self) -> None:
-        self.end: StreamEnd | None = None
-        self.failure: tuple[str, str] | None = None
-
-    def event(self, event: StreamEvent) -> bytes:
-        if isinstance(event, StreamDelta):
-            return event.text.encode()
-        if isinstance(event, StreamEnd):
-            self.end = event
-        elif isinstance(event, StreamError):
-            self.failure = (event.code, event.message)
-        return b""
-
-    def error(self, code: str, message: str, *, id: str | None = None) -> bytes:
-        self.failure = (code, message)
-        return b""
 
 
 def completion_body(*, stream_id: str, model: str, created: int, text: str, end: StreamEnd) -> dict[str, Any]:
