@@ -240,12 +240,10 @@ class Hub:
                     self._check(reader, now)
 
     def _check(self, reader: Reader, now: float) -> None:
-        stuck = reader.writing_since is not None
-        timed_out = stuck and now - (reader.writing_since or now) >= self._write_timeout_s
-        failed_long_ago = reader.buffer.close_code is not None and now - reader.buffer.last_activity >= (
-            FAILED_WRITE_GRACE_S
-        )
-        if timed_out or (stuck and failed_long_ago):
+        if reader.writing_since is not None and (
+            now - reader.writing_since >= self._write_timeout_s
+            or (reader.buffer.close_code is not None and now - reader.buffer.last_activity >= FAILED_WRITE_GRACE_S)
+        ):
             reader.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not take a write in time", now)
             if reader.abort is not None:
                 reader.abort()  # the stuck write raises; the client may resume from its cursor
