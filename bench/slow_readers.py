@@ -31,13 +31,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import nats
 
 from bench.stats import median_of_runs, summary, table, write_json
-from tests.helpers import create_stream, metric
+from tests.helpers import create_stream, metric, stalled_reader
 from tests.procs import nats_server, system
 from tests.sse_client import Parser, Stream
 from tokenrelay import codec, subjects
@@ -88,16 +87,6 @@ async def read_normal(reader: NormalReader, session: aiohttp.ClientSession) -> N
                 elif event.event in ("stop", "error"):
                     reader.terminal = event.data
             out.events.clear()
-
-
-def stalled_client(events_url: str) -> socket.socket:
-    """Open the events request with a tiny receive window and never read."""
-    url = urlsplit(events_url)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF_BYTES)
-    sock.connect((url.hostname or "127.0.0.1", url.port or 80))
-    sock.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode())
-    return sock
 
 
 def lags_ms(reader: NormalReader, since: float) -> list[float]:
@@ -166,7 +155,7 @@ async def run_phase(phase: str, args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(args.stalled):
                     created = await create_stream(sut.gateway_url, f"extra {i}", max_tokens=args.tokens)
                     if phase == "stalled":
-                        stalled.append(stalled_client(created["events_url"]))
+                        stalled.append(stalled_reader(created["events_url"], receive_buffer_bytes=STALLED_RCVBUF_BYTES))
             ramped = time.time()
             deadline = started + args.duration_s
             while time.time() < deadline:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -69,3 +71,13 @@ async def wait_for_metric(url: str, name: str, at_least: float, *, timeout_s: fl
             return value
         await asyncio.sleep(0.02)
     raise AssertionError(f"{name} at {url} never reached {at_least}")
+
+
+def stalled_reader(events_url: str, *, receive_buffer_bytes: int = 4096) -> socket.socket:
+    """Open the SSE request with a tiny receive window and never read a byte (the caller closes it)."""
+    url = urlsplit(events_url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+    sock.connect((url.hostname or "127.0.0.1", url.port or 80))
+    sock.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    return sock

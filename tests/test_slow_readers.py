@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers import create_stream, expected_text, metric, wait_finished, wait_for_metric
+from tests.helpers import create_stream, expected_text, metric, stalled_reader, wait_finished, wait_for_metric
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 
@@ -42,22 +40,12 @@ def sut(nats: NatsServer) -> Iterator[System]:
         yield running
 
 
-def _stalled_reader(events_url: str) -> socket.socket:
-    """Open the SSE request with a tiny receive window and never read a byte."""
-    url = urlsplit(events_url)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((url.hostname or "127.0.0.1", url.port or 80))
-    sock.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode())
-    return sock
-
-
 async def test_readers_that_never_read_are_closed_as_slow_consumers_while_a_normal_reader_gets_everything(
     sut: System,
 ) -> None:
     before = await metric(sut.streamer_url, 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}')
     created = await create_stream(sut.gateway_url, "firehose", max_tokens=LENGTH)
-    stalled = [_stalled_reader(created["events_url"]) for _ in range(STALLED)]
+    stalled = [stalled_reader(created["events_url"]) for _ in range(STALLED)]
     try:
         normal = await read_stream(created["events_url"])
         assert normal.terminal.event == "stop", normal.terminal.data
@@ -84,7 +72,7 @@ async def test_a_late_reader_that_never_reads_is_closed_as_a_slow_consumer(sut: 
     before = await metric(sut.streamer_url, 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}')
     created = await create_stream(sut.gateway_url, "nobody reads the past", max_tokens=LENGTH)
     await wait_finished(sut.gateway_url, created["id"])
-    stalled = _stalled_reader(created["events_url"])
+    stalled = stalled_reader(created["events_url"])
     try:
         await wait_for_metric(
             sut.streamer_url, 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}', before + 1
@@ -118,7 +106,7 @@ async def test_a_stalled_reader_past_its_buffer_limit_is_dropped_long_before_the
         gateway_args=["--max-tokens-limit", "20000"],
     ) as running:
         created = await create_stream(running.gateway_url, "limit first", max_tokens=20_000)
-        stalled = _stalled_reader(created["events_url"])
+        stalled = stalled_reader(created["events_url"])
         try:
             await wait_for_metric(
                 running.streamer_url, 'tokenrelay_streamer_reader_errors_total{code="slow_consumer"}', 1, timeout_s=60
