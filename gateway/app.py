@@ -180,7 +180,7 @@ def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetr
             return "not connected to NATS"
         return None if streams.live_runners() else "no runner is available"
 
-    add_ops_routes(app, metrics.registry, ready)
+    add_ops_routes(app, metrics.registry, ready, errors=metrics.errors)
     return app
 
 

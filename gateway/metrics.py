@@ -15,6 +15,12 @@ class GatewayMetrics:
         r = self.registry
         self.streams_created = Counter("tokenrelay_gateway_streams_created", "Streams admitted", registry=r)
         self.streams_queued = Gauge("tokenrelay_gateway_streams_queued", "Streams waiting for a runner", registry=r)
+        self.streams_not_started = Counter(
+            "tokenrelay_gateway_streams_not_started",
+            "Streams that ended before any runner took them, by finish reason (cancelled while queued, error)",
+            ["finish_reason"],
+            registry=r,
+        )
         self.errors = Counter("tokenrelay_gateway_errors", "Errors answered, by code", ["code"], registry=r)
         self.control_sockets = Gauge(
             "tokenrelay_gateway_control_sockets_open", "Control WebSockets open now", registry=r

@@ -34,6 +34,7 @@ from tokenrelay import codec, natsio, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.config import GatewayConfig
 from tokenrelay.errors import ErrorCode, Overloaded, TokenRelayError, Unavailable
+from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import (
     OUT_OF_BAND_SEQ,
     CancelReason,
@@ -52,6 +53,8 @@ from tokenrelay.messages import (
 )
 
 log = logging.getLogger(__name__)
+
+ROLE = "gateway"
 
 DISPATCH_BACKOFF_MIN_S = 0.005
 DISPATCH_BACKOFF_MAX_S = 0.1
@@ -173,7 +176,7 @@ class StreamManager:
         await self._nc.publish(subjects.events(stream_id), codec.encode(error))
         self._metrics.errors.labels(code=str(ErrorCode.RUNNER_LOST)).inc()
         self._metrics.cancellations.labels(reason=str(CancelReason.RUNNER_LOST)).inc()
-        log.info("stream %s finished reason=error code=runner_lost", stream_id)
+        log_event(LifecycleEvent.RUNNER_LOST, ROLE, stream_id, runner_id=record.runner_id, tokens=record.tokens)
 
     # -- create and dispatch -------------------------------------------------------------------
 
@@ -208,7 +211,7 @@ class StreamManager:
         self._metrics.streams_queued.set(len(self._queued))
         self._metrics.streams_created.inc()
         self._spawn(self._dispatch(self._queued[stream_id]), name=f"dispatch-{stream_id}")
-        log.info("stream %s created model=%s max_tokens=%d", stream_id, model, job.max_tokens)
+        log_event(LifecycleEvent.CREATED, ROLE, stream_id, model=model, max_tokens=job.max_tokens)
         return record
 
     async def _dispatch(self, queued: _Queued) -> None:
@@ -220,7 +223,11 @@ class StreamManager:
             while not queued.cancel.is_set():
                 runner_id = await self._offer(job)
                 if runner_id is not None:
-                    self._metrics.dispatch_seconds.observe(time.monotonic() - started)
+                    dispatch_s = time.monotonic() - started
+                    self._metrics.dispatch_seconds.observe(dispatch_s)
+                    log_event(
+                        LifecycleEvent.DISPATCHED, ROLE, job.stream_id, runner_id=runner_id, queued_ms=dispatch_s * 1000
+                    )
                     self._remember_owner(job.stream_id, runner_id)
                     self._runners.on_dispatch(job.stream_id, runner_id, time.monotonic())
                     if queued.cancel.is_set():
@@ -286,6 +293,12 @@ class StreamManager:
             error_code=str(error) if error is not None else None,
         )
         await self._kv.put(job.stream_id, codec.encode(record))
+        self._metrics.streams_not_started.labels(finish_reason=str(record.finish_reason)).inc()
+        log_event(
+            LifecycleEvent.NOT_STARTED, ROLE, job.stream_id,
+            finish_reason=str(record.finish_reason), error_code=record.error_code,
+            cancel_reason=str(cancel) if cancel is not None else None,
+        )  # fmt: skip
 
     def _remember_owner(self, stream_id: str, runner_id: str) -> None:
         self._owners[stream_id] = runner_id
@@ -297,10 +310,17 @@ class StreamManager:
     async def stop(self, stream_id: str, reason: CancelReason = CancelReason.CLIENT) -> StopResult:
         """Halt a stream; answer once its owner confirmed. Idempotent; a finished stream answers its state."""
         started = time.monotonic()
+        log_event(LifecycleEvent.STOP_REQUESTED, ROLE, stream_id, reason=str(reason))
         result = await self._stop(stream_id, reason)
-        self._metrics.stop_seconds.observe(time.monotonic() - started)
+        stop_s = time.monotonic() - started
+        self._metrics.stop_seconds.observe(stop_s)
         if result.finish_reason is FinishReason.CANCELLED:
             self._metrics.cancellations.labels(reason=str(reason)).inc()
+        log_event(
+            LifecycleEvent.STOPPED, ROLE, stream_id,
+            finish_reason=str(result.finish_reason) if result.finish_reason is not None else None,
+            tokens=result.tokens, stop_ms=stop_s * 1000,
+        )  # fmt: skip
         return result
 
     async def _stop(self, stream_id: str, reason: CancelReason) -> StopResult:
@@ -383,3 +403,4 @@ class StreamManager:
         item = Feedback(stream_id=stream_id, rating="up" if rating == "up" else "down", comment=comment, ts=time.time())
         await self._js.publish(subjects.feedback(stream_id), codec.encode(item))
         self._metrics.feedback.labels(rating=item.rating).inc()
+        log_event(LifecycleEvent.FEEDBACK, ROLE, stream_id, rating=item.rating, comment_chars=len(comment or ""))

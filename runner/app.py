@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 def ops_app(nc: NATS, metrics: RunnerMetrics) -> web.Application:
     """``/healthz``, ``/readyz`` (connected to NATS) and ``/metrics`` of a runner."""
     app = web.Application(middlewares=[errors_middleware])
-    add_ops_routes(app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS")
+    add_ops_routes(
+        app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS", errors=metrics.errors
+    )
     return app
 
 

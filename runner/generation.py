@@ -22,6 +22,7 @@ from runner.engines import Engine, EngineError, GenerationRequest, TextTail
 from runner.metrics import RunnerMetrics
 from tokenrelay import codec, subjects
 from tokenrelay.errors import ErrorCode
+from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import (
     CancelReason,
     FinishReason,
@@ -36,6 +37,8 @@ from tokenrelay.messages import (
 )
 
 log = logging.getLogger(__name__)
+
+ROLE = "runner"
 
 RecordWriter = Callable[[StreamRecord], Awaitable[None]]
 
@@ -74,6 +77,7 @@ class Generation:
         self._seq = 0
         self._tokens = 0
         self._ttft_ms: float | None = None
+        self._first_token_at: float | None = None
         self._cancel_reason: CancelReason | None = None
         self.halted_ts: float | None = None
         """Wall-clock time a cancel stopped the engine."""
@@ -123,6 +127,10 @@ class Generation:
                 )
             )
             self._save_record(self._record(StreamState.RUNNING))
+            log_event(
+                LifecycleEvent.STARTED, ROLE, self.job.stream_id,
+                runner_id=self._runner_id, model=self.job.model, max_tokens=self.job.max_tokens,
+            )  # fmt: skip
             reason = await self._generate(accepted)
             outcome = Outcome(reason, self._tokens)
         except asyncio.CancelledError:
@@ -171,8 +179,10 @@ class Generation:
                 self._tokens += 1
                 self._metrics.tokens.inc()
                 if self._ttft_ms is None:
-                    self._ttft_ms = (time.perf_counter() - accepted) * 1000
+                    self._first_token_at = time.perf_counter()
+                    self._ttft_ms = (self._first_token_at - accepted) * 1000
                     self._metrics.ttft.observe(self._ttft_ms / 1000)
+                    log_event(LifecycleEvent.FIRST_TOKEN, ROLE, self.job.stream_id, ttft_ms=self._ttft_ms)
                 if self._batcher.add(text, time.monotonic()):
                     await self._flush()
                 else:
@@ -199,6 +209,11 @@ class Generation:
 
     def _finish(self, outcome: Outcome) -> None:
         self._metrics.streams.labels(finish_reason=str(outcome.finish_reason)).inc()
+        if outcome.error_code is not None:
+            self._metrics.errors.labels(code=outcome.error_code).inc()
+        tokens_per_s = self._tokens_per_s(outcome.tokens)
+        if tokens_per_s is not None:
+            self._metrics.stream_tokens_per_second.observe(tokens_per_s)
         record = self._record(StreamState.FINISHED)
         self._save_record(
             replace(
@@ -209,10 +224,19 @@ class Generation:
                 cancel_reason=self._cancel_reason,
             )
         )
-        log.info(
-            "stream %s finished reason=%s tokens=%d cancel=%s",
-            self.job.stream_id, outcome.finish_reason, outcome.tokens, self._cancel_reason,
+        log_event(
+            LifecycleEvent.FINISHED, ROLE, self.job.stream_id,
+            finish_reason=str(outcome.finish_reason), tokens=outcome.tokens, ttft_ms=self._ttft_ms,
+            tokens_per_s=tokens_per_s, error_code=outcome.error_code,
+            cancel_reason=str(self._cancel_reason) if self._cancel_reason is not None else None,
         )  # fmt: skip
+
+    def _tokens_per_s(self, tokens: int) -> float | None:
+        """Decode speed after the first token (``None`` for fewer than two tokens)."""
+        if self._first_token_at is None or tokens < 2:
+            return None
+        elapsed_s = time.perf_counter() - self._first_token_at
+        return (tokens - 1) / elapsed_s if elapsed_s > 0 else None
 
     def _record(self, state: StreamState) -> StreamRecord:
         return StreamRecord(

@@ -32,6 +32,18 @@ class RunnerMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=r,
         )
+        self.errors = Counter(
+            "tokenrelay_runner_errors",
+            "Errors by code: streams ended with an error event, and HTTP errors answered",
+            ["code"],
+            registry=r,
+        )
+        self.stream_tokens_per_second = Histogram(
+            "tokenrelay_runner_stream_tokens_per_second",
+            "Decode speed of each finished stream (tokens after the first / seconds since the first)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+            registry=r,
+        )
         self.jobs_rejected = Counter("tokenrelay_runner_jobs_rejected", "Jobs refused at capacity", registry=r)
         self.ttft = Histogram(
             "tokenrelay_runner_ttft_seconds",

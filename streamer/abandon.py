@@ -22,6 +22,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from streamer.metrics import StreamerMetrics
 from tokenrelay import codec, subjects
+from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import CancelReason, CancelReply, CancelRequest, FinishReason
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,9 @@ class AbandonWatcher:
             return
         if reply.finish_reason is FinishReason.CANCELLED:
             self._metrics.disconnect_cancels.inc()
-        log.info(
-            "stream %s abandoned by its readers: finish_reason=%s tokens=%d",
-            stream_id, reply.finish_reason, reply.tokens,
+        log_event(
+            LifecycleEvent.ABANDONED, "streamer", stream_id,
+            finish_reason=str(reply.finish_reason) if reply.finish_reason is not None else None, tokens=reply.tokens,
         )  # fmt: skip
 
     async def _on_probe(self, msg: Msg) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import socket
+import time
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -20,10 +21,13 @@ from streamer.metrics import StreamerMetrics
 from tokenrelay import natsio, subjects
 from tokenrelay.config import StreamerConfig
 from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable
+from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import StreamRecord, StreamState
 from tokenrelay.service import add_ops_routes, errors_middleware, serve
 
 log = logging.getLogger(__name__)
+
+ROLE = "streamer"
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -91,6 +95,11 @@ async def serve_reader(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_send_buffer_bytes)
     metrics = app[METRICS_KEY]
     metrics.readers.inc()
+    log_event(
+        LifecycleEvent.READER_OPENED, ROLE, record.stream_id,
+        resumable=reader.resumable, resume_offset=reader.replay.resume_offset,
+    )  # fmt: skip
+    outcome = "client_left"
     try:
         await hub.attach(reader)
         writer = await response.prepare(request)
@@ -108,12 +117,22 @@ async def serve_reader(
             )
         finally:
             replay.cancel()
+        outcome = "finished"
     except ConnectionResetError:
-        log.debug("stream %s: reader went away", record.stream_id)
+        pass
     finally:
         hub.detach(reader)
-        if reader.buffer.close_code is not None:
-            metrics.reader_errors.labels(code=reader.buffer.close_code).inc()
+        code = reader.buffer.close_code
+        if code is not None:
+            outcome = "error"
+            metrics.reader_errors.labels(code=code).inc()
+            metrics.errors.labels(code=code).inc()
+            if code == ErrorCode.SLOW_CONSUMER:
+                metrics.slow_consumer_disconnects.inc()
+        log_event(
+            LifecycleEvent.READER_CLOSED, ROLE, record.stream_id,
+            outcome=outcome, error_code=code, live_events=reader.live_events,
+        )  # fmt: skip
     return response
 
 
@@ -224,6 +243,7 @@ async def pump(
         wait_s = last_write + flush_interval_s - loop.time()
         if wait_s > 0 and not reader.buffer.closed:
             await asyncio.sleep(wait_s)
+        live_tokens, oldest_live_ts = reader.buffer.live_tokens, reader.buffer.oldest_live_ts
         data = reader.buffer.take()
         if data:
             reader.writing_since = clock()
@@ -236,6 +256,9 @@ async def pump(
             last_write = loop.time()
             metrics.writes.inc()
             metrics.bytes_sent.inc(len(data))
+            if oldest_live_ts is not None:
+                metrics.tokens_delivered.inc(live_tokens)
+                metrics.token_lag_seconds.observe(max(0.0, time.time() - oldest_live_ts))
         if reader.buffer.closed and reader.buffer.buffered_bytes == 0:
             return
 
@@ -259,7 +282,9 @@ def make_app(
     from streamer.compat import http as compat_http
 
     compat_http.add_routes(app)
-    add_ops_routes(app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS")
+    add_ops_routes(
+        app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS", errors=metrics.errors
+    )
 
     async def on_startup(_: web.Application) -> None:
         await hub.start()

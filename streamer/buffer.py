@@ -55,6 +55,10 @@ class ReaderBuffer:
         self.last_activity = now
         self.in_flight_bytes = 0
         """Bytes taken by the writer that the transport still holds (set by the I/O shell)."""
+        self.live_tokens = 0
+        """Tokens of live deltas pending (history replays are not counted); reset by :meth:`take`."""
+        self.oldest_live_ts: float | None = None
+        """Publish time (``StreamDelta.ts``, wall clock) of the oldest live delta pending; reset by :meth:`take`."""
 
     @property
     def buffered_bytes(self) -> int:
@@ -80,8 +84,10 @@ class ReaderBuffer:
         self._chunks.append(data)
         return True
 
-    def append_delta(self, delta: StreamDelta, now: float, framed: bytes | None = None) -> bool:
+    def append_delta(self, delta: StreamDelta, now: float, framed: bytes | None = None, *, live: bool = False) -> bool:
         """Queue a delta (``framed``: its shared frame, if the caller has one); merged with pending ones.
+
+        ``live`` deltas (not history) are counted in :attr:`live_tokens` and :attr:`oldest_live_ts`.
 
         Sizes are what the pending data costs in memory, not its length on the wire: a reader
         that never reads is closed when its buffer *holds* ``max_buffered_bytes``.
@@ -95,10 +101,14 @@ class ReaderBuffer:
             last.last = delta
             last.count += delta.count
             last.framed = None
-            return True
-        if not self._room(RUN_OVERHEAD_BYTES + text_size, now):
-            return False
-        self._chunks.append(_Run(last=delta, framed=framed, texts=[delta.text], count=delta.count))
+        else:
+            if not self._room(RUN_OVERHEAD_BYTES + text_size, now):
+                return False
+            self._chunks.append(_Run(last=delta, framed=framed, texts=[delta.text], count=delta.count))
+        if live:
+            self.live_tokens += delta.count
+            if self.oldest_live_ts is None:
+                self.oldest_live_ts = delta.ts
         return True
 
     def _room(self, size: int, now: float) -> bool:
@@ -127,6 +137,7 @@ class ReaderBuffer:
             return
         failure = self._framing.error(code, message, id=id)
         self._chunks = [failure]
+        self.live_tokens, self.oldest_live_ts = 0, None
         self._size = len(failure)
         self.close_code = code
         self.closed = True
@@ -143,6 +154,7 @@ class ReaderBuffer:
         if not self._chunks:
             return b""
         chunks, self._chunks, self._size = self._chunks, [], 0
+        self.live_tokens, self.oldest_live_ts = 0, None
         if len(chunks) == 1 and isinstance(chunks[0], bytes):
             return chunks[0]
         return b"".join(item if isinstance(item, bytes) else self._framed(item) for item in chunks)

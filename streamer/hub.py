@@ -85,7 +85,7 @@ class Reader:
         for ready in released:
             shared = framed if ready is event and self.framing.shares_native else None
             if isinstance(ready, StreamDelta):
-                self.buffer.append_delta(ready, now, shared)
+                self.buffer.append_delta(ready, now, shared, live=framed is not None and ready is event)
                 continue
             data = shared if shared is not None else self.framing.event(ready)
             if is_terminal(ready):

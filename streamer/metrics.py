@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LAG_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class StreamerMetrics:
@@ -24,6 +26,29 @@ class StreamerMetrics:
         self.disconnect_cancels = Counter(
             "tokenrelay_streamer_disconnect_cancels",
             "Generations cancelled because every reader left for the grace period",
+            registry=r,
+        )
+        self.tokens_delivered = Counter(
+            "tokenrelay_streamer_tokens_delivered",
+            "Live tokens written to readers (rate() is tokens/s out of this streamer)",
+            registry=r,
+        )
+        self.token_lag_seconds = Histogram(
+            "tokenrelay_streamer_token_lag_seconds",
+            "Runner published a token batch -> the kernel took the write that carried it to a reader "
+            "(live tokens only; one observation per write, from the oldest token in it)",
+            buckets=LAG_BUCKETS_S,
+            registry=r,
+        )
+        self.slow_consumer_disconnects = Counter(
+            "tokenrelay_streamer_slow_consumer_disconnects",
+            "Readers closed with slow_consumer (fell past their buffer limit, or a write stalled)",
+            registry=r,
+        )
+        self.errors = Counter(
+            "tokenrelay_streamer_errors",
+            "Errors by code: HTTP errors answered and error events that ended a reader",
+            ["code"],
             registry=r,
         )
         self.reader_errors = Counter(

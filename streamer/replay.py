@@ -64,6 +64,11 @@ class Replay:
         """Bytes (by :func:`held_size`) of the events held ahead of a gap."""
         return self._held_bytes
 
+    @property
+    def resume_offset(self) -> int | None:
+        """Tokens the client already had when it resumed (``None`` for a reader from the start)."""
+        return self._resume_offset if self._resumed else None
+
     def abandon(self) -> None:
         """The reader failed: drop what is held and take nothing more (``finished`` is left as it was)."""
         self._abandoned = True

@@ -42,12 +42,13 @@ def expected_text(prompt: str, max_tokens: int, length_tokens: int = 0) -> str:
     return "".join(synthetic_tokens(prompt_text(messages), max_tokens=max_tokens, length_tokens=length_tokens))
 
 
-async def metric(url: str, name: str) -> float:
-    """Sum of every sample of metric ``name`` on a process's ``/metrics``."""
+async def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples of metric ``name`` on a process's ``/metrics`` (those with ``labels``, if given)."""
     async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
         text = await response.text()
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.M)
-    return sum(float(v) for v in pattern.findall(text))
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", re.M)
+    wanted = {f'{key}="{value}"' for key, value in labels.items()}
+    return sum(float(value) for found, value in pattern.findall(text) if wanted <= set(found.split(",")))
 
 
 async def wait_finished(gateway_url: str, stream_id: str, timeout_s: float = 30) -> dict[str, Any]:
@@ -63,10 +64,10 @@ async def wait_finished(gateway_url: str, stream_id: str, timeout_s: float = 30)
         await asyncio.sleep(0.05)
 
 
-async def wait_for_metric(url: str, name: str, at_least: float, *, timeout_s: float = 30) -> float:
-    """Poll a process's metric until it reaches ``at_least``; return its value."""
+async def wait_for_metric(url: str, name: str, at_least: float, *, timeout_s: float = 30, **labels: str) -> float:
+    """Poll a process's metric (the samples with ``labels``) until it reaches ``at_least``; return its value."""
     for _ in range(int(timeout_s / 0.02)):
-        value = await metric(url, name)
+        value = await metric(url, name, **labels)
         if value >= at_least:
             return value
         await asyncio.sleep(0.02)

@@ -98,6 +98,8 @@ class System:
     streamer: Role
     runners: list[Role] = field(default_factory=list)
     streamers: list[Role] = field(default_factory=list)
+    log_dir: str = ""
+    """Where each role's output goes, as ``<role name>.log`` (gone once the system stops)."""
 
     @property
     def gateway_url(self) -> str:
@@ -145,7 +147,7 @@ def system(
             for role in roles:
                 wait_until(lambda r=role: _healthy_or_dead(r, logs), what=f"{role.name} health")
             wait_until(lambda: http_ok(f"{gateway.url}/readyz"), what="gateway ready")
-            yield System(nats_url, gateway, streamer, runner_roles, streamer_roles)
+            yield System(nats_url, gateway, streamer, runner_roles, streamer_roles, logs)
         finally:
             for role in reversed(roles):
                 stop_process(role.process)

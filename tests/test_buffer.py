@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import orjson
 
@@ -227,3 +228,18 @@ def test_deltas_past_the_limit_close_the_reader_as_a_slow_consumer() -> None:
     assert all(buffer.append_delta(_delta(i, "x"), T0) for i in (1, 2, 3))
     assert not buffer.append_delta(_delta(4, "x"), T0)
     assert buffer.close_code == str(ErrorCode.SLOW_CONSUMER)
+
+
+def test_live_deltas_count_their_tokens_and_oldest_publish_time_until_taken() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10_000, now=T0)
+    buffer.append_delta(replace(_delta(1, "a"), ts=100.0), T0, live=True)
+    buffer.append_delta(replace(_delta(2, "b"), ts=101.0), T0, live=True)
+    assert (buffer.live_tokens, buffer.oldest_live_ts) == (2, 100.0)
+    buffer.take()
+    assert (buffer.live_tokens, buffer.oldest_live_ts) == (0, None)
+
+
+def test_history_deltas_are_not_counted_as_live() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10_000, now=T0)
+    buffer.append_delta(_delta(1, "a"), T0)
+    assert (buffer.live_tokens, buffer.oldest_live_ts) == (0, None)

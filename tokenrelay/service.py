@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from nats.errors import Error as NatsError
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenrelay.errors import ErrorCode, Overloaded, TokenRelayError, Unavailable
@@ -25,6 +25,15 @@ ReadyCheck = Callable[[], str | None]
 
 REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("ready_check")
+ERRORS_KEY = web.AppKey("errors_counter", Counter)
+"""The role's errors-by-code counter (label ``code``); every error answered over HTTP is counted."""
+
+
+def count_error(app: web.Application, code: ErrorCode | str) -> None:
+    """Count one error answered, if the app has an errors counter."""
+    counter = app.get(ERRORS_KEY)
+    if counter is not None:
+        counter.labels(code=str(code)).inc()
 
 
 def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -57,19 +66,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except TokenRelayError as exc:
+        count_error(request.app, exc.code)
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST if exc.status < 500 else ErrorCode.INTERNAL)
+        count_error(request.app, code)
         return plain_error(exc.status, code, exc.reason)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except NatsError as exc:  # JetStream errors derive from it too
         log.warning("NATS failed during %s %s: %s", request.method, request.path, exc)
+        count_error(request.app, ErrorCode.UNAVAILABLE)
         return error_response(Unavailable("the message broker is unavailable; retry shortly"))
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
+        count_error(request.app, ErrorCode.INTERNAL)
         return plain_error(500, ErrorCode.INTERNAL, "internal error")
 
 
@@ -92,10 +105,14 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: ReadyCheck) -> None:
-    """Mount ``/healthz``, ``/readyz`` and ``/metrics``."""
+def add_ops_routes(
+    app: web.Application, registry: CollectorRegistry, ready: ReadyCheck, *, errors: Counter | None = None
+) -> None:
+    """Mount ``/healthz``, ``/readyz`` and ``/metrics``; ``errors`` (label ``code``) counts errors answered."""
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
+    if errors is not None:
+        app[ERRORS_KEY] = errors
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

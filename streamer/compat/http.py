@@ -31,7 +31,7 @@ from tokenrelay.errors import (
     from_code,
 )
 from tokenrelay.messages import ModelList, ModelsRequest, StartRefused, StartRequest, StreamEnd, StreamRecord
-from tokenrelay.service import json_response
+from tokenrelay.service import count_error, json_response
 
 ADMIT_TIMEOUT_S = 5.0
 """How long a streamer waits for a gateway to admit a compatible-API stream."""
@@ -149,6 +149,7 @@ async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
         start, options = dialect.parse(await _json_body(request))
         record = await admit(app, start)
     except TokenRelayError as exc:
+        count_error(app, exc.code)
         return _error(dialect, exc)
     headers = {STREAM_ID_HEADER: record.stream_id}
     if options.stream:
@@ -158,6 +159,7 @@ async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
     text = (await collect(app, _reader(app, record, collector), record)).decode()
     if collector.failure is not None:
         code, message = collector.failure
+        count_error(app, code)
         status = dialect.status(code, _STATUS_OF_STREAM_ERRORS.get(code, 500))
         return json_response(dialect.error_body(code, message), status=status)
     assert collector.end is not None  # a reader closes with an end or a failure
