@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 from nats.aio.client import Client as NATS
@@ -17,7 +19,7 @@ from gateway.streams import StopResult, StreamManager
 from tokenrelay import natsio, subjects
 from tokenrelay.codec import parse_json_object
 from tokenrelay.config import GatewayConfig
-from tokenrelay.errors import BadRequest, TokenRelayError
+from tokenrelay.errors import BadRequest, NotFound, TokenRelayError
 from tokenrelay.messages import StreamRecord
 from tokenrelay.service import add_ops_routes, errors_middleware, json_response, serve
 
@@ -166,6 +168,40 @@ async def control_socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+"""The chat page's assets by name: only these are served; no file path is ever built from a request."""
+
+
+def _static_file(name: str, content_type: str, headers: dict[str, str] | None = None) -> web.FileResponse:
+    # no-cache: browsers revalidate (ETag / Last-Modified), so a new release is picked up at once.
+    base = {"Content-Type": f"{content_type}; charset=utf-8", "Cache-Control": "no-cache"}
+    return web.FileResponse(STATIC_DIR / name, headers={**base, "X-Content-Type-Options": "nosniff", **(headers or {})})
+
+
+def _page_policy(config: GatewayConfig) -> str:
+    """The page's Content-Security-Policy: its own files, its control socket, and the streamer's events."""
+    streamer = urlsplit(config.streamer_url)
+    return (
+        f"default-src 'self'; connect-src 'self' {streamer.scheme}://{streamer.netloc}; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+async def chat_page(request: web.Request) -> web.FileResponse:
+    """``GET /``: the browser chat page (``gateway/static/index.html``)."""
+    policy = _page_policy(request.app[CONFIG_KEY])
+    return _static_file("index.html", "text/html", {"Content-Security-Policy": policy})
+
+
+async def static_asset(request: web.Request) -> web.FileResponse:
+    """``GET /static/{name}``: one of the chat page's assets."""
+    name = request.match_info["name"]
+    if name not in STATIC_ASSETS:
+        raise NotFound(f"no static file named {name!r}")
+    return _static_file(name, STATIC_ASSETS[name])
+
+
 def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetrics, nc: NATS) -> web.Application:
     """The gateway application around a started :class:`StreamManager`."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_body_bytes)
@@ -174,6 +210,8 @@ def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetr
     app.router.add_get("/v1/streams/{id}", stream_status)
     app.router.add_post("/v1/streams/{id}/stop", stop_stream)
     app.router.add_get("/v1/control", control_socket)
+    app.router.add_get("/", chat_page)
+    app.router.add_get("/static/{name}", static_asset)
 
     def ready() -> str | None:
         if not nc.is_connected:

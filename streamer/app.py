@@ -14,7 +14,7 @@ from aiohttp.abc import AbstractStreamWriter
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from streamer import history
+from streamer import cors, history
 from streamer.cursor import Cursor, CursorError
 from streamer.hub import Clock, Hub, Reader
 from streamer.metrics import StreamerMetrics
@@ -279,6 +279,7 @@ def make_app(
     app = web.Application(middlewares=[errors_middleware])
     app[CONFIG_KEY], app[NC_KEY], app[KV_KEY], app[HUB_KEY], app[METRICS_KEY] = config, nc, kv, hub, metrics
     app.router.add_get("/v1/streams/{id}/events", events)
+    cors.install(app, cors.CorsPolicy(config.cors_allow_origins))
     from streamer.compat import http as compat_http
 
     compat_http.add_routes(app)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from tokenrelay import config as c
 from tokenrelay.service import setup_logging
@@ -35,6 +36,39 @@ class Option:
         return [self.flag, str(getattr(args, self.dest))]
 
 
+@dataclass(frozen=True)
+class RepeatedOption(Option):
+    """An option that may be given several times (``default`` is a tuple); ``up`` forwards every value."""
+
+    def add_to(self, parser: argparse.ArgumentParser | Any) -> None:
+        text = f"{self.help} (repeatable; default: {' '.join(self.default)})"
+        parser.add_argument(self.flag, type=self.type, action="append", default=None, help=text)
+
+    def forward(self, args: argparse.Namespace) -> list[str]:
+        return [part for value in getattr(args, self.dest) or () for part in (self.flag, str(value))]
+
+    def values(self, args: argparse.Namespace) -> tuple[Any, ...]:
+        """The values given, or the default when there were none."""
+        return tuple(getattr(args, self.dest) or self.default)
+
+
+def cors_origin(text: str) -> str:
+    """An origin as a browser sends it (``scheme://host[:port]``), or ``*``; anything else is a usage error."""
+    if text == "*":
+        return text
+    parts = urlsplit(text)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an origin like https://chat.example.com (or *)")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
 HISTORY_OPTIONS = (
     Option("--history-ttl-s", float, c.DEFAULT_HISTORY_TTL_S, "seconds a stream's events are kept for replay"),
     Option("--history-storage", str, "memory", "JetStream storage for history", ("memory", "file")),
@@ -58,6 +92,12 @@ ENGINE_OPTIONS = (
     Option("--model-path", str, "", "transformers engine: local model directory (or a cached Hugging Face name)"),
     Option("--worker-threads", int, 1, "transformers engine: generations computed at once"),
 )  # fmt: skip
+CORS_ALLOW_ORIGIN = RepeatedOption(
+    "--cors-allow-origin",
+    cors_origin,
+    c.DEFAULT_CORS_ALLOW_ORIGINS,
+    "an origin (scheme://host:port) whose pages may read the streamer's /v1/ API; * allows any",
+)
 STREAMER_OPTIONS = (
     Option("--heartbeat-s", float, c.DEFAULT_HEARTBEAT_S, "send ': ping' to readers idle this long"),
     Option("--max-reader-buffer-bytes", int, c.DEFAULT_MAX_READER_BUFFER_BYTES,
@@ -70,6 +110,7 @@ STREAMER_OPTIONS = (
            "close a reader as slow_consumer when a write is not taken within this time"),
     Option("--disconnect-grace-s", float, c.DEFAULT_DISCONNECT_GRACE_S,
            "cancel a generation whose readers all left this long ago (0: never)"),
+    CORS_ALLOW_ORIGIN,
 )  # fmt: skip
 GATEWAY_OPTIONS = (
     Option("--max-queued-streams", int, c.DEFAULT_MAX_QUEUED_STREAMS, "streams waiting for a runner before 503"),
@@ -157,6 +198,7 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
         heartbeat_s=args.heartbeat_s, max_reader_buffer_bytes=args.max_reader_buffer_bytes,
         disconnect_grace_s=args.disconnect_grace_s, flush_interval_ms=args.flush_interval_ms,
         write_timeout_s=args.write_timeout_s, socket_send_buffer_bytes=args.socket_send_buffer_bytes,
+        cors_allow_origins=CORS_ALLOW_ORIGIN.values(args),
     )  # fmt: skip
 
 

@@ -38,6 +38,7 @@ DEFAULT_SYNTHETIC_TTFT_MS = 50.0
 DEFAULT_SYNTHETIC_TOKENS_PER_S = 30.0
 DEFAULT_MAX_CONTROL_INFLIGHT = 64
 DEFAULT_MAX_WS_MESSAGE_BYTES = 1 << 20
+DEFAULT_CORS_ALLOW_ORIGINS = ("*",)
 
 
 class StorageKind(enum.StrEnum):
@@ -118,6 +119,9 @@ class StreamerConfig:
     """When every reader of an unfinished stream has gone (here and on every other streamer) for
     this long, the generation is cancelled (reason ``disconnect``); 0 never cancels."""
     cancel_timeout_s: float = DEFAULT_CANCEL_TIMEOUT_S
+    cors_allow_origins: tuple[str, ...] = DEFAULT_CORS_ALLOW_ORIGINS
+    """Origins whose pages may read ``/v1/`` responses (the chat page's origin, usually the gateway's);
+    ``"*"`` allows any. Credentials are never allowed, so no origin can read with a user's cookies."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,374 @@
+// tokenrelay chat page. One control WebSocket to the gateway (start, stop, feedback) and one
+// EventSource per stream to the streamer (the tokens). Plain JavaScript, no build step.
+"use strict";
+
+(() => {
+  // Delay before the n-th consecutive resume attempt; the last one repeats.
+  const RESUME_BACKOFF_MS = [100, 250, 500, 1000, 2000];
+  // Consecutive resume attempts without a single event in between before the page gives up.
+  const MAX_RESUME_ATTEMPTS = 10;
+  // Reader-level `error` events that a resume cures: the streamer is going away ("resume elsewhere"),
+  // or it dropped this reader for reading too slowly. Other codes end the stream itself.
+  const RESUMABLE_CODES = new Set(["shutting_down", "slow_consumer"]);
+  // States in which a stream is still producing text (Start is disabled, Stop enabled).
+  const ACTIVE_STATES = new Set(["connecting", "streaming", "reconnecting", "stopping"]);
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    form: $("prompt-form"), prompt: $("prompt"), maxTokens: $("max-tokens"), start: $("start"), stop: $("stop"),
+    state: $("state"), output: $("output"), notice: $("notice"), ttft: $("ttft"), tokens: $("tokens"),
+    tps: $("tps"), up: $("thumb-up"), down: $("thumb-down"), feedback: $("feedback-status"),
+  };
+
+  class ControlError extends Error {
+    constructor(code, message) {
+      super(message);
+      this.code = code;
+    }
+  }
+
+  /** The control WebSocket: requests carry a `ref`, and the reply that echoes it settles their promise. */
+  class Control {
+    constructor(url) {
+      this.url = url;
+      this.opening = null;
+      this.nextRef = 1;
+      this.pending = new Map();
+    }
+
+    connect() {
+      if (this.opening) return this.opening;
+      this.opening = new Promise((resolve, reject) => {
+        const ws = new WebSocket(this.url);
+        ws.addEventListener("open", () => resolve(ws));
+        ws.addEventListener("message", (event) => this.receive(event.data));
+        ws.addEventListener("close", () => {
+          this.opening = null; // the next request opens a new socket
+          reject(new ControlError("control_closed", "cannot reach the gateway's control socket"));
+          this.failAll("the control socket closed before the gateway replied");
+        });
+      });
+      return this.opening;
+    }
+
+    async request(message) {
+      const ws = await this.connect();
+      const ref = this.nextRef++;
+      return new Promise((resolve, reject) => {
+        this.pending.set(ref, { resolve, reject });
+        ws.send(JSON.stringify({ ...message, ref }));
+      });
+    }
+
+    receive(text) {
+      let reply;
+      try {
+        reply = JSON.parse(text);
+      } catch {
+        return;
+      }
+      const waiter = this.pending.get(reply.ref);
+      if (!waiter) return;
+      this.pending.delete(reply.ref);
+      if (reply.type === "error") waiter.reject(new ControlError(reply.code, reply.message));
+      else waiter.resolve(reply);
+    }
+
+    failAll(message) {
+      for (const waiter of this.pending.values()) waiter.reject(new ControlError("control_closed", message));
+      this.pending.clear();
+    }
+  }
+
+  const control = new Control(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/v1/control`);
+
+  // Text that arrived but is not on screen yet: rendered once per animation frame, not once per token.
+  const view = { pending: "", frame: 0, text: document.createTextNode("") };
+  let current = null; // the stream on screen; events of an older stream are ignored
+
+  function newStream(startedAt) {
+    return {
+      id: null, eventsUrl: null, source: null, cursor: null, retryTimer: 0, attempts: 0, resumes: 0,
+      tokens: 0, skipped: 0, startedAt, firstDeltaAt: null, firstDeltaTokens: 0, lastDeltaAt: null,
+      stopping: false, terminal: false,
+    };
+  }
+
+  // ---- view ----
+
+  function setState(name, detail = "") {
+    el.state.dataset.state = name;
+    el.state.textContent = detail ? `${name} (${detail})` : name;
+    const active = ACTIVE_STATES.has(name);
+    el.start.disabled = active;
+    el.stop.disabled = !active || Boolean(current && current.stopping);
+    el.output.setAttribute("aria-busy", String(active));
+    const rateable = Boolean(current && current.id);
+    el.up.disabled = !rateable;
+    el.down.disabled = !rateable;
+  }
+
+  function liveState(stream) {
+    return stream.stopping ? "stopping" : "streaming";
+  }
+
+  function notice(message) {
+    el.notice.textContent = message;
+    el.notice.hidden = !message;
+  }
+
+  function resetView() {
+    cancelAnimationFrame(view.frame);
+    view.frame = 0;
+    view.pending = "";
+    view.text = document.createTextNode("");
+    el.output.replaceChildren(view.text);
+    el.ttft.textContent = "–";
+    el.tokens.textContent = "0";
+    el.tps.textContent = "–";
+    el.feedback.textContent = "";
+    el.feedback.dataset.state = "none";
+    el.up.setAttribute("aria-pressed", "false");
+    el.down.setAttribute("aria-pressed", "false");
+    notice("");
+  }
+
+  function scheduleRender() {
+    if (!view.frame) view.frame = requestAnimationFrame(render);
+  }
+
+  function render() {
+    view.frame = 0;
+    if (view.pending) {
+      const atBottom = el.output.scrollHeight - el.output.scrollTop - el.output.clientHeight < 24;
+      view.text.appendData(view.pending);
+      view.pending = "";
+      if (atBottom) el.output.scrollTop = el.output.scrollHeight;
+    }
+    if (current) renderStats(current);
+  }
+
+  function renderNow() {
+    cancelAnimationFrame(view.frame);
+    render();
+  }
+
+  function renderStats(stream) {
+    el.tokens.textContent = String(stream.tokens);
+    if (stream.firstDeltaAt === null) return;
+    el.ttft.textContent = `${Math.round(stream.firstDeltaAt - stream.startedAt)} ms`;
+    const seconds = (stream.lastDeltaAt - stream.firstDeltaAt) / 1000;
+    // Rate of the tokens after the first batch over the time they took; TTFT is shown on its own.
+    if (seconds > 0) el.tps.textContent = ((stream.tokens - stream.firstDeltaTokens) / seconds).toFixed(1);
+  }
+
+  // ---- the data plane: one EventSource at a time, resumed by hand after a drop ----
+
+  function withCursor(url, cursor) {
+    const resumed = new URL(url);
+    resumed.searchParams.set("last_event_id", cursor);
+    return resumed.toString();
+  }
+
+  function open(stream) {
+    // Resume by query parameter with a fresh EventSource: the browser's own retry sends a
+    // Last-Event-ID header, which is not CORS-safelisted, and would retry even after errors.
+    const source = new EventSource(stream.cursor ? withCursor(stream.eventsUrl, stream.cursor) : stream.eventsUrl);
+    stream.source = source;
+    source.addEventListener("open", () => stream === current && setState(liveState(stream)));
+    source.addEventListener("start", (event) => onStart(stream, event));
+    source.addEventListener("delta", (event) => onDelta(stream, event));
+    source.addEventListener("stop", (event) => onStop(stream, event));
+    source.addEventListener("error", (event) => onError(stream, source, event));
+  }
+
+  function closeSource(stream) {
+    clearTimeout(stream.retryTimer);
+    stream.retryTimer = 0;
+    if (stream.source) stream.source.close();
+    stream.source = null;
+  }
+
+  function onStart(stream, event) {
+    if (stream !== current || stream.terminal) return;
+    stream.attempts = 0;
+    if (event.lastEventId) stream.cursor = event.lastEventId;
+  }
+
+  function onDelta(stream, event) {
+    if (stream !== current || stream.terminal) return;
+    const data = JSON.parse(event.data);
+    stream.attempts = 0;
+    if (event.lastEventId) stream.cursor = event.lastEventId;
+    if (data.index <= stream.tokens) {
+      stream.skipped += 1; // already shown; the contract says a resume never repeats, so this counts a bug
+      return;
+    }
+    const now = performance.now();
+    if (stream.firstDeltaAt === null) {
+      stream.firstDeltaAt = now;
+      stream.firstDeltaTokens = data.index;
+    }
+    stream.lastDeltaAt = now;
+    stream.tokens = data.index;
+    view.pending += data.text;
+    if (el.state.dataset.state !== liveState(stream)) setState(liveState(stream));
+    scheduleRender();
+  }
+
+  function finish(stream) {
+    stream.terminal = true;
+    closeSource(stream); // a closed stream must not make EventSource reconnect
+    renderNow();
+  }
+
+  function onStop(stream, event) {
+    if (stream !== current || stream.terminal) return;
+    const data = JSON.parse(event.data);
+    finish(stream);
+    const reason = data.finish_reason;
+    const name = reason === "cancelled" ? "stopped" : reason === "error" ? "error" : "finished";
+    setState(name, `${reason}, ${data.tokens} tokens`);
+  }
+
+  function onError(stream, source, event) {
+    if (stream !== current || source !== stream.source || stream.terminal) return;
+    if (!(event instanceof MessageEvent)) {
+      dropped(stream); // the connection failed or closed before a terminal event
+      return;
+    }
+    // An `event: error` sent by the streamer.
+    let data = {};
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      data = { code: "bad_event", message: String(event.data) };
+    }
+    // Resume only after progress: a stream that itself ended with this code sends it again at once.
+    if (RESUMABLE_CODES.has(data.code) && stream.attempts === 0) dropped(stream);
+    else fail(stream, data.code, data.message);
+  }
+
+  function dropped(stream) {
+    closeSource(stream);
+    if (stream.attempts >= MAX_RESUME_ATTEMPTS) {
+      fail(stream, "connection_lost", "the events connection keeps failing");
+      return;
+    }
+    const delay = RESUME_BACKOFF_MS[Math.min(stream.attempts, RESUME_BACKOFF_MS.length - 1)];
+    stream.attempts += 1;
+    stream.resumes += 1;
+    setState("reconnecting", `attempt ${stream.attempts}`);
+    stream.retryTimer = setTimeout(() => {
+      stream.retryTimer = 0;
+      if (stream === current && !stream.terminal) open(stream);
+    }, delay);
+  }
+
+  function fail(stream, code, message) {
+    finish(stream);
+    el.state.dataset.code = code;
+    setState("error", code);
+    notice(message || code);
+  }
+
+  // ---- the control plane ----
+
+  async function start(event) {
+    event.preventDefault();
+    if (!el.prompt.value.trim()) return;
+    if (current) closeSource(current);
+    const stream = newStream(performance.now());
+    current = stream;
+    resetView();
+    delete el.state.dataset.code;
+    setState("connecting");
+    const body = { type: "start", prompt: el.prompt.value };
+    if (Number.isFinite(el.maxTokens.valueAsNumber)) body.max_tokens = el.maxTokens.valueAsNumber;
+    let reply;
+    try {
+      reply = await control.request(body);
+    } catch (error) {
+      if (stream === current) fail(stream, error.code || "control_error", error.message);
+      return;
+    }
+    if (stream !== current) return;
+    stream.id = reply.stream_id;
+    stream.eventsUrl = reply.events_url;
+    el.output.dataset.streamId = stream.id;
+    setState(stream.stopping ? "stopping" : "connecting");
+    open(stream);
+    if (stream.stopping) sendStop(stream);
+  }
+
+  function stop() {
+    const stream = current;
+    if (!stream || stream.terminal || stream.stopping) return;
+    stream.stopping = true;
+    setState("stopping");
+    if (stream.id) sendStop(stream); // otherwise it is sent as soon as `started` arrives
+  }
+
+  async function sendStop(stream) {
+    try {
+      const reply = await control.request({ type: "stop", stream_id: stream.id });
+      // Generation has halted; the tokens before the halt still arrive, then the terminal event.
+      if (stream === current && !stream.terminal) setState("stopping", `halted at ${reply.tokens} tokens`);
+    } catch (error) {
+      if (stream !== current || stream.terminal) return;
+      stream.stopping = false;
+      setState(stream.retryTimer ? "reconnecting" : "streaming");
+      notice(`Stop failed: ${error.code}: ${error.message}`);
+    }
+  }
+
+  async function rate(rating) {
+    const stream = current;
+    if (!stream || !stream.id) return;
+    el.feedback.dataset.state = "sending";
+    el.feedback.textContent = "Sending feedback…";
+    try {
+      await control.request({ type: "feedback", stream_id: stream.id, rating });
+    } catch (error) {
+      if (stream !== current) return;
+      el.feedback.dataset.state = "error";
+      el.feedback.textContent = `Feedback failed: ${error.code}`;
+      return;
+    }
+    if (stream !== current) return;
+    el.up.setAttribute("aria-pressed", String(rating === "up"));
+    el.down.setAttribute("aria-pressed", String(rating === "down"));
+    el.feedback.dataset.state = "ack";
+    el.feedback.textContent = `Feedback saved (${rating === "up" ? "good" : "bad"}).`;
+  }
+
+  el.form.addEventListener("submit", start);
+  el.stop.addEventListener("click", stop);
+  el.up.addEventListener("click", () => rate("up"));
+  el.down.addEventListener("click", () => rate("down"));
+  el.prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      if (!el.start.disabled) el.form.requestSubmit();
+    }
+  });
+  el.output.replaceChildren(view.text);
+  control.connect().catch(() => {}); // open early so the first Start does not wait for the handshake
+
+  /** For tests and debugging: simulate a network drop, read the stream's client-side state. */
+  window.tokenrelayDebug = Object.freeze({
+    dropConnection() {
+      const stream = current;
+      if (!stream || !stream.source || stream.terminal) return false;
+      stream.source.dispatchEvent(new Event("error")); // what a failed connection fires
+      return true;
+    },
+    snapshot() {
+      const s = current;
+      return s && {
+        streamId: s.id, cursor: s.cursor, tokens: s.tokens, resumes: s.resumes, skipped: s.skipped,
+        connected: Boolean(s.source && s.source.readyState === EventSource.OPEN), terminal: s.terminal,
+      };
+    },
+  });
+})();
