@@ -110,9 +110,23 @@ _CLASSES: dict[str, type[TokenRelayError]] = {
 }
 
 
+_KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+
+
 def from_code(code: str, message: str, *, retry_after_s: float | None = None) -> TokenRelayError:
-    """Rebuild the error another process reported by code (``internal`` for a code with no class)."""
-    cls = _CLASSES.get(code, TokenRelayError)
+    """Rebuild the error another process reported by code.
+
+    A code with a class gets that class; a known code without one (``runner_lost``,
+    ``slow_consumer``...) a plain :class:`TokenRelayError` that keeps the code; an unknown
+    code ``internal``, with the code in front of the message.
+    """
+    cls = _CLASSES.get(code)
     if cls is Overloaded:
         return Overloaded(message, retry_after_s=max(1, round(retry_after_s or 1)))
-    return cls(message)
+    if cls is not None:
+        return cls(message)
+    if code in _KNOWN_CODES:
+        error = TokenRelayError(message)
+        error.code = ErrorCode(code)
+        return error
+    return TokenRelayError(f"{code}: {message}")

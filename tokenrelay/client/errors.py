@@ -1,0 +1,38 @@
+"""What the client raises: the project's error vocabulary, plus two client-only cases.
+
+Every error is a :class:`~tokenrelay.errors.TokenRelayError` with a stable ``code``.  Codes
+with a class in :mod:`tokenrelay.errors` raise that class (``bad_request`` -> ``BadRequest``);
+codes that only occur in an SSE ``error`` event (``runner_lost``, ``slow_consumer``, ...) raise
+a plain ``TokenRelayError`` whose ``code`` is that code.  Client-only::
+
+    TokenRelayError
+    ├── Unavailable
+    │   └── ConnectionLost   the connection dropped and could not be re-established
+    └── ProtocolError        the server sent something that is not the tokenrelay protocol
+"""
+
+from __future__ import annotations
+
+from tokenrelay.errors import ErrorCode, TokenRelayError, Unavailable
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 410: "resume_unavailable"}
+_HTTP_CODES |= {413: "payload_too_large", 503: "unavailable"}
+
+
+class ConnectionLost(Unavailable):
+    """A connection dropped and ``attempts`` reconnects in a row failed (or the socket could not be opened)."""
+
+    def __init__(self, message: str, *, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class ProtocolError(TokenRelayError):
+    """The server sent bytes or a message that the tokenrelay protocol does not allow."""
+
+    code = ErrorCode.INTERNAL
+
+
+def code_for_status(status: int) -> str:
+    """The error code an HTTP status stands for when a body does not say."""
+    return _HTTP_CODES.get(status, "internal")
