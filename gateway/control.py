@@ -3,8 +3,9 @@
 Client -> gateway (JSON text; ``ref`` is optional and echoed on the reply):
 
 * ``{"type": "start", ...stream body...}`` -> ``{"type": "started", "stream_id", "events_url"}``
-* ``{"type": "stop", "stream_id"}`` -> ``{"type": "stopped", "stream_id", "tokens", "finish_reason"}``
-* ``{"type": "feedback", "stream_id", "rating": "up"|"down", "comment"?}`` -> ``{"type": "ack"}``
+* ``{"type": "stop", "stream_id"}`` -> ``{"type": "stopped", "stream_id", "tokens", "finish_reason", "halted_ts"}``
+  (``halted_ts``: wall-clock time the engine halted, ``null`` if it had already finished)
+* ``{"type": "feedback", "stream_id", "rating": "up"|"down", "comment"?}`` -> ``{"type": "ack", "stream_id"}``
 
 Anything invalid -> ``{"type": "error", "code", "message"}``; the socket stays open.
 """
