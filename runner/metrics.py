@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class RunnerMetrics:
@@ -10,6 +10,7 @@ class RunnerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         r = self.registry
         self.active_streams = Gauge("tokenrelay_runner_active_streams", "Streams generating now", registry=r)
         self.capacity = Gauge("tokenrelay_runner_capacity", "Streams this runner generates at once", registry=r)

@@ -37,6 +37,8 @@ class _Run:
     """The shared frame of a run of one delta (reused as is); dropped once a second delta joins."""
     texts: list[str]
     count: int
+    first_ts: float
+    """Publish time of the run's first delta: a merged delta carries it, so lag is measured from the oldest token."""
 
 
 _Pending = bytes | _Run
@@ -104,7 +106,9 @@ class ReaderBuffer:
         else:
             if not self._room(RUN_OVERHEAD_BYTES + text_size, now):
                 return False
-            self._chunks.append(_Run(last=delta, framed=framed, texts=[delta.text], count=delta.count))
+            self._chunks.append(
+                _Run(last=delta, framed=framed, texts=[delta.text], count=delta.count, first_ts=delta.ts)
+            )
         if live:
             self.live_tokens += delta.count
             if self.oldest_live_ts is None:
@@ -164,4 +168,4 @@ class ReaderBuffer:
             return run.framed
         if len(run.texts) == 1:
             return self._framing.event(run.last)
-        return self._framing.event(replace(run.last, text="".join(run.texts), count=run.count))
+        return self._framing.event(replace(run.last, text="".join(run.texts), count=run.count, ts=run.first_ts))

@@ -4,12 +4,13 @@
 NATS event   SSE ``event:``               ``data:``
 ===========  ===========================  ================================================
 start        ``start`` (id ``epoch:0``)     ``{"stream_id", "model", "created"}``
-delta        ``delta`` (id ``epoch:index``) ``{"text", "index"}``
+delta        ``delta`` (id ``epoch:index``) ``{"text", "index", "ts"}``
 end          ``stop`` (id ``epoch:tokens``) ``{"finish_reason", "tokens", "ttft_ms"}``
 error        ``error`` (id ``epoch:tokens``) ``{"code", "message"}``
 ===========  ===========================  ================================================
 
-Every frame carries an ``id`` so a reconnecting ``EventSource`` resumes after it.  The
+A delta's ``ts`` is the wall-clock time (seconds) the runner published its (first) token batch, so
+a client on the same clock can measure token lag.  Every frame carries an ``id`` so a reconnecting ``EventSource`` resumes after it.  The
 terminal frame's id equals the last delta's, so a reader that resumes after the last delta,
 or after the terminal event, gets the terminal event again.
 """
@@ -27,7 +28,7 @@ from tokenrelay.messages import OUT_OF_BAND_SEQ, StreamDelta, StreamEnd, StreamE
 def frame(event: StreamEvent, epoch: str) -> bytes:
     """The SSE bytes for one stream event."""
     if isinstance(event, StreamDelta):
-        data = {"text": event.text, "index": event.index}
+        data = {"text": event.text, "index": event.index, "ts": event.ts}
         return encode_event(orjson.dumps(data).decode(), event="delta", id=f"{epoch}:{event.index}")
     if isinstance(event, StreamStart):
         data_start = {"stream_id": event.stream_id, "model": event.model, "created": event.created}

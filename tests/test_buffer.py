@@ -198,7 +198,7 @@ def test_back_to_back_pending_deltas_go_out_as_one_delta_with_the_last_id_and_in
     written = buffer.take()
     assert written.count(b"\n\n") == 1
     assert b"id: e1:3\n" in written
-    assert only_data(written) == {"text": "Hello wörld", "index": 3}
+    assert only_data(written) == {"text": "Hello wörld", "index": 3, "ts": 0.0}
 
 
 def test_a_frame_between_deltas_keeps_the_order_and_splits_the_merge() -> None:
@@ -243,3 +243,10 @@ def test_history_deltas_are_not_counted_as_live() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=10_000, now=T0)
     buffer.append_delta(_delta(1, "a"), T0)
     assert (buffer.live_tokens, buffer.oldest_live_ts) == (0, None)
+
+
+def test_a_merged_delta_carries_the_publish_time_of_its_oldest_token() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10_000, now=T0, epoch="e1")
+    buffer.append_delta(replace(_delta(1, "a"), ts=100.0), T0)
+    buffer.append_delta(replace(_delta(2, "b"), ts=101.0), T0)
+    assert only_data(buffer.take()) == {"text": "ab", "index": 2, "ts": 100.0}

@@ -37,7 +37,7 @@ def test_start_frame_has_start_event_id_epoch_zero_and_stream_fields() -> None:
 
 def test_delta_frame_has_delta_event_id_epoch_index_and_text_and_index() -> None:
     delta = StreamDelta(seq=3, text=" world", index=7, count=2, ts=1.0)
-    assert fields(frame(delta, EPOCH)) == ("delta", f"{EPOCH}:7", {"text": " world", "index": 7})
+    assert fields(frame(delta, EPOCH)) == ("delta", f"{EPOCH}:7", {"text": " world", "index": 7, "ts": delta.ts})
 
 
 @pytest.mark.parametrize("text", ["a\nb", "a\r\nb\r", "café 日本語 😀 👩\u200d💻", '"quoted" \\ \0'])

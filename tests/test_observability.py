@@ -194,3 +194,9 @@ async def test_a_reader_closed_as_a_slow_consumer_is_counted(sut: System) -> Non
 async def _exposition(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
         return await response.text()
+
+
+async def test_every_process_reports_its_memory_and_cpu(sut: System) -> None:
+    for url in (sut.gateway_url, sut.streamer_url, sut.runners[0].url):
+        assert await metric(url, "process_resident_memory_bytes") > 0
+        assert await metric(url, "process_cpu_seconds_total") > 0
