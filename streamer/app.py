@@ -248,6 +248,9 @@ async def pump(
         if data:
             reader.writing_since = clock()
             reader.buffer.in_flight_bytes = len(data)
+            # A plain write of frames encoded once per event and shared by every reader, not
+            # aiohttp-sse's send(): `python -m bench.sse_write` measured 8.2 µs of server CPU per event
+            # for the shared frame, 14.1 µs encoding per event, 28.6 µs for send() (3.5x).
             await response.write(data)
             await writer.drain()
             reader.buffer.in_flight_bytes = 0
