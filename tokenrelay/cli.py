@@ -1,4 +1,5 @@
-"""The ``tokenrelay`` command line: ``up`` runs everything; ``gateway|streamer|runner`` run one role."""
+"""The ``tokenrelay`` command line: ``up`` runs everything; ``gateway|streamer|runner`` run one role;
+``loadtest`` measures a running deployment."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokenrelay import config as c
+from tokenrelay.loadtest.command import add_arguments as add_loadtest_arguments
 from tokenrelay.service import setup_logging
 
 
@@ -178,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(runner, port=c.DEFAULT_RUNNER_PORT)
     for option in ENGINE_OPTIONS:
         option.add_to(runner)
+
+    loadtest = sub.add_parser("loadtest", help="open many concurrent streams against a deployment and measure them")
+    add_loadtest_arguments(loadtest)
     return parser
 
 
@@ -260,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_streamer(streamer_config(args)))
         elif args.command == "feedback":
             return _export_feedback(args)
+        elif args.command == "loadtest":
+            from tokenrelay.loadtest.command import run as run_loadtest
+
+            return run_loadtest(args)
         elif args.command == "runner":
             from runner.app import run as run_runner
 

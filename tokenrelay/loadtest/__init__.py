@@ -1,0 +1,13 @@
+"""``tokenrelay loadtest``: many concurrent streams against a running deployment, measured as users feel them.
+
+Modules, sans-I/O first:
+
+* :mod:`~tokenrelay.loadtest.stats` — bounded latency histograms, per-stream token accounting, run totals
+* :mod:`~tokenrelay.loadtest.plan` — the typed configuration, value mixes and each stream's plan
+* :mod:`~tokenrelay.loadtest.svg` — hand-written SVG histogram and line chart
+* :mod:`~tokenrelay.loadtest.metrics` — parsing ``/metrics``; the sampler that polls every instance
+* :mod:`~tokenrelay.loadtest.control` — the one control WebSocket shared by every stop
+* :mod:`~tokenrelay.loadtest.driver` — the asyncio load generator
+* :mod:`~tokenrelay.loadtest.report` — text table, JSON, SVG files and ``report.html``
+* :mod:`~tokenrelay.loadtest.command` — the command-line options
+"""
