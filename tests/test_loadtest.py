@@ -104,7 +104,7 @@ def test_loadtest_accounts_for_every_stream_with_stops_and_never_read_readers(su
 
 
 def test_loadtest_counts_rejected_starts_under_their_error_code(sut: System, tmp_path: Path) -> None:
-    json_path = tmp_path / "result.json"
+    json_path = tmp_path / "not-yet" / "result.json"  # the folder is created
     too_many = str(MAX_TOKENS_LIMIT + 1)
     done = loadtest(
         "--gateway-url", sut.gateway_url, "--streams", "6", "--max-tokens", f"5,{too_many}", "--json", str(json_path),

@@ -64,8 +64,10 @@ def to_json(result: RunResult) -> dict[str, Any]:
 
 
 def write_json(result: RunResult, path: str | Path) -> None:
-    """Write :func:`to_json` to ``path`` (indented)."""
-    Path(path).write_bytes(orjson.dumps(to_json(result), option=orjson.OPT_INDENT_2) + b"\n")
+    """Write :func:`to_json` to ``path`` (indented), creating its folder if needed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(orjson.dumps(to_json(result), option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def _ms(value: float | int | None) -> str:
