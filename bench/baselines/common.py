@@ -1,0 +1,74 @@
+"""Start the baselines as processes, for benchmarks and tests.
+
+Each context manager starts its processes on free 127.0.0.1 ports (from the repository root, so
+``python -m bench.baselines.…`` resolves wherever the caller runs), waits for ``/healthz``,
+yields the base URL that takes ``POST /v1/streams``, and stops what it started by PID.
+
+    with forwarder(nats_url) as base_url: ...
+    with naive_relay(tokens_per_s=200) as base_url: ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from bench.baselines import DEFAULT_TOKENS_PER_S, DEFAULT_TTFT_MS
+from tests.procs import stop_process, wait_until
+from tokenrelay.supervisor import free_port, http_ok
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+
+
+class BaselineExited(RuntimeError):
+    """A baseline process ended before it became healthy; the message holds its output."""
+
+
+@contextlib.contextmanager
+def forwarder(
+    nats_url: str, *, ttft_ms: float = DEFAULT_TTFT_MS, tokens_per_s: float = DEFAULT_TOKENS_PER_S
+) -> Iterator[str]:
+    """The bare forwarder: a publisher (paced by ``ttft_ms`` and ``tokens_per_s``) and a forwarder on NATS."""
+    pacing = ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s)]
+    with tempfile.TemporaryDirectory(prefix="bench-forwarder-") as logs, contextlib.ExitStack() as stack:
+        module = "bench.baselines.forwarder"
+        stack.enter_context(_process(module, ["--role", "publisher", "--nats-url", nats_url, *pacing], logs))
+        yield stack.enter_context(_process(module, ["--role", "forwarder", "--nats-url", nats_url], logs))
+
+
+@contextlib.contextmanager
+def naive_relay(*, ttft_ms: float = DEFAULT_TTFT_MS, tokens_per_s: float = DEFAULT_TOKENS_PER_S) -> Iterator[str]:
+    """The naive single-process relay, paced by ``ttft_ms`` and ``tokens_per_s``."""
+    pacing = ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s)]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-naive-relay-") as logs,
+        _process("bench.baselines.naive_relay", pacing, logs) as url,
+    ):
+        yield url
+
+
+@contextlib.contextmanager
+def _process(module: str, args: Sequence[str], log_dir: str) -> Iterator[str]:
+    """``python -m module args --port <free>``; yields its URL once ``/healthz`` answers; stops it by PID."""
+    port = free_port(HOST)
+    url = f"http://{HOST}:{port}"
+    log_path = Path(log_dir, f"{module.rpartition('.')[2]}-{port}.log")
+    argv = [sys.executable, "-m", module, *args, "--host", HOST, "--port", str(port)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=log)
+    try:
+        wait_until(lambda: _healthy_or_exited(module, process, url, log_path), what=f"{module} health")
+        yield url
+    finally:
+        stop_process(process)
+
+
+def _healthy_or_exited(module: str, process: subprocess.Popen[bytes], url: str, log_path: Path) -> bool:
+    if process.poll() is not None:
+        raise BaselineExited(f"{module} exited with {process.returncode}:\n{log_path.read_text()}")
+    return http_ok(f"{url}/healthz")

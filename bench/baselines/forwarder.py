@@ -1,0 +1,313 @@
+"""The bare forwarder: the least a NATS -> SSE hop can cost (two processes).
+
+* ``--role publisher`` stands in for tokenrelay's runner.  On a ``bench.start`` request it
+  generates the stream's tokens at the synthetic engine's pace and publishes each one on
+  ``bench.stream.<id>`` already encoded as its SSE frame (orjson data, with ``ts``), then a
+  ``stop`` frame.  ``bench.stop.<id>`` cancels a stream: a request gets the stop reply's body,
+  a plain publish (a reader that left) just cancels.
+* ``--role forwarder`` stands in for tokenrelay's streamer.  ``POST /v1/streams`` only records
+  the stream; the reader's ``GET`` subscribes to ``bench.stream.<id>`` and flushes (so no token
+  can be published before the subscription exists), writes ``start``, asks the publisher to
+  start, and then writes each message's bytes as they come with a plain ``StreamResponse.write()``.
+  Starting on the ``GET`` rather than the ``POST`` is what makes "nothing lost" hold without any
+  history.  The flush costs one NATS round trip; on a single server the ``SUB`` would reach it
+  before the start request anyway, but not across a cluster.
+
+Deliberately left out, because each costs something tokenrelay pays: history (JetStream), resume,
+several readers per stream, coalescing, per-reader buffers and the slow-consumer policy (the only
+bound is nats-py's per-subscription pending limit), heartbeats, cancel on disconnect after a grace
+period (a reader that leaves cancels at once), lifecycle logs, metrics beyond the ones a load tool
+samples.  A stop that lands between a reader's ``GET`` and the publisher's start answers 404.
+
+    python -m bench.baselines.forwarder --role publisher --nats-url nats://127.0.0.1:4222 --port 8182
+    python -m bench.baselines.forwarder --role forwarder --nats-url nats://127.0.0.1:4222 --port 8181
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import nats
+import orjson
+from aiohttp import web
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from bench.baselines import (
+    DEFAULT_TOKENS_PER_S,
+    DEFAULT_TTFT_MS,
+    MAX_PENDING_STREAMS,
+    BadRequest,
+    Metrics,
+    NewStream,
+    Pacing,
+    add_ops_routes,
+    created_response,
+    delta_data,
+    error_response,
+    is_stream_id,
+    json_response,
+    new_stream_id,
+    paced_tokens,
+    parse_new_stream,
+    serve,
+    sse_frame,
+    start_data,
+    stop_data,
+)
+
+START_SUBJECT = "bench.start"
+STOP_SUBJECTS = "bench.stop.*"
+PUBLISHERS_QUEUE = "bench-publishers"
+"""Queue group of the publishers, so several could share the starts (one is what the benchmarks run)."""
+START_TIMEOUT_S = 5.0
+"""How long the forwarder waits for a publisher to take a stream; then the reader gets an ``error`` event."""
+STOP_TIMEOUT_S = 5.0
+"""How long a stop waits for the publisher's reply; then it answers ``503 unavailable``."""
+SUBSCRIPTION_PENDING_MSGS = 512 * 1024
+SUBSCRIPTION_PENDING_BYTES = 128 * 1024 * 1024
+"""nats-py's per-subscription bounds (its defaults, named): past them it drops messages and reports a slow consumer."""
+STOP_PREFIX = b"event: stop\n"
+"""How the forwarder recognises a stream's last frame without decoding it."""
+DEFAULT_FORWARDER_PORT = 8181
+DEFAULT_PUBLISHER_PORT = 8182
+
+log = logging.getLogger("bench.baselines.forwarder")
+
+
+def stream_subject(stream_id: str) -> str:
+    """Where a stream's frames are published."""
+    return f"bench.stream.{stream_id}"
+
+
+def stop_subject(stream_id: str) -> str:
+    """Where a stream's stop is asked."""
+    return f"bench.stop.{stream_id}"
+
+
+# --- publisher ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Generation:
+    """One stream being generated: its task and what it produced."""
+
+    stream_id: str
+    task: asyncio.Task[None] | None = None
+    tokens: int = 0
+    ttft_ms: float | None = None
+    ended: bool = False
+    """Its ``stop`` frame is published (no second one may follow)."""
+
+
+@dataclass
+class Publisher:
+    """Generates streams on request and publishes their pre-encoded SSE frames."""
+
+    nc: NatsClient
+    pacing: Pacing
+    generations: dict[str, Generation] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        """Answer starts and stops; flushed, so a health check that follows means it is listening."""
+        await self.nc.subscribe(START_SUBJECT, queue=PUBLISHERS_QUEUE, cb=self._on_start)
+        await self.nc.subscribe(STOP_SUBJECTS, cb=self._on_stop)
+        await self.nc.flush()
+
+    async def _on_start(self, msg: Msg) -> None:
+        request = orjson.loads(msg.data)
+        generation = Generation(request["stream_id"])
+        self.generations[generation.stream_id] = generation
+        generation.task = asyncio.create_task(self._generate(generation, request["prompt"], request["max_tokens"]))
+        await msg.respond(b"{}")
+
+    async def _generate(self, generation: Generation, prompt: str, max_tokens: int) -> None:
+        subject = stream_subject(generation.stream_id)
+        started = time.perf_counter()
+        try:
+            async for text in paced_tokens(prompt, max_tokens, self.pacing):
+                if generation.tokens == 0:
+                    generation.ttft_ms = (time.perf_counter() - started) * 1000
+                generation.tokens += 1
+                index = generation.tokens
+                await self.nc.publish(subject, sse_frame("delta", f"e:{index}", delta_data(text, index)))
+            await self._end(generation, "length")
+        finally:
+            self.generations.pop(generation.stream_id, None)
+
+    async def _end(self, generation: Generation, finish_reason: str) -> None:
+        generation.ended = True
+        data = stop_data(finish_reason, generation.tokens, generation.ttft_ms)
+        await self.nc.publish(stream_subject(generation.stream_id), sse_frame("stop", f"e:{generation.tokens}", data))
+
+    async def _on_stop(self, msg: Msg) -> None:
+        """Cancel the generation, publish its ``stop``; a request gets the body the forwarder answers."""
+        generation = self.generations.get(msg.subject.rpartition(".")[2])
+        if generation is None or generation.ended or generation.task is None:
+            if msg.reply:
+                await msg.respond(b"")  # unknown or already ended: the forwarder answers 404
+            return
+        generation.task.cancel()
+        await asyncio.wait({generation.task})
+        await self._end(generation, "cancelled")
+        if msg.reply:
+            body = {"id": generation.stream_id, "finish_reason": "cancelled", "tokens": generation.tokens}
+            await msg.respond(orjson.dumps(body))
+
+
+async def run_publisher(args: argparse.Namespace) -> None:
+    """The publisher process: NATS subscriptions, then ``/healthz`` and ``/metrics``."""
+    nc = await nats.connect(args.nats_url)
+    publisher = Publisher(nc, Pacing(args.ttft_ms, args.tokens_per_s))
+    await publisher.start()
+    app = web.Application()
+    add_ops_routes(app, Metrics())
+    try:
+        await serve(app, args.host, args.port)
+    finally:
+        for generation in list(publisher.generations.values()):
+            if generation.task is not None:
+                generation.task.cancel()
+        await nc.close()
+
+
+# --- forwarder ---------------------------------------------------------------------------------
+
+
+class Forwarder:
+    """Records streams; each reader's ``GET`` subscribes and writes every message's bytes as they come."""
+
+    def __init__(self, nc: NatsClient, metrics: Metrics, *, max_pending_streams: int = MAX_PENDING_STREAMS) -> None:
+        self.nc = nc
+        self.metrics = metrics
+        self.max_pending_streams = max_pending_streams
+        """Streams created and not yet read; past it ``POST`` answers ``503 overloaded``."""
+        self.pending: dict[str, NewStream] = {}
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/streams", self.create)
+        app.router.add_get("/v1/streams/{id}/events", self.events)
+        app.router.add_post("/v1/streams/{id}/stop", self.stop)
+
+    async def create(self, request: web.Request) -> web.Response:
+        """``POST /v1/streams``: record the stream; its reader starts it."""
+        try:
+            stream = parse_new_stream(await request.read())
+        except BadRequest as exc:
+            return error_response(400, "bad_request", str(exc))
+        if len(self.pending) >= self.max_pending_streams:
+            return error_response(503, "overloaded", f"{self.max_pending_streams} streams wait for a reader")
+        stream_id = new_stream_id()
+        self.pending[stream_id] = stream
+        return created_response(request, stream_id)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/streams/{id}/events``: subscribe, flush, write ``start``, start the publisher, forward."""
+        stream_id = request.match_info["id"]
+        stream = self.pending.pop(stream_id, None)
+        if stream is None:
+            return error_response(404, "not_found", "unknown stream (or it was already read)")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        # True once the ``stop`` frame went out; False if the reader left first.
+        ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        async def forward(msg: Msg) -> None:
+            try:
+                await response.write(msg.data)
+            except ConnectionResetError:
+                if not ended.done():
+                    ended.set_result(False)
+            if msg.data.startswith(STOP_PREFIX) and not ended.done():
+                ended.set_result(True)
+
+        subscription = await self.nc.subscribe(
+            stream_subject(stream_id), cb=forward,
+            pending_msgs_limit=SUBSCRIPTION_PENDING_MSGS, pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
+        )  # fmt: skip
+        finished = False
+        try:
+            await self.nc.flush()
+            await response.prepare(request)
+            await response.write(sse_frame("start", "e:0", start_data(stream_id, stream.created)))
+            if not await self._start_publisher(stream_id, stream, response):
+                return response
+            self.metrics.readers_open.inc()  # once the publisher has it, so a stop from now on finds it
+            try:
+                finished = await ended
+            finally:
+                self.metrics.readers_open.dec()
+        finally:
+            await subscription.unsubscribe()
+            if not finished:  # the reader left early: its generation is no longer wanted
+                with contextlib.suppress(NatsError):
+                    await self.nc.publish(stop_subject(stream_id), b"")
+        return response
+
+    async def _start_publisher(self, stream_id: str, stream: NewStream, response: web.StreamResponse) -> bool:
+        body = {"stream_id": stream_id, "prompt": stream.prompt, "max_tokens": stream.max_tokens}
+        try:
+            await self.nc.request(START_SUBJECT, orjson.dumps(body), timeout=START_TIMEOUT_S)
+        except (NatsError, TimeoutError) as exc:
+            data = {"code": "unavailable", "message": f"no publisher took the stream: {exc!r}"}
+            await response.write(b"event: error\ndata: %s\n\n" % orjson.dumps(data))
+            return False
+        return True
+
+    async def stop(self, request: web.Request) -> web.Response:
+        """``POST /v1/streams/{id}/stop``: a stream nobody read yet ends here; else the publisher cancels it."""
+        stream_id = request.match_info["id"]
+        if self.pending.pop(stream_id, None) is not None:
+            return json_response({"id": stream_id, "finish_reason": "cancelled", "tokens": 0})
+        if not is_stream_id(stream_id):
+            return error_response(404, "not_found", "unknown stream")
+        try:
+            reply = await self.nc.request(stop_subject(stream_id), b"", timeout=STOP_TIMEOUT_S)
+        except (NatsError, TimeoutError) as exc:
+            return error_response(503, "unavailable", f"the publisher did not confirm the stop: {exc!r}")
+        if not reply.data:
+            return error_response(404, "not_found", "unknown or finished stream")
+        return web.Response(body=reply.data, content_type="application/json")
+
+
+async def run_forwarder(args: argparse.Namespace) -> None:
+    """The forwarder process: connect to NATS, then serve HTTP."""
+    nc = await nats.connect(args.nats_url)
+    metrics = Metrics()
+    app = web.Application()
+    Forwarder(nc, metrics).routes(app)
+    add_ops_routes(app, metrics)
+    try:
+        await serve(app, args.host, args.port, cancel_on_disconnect=True)
+    finally:
+        await nc.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--role", choices=("forwarder", "publisher"), required=True)
+    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, help=f"default {DEFAULT_FORWARDER_PORT} / {DEFAULT_PUBLISHER_PORT}")
+    parser.add_argument(
+        "--ttft-ms", type=float, default=DEFAULT_TTFT_MS, help="publisher: delay before the first token"
+    )
+    parser.add_argument("--tokens-per-s", type=float, default=DEFAULT_TOKENS_PER_S, help="publisher: pace after it")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args()
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.role == "publisher":
+        args.port = args.port or DEFAULT_PUBLISHER_PORT
+        asyncio.run(run_publisher(args))
+    else:
+        args.port = args.port or DEFAULT_FORWARDER_PORT
+        asyncio.run(run_forwarder(args))
+
+
+if __name__ == "__main__":
+    main()
