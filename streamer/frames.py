@@ -9,10 +9,11 @@ end          ``stop`` (id ``epoch:tokens``) ``{"finish_reason", "tokens", "ttft_
 error        ``error`` (id ``epoch:tokens``) ``{"code", "message"}``
 ===========  ===========================  ================================================
 
-A delta's ``ts`` is the wall-clock time (seconds) the runner published its (first) token batch, so
-a client on the same clock can measure token lag.  Every frame carries an ``id`` so a reconnecting ``EventSource`` resumes after it.  The
-terminal frame's id equals the last delta's, so a reader that resumes after the last delta,
-or after the terminal event, gets the terminal event again.
+A delta's ``ts`` is the wall-clock time (seconds) the runner published its (first) token batch,
+so a client on the same clock can measure token lag.  Every frame carries an ``id`` so a
+reconnecting ``EventSource`` resumes after it.  The terminal frame's id equals the last delta's,
+so a reader that resumes after the last delta, or after the terminal event, gets the terminal
+event again.
 """
 
 from __future__ import annotations
