@@ -192,3 +192,39 @@ async def serve(app: web.Application, host: str, port: int, *, cancel_on_disconn
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+
+
+class Baseline:
+    """What both baselines do alike: ``POST /v1/streams`` records a stream for its reader to start.
+
+    Subclasses serve ``GET /v1/streams/{id}/events`` (:meth:`events`) and ``POST .../stop`` (:meth:`stop`).
+    """
+
+    def __init__(self, metrics: Metrics, *, max_pending_streams: int = MAX_PENDING_STREAMS) -> None:
+        self.metrics = metrics
+        self.max_pending_streams = max_pending_streams
+        """Streams created and not yet read; past it ``POST`` answers ``503 overloaded``."""
+        self.pending: dict[str, NewStream] = {}
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/streams", self.create)
+        app.router.add_get("/v1/streams/{id}/events", self.events)
+        app.router.add_post("/v1/streams/{id}/stop", self.stop)
+
+    async def create(self, request: web.Request) -> web.Response:
+        """``POST /v1/streams``: record the stream; its reader starts it."""
+        try:
+            stream = parse_new_stream(await request.read())
+        except BadRequest as exc:
+            return error_response(400, "bad_request", str(exc))
+        if len(self.pending) >= self.max_pending_streams:
+            return error_response(503, "overloaded", f"{self.max_pending_streams} streams wait for a reader")
+        stream_id = new_stream_id()
+        self.pending[stream_id] = stream
+        return created_response(request, stream_id)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def stop(self, request: web.Request) -> web.Response:
+        raise NotImplementedError

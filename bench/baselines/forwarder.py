@@ -43,19 +43,16 @@ from bench.baselines import (
     DEFAULT_TOKENS_PER_S,
     DEFAULT_TTFT_MS,
     MAX_PENDING_STREAMS,
-    BadRequest,
+    Baseline,
     Metrics,
     NewStream,
     Pacing,
     add_ops_routes,
-    created_response,
     delta_data,
     error_response,
     is_stream_id,
     json_response,
-    new_stream_id,
     paced_tokens,
-    parse_new_stream,
     serve,
     sse_frame,
     start_data,
@@ -180,32 +177,12 @@ async def run_publisher(args: argparse.Namespace) -> None:
 # --- forwarder ---------------------------------------------------------------------------------
 
 
-class Forwarder:
+class Forwarder(Baseline):
     """Records streams; each reader's ``GET`` subscribes and writes every message's bytes as they come."""
 
     def __init__(self, nc: NatsClient, metrics: Metrics, *, max_pending_streams: int = MAX_PENDING_STREAMS) -> None:
+        super().__init__(metrics, max_pending_streams=max_pending_streams)
         self.nc = nc
-        self.metrics = metrics
-        self.max_pending_streams = max_pending_streams
-        """Streams created and not yet read; past it ``POST`` answers ``503 overloaded``."""
-        self.pending: dict[str, NewStream] = {}
-
-    def routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/streams", self.create)
-        app.router.add_get("/v1/streams/{id}/events", self.events)
-        app.router.add_post("/v1/streams/{id}/stop", self.stop)
-
-    async def create(self, request: web.Request) -> web.Response:
-        """``POST /v1/streams``: record the stream; its reader starts it."""
-        try:
-            stream = parse_new_stream(await request.read())
-        except BadRequest as exc:
-            return error_response(400, "bad_request", str(exc))
-        if len(self.pending) >= self.max_pending_streams:
-            return error_response(503, "overloaded", f"{self.max_pending_streams} streams wait for a reader")
-        stream_id = new_stream_id()
-        self.pending[stream_id] = stream
-        return created_response(request, stream_id)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/streams/{id}/events``: subscribe, flush, write ``start``, start the publisher, forward."""
