@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -38,6 +39,7 @@ class ControlChannel:
     * ``max_pending_requests``: more commands than this wait for one in flight to finish
       (the gateway handles 64 at once per socket).
     * ``max_message_bytes``: a bigger reply closes the socket (RFC 6455 close code 1009).
+    * ``headers``: sent with the opening handshake (e.g. ``Authorization``).
     """
 
     def __init__(
@@ -48,8 +50,10 @@ class ControlChannel:
         reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
         max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
+        self.headers = dict(headers or {})
         self.open_timeout_s = open_timeout_s
         self.reply_timeout_s = reply_timeout_s
         self.max_message_bytes = max_message_bytes
@@ -135,7 +139,12 @@ class ControlChannel:
             if self._ws is not None and self._ws.state is State.OPEN:
                 return self._ws
             try:
-                ws = await connect(self.url, open_timeout=self.open_timeout_s, max_size=self.max_message_bytes)
+                ws = await connect(
+                    self.url,
+                    open_timeout=self.open_timeout_s,
+                    max_size=self.max_message_bytes,
+                    additional_headers=self.headers or None,
+                )
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 raise ConnectionLost(f"cannot open the control socket {self.url}: {exc}", attempts=1) from exc
             self._ws = ws

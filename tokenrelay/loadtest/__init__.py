@@ -6,8 +6,8 @@ Modules, sans-I/O first:
 * :mod:`~tokenrelay.loadtest.plan` — the typed configuration, value mixes and each stream's plan
 * :mod:`~tokenrelay.loadtest.svg` — hand-written SVG histogram and line chart
 * :mod:`~tokenrelay.loadtest.metrics` — parsing ``/metrics``; the sampler that polls every instance
-* :mod:`~tokenrelay.loadtest.control` — the one control WebSocket shared by every stop
-* :mod:`~tokenrelay.loadtest.driver` — the asyncio load generator
+* :mod:`~tokenrelay.loadtest.driver` — the asyncio load generator (stops go over one
+  :class:`tokenrelay.client.control.ControlChannel`, shared by every stream)
 * :mod:`~tokenrelay.loadtest.report` — text table, JSON, SVG files and ``report.html``
 * :mod:`~tokenrelay.loadtest.command` — the command-line options
 """

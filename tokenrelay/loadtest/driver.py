@@ -30,9 +30,10 @@ import aiohttp
 import orjson
 
 from tokenrelay.client.client import control_url_for
-from tokenrelay.client.errors import ProtocolError
+from tokenrelay.client.control import ControlChannel, expect
+from tokenrelay.client.errors import ConnectionLost, ProtocolError
 from tokenrelay.client.sse import SSEDecoder
-from tokenrelay.loadtest.control import ControlError, SharedControlSocket
+from tokenrelay.errors import TokenRelayError
 from tokenrelay.loadtest.metrics import InstanceStats, MetricsSampler
 from tokenrelay.loadtest.plan import LoadTestConfig, Planner, StreamPlan
 from tokenrelay.loadtest.stats import Outcome, RunTotals, SampleSeries, StreamTally
@@ -163,7 +164,7 @@ class LoadTest:
         self._post_timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
         self._streams_url = f"{config.gateway_url.rstrip('/')}/v1/streams"
         self._sessions: list[aiohttp.ClientSession] = []
-        self._control: SharedControlSocket | None = None
+        self._control: ControlChannel | None = None
         self._deadline: float | None = None
         self._scopes: set[asyncio.Timeout] = set()
         self._start_scope: asyncio.Timeout | None = None
@@ -192,11 +193,13 @@ class LoadTest:
             async with contextlib.AsyncExitStack() as stack:
                 for address in self._addresses:
                     self._sessions.append(await stack.enter_async_context(self._session(address)))
-                self._control = SharedControlSocket(
-                    self._sessions[0],
+                # The channel's own timeouts are longer than the request timeout this driver puts
+                # around each stop, so a slow answer is recorded as ``timeout``.
+                self._control = ControlChannel(
                     control_url_for(self.config.gateway_url),
                     headers=self._auth,
-                    timeout_s=self.config.request_timeout_s,
+                    open_timeout_s=2 * self.config.request_timeout_s,
+                    reply_timeout_s=2 * self.config.request_timeout_s,
                 )
                 stack.push_async_callback(self._control.close)
                 await self._start_all()
@@ -363,8 +366,11 @@ class LoadTest:
         if reading.stop is not None:
             try:
                 stopped_by_us = await reading.stop
-            except ControlError as exc:
-                self.totals.error(exc.code)
+            except (TimeoutError, ConnectionLost, ProtocolError) as exc:
+                self.totals.error(error_code(exc))
+                return Outcome.FAILED
+            except TokenRelayError as exc:  # the gateway's error reply
+                self.totals.error(str(exc.code))
                 return Outcome.FAILED
         if finish_reason in ("stop", "length"):
             return Outcome.COMPLETED
@@ -377,7 +383,8 @@ class LoadTest:
         """Stop over the shared control socket; whether the stream was still running (``cancelled``)."""
         assert self._control is not None
         sent = time.perf_counter()
-        reply = await self._control.stop(stream_id)
+        async with asyncio.timeout(self.config.request_timeout_s):
+            reply = expect(await self._control.request({"type": "stop", "stream_id": stream_id}), "stopped")
         self.totals.stop.record((time.perf_counter() - sent) * 1000)
         return reply.get("finish_reason") == "cancelled"
 
