@@ -44,6 +44,17 @@ class ErrorCode(enum.StrEnum):
     SHUTTING_DOWN = "shutting_down"
 
 
+STATUS_CODES: dict[int, ErrorCode] = {
+    400: ErrorCode.BAD_REQUEST,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    410: ErrorCode.RESUME_UNAVAILABLE,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    503: ErrorCode.UNAVAILABLE,
+}
+"""The code an HTTP error status stands for when no body says more (a proxy's error, aiohttp's own)."""
+
+
 class TokenRelayError(Exception):
     """Base class of every error tokenrelay reports to a client."""
 

@@ -15,7 +15,7 @@ from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from tokenrelay.errors import ErrorCode, Overloaded, TokenRelayError, Unavailable
+from tokenrelay.errors import STATUS_CODES, ErrorCode, Overloaded, TokenRelayError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,6 @@ def plain_error(status: int, code: ErrorCode, message: str) -> web.Response:
     return json_response({"error": {"code": str(code), "message": message}}, status=status)
 
 
-_HTTP_CODES = {
-    400: ErrorCode.BAD_REQUEST,
-    404: ErrorCode.NOT_FOUND,
-    405: ErrorCode.METHOD_NOT_ALLOWED,
-    413: ErrorCode.PAYLOAD_TOO_LARGE,
-}
-
-
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into the contract's JSON shape; never leak a traceback to a client."""
@@ -71,7 +63,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST if exc.status < 500 else ErrorCode.INTERNAL)
+        code = STATUS_CODES.get(exc.status, ErrorCode.BAD_REQUEST if exc.status < 500 else ErrorCode.INTERNAL)
         count_error(request.app, code)
         return plain_error(exc.status, code, exc.reason)
     except (asyncio.CancelledError, ConnectionResetError):

@@ -13,10 +13,7 @@ a plain ``TokenRelayError`` whose ``code`` is that code.  Client-only::
 
 from __future__ import annotations
 
-from tokenrelay.errors import ErrorCode, TokenRelayError, Unavailable
-
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 410: "resume_unavailable"}
-_HTTP_CODES |= {413: "payload_too_large", 503: "unavailable"}
+from tokenrelay.errors import STATUS_CODES, ErrorCode, TokenRelayError, Unavailable
 
 
 class ConnectionLost(Unavailable):
@@ -35,4 +32,4 @@ class ProtocolError(TokenRelayError):
 
 def code_for_status(status: int) -> str:
     """The error code an HTTP status stands for when a body does not say."""
-    return _HTTP_CODES.get(status, "internal")
+    return str(STATUS_CODES.get(status, ErrorCode.INTERNAL))
