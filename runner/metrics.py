@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from tokenrelay.loopmetrics import LoopMetrics
+
 
 class RunnerMetrics:
     """Counters and gauges a runner keeps, in their own registry."""
@@ -17,8 +19,9 @@ class RunnerMetrics:
         self.streams = Counter(
             "tokenrelay_runner_streams", "Finished streams by finish reason", ["finish_reason"], registry=r
         )
-        self.tokens = Counter("tokenrelay_runner_tokens", "Tokens produced by the engine", registry=r)
-        self.messages = Counter("tokenrelay_runner_published_messages", "Event messages published", registry=r)
+        hot = LoopMetrics(r)  # updated per token: no lock per update
+        self.tokens = hot.counter("tokenrelay_runner_tokens", "Tokens produced by the engine")
+        self.messages = hot.counter("tokenrelay_runner_published_messages", "Event messages published")
         self.tokens_after_cancel = Counter(
             "tokenrelay_runner_tokens_after_cancel",
             "Tokens the engine produced after a cancel had reached this runner",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+
+from tokenrelay.loopmetrics import LoopMetrics
 
 LAG_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -19,8 +21,9 @@ class StreamerMetrics:
         self.channels_open = Gauge(
             "tokenrelay_streamer_channels_open", "Streams with a live NATS subscription here", registry=r
         )
-        self.writes = Counter("tokenrelay_streamer_writes", "Socket writes to SSE readers", registry=r)
-        self.bytes_sent = Counter("tokenrelay_streamer_bytes_sent", "Bytes written to SSE readers", registry=r)
+        hot = LoopMetrics(r)  # updated per write: no lock per update
+        self.writes = hot.counter("tokenrelay_streamer_writes", "Socket writes to SSE readers")
+        self.bytes_sent = hot.counter("tokenrelay_streamer_bytes_sent", "Bytes written to SSE readers")
         self.history_fetches = Counter(
             "tokenrelay_streamer_history_fetches", "History reads (late or resuming readers)", registry=r
         )
@@ -29,17 +32,15 @@ class StreamerMetrics:
             "Generations cancelled because every reader left for the grace period",
             registry=r,
         )
-        self.tokens_delivered = Counter(
+        self.tokens_delivered = hot.counter(
             "tokenrelay_streamer_tokens_delivered",
             "Live tokens written to readers (rate() is tokens/s out of this streamer)",
-            registry=r,
         )
-        self.token_lag_seconds = Histogram(
+        self.token_lag_seconds = hot.histogram(
             "tokenrelay_streamer_token_lag_seconds",
             "Runner published a token batch -> the kernel took the write that carried it to a reader "
             "(live tokens only; one observation per write, from the oldest token in it)",
-            buckets=LAG_BUCKETS_S,
-            registry=r,
+            LAG_BUCKETS_S,
         )
         self.slow_consumer_disconnects = Counter(
             "tokenrelay_streamer_slow_consumer_disconnects",

@@ -91,6 +91,13 @@ class Replay:
             return [event]
         if self.finished or self._abandoned or event.seq < self.next_seq or event.seq in self._held:
             return []
+        if event.seq == self.next_seq and not self._held:
+            # In step (every live event of a caught-up reader): nothing to hold or reorder.
+            self.next_seq += 1
+            admitted = self._admit(event)
+            if admitted is None or isinstance(admitted, ReplayError):
+                return [] if admitted is None else admitted
+            return [admitted]
         if event.seq != self.next_seq and len(self._held) >= self._max_held:
             return ReplayError(ErrorCode.SLOW_CONSUMER, "too many events held while catching up")
         self._held[event.seq] = event

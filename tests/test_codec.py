@@ -255,3 +255,26 @@ def test_decode_event_accepts_every_stream_event(type_tag: str) -> None:
 def test_decode_event_rejects_message_that_is_not_a_stream_event(type_tag: str) -> None:
     with pytest.raises(CodecError):
         codec.decode_event(codec.encode(_by_type(type_tag)))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"seq": 3, "text": "a\nb", "index": 9, "count": 2, "ts": 1.5},
+        {"seq": 3, "text": "", "index": 9, "count": 0, "ts": 7},  # an int ts takes the general path
+        {"seq": 1, "text": "é😀", "index": 1, "count": 1, "ts": 0.0, "extra": "ignored"},
+    ],
+)
+def test_decode_event_reads_a_delta_exactly_as_the_general_decoder_does(fields: dict[str, Any]) -> None:
+    data = orjson.dumps({"type": "delta", **fields})
+    assert codec.decode_event(data) == codec.decode(data)
+    assert codec.decode_event(data) == m.StreamDelta(**{k: v for k, v in fields.items() if k != "extra"})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("seq", True), ("index", 1.0), ("count", "1"), ("text", None), ("ts", "1"), ("ts", False)]
+)
+def test_decode_event_rejects_a_delta_field_of_the_wrong_type(field: str, value: Any) -> None:
+    fields = {"type": "delta", "seq": 1, "text": "a", "index": 1, "count": 1, "ts": 1.0, field: value}
+    with pytest.raises(CodecError, match=f"StreamDelta.{field}"):
+        codec.decode_event(orjson.dumps(fields))

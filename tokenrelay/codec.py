@@ -36,7 +36,10 @@ def encode(message: m.Message) -> bytes:
 
 def decode(data: bytes | str) -> m.Message:
     """Parse any wire message; raise :class:`CodecError` if it is not one."""
-    obj = _loads(data)
+    return _message(_loads(data))
+
+
+def _message(obj: dict[str, Any]) -> m.Message:
     tag = obj.get("type")
     cls = _TYPES.get(tag) if isinstance(tag, str) else None
     if cls is None:
@@ -54,8 +57,13 @@ def decode_as(data: bytes | str, cls: type[T]) -> T:
 
 def decode_event(data: bytes | str) -> m.StreamEvent:
     """Parse one per-stream event (start, delta, end or error)."""
-    message = decode(data)
-    if not isinstance(message, m.StreamStart | m.StreamDelta | m.StreamEnd | m.StreamError):
+    obj = _loads(data)
+    message: m.Message | None = _fast_delta(obj) if obj.get("type") == "delta" else None
+    if message is None:
+        message = _message(obj)
+    if type(message) is m.StreamDelta:
+        return message
+    if not isinstance(message, m.StreamStart | m.StreamEnd | m.StreamError):
         raise CodecError(f"not a stream event: {type(message).__name__}")
     return message
 
@@ -79,6 +87,15 @@ def _loads(data: bytes | str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CodecError("a message must be a JSON object")
     return obj
+
+
+def _fast_delta(obj: dict[str, Any]) -> m.StreamDelta | None:
+    """A well-formed delta without the generic schema walk (the streamer decodes one per token);
+    ``None`` for anything else, which the generic path then accepts or rejects with its precise error."""
+    seq, text, index, count, ts = obj.get("seq"), obj.get("text"), obj.get("index"), obj.get("count"), obj.get("ts")
+    if type(seq) is int and type(text) is str and type(index) is int and type(count) is int and type(ts) is float:
+        return m.StreamDelta(seq=seq, text=text, index=index, count=count, ts=ts)
+    return None
 
 
 def _build(cls: type[Any], obj: Any) -> Any:
