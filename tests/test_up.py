@@ -53,6 +53,10 @@ def start_up() -> Iterator[object]:
         stop_process(process)
 
 
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
 def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
@@ -70,6 +74,23 @@ async def test_up_runs_nats_gateway_streamer_and_runner_as_separate_processes(st
     assert stream.text == expected_text("through up", 20)
     assert stream.terminal.json()["tokens"] == 20
     assert len(stream.of("delta")) > 1 and stream.chunks > 1  # incremental (deltas that arrive together may merge)
+
+
+async def test_up_event_loop_uvloop_runs_every_role_on_uvloop_and_streams(start_up: object) -> None:
+    up: Up = start_up("--synthetic-tokens-per-s", "200", "--event-loop", "uvloop")  # type: ignore[operator]
+    for name in ("gateway", "streamer", "runner-1"):
+        assert "--event-loop uvloop" in _cmdline(up.pids[name])
+        assert "uvloop" in _maps(up.pids[name]), f"{name} has not loaded uvloop"
+    created = await create_stream(up.urls["gateway"], "on uvloop", max_tokens=20)
+    stream = await read_stream(created["events_url"])
+    assert stream.text == expected_text("on uvloop", 20)
+
+
+def test_a_role_asked_for_an_unknown_event_loop_refuses_to_start() -> None:
+    argv = [sys.executable, "-m", "tokenrelay", "streamer", "--event-loop", "trio", "--port", str(free_port())]
+    result = subprocess.run(argv, check=False, capture_output=True, timeout=60)
+    assert result.returncode == 2
+    assert b"invalid choice: 'trio'" in result.stderr
 
 
 def test_sigint_stops_every_child_and_leaves_no_process_behind(start_up: object) -> None:

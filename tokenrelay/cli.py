@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from tokenrelay import config as c
 from tokenrelay.loadtest.command import add_arguments as add_loadtest_arguments
-from tokenrelay.service import setup_logging
+from tokenrelay.service import EVENT_LOOPS, run_role, setup_logging
 
 
 @dataclass(frozen=True)
@@ -131,12 +131,21 @@ def _history(args: argparse.Namespace) -> c.HistoryConfig:
     )
 
 
+EVENT_LOOP = Option(
+    "--event-loop",
+    str,
+    "asyncio",
+    "event loop of the role processes (uvloop: pip install 'tokenrelay[uvloop]')",
+    EVENT_LOOPS,
+)
+
+
 def _common(parser: argparse.ArgumentParser, *, port: int) -> None:
     parser.add_argument("--nats-url", default=c.DEFAULT_NATS_URL, help="NATS server to connect to")
     parser.add_argument("--host", default=c.DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=int, default=port, help="port to listen on")
     parser.add_argument("--log-level", default="INFO")
-    for option in HISTORY_OPTIONS:
+    for option in (*HISTORY_OPTIONS, EVENT_LOOP):
         option.add_to(parser)
 
 
@@ -153,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--streamer-port", type=int, default=c.DEFAULT_STREAMER_PORT)
     up.add_argument("--runners", type=int, default=1, help="runner processes to start")
     up.add_argument("--log-level", default="INFO")
-    for option in (*HISTORY_OPTIONS, *ENGINE_OPTIONS, *STREAMER_OPTIONS, *GATEWAY_OPTIONS):
+    for option in (*HISTORY_OPTIONS, EVENT_LOOP, *ENGINE_OPTIONS, *STREAMER_OPTIONS, *GATEWAY_OPTIONS):
         option.add_to(up)
 
     gateway = sub.add_parser("gateway", help="run one gateway (control plane)")
@@ -258,11 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "gateway":
             from gateway.app import run as run_gateway
 
-            asyncio.run(run_gateway(gateway_config(args)))
+            run_role(run_gateway(gateway_config(args)), event_loop=args.event_loop)
         elif args.command == "streamer":
             from streamer.app import run as run_streamer
 
-            asyncio.run(run_streamer(streamer_config(args)))
+            run_role(run_streamer(streamer_config(args)), event_loop=args.event_loop)
         elif args.command == "feedback":
             return _export_feedback(args)
         elif args.command == "loadtest":
@@ -272,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "runner":
             from runner.app import run as run_runner
 
-            asyncio.run(run_runner(runner_config(args)))
+            run_role(run_runner(runner_config(args)), event_loop=args.event_loop)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -131,6 +132,39 @@ async def serve(app: web.Application, host: str, port: int, *, name: str, cancel
     await wait_for_signal()
     log.info("%s shutting down", name)
     await runner.cleanup()
+
+
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
+def run_role(main: Coroutine[Any, Any, None], *, event_loop: str = "asyncio") -> None:
+    """Run one role's ``main`` to completion on the chosen event loop, with its open-files limit raised.
+
+    ``uvloop`` (libuv; ``pip install 'tokenrelay[uvloop]'``) runs the same code with a faster loop
+    and transports; ``python -m bench.compare --event-loop uvloop`` measures what it changes.
+    """
+    raise_open_files_limit()
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            main.close()
+            raise SystemExit("--event-loop uvloop needs the uvloop package: pip install 'tokenrelay[uvloop]'") from None
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+        return
+    if event_loop != "asyncio":
+        main.close()
+        raise SystemExit(f"unknown event loop {event_loop!r} (one of {', '.join(EVENT_LOOPS)})")
+    asyncio.run(main)
+
+
+def raise_open_files_limit() -> None:
+    """Let this process open as many sockets as its hard limit allows (each SSE reader is one)."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else soft, hard))
 
 
 async def wait_for_signal() -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from tokenrelay.cli import ENGINE_OPTIONS, GATEWAY_OPTIONS, HISTORY_OPTIONS, STREAMER_OPTIONS
+from tokenrelay.cli import ENGINE_OPTIONS, EVENT_LOOP, GATEWAY_OPTIONS, HISTORY_OPTIONS, STREAMER_OPTIONS
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -173,7 +173,7 @@ def _role_argv(role: str, nats_url: str, host: str, port: int, args: argparse.Na
         str(port),
     ]
     argv += ["--log-level", args.log_level]
-    for option in HISTORY_OPTIONS:
+    for option in (*HISTORY_OPTIONS, EVENT_LOOP):
         argv += option.forward(args)
     return argv
 

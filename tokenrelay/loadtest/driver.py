@@ -37,6 +37,7 @@ from tokenrelay.errors import TokenRelayError
 from tokenrelay.loadtest.metrics import InstanceStats, MetricsSampler
 from tokenrelay.loadtest.plan import LoadTestConfig, Planner, StreamPlan
 from tokenrelay.loadtest.stats import Outcome, RunTotals, SampleSeries, StreamTally
+from tokenrelay.service import raise_open_files_limit
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,6 @@ def process_cpu_s() -> float:
     """CPU seconds (user + system) this process has used."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def raise_open_files_limit() -> None:
-    """Let this process open as many sockets as its hard limit allows."""
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else soft, hard))
 
 
 class _NeverRead(asyncio.Protocol):
