@@ -27,6 +27,9 @@ CONNECT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 0.5
 FEEDBACK_MAX_AGE_S = 0.0  # keep feedback until an operator deletes it
 DIRECT_GET_TIMEOUT_S = 2.0
+DIRECT_GET_ATTEMPTS = 3
+"""A batch not answered in time is asked again on a fresh inbox with the timeout doubled (2 + 4 + 8 s in
+all): a broker saturated for seconds slows a late reader down instead of failing it as ``unavailable``."""
 RECORD_TTL_FACTOR = 2
 """Stream records outlive their history, so a cursor into expired history answers resume_unavailable, not 404."""
 DEFAULT_DIRECT_GET_BATCH = 256
@@ -154,22 +157,35 @@ async def direct_get_pages(
     callback, with one timeout per batch rather than one per message.
     """
     api = f"$JS.API.DIRECT.GET.{stream}"
-    reader = _BatchReader()
-    sub = await nc.subscribe(nc.new_inbox(), cb=reader.on_msg)
-    try:
-        seq = from_seq
-        while True:
+    seq = from_seq
+    while True:
+        request = orjson.dumps({"seq": seq, "next_by_subj": subject, "batch": batch})
+        found, last_seq, pending = await _direct_get_batch(nc, api, request)
+        if found:
+            yield found
+        if last_seq is None or pending == 0:
+            return
+        seq = last_seq + 1
+
+
+async def _direct_get_batch(nc: NATS, api: str, request: bytes) -> tuple[list[tuple[int, bytes]], int | None, int]:
+    """One batch: (messages, last sequence, messages still pending after it); retried as :data:`DIRECT_GET_ATTEMPTS`
+    says.  Each attempt listens on its own inbox, so a late answer to an earlier attempt cannot mix in."""
+    timeout_s = DIRECT_GET_TIMEOUT_S
+    for attempt in range(1, DIRECT_GET_ATTEMPTS + 1):
+        reader = _BatchReader()
+        sub = await nc.subscribe(nc.new_inbox(), cb=reader.on_msg)
+        try:
             reader.start_batch()
-            request = orjson.dumps({"seq": seq, "next_by_subj": subject, "batch": batch})
             await nc.publish(api, request, reply=sub.subject)
-            last_seq, pending = await reader.end_of_batch()
-            if reader.found:
-                yield reader.take()
-            if last_seq is None or pending == 0:
-                return
-            seq = last_seq + 1
-    finally:
-        await sub.unsubscribe()
+            last_seq, pending = await reader.end_of_batch(timeout_s)
+            return reader.take(), last_seq, pending
+        except TimeoutError:
+            log.warning("direct get not answered in %.0f s (attempt %d of %d)", timeout_s, attempt, DIRECT_GET_ATTEMPTS)
+            timeout_s *= 2
+        finally:
+            await sub.unsubscribe()
+    raise DirectGetError(f"direct get not answered after {DIRECT_GET_ATTEMPTS} attempts")
 
 
 class _BatchReader:
@@ -188,12 +204,10 @@ class _BatchReader:
         self._last_seq = None
         self._done = asyncio.get_running_loop().create_future()
 
-    async def end_of_batch(self) -> tuple[int | None, int]:
+    async def end_of_batch(self, timeout_s: float) -> tuple[int | None, int]:
+        """The batch's last sequence and what is pending after it; ``TimeoutError`` if it did not end in time."""
         assert self._done is not None
-        try:
-            return await asyncio.wait_for(self._done, DIRECT_GET_TIMEOUT_S)
-        except TimeoutError as exc:
-            raise DirectGetError("direct get timed out") from exc
+        return await asyncio.wait_for(self._done, timeout_s)
 
     async def on_msg(self, msg: Msg) -> None:
         if self._done is None or self._done.done():
