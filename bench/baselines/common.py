@@ -5,6 +5,7 @@ Each context manager starts its processes on free 127.0.0.1 ports (from the repo
 yields the base URL that takes ``POST /v1/streams``, and stops what it started by PID.
 
     with forwarder(nats_url) as base_url: ...
+    with forwarder_processes(nats_url) as urls: ...  # urls.url, urls.publisher_url (both serve /metrics)
     with naive_relay(tokens_per_s=200) as base_url: ...
 """
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.baselines import DEFAULT_TOKENS_PER_S, DEFAULT_TTFT_MS
@@ -29,16 +31,38 @@ class BaselineExited(RuntimeError):
     """A baseline process ended before it became healthy; the message holds its output."""
 
 
+@dataclass(frozen=True, slots=True)
+class ForwarderURLs:
+    """The bare forwarder's two processes, each serving ``/healthz`` and ``/metrics``."""
+
+    url: str
+    """The forwarder (tokenrelay's streamer's counterpart): the base URL that takes ``POST /v1/streams``."""
+    publisher_url: str
+    """The publisher (tokenrelay's runner's counterpart): ops endpoints only."""
+
+
 @contextlib.contextmanager
 def forwarder(
     nats_url: str, *, ttft_ms: float = DEFAULT_TTFT_MS, tokens_per_s: float = DEFAULT_TOKENS_PER_S
 ) -> Iterator[str]:
     """The bare forwarder: a publisher (paced by ``ttft_ms`` and ``tokens_per_s``) and a forwarder on NATS."""
+    with forwarder_processes(nats_url, ttft_ms=ttft_ms, tokens_per_s=tokens_per_s) as urls:
+        yield urls.url
+
+
+@contextlib.contextmanager
+def forwarder_processes(
+    nats_url: str, *, ttft_ms: float = DEFAULT_TTFT_MS, tokens_per_s: float = DEFAULT_TOKENS_PER_S
+) -> Iterator[ForwarderURLs]:
+    """:func:`forwarder`, yielding both processes' URLs (to sample the publisher's ``/metrics`` too)."""
     pacing = ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s)]
     with tempfile.TemporaryDirectory(prefix="bench-forwarder-") as logs, contextlib.ExitStack() as stack:
         module = "bench.baselines.forwarder"
-        stack.enter_context(_process(module, ["--role", "publisher", "--nats-url", nats_url, *pacing], logs))
-        yield stack.enter_context(_process(module, ["--role", "forwarder", "--nats-url", nats_url], logs))
+        publisher = stack.enter_context(
+            _process(module, ["--role", "publisher", "--nats-url", nats_url, *pacing], logs)
+        )
+        url = stack.enter_context(_process(module, ["--role", "forwarder", "--nats-url", nats_url], logs))
+        yield ForwarderURLs(url, publisher)
 
 
 @contextlib.contextmanager
