@@ -16,6 +16,7 @@ from nats.js.kv import KeyValue
 
 from streamer import cors, history
 from streamer.cursor import Cursor, CursorError
+from streamer.flush import FlushClock
 from streamer.hub import Clock, Hub, Reader
 from streamer.metrics import StreamerMetrics
 from tokenrelay import natsio, subjects
@@ -35,8 +36,12 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
     "Connection": "keep-alive",
 }
-GAP_RETRIES = 3
-GAP_RETRY_DELAY_S = 0.02
+GAP_FIRST_RETRY_S = 0.001
+GAP_MAX_WAIT_S = 0.5
+"""Live events held behind a gap wait for history to store what was published just before the reader
+subscribed: history is read again after 1 ms, then 2, 4, … ms, for at most this long in all.  JetStream
+stores a message a moment after it is published (well under a millisecond when idle, more under load), so
+the first retry usually fills the gap; a gap still open after this long is history that is gone."""
 HISTORY_SETTLE_S = 0.05
 """After this long, every event published before a reader subscribed is in JetStream."""
 
@@ -45,6 +50,7 @@ NC_KEY = web.AppKey("nc", NATS)
 KV_KEY = web.AppKey("kv", KeyValue)
 HUB_KEY = web.AppKey("hub", Hub)
 METRICS_KEY = web.AppKey("metrics", StreamerMetrics)
+FLUSH_KEY = web.AppKey("flush", FlushClock)
 
 
 def parse_cursor(request: web.Request) -> Cursor | None:
@@ -112,7 +118,7 @@ async def serve_reader(
                 response,
                 writer,
                 metrics,
-                flush_interval_s=config.flush_interval_ms / 1000,
+                flush=app[FLUSH_KEY],
                 clock=hub.clock,
             )
         finally:
@@ -185,14 +191,16 @@ def _history_gone(app: web.Application, reader: Reader) -> None:
 
 async def catch_up(app: web.Application, reader: Reader) -> None:
     """Feed the reader what was published before it subscribed, and prove there is no gap."""
-    for _ in range(GAP_RETRIES):
-        if not await read_history(app, reader):
-            return
+    delay_s, waited_s = GAP_FIRST_RETRY_S, 0.0
+    while await read_history(app, reader):
         if reader.buffer.closed or not reader.replay.waiting_on_gap:
-            break
-        await asyncio.sleep(GAP_RETRY_DELAY_S)
-    if not reader.buffer.closed and reader.replay.waiting_on_gap:
-        _history_gone(app, reader)
+            return
+        if waited_s >= GAP_MAX_WAIT_S:
+            _history_gone(app, reader)
+            return
+        await asyncio.sleep(delay_s)
+        waited_s += delay_s
+        delay_s *= 2
 
 
 async def replay_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
@@ -225,13 +233,14 @@ async def pump(
     writer: AbstractStreamWriter,
     metrics: StreamerMetrics,
     *,
-    flush_interval_s: float,
+    flush: FlushClock,
     clock: Clock,
 ) -> None:
     """Write what the reader has queued until its terminal event.
 
-    An event is written at once unless the last write was less than ``flush_interval_s`` ago;
-    then the rest of the interval collects more, and they go out merged in one write.  A write
+    An event is written at once unless the last write was less than ``flush.interval_s`` ago;
+    then the rest of the interval (to the shared clock's next tick) collects more, and they go out
+    merged in one write.  A write
     is complete when the kernel has every byte of it (``drain``); until then its size counts
     against the reader's buffer limit and the write timeout runs.
     """
@@ -240,9 +249,8 @@ async def pump(
     while True:
         await reader.wake.wait()
         reader.wake.clear()
-        wait_s = last_write + flush_interval_s - loop.time()
-        if wait_s > 0 and not reader.buffer.closed:
-            await asyncio.sleep(wait_s)
+        if not reader.buffer.closed and flush.delay_s(last_write, loop.time()) > 0:
+            await flush.wait_until(last_write + flush.interval_s)  # one shared timer, not one per reader
         live_tokens, oldest_live_ts = reader.buffer.live_tokens, reader.buffer.oldest_live_ts
         data = reader.buffer.take()
         if data:
@@ -281,6 +289,7 @@ def make_app(
     )
     app = web.Application(middlewares=[errors_middleware])
     app[CONFIG_KEY], app[NC_KEY], app[KV_KEY], app[HUB_KEY], app[METRICS_KEY] = config, nc, kv, hub, metrics
+    app[FLUSH_KEY] = FlushClock(config.flush_interval_ms / 1000)
     app.router.add_get("/v1/streams/{id}/events", events)
     cors.install(app, cors.CorsPolicy(config.cors_allow_origins))
     from streamer.compat import http as compat_http

@@ -190,3 +190,16 @@ async def test_a_reader_that_disconnects_mid_stream_is_released_by_the_streamer(
     else:
         raise AssertionError("the streamer kept a reader whose client had gone")
     await post(created["stop_url"])
+
+
+async def test_a_long_flush_interval_merges_fast_tokens_into_few_writes_with_the_exact_text(nats: NatsServer) -> None:
+    # 200 tokens at 400 tokens/s, each published alone, to a streamer that writes to a reader at most every 250 ms:
+    # the ~0.5 s stream reaches the client in a handful of merged writes (one shared flush timer, none per reader).
+    runner = ["--synthetic-tokens-per-s", "400", "--synthetic-ttft-ms", "0", "--publish-interval-ms", "0"]
+    runner += ["--synthetic-length-tokens", "1000"]
+    with system(nats.url, runner_args=runner, streamer_args=["--flush-interval-ms", "250"]) as merged:
+        created = await create_stream(merged.gateway_url, "merge me", max_tokens=200)
+        stream = await read_stream(created["events_url"])
+    assert stream.text == expected_text("merge me", 200, length_tokens=1000)
+    assert stream.terminal.json()["tokens"] == 200
+    assert 1 <= len(stream.of("delta")) <= 20, "each write holds whatever arrived during the interval"
