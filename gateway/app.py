@@ -68,9 +68,10 @@ def _status_body(record: StreamRecord) -> dict[str, Any]:
 
 async def create_stream(request: web.Request) -> web.Response:
     """``POST /v1/streams`` -> 201 with the stream's id and URLs."""
-    config = request.app[CONFIG_KEY]
+    config, streams = request.app[CONFIG_KEY], request.app[STREAMS_KEY]
+    streams.check_admission()  # at capacity: 503 before the body is even read
     body = parse_json_object(await request.read())
-    record = await request.app[STREAMS_KEY].create(_stream_request(config, body))
+    record = await streams.create(_stream_request(config, body))
     return json_response({"id": record.stream_id, **_urls(config, record.stream_id)}, status=201)
 
 

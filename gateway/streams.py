@@ -95,6 +95,8 @@ class StreamManager:
         self._kv = kv
         self._metrics = metrics
         self._queued: dict[str, _Queued] = {}
+        self._admitting = 0
+        """Streams past the admission check whose record is still being written (they count against the bound)."""
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._runners = RunnerRegistry(stale_after_s=config.runner_stale_after_s)
         self._subs: list[Subscription] = []
@@ -180,13 +182,26 @@ class StreamManager:
 
     # -- create and dispatch -------------------------------------------------------------------
 
-    async def create(self, request: StreamRequest) -> StreamRecord:
-        """Admit a stream: record it as queued and start dispatching it to a runner."""
-        if len(self._queued) >= self.config.max_queued_streams:
+    def check_admission(self) -> list[RunnerHeartbeat]:
+        """The live runners, or ``overloaded`` / ``unavailable`` at once (callers check before reading a body)."""
+        if len(self._queued) + self._admitting >= self.config.max_queued_streams:
             raise Overloaded("too many streams are waiting for a runner", retry_after_s=1)
         live = self.live_runners()
         if not live:
             raise Unavailable("no runner is available")
+        return live
+
+    async def create(self, request: StreamRequest) -> StreamRecord:
+        """Admit a stream: record it as queued and start dispatching it to a runner."""
+        live = self.check_admission()
+        # The stream holds its place in the queue from the check on: other POSTs run while its record is written.
+        self._admitting += 1
+        try:
+            return await self._admit(request, live)
+        finally:
+            self._admitting -= 1
+
+    async def _admit(self, request: StreamRequest, live: list[RunnerHeartbeat]) -> StreamRecord:
         stream_id = subjects.new_stream_id()
         model = request.model or live[0].model or DEFAULT_MODEL
         job = JobRequest(
