@@ -275,12 +275,24 @@ async def pump(
 
 
 def make_app(
-    config: StreamerConfig, *, nc: NATS, kv: KeyValue, metrics: StreamerMetrics | None = None
+    config: StreamerConfig,
+    *,
+    nc: NATS,
+    kv: KeyValue,
+    metrics: StreamerMetrics | None = None,
+    live_nc: NATS | None = None,
 ) -> web.Application:
-    """The streamer application over an open NATS connection."""
+    """The streamer application over open NATS connections.
+
+    ``nc`` (and ``kv`` on it) carries requests: records, history reads, the compatible APIs'
+    admission.  ``live_nc`` carries the live subscriptions; a connection of its own keeps the
+    replies to those requests from queueing behind a backlog of live events when the streamer
+    is saturated (they timed out there, and new readers got ``unavailable``).  Default: ``nc``.
+    """
     metrics = metrics or StreamerMetrics()
+    live = live_nc or nc
     hub = Hub(
-        nc,
+        live,
         heartbeat_s=config.heartbeat_s,
         metrics=metrics,
         write_timeout_s=config.write_timeout_s,
@@ -296,7 +308,10 @@ def make_app(
 
     compat_http.add_routes(app)
     add_ops_routes(
-        app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS", errors=metrics.errors
+        app,
+        metrics.registry,
+        lambda: None if nc.is_connected and live.is_connected else "not connected to NATS",
+        errors=metrics.errors,
     )
 
     async def on_startup(_: web.Application) -> None:
@@ -312,12 +327,15 @@ def make_app(
 
 async def run(config: StreamerConfig) -> None:
     """Run one streamer until SIGINT/SIGTERM."""
-    nc = await natsio.connect(config.nats_url, name=subjects.new_node_id("streamer"))
+    node_id = subjects.new_node_id("streamer")
+    nc = await natsio.connect(config.nats_url, name=node_id)
+    live_nc = await natsio.connect(config.nats_url, name=f"{node_id}-live")
     js = nc.jetstream()
     await natsio.ensure_events_stream(js, config.history)
     kv = await natsio.ensure_streams_bucket(js, config.history)
     try:
-        app = make_app(config, nc=nc, kv=kv)
+        app = make_app(config, nc=nc, kv=kv, live_nc=live_nc)
         await serve(app, config.host, config.port, name="streamer", cancel_on_disconnect=True)
     finally:
+        await live_nc.drain()
         await nc.drain()

@@ -200,6 +200,7 @@ async def test_a_long_flush_interval_merges_fast_tokens_into_few_writes_with_the
     with system(nats.url, runner_args=runner, streamer_args=["--flush-interval-ms", "250"]) as merged:
         created = await create_stream(merged.gateway_url, "merge me", max_tokens=200)
         stream = await read_stream(created["events_url"])
+    assert stream.terminal.event == "stop", stream.terminal.json()
     assert stream.text == expected_text("merge me", 200, length_tokens=1000)
     assert stream.terminal.json()["tokens"] == 200
     assert 1 <= len(stream.of("delta")) <= 20, "each write holds whatever arrived during the interval"
