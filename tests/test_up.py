@@ -76,14 +76,16 @@ async def test_up_runs_nats_gateway_streamer_and_runner_as_separate_processes(st
     assert len(stream.of("delta")) > 1 and stream.chunks > 1  # incremental (deltas that arrive together may merge)
 
 
-async def test_up_event_loop_uvloop_runs_every_role_on_uvloop_and_streams(start_up: object) -> None:
-    up: Up = start_up("--synthetic-tokens-per-s", "200", "--event-loop", "uvloop")  # type: ignore[operator]
+@pytest.mark.parametrize(("flags", "uvloop"), [((), True), (("--event-loop", "asyncio"), False)])
+async def test_roles_run_on_uvloop_unless_asked_for_asyncio_and_stream_either_way(
+    start_up: object, flags: tuple[str, ...], uvloop: bool
+) -> None:
+    up: Up = start_up("--synthetic-tokens-per-s", "200", *flags)  # type: ignore[operator]
     for name in ("gateway", "streamer", "runner-1"):
-        assert "--event-loop uvloop" in _cmdline(up.pids[name])
-        assert "uvloop" in _maps(up.pids[name]), f"{name} has not loaded uvloop"
-    created = await create_stream(up.urls["gateway"], "on uvloop", max_tokens=20)
+        assert ("uvloop" in _maps(up.pids[name])) is uvloop, name
+    created = await create_stream(up.urls["gateway"], "on either loop", max_tokens=20)
     stream = await read_stream(created["events_url"])
-    assert stream.text == expected_text("on uvloop", 20)
+    assert stream.text == expected_text("on either loop", 20)
 
 
 def test_a_role_asked_for_an_unknown_event_loop_refuses_to_start() -> None:

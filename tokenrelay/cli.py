@@ -134,8 +134,8 @@ def _history(args: argparse.Namespace) -> c.HistoryConfig:
 EVENT_LOOP = Option(
     "--event-loop",
     str,
-    "asyncio",
-    "event loop of the role processes (uvloop: pip install 'tokenrelay[uvloop]')",
+    "auto",
+    "event loop of the role processes; auto: uvloop where installed, else asyncio",
     EVENT_LOOPS,
 )
 
