@@ -110,6 +110,8 @@ class CompareOptions:
     runner_args: tuple[str, ...] = ()
     streamer_args: tuple[str, ...] = ()
     gateway_args: tuple[str, ...] = ()
+    event_loop: str = "asyncio"
+    """Every process of every target runs on this loop (tokenrelay's own default is uvloop when installed)."""
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-ready data."""
@@ -139,11 +141,14 @@ def deploy(target: str, load: Load, broker: NatsServer, options: CompareOptions)
         with _tokenrelay(load, broker, options) as deployment:
             yield deployment
     elif target == "forwarder":
-        with forwarder_processes(broker.url, ttft_ms=0, tokens_per_s=load.tokens_per_s) as urls:
+        pacing = forwarder_processes(
+            broker.url, ttft_ms=0, tokens_per_s=load.tokens_per_s, event_loop=options.event_loop
+        )
+        with pacing as urls:
             processes = {"forwarder": urls.url, "publisher": urls.publisher_url}
             yield Deployment(urls.url, processes, "forwarder", broker.process.pid)
     elif target == "naive":
-        with naive_relay(ttft_ms=0, tokens_per_s=load.tokens_per_s) as url:
+        with naive_relay(ttft_ms=0, tokens_per_s=load.tokens_per_s, event_loop=options.event_loop) as url:
             yield Deployment(url, {"naive": url}, "naive", None)
     else:
         raise ValueError(f"unknown target {target!r} (not one of {', '.join(TARGETS)})")
@@ -152,7 +157,9 @@ def deploy(target: str, load: Load, broker: NatsServer, options: CompareOptions)
 @contextlib.contextmanager
 def _tokenrelay(load: Load, broker: NatsServer, options: CompareOptions) -> Iterator[Deployment]:
     capacity = str(load.concurrency + HEADROOM_STREAMS)
+    loop = ("--event-loop", options.event_loop)
     runner_args = [
+        *loop,
         "--synthetic-ttft-ms", "0",
         "--synthetic-tokens-per-s", str(load.tokens_per_s),
         "--synthetic-length-tokens", str(SYNTHETIC_LENGTH_TOKENS),
@@ -160,12 +167,13 @@ def _tokenrelay(load: Load, broker: NatsServer, options: CompareOptions) -> Iter
         *options.runner_args,
     ]  # fmt: skip
     gateway_args = [
+        *loop,
         "--max-queued-streams", capacity,
         "--max-tokens-limit", str(max(load.max_tokens, SYNTHETIC_LENGTH_TOKENS)),
         *options.gateway_args,
     ]  # fmt: skip
     with system(
-        broker.url, runner_args=runner_args, streamer_args=options.streamer_args, gateway_args=gateway_args
+        broker.url, runner_args=runner_args, streamer_args=[*loop, *options.streamer_args], gateway_args=gateway_args
     ) as sut:
         processes = {"streamer": sut.streamer_url, "runner": sut.runners[0].url, "gateway": sut.gateway_url}
         yield Deployment(sut.gateway_url, processes, "streamer", broker.process.pid)
@@ -531,6 +539,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="K",
         help="spread the load's connections over 127.0.0.1 .. 127.0.0.K (default: 1)",
     )
+    add(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of every process of every target, to compare like with like (default: asyncio; "
+        "tokenrelay's own default is uvloop where installed)",
+    )
     for role in ("runner", "streamer", "gateway"):
         add(
             f"--{role}-args",
@@ -567,6 +582,7 @@ def options_from_args(args: argparse.Namespace) -> CompareOptions:
         runner_args=tuple(shlex.split(args.runner_args)),
         streamer_args=tuple(shlex.split(args.streamer_args)),
         gateway_args=tuple(shlex.split(args.gateway_args)),
+        event_loop=args.event_loop,
     )
 
 

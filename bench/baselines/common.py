@@ -43,32 +43,43 @@ class ForwarderURLs:
 
 @contextlib.contextmanager
 def forwarder(
-    nats_url: str, *, ttft_ms: float = DEFAULT_TTFT_MS, tokens_per_s: float = DEFAULT_TOKENS_PER_S
+    nats_url: str,
+    *,
+    ttft_ms: float = DEFAULT_TTFT_MS,
+    tokens_per_s: float = DEFAULT_TOKENS_PER_S,
+    event_loop: str = "asyncio",
 ) -> Iterator[str]:
     """The bare forwarder: a publisher (paced by ``ttft_ms`` and ``tokens_per_s``) and a forwarder on NATS."""
-    with forwarder_processes(nats_url, ttft_ms=ttft_ms, tokens_per_s=tokens_per_s) as urls:
+    with forwarder_processes(nats_url, ttft_ms=ttft_ms, tokens_per_s=tokens_per_s, event_loop=event_loop) as urls:
         yield urls.url
 
 
 @contextlib.contextmanager
 def forwarder_processes(
-    nats_url: str, *, ttft_ms: float = DEFAULT_TTFT_MS, tokens_per_s: float = DEFAULT_TOKENS_PER_S
+    nats_url: str,
+    *,
+    ttft_ms: float = DEFAULT_TTFT_MS,
+    tokens_per_s: float = DEFAULT_TOKENS_PER_S,
+    event_loop: str = "asyncio",
 ) -> Iterator[ForwarderURLs]:
     """:func:`forwarder`, yielding both processes' URLs (to sample the publisher's ``/metrics`` too)."""
-    pacing = ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s)]
+    pacing = ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s), "--event-loop", event_loop]
     with tempfile.TemporaryDirectory(prefix="bench-forwarder-") as logs, contextlib.ExitStack() as stack:
         module = "bench.baselines.forwarder"
         publisher = stack.enter_context(
             _process(module, ["--role", "publisher", "--nats-url", nats_url, *pacing], logs)
         )
-        url = stack.enter_context(_process(module, ["--role", "forwarder", "--nats-url", nats_url], logs))
+        forwarder = ["--role", "forwarder", "--nats-url", nats_url, "--event-loop", event_loop]
+        url = stack.enter_context(_process(module, forwarder, logs))
         yield ForwarderURLs(url, publisher)
 
 
 @contextlib.contextmanager
-def naive_relay(*, ttft_ms: float = DEFAULT_TTFT_MS, tokens_per_s: float = DEFAULT_TOKENS_PER_S) -> Iterator[str]:
+def naive_relay(
+    *, ttft_ms: float = DEFAULT_TTFT_MS, tokens_per_s: float = DEFAULT_TOKENS_PER_S, event_loop: str = "asyncio"
+) -> Iterator[str]:
     """The naive single-process relay, paced by ``ttft_ms`` and ``tokens_per_s``."""
-    pacing = ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s)]
+    pacing = ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s), "--event-loop", event_loop]
     with (
         tempfile.TemporaryDirectory(prefix="bench-naive-relay-") as logs,
         _process("bench.baselines.naive_relay", pacing, logs) as url,

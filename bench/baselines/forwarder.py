@@ -47,6 +47,7 @@ from bench.baselines import (
     Metrics,
     NewStream,
     Pacing,
+    add_event_loop_argument,
     add_ops_routes,
     delta_data,
     error_response,
@@ -58,6 +59,7 @@ from bench.baselines import (
     start_data,
     stop_data,
 )
+from tokenrelay.service import run_role
 
 START_SUBJECT = "bench.start"
 STOP_SUBJECTS = "bench.stop.*"
@@ -276,14 +278,15 @@ def main() -> None:
     )
     parser.add_argument("--tokens-per-s", type=float, default=DEFAULT_TOKENS_PER_S, help="publisher: pace after it")
     parser.add_argument("--log-level", default="WARNING")
+    add_event_loop_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.role == "publisher":
         args.port = args.port or DEFAULT_PUBLISHER_PORT
-        asyncio.run(run_publisher(args))
+        run_role(run_publisher(args), event_loop=args.event_loop)
     else:
         args.port = args.port or DEFAULT_FORWARDER_PORT
-        asyncio.run(run_forwarder(args))
+        run_role(run_forwarder(args), event_loop=args.event_loop)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,12 @@ from bench.baselines import (
     Metrics,
     NewStream,
     Pacing,
+    add_event_loop_argument,
     add_ops_routes,
     delta_data,
     error_response,
     json_response,
+    new_event_loop,
     paced_tokens,
     start_data,
     stop_data,
@@ -128,13 +130,22 @@ def main() -> None:
     parser.add_argument("--ttft-ms", type=float, default=DEFAULT_TTFT_MS, help="delay before the first token")
     parser.add_argument("--tokens-per-s", type=float, default=DEFAULT_TOKENS_PER_S, help="pace after it")
     parser.add_argument("--log-level", default="WARNING")
+    add_event_loop_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = Metrics()
     app = web.Application()
     NaiveRelay(Pacing(args.ttft_ms, args.tokens_per_s), metrics).routes(app)
     add_ops_routes(app, metrics)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        loop=new_event_loop(args.event_loop),
+    )
 
 
 if __name__ == "__main__":
