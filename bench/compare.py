@@ -62,6 +62,7 @@ from typing import Any, TextIO
 from bench.baselines.common import forwarder_processes, naive_relay
 from bench.stats import write_json
 from tests.procs import NatsServer, nats_server, system
+from tokenrelay.loadtest.command import non_negative_float, positive_int
 from tokenrelay.loadtest.driver import run_loadtest
 from tokenrelay.loadtest.plan import DEFAULT_DRAIN_S, DEFAULT_SAMPLE_INTERVAL_S, LoadTestConfig, parse_int_mix
 from tokenrelay.loadtest.report import to_json
@@ -460,26 +461,12 @@ def _csv(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     """Every option, with its default."""
     p = argparse.ArgumentParser(
         prog="python -m bench.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--runs", type=_positive_int, default=3, help="rounds; the table shows medians (default: 3)")
+    p.add_argument("--runs", type=positive_int, default=3, help="rounds; the table shows medians (default: 3)")
     p.add_argument(
         "--targets",
         type=_csv(TARGETS),
@@ -491,30 +478,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all", help="the load(s) to run (default: all)")
     active = p.add_argument_group("active scenario (the issue's target load)")
     add = active.add_argument
-    add("--streams", type=_positive_int, default=1000, metavar="N", help="streams in total (default: 1000)")
-    add("--concurrency", type=_positive_int, default=None, metavar="N", help="open at once (default: --streams)")
-    add("--ramp-per-s", type=_non_negative, default=200.0, metavar="RATE", help="new streams/s (default: 200)")
-    add("--max-tokens", type=_positive_int, default=200, metavar="T", help="tokens per stream (default: 200)")
+    add("--streams", type=positive_int, default=1000, metavar="N", help="streams in total (default: 1000)")
+    add("--concurrency", type=positive_int, default=None, metavar="N", help="open at once (default: --streams)")
+    add("--ramp-per-s", type=non_negative_float, default=200.0, metavar="RATE", help="new streams/s (default: 200)")
+    add("--max-tokens", type=positive_int, default=200, metavar="T", help="tokens per stream (default: 200)")
     add(
         "--tokens-per-s",
-        type=_non_negative,
+        type=non_negative_float,
         default=20.0,
         metavar="RATE",
         help="every target's generation pace per stream after the first token (default: 20)",
     )
     first = p.add_argument_group("first-token scenario (light, so latency is not queueing)")
     add = first.add_argument
-    add("--first-token-streams", type=_positive_int, default=200, metavar="N", help="(default: 200)")
-    add("--first-token-concurrency", type=_positive_int, default=4, metavar="N", help="(default: 4)")
+    add("--first-token-streams", type=positive_int, default=200, metavar="N", help="(default: 200)")
+    add("--first-token-concurrency", type=positive_int, default=4, metavar="N", help="(default: 4)")
     add(
         "--first-token-ramp-per-s",
-        type=_non_negative,
+        type=non_negative_float,
         default=0.0,
         metavar="RATE",
         help="(default: 0 = as fast as the concurrency allows)",
     )
-    add("--first-token-max-tokens", type=_positive_int, default=4, metavar="T", help="(default: 4)")
-    add("--first-token-tokens-per-s", type=_non_negative, default=50.0, metavar="RATE", help="(default: 50)")
+    add("--first-token-max-tokens", type=positive_int, default=4, metavar="T", help="(default: 4)")
+    add("--first-token-tokens-per-s", type=non_negative_float, default=50.0, metavar="RATE", help="(default: 50)")
     rest = p.add_argument_group("load test and tokenrelay")
     add = rest.add_argument
     add(
@@ -526,7 +513,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add(
         "--drain-s",
-        type=_non_negative,
+        type=non_negative_float,
         default=DEFAULT_DRAIN_S,
         metavar="SECONDS",
         help=f"once every stream started, open ones get this long before they are cut off "
@@ -534,7 +521,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add(
         "--source-addresses",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="spread the load's connections over 127.0.0.1 .. 127.0.0.K (default: 1)",

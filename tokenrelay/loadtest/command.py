@@ -37,30 +37,34 @@ Exit status: {EXIT_OK} when the run finished, {EXIT_TOKENS_WRONG} when any token
 options. The API key may also come from ${API_KEY_ENV} (kept out of process lists)."""
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
     return value
 
 
-def _non_negative(text: str) -> float:
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number ≥ 0."""
     value = float(text)
-    if value < 0:
+    if not value >= 0:  # NaN too
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
 
 
-def _positive(text: str) -> float:
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
     value = float(text)
-    if value <= 0:
+    if not value > 0:  # NaN too
         raise argparse.ArgumentTypeError(f"{text} is not positive")
     return value
 
@@ -107,7 +111,7 @@ def _target_options(group: argparse._ArgumentGroup) -> None:
     )
     add(
         "--source-addresses",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="spread connections over local addresses 127.0.0.1 ... 127.0.0.K (one connection pool each), "
@@ -119,28 +123,28 @@ def _shape_options(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add(
         "--streams",
-        type=_positive_int,
+        type=positive_int,
         default=p.DEFAULT_STREAMS,
         metavar="N",
         help="streams to start in total (default: %(default)s)",
     )
     add(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="streams open at once at most (default: --streams)",
     )
     add(
         "--ramp-per-s",
-        type=_non_negative,
+        type=non_negative_float,
         default=0.0,
         metavar="RATE",
         help="new streams started per second (default: 0 = as fast as --concurrency allows)",
     )
     add(
         "--duration-s",
-        type=_non_negative,
+        type=non_negative_float,
         default=0.0,
         metavar="SECONDS",
         help="stop starting new streams after this many seconds; streams still open are cut off at "
@@ -148,7 +152,7 @@ def _shape_options(group: argparse._ArgumentGroup) -> None:
     )
     add(
         "--drain-s",
-        type=_non_negative,
+        type=non_negative_float,
         default=p.DEFAULT_DRAIN_S,
         metavar="SECONDS",
         help="once no more streams start, open ones get this long to end before they are cut off "
@@ -176,7 +180,7 @@ def _mix_options(group: argparse._ArgumentGroup) -> None:
     )
     add(
         "--stop-fraction",
-        type=_fraction,
+        type=fraction,
         default=0.0,
         metavar="F",
         help="fraction of streams stopped over one shared control WebSocket once they received a random "
@@ -185,7 +189,7 @@ def _mix_options(group: argparse._ArgumentGroup) -> None:
     )
     add(
         "--never-read-fraction",
-        type=_fraction,
+        type=fraction,
         default=0.0,
         metavar="F",
         help="fraction of streams whose reader opens the events with a small receive buffer (SO_RCVBUF "
@@ -198,7 +202,7 @@ def _timeout_options(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add(
         "--request-timeout-s",
-        type=_positive,
+        type=positive_float,
         default=p.DEFAULT_REQUEST_TIMEOUT_S,
         metavar="SECONDS",
         help="a start, stop, status or /metrics request, or a connect, slower than this fails as timeout "
@@ -206,7 +210,7 @@ def _timeout_options(group: argparse._ArgumentGroup) -> None:
     )
     add(
         "--read-timeout-s",
-        type=_positive,
+        type=positive_float,
         default=p.DEFAULT_READ_TIMEOUT_S,
         metavar="SECONDS",
         help="an events connection silent this long (no event, no heartbeat) fails as timeout (default: %(default)s)",
@@ -226,7 +230,7 @@ def _report_options(group: argparse._ArgumentGroup) -> None:
     )
     add(
         "--sample-interval-s",
-        type=_positive,
+        type=positive_float,
         default=p.DEFAULT_SAMPLE_INTERVAL_S,
         metavar="SECONDS",
         help="how often each --metrics-url is sampled (default: %(default)s)",
