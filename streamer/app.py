@@ -210,15 +210,24 @@ async def replay_history(app: web.Application, reader: Reader, record: StreamRec
 
 
 async def settle_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
-    """Read history once more shortly after subscribing, unless live events already reached the reader.
+    """Read history once more shortly after subscribing, unless live events already reached the reader in order.
 
     JetStream stores a message a moment after it is published.  An event published just before
     this reader's subscription can be missing from the first history read *and* never arrive live;
     if it was the stream's last event the reader would wait forever.  By ``HISTORY_SETTLE_S`` after
-    subscribing, everything published before the subscription is stored.
+    subscribing, everything published before the subscription is stored.  A live event held behind
+    a gap ends the wait at once: the gap is read again (with :func:`catch_up`'s retries) right away.
     """
-    await asyncio.sleep(HISTORY_SETTLE_S)
-    if reader.buffer.closed or reader.replay.finished or reader.live_events:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(reader.gap.wait(), HISTORY_SETTLE_S)
+    if reader.buffer.closed or reader.replay.finished:
+        return
+    if reader.replay.waiting_on_gap:
+        # Live events arrived after the first read, behind events that were not stored yet when it ran:
+        # nothing else would ever fill that gap, and the reader would wait forever.  Read it now.
+        await catch_up(app, reader)
+        return
+    if reader.live_events:
         return
     if not await read_history(app, reader):
         return

@@ -61,6 +61,8 @@ class Reader:
         self.wake = asyncio.Event()
         self.written = asyncio.Event()
         """Set by the writer after each completed write and when the reader closes."""
+        self.gap = asyncio.Event()
+        """Set when a live event is held behind a gap (history must be read again to release it)."""
         self.live_events = 0
         """Events that reached this reader from its live subscription."""
         self.writing_since: float | None = None
@@ -82,6 +84,8 @@ class Reader:
             # Events held while history catches up count against the same limit as queued bytes.
             self.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not read fast enough", now)
             return
+        if not released and framed is not None and self.replay.waiting_on_gap:
+            self.gap.set()
         for ready in released:
             shared = framed if ready is event and self.framing.shares_native else None
             if isinstance(ready, StreamDelta):
