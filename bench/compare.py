@@ -50,17 +50,15 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import shlex
 import statistics
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 from bench.baselines.common import forwarder_processes, naive_relay
-from bench.stats import write_json
+from bench.stats import proc_cpu_s, write_json
 from tests.procs import NatsServer, nats_server, system
 from tokenrelay.loadtest.command import non_negative_float, positive_int
 from tokenrelay.loadtest.driver import run_loadtest
@@ -75,7 +73,6 @@ SYNTHETIC_LENGTH_TOKENS = 1_000_000
 """tokenrelay's synthetic text length: past any ``max_tokens``, so every stream ends at its ``max_tokens``."""
 HEADROOM_STREAMS = 16
 """Added to the runner's concurrency and the gateway's queue bound on top of the streams open at once."""
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +177,6 @@ def _tokenrelay(load: Load, broker: NatsServer, options: CompareOptions) -> Iter
         yield Deployment(sut.gateway_url, processes, "streamer", broker.process.pid)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, from ``/proc/<pid>/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
-
-
 def load_config(deployment: Deployment, load: Load, options: CompareOptions) -> LoadTestConfig:
     """The load test of ``load`` against a deployment, sampling each of its processes' ``/metrics``."""
     return LoadTestConfig(
@@ -206,9 +197,9 @@ def measure(target: str, load: Load, broker: NatsServer, options: CompareOptions
     """Start ``target``, run ``load`` against it, stop it; the load test's JSON plus what this bench adds."""
     with deploy(target, load, broker, options) as deployment:
         pid = deployment.broker_pid
-        broker_before = cpu_seconds(pid) if pid is not None else 0.0
+        broker_before = (proc_cpu_s(pid) or 0.0) if pid is not None else 0.0
         result = asyncio.run(run_loadtest(load_config(deployment, load, options), progress=None))
-        broker_cpu_s = cpu_seconds(pid) - broker_before if pid is not None else None
+        broker_cpu_s = (proc_cpu_s(pid) or 0.0) - broker_before if pid is not None else None
     return {
         "target": target,
         "processes": deployment.processes,

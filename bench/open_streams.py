@@ -51,7 +51,7 @@ import aiohttp
 import orjson
 
 from bench.baselines.common import forwarder
-from bench.stats import write_json
+from bench.stats import proc_cpu_s, proc_rss_bytes, write_json
 from tests.procs import nats_server, system
 from tokenrelay.client.errors import ProtocolError
 from tokenrelay.client.sse import ServerSentEvent, SSEDecoder
@@ -61,7 +61,6 @@ from tokenrelay.loadtest.stats import LatencyHistogram
 PHASES = ("forwarder", "tokenrelay")
 FD_MARGIN = 64
 """Descriptors a server needs besides its readers' sockets (NATS, listening socket, files, the event loop)."""
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 IDLE_TTFT_MS = 1e9
 """The forwarder's publisher waits this long before a first token: its readers stay idle."""
 STREAM_MAX_TOKENS = 1_000_000
@@ -81,28 +80,6 @@ PROGRESS_EVERY_S = 5.0
 
 
 # -- /proc and /metrics ------------------------------------------------------------------------
-
-
-def proc_rss_bytes(pid: int) -> int | None:
-    """``VmRSS`` of a process in bytes (``None`` if it is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds a process has used (``None`` if it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
 
 
 def proc_open_files_limit(pid: int) -> int | None:

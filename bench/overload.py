@@ -47,8 +47,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.open_streams import log_problems, proc_cpu_s
-from bench.stats import write_json
+from bench.open_streams import log_problems
+from bench.stats import proc_cpu_s, write_json
 from tests.procs import nats_server, pid_alive, system
 from tokenrelay.client.errors import ProtocolError
 from tokenrelay.client.sse import SSEDecoder

@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import nats
 
-from bench.stats import median_of_runs, summary, table, write_json
+from bench.stats import median_of_runs, proc_cpu_s, summary, table, write_json
 from tests.helpers import create_stream, metric, stalled_reader
 from tests.procs import nats_server, system
 from tests.sse_client import Parser, Stream
@@ -65,11 +65,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime in clock ticks (USER_HZ = 100)
 
 
 async def read_normal(reader: NormalReader, session: aiohttp.ClientSession) -> None:
@@ -149,7 +144,7 @@ async def run_phase(phase: str, args: argparse.Namespace) -> dict[str, Any]:
                 tasks.append(asyncio.create_task(read_normal(reader, session)))
             await asyncio.sleep(1.0)  # the normal readers' connections are open and flowing
             rss_before = rss_bytes(pid)
-            cpu_before = cpu_seconds(pid)
+            cpu_before = proc_cpu_s(pid) or 0.0
             started = time.time()
             if phase != "alone":
                 for i in range(args.stalled):
@@ -161,7 +156,7 @@ async def run_phase(phase: str, args: argparse.Namespace) -> dict[str, Any]:
             while time.time() < deadline:
                 rss_samples.append((time.time() - started, rss_bytes(pid)))
                 await asyncio.sleep(args.sample_s)
-            cpu_s = cpu_seconds(pid) - cpu_before
+            cpu_s = (proc_cpu_s(pid) or 0.0) - cpu_before
             slow_consumers = await metric(sut.streamer_url, SLOW_CONSUMER)
             open_readers = await metric(sut.streamer_url, "tokenrelay_streamer_readers_open")
         finally:
