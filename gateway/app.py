@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
+from aiohttp.typedefs import Middleware
 from nats.aio.client import Client as NATS
 
 from gateway import control
@@ -21,7 +22,7 @@ from tokenrelay.codec import parse_json_object
 from tokenrelay.config import GatewayConfig
 from tokenrelay.errors import BadRequest, NotFound, TokenRelayError
 from tokenrelay.messages import StreamRecord
-from tokenrelay.service import add_ops_routes, errors_middleware, json_response, serve
+from tokenrelay.service import add_ops_routes, auth_middleware, errors_middleware, json_response, serve
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,10 @@ async def static_asset(request: web.Request) -> web.FileResponse:
 
 def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetrics, nc: NATS) -> web.Application:
     """The gateway application around a started :class:`StreamManager`."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_body_bytes)
+    middlewares: list[Middleware] = [errors_middleware]
+    if config.api_keys is not None:  # the page and its assets are public; everything it calls is not
+        middlewares.append(auth_middleware(config.api_keys, open_paths={"/"}, open_prefixes=("/static/",)))
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[CONFIG_KEY], app[STREAMS_KEY], app[METRICS_KEY] = config, streams, metrics
     app.router.add_post("/v1/streams", create_stream)
     app.router.add_get("/v1/streams/{id}", stream_status)

@@ -11,6 +11,7 @@ import time
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.typedefs import Middleware
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
@@ -24,7 +25,7 @@ from tokenrelay.config import StreamerConfig
 from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable
 from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import StreamRecord, StreamState
-from tokenrelay.service import add_ops_routes, errors_middleware, serve
+from tokenrelay.service import add_ops_routes, auth_middleware, errors_middleware, serve
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,10 @@ def make_app(
         disconnect_grace_s=config.disconnect_grace_s,
         cancel_timeout_s=config.cancel_timeout_s,
     )
-    app = web.Application(middlewares=[errors_middleware])
+    middlewares: list[Middleware] = [errors_middleware]
+    if config.api_keys is not None:
+        middlewares.append(auth_middleware(config.api_keys))
+    app = web.Application(middlewares=middlewares)
     app[CONFIG_KEY], app[NC_KEY], app[KV_KEY], app[HUB_KEY], app[METRICS_KEY] = config, nc, kv, hub, metrics
     app[FLUSH_KEY] = FlushClock(config.flush_interval_ms / 1000)
     app.router.add_get("/v1/streams/{id}/events", events)

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokenrelay import config as c
+from tokenrelay.auth import API_KEYS_ENV, KeyFileError, KeyRing, load_keyring
 from tokenrelay.loadtest.command import add_arguments as add_loadtest_arguments
 from tokenrelay.service import EVENT_LOOPS, run_role, setup_logging
 
@@ -114,6 +115,11 @@ STREAMER_OPTIONS = (
            "cancel a generation whose readers all left this long ago (0: never)"),
     CORS_ALLOW_ORIGIN,
 )  # fmt: skip
+API_KEYS_FILE = Option(
+    "--api-keys-file", str, "",
+    f"file of 'tenant key' lines (or key digests 'tenant sha256:<hex>'); with it, or ${API_KEYS_ENV} "
+    "('tenant:key,...'), every endpoint but /healthz, /readyz and /metrics needs Authorization: Bearer <key>",
+)  # fmt: skip
 GATEWAY_OPTIONS = (
     Option("--max-queued-streams", int, c.DEFAULT_MAX_QUEUED_STREAMS, "streams waiting for a runner before 503"),
     Option("--queue-timeout-s", float, c.DEFAULT_QUEUE_TIMEOUT_S, "seconds a stream waits for a runner"),
@@ -162,20 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--streamer-port", type=int, default=c.DEFAULT_STREAMER_PORT)
     up.add_argument("--runners", type=int, default=1, help="runner processes to start")
     up.add_argument("--log-level", default="INFO")
-    for option in (*HISTORY_OPTIONS, EVENT_LOOP, *ENGINE_OPTIONS, *STREAMER_OPTIONS, *GATEWAY_OPTIONS):
+    for option in (*HISTORY_OPTIONS, EVENT_LOOP, *ENGINE_OPTIONS, *STREAMER_OPTIONS, *GATEWAY_OPTIONS, API_KEYS_FILE):
         option.add_to(up)
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --host other than a loopback address without API keys (anyone who reaches it can use it)",
+    )
 
     gateway = sub.add_parser("gateway", help="run one gateway (control plane)")
     _common(gateway, port=c.DEFAULT_GATEWAY_PORT)
     gateway.add_argument("--public-url", default=None, help="base URL clients reach this gateway at")
     gateway.add_argument("--streamer-url", default=f"http://{c.DEFAULT_HOST}:{c.DEFAULT_STREAMER_PORT}",
                          help="base URL clients reach the streamers at (for events_url)")  # fmt: skip
-    for option in GATEWAY_OPTIONS:
+    for option in (*GATEWAY_OPTIONS, API_KEYS_FILE):
         option.add_to(gateway)
 
     streamer = sub.add_parser("streamer", help="run one streamer (SSE data plane)")
     _common(streamer, port=c.DEFAULT_STREAMER_PORT)
-    for option in STREAMER_OPTIONS:
+    for option in (*STREAMER_OPTIONS, API_KEYS_FILE):
         option.add_to(streamer)
 
     feedback = sub.add_parser("feedback", help="work with stored feedback")
@@ -195,13 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def api_keys(args: argparse.Namespace) -> KeyRing | None:
+    """The keys from ``--api-keys-file`` and ``$TOKENRELAY_API_KEYS``; a bad entry is a usage error."""
+    try:
+        return load_keyring(args.api_keys_file or None, os.environ.get(API_KEYS_ENV))
+    except (KeyFileError, OSError) as exc:
+        raise SystemExit(f"tokenrelay {args.command}: API keys: {exc}") from None
+
+
 def gateway_config(args: argparse.Namespace) -> c.GatewayConfig:
     """Typed gateway config from parsed arguments."""
     return c.GatewayConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, public_url=args.public_url,
         streamer_url=args.streamer_url, history=_history(args), max_queued_streams=args.max_queued_streams,
         queue_timeout_s=args.queue_timeout_s, max_tokens_limit=args.max_tokens_limit,
-        runner_stale_after_s=args.runner_stale_after_s,
+        runner_stale_after_s=args.runner_stale_after_s, api_keys=api_keys(args),
     )  # fmt: skip
 
 
@@ -212,7 +231,7 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
         heartbeat_s=args.heartbeat_s, max_reader_buffer_bytes=args.max_reader_buffer_bytes,
         disconnect_grace_s=args.disconnect_grace_s, flush_interval_ms=args.flush_interval_ms,
         write_timeout_s=args.write_timeout_s, socket_send_buffer_bytes=args.socket_send_buffer_bytes,
-        cors_allow_origins=CORS_ALLOW_ORIGIN.values(args),
+        cors_allow_origins=CORS_ALLOW_ORIGIN.values(args), api_keys=api_keys(args),
     )  # fmt: skip
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from tokenrelay.auth import KeyRing
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_GATEWAY_PORT = 8080
@@ -72,6 +74,8 @@ class GatewayConfig:
     streamer_url: str = f"http://{DEFAULT_HOST}:{DEFAULT_STREAMER_PORT}"
     """Base URL clients use for the streamer (events_url)."""
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    api_keys: KeyRing | None = None
+    """When set, every endpoint but the ops ones needs one of these keys (``401 unauthorized`` otherwise)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """Larger request bodies are refused with 413."""
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
@@ -103,6 +107,8 @@ class StreamerConfig:
     port: int = DEFAULT_STREAMER_PORT
     nats_url: str = DEFAULT_NATS_URL
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    api_keys: KeyRing | None = None
+    """When set, every endpoint but the ops ones needs one of these keys (``401 unauthorized`` otherwise)."""
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     """A reader that got nothing for this many seconds is sent a ``: ping`` comment."""
     max_reader_buffer_bytes: int = DEFAULT_MAX_READER_BUFFER_BYTES

@@ -8,6 +8,7 @@ Hierarchy::
 
     TokenRelayError
     ├── BadRequest          400 bad_request
+    ├── Unauthorized        401 unauthorized
     ├── NotFound            404 not_found
     ├── PayloadTooLarge     413 payload_too_large
     ├── Overloaded          503 overloaded (carries retry_after_s)
@@ -28,6 +29,7 @@ class ErrorCode(enum.StrEnum):
     """Stable error codes. Clients may switch on these; never rename one."""
 
     BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_FOUND = "not_found"
@@ -46,6 +48,7 @@ class ErrorCode(enum.StrEnum):
 
 STATUS_CODES: dict[int, ErrorCode] = {
     400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     410: ErrorCode.RESUME_UNAVAILABLE,
@@ -75,6 +78,13 @@ class BadRequest(TokenRelayError):
 
     code = ErrorCode.BAD_REQUEST
     http_status = 400
+
+
+class Unauthorized(TokenRelayError):
+    """No API key, or one that is not configured (the same answer for both)."""
+
+    code = ErrorCode.UNAUTHORIZED
+    http_status = 401
 
 
 class NotFound(TokenRelayError):
@@ -117,7 +127,8 @@ class ResumeUnavailable(TokenRelayError):
 
 
 _CLASSES: dict[str, type[TokenRelayError]] = {
-    cls.code: cls for cls in (BadRequest, NotFound, PayloadTooLarge, Overloaded, Unavailable, ResumeUnavailable)
+    cls.code: cls
+    for cls in (BadRequest, Unauthorized, NotFound, PayloadTooLarge, Overloaded, Unavailable, ResumeUnavailable)
 }
 
 

@@ -7,16 +7,18 @@ import contextlib
 import logging
 import resource
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from tokenrelay.errors import STATUS_CODES, ErrorCode, Overloaded, TokenRelayError, Unavailable
+from tokenrelay.auth import KeyRing, Principal, presented_key
+from tokenrelay.errors import STATUS_CODES, ErrorCode, Overloaded, TokenRelayError, Unauthorized, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +45,48 @@ def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | Non
 
 
 def error_response(exc: TokenRelayError) -> web.Response:
-    """The contract's error shape, with ``Retry-After`` for ``overloaded``."""
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+    """The contract's error shape; ``overloaded`` adds ``Retry-After``, ``unauthorized`` ``WWW-Authenticate``."""
+    headers: dict[str, str] | None = None
+    if isinstance(exc, Overloaded):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="tokenrelay"'}
     return json_response(exc.to_dict(), status=exc.http_status, headers=headers)
 
 
 def plain_error(status: int, code: ErrorCode, message: str) -> web.Response:
     """An error response for statuses that have no exception class of their own (405, 413...)."""
     return json_response({"error": {"code": str(code), "message": message}}, status=status)
+
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Operations endpoints answer without an API key (keep them off the public network)."""
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+
+
+def auth_middleware(
+    keyring: KeyRing, *, open_paths: Collection[str] = (), open_prefixes: tuple[str, ...] = ()
+) -> Middleware:
+    """Every request but the ops endpoints (and ``open_paths``, paths under ``open_prefixes``) needs a configured key.
+
+    Runs inside :func:`errors_middleware`, so a refusal is the contract's ``401 unauthorized`` JSON
+    (with ``WWW-Authenticate: Bearer``) and is counted; a WebSocket upgrade is refused before it happens.
+    """
+
+    open_set = OPEN_PATHS | frozenset(open_paths)
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in open_set or (open_prefixes and request.path.startswith(open_prefixes)):
+            return await handler(request)
+        key = presented_key(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+        principal = keyring.authenticate(key)
+        if principal is None:
+            raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
+        request[PRINCIPAL_KEY] = principal
+        return await handler(request)
+
+    return authenticate
 
 
 @web.middleware

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import ipaddress
 import os
 import shutil
 import signal
@@ -25,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from tokenrelay.cli import ENGINE_OPTIONS, EVENT_LOOP, GATEWAY_OPTIONS, HISTORY_OPTIONS, STREAMER_OPTIONS
+from tokenrelay.cli import (
+    API_KEYS_FILE,
+    ENGINE_OPTIONS,
+    EVENT_LOOP,
+    GATEWAY_OPTIONS,
+    HISTORY_OPTIONS,
+    STREAMER_OPTIONS,
+    api_keys,
+)
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -186,10 +195,10 @@ def plan(args: argparse.Namespace, nats_url: str) -> list[Child]:
     streamer_url = f"http://{url_host}:{args.streamer_port}"
     gateway = _role_argv("gateway", nats_url, host, args.gateway_port, args)
     gateway += ["--public-url", gateway_url, "--streamer-url", streamer_url]
-    for option in GATEWAY_OPTIONS:
+    for option in (*GATEWAY_OPTIONS, API_KEYS_FILE):
         gateway += option.forward(args)
     streamer = _role_argv("streamer", nats_url, host, args.streamer_port, args)
-    for option in STREAMER_OPTIONS:
+    for option in (*STREAMER_OPTIONS, API_KEYS_FILE):
         streamer += option.forward(args)
     children = [
         Child("streamer", streamer, streamer_url, f"{streamer_url}/healthz"),
@@ -227,6 +236,16 @@ def start_nats(port: int, store_dir: str) -> tuple[Child, str]:
     return child, url
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is only reachable from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _print_banner(children: list[Child], store_dir: str | None) -> None:
     print("tokenrelay is up", flush=True)
     for child in children:
@@ -251,6 +270,14 @@ def up(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
+    keys = api_keys(args)
+    if keys is None and not is_loopback(args.host) and not args.insecure:
+        print(
+            f"tokenrelay: refusing to listen on {args.host} without API keys: anyone who reaches it could read and "
+            "stop every stream. Give --api-keys-file (or $TOKENRELAY_API_KEYS), or --insecure if you mean it.",
+            file=sys.stderr,
+        )
+        return 2
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     children: list[Child] = []
@@ -266,6 +293,10 @@ def up(args: argparse.Namespace) -> int:
             children.append(child)
         _wait_ready(children, [(c, c.health_url) for c in roles if c.health_url])
         _print_banner(children, store.name if store else None)
+        if keys is None:
+            print(f"No API keys: every endpoint is open to whoever reaches {args.host}.", flush=True)
+        else:
+            print(f"API keys: {len(keys)} configured; send Authorization: Bearer <key>.", flush=True)
         while not stopping:
             _raise_if_exited(children)
             time.sleep(POLL_INTERVAL_S)
