@@ -22,6 +22,8 @@ from tests.helpers import expected_text, metric
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 from tokenrelay.auth import KeyFileError, KeyRing, digest, load_keyring, presented_key
+from tokenrelay.client import Client, ConnectionLost
+from tokenrelay.errors import TokenRelayError
 from tokenrelay.supervisor import free_port
 
 ACME_KEY = "tr-acme-0123456789abcdef"
@@ -178,6 +180,15 @@ async def test_the_control_socket_refuses_the_handshake_without_a_key_and_opens_
         await ws.send(orjson.dumps({"type": "start", "ref": "r1", **BODY}).decode())
         reply = orjson.loads(await ws.recv())
         assert reply["type"] == "started" and reply["ref"] == "r1"
+
+
+async def test_the_python_client_sends_its_api_key_on_the_control_socket_and_the_events(sut: System) -> None:
+    async with Client(sut.gateway_url, api_key=ACME_KEY) as client:
+        stream = await client.start(prompt="hello keys", max_tokens=5)
+        assert await stream.collect() == expected_text("hello keys", 5)
+    async with Client(sut.gateway_url, max_reconnects=0) as keyless:
+        with pytest.raises((ConnectionLost, TokenRelayError)):
+            await keyless.start(prompt="hello keys", max_tokens=5)
 
 
 async def test_the_openai_sdk_sends_its_api_key_and_is_refused_with_a_wrong_one(sut: System) -> None:

@@ -81,6 +81,9 @@ class Client:
     * ``reply_timeout_s``: a command's reply takes longer -> ``Unavailable``.
     * ``max_pending_requests``: commands in flight at once on the control socket; more wait.
     * ``max_message_bytes``: a bigger control reply closes the socket.
+
+    ``api_key`` (when the deployment has keys) is sent as ``Authorization: Bearer`` on every
+    request and on the control socket's handshake.
     """
 
     def __init__(
@@ -99,8 +102,11 @@ class Client:
         reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
         max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        api_key: str | None = None,
     ) -> None:
         self.gateway_url = gateway_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        """Sent on every request and on the control socket's handshake."""
         self.state = ClientState.NEW
         self._events = EventsOptions(
             max_reconnects=max_reconnects,
@@ -117,6 +123,7 @@ class Client:
             reply_timeout_s=reply_timeout_s,
             max_pending_requests=max_pending_requests,
             max_message_bytes=max_message_bytes,
+            headers=self._headers,
         )
         self._session: aiohttp.ClientSession | None = None
         self._streams: weakref.WeakSet[Stream] = weakref.WeakSet()
@@ -174,7 +181,7 @@ class Client:
             # A fresh TCP connection per SSE request: a reconnect must not reuse a kept-alive
             # connection to the instance that just ended the stream (a load balancer picks anew).
             connector = aiohttp.TCPConnector(limit=self._max_connections, force_close=True)
-            self._session = aiohttp.ClientSession(connector=connector)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
             self.state = ClientState.OPEN
         return self._session
 
