@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.helpers import create_stream, expected_text, metric, post, wait_finished
-from tests.procs import NatsServer, System, system
+from tests.procs import NatsServer, System, nats_server, system
 from tests.sse_client import read_stream
 
 TOKENS_PER_S = 50
@@ -192,12 +192,17 @@ async def test_a_reader_that_disconnects_mid_stream_is_released_by_the_streamer(
     await post(created["stop_url"])
 
 
-async def test_a_long_flush_interval_merges_fast_tokens_into_few_writes_with_the_exact_text(nats: NatsServer) -> None:
+async def test_a_long_flush_interval_merges_fast_tokens_into_few_writes_with_the_exact_text() -> None:
     # 200 tokens at 400 tokens/s, each published alone, to a streamer that writes to a reader at most every 250 ms:
     # the ~0.5 s stream reaches the client in a handful of merged writes (one shared flush timer, none per reader).
+    # A NATS of its own: on the shared one, this module's other runners (other pacing, other text length) would
+    # take the job too.
     runner = ["--synthetic-tokens-per-s", "400", "--synthetic-ttft-ms", "0", "--publish-interval-ms", "0"]
     runner += ["--synthetic-length-tokens", "1000"]
-    with system(nats.url, runner_args=runner, streamer_args=["--flush-interval-ms", "250"]) as merged:
+    with (
+        nats_server() as own_nats,
+        system(own_nats.url, runner_args=runner, streamer_args=["--flush-interval-ms", "250"]) as merged,
+    ):
         created = await create_stream(merged.gateway_url, "merge me", max_tokens=200)
         stream = await read_stream(created["events_url"])
     assert stream.terminal.event == "stop", stream.terminal.json()
