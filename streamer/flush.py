@@ -58,6 +58,9 @@ class FlushClock:
                 futures.remove(future)
                 if not futures:
                     del self._waiting[tick]
+                if not self._waiting and self._timer is not None:  # nobody waits: hold no timer
+                    self._timer.cancel()
+                    self._timer = self._timer_tick = None
 
     def _arm(self, loop: asyncio.AbstractEventLoop, tick: int) -> None:
         if self._timer is not None:

@@ -31,23 +31,36 @@ def test_a_write_is_not_held_when_the_last_one_was_an_interval_ago_or_more() -> 
     assert clock.delay_s(last_write=1.0, now=1.004) == pytest.approx(0.006)
 
 
-async def test_a_thousand_readers_due_within_one_tick_share_one_timer_and_none_returns_before_its_due_time() -> None:
+async def test_a_thousand_readers_due_within_one_tick_share_one_timer() -> None:
     loop = asyncio.get_running_loop()
     clock = FlushClock(0.040)
     tick_s = 0.040 / TICKS_PER_INTERVAL
-    base = (int(loop.time() / tick_s) + 20) * tick_s  # the start of a tick well ahead (200 ms: none is due yet)
+    base = (int(loop.time() / tick_s) + 90_000) * tick_s  # a tick an hour ahead: nothing fires during the test
     armed = _count_timers(loop)
-    dues = [base + tick_s * i / 1000 for i in range(1, 1000)]  # all inside the tick that ends at base + tick_s
-    returned: list[float] = []
+    readers = [
+        asyncio.create_task(clock.wait_until(base + tick_s * i / 1000)) for i in range(1, 1000)
+    ]  # all inside the tick that ends at base + tick_s
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(armed) == 1 and armed[0] == pytest.approx(base + tick_s)
+    assert clock.waiting == 999 and not any(reader.done() for reader in readers)
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    assert clock.waiting == 0 and clock._timer is None
 
-    async def reader(due: float) -> None:
-        await clock.wait_until(due)
-        returned.append(loop.time())
 
-    await asyncio.gather(*(reader(due) for due in dues))
-    assert len(armed) == 1
-    assert min(returned) >= max(dues)
-    assert clock.waiting == 0
+async def test_no_reader_returns_before_its_due_time() -> None:
+    loop = asyncio.get_running_loop()
+    clock = FlushClock(0.020)
+    dues = [loop.time() + delay_s for delay_s in (0.003, 0.011, 0.017, 0.029)]
+    returned = await asyncio.gather(*(_returned_at(clock, due) for due in dues))
+    assert all(at >= due for at, due in zip(returned, dues, strict=True))
+
+
+async def _returned_at(clock: FlushClock, due: float) -> float:
+    await clock.wait_until(due)
+    return asyncio.get_running_loop().time()
 
 
 async def test_an_earlier_tick_rearms_the_timer_and_later_ticks_follow_in_order() -> None:
