@@ -192,25 +192,26 @@ async def test_the_python_client_sends_its_api_key_on_the_control_socket_and_the
 
 
 async def test_the_openai_sdk_sends_its_api_key_and_is_refused_with_a_wrong_one(sut: System) -> None:
-    good = openai.AsyncOpenAI(base_url=f"{sut.streamer_url}/v1", api_key=ACME_KEY, max_retries=0)
-    reply = await good.chat.completions.create(
-        model="synthetic", messages=[{"role": "user", "content": "hello keys"}], max_tokens=5
-    )
+    base_url = f"{sut.streamer_url}/v1"
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=ACME_KEY, max_retries=0) as good:
+        reply = await good.chat.completions.create(
+            model="synthetic", messages=[{"role": "user", "content": "hello keys"}], max_tokens=5
+        )
     assert reply.choices[0].message.content == expected_text("hello keys", 5)
-    bad = openai.AsyncOpenAI(base_url=f"{sut.streamer_url}/v1", api_key=WRONG_KEY, max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        await bad.models.list()
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=WRONG_KEY, max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError):
+            await bad.models.list()
 
 
 async def test_the_anthropic_sdk_sends_its_x_api_key_and_is_refused_with_a_wrong_one(sut: System) -> None:
-    good = anthropic.AsyncAnthropic(base_url=sut.streamer_url, api_key=ACME_KEY, max_retries=0)
-    reply = await good.messages.create(
-        model="synthetic", messages=[{"role": "user", "content": "hello keys"}], max_tokens=5
-    )
+    async with anthropic.AsyncAnthropic(base_url=sut.streamer_url, api_key=ACME_KEY, max_retries=0) as good:
+        reply = await good.messages.create(
+            model="synthetic", messages=[{"role": "user", "content": "hello keys"}], max_tokens=5
+        )
     assert reply.content[0].text == expected_text("hello keys", 5)  # type: ignore[union-attr]
-    bad = anthropic.AsyncAnthropic(base_url=sut.streamer_url, api_key=WRONG_KEY, max_retries=0)
-    with pytest.raises(anthropic.AuthenticationError):
-        await bad.messages.create(model="synthetic", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+    async with anthropic.AsyncAnthropic(base_url=sut.streamer_url, api_key=WRONG_KEY, max_retries=0) as bad:
+        with pytest.raises(anthropic.AuthenticationError):
+            await bad.messages.create(model="synthetic", messages=[{"role": "user", "content": "x"}], max_tokens=1)
 
 
 # -- tokenrelay up -----------------------------------------------------------------------------------------------
