@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gateway.requests import parse_stream_request
+from gateway.requests import stream_request
 from gateway.streams import StreamManager
 from tokenrelay import codec, subjects
 from tokenrelay.codec import CodecError
@@ -73,11 +73,7 @@ class Admission:
         if request.model is not None:
             body["model"] = request.model
         try:
-            parsed = parse_stream_request(
-                body,
-                default_max_tokens=self._config.default_max_tokens,
-                max_tokens_limit=self._config.max_tokens_limit,
-            )
+            parsed = stream_request(self._config, body)
             return await self._streams.create(parsed)
         except TokenRelayError as exc:
             retry = exc.retry_after_s if isinstance(exc, Overloaded) else None

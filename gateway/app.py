@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from gateway import control
 from gateway.admission import Admission
 from gateway.metrics import GatewayMetrics
-from gateway.requests import StreamRequest, parse_stream_request
+from gateway.requests import stream_request
 from gateway.streams import StopResult, StreamManager
 from tokenrelay import natsio, subjects
 from tokenrelay.codec import parse_json_object
@@ -42,12 +42,6 @@ def _urls(config: GatewayConfig, stream_id: str) -> dict[str, str]:
     }
 
 
-def _stream_request(config: GatewayConfig, body: dict[str, Any]) -> StreamRequest:
-    return parse_stream_request(
-        body, default_max_tokens=config.default_max_tokens, max_tokens_limit=config.max_tokens_limit
-    )
-
-
 def _stop_body(result: StopResult) -> dict[str, Any]:
     reason = str(result.finish_reason) if result.finish_reason is not None else None
     return {"id": result.stream_id, "finish_reason": reason, "tokens": result.tokens}
@@ -72,7 +66,7 @@ async def create_stream(request: web.Request) -> web.Response:
     config, streams = request.app[CONFIG_KEY], request.app[STREAMS_KEY]
     streams.check_admission()  # at capacity: 503 before the body is even read
     body = parse_json_object(await request.read())
-    record = await streams.create(_stream_request(config, body))
+    record = await streams.create(stream_request(config, body))
     return json_response({"id": record.stream_id, **_urls(config, record.stream_id)}, status=201)
 
 
@@ -136,7 +130,7 @@ class ControlSession:
 
     async def _execute(self, command: control.Command) -> str:
         if isinstance(command, control.Start):
-            record = await self._streams.create(_stream_request(self._config, command.body))
+            record = await self._streams.create(stream_request(self._config, command.body))
             urls = _urls(self._config, record.stream_id)
             return control.reply("started", command.ref, stream_id=record.stream_id, events_url=urls["events_url"])
         if isinstance(command, control.Stop):

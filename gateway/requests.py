@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tokenrelay.config import DEFAULT_MAX_MESSAGES, DEFAULT_MAX_PROMPT_CHARS, GatewayConfig
 from tokenrelay.errors import BadRequest
 from tokenrelay.messages import ChatMessage
 
@@ -21,19 +22,43 @@ class StreamRequest:
     model: str | None
 
 
-def parse_stream_request(obj: dict[str, Any], *, default_max_tokens: int, max_tokens_limit: int) -> StreamRequest:
+def parse_stream_request(
+    obj: dict[str, Any],
+    *,
+    default_max_tokens: int,
+    max_tokens_limit: int,
+    max_messages: int = DEFAULT_MAX_MESSAGES,
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+) -> StreamRequest:
     """Validate ``{"messages": [...] | "prompt": "...", "max_tokens"?, "model"?}``.
 
-    ``max_tokens`` must be an integer in ``1..max_tokens_limit``; unknown fields are ignored.
+    ``max_tokens`` must be an integer in ``1..max_tokens_limit``; at most ``max_messages``
+    messages, whose contents hold at most ``max_prompt_chars`` characters together; unknown
+    fields are ignored.
     """
+    messages = _messages(obj, max_messages)
+    chars = sum(len(m.content) for m in messages)
+    if chars > max_prompt_chars:
+        raise BadRequest(f"the messages hold {chars} characters; at most {max_prompt_chars} are allowed")
     return StreamRequest(
-        messages=_messages(obj),
+        messages=messages,
         max_tokens=_max_tokens(obj.get("max_tokens"), default_max_tokens, max_tokens_limit),
         model=_model(obj.get("model")),
     )
 
 
-def _messages(obj: dict[str, Any]) -> tuple[ChatMessage, ...]:
+def stream_request(config: GatewayConfig, obj: dict[str, Any]) -> StreamRequest:
+    """:func:`parse_stream_request` with a gateway's limits."""
+    return parse_stream_request(
+        obj,
+        default_max_tokens=config.default_max_tokens,
+        max_tokens_limit=config.max_tokens_limit,
+        max_messages=config.max_messages,
+        max_prompt_chars=config.max_prompt_chars,
+    )
+
+
+def _messages(obj: dict[str, Any], max_messages: int) -> tuple[ChatMessage, ...]:
     messages, prompt = obj.get("messages"), obj.get("prompt")
     if messages is not None and prompt is not None:
         raise BadRequest("give either messages or prompt, not both")
@@ -45,6 +70,8 @@ def _messages(obj: dict[str, Any]) -> tuple[ChatMessage, ...]:
         raise BadRequest("messages or prompt is required")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty array")
+    if len(messages) > max_messages:
+        raise BadRequest(f"{len(messages)} messages; at most {max_messages} are allowed")
     return tuple(_message(i, m) for i, m in enumerate(messages))
 
 

@@ -13,6 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from tests.helpers import get_json, post
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
+from tokenrelay.config import DEFAULT_MAX_MESSAGES, DEFAULT_MAX_PROMPT_CHARS
 
 UNKNOWN_ID = "0" * 32
 
@@ -67,6 +68,21 @@ async def test_create_rejects_max_tokens_that_is_not_a_positive_integer_within_t
     sut: System, max_tokens: Any
 ) -> None:
     status, body = await post(f"{sut.gateway_url}/v1/streams", {"prompt": "x", "max_tokens": max_tokens})
+    assert (status, _code(body)) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {"messages": [{"role": "user", "content": "x"}] * (DEFAULT_MAX_MESSAGES + 1)},
+        {"prompt": "x" * (DEFAULT_MAX_PROMPT_CHARS + 1)},
+    ],
+    ids=["too-many-messages", "prompt-too-long"],
+)
+async def test_create_rejects_too_many_messages_or_too_long_a_prompt_with_bad_request(
+    sut: System, request_body: dict[str, Any]
+) -> None:
+    status, body = await post(f"{sut.gateway_url}/v1/streams", request_body)
     assert (status, _code(body)) == (400, "bad_request")
 
 

@@ -142,3 +142,28 @@ def test_model_is_none_unless_given() -> None:
 def test_unknown_fields_are_ignored() -> None:
     request = parse({"prompt": "hi", "temperature": 0.7, "stream": True})
     assert request.messages == (ChatMessage(role="user", content="hi"),)
+
+
+def test_a_request_may_carry_at_most_max_messages_messages() -> None:
+    three = [{"role": "user", "content": "hi"}] * 3
+    assert (
+        len(
+            parse_stream_request({"messages": three}, default_max_tokens=8, max_tokens_limit=8, max_messages=3).messages
+        )
+        == 3
+    )
+    with pytest.raises(BadRequest, match="4 messages; at most 3"):
+        parse_stream_request({"messages": three + HI}, default_max_tokens=8, max_tokens_limit=8, max_messages=3)
+
+
+@pytest.mark.parametrize("field", ["prompt", "messages"])
+def test_the_messages_may_hold_at_most_max_prompt_chars_characters_together(field: str) -> None:
+    def body(chars: int) -> dict[str, Any]:
+        if field == "prompt":
+            return {"prompt": "é" * chars}
+        return {"messages": [{"role": "system", "content": "é" * (chars - 1)}, {"role": "user", "content": "x"}]}
+
+    limits: dict[str, Any] = {"default_max_tokens": 8, "max_tokens_limit": 8, "max_prompt_chars": 10}
+    assert parse_stream_request(body(10), **limits).max_tokens == 8
+    with pytest.raises(BadRequest, match="11 characters; at most 10"):
+        parse_stream_request(body(11), **limits)

@@ -124,6 +124,9 @@ GATEWAY_OPTIONS = (
     Option("--max-queued-streams", int, c.DEFAULT_MAX_QUEUED_STREAMS, "streams waiting for a runner before 503"),
     Option("--queue-timeout-s", float, c.DEFAULT_QUEUE_TIMEOUT_S, "seconds a stream waits for a runner"),
     Option("--max-tokens-limit", int, c.DEFAULT_MAX_TOKENS_LIMIT, "largest max_tokens a request may ask for"),
+    Option("--max-messages", int, c.DEFAULT_MAX_MESSAGES, "messages one request may carry (more: 400)"),
+    Option("--max-prompt-chars", int, c.DEFAULT_MAX_PROMPT_CHARS,
+           "characters of all messages' content together (more: 400)"),
     Option("--runner-stale-after-s", float, c.DEFAULT_RUNNER_STALE_AFTER_S,
            "a runner silent this long is lost: its streams end with a runner_lost error"),
 )  # fmt: skip
@@ -220,6 +223,7 @@ def gateway_config(args: argparse.Namespace) -> c.GatewayConfig:
         host=args.host, port=args.port, nats_url=args.nats_url, public_url=args.public_url,
         streamer_url=args.streamer_url, history=_history(args), max_queued_streams=args.max_queued_streams,
         queue_timeout_s=args.queue_timeout_s, max_tokens_limit=args.max_tokens_limit,
+        max_messages=args.max_messages, max_prompt_chars=args.max_prompt_chars,
         runner_stale_after_s=args.runner_stale_after_s, api_keys=api_keys(args),
     )  # fmt: skip
 

@@ -27,6 +27,8 @@ DEFAULT_FLUSH_INTERVAL_MS = 10.0
 DEFAULT_WRITE_TIMEOUT_S = 10.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_TOKENS_LIMIT = 32_768
+DEFAULT_MAX_MESSAGES = 256
+DEFAULT_MAX_PROMPT_CHARS = 200_000
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_MAX_QUEUED_STREAMS = 1_000
 DEFAULT_QUEUE_TIMEOUT_S = 10.0
@@ -79,6 +81,10 @@ class GatewayConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """Larger request bodies are refused with 413."""
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    """Messages one request may carry; more is ``400 bad_request``."""
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    """Characters of all messages' content together; more is ``400 bad_request``."""
     """A larger ``max_tokens`` is refused with 400 ``bad_request``."""
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     max_queued_streams: int = DEFAULT_MAX_QUEUED_STREAMS
