@@ -173,13 +173,12 @@ async def _direct_get_batch(nc: NATS, api: str, request: bytes) -> tuple[list[tu
     says.  Each attempt listens on its own inbox, so a late answer to an earlier attempt cannot mix in."""
     timeout_s = DIRECT_GET_TIMEOUT_S
     for attempt in range(1, DIRECT_GET_ATTEMPTS + 1):
-        reader = _BatchReader()
-        sub = await nc.subscribe(nc.new_inbox(), cb=reader.on_msg)
+        batch = _Batch()
+        sub = await nc.subscribe(nc.new_inbox(), cb=batch.on_msg)
         try:
-            reader.start_batch()
             await nc.publish(api, request, reply=sub.subject)
-            last_seq, pending = await reader.end_of_batch(timeout_s)
-            return reader.take(), last_seq, pending
+            last_seq, pending = await asyncio.wait_for(batch.done, timeout_s)
+            return batch.found, last_seq, pending
         except TimeoutError:
             log.warning("direct get not answered in %.0f s (attempt %d of %d)", timeout_s, attempt, DIRECT_GET_ATTEMPTS)
             timeout_s *= 2
@@ -188,38 +187,26 @@ async def _direct_get_batch(nc: NATS, api: str, request: bytes) -> tuple[list[tu
     raise DirectGetError(f"direct get not answered after {DIRECT_GET_ATTEMPTS} attempts")
 
 
-class _BatchReader:
-    """Collects one direct-get batch at a time from a subscription callback."""
+class _Batch:
+    """One direct-get batch, collected by a subscription callback: its messages, then its end."""
 
     def __init__(self) -> None:
         self.found: list[tuple[int, bytes]] = []
+        self.done: asyncio.Future[tuple[int | None, int]] = asyncio.get_running_loop().create_future()
+        """Resolves to (the batch's last sequence, messages still pending after it)."""
         self._last_seq: int | None = None
-        self._done: asyncio.Future[tuple[int | None, int]] | None = None
-
-    def take(self) -> list[tuple[int, bytes]]:
-        found, self.found = self.found, []
-        return found
-
-    def start_batch(self) -> None:
-        self._last_seq = None
-        self._done = asyncio.get_running_loop().create_future()
-
-    async def end_of_batch(self, timeout_s: float) -> tuple[int | None, int]:
-        """The batch's last sequence and what is pending after it; ``TimeoutError`` if it did not end in time."""
-        assert self._done is not None
-        return await asyncio.wait_for(self._done, timeout_s)
 
     async def on_msg(self, msg: Msg) -> None:
-        if self._done is None or self._done.done():
+        if self.done.done():
             return
         headers = msg.headers or {}
         status = headers.get("Status")
         if status == _STATUS_NOT_FOUND:
-            self._done.set_result((self._last_seq, 0))
+            self.done.set_result((self._last_seq, 0))
         elif status == _STATUS_END_OF_BATCH:
-            self._done.set_result((self._last_seq, int(headers.get("Nats-Num-Pending", "0"))))
+            self.done.set_result((self._last_seq, int(headers.get("Nats-Num-Pending", "0"))))
         elif status is not None:
-            self._done.set_exception(DirectGetError(f"direct get failed: {status} {headers.get('Description', '')}"))
+            self.done.set_exception(DirectGetError(f"direct get failed: {status} {headers.get('Description', '')}"))
         else:
             self._last_seq = int(headers["Nats-Sequence"])
             self.found.append((self._last_seq, msg.data))
