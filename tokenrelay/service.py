@@ -179,6 +179,22 @@ EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 """``auto``: uvloop where it is installed (a dependency everywhere but Windows), else asyncio's own loop."""
 
 
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes a loop of the named kind: uvloop's (``uvloop``; ``auto`` where installed), or ``None`` for
+    asyncio's own.  ``ValueError`` for an unknown name, ``ImportError`` for ``uvloop`` when it is not installed."""
+    if event_loop not in EVENT_LOOPS:
+        raise ValueError(f"unknown event loop {event_loop!r} (one of {', '.join(EVENT_LOOPS)})")
+    if event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
 def run_role(main: Coroutine[Any, Any, None], *, event_loop: str = "auto") -> None:
     """Run one role's ``main`` to completion on the chosen event loop, with its open-files limit raised.
 
@@ -187,21 +203,16 @@ def run_role(main: Coroutine[Any, Any, None], *, event_loop: str = "auto") -> No
     273 to 89 ms (``python -m bench.compare``, README "Performance"), so ``auto`` prefers it.
     """
     raise_open_files_limit()
-    if event_loop not in EVENT_LOOPS:
+    try:
+        factory = loop_factory(event_loop)
+    except ValueError as exc:
         main.close()
-        raise SystemExit(f"unknown event loop {event_loop!r} (one of {', '.join(EVENT_LOOPS)})")
-    if event_loop != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if event_loop == "uvloop":
-                main.close()
-                raise SystemExit("--event-loop uvloop needs the uvloop package (pip install uvloop)") from None
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(main)
-            return
-    asyncio.run(main)
+        raise SystemExit(str(exc)) from None
+    except ImportError:
+        main.close()
+        raise SystemExit("--event-loop uvloop needs the uvloop package (pip install uvloop)") from None
+    with asyncio.Runner(loop_factory=factory) as runner:  # no factory: what asyncio.run does
+        runner.run(main)
 
 
 def raise_open_files_limit() -> None:

@@ -53,25 +53,16 @@ MODEL = "synthetic"
 READERS_OPEN = "tokenrelay_streamer_readers_open"
 """The gauge's name is tokenrelay's streamer's, so a load tool samples both the same way."""
 
-EVENT_LOOPS = ("asyncio", "uvloop")
-"""A baseline runs on asyncio's own loop (what the tutorials do) unless asked for uvloop, to compare like with like."""
-
 _STREAM_ID = re.compile(r"[0-9a-f]{32}")
 log = logging.getLogger("bench.baselines")
 
 
 def add_event_loop_argument(parser: argparse.ArgumentParser) -> None:
-    """``--event-loop asyncio|uvloop`` (default asyncio)."""
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio", help="event loop (default: asyncio)")
-
-
-def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
-    """A fresh loop of the named kind."""
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
+    """``--event-loop asyncio|uvloop``: asyncio's own by default (what the tutorials do); uvloop to compare like
+    with like against tokenrelay on uvloop."""
+    parser.add_argument(
+        "--event-loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop (default: asyncio)"
+    )
 
 
 class BadRequest(ValueError):

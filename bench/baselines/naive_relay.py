@@ -40,11 +40,11 @@ from bench.baselines import (
     delta_data,
     error_response,
     json_response,
-    new_event_loop,
     paced_tokens,
     start_data,
     stop_data,
 )
+from tokenrelay.service import loop_factory
 
 DEFAULT_PORT = 8183
 
@@ -144,7 +144,7 @@ def main() -> None:
         access_log=None,
         print=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        loop=new_event_loop(args.event_loop),
+        loop=(loop_factory(args.event_loop) or asyncio.new_event_loop)(),
     )
 
 
