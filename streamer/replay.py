@@ -95,9 +95,9 @@ class Replay:
             # In step (every live event of a caught-up reader): nothing to hold or reorder.
             self.next_seq += 1
             admitted = self._admit(event)
-            if admitted is None or isinstance(admitted, ReplayError):
-                return [] if admitted is None else admitted
-            return [admitted]
+            if admitted is None:
+                return []
+            return admitted if isinstance(admitted, ReplayError) else [admitted]
         if event.seq != self.next_seq and len(self._held) >= self._max_held:
             return ReplayError(ErrorCode.SLOW_CONSUMER, "too many events held while catching up")
         self._held[event.seq] = event
