@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -23,7 +24,7 @@ from gateway.streams import StreamManager
 from tokenrelay import codec, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.config import GatewayConfig
-from tokenrelay.errors import ErrorCode, Overloaded, TokenRelayError
+from tokenrelay.errors import ErrorCode, RetryLater, TokenRelayError
 from tokenrelay.messages import Message, ModelList, ModelsRequest, StartRefused, StartRequest
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,12 @@ class Admission:
         if request.model is not None:
             body["model"] = request.model
         try:
+            if request.owner is not None:  # the streamer authenticated the key; its tenant's rate counts here
+                self._streams.quotas.check_rate(request.owner, time.monotonic())
             parsed = stream_request(self._config, body)
-            return await self._streams.create(parsed)
+            return await self._streams.create(parsed, owner=request.owner)
         except TokenRelayError as exc:
-            retry = exc.retry_after_s if isinstance(exc, Overloaded) else None
+            retry = exc.retry_after_s if isinstance(exc, RetryLater) else None
             return StartRefused(code=str(exc.code), message=exc.message, retry_after_s=retry)
 
     async def _on_models(self, msg: Msg) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Middleware
@@ -20,9 +21,19 @@ from gateway.streams import StopResult, StreamManager
 from tokenrelay import natsio, subjects
 from tokenrelay.codec import parse_json_object
 from tokenrelay.config import GatewayConfig
-from tokenrelay.errors import BadRequest, NotFound, TokenRelayError
+from tokenrelay.errors import BadRequest, Forbidden, NotFound, TokenRelayError, Unauthorized
 from tokenrelay.messages import StreamRecord
-from tokenrelay.service import add_ops_routes, auth_middleware, errors_middleware, json_response, serve
+from tokenrelay.service import (
+    PRINCIPAL_KEY,
+    Handler,
+    add_ops_routes,
+    auth_middleware,
+    errors_middleware,
+    json_response,
+    resource_of,
+    serve,
+)
+from tokenrelay.tokens import Scope, TokenError
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +41,30 @@ CONFIG_KEY = web.AppKey("config", GatewayConfig)
 STREAMS_KEY = web.AppKey("streams", StreamManager)
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
 WS_HEARTBEAT_S = 30.0
+CONTROL_RESOURCE = "/v1/control"
+STOP_RESOURCE = "/v1/streams/{id}/stop"
 
 
-def _urls(config: GatewayConfig, stream_id: str) -> dict[str, str]:
+def _tenant(request: web.Request) -> str | None:
+    """The caller's tenant (``None`` when no API keys are configured)."""
+    principal = request.get(PRINCIPAL_KEY)
+    return principal.tenant if principal is not None else None
+
+
+def _control_url(config: GatewayConfig) -> str:
+    return "ws" + config.base_url().removeprefix("http") + CONTROL_RESOURCE
+
+
+def _urls(config: GatewayConfig, stream_id: str, tenant: str | None) -> dict[str, str]:
+    """A new stream's URLs; with keys, ``events_url`` carries a token that lets a browser read it without headers."""
     base = config.base_url()
-    ws_base = "ws" + base.removeprefix("http")
+    events_url = f"{config.streamer_url.rstrip('/')}/v1/streams/{stream_id}/events"
+    if tenant is not None and config.tokens is not None:
+        expires_at = int(time.time() + config.events_token_ttl_s)
+        events_url += "?token=" + config.tokens.issue(Scope.EVENTS, stream_id, expires_at=expires_at)
     return {
-        "events_url": f"{config.streamer_url.rstrip('/')}/v1/streams/{stream_id}/events",
-        "control_url": f"{ws_base}/v1/control",
+        "events_url": events_url,
+        "control_url": _control_url(config),
         "stop_url": f"{base}/v1/streams/{stream_id}/stop",
     }
 
@@ -66,26 +93,45 @@ async def create_stream(request: web.Request) -> web.Response:
     config, streams = request.app[CONFIG_KEY], request.app[STREAMS_KEY]
     streams.check_admission()  # at capacity: 503 before the body is even read
     body = parse_json_object(await request.read())
-    record = await streams.create(stream_request(config, body))
-    return json_response({"id": record.stream_id, **_urls(config, record.stream_id)}, status=201)
+    tenant = _tenant(request)
+    record = await streams.create(stream_request(config, body), owner=tenant)
+    return json_response({"id": record.stream_id, **_urls(config, record.stream_id, tenant)}, status=201)
 
 
 async def stream_status(request: web.Request) -> web.Response:
-    """``GET /v1/streams/{id}`` -> state, finish reason, tokens, TTFT."""
-    record = await request.app[STREAMS_KEY].record(request.match_info["id"])
+    """``GET /v1/streams/{id}`` -> state, finish reason, tokens, TTFT (``not_found`` for another key's stream)."""
+    record = await request.app[STREAMS_KEY].owned_record(request.match_info["id"], _tenant(request))
     return json_response(_status_body(record))
 
 
 async def stop_stream(request: web.Request) -> web.Response:
-    """``POST /v1/streams/{id}/stop`` -> the final state once generation halted."""
-    return json_response(_stop_body(await request.app[STREAMS_KEY].stop(request.match_info["id"])))
+    """``POST /v1/streams/{id}/stop`` -> the final state once generation halted (only its owner may)."""
+    streams, stream_id = request.app[STREAMS_KEY], request.match_info["id"]
+    await streams.authorize(stream_id, _tenant(request))
+    return json_response(_stop_body(await streams.stop(stream_id)))
+
+
+async def control_token(request: web.Request) -> web.Response:
+    """``POST /v1/control/token`` -> a short-lived token that opens the control socket (``?token=``) as this key.
+
+    For browsers, which cannot put an ``Authorization`` header on a WebSocket.  Without API keys there is
+    nothing to prove: the token is ``null`` and the socket opens without one.
+    """
+    config, tenant = request.app[CONFIG_KEY], _tenant(request)
+    if tenant is None or config.tokens is None:
+        return json_response({"token": None, "expires_at": None, "control_url": _control_url(config)})
+    expires_at = int(time.time() + config.control_token_ttl_s)
+    token = config.tokens.issue(Scope.CONTROL, tenant, expires_at=expires_at)
+    body = {"token": token, "expires_at": expires_at, "control_url": f"{_control_url(config)}?token={quote(token)}"}
+    return json_response(body)
 
 
 class ControlSession:
     """One control WebSocket: each message is handled in its own task, replies are serialised."""
 
-    def __init__(self, app: web.Application, ws: web.WebSocketResponse) -> None:
+    def __init__(self, app: web.Application, ws: web.WebSocketResponse, tenant: str | None) -> None:
         self._config = app[CONFIG_KEY]
+        self._tenant = tenant
         self._streams = app[STREAMS_KEY]
         self._metrics = app[METRICS_KEY]
         self._ws = ws
@@ -129,10 +175,14 @@ class ControlSession:
             pass
 
     async def _execute(self, command: control.Command) -> str:
+        tenant = self._tenant
+        if tenant is not None and not isinstance(command, control.Stop):  # a stop is never refused for rate
+            self._streams.quotas.check_rate(tenant, time.monotonic())
         if isinstance(command, control.Start):
-            record = await self._streams.create(stream_request(self._config, command.body))
-            urls = _urls(self._config, record.stream_id)
+            record = await self._streams.create(stream_request(self._config, command.body), owner=tenant)
+            urls = _urls(self._config, record.stream_id, tenant)
             return control.reply("started", command.ref, stream_id=record.stream_id, events_url=urls["events_url"])
+        await self._streams.authorize(command.stream_id, tenant)
         if isinstance(command, control.Stop):
             result = await self._streams.stop(command.stream_id)
             body = _stop_body(result)
@@ -150,17 +200,45 @@ class ControlSession:
             await self._ws.send_str(text)
 
 
-async def control_socket(request: web.Request) -> web.WebSocketResponse:
-    """``WS /v1/control``: start, stop and feedback messages (see :mod:`gateway.control`)."""
+def _socket_tenant(request: web.Request) -> str | None:
+    """The control socket's tenant: from the API key, else from a ``control`` token in ``?token=``."""
     config = request.app[CONFIG_KEY]
-    ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_S, max_msg_size=config.max_ws_message_bytes)
-    await ws.prepare(request)
-    metrics = request.app[METRICS_KEY]
-    metrics.control_sockets.inc()
+    tenant = _tenant(request)
+    if tenant is not None or config.api_keys is None:
+        return tenant
+    token = request.query.get("token", "")
+    if config.tokens is None or not token:
+        raise Unauthorized("a valid API key or control token is required")
     try:
-        await ControlSession(request.app, ws).run()
+        return config.tokens.verify(token, Scope.CONTROL, now=time.time()).subject
+    except TokenError:
+        raise Unauthorized("the control token is not valid (forged, expired or for something else)") from None
+
+
+async def control_socket(request: web.Request) -> web.WebSocketResponse:
+    """``WS /v1/control``: start, stop and feedback messages (see :mod:`gateway.control`).
+
+    Refused before the upgrade: a page from an origin that is not allowed (403 ``forbidden``), no key or
+    token (401), a key at its limit of control sockets (429).
+    """
+    config, streams = request.app[CONFIG_KEY], request.app[STREAMS_KEY]
+    if not control.origin_allowed(request.headers.get("Origin"), host=request.host, allowed=_own_origins(config)):
+        raise Forbidden("pages from this origin may not open the control socket")
+    tenant = _socket_tenant(request)
+    if tenant is not None:
+        streams.quotas.socket_opened(tenant)
+    try:
+        ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_S, max_msg_size=config.max_ws_message_bytes)
+        await ws.prepare(request)
+        metrics = request.app[METRICS_KEY]
+        metrics.control_sockets.inc()
+        try:
+            await ControlSession(request.app, ws, tenant).run()
+        finally:
+            metrics.control_sockets.dec()
     finally:
-        metrics.control_sockets.dec()
+        if tenant is not None:
+            streams.quotas.socket_closed(tenant)
     return ws
 
 
@@ -198,17 +276,42 @@ async def static_asset(request: web.Request) -> web.FileResponse:
     return _static_file(name, STATIC_ASSETS[name])
 
 
+def _rate_middleware(streams: StreamManager) -> Middleware:
+    """Count each keyed request against its key's rate (a stop never counts; control messages count one by one)."""
+
+    @web.middleware
+    async def rate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        tenant = _tenant(request)
+        if tenant is not None and resource_of(request) != STOP_RESOURCE:
+            streams.quotas.check_rate(tenant, time.monotonic())
+        return await handler(request)
+
+    return rate
+
+
+def _own_origins(config: GatewayConfig) -> tuple[str, ...]:
+    """The allowed control-socket origins: the configured ones and the gateway's public URL's."""
+    public = urlsplit(config.base_url())
+    return (*(origin.lower() for origin in config.control_allow_origins), f"{public.scheme}://{public.netloc}".lower())
+
+
 def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetrics, nc: NATS) -> web.Application:
     """The gateway application around a started :class:`StreamManager`."""
     middlewares: list[Middleware] = [errors_middleware]
     if config.api_keys is not None:  # the page and its assets are public; everything it calls is not
-        middlewares.append(auth_middleware(config.api_keys, open_paths={"/"}, open_prefixes=("/static/",)))
+        middlewares.append(
+            auth_middleware(
+                config.api_keys, open_paths={"/"}, open_prefixes=("/static/",), token_resources={CONTROL_RESOURCE}
+            )
+        )
+        middlewares.append(_rate_middleware(streams))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[CONFIG_KEY], app[STREAMS_KEY], app[METRICS_KEY] = config, streams, metrics
     app.router.add_post("/v1/streams", create_stream)
     app.router.add_get("/v1/streams/{id}", stream_status)
     app.router.add_post("/v1/streams/{id}/stop", stop_stream)
-    app.router.add_get("/v1/control", control_socket)
+    app.router.add_post("/v1/control/token", control_token)
+    app.router.add_get(CONTROL_RESOURCE, control_socket)
     app.router.add_get("/", chat_page)
     app.router.add_get("/static/{name}", static_asset)
 

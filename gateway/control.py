@@ -7,19 +7,23 @@ Client -> gateway (JSON text; ``ref`` is optional and echoed on the reply):
   (``halted_ts``: wall-clock time the engine halted, ``null`` if it had already finished)
 * ``{"type": "feedback", "stream_id", "rating": "up"|"down", "comment"?}`` -> ``{"type": "ack", "stream_id"}``
 
-Anything invalid -> ``{"type": "error", "code", "message"}``; the socket stays open.
+Anything invalid -> ``{"type": "error", "code", "message"}`` (plus ``retry_after_s`` for ``rate_limited``
+and ``overloaded``); the socket stays open.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 
 from tokenrelay.codec import parse_json_object
-from tokenrelay.errors import BadRequest, TokenRelayError
+from tokenrelay.errors import BadRequest, RetryLater, TokenRelayError
 
+ANY_ORIGIN = "*"
 MAX_REF_CHARS = 128
 MAX_COMMENT_CHARS = 4096
 Ref = str | int | None
@@ -114,5 +118,23 @@ def reply(kind: str, ref: Ref, **fields: Any) -> str:
 
 
 def error_reply(exc: TokenRelayError, ref: Ref) -> str:
-    """An ``error`` reply with the error's stable code."""
+    """An ``error`` reply with the error's stable code (and ``retry_after_s`` for ``rate_limited``/``overloaded``)."""
+    if isinstance(exc, RetryLater):
+        return reply("error", ref, code=str(exc.code), message=exc.message, retry_after_s=exc.retry_after_s)
     return reply("error", ref, code=str(exc.code), message=exc.message)
+
+
+def origin_allowed(origin: str | None, *, host: str | None, allowed: Collection[str]) -> bool:
+    """Whether a control WebSocket may be opened from ``origin`` (its ``Origin`` header).
+
+    A browser always sends ``Origin``; a page may connect from the gateway's own origin (``Origin``'s
+    host is the request's ``Host``) or from one in ``allowed`` (exact ``scheme://host[:port]``, or
+    ``*`` for any).  A client that sends no ``Origin`` is not a browser page, so no other site can be
+    acting through it: it is let through (its API key still decides).
+    """
+    if origin is None:
+        return True
+    if ANY_ORIGIN in allowed or origin.lower() in allowed:
+        return True
+    parts = urlsplit(origin)
+    return host is not None and parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()

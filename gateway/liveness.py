@@ -46,6 +46,10 @@ class RunnerRegistry:
         if runner is not None:
             runner.dispatched[stream_id] = now
 
+    def holds(self, stream_id: str) -> bool:
+        """Whether a runner listed ``stream_id`` in its last heartbeat or accepted it since."""
+        return any(stream_id in r.streams or stream_id in r.dispatched for r in self._runners.values())
+
     def live(self, now: float) -> list[RunnerHeartbeat]:
         """Last heartbeats of the runners heard from within ``stale_after_s``."""
         return [r.beat for r in self._runners.values() if now - r.seen < self._stale_after_s]

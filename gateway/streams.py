@@ -29,11 +29,13 @@ from nats.js.kv import KeyValue
 
 from gateway.liveness import RunnerRegistry
 from gateway.metrics import GatewayMetrics
+from gateway.quotas import TenantQuotas
 from gateway.requests import StreamRequest
 from tokenrelay import codec, natsio, subjects
+from tokenrelay.auth import check_owner
 from tokenrelay.codec import CodecError
 from tokenrelay.config import GatewayConfig
-from tokenrelay.errors import ErrorCode, Overloaded, TokenRelayError, Unavailable
+from tokenrelay.errors import ErrorCode, Overloaded, RateLimited, TokenRelayError, Unavailable
 from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import (
     OUT_OF_BAND_SEQ,
@@ -45,6 +47,7 @@ from tokenrelay.messages import (
     JobAccepted,
     JobRequest,
     RunnerHeartbeat,
+    StreamDone,
     StreamEnd,
     StreamError,
     StreamRecord,
@@ -98,6 +101,9 @@ class StreamManager:
         self._admitting = 0
         """Streams past the admission check whose record is still being written (they count against the bound)."""
         self._owners: OrderedDict[str, str] = OrderedDict()
+        self._tenants: OrderedDict[str, str] = OrderedDict()
+        """Tenants of the streams created here lately, to check a stop's caller without a KV read."""
+        self.quotas = TenantQuotas(config.quotas)
         self._runners = RunnerRegistry(stale_after_s=config.runner_stale_after_s)
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,6 +113,7 @@ class StreamManager:
         nc = self._nc
         self._subs.append(await nc.subscribe(subjects.RUNNER_HEARTBEAT, cb=self._on_heartbeat))
         self._subs.append(await nc.subscribe(subjects.gateway_cancel(self.gateway_id), cb=self._on_cancel_request))
+        self._subs.append(await nc.subscribe(subjects.gateway_done(self.gateway_id), cb=self._on_stream_done))
         self._subs.append(
             await nc.subscribe(subjects.CANCELS, queue=subjects.GATEWAY_QUEUE_GROUP, cb=self._on_cancel_request)
         )
@@ -176,6 +183,7 @@ class StreamManager:
             tokens=record.tokens,
         )
         await self._nc.publish(subjects.events(stream_id), codec.encode(error))
+        self.quotas.stream_ended(stream_id)
         self._metrics.errors.labels(code=str(ErrorCode.RUNNER_LOST)).inc()
         self._metrics.cancellations.labels(reason=str(CancelReason.RUNNER_LOST)).inc()
         log_event(LifecycleEvent.RUNNER_LOST, ROLE, stream_id, runner_id=record.runner_id, tokens=record.tokens)
@@ -191,17 +199,31 @@ class StreamManager:
             raise Unavailable("no runner is available")
         return live
 
-    async def create(self, request: StreamRequest) -> StreamRecord:
-        """Admit a stream: record it as queued and start dispatching it to a runner."""
+    async def create(self, request: StreamRequest, *, owner: str | None = None) -> StreamRecord:
+        """Admit a stream of ``owner`` (a tenant; ``None`` without API keys): record it as queued and start
+        dispatching it to a runner."""
         live = self.check_admission()
+        if owner is not None:
+            self._check_streams(owner)
         # The stream holds its place in the queue from the check on: other POSTs run while its record is written.
         self._admitting += 1
         try:
-            return await self._admit(request, live)
+            return await self._admit(request, live, owner)
         finally:
             self._admitting -= 1
 
-    async def _admit(self, request: StreamRequest, live: list[RunnerHeartbeat]) -> StreamRecord:
+    def _check_streams(self, owner: str) -> None:
+        """The owner's concurrent-stream limit; over it, first forget streams no runner has any more (their
+        ``done`` message was lost), so a lost message costs a slot until the runners' next heartbeat at most."""
+        try:
+            self.quotas.check_streams(owner)
+        except RateLimited:
+            for stream_id in self.quotas.running(owner):
+                if stream_id not in self._queued and not self._runners.holds(stream_id):
+                    self.quotas.stream_ended(stream_id)
+            self.quotas.check_streams(owner)
+
+    async def _admit(self, request: StreamRequest, live: list[RunnerHeartbeat], owner: str | None) -> StreamRecord:
         stream_id = subjects.new_stream_id()
         model = request.model or live[0].model or DEFAULT_MODEL
         job = JobRequest(
@@ -212,6 +234,7 @@ class StreamManager:
             messages=request.messages,
             max_tokens=request.max_tokens,
             created=int(time.time()),
+            owner=owner,
         )
         record = StreamRecord(
             stream_id=stream_id,
@@ -220,8 +243,14 @@ class StreamManager:
             created=job.created,
             epoch=job.epoch,
             gateway_id=self.gateway_id,
+            owner=owner,
         )
         await self._kv.create(stream_id, codec.encode(record))
+        if owner is not None:
+            self.quotas.stream_started(owner, stream_id)
+            self._tenants[stream_id] = owner
+            while len(self._tenants) > OWNER_MEMORY_STREAMS:
+                self._tenants.popitem(last=False)
         self._queued[stream_id] = _Queued(job)
         self._metrics.streams_queued.set(len(self._queued))
         self._metrics.streams_created.inc()
@@ -252,12 +281,14 @@ class StreamManager:
                 if time.monotonic() >= deadline:
                     await self._end_unstarted(job, error=ErrorCode.OVERLOADED)
                     self._settle(queued, StopResult(job.stream_id, FinishReason.ERROR, 0))
+                    self.quotas.stream_ended(job.stream_id)
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(queued.cancel.wait(), backoff_s)
                 backoff_s = min(backoff_s * 2, DISPATCH_BACKOFF_MAX_S)
             await self._end_unstarted(job, cancel=queued.cancel_reason)
             self._settle(queued, StopResult(job.stream_id, FinishReason.CANCELLED, 0))
+            self.quotas.stream_ended(job.stream_id)
         finally:
             self._queued.pop(job.stream_id, None)
             self._metrics.streams_queued.set(len(self._queued))
@@ -306,6 +337,7 @@ class StreamManager:
             gateway_id=self.gateway_id,
             finish_reason=FinishReason.ERROR if error is not None else FinishReason.CANCELLED,
             error_code=str(error) if error is not None else None,
+            owner=job.owner,
         )
         await self._kv.put(job.stream_id, codec.encode(record))
         self._metrics.streams_not_started.labels(finish_reason=str(record.finish_reason)).inc()
@@ -383,6 +415,13 @@ class StreamManager:
             raise Unavailable("the stream's owner answered garbage") from exc
         return StopResult(stream_id, reply.finish_reason, reply.tokens, reply.halted_ts)
 
+    async def _on_stream_done(self, msg: Msg) -> None:
+        """A runner finished a stream admitted here: its tenant's slot is free."""
+        try:
+            self.quotas.stream_ended(codec.decode_as(msg.data, StreamDone).stream_id)
+        except CodecError as exc:
+            log.warning("malformed stream_done: %s", exc)
+
     async def _on_cancel_request(self, msg: Msg) -> None:
         """A stop from elsewhere: another gateway, or a streamer whose readers all left."""
         self._spawn(self._answer_cancel(msg), name="answer-cancel")
@@ -411,6 +450,21 @@ class StreamManager:
     async def record(self, stream_id: str) -> StreamRecord:
         """The stream's record, or ``not_found``."""
         return await natsio.load_record(self._kv, stream_id)
+
+    async def owned_record(self, stream_id: str, tenant: str | None) -> StreamRecord:
+        """The stream's record if ``tenant`` owns it (any caller when ``None``: no keys), else ``not_found``."""
+        record = await self.record(stream_id)
+        check_owner(record.owner, tenant)
+        return record
+
+    async def authorize(self, stream_id: str, tenant: str | None) -> None:
+        """``not_found`` unless ``tenant`` owns the stream (any caller may when ``None``: no keys)."""
+        if tenant is None:
+            return
+        owner = self._tenants.get(stream_id)
+        if owner is None:
+            owner = (await self.record(stream_id)).owner
+        check_owner(owner, tenant)
 
     async def feedback(self, stream_id: str, rating: str, comment: str | None) -> None:
         """Store feedback durably; returns once JetStream has acknowledged it."""

@@ -249,6 +249,7 @@ class Generation:
             runner_id=self._runner_id,
             tokens=self._tokens,
             ttft_ms=self._ttft_ms,
+            owner=self.job.owner,
         )
 
     def _save_record(self, record: StreamRecord) -> None:

@@ -37,6 +37,7 @@ from tokenrelay.messages import (
     JobRejected,
     JobRequest,
     RunnerHeartbeat,
+    StreamDone,
     StreamRecord,
 )
 
@@ -71,6 +72,7 @@ class Runner:
         self._subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._cancel_tasks: set[asyncio.Task[None]] = set()
+        """Cancels being answered and finishes being told, each in a task of its own."""
         self.metrics.capacity.set(config.max_concurrency)
 
     @property
@@ -124,11 +126,16 @@ class Runner:
         # Reply before the first event so the gateway knows the owner before any cancel can race it.
         await msg.respond(codec.encode(JobAccepted(stream_id=job.stream_id, runner_id=self.runner_id)))
         task = generation.start()
-        task.add_done_callback(functools.partial(self._on_done, job.stream_id))
+        task.add_done_callback(functools.partial(self._on_done, job))
 
-    def _on_done(self, stream_id: str, task: asyncio.Task[Outcome]) -> None:
+    def _on_done(self, job: JobRequest, task: asyncio.Task[Outcome]) -> None:
+        stream_id = job.stream_id
         self._active.pop(stream_id, None)
         self.metrics.active_streams.set(len(self._active))
+        if job.owner is not None:  # the admitting gateway counts its tenants' streams (gateway/quotas.py)
+            notify = asyncio.create_task(self._tell_done(job.gateway_id, stream_id))
+            self._cancel_tasks.add(notify)
+            notify.add_done_callback(self._cancel_tasks.discard)
         if not task.cancelled() and task.exception() is None:
             self._finished[stream_id] = task.result()
             while len(self._finished) > FINISHED_MEMORY_STREAMS:
@@ -165,6 +172,12 @@ class Runner:
             halted_ts=halted_ts,
         )
         await msg.respond(codec.encode(reply))
+
+    async def _tell_done(self, gateway_id: str, stream_id: str) -> None:
+        try:
+            await self._nc.publish(subjects.gateway_done(gateway_id), codec.encode(StreamDone(stream_id=stream_id)))
+        except Exception as exc:  # the gateway's fallback is this runner's next heartbeat
+            log.warning("could not tell gateway %s that %s finished: %s", gateway_id, stream_id, exc)
 
     async def _write_record(self, record: StreamRecord) -> None:
         await self._kv.put(record.stream_id, codec.encode(record))

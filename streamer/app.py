@@ -21,11 +21,13 @@ from streamer.flush import FlushClock
 from streamer.hub import Clock, Hub, Reader
 from streamer.metrics import StreamerMetrics
 from tokenrelay import natsio, subjects
+from tokenrelay.auth import check_owner
 from tokenrelay.config import StreamerConfig
-from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable
+from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable, Unauthorized
 from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import StreamRecord, StreamState
-from tokenrelay.service import add_ops_routes, auth_middleware, errors_middleware, serve
+from tokenrelay.service import PRINCIPAL_KEY, add_ops_routes, auth_middleware, errors_middleware, serve
+from tokenrelay.tokens import Scope, TokenError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ and at 1,000 streams the broker spent 167 µs of CPU per token)."""
 HISTORY_SETTLE_S = 0.05
 """After this long, every event published before a reader subscribed is in JetStream."""
 
+EVENTS_RESOURCE = "/v1/streams/{id}/events"
+
 CONFIG_KEY = web.AppKey("config", StreamerConfig)
 NC_KEY = web.AppKey("nc", NATS)
 KV_KEY = web.AppKey("kv", KeyValue)
@@ -66,12 +70,38 @@ def parse_cursor(request: web.Request) -> Cursor | None:
         raise BadRequest(str(exc)) from None
 
 
+def request_tenant(request: web.Request) -> str | None:
+    """The tenant of the request's API key (``None`` without keys)."""
+    principal = request.get(PRINCIPAL_KEY)
+    return principal.tenant if principal is not None else None
+
+
+def reader_tenant(request: web.Request, stream_id: str) -> str | None:
+    """Who reads ``stream_id``: the API key's tenant (the stream must be its own), or ``None`` when no keys are
+    configured or the request carries a valid ``events`` token for exactly this stream (``unauthorized`` if not)."""
+    tenant = request_tenant(request)
+    config = request.app[CONFIG_KEY]
+    if tenant is not None or config.api_keys is None:
+        return tenant
+    token = request.query.get("token", "")
+    if config.tokens is None or not token:
+        raise Unauthorized("a valid API key or events token is required")
+    try:
+        config.tokens.verify(token, Scope.EVENTS, now=time.time(), subject=stream_id)
+    except TokenError:
+        raise Unauthorized("the events token is not valid (forged, expired or for another stream)") from None
+    return None
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Stream one generation's events as SSE, from the start or after the client's cursor."""
     app = request.app
     config, hub = app[CONFIG_KEY], app[HUB_KEY]
+    stream_id = request.match_info["id"]
+    tenant = reader_tenant(request, stream_id)
     cursor = parse_cursor(request)
-    record = await natsio.load_record(app[KV_KEY], request.match_info["id"])
+    record = await natsio.load_record(app[KV_KEY], stream_id)
+    check_owner(record.owner, tenant)
     if cursor is not None and cursor.epoch != record.epoch:
         raise ResumeUnavailable("the cursor belongs to a history that is gone")
     reader = Reader(
@@ -308,14 +338,15 @@ def make_app(
         write_timeout_s=config.write_timeout_s,
         disconnect_grace_s=config.disconnect_grace_s,
         cancel_timeout_s=config.cancel_timeout_s,
+        max_readers_per_stream=config.max_readers_per_stream,
     )
     middlewares: list[Middleware] = [errors_middleware]
     if config.api_keys is not None:
-        middlewares.append(auth_middleware(config.api_keys))
+        middlewares.append(auth_middleware(config.api_keys, token_resources={EVENTS_RESOURCE}))
     app = web.Application(middlewares=middlewares)
     app[CONFIG_KEY], app[NC_KEY], app[KV_KEY], app[HUB_KEY], app[METRICS_KEY] = config, nc, kv, hub, metrics
     app[FLUSH_KEY] = FlushClock(config.flush_interval_ms / 1000)
-    app.router.add_get("/v1/streams/{id}/events", events)
+    app.router.add_get(EVENTS_RESOURCE, events)
     cors.install(app, cors.CorsPolicy(config.cors_allow_origins))
     from streamer.compat import http as compat_http
 

@@ -22,7 +22,7 @@ from tokenrelay.service import Handler
 ANY_ORIGIN = "*"
 CORS_PATH_PREFIX = "/v1/"
 ALLOWED_METHODS = ("GET", "POST", "OPTIONS")
-ALLOWED_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID")
+ALLOWED_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID", "X-Api-Key")
 EXPOSED_HEADERS = ("Retry-After", "X-Tokenrelay-Stream-Id")
 """Response headers a cross-origin page may read besides the safelisted ones (Content-Type...)."""
 PREFLIGHT_MAX_AGE_S = 600

@@ -25,7 +25,7 @@ from streamer.metrics import StreamerMetrics
 from streamer.replay import Replay, ReplayError
 from tokenrelay import codec, subjects
 from tokenrelay.codec import CodecError
-from tokenrelay.errors import ErrorCode
+from tokenrelay.errors import ErrorCode, RateLimited
 from tokenrelay.messages import StreamDelta, StreamEvent
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,11 @@ class Hub:
         write_timeout_s: float = 10.0,
         disconnect_grace_s: float = 0.0,
         cancel_timeout_s: float = 5.0,
+        max_readers_per_stream: int = 0,
         clock: Clock = time.monotonic,
     ) -> None:
         self._nc = nc
+        self._max_readers_per_stream = max_readers_per_stream
         self.abandon = AbandonWatcher(
             nc,
             grace_s=disconnect_grace_s,
@@ -162,9 +164,15 @@ class Hub:
         return channel is not None and bool(channel.readers)
 
     async def attach(self, reader: Reader) -> None:
-        """Make sure live events of the reader's stream reach it (subscribed on the server)."""
-        self.abandon.reader_joined(reader.stream_id)
+        """Make sure live events of the reader's stream reach it (subscribed on the server).
+
+        A stream that has ``max_readers_per_stream`` readers here already refuses one more (``rate_limited``).
+        """
         channel = self._channels.get(reader.stream_id)
+        limit = self._max_readers_per_stream
+        if channel is not None and 0 < limit <= len(channel.readers):
+            raise RateLimited(f"this stream has {limit} readers on this streamer already (the limit)")
+        self.abandon.reader_joined(reader.stream_id)
         if channel is None:
             channel = _Channel(reader.epoch)
             self._channels[reader.stream_id] = channel

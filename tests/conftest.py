@@ -1,12 +1,22 @@
-"""Shared fixtures: one real nats-server (from the wheel) for the whole session."""
+"""Shared fixtures: one real nats-server (from the wheel) for the whole session.
+
+Role processes started by tests inherit this process's environment, so every gateway and streamer of
+the session shares one token secret (required with API keys); a test about a missing or different
+secret gives its processes an environment of their own.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
 
 from tests.procs import NatsServer, nats_server
+from tokenrelay.tokens import TOKEN_SECRET_ENV
+
+os.environ.setdefault(TOKEN_SECRET_ENV, secrets.token_urlsafe(32))
 
 
 @pytest.fixture(scope="session")

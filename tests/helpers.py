@@ -23,9 +23,9 @@ async def post(url: str, body: Any = None, *, data: bytes | None = None) -> tupl
         return response.status, orjson.loads(await response.read())
 
 
-async def get_json(url: str) -> tuple[int, Any]:
+async def get_json(url: str, *, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """GET; return (status, parsed JSON body)."""
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         return response.status, orjson.loads(await response.read())
 
 
@@ -51,12 +51,14 @@ async def metric(url: str, name: str, **labels: str) -> float:
     return sum(float(value) for found, value in pattern.findall(text) if wanted <= set(found.split(",")))
 
 
-async def wait_finished(gateway_url: str, stream_id: str, timeout_s: float = 30) -> dict[str, Any]:
+async def wait_finished(
+    gateway_url: str, stream_id: str, timeout_s: float = 30, *, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Poll the status endpoint until the stream is finished."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        status, body = await get_json(f"{gateway_url}/v1/streams/{stream_id}")
+        status, body = await get_json(f"{gateway_url}/v1/streams/{stream_id}", headers=headers)
         assert status == 200, body
         if body["state"] == "finished":
             return dict(body)

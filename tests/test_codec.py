@@ -65,6 +65,7 @@ SAMPLES: list[m.Message] = [
     m.ModelsRequest(),
     m.ModelList(models=("synthetic", "gpt2")),
     m.ModelList(),
+    m.StreamDone(stream_id="0" * 32),
 ]
 
 MULTIBYTE_TEXTS = [

@@ -149,8 +149,17 @@ def test_error_reply_carries_stable_code_and_message_and_echoes_ref() -> None:
 
 
 def test_error_reply_without_ref_has_no_ref() -> None:
-    assert orjson.loads(error_reply(Overloaded("busy"), None)) == {
+    assert orjson.loads(error_reply(ControlError("bad thing", ref=None), None)) == {
+        "type": "error",
+        "code": "bad_request",
+        "message": "bad thing",
+    }
+
+
+def test_error_reply_to_retry_later_errors_says_when_to_retry() -> None:
+    assert orjson.loads(error_reply(Overloaded("busy", retry_after_s=3), None)) == {
         "type": "error",
         "code": "overloaded",
         "message": "busy",
+        "retry_after_s": 3,
     }

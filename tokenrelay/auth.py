@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenrelay.errors import NotFound
+
 API_KEYS_ENV = "TOKENRELAY_API_KEYS"
 """Entries separated by newlines or commas, each ``tenant:key`` (or ``tenant:sha256:<hex>``)."""
 MIN_KEY_CHARS = 16
@@ -119,6 +121,16 @@ class KeyRing:
             if merged.setdefault(key_digest, tenant) != tenant:
                 raise KeyFileError("the same key is given to two tenants")
         return KeyRing(merged)
+
+
+def check_owner(owner: str | None, tenant: str | None) -> None:
+    """``not_found`` (the answer for a stream that does not exist) unless ``tenant`` may use a stream of ``owner``.
+
+    ``tenant`` is ``None`` only when no API keys are configured: anyone may then.  With keys, a stream
+    without an owner (made before keys were configured) belongs to no one.
+    """
+    if tenant is not None and owner != tenant:
+        raise NotFound("no such stream")
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:

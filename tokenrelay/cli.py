@@ -16,6 +16,7 @@ from tokenrelay import config as c
 from tokenrelay.auth import API_KEYS_ENV, KeyFileError, KeyRing, load_keyring
 from tokenrelay.loadtest.command import add_arguments as add_loadtest_arguments
 from tokenrelay.service import EVENT_LOOPS, run_role, setup_logging
+from tokenrelay.tokens import TOKEN_SECRET_ENV, SecretError, TokenSigner, load_signer
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,22 @@ STREAMER_OPTIONS = (
            "close a reader as slow_consumer when a write is not taken within this time"),
     Option("--disconnect-grace-s", float, c.DEFAULT_DISCONNECT_GRACE_S,
            "cancel a generation whose readers all left this long ago (0: never)"),
+    Option("--max-readers-per-stream", int, c.DEFAULT_MAX_READERS_PER_STREAM,
+           "readers one stream may have at once on this streamer (more: 429; 0: no limit)"),
     CORS_ALLOW_ORIGIN,
 )  # fmt: skip
 API_KEYS_FILE = Option(
     "--api-keys-file", str, "",
     f"file of 'tenant key' lines (or key digests 'tenant sha256:<hex>'); with it, or ${API_KEYS_ENV} "
-    "('tenant:key,...'), every endpoint but /healthz, /readyz and /metrics needs Authorization: Bearer <key>",
+    "('tenant:key,...'), every endpoint but /healthz, /readyz and /metrics needs Authorization: Bearer <key>; "
+    f"gateway and streamer then also need the same ${TOKEN_SECRET_ENV} (at least 32 characters; up makes one)",
 )  # fmt: skip
+CONTROL_ALLOW_ORIGIN = RepeatedOption(
+    "--control-allow-origin",
+    cors_origin,
+    (),
+    "an origin (scheme://host:port) whose pages may open the control WebSocket besides the gateway's own; * any",
+)
 GATEWAY_OPTIONS = (
     Option("--max-queued-streams", int, c.DEFAULT_MAX_QUEUED_STREAMS, "streams waiting for a runner before 503"),
     Option("--queue-timeout-s", float, c.DEFAULT_QUEUE_TIMEOUT_S, "seconds a stream waits for a runner"),
@@ -129,6 +139,18 @@ GATEWAY_OPTIONS = (
            "characters of all messages' content together (more: 400)"),
     Option("--runner-stale-after-s", float, c.DEFAULT_RUNNER_STALE_AFTER_S,
            "a runner silent this long is lost: its streams end with a runner_lost error"),
+    Option("--events-token-ttl-s", float, c.DEFAULT_EVENTS_TOKEN_TTL_S,
+           "with API keys: how long the token in an events_url lets a client read (and resume) its stream"),
+    Option("--control-token-ttl-s", float, c.DEFAULT_CONTROL_TOKEN_TTL_S,
+           "with API keys: how long a token from POST /v1/control/token may open a control WebSocket"),
+    Option("--key-requests-per-s", float, 0.0,
+           "with API keys: requests a second per key on this gateway, stops excepted (more: 429; 0: no limit)"),
+    Option("--key-request-burst", int, 0,
+           "with API keys: requests a key may make at once after being idle (0: the per-second rate)"),
+    Option("--key-max-streams", int, 0, "with API keys: streams a key may run at once via this gateway (0: no limit)"),
+    Option("--key-max-control-sockets", int, c.DEFAULT_MAX_CONTROL_SOCKETS_PER_KEY,
+           "with API keys: control WebSockets a key may hold open on this gateway (0: no limit)"),
+    CONTROL_ALLOW_ORIGIN,
 )  # fmt: skip
 
 
@@ -217,25 +239,48 @@ def api_keys(args: argparse.Namespace) -> KeyRing | None:
         raise SystemExit(f"tokenrelay {args.command}: API keys: {exc}") from None
 
 
+def token_signer(args: argparse.Namespace, keys: KeyRing | None) -> TokenSigner | None:
+    """The signer for ``$TOKENRELAY_TOKEN_SECRET``; with API keys it is required (a usage error without it)."""
+    try:
+        signer = load_signer(os.environ.get(TOKEN_SECRET_ENV))
+    except SecretError as exc:
+        raise SystemExit(f"tokenrelay {args.command}: ${TOKEN_SECRET_ENV}: {exc}") from None
+    if keys is not None and signer is None:
+        raise SystemExit(
+            f"tokenrelay {args.command}: API keys need ${TOKEN_SECRET_ENV}, a secret of at least 32 characters "
+            "that every gateway and streamer shares (it signs the tokens in events_url and control tokens)"
+        )
+    return signer
+
+
 def gateway_config(args: argparse.Namespace) -> c.GatewayConfig:
     """Typed gateway config from parsed arguments."""
+    keys = api_keys(args)
+    quotas = c.QuotaLimits(
+        requests_per_s=args.key_requests_per_s, burst=args.key_request_burst,
+        max_streams=args.key_max_streams, max_control_sockets=args.key_max_control_sockets,
+    )  # fmt: skip
     return c.GatewayConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, public_url=args.public_url,
         streamer_url=args.streamer_url, history=_history(args), max_queued_streams=args.max_queued_streams,
         queue_timeout_s=args.queue_timeout_s, max_tokens_limit=args.max_tokens_limit,
         max_messages=args.max_messages, max_prompt_chars=args.max_prompt_chars,
-        runner_stale_after_s=args.runner_stale_after_s, api_keys=api_keys(args),
+        runner_stale_after_s=args.runner_stale_after_s, api_keys=keys, tokens=token_signer(args, keys),
+        events_token_ttl_s=args.events_token_ttl_s, control_token_ttl_s=args.control_token_ttl_s,
+        control_allow_origins=CONTROL_ALLOW_ORIGIN.values(args), quotas=quotas,
     )  # fmt: skip
 
 
 def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
     """Typed streamer config from parsed arguments."""
+    keys = api_keys(args)
     return c.StreamerConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args),
         heartbeat_s=args.heartbeat_s, max_reader_buffer_bytes=args.max_reader_buffer_bytes,
         disconnect_grace_s=args.disconnect_grace_s, flush_interval_ms=args.flush_interval_ms,
         write_timeout_s=args.write_timeout_s, socket_send_buffer_bytes=args.socket_send_buffer_bytes,
-        cors_allow_origins=CORS_ALLOW_ORIGIN.values(args), api_keys=api_keys(args),
+        cors_allow_origins=CORS_ALLOW_ORIGIN.values(args), api_keys=keys, tokens=token_signer(args, keys),
+        max_readers_per_stream=args.max_readers_per_stream,
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from tokenrelay.auth import KeyRing
+from tokenrelay.tokens import TokenSigner
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -43,6 +44,10 @@ DEFAULT_SYNTHETIC_TOKENS_PER_S = 30.0
 DEFAULT_MAX_CONTROL_INFLIGHT = 64
 DEFAULT_MAX_WS_MESSAGE_BYTES = 1 << 20
 DEFAULT_CORS_ALLOW_ORIGINS = ("*",)
+DEFAULT_EVENTS_TOKEN_TTL_S = 3600.0
+DEFAULT_CONTROL_TOKEN_TTL_S = 60.0
+DEFAULT_MAX_CONTROL_SOCKETS_PER_KEY = 64
+DEFAULT_MAX_READERS_PER_STREAM = 32
 
 
 class StorageKind(enum.StrEnum):
@@ -62,6 +67,20 @@ class HistoryConfig:
     ttl_s: float = DEFAULT_HISTORY_TTL_S
     storage: StorageKind = StorageKind.MEMORY
     max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaLimits:
+    """Each API key's limits on one gateway (enforced by :mod:`gateway.quotas`); 0 means none."""
+
+    requests_per_s: float = 0.0
+    """Requests a second (a stop never counts)."""
+    burst: int = 0
+    """Requests a key may make at once after being idle (0: ``max(1, requests_per_s)``)."""
+    max_streams: int = 0
+    """Streams running at once."""
+    max_control_sockets: int = DEFAULT_MAX_CONTROL_SOCKETS_PER_KEY
+    """Control WebSockets open at once."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +118,19 @@ class GatewayConfig:
     max_control_inflight: int = DEFAULT_MAX_CONTROL_INFLIGHT
     """Control messages handled at once per socket; more wait (the socket is not read)."""
     max_ws_message_bytes: int = DEFAULT_MAX_WS_MESSAGE_BYTES
+    """A larger control message closes the socket with 1009 (message too big)."""
+    tokens: TokenSigner | None = None
+    """Signs the ``events`` tokens put in ``events_url`` and the ``control`` tokens of ``POST /v1/control/token``
+    (required with ``api_keys``; the streamers check ``events`` tokens with the same secret)."""
+    events_token_ttl_s: float = DEFAULT_EVENTS_TOKEN_TTL_S
+    """How long the token in an ``events_url`` lets a client read (and resume) the stream."""
+    control_token_ttl_s: float = DEFAULT_CONTROL_TOKEN_TTL_S
+    """How long a control token may be used to open a control WebSocket."""
+    control_allow_origins: tuple[str, ...] = ()
+    """Origins whose pages may open the control WebSocket besides the gateway's own (``"*"``: any).
+    A client that sends no ``Origin`` (not a browser) is not affected."""
+    quotas: QuotaLimits = field(default_factory=QuotaLimits)
+    """Each API key's limits on this gateway (see :mod:`gateway.quotas`)."""
 
     def base_url(self) -> str:
         """This gateway's public base URL."""
@@ -134,6 +166,10 @@ class StreamerConfig:
     cors_allow_origins: tuple[str, ...] = DEFAULT_CORS_ALLOW_ORIGINS
     """Origins whose pages may read ``/v1/`` responses (the chat page's origin, usually the gateway's);
     ``"*"`` allows any. Credentials are never allowed, so no origin can read with a user's cookies."""
+    tokens: TokenSigner | None = None
+    """Checks the ``events`` tokens in ``events_url`` (the gateways' secret)."""
+    max_readers_per_stream: int = DEFAULT_MAX_READERS_PER_STREAM
+    """Readers one stream may have at once on this streamer; one more answers ``429 rate_limited``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,9 +9,12 @@ Hierarchy::
     TokenRelayError
     ├── BadRequest          400 bad_request
     ├── Unauthorized        401 unauthorized
+    ├── Forbidden           403 forbidden
     ├── NotFound            404 not_found
     ├── PayloadTooLarge     413 payload_too_large
-    ├── Overloaded          503 overloaded (carries retry_after_s)
+    ├── RetryLater          (carries retry_after_s: answered with Retry-After)
+    │   ├── RateLimited     429 rate_limited
+    │   └── Overloaded      503 overloaded
     ├── Unavailable         503 unavailable
     └── ResumeUnavailable   410 resume_unavailable
 
@@ -30,10 +33,12 @@ class ErrorCode(enum.StrEnum):
 
     BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_FOUND = "not_found"
     OVERLOADED = "overloaded"
+    RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     SLOW_CONSUMER = "slow_consumer"
@@ -49,10 +54,12 @@ class ErrorCode(enum.StrEnum):
 STATUS_CODES: dict[int, ErrorCode] = {
     400: ErrorCode.BAD_REQUEST,
     401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     410: ErrorCode.RESUME_UNAVAILABLE,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.RATE_LIMITED,
     503: ErrorCode.UNAVAILABLE,
 }
 """The code an HTTP error status stands for when no body says more (a proxy's error, aiohttp's own)."""
@@ -87,6 +94,13 @@ class Unauthorized(TokenRelayError):
     http_status = 401
 
 
+class Forbidden(TokenRelayError):
+    """The request comes from somewhere it may not (a WebSocket from a page whose origin is not allowed)."""
+
+    code = ErrorCode.FORBIDDEN
+    http_status = 403
+
+
 class NotFound(TokenRelayError):
     """No such stream (or it is not visible to the caller)."""
 
@@ -101,15 +115,26 @@ class PayloadTooLarge(TokenRelayError):
     http_status = 413
 
 
-class Overloaded(TokenRelayError):
+class RetryLater(TokenRelayError):
+    """Refused for now: the client should retry after ``retry_after_s`` whole seconds (``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
+
+class RateLimited(RetryLater):
+    """The caller's key is over one of its limits (request rate, concurrent streams, control sockets)."""
+
+    code = ErrorCode.RATE_LIMITED
+    http_status = 429
+
+
+class Overloaded(RetryLater):
     """Capacity is exhausted; the client should retry after ``retry_after_s`` seconds."""
 
     code = ErrorCode.OVERLOADED
     http_status = 503
-
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class Unavailable(TokenRelayError):
@@ -128,8 +153,11 @@ class ResumeUnavailable(TokenRelayError):
 
 _CLASSES: dict[str, type[TokenRelayError]] = {
     cls.code: cls
-    for cls in (BadRequest, Unauthorized, NotFound, PayloadTooLarge, Overloaded, Unavailable, ResumeUnavailable)
-}
+    for cls in (
+        BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge,
+        RateLimited, Overloaded, Unavailable, ResumeUnavailable,
+    )
+}  # fmt: skip
 
 
 _KNOWN_CODES = frozenset(code.value for code in ErrorCode)
@@ -143,8 +171,8 @@ def from_code(code: str, message: str, *, retry_after_s: float | None = None) ->
     code ``internal``, with the code in front of the message.
     """
     cls = _CLASSES.get(code)
-    if cls is Overloaded:
-        return Overloaded(message, retry_after_s=max(1, round(retry_after_s or 1)))
+    if cls is not None and issubclass(cls, RetryLater):
+        return cls(message, retry_after_s=max(1, round(retry_after_s or 1)))
     if cls is not None:
         return cls(message)
     if code in _KNOWN_CODES:

@@ -59,6 +59,8 @@ class JobRequest:
     messages: tuple[ChatMessage, ...]
     max_tokens: int
     created: int
+    owner: str | None = None
+    """The tenant that owns the stream; the runner keeps it in every record it writes."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +196,9 @@ class StreamRecord:
     ttft_ms: float | None = None
     error_code: str | None = None
     cancel_reason: CancelReason | None = None
+    owner: str | None = None
+    """The tenant whose API key created the stream (``None`` when no keys are configured): only it may
+    read, stop, query or rate the stream."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +220,8 @@ class StartRequest:
     messages: tuple[ChatMessage, ...]
     max_tokens: int | None = None
     model: str | None = None
+    owner: str | None = None
+    """The tenant of the API key the streamer authenticated (``None`` without keys)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,6 +249,14 @@ class ModelList:
     models: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamDone:
+    """Runner -> the gateway that admitted a stream (``tokenrelay.gateway.<id>.done``): it finished."""
+
+    type: Literal["stream_done"] = "stream_done"
+    stream_id: str
+
+
 Message = (
     JobRequest
     | JobAccepted
@@ -259,4 +274,5 @@ Message = (
     | StartRefused
     | ModelsRequest
     | ModelList
+    | StreamDone
 )

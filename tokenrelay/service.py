@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenrelay.auth import KeyRing, Principal, presented_key
-from tokenrelay.errors import STATUS_CODES, ErrorCode, Overloaded, TokenRelayError, Unauthorized, Unavailable
+from tokenrelay.errors import STATUS_CODES, ErrorCode, RetryLater, TokenRelayError, Unauthorized, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,10 @@ def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | Non
 
 
 def error_response(exc: TokenRelayError) -> web.Response:
-    """The contract's error shape; ``overloaded`` adds ``Retry-After``, ``unauthorized`` ``WWW-Authenticate``."""
+    """The contract's error shape; ``overloaded``/``rate_limited`` add ``Retry-After``, ``unauthorized``
+    ``WWW-Authenticate``."""
     headers: dict[str, str] | None = None
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, RetryLater):
         headers = {"Retry-After": str(exc.retry_after_s)}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": 'Bearer realm="tokenrelay"'}
@@ -64,22 +65,38 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 
 
+def resource_of(request: web.Request) -> str | None:
+    """The route pattern a request matched (``/v1/streams/{id}/events``), ``None`` if none did."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else None
+
+
 def auth_middleware(
-    keyring: KeyRing, *, open_paths: Collection[str] = (), open_prefixes: tuple[str, ...] = ()
+    keyring: KeyRing,
+    *,
+    open_paths: Collection[str] = (),
+    open_prefixes: tuple[str, ...] = (),
+    token_resources: Collection[str] = (),
 ) -> Middleware:
     """Every request but the ops endpoints (and ``open_paths``, paths under ``open_prefixes``) needs a configured key.
 
-    Runs inside :func:`errors_middleware`, so a refusal is the contract's ``401 unauthorized`` JSON
-    (with ``WWW-Authenticate: Bearer``) and is counted; a WebSocket upgrade is refused before it happens.
+    A request to one of ``token_resources`` (route patterns) that presents no key but a ``?token=`` is
+    passed on without a principal: its handler checks the token, since only it knows what the token
+    must grant.  Runs inside :func:`errors_middleware`, so a refusal is the contract's ``401
+    unauthorized`` JSON (with ``WWW-Authenticate: Bearer``) and is counted; a WebSocket upgrade is
+    refused before it happens.
     """
 
     open_set = OPEN_PATHS | frozenset(open_paths)
+    token_set = frozenset(token_resources)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in open_set or (open_prefixes and request.path.startswith(open_prefixes)):
             return await handler(request)
         key = presented_key(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+        if key is None and token_set and "token" in request.query and resource_of(request) in token_set:
+            return await handler(request)
         principal = keyring.authenticate(key)
         if principal is None:
             raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")

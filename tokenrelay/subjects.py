@@ -11,6 +11,8 @@ subject                                         pattern    carries
 ``tokenrelay.runner.<runner_id>.cancel``         req/reply  CancelRequest -> CancelReply
 ``tokenrelay.gateway.<gateway_id>.cancel``       req/reply  CancelRequest -> CancelReply
                                                             (streams still queued in a gateway)
+``tokenrelay.gateway.<gateway_id>.done``         pub/sub    StreamDone (runner -> the gateway that
+                                                            admitted the stream: frees its key's slot)
 ``tokenrelay.cancels``                           req/reply  CancelRequest -> CancelReply
                                                             (queue group ``gateways``; any gateway
                                                             routes it to the stream's owner)
@@ -95,6 +97,11 @@ def runner_cancel(runner_id: str) -> str:
 def gateway_cancel(gateway_id: str) -> str:
     """The subject one gateway takes cancel requests on for streams it still holds queued."""
     return f"tokenrelay.gateway.{_node(gateway_id)}.cancel"
+
+
+def gateway_done(gateway_id: str) -> str:
+    """The subject runners tell one gateway on that a stream it admitted has finished."""
+    return f"tokenrelay.gateway.{_node(gateway_id)}.done"
 
 
 def readers(stream_id: str) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,6 +36,7 @@ from tokenrelay.cli import (
     STREAMER_OPTIONS,
     api_keys,
 )
+from tokenrelay.tokens import TOKEN_SECRET_ENV
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -271,6 +273,9 @@ def up(args: argparse.Namespace) -> int:
         stopping = True
 
     keys = api_keys(args)
+    if keys is not None and not os.environ.get(TOKEN_SECRET_ENV):
+        # One secret for this gateway and streamer (inherited): it signs and checks the tokens in URLs.
+        os.environ[TOKEN_SECRET_ENV] = secrets.token_urlsafe(32)
     if keys is None and not is_loopback(args.host) and not args.insecure:
         print(
             f"tokenrelay: refusing to listen on {args.host} without API keys: anyone who reaches it could read and "

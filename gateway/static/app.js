@@ -17,7 +17,7 @@
   const el = {
     form: $("prompt-form"), prompt: $("prompt"), maxTokens: $("max-tokens"), start: $("start"), stop: $("stop"),
     state: $("state"), output: $("output"), notice: $("notice"), ttft: $("ttft"), tokens: $("tokens"),
-    tps: $("tps"), up: $("thumb-up"), down: $("thumb-down"), feedback: $("feedback-status"),
+    tps: $("tps"), up: $("thumb-up"), down: $("thumb-down"), feedback: $("feedback-status"), apiKey: $("api-key"),
   };
 
   class ControlError extends Error {
@@ -36,10 +36,29 @@
       this.pending = new Map();
     }
 
+    /**
+     * The socket's URL. A browser cannot send the API key on a WebSocket, so with keys configured the page
+     * trades the key (sent as a header on a same-origin POST) for a short-lived control token that goes in
+     * the URL. Without keys the gateway answers a null token: the socket needs none.
+     */
+    async socketUrl() {
+      const key = el.apiKey.value.trim();
+      const response = await fetch("/v1/control/token", {
+        method: "POST", headers: key ? { Authorization: `Bearer ${key}` } : {}, cache: "no-store",
+      });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        const error = body.error || {};
+        const hint = response.status === 401 ? " Enter a valid API key." : "";
+        throw new ControlError(error.code || "control_error", `${error.message || response.statusText}.${hint}`);
+      }
+      return body.token ? `${this.url}?token=${encodeURIComponent(body.token)}` : this.url;
+    }
+
     connect() {
       if (this.opening) return this.opening;
-      this.opening = new Promise((resolve, reject) => {
-        const ws = new WebSocket(this.url);
+      const opening = this.socketUrl().then((url) => new Promise((resolve, reject) => {
+        const ws = new WebSocket(url);
         ws.addEventListener("open", () => resolve(ws));
         ws.addEventListener("message", (event) => this.receive(event.data));
         ws.addEventListener("close", () => {
@@ -47,8 +66,10 @@
           reject(new ControlError("control_closed", "cannot reach the gateway's control socket"));
           this.failAll("the control socket closed before the gateway replied");
         });
-      });
-      return this.opening;
+      }));
+      opening.catch(() => { if (this.opening === opening) this.opening = null; }); // retried on the next request
+      this.opening = opening;
+      return opening;
     }
 
     async request(message) {
@@ -354,6 +375,7 @@
   });
   el.output.replaceChildren(view.text);
   control.connect().catch(() => {}); // open early so the first Start does not wait for the handshake
+  el.apiKey.addEventListener("change", () => control.connect().catch(() => {}));
 
   /** For tests and debugging: simulate a network drop, read the stream's client-side state. */
   window.tokenrelayDebug = Object.freeze({

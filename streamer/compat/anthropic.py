@@ -35,8 +35,10 @@ _STOP_REASONS = {FinishReason.STOP: "end_turn", FinishReason.LENGTH: "max_tokens
 _ERROR_TYPES: dict[str, str] = {
     ErrorCode.BAD_REQUEST: "invalid_request_error",
     ErrorCode.PAYLOAD_TOO_LARGE: "request_too_large",
+    ErrorCode.UNAUTHORIZED: "authentication_error",
     ErrorCode.NOT_FOUND: "not_found_error",
     ErrorCode.METHOD_NOT_ALLOWED: "invalid_request_error",
+    ErrorCode.RATE_LIMITED: "rate_limit_error",
     ErrorCode.OVERLOADED: "overloaded_error",
 }
 

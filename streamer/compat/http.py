@@ -9,13 +9,14 @@ APIs share one request flow (:func:`_serve`); a :class:`_Dialect` supplies what 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Protocol
 
 from aiohttp import web
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from streamer.app import CONFIG_KEY, HUB_KEY, NC_KEY, SSE_HEADERS, collect, serve_reader
+from streamer.app import CONFIG_KEY, HUB_KEY, NC_KEY, SSE_HEADERS, collect, request_tenant, serve_reader
 from streamer.compat import anthropic, openai
 from streamer.compat.common import TextCollector
 from streamer.frames import Framing
@@ -24,8 +25,8 @@ from tokenrelay import codec, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.errors import (
     ErrorCode,
-    Overloaded,
     PayloadTooLarge,
+    RetryLater,
     TokenRelayError,
     Unavailable,
     from_code,
@@ -147,7 +148,7 @@ async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
     app = request.app
     try:
         start, options = dialect.parse(await _json_body(request))
-        record = await admit(app, start)
+        record = await admit(app, replace(start, owner=request_tenant(request)))
     except TokenRelayError as exc:
         count_error(app, exc.code)
         return _error(dialect, exc)
@@ -194,7 +195,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 def _error(dialect: _Dialect, exc: TokenRelayError) -> web.Response:
     """One of our errors in the dialect's shape, with ``Retry-After`` for ``overloaded``."""
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RetryLater) else None
     code = str(exc.code)
     return json_response(
         dialect.error_body(code, exc.message), status=dialect.status(code, exc.http_status), headers=headers

@@ -24,8 +24,10 @@ DONE = b"data: [DONE]\n\n"
 _ERROR_TYPES: dict[str, str] = {
     ErrorCode.BAD_REQUEST: "invalid_request_error",
     ErrorCode.PAYLOAD_TOO_LARGE: "invalid_request_error",
+    ErrorCode.UNAUTHORIZED: "invalid_request_error",
     ErrorCode.NOT_FOUND: "not_found_error",
     ErrorCode.METHOD_NOT_ALLOWED: "invalid_request_error",
+    ErrorCode.RATE_LIMITED: "rate_limit_exceeded",
     ErrorCode.OVERLOADED: "server_error",
     ErrorCode.UNAVAILABLE: "server_error",
 }
