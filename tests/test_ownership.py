@@ -29,6 +29,8 @@ GLOBEX_KEY = "tr-globex-other-987654321"
 PROMPT = "whose stream is this"
 BODY = {"prompt": PROMPT, "max_tokens": 6}
 ALLOWED_ORIGIN = "https://chat.example.com"
+LENGTH = 100_000
+"""Every synthetic text is this long, so a stream with a large max_tokens runs until it is stopped."""
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def own_nats() -> Iterator[NatsServer]:
 def sut(own_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     keys = tmp_path_factory.mktemp("ownership") / "api-keys"
     keys.write_text(f"acme {ACME_KEY}\nglobex {GLOBEX_KEY}\n")
-    runner = ["--synthetic-tokens-per-s", "200", "--synthetic-ttft-ms", "0"]
+    runner = ["--synthetic-tokens-per-s", "200", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", str(LENGTH)]
     auth = ["--api-keys-file", str(keys)]
     gateway = [*auth, "--control-allow-origin", ALLOWED_ORIGIN]
     with system(own_nats.url, runner_args=runner, streamer_args=auth, gateway_args=gateway) as running:
@@ -131,7 +133,7 @@ async def test_another_key_cannot_read_or_resume_the_stream_with_its_own_key(sut
     theirs = await read_stream(url, headers=_bearer(GLOBEX_KEY))
     assert (theirs.status, orjson.loads(theirs.body)["error"]["code"]) == (404, "not_found")
     mine = await read_stream(url, headers=_bearer(ACME_KEY))
-    assert mine.status == 200 and mine.text == expected_text(PROMPT, 6)
+    assert mine.status == 200 and mine.text == expected_text(PROMPT, 6, LENGTH)
     cursor = mine.of("delta")[2].id
     assert cursor is not None
     resumed = await read_stream(url, headers={**_bearer(GLOBEX_KEY), "Last-Event-ID": cursor})
@@ -159,7 +161,7 @@ async def test_a_stream_made_with_the_openai_sdk_belongs_to_its_key(sut: System)
             model="synthetic", messages=[{"role": "user", "content": PROMPT}], max_tokens=4
         )
     stream_id = raw.headers["X-Tokenrelay-Stream-Id"]
-    assert raw.parse().choices[0].message.content == expected_text(PROMPT, 4)
+    assert raw.parse().choices[0].message.content == expected_text(PROMPT, 4, LENGTH)
     status, _ = await _request("GET", f"{sut.gateway_url}/v1/streams/{stream_id}", key=GLOBEX_KEY)
     assert status == 404
     status, record = await _request("GET", f"{sut.gateway_url}/v1/streams/{stream_id}", key=ACME_KEY)
@@ -173,7 +175,7 @@ async def test_the_events_url_alone_reads_and_resumes_the_stream_without_headers
     created = await _create(sut)
     assert "token" in parse_qs(urlsplit(created["events_url"]).query)
     first = await read_stream(created["events_url"])
-    assert first.status == 200 and first.text == expected_text(PROMPT, 6)
+    assert first.status == 200 and first.text == expected_text(PROMPT, 6, LENGTH)
     cursor = first.of("delta")[1].id
     resumed = await read_stream(created["events_url"], headers={"Last-Event-ID": cursor})
     assert resumed.status == 200 and first.text.endswith(resumed.text) and resumed.text
