@@ -258,3 +258,26 @@ async def test_an_invalid_request_shows_error_state_with_its_code(chat: Chat) ->
     await expect(chat.page.locator("#state")).to_have_attribute("data-code", "bad_request")
     await expect(chat.page.get_by_role("alert")).to_contain_text("max_tokens")
     assert await chat.page.get_by_role("button", name="Start").is_enabled()
+
+
+async def test_with_api_keys_the_page_trades_the_key_for_tokens_and_streams_with_no_header(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    _require_chromium()
+    key = "tr-browser-key-0123456789"
+    keys = tmp_path / "api-keys"
+    keys.write_text(f"browser {key}\n")
+    auth = ["--api-keys-file", str(keys)]
+    with system(nats.url, runner_args=RUNNER_ARGS, streamer_args=auth, gateway_args=auth) as keyed:
+        # Without a key the token request is refused (401, logged by the browser) and nothing streams.
+        async with open_chat(keyed.gateway_url, expected_console=("401",)) as chat:
+            await chat.start("who am i", max_tokens=5)
+            await chat.wait_state("error")
+            await expect(chat.page.locator("#notice")).to_contain_text("API key")
+            await chat.page.get_by_label("API key").fill(key)
+            prompt = "keys in a browser"
+            await chat.start(prompt, max_tokens=30)
+            await chat.wait_state("finished")
+            assert await chat.text() == expected_text(prompt, 30, NATURAL_TOKENS)
+            assert chat.events_requests and all("token=" in url for url in chat.events_requests)
+            assert chat.problems == []
