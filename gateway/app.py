@@ -21,7 +21,7 @@ from gateway.streams import StopResult, StreamManager
 from tokenrelay import natsio, subjects
 from tokenrelay.codec import parse_json_object
 from tokenrelay.config import GatewayConfig
-from tokenrelay.errors import BadRequest, Forbidden, NotFound, TokenRelayError, Unauthorized
+from tokenrelay.errors import BadRequest, ErrorCode, Forbidden, NotFound, TokenRelayError, Unauthorized
 from tokenrelay.messages import StreamRecord
 from tokenrelay.service import (
     PRINCIPAL_KEY,
@@ -149,6 +149,7 @@ class ControlSession:
                     self._tasks.add(task)
                     task.add_done_callback(self._done)
                 elif msg.type is WSMsgType.BINARY:
+                    self._metrics.errors.labels(code=str(ErrorCode.BAD_REQUEST)).inc()
                     await self._send(control.error_reply(BadRequest("binary messages are not supported"), None))
         finally:
             for task in self._tasks:
@@ -228,7 +229,8 @@ async def control_socket(request: web.Request) -> web.WebSocketResponse:
     if tenant is not None:
         streams.quotas.socket_opened(tenant)
     try:
-        ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_S, max_msg_size=config.max_ws_message_bytes)
+        # aiohttp refuses a message of max_msg_size bytes or more; ours is the largest allowed size, inclusive.
+        ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_S, max_msg_size=config.max_ws_message_bytes + 1)
         await ws.prepare(request)
         metrics = request.app[METRICS_KEY]
         metrics.control_sockets.inc()

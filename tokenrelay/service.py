@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Counter
@@ -120,7 +121,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         code = STATUS_CODES.get(exc.status, ErrorCode.BAD_REQUEST if exc.status < 500 else ErrorCode.INTERNAL)
         count_error(request.app, code)
         return plain_error(exc.status, code, exc.reason)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
+        raise
+    except ConnectionResetError:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client left mid-request (mid-body, say): no one to answer. Handled as aiohttp handles a
+            # client that leaves, instead of as a handler failure (a 500 with a traceback in the log).
+            raise asyncio.CancelledError from None
         raise
     except NatsError as exc:  # JetStream errors derive from it too
         log.warning("NATS failed during %s %s: %s", request.method, request.path, exc)
@@ -254,9 +262,22 @@ async def wait_for_signal() -> None:
                 loop.remove_signal_handler(sig)
 
 
+def quiet_bad_requests(record: logging.LogRecord) -> bool:
+    """A logging filter for ``aiohttp.server``: a request the HTTP parser refused (answered 400) is the client's
+    fault, not the server's; aiohttp logs each as an ERROR with a traceback, so any client could flood the log.
+    Such a record becomes one INFO line without the traceback (dropped unless INFO is enabled)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if not isinstance(exc, HttpProcessingError):
+        return True
+    record.msg, record.args, record.exc_info, record.exc_text = "refused a malformed request: %s", (exc,), None, None
+    record.levelno, record.levelname = logging.INFO, "INFO"
+    return logging.getLogger().isEnabledFor(logging.INFO)
+
+
 def setup_logging(level: str = "INFO") -> None:
     """One line per record, with the role in the logger name."""
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logging.getLogger("aiohttp.server").addFilter(quiet_bad_requests)
