@@ -21,19 +21,20 @@ from gateway.streams import StopResult, StreamManager
 from tokenrelay import natsio, subjects
 from tokenrelay.codec import parse_json_object
 from tokenrelay.config import GatewayConfig
-from tokenrelay.errors import BadRequest, ErrorCode, Forbidden, NotFound, TokenRelayError, Unauthorized
+from tokenrelay.errors import BadRequest, ErrorCode, Forbidden, NotFound, TokenRelayError
 from tokenrelay.messages import StreamRecord
 from tokenrelay.service import (
-    PRINCIPAL_KEY,
     Handler,
     add_ops_routes,
     auth_middleware,
     errors_middleware,
     json_response,
+    request_tenant,
     resource_of,
     serve,
+    token_grant,
 )
-from tokenrelay.tokens import Scope, TokenError
+from tokenrelay.tokens import Scope
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,6 @@ METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
 WS_HEARTBEAT_S = 30.0
 CONTROL_RESOURCE = "/v1/control"
 STOP_RESOURCE = "/v1/streams/{id}/stop"
-
-
-def _tenant(request: web.Request) -> str | None:
-    """The caller's tenant (``None`` when no API keys are configured)."""
-    principal = request.get(PRINCIPAL_KEY)
-    return principal.tenant if principal is not None else None
 
 
 def _control_url(config: GatewayConfig) -> str:
@@ -93,21 +88,21 @@ async def create_stream(request: web.Request) -> web.Response:
     config, streams = request.app[CONFIG_KEY], request.app[STREAMS_KEY]
     streams.check_admission()  # at capacity: 503 before the body is even read
     body = parse_json_object(await request.read())
-    tenant = _tenant(request)
+    tenant = request_tenant(request)
     record = await streams.create(stream_request(config, body), owner=tenant)
     return json_response({"id": record.stream_id, **_urls(config, record.stream_id, tenant)}, status=201)
 
 
 async def stream_status(request: web.Request) -> web.Response:
     """``GET /v1/streams/{id}`` -> state, finish reason, tokens, TTFT (``not_found`` for another key's stream)."""
-    record = await request.app[STREAMS_KEY].owned_record(request.match_info["id"], _tenant(request))
+    record = await request.app[STREAMS_KEY].owned_record(request.match_info["id"], request_tenant(request))
     return json_response(_status_body(record))
 
 
 async def stop_stream(request: web.Request) -> web.Response:
     """``POST /v1/streams/{id}/stop`` -> the final state once generation halted (only its owner may)."""
     streams, stream_id = request.app[STREAMS_KEY], request.match_info["id"]
-    await streams.authorize(stream_id, _tenant(request))
+    await streams.authorize(stream_id, request_tenant(request))
     return json_response(_stop_body(await streams.stop(stream_id)))
 
 
@@ -117,7 +112,7 @@ async def control_token(request: web.Request) -> web.Response:
     For browsers, which cannot put an ``Authorization`` header on a WebSocket.  Without API keys there is
     nothing to prove: the token is ``null`` and the socket opens without one.
     """
-    config, tenant = request.app[CONFIG_KEY], _tenant(request)
+    config, tenant = request.app[CONFIG_KEY], request_tenant(request)
     if tenant is None or config.tokens is None:
         return json_response({"token": None, "expires_at": None, "control_url": _control_url(config)})
     expires_at = int(time.time() + config.control_token_ttl_s)
@@ -204,16 +199,10 @@ class ControlSession:
 def _socket_tenant(request: web.Request) -> str | None:
     """The control socket's tenant: from the API key, else from a ``control`` token in ``?token=``."""
     config = request.app[CONFIG_KEY]
-    tenant = _tenant(request)
+    tenant = request_tenant(request)
     if tenant is not None or config.api_keys is None:
         return tenant
-    token = request.query.get("token", "")
-    if config.tokens is None or not token:
-        raise Unauthorized("a valid API key or control token is required")
-    try:
-        return config.tokens.verify(token, Scope.CONTROL, now=time.time()).subject
-    except TokenError:
-        raise Unauthorized("the control token is not valid (forged, expired or for something else)") from None
+    return token_grant(request, config.tokens, Scope.CONTROL).subject
 
 
 async def control_socket(request: web.Request) -> web.WebSocketResponse:
@@ -283,7 +272,7 @@ def _rate_middleware(streams: StreamManager) -> Middleware:
 
     @web.middleware
     async def rate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        tenant = _tenant(request)
+        tenant = request_tenant(request)
         if tenant is not None and resource_of(request) != STOP_RESOURCE:
             streams.quotas.check_rate(tenant, time.monotonic())
         return await handler(request)

@@ -23,11 +23,18 @@ from streamer.metrics import StreamerMetrics
 from tokenrelay import natsio, subjects
 from tokenrelay.auth import check_owner
 from tokenrelay.config import StreamerConfig
-from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable, Unauthorized
+from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable
 from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import StreamRecord, StreamState
-from tokenrelay.service import PRINCIPAL_KEY, add_ops_routes, auth_middleware, errors_middleware, serve
-from tokenrelay.tokens import Scope, TokenError
+from tokenrelay.service import (
+    add_ops_routes,
+    auth_middleware,
+    errors_middleware,
+    request_tenant,
+    serve,
+    token_grant,
+)
+from tokenrelay.tokens import Scope
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +77,6 @@ def parse_cursor(request: web.Request) -> Cursor | None:
         raise BadRequest(str(exc)) from None
 
 
-def request_tenant(request: web.Request) -> str | None:
-    """The tenant of the request's API key (``None`` without keys)."""
-    principal = request.get(PRINCIPAL_KEY)
-    return principal.tenant if principal is not None else None
-
-
 def reader_tenant(request: web.Request, stream_id: str) -> str | None:
     """Who reads ``stream_id``: the API key's tenant (the stream must be its own), or ``None`` when no keys are
     configured or the request carries a valid ``events`` token for exactly this stream (``unauthorized`` if not)."""
@@ -83,13 +84,7 @@ def reader_tenant(request: web.Request, stream_id: str) -> str | None:
     config = request.app[CONFIG_KEY]
     if tenant is not None or config.api_keys is None:
         return tenant
-    token = request.query.get("token", "")
-    if config.tokens is None or not token:
-        raise Unauthorized("a valid API key or events token is required")
-    try:
-        config.tokens.verify(token, Scope.EVENTS, now=time.time(), subject=stream_id)
-    except TokenError:
-        raise Unauthorized("the events token is not valid (forged, expired or for another stream)") from None
+    token_grant(request, config.tokens, Scope.EVENTS, subject=stream_id)
     return None
 
 

@@ -692,11 +692,11 @@ def ws_oversize_declared(rng: random.Random, ctx: Context) -> Item:
 def ws_oversize_fragmented(rng: random.Random, ctx: Context) -> Item:
     """Fragments of honest sizes that add up to more than the limit.
 
-    They stay one byte under it until the last, small fragment crosses it: the server has read everything sent when
-    it closes, so its close frame is not lost to a reset.
+    They add up to exactly the limit (still allowed) until the last, small fragment crosses it: the server has read
+    everything sent when it closes, so its close frame is not lost to a reset.
     """
     size = 64 * 1024
-    under = ctx.max_ws_message_bytes - 1
+    under = ctx.max_ws_message_bytes
     sizes = [size] * (under // size) + ([under % size] if under % size else [])
     parts = [
         _masked_frame(rng, _OP_TEXT if i == 0 else _OP_CONTINUATION, b"x" * n, fin=False) for i, n in enumerate(sizes)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import resource
 import signal
+import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
@@ -20,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenrelay.auth import KeyRing, Principal, presented_key
 from tokenrelay.errors import STATUS_CODES, ErrorCode, RetryLater, TokenRelayError, Unauthorized, Unavailable
+from tokenrelay.tokens import Grant, Scope, TokenError, TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,23 @@ def resource_of(request: web.Request) -> str | None:
     """The route pattern a request matched (``/v1/streams/{id}/events``), ``None`` if none did."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else None
+
+
+def request_tenant(request: web.Request) -> str | None:
+    """The tenant of the request's API key (``None`` without one: no keys configured, or a ``?token=`` request)."""
+    principal = request.get(PRINCIPAL_KEY)
+    return principal.tenant if principal is not None else None
+
+
+def token_grant(request: web.Request, signer: TokenSigner | None, scope: Scope, *, subject: str | None = None) -> Grant:
+    """What the request's ``?token=`` grants in ``scope`` (for ``subject`` when given), else ``unauthorized``."""
+    token = request.query.get("token", "")
+    if signer is None or not token:
+        raise Unauthorized(f"a valid API key or {scope} token is required")
+    try:
+        return signer.verify(token, scope, now=time.time(), subject=subject)
+    except TokenError:
+        raise Unauthorized(f"the {scope} token is not valid (forged, expired or not for this)") from None
 
 
 def auth_middleware(

@@ -16,7 +16,7 @@ from aiohttp import web
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from streamer.app import CONFIG_KEY, HUB_KEY, NC_KEY, SSE_HEADERS, collect, request_tenant, serve_reader
+from streamer.app import CONFIG_KEY, HUB_KEY, NC_KEY, SSE_HEADERS, collect, serve_reader
 from streamer.compat import anthropic, openai
 from streamer.compat.common import TextCollector
 from streamer.frames import Framing
@@ -32,7 +32,7 @@ from tokenrelay.errors import (
     from_code,
 )
 from tokenrelay.messages import ModelList, ModelsRequest, StartRefused, StartRequest, StreamEnd, StreamRecord
-from tokenrelay.service import count_error, json_response
+from tokenrelay.service import count_error, json_response, request_tenant
 
 ADMIT_TIMEOUT_S = 5.0
 """How long a streamer waits for a gateway to admit a compatible-API stream."""
