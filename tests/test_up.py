@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.helpers import create_stream, expected_text
 from tests.procs import pid_alive, stop_process, wait_until
 from tests.sse_client import read_stream
 from tokenrelay.supervisor import free_port
+from tokenrelay.tokens import TOKEN_SECRET_ENV
 
 BANNER = re.compile(r"^\s+(nats|gateway|streamer|runner-\d+)\s+(\S+)\s+pid (\d+)", re.M)
 
@@ -55,6 +57,11 @@ def start_up() -> Iterator[object]:
 
 def _maps(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
 def _cmdline(pid: int) -> str:
@@ -127,3 +134,30 @@ def test_embedded_nats_moves_to_a_free_port_when_the_requested_one_is_taken(star
         up: Up = start_up("--nats-port", str(port))  # type: ignore[operator]
         assert up.urls["nats"].startswith("nats://127.0.0.1:")
         assert not up.urls["nats"].endswith(f":{port}")
+
+
+async def test_up_with_api_keys_makes_one_token_secret_so_events_urls_work_without_headers(
+    start_up: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(TOKEN_SECRET_ENV, raising=False)  # up must make one and hand it to gateway and streamer
+    key = "tr-up-key-0123456789abcdef"
+    keys = tmp_path / "keys"
+    keys.write_text(f"acme {key}\n")
+    up: Up = start_up("--api-keys-file", str(keys), "--synthetic-tokens-per-s", "200")  # type: ignore[operator]
+    assert "API keys: 1 configured" in up.log.read_text()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{up.urls['gateway']}/v1/streams",
+            json={"prompt": "keyed up", "max_tokens": 8},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as response,  # fmt: skip
+    ):
+        assert response.status == 201
+        created = await response.json()
+    stream = await read_stream(created["events_url"])  # the token in the URL, no header
+    assert stream.status == 200 and stream.text == expected_text("keyed up", 8)
+    secrets = {_environ(up.pids[role]).get(TOKEN_SECRET_ENV) for role in ("gateway", "streamer")}
+    assert len(secrets) == 1 and len(secrets.pop() or "") >= 32  # one secret, shared
+    secret = _environ(up.pids["gateway"])[TOKEN_SECRET_ENV]
+    assert not any(secret in _cmdline(pid) for pid in up.pids.values())  # in the environment only, never in ps
