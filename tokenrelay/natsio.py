@@ -38,6 +38,10 @@ _STATUS_END_OF_BATCH = "204"
 _STATUS_NOT_FOUND = "404"
 
 
+REFUSED_CLOSE_TIMEOUT_S = 1.0
+"""How long closing a connection the broker refused may take (a failed TLS handshake can leave it hanging)."""
+
+
 class DirectGetError(Exception):
     """Stored messages could not be read (the broker did not answer, or answered an error)."""
 
@@ -86,9 +90,8 @@ async def connect(url: str, *, name: str, security: NatsSecurity | None = None) 
         )
     except NatsConnectError:
         # After a failed TLS handshake asyncio may never report the transport closed: close it, wait briefly.
-        close_timeout_s = 1.0
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(close_timeout_s):
+            async with asyncio.timeout(REFUSED_CLOSE_TIMEOUT_S):
                 await nc.close()
         raise
     connected = True
