@@ -101,9 +101,8 @@ async def stream_status(request: web.Request) -> web.Response:
 
 async def stop_stream(request: web.Request) -> web.Response:
     """``POST /v1/streams/{id}/stop`` -> the final state once generation halted (only its owner may)."""
-    streams, stream_id = request.app[STREAMS_KEY], request.match_info["id"]
-    await streams.authorize(stream_id, request_tenant(request))
-    return json_response(_stop_body(await streams.stop(stream_id)))
+    stopped = await request.app[STREAMS_KEY].stop(request.match_info["id"], tenant=request_tenant(request))
+    return json_response(_stop_body(stopped))
 
 
 async def control_token(request: web.Request) -> web.Response:
@@ -178,15 +177,14 @@ class ControlSession:
             record = await self._streams.create(stream_request(self._config, command.body), owner=tenant)
             urls = _urls(self._config, record.stream_id, tenant)
             return control.reply("started", command.ref, stream_id=record.stream_id, events_url=urls["events_url"])
-        await self._streams.authorize(command.stream_id, tenant)
         if isinstance(command, control.Stop):
-            result = await self._streams.stop(command.stream_id)
+            result = await self._streams.stop(command.stream_id, tenant=tenant)
             body = _stop_body(result)
             return control.reply(
                 "stopped", command.ref, stream_id=result.stream_id,
                 tokens=body["tokens"], finish_reason=body["finish_reason"], halted_ts=result.halted_ts,
             )  # fmt: skip
-        await self._streams.feedback(command.stream_id, command.rating, command.comment)
+        await self._streams.feedback(command.stream_id, command.rating, command.comment, tenant=tenant)
         return control.reply("ack", command.ref, stream_id=command.stream_id)
 
     async def _send(self, text: str) -> None:

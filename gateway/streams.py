@@ -53,6 +53,7 @@ from tokenrelay.messages import (
     StreamRecord,
     StreamStart,
     StreamState,
+    job_record,
 )
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,13 @@ class _Queued:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: CancelReason = CancelReason.CLIENT
     result: asyncio.Future[StopResult] | None = None
+
+
+def _remember(recent: OrderedDict[str, str], stream_id: str, value: str) -> None:
+    """Keep ``value`` for ``stream_id`` among the :data:`OWNER_MEMORY_STREAMS` most recent streams."""
+    recent[stream_id] = value
+    while len(recent) > OWNER_MEMORY_STREAMS:
+        recent.popitem(last=False)
 
 
 class StreamManager:
@@ -236,21 +244,11 @@ class StreamManager:
             created=int(time.time()),
             owner=owner,
         )
-        record = StreamRecord(
-            stream_id=stream_id,
-            state=StreamState.QUEUED,
-            model=model,
-            created=job.created,
-            epoch=job.epoch,
-            gateway_id=self.gateway_id,
-            owner=owner,
-        )
+        record = job_record(job, StreamState.QUEUED)
         await self._kv.create(stream_id, codec.encode(record))
         if owner is not None:
             self.quotas.stream_started(owner, stream_id)
-            self._tenants[stream_id] = owner
-            while len(self._tenants) > OWNER_MEMORY_STREAMS:
-                self._tenants.popitem(last=False)
+            _remember(self._tenants, stream_id, owner)
         self._queued[stream_id] = _Queued(job)
         self._metrics.streams_queued.set(len(self._queued))
         self._metrics.streams_created.inc()
@@ -272,7 +270,7 @@ class StreamManager:
                     log_event(
                         LifecycleEvent.DISPATCHED, ROLE, job.stream_id, runner_id=runner_id, queued_ms=dispatch_s * 1000
                     )
-                    self._remember_owner(job.stream_id, runner_id)
+                    _remember(self._owners, job.stream_id, runner_id)
                     self._runners.on_dispatch(job.stream_id, runner_id, time.monotonic())
                     if queued.cancel.is_set():
                         result = await self._ask_owner(job.stream_id, runner_id, queued.cancel_reason)
@@ -328,16 +326,11 @@ class StreamManager:
         subject = subjects.events(job.stream_id)
         await self._nc.publish(subject, codec.encode(start))
         await self._nc.publish(subject, codec.encode(terminal))
-        record = StreamRecord(
-            stream_id=job.stream_id,
-            state=StreamState.FINISHED,
-            model=job.model,
-            created=job.created,
-            epoch=job.epoch,
-            gateway_id=self.gateway_id,
+        record = job_record(
+            job,
+            StreamState.FINISHED,
             finish_reason=FinishReason.ERROR if error is not None else FinishReason.CANCELLED,
             error_code=str(error) if error is not None else None,
-            owner=job.owner,
         )
         await self._kv.put(job.stream_id, codec.encode(record))
         self._metrics.streams_not_started.labels(finish_reason=str(record.finish_reason)).inc()
@@ -347,18 +340,19 @@ class StreamManager:
             cancel_reason=str(cancel) if cancel is not None else None,
         )  # fmt: skip
 
-    def _remember_owner(self, stream_id: str, runner_id: str) -> None:
-        self._owners[stream_id] = runner_id
-        while len(self._owners) > OWNER_MEMORY_STREAMS:
-            self._owners.popitem(last=False)
-
     # -- stop ----------------------------------------------------------------------------------
 
-    async def stop(self, stream_id: str, reason: CancelReason = CancelReason.CLIENT) -> StopResult:
-        """Halt a stream; answer once its owner confirmed. Idempotent; a finished stream answers its state."""
+    async def stop(
+        self, stream_id: str, reason: CancelReason = CancelReason.CLIENT, *, tenant: str | None = None
+    ) -> StopResult:
+        """Halt a stream; answer once its owner confirmed. Idempotent; a finished stream answers its state.
+
+        A client's stop names its ``tenant``: ``not_found`` unless the stream is that tenant's (``None``: no keys,
+        or a stop from inside the system).
+        """
         started = time.monotonic()
         log_event(LifecycleEvent.STOP_REQUESTED, ROLE, stream_id, reason=str(reason))
-        result = await self._stop(stream_id, reason)
+        result = await self._stop(stream_id, reason, tenant)
         stop_s = time.monotonic() - started
         self._metrics.stop_seconds.observe(stop_s)
         if result.finish_reason is FinishReason.CANCELLED:
@@ -370,12 +364,14 @@ class StreamManager:
         )  # fmt: skip
         return result
 
-    async def _stop(self, stream_id: str, reason: CancelReason) -> StopResult:
-        # Streams dispatched here are stopped without a KV read; others (and unknown ids) go through the record.
-        local = await self._stop_local(stream_id, reason)
-        if local is not None:
-            return local
-        record = await self.record(stream_id)
+    async def _stop(self, stream_id: str, reason: CancelReason, tenant: str | None) -> StopResult:
+        # Streams dispatched here are stopped without a KV read (their tenant is known here too); others, unknown
+        # ids and other tenants' streams go through the record, which says who owns it.
+        if tenant is None or self._tenants.get(stream_id) == tenant:
+            local = await self._stop_local(stream_id, reason)
+            if local is not None:
+                return local
+        record = await self.owned_record(stream_id, tenant)
         if record.state is StreamState.FINISHED:
             return StopResult(stream_id, record.finish_reason, record.tokens)
         if record.runner_id is not None:
@@ -457,18 +453,10 @@ class StreamManager:
         check_owner(record.owner, tenant)
         return record
 
-    async def authorize(self, stream_id: str, tenant: str | None) -> None:
-        """``not_found`` unless ``tenant`` owns the stream (any caller may when ``None``: no keys)."""
-        if tenant is None:
-            return
-        owner = self._tenants.get(stream_id)
-        if owner is None:
-            owner = (await self.record(stream_id)).owner
-        check_owner(owner, tenant)
-
-    async def feedback(self, stream_id: str, rating: str, comment: str | None) -> None:
-        """Store feedback durably; returns once JetStream has acknowledged it."""
-        await self.record(stream_id)
+    async def feedback(self, stream_id: str, rating: str, comment: str | None, *, tenant: str | None = None) -> None:
+        """Store feedback durably (``not_found`` unless the stream is ``tenant``'s); returns once JetStream has
+        acknowledged it."""
+        await self.owned_record(stream_id, tenant)
         item = Feedback(stream_id=stream_id, rating="up" if rating == "up" else "down", comment=comment, ts=time.time())
         await self._js.publish(subjects.feedback(stream_id), codec.encode(item))
         self._metrics.feedback.labels(rating=item.rating).inc()

@@ -34,6 +34,7 @@ from tokenrelay.messages import (
     StreamRecord,
     StreamStart,
     StreamState,
+    job_record,
 )
 
 log = logging.getLogger(__name__)
@@ -239,18 +240,7 @@ class Generation:
         return (tokens - 1) / elapsed_s if elapsed_s > 0 else None
 
     def _record(self, state: StreamState) -> StreamRecord:
-        return StreamRecord(
-            stream_id=self.job.stream_id,
-            state=state,
-            model=self.job.model,
-            created=self.job.created,
-            epoch=self.job.epoch,
-            gateway_id=self.job.gateway_id,
-            runner_id=self._runner_id,
-            tokens=self._tokens,
-            ttft_ms=self._ttft_ms,
-            owner=self.job.owner,
-        )
+        return job_record(self.job, state, runner_id=self._runner_id, tokens=self._tokens, ttft_ms=self._ttft_ms)
 
     def _save_record(self, record: StreamRecord) -> None:
         """Write records in order, off the token path."""

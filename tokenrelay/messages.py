@@ -201,6 +201,28 @@ class StreamRecord:
     read, stop, query or rate the stream."""
 
 
+def job_record(
+    job: JobRequest,
+    state: StreamState,
+    *,
+    runner_id: str | None = None,
+    finish_reason: FinishReason | None = None,
+    tokens: int = 0,
+    ttft_ms: float | None = None,
+    error_code: str | None = None,
+) -> StreamRecord:
+    """The record of ``job``'s stream in ``state``: the job's identity (its owner included) and these fields.
+
+    Every writer of a stream's record (the admitting gateway, the runner) builds it here, so none can drop a
+    field that must last for the stream's life, such as the owner every access is checked against.
+    """
+    return StreamRecord(
+        stream_id=job.stream_id, state=state, model=job.model, created=job.created, epoch=job.epoch,
+        gateway_id=job.gateway_id, owner=job.owner, runner_id=runner_id, finish_reason=finish_reason,
+        tokens=tokens, ttft_ms=ttft_ms, error_code=error_code,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Feedback:
     """A user's rating of one stream, stored durably in JetStream."""
