@@ -36,6 +36,7 @@ from tokenrelay.messages import (
     StreamState,
     job_record,
 )
+from tokenrelay.replay import ReplayLog
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,11 @@ class Generation:
         publish_interval_s: float,
         metrics: RunnerMetrics,
         write_record: RecordWriter,
+        replay_log: ReplayLog | None = None,
     ) -> None:
         self.job = job
+        self._replay_log = replay_log
+        """Every event published, kept for readers that ask this runner for history (``None``: not kept)."""
         self._engine = engine
         self._nc = nc
         self._runner_id = runner_id
@@ -294,4 +298,10 @@ class Generation:
 
     async def _publish(self, event: StreamEvent) -> None:
         self._metrics.messages.inc()
-        await self._nc.publish(self._subject, codec.encode(event))
+        data = codec.encode(event)
+        if self._replay_log is not None:
+            # Kept before it is sent: a replay answered from now on includes it (a reader may see it twice, and
+            # drops the copy by seq), so no event can be both missing from a replay and sent before the
+            # reader subscribed.
+            self._replay_log.append(event.seq, data)
+        await self._nc.publish(self._subject, data)

@@ -26,6 +26,7 @@ from nats.js.kv import KeyValue
 from runner.engines import Engine
 from runner.generation import Generation, Outcome
 from runner.metrics import RunnerMetrics
+from runner.replayserver import ReplayServer
 from tokenrelay import codec, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.config import RunnerConfig
@@ -73,6 +74,13 @@ class Runner:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._cancel_tasks: set[asyncio.Task[None]] = set()
         """Cancels being answered and finishes being told, each in a task of its own."""
+        self.replay = ReplayServer(
+            nc,
+            max_bytes_per_stream=config.replay_max_bytes_per_stream,
+            linger_s=config.replay_linger_s,
+            linger_streams=config.replay_linger_streams,
+            max_age_s=config.history.ttl_s,
+        )
         self.metrics.capacity.set(config.max_concurrency)
 
     @property
@@ -99,6 +107,7 @@ class Runner:
         tasks = [g.abort(str(ErrorCode.SHUTTING_DOWN), "the runner is shutting down") for g in self._active.values()]
         if tasks:
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), SHUTDOWN_GRACE_S)
+        await self.replay.close()
         await self._engine.aclose()
 
     async def _on_job(self, msg: Msg) -> None:
@@ -120,6 +129,7 @@ class Runner:
             publish_interval_s=self.config.publish_interval_ms / 1000,
             metrics=self.metrics,
             write_record=self._write_record,
+            replay_log=await self.replay.open(job.stream_id),
         )
         self._active[job.stream_id] = generation
         self.metrics.active_streams.set(len(self._active))
@@ -132,6 +142,7 @@ class Runner:
         stream_id = job.stream_id
         self._active.pop(stream_id, None)
         self.metrics.active_streams.set(len(self._active))
+        self.replay.finished(stream_id)
         if job.owner is not None:  # the admitting gateway counts its tenants' streams (gateway/quotas.py)
             notify = asyncio.create_task(self._tell_done(job.gateway_id, stream_id))
             self._cancel_tasks.add(notify)
@@ -185,6 +196,7 @@ class Runner:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
+            self.replay.sweep()
             try:
                 await self._heartbeat()
             except Exception as exc:

@@ -188,51 +188,61 @@ async def collect(app: web.Application, reader: Reader, record: StreamRecord) ->
         hub.detach(reader)
 
 
-async def read_history(app: web.Application, reader: Reader) -> bool:
-    """Feed the reader every stored event of its stream; ``False`` (reader failed) if history cannot be read.
+async def read_history(app: web.Application, reader: Reader) -> history.Source | None:
+    """Feed the reader its stream's past events; where they came from, or ``None`` (the reader failed).
 
     Paced by the client: before each event, wait while half the reader's buffer limit is
     unsent, so a late reader of a long stream holds one page of history, not all of it, and
     is never closed as a slow consumer just because history is faster than live tokens.
     """
-    app[METRICS_KEY].history_fetches.inc()
     clock = app[HUB_KEY].clock
-    pages = history.pages(app[NC_KEY], reader.stream_id, batch=app[CONFIG_KEY].history_batch_messages)
+    read = history.HistoryRead(
+        app[NC_KEY], reader.stream_id, from_seq=reader.replay.next_seq, batch=app[CONFIG_KEY].history_batch_messages
+    )
     try:
-        async with contextlib.aclosing(pages):
+        async with contextlib.aclosing(read.pages()) as pages:
             async for page in pages:
                 for event in page:
                     await reader.room()
                     if reader.buffer.closed:
-                        return False
+                        return None
                     reader.deliver(event, clock())
     except history.HistoryError as exc:
         reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), clock())
-        return False
-    return True
+        return None
+    assert read.source is not None
+    app[METRICS_KEY].history_fetches.labels(source=str(read.source)).inc()
+    return read.source
 
 
 def _history_gone(app: web.Application, reader: Reader) -> None:
     reader.fail(str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", app[HUB_KEY].clock())
 
 
-async def catch_up(app: web.Application, reader: Reader) -> None:
-    """Feed the reader what was published before it subscribed, and prove there is no gap."""
+async def catch_up(app: web.Application, reader: Reader) -> history.Source | None:
+    """Feed the reader what was published before it subscribed, and prove there is no gap.
+
+    Returns where the last read came from, or ``None`` when the reader failed.
+    """
     retries = iter(GAP_RETRY_DELAYS_S)
-    while await read_history(app, reader):
+    while (source := await read_history(app, reader)) is not None:
         if reader.buffer.closed or not reader.replay.waiting_on_gap:
-            return
+            return source
         delay_s = next(retries, None)
         if delay_s is None:
             _history_gone(app, reader)
-            return
+            return None
         await asyncio.sleep(delay_s)
+    return None
 
 
 async def replay_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
-    """Catch the reader up from history while the writer sends, then settle (runs beside :func:`pump`)."""
-    await catch_up(app, reader)
-    await settle_history(app, reader, record)
+    """Catch the reader up from history while the writer sends, then settle (runs beside :func:`pump`).
+
+    History its runner served is complete (everything after it reaches the subscription live): no settling.
+    """
+    if await catch_up(app, reader) is history.Source.JETSTREAM:
+        await settle_history(app, reader, record)
 
 
 async def settle_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
@@ -255,7 +265,7 @@ async def settle_history(app: web.Application, reader: Reader, record: StreamRec
         return
     if reader.live_events:
         return
-    if not await read_history(app, reader):
+    if await read_history(app, reader) is None:
         return
     nothing_stored = reader.replay.next_seq == 0 and record.state is StreamState.FINISHED
     if not reader.buffer.closed and (reader.replay.waiting_on_gap or nothing_stored):

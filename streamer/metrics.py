@@ -25,7 +25,11 @@ class StreamerMetrics:
         self.writes = hot.counter("tokenrelay_streamer_writes", "Socket writes to SSE readers")
         self.bytes_sent = hot.counter("tokenrelay_streamer_bytes_sent", "Bytes written to SSE readers")
         self.history_fetches = Counter(
-            "tokenrelay_streamer_history_fetches", "History reads (late or resuming readers)", registry=r
+            "tokenrelay_streamer_history_fetches",
+            "History reads (late or resuming readers), by where they were served from: runner (its memory) "
+            "or jetstream",
+            ["source"],
+            registry=r,
         )
         self.disconnect_cancels = Counter(
             "tokenrelay_streamer_disconnect_cancels",

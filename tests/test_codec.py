@@ -66,6 +66,8 @@ SAMPLES: list[m.Message] = [
     m.ModelList(models=("synthetic", "gpt2")),
     m.ModelList(),
     m.StreamDone(stream_id="0" * 32),
+    m.ReplayRequest(stream_id="0" * 32, from_seq=3, max_events=256),
+    m.ReplayPage(stream_id="0" * 32, events=2, more=True, held=True),
 ]
 
 MULTIBYTE_TEXTS = [

@@ -84,6 +84,10 @@ ENGINE_OPTIONS = (
     Option("--max-concurrency", int, c.DEFAULT_MAX_CONCURRENCY, "streams one runner generates at once"),
     Option("--publish-interval-ms", float, c.DEFAULT_PUBLISH_INTERVAL_MS,
            "tokens faster than this are batched into one NATS message (0: every token)"),
+    Option("--replay-max-bytes-per-stream", int, c.DEFAULT_REPLAY_MAX_BYTES_PER_STREAM,
+           "a runner serves a stream's history from memory up to this many bytes (0: JetStream only)"),
+    Option("--replay-linger-s", float, c.DEFAULT_REPLAY_LINGER_S,
+           "a runner keeps serving a finished stream's history from memory this long"),
     Option("--synthetic-ttft-ms", float, c.DEFAULT_SYNTHETIC_TTFT_MS,
            "synthetic engine: delay before the first token"),
     Option("--synthetic-tokens-per-s", float, c.DEFAULT_SYNTHETIC_TOKENS_PER_S,
@@ -295,7 +299,8 @@ def runner_config(args: argparse.Namespace) -> c.RunnerConfig:
         host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args), engine=args.engine,
         model=args.model, max_concurrency=args.max_concurrency, publish_interval_ms=args.publish_interval_ms,
         synthetic=synthetic, upstream=_upstream(args), model_path=args.model_path or None,
-        worker_threads=args.worker_threads,
+        worker_threads=args.worker_threads, replay_max_bytes_per_stream=args.replay_max_bytes_per_stream,
+        replay_linger_s=args.replay_linger_s,
     )  # fmt: skip
 
 

@@ -37,6 +37,9 @@ DEFAULT_DISPATCH_ATTEMPT_TIMEOUT_S = 1.0
 DEFAULT_CANCEL_TIMEOUT_S = 5.0
 DEFAULT_MAX_CONCURRENCY = 256
 DEFAULT_PUBLISH_INTERVAL_MS = 5.0
+DEFAULT_REPLAY_MAX_BYTES_PER_STREAM = 256 * 1024
+DEFAULT_REPLAY_LINGER_S = 30.0
+DEFAULT_REPLAY_LINGER_STREAMS = 1000
 DEFAULT_RUNNER_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_RUNNER_STALE_AFTER_S = 3.0
 DEFAULT_SYNTHETIC_TTFT_MS = 50.0
@@ -212,6 +215,12 @@ class RunnerConfig:
     publish_interval_ms: float = DEFAULT_PUBLISH_INTERVAL_MS
     """Tokens that come faster than this are batched into one message; 0 publishes each token."""
     heartbeat_interval_s: float = DEFAULT_RUNNER_HEARTBEAT_INTERVAL_S
+    replay_max_bytes_per_stream: int = DEFAULT_REPLAY_MAX_BYTES_PER_STREAM
+    """The runner serves a stream's history from memory up to this many bytes of events (0: never; JetStream does)."""
+    replay_linger_s: float = DEFAULT_REPLAY_LINGER_S
+    """A finished stream's history is served from memory this long after its end ..."""
+    replay_linger_streams: int = DEFAULT_REPLAY_LINGER_STREAMS
+    """... for at most this many finished streams (the oldest go first)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     upstream: UpstreamConfig | None = None
     """Required by the ``openai`` engine."""

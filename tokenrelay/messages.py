@@ -279,6 +279,29 @@ class StreamDone:
     stream_id: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayRequest:
+    """Streamer -> the runner of a stream (``tokenrelay.stream.<id>.replay``): its events from ``from_seq`` on."""
+
+    type: Literal["replay_request"] = "replay_request"
+    stream_id: str
+    from_seq: int = 0
+    max_events: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayPage:
+    """Runner -> streamer: the first line of a replay page; ``events`` encoded events follow, one per line."""
+
+    type: Literal["replay_page"] = "replay_page"
+    stream_id: str
+    events: int
+    more: bool
+    """More events were published after this page's last one: ask again from its ``seq`` + 1."""
+    held: bool = True
+    """``False``: the runner no longer holds this stream's events (read them from JetStream)."""
+
+
 Message = (
     JobRequest
     | JobAccepted
@@ -297,4 +320,6 @@ Message = (
     | ModelsRequest
     | ModelList
     | StreamDone
+    | ReplayRequest
+    | ReplayPage
 )

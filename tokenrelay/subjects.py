@@ -8,6 +8,9 @@ subject                                         pattern    carries
 ``tokenrelay.stream.<id>.events``                pub/sub    StreamStart, StreamDelta, then StreamEnd
                                                             or StreamError
                                                             (captured by JetStream for replay)
+``tokenrelay.stream.<id>.replay``                req/reply  ReplayRequest -> ReplayPage + events
+                                                            (the runner generating the stream, from
+                                                            memory; no responders: read JetStream)
 ``tokenrelay.runner.<runner_id>.cancel``         req/reply  CancelRequest -> CancelReply
 ``tokenrelay.gateway.<gateway_id>.cancel``       req/reply  CancelRequest -> CancelReply
                                                             (streams still queued in a gateway)
@@ -87,6 +90,11 @@ def _stream(stream_id: str) -> str:
 def events(stream_id: str) -> str:
     """The subject a runner publishes a stream's events on."""
     return f"tokenrelay.stream.{_stream(stream_id)}.events"
+
+
+def replay(stream_id: str) -> str:
+    """The subject the runner generating a stream answers history requests on (from memory)."""
+    return f"tokenrelay.stream.{_stream(stream_id)}.replay"
 
 
 def runner_cancel(runner_id: str) -> str:
