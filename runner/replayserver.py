@@ -24,8 +24,8 @@ from nats.aio.subscription import Subscription
 
 from tokenrelay import codec, subjects
 from tokenrelay.codec import CodecError
-from tokenrelay.messages import ReplayPage, ReplayRequest
-from tokenrelay.replay import ReplayLog, encode_page
+from tokenrelay.messages import ReplayRequest
+from tokenrelay.replay import ReplayLog, not_held_page
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class ReplayServer:
         held = self._logs.get(request.stream_id)
         if held is None or msg.subject != subjects.replay(request.stream_id) or self._expired(request.stream_id):
             # Released between the request and now (or asked on another stream's subject): not ours to answer.
-            page = encode_page(ReplayPage(stream_id=request.stream_id, events=0, more=False, held=False), [])
+            page = not_held_page(request.stream_id)
         else:
             page = held.log.page(request.stream_id, request.from_seq, max_events=request.max_events)
         await msg.respond(page)

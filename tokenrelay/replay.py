@@ -74,7 +74,7 @@ class ReplayLog:
     def page(self, stream_id: str, from_seq: int, *, max_events: int, max_bytes: int = MAX_PAGE_BYTES) -> bytes:
         """The wire page of events ``from_seq`` on: at most ``max_events`` and (but for one) ``max_bytes``."""
         if not self.held:
-            return encode_page(ReplayPage(stream_id=stream_id, events=0, more=False, held=False), [])
+            return not_held_page(stream_id)
         start = max(0, from_seq)
         taken: list[bytes] = []
         size = 0
@@ -85,6 +85,11 @@ class ReplayLog:
             size += len(data)
         more = start + len(taken) < len(self._events)
         return encode_page(ReplayPage(stream_id=stream_id, events=len(taken), more=more, held=True), taken)
+
+
+def not_held_page(stream_id: str) -> bytes:
+    """The page that says "I do not hold this stream's events" (the streamer then reads JetStream)."""
+    return encode_page(ReplayPage(stream_id=stream_id, events=0, more=False, held=False), [])
 
 
 def encode_page(header: ReplayPage, events: list[bytes]) -> bytes:
