@@ -67,11 +67,6 @@ class ReplayServer:
         """Whether streams are held at all (``max_bytes_per_stream`` > 0)."""
         return self._max_bytes > 0
 
-    @property
-    def held_streams(self) -> int:
-        """Streams whose history is answered from here now (generating or lingering)."""
-        return len(self._logs)
-
     async def open(self, stream_id: str) -> ReplayLog | None:
         """Hold a new stream's events (subscribed before its first event is published); ``None`` when disabled."""
         if not self.enabled:

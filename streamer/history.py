@@ -45,12 +45,11 @@ class _NotHeld(Exception):
 class HistoryRead:
     """One read of a stream's history, ``batch`` events a page: iterate :meth:`pages`, then look at :attr:`source`."""
 
-    def __init__(self, nc: NATS, stream_id: str, *, from_seq: int = 0, batch: int, ask_runner: bool = True) -> None:
+    def __init__(self, nc: NATS, stream_id: str, *, from_seq: int = 0, batch: int) -> None:
         self._nc = nc
         self._stream_id = stream_id
         self._from_seq = from_seq
         self._batch = batch
-        self._ask_runner = ask_runner
         self.source: Source | None = None
         """Where the whole read came from, once :meth:`pages` is exhausted."""
 
@@ -59,16 +58,15 @@ class HistoryRead:
 
         Use under :func:`contextlib.aclosing` when you may stop early.
         """
-        if self._ask_runner:
-            runner = self._runner_pages()
-            async with contextlib.aclosing(runner):
-                try:
-                    async for page in runner:
-                        yield page
-                    self.source = Source.RUNNER
-                    return
-                except _NotHeld:
-                    pass  # what the runner sent is kept (the reader drops repeats by seq); JetStream has it all
+        runner = self._runner_pages()
+        async with contextlib.aclosing(runner):
+            try:
+                async for page in runner:
+                    yield page
+                self.source = Source.RUNNER
+                return
+            except _NotHeld:
+                pass  # what the runner sent is kept (the reader drops repeats by seq); JetStream has it all
         self.source = Source.JETSTREAM
         stored = natsio.direct_get_pages(
             self._nc, subjects.EVENTS_STREAM, subjects.events(self._stream_id), batch=self._batch

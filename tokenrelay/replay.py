@@ -25,18 +25,18 @@ from tokenrelay import codec
 from tokenrelay.codec import CodecError
 from tokenrelay.messages import ReplayPage
 
-DEFAULT_MAX_BYTES_PER_STREAM = 256 * 1024
-"""A stream whose encoded events pass this many bytes is no longer held (JetStream serves it)."""
 MAX_PAGE_BYTES = 512 * 1024
 """A page's events stop at this many bytes (under nats-server's default 1 MiB max_payload)."""
-DEFAULT_PAGE_EVENTS = 1024
 LINE = b"\n"
 
 
 class ReplayLog:
-    """The encoded events one runner published for one stream, by ``seq`` (0, 1, 2, ...), bounded in bytes."""
+    """The encoded events one runner published for one stream, by ``seq`` (0, 1, 2, ...), bounded in bytes.
 
-    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES_PER_STREAM) -> None:
+    Past ``max_bytes`` (the runner's ``replay_max_bytes_per_stream``) it holds nothing; JetStream serves the stream.
+    """
+
+    def __init__(self, *, max_bytes: int) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be > 0")
         self._max_bytes = max_bytes
