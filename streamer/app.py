@@ -11,11 +11,13 @@ import time
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_writer import StreamWriter
 from aiohttp.typedefs import Middleware
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from streamer import cors, history
+from streamer.chunked import http_chunk
 from streamer.cursor import Cursor, CursorError
 from streamer.flush import FlushClock
 from streamer.hub import Clock, Hub, Reader
@@ -140,14 +142,8 @@ async def serve_reader(
             raise ConnectionResetError("the response was closed before streaming")
         replay = asyncio.create_task(replay_history(app, reader, record))
         try:
-            await pump(
-                reader,
-                response,
-                writer,
-                metrics,
-                flush=app[FLUSH_KEY],
-                clock=hub.clock,
-            )
+            direct = DirectWrite.of(writer, transport)
+            await Pump(reader, response, writer, metrics, flush=app[FLUSH_KEY], clock=hub.clock, direct=direct).run()
         finally:
             replay.cancel()
         outcome = "finished"
@@ -272,51 +268,134 @@ async def settle_history(app: web.Application, reader: Reader, record: StreamRec
         _history_gone(app, reader)
 
 
-async def pump(
-    reader: Reader,
-    response: web.StreamResponse,
-    writer: AbstractStreamWriter,
-    metrics: StreamerMetrics,
-    *,
-    flush: FlushClock,
-    clock: Clock,
-) -> None:
-    """Write what the reader has queued until its terminal event.
+class DirectWrite:
+    """Writes of one SSE response straight to its transport, from whatever stack has the bytes.
+
+    aiohttp's ``write`` is a coroutine: a reader fed by a NATS callback had to wake its writer task to
+    send each event.  While the transport holds nothing unsent, :meth:`write` frames the chunk itself and
+    hands it to the transport at once; the writer task is woken only to wait for a slow client.
+    """
+
+    def __init__(self, transport: asyncio.Transport, *, chunked: bool) -> None:
+        self._transport = transport
+        self._chunked = chunked
+
+    @classmethod
+    def of(cls, writer: AbstractStreamWriter, transport: asyncio.Transport | None) -> DirectWrite | None:
+        """For a prepared response on aiohttp's own writer (``None`` otherwise: use ``response.write``).
+
+        ``transport`` is not checked with ``isinstance``: uvloop's transports do not subclass asyncio's.
+        """
+        if not isinstance(writer, StreamWriter) or transport is None:
+            return None
+        writer.send_headers()  # aiohttp may hold the headers back for the first body write; they go first
+        return cls(transport, chunked=writer.chunked)
+
+    @property
+    def idle(self) -> bool:
+        """The transport is open and the kernel has taken everything written to it."""
+        return not self._transport.is_closing() and self._transport.get_write_buffer_size() == 0
+
+    def write(self, data: bytes) -> None:
+        """Hand ``data`` to the transport, framed as aiohttp frames a body write."""
+        self._transport.write(http_chunk(data) if self._chunked else data)
+
+
+class Pump:
+    """Writes what one reader has queued until its terminal event (:meth:`run`).
 
     An event is written at once unless the last write was less than ``flush.interval_s`` ago;
     then the rest of the interval (to the shared clock's next tick) collects more, and they go out
-    merged in one write.  A write
-    is complete when the kernel has every byte of it (``drain``); until then its size counts
-    against the reader's buffer limit and the write timeout runs.
+    merged in one write.  A write is complete when the kernel has every byte of it (``drain``);
+    until then its size counts against the reader's buffer limit and the write timeout runs.
+
+    With ``direct``, while :meth:`run` is parked, an event that may go out at once is written by
+    :meth:`write_now` from the stack of whoever queued it (:meth:`Reader.ready`); :meth:`run` wakes
+    for the rest: a write the kernel did not take whole, a flush wait, the terminal event.
     """
-    loop = asyncio.get_running_loop()
-    last_write = -math.inf
-    while True:
-        await reader.wake.wait()
-        reader.wake.clear()
-        if not reader.buffer.closed and flush.delay_s(last_write, loop.time()) > 0:
-            await flush.wait_until(last_write + flush.interval_s)  # one shared timer, not one per reader
-        live_tokens, oldest_live_ts = reader.buffer.live_tokens, reader.buffer.oldest_live_ts
-        data = reader.buffer.take()
+
+    def __init__(
+        self,
+        reader: Reader,
+        response: web.StreamResponse,
+        writer: AbstractStreamWriter,
+        metrics: StreamerMetrics,
+        *,
+        flush: FlushClock,
+        clock: Clock,
+        direct: DirectWrite | None = None,
+    ) -> None:
+        self._reader = reader
+        self._response = response
+        self._writer = writer
+        self._metrics = metrics
+        self._flush = flush
+        self._clock = clock
+        self._direct = direct
+        self._loop = asyncio.get_running_loop()
+        self._last_write = -math.inf
+
+    def _count(self, data: bytes, live_tokens: int, oldest_live_ts: float | None) -> None:
+        self._metrics.writes.inc()
+        self._metrics.bytes_sent.inc(len(data))
+        if oldest_live_ts is not None:
+            self._metrics.tokens_delivered.inc(live_tokens)
+            self._metrics.token_lag_seconds.observe(max(0.0, time.time() - oldest_live_ts))
+
+    def write_now(self) -> bool:
+        """Write what is queued from the caller's stack; ``False``: :meth:`run` must (it is woken)."""
+        reader, direct, now = self._reader, self._direct, self._loop.time()
+        buffer = reader.buffer
+        if direct is None or buffer.closed or not direct.idle or self._flush.delay_s(self._last_write, now) > 0:
+            return False
+        live_tokens, oldest_live_ts = buffer.live_tokens, buffer.oldest_live_ts
+        data = buffer.take()
         if data:
-            reader.writing_since = clock()
-            reader.buffer.in_flight_bytes = len(data)
-            # A plain write of frames encoded once per event and shared by every reader, not
-            # aiohttp-sse's send(): `python -m bench.sse_write` measured 8.2 µs of server CPU per event
-            # for the shared frame, 14.1 µs encoding per event, 28.6 µs for send() (3.5x).
-            await response.write(data)
-            await writer.drain()
-            reader.buffer.in_flight_bytes = 0
-            reader.writing_since = None
-            reader.written.set()
-            last_write = loop.time()
-            metrics.writes.inc()
-            metrics.bytes_sent.inc(len(data))
-            if oldest_live_ts is not None:
-                metrics.tokens_delivered.inc(live_tokens)
-                metrics.token_lag_seconds.observe(max(0.0, time.time() - oldest_live_ts))
-        if reader.buffer.closed and reader.buffer.buffered_bytes == 0:
-            return
+            direct.write(data)
+            self._last_write = now
+            self._count(data, live_tokens, oldest_live_ts)
+            if not direct.idle:  # the client is slow: run() waits for the kernel to take the rest
+                buffer.in_flight_bytes = len(data)
+                reader.writing_since = self._clock()
+                return False
+        reader.written.set()
+        return True
+
+    async def run(self) -> None:
+        """Write until the terminal event is out."""
+        reader, buffer, writer, flush = self._reader, self._reader.buffer, self._writer, self._flush
+        while True:
+            reader.write_now = self.write_now if self._direct is not None else None
+            try:
+                await reader.wake.wait()
+            finally:
+                reader.write_now = None
+            reader.wake.clear()
+            if buffer.in_flight_bytes:  # a direct write the kernel has not taken whole
+                await writer.drain()
+                self._written()
+            if not buffer.closed and flush.delay_s(self._last_write, self._loop.time()) > 0:
+                await flush.wait_until(self._last_write + flush.interval_s)  # one shared timer, not one per reader
+            live_tokens, oldest_live_ts = buffer.live_tokens, buffer.oldest_live_ts
+            data = buffer.take()
+            if data:
+                reader.writing_since = self._clock()
+                buffer.in_flight_bytes = len(data)
+                # A plain write of frames encoded once per event and shared by every reader, not
+                # aiohttp-sse's send(): `python -m bench.sse_write` measured 8.2 µs of server CPU per event
+                # for the shared frame, 14.1 µs encoding per event, 28.6 µs for send() (3.5x).
+                await self._response.write(data)
+                await writer.drain()
+                self._written()
+                self._last_write = self._loop.time()
+                self._count(data, live_tokens, oldest_live_ts)
+            if buffer.closed and buffer.buffered_bytes == 0:
+                return
+
+    def _written(self) -> None:
+        self._reader.buffer.in_flight_bytes = 0
+        self._reader.writing_since = None
+        self._reader.written.set()
 
 
 def make_app(
