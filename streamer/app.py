@@ -185,7 +185,7 @@ async def collect(app: web.Application, reader: Reader, record: StreamRecord) ->
 
 
 async def read_history(app: web.Application, reader: Reader) -> history.Source | None:
-    """Feed the reader its stream's past events; where they came from, or ``None`` (the reader failed).
+    """Feed the reader its stream's past events (a page per write); where they came from, or ``None`` (it failed).
 
     Paced by the client: before each event, wait while half the reader's buffer limit is
     unsent, so a late reader of a long stream holds one page of history, not all of it, and
@@ -201,8 +201,10 @@ async def read_history(app: web.Application, reader: Reader) -> history.Source |
                 for event in page:
                     await reader.room()
                     if reader.buffer.closed:
+                        reader.ready()  # its terminal frame goes out
                         return None
-                    reader.deliver(event, clock())
+                    reader.deliver(event, clock(), notify=False)
+                reader.ready()  # the page goes out as one write
     except history.HistoryError as exc:
         reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), clock())
         return None
@@ -304,10 +306,12 @@ class DirectWrite:
 class Pump:
     """Writes what one reader has queued until its terminal event (:meth:`run`).
 
-    An event is written at once unless the last write was less than ``flush.interval_s`` ago;
-    then the rest of the interval (to the shared clock's next tick) collects more, and they go out
-    merged in one write.  A write is complete when the kernel has every byte of it (``drain``);
-    until then its size counts against the reader's buffer limit and the write timeout runs.
+    An event is written at once unless the last write of tokens was less than ``flush.interval_s``
+    ago; then the rest of the interval (to the shared clock's next tick) collects more, and they go
+    out merged in one write.  Writes without tokens (``start``, a ping) start no interval: the first
+    token a moment after ``start`` is not held back by it.  A write is complete when the kernel has
+    every byte of it (``drain``); until then its size counts against the reader's buffer limit and
+    the write timeout runs.
 
     With ``direct``, while :meth:`run` is parked, an event that may go out at once is written by
     :meth:`write_now` from the stack of whoever queued it (:meth:`Reader.ready`); :meth:`run` wakes
@@ -348,11 +352,12 @@ class Pump:
         buffer = reader.buffer
         if direct is None or buffer.closed or not direct.idle or self._flush.delay_s(self._last_write, now) > 0:
             return False
-        live_tokens, oldest_live_ts = buffer.live_tokens, buffer.oldest_live_ts
+        live_tokens, oldest_live_ts, tokens = buffer.live_tokens, buffer.oldest_live_ts, buffer.tokens_pending
         data = buffer.take()
         if data:
             direct.write(data)
-            self._last_write = now
+            if tokens:
+                self._last_write = now
             self._count(data, live_tokens, oldest_live_ts)
             if not direct.idle:  # the client is slow: run() waits for the kernel to take the rest
                 buffer.in_flight_bytes = len(data)
@@ -376,7 +381,7 @@ class Pump:
                 self._written()
             if not buffer.closed and flush.delay_s(self._last_write, self._loop.time()) > 0:
                 await flush.wait_until(self._last_write + flush.interval_s)  # one shared timer, not one per reader
-            live_tokens, oldest_live_ts = buffer.live_tokens, buffer.oldest_live_ts
+            live_tokens, oldest_live_ts, tokens = buffer.live_tokens, buffer.oldest_live_ts, buffer.tokens_pending
             data = buffer.take()
             if data:
                 reader.writing_since = self._clock()
@@ -387,7 +392,8 @@ class Pump:
                 await self._response.write(data)
                 await writer.drain()
                 self._written()
-                self._last_write = self._loop.time()
+                if tokens:
+                    self._last_write = self._loop.time()
                 self._count(data, live_tokens, oldest_live_ts)
             if buffer.closed and buffer.buffered_bytes == 0:
                 return

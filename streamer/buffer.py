@@ -61,6 +61,8 @@ class ReaderBuffer:
         """Tokens of live deltas pending (history replays are not counted); reset by :meth:`take`."""
         self.oldest_live_ts: float | None = None
         """Publish time (``StreamDelta.ts``, wall clock) of the oldest live delta pending; reset by :meth:`take`."""
+        self.tokens_pending = False
+        """Whether a delta (live or history) is pending; reset by :meth:`take`."""
 
     @property
     def buffered_bytes(self) -> int:
@@ -109,6 +111,7 @@ class ReaderBuffer:
             self._chunks.append(
                 _Run(last=delta, framed=framed, texts=[delta.text], count=delta.count, first_ts=delta.ts)
             )
+        self.tokens_pending = True
         if live:
             self.live_tokens += delta.count
             if self.oldest_live_ts is None:
@@ -141,7 +144,7 @@ class ReaderBuffer:
             return
         failure = self._framing.error(code, message, id=id)
         self._chunks = [failure]
-        self.live_tokens, self.oldest_live_ts = 0, None
+        self.live_tokens, self.oldest_live_ts, self.tokens_pending = 0, None, False
         self._size = len(failure)
         self.close_code = code
         self.closed = True
@@ -158,7 +161,7 @@ class ReaderBuffer:
         if not self._chunks:
             return b""
         chunks, self._chunks, self._size = self._chunks, [], 0
-        self.live_tokens, self.oldest_live_ts = 0, None
+        self.live_tokens, self.oldest_live_ts, self.tokens_pending = 0, None, False
         if len(chunks) == 1 and isinstance(chunks[0], bytes):
             return chunks[0]
         return b"".join(item if isinstance(item, bytes) else self._framed(item) for item in chunks)

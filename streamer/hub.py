@@ -73,8 +73,11 @@ class Reader:
         """Set by the writer while it is parked with nothing in flight: writes what is queued from the
         caller's stack and returns ``True``, or returns ``False`` when the writer must do it (see :meth:`ready`)."""
 
-    def deliver(self, event: StreamEvent, now: float, framed: bytes | None = None) -> None:
-        """Take one event (history, or live with its shared ``framed`` bytes); queue whatever it releases."""
+    def deliver(self, event: StreamEvent, now: float, framed: bytes | None = None, *, notify: bool = True) -> None:
+        """Take one event (history, or live with its shared ``framed`` bytes); queue whatever it releases.
+
+        ``notify=False`` leaves the write to the caller's :meth:`ready` (a page of history goes out as one write).
+        """
         if self.buffer.closed:
             return
         if framed is not None:
@@ -99,7 +102,7 @@ class Reader:
                 self.buffer.finish(data, now)
             else:
                 self.buffer.append(data, now)
-        if released or self.buffer.closed:
+        if notify and (released or self.buffer.closed):
             self.ready()
 
     def ready(self) -> None:
@@ -123,6 +126,9 @@ class Reader:
         """Wait while at least half the buffer limit is unsent (history is read no faster than the client takes it)."""
         while not self.buffer.closed and self.buffer.unsent_bytes * 2 > self.buffer.max_buffered_bytes:
             self.written.clear()
+            self.ready()  # what was delivered without notify goes out (or the writer is woken for it)
+            if self.buffer.unsent_bytes * 2 <= self.buffer.max_buffered_bytes:
+                return
             await self.written.wait()
 
 

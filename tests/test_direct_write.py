@@ -23,6 +23,7 @@ from tokenrelay.messages import FinishReason, StreamDelta, StreamEnd, StreamStar
 
 SID = "0123456789abcdef0123456789abcdef"
 EPOCH = "e1"
+FLUSH_INTERVAL_S = 0.05
 START = StreamStart(stream_id=SID, epoch=EPOCH, model="m", created=0, runner_id="r", ts=0.0)
 
 
@@ -74,7 +75,7 @@ async def serve() -> AsyncIterator[Served]:
         writer = await response.prepare(request)
         assert writer is not None
         pump = Pump(
-            reader, response, writer, StreamerMetrics(), flush=FlushClock(0), clock=loop.time,
+            reader, response, writer, StreamerMetrics(), flush=FlushClock(FLUSH_INTERVAL_S), clock=loop.time,
             direct=DirectWrite.of(writer, transport),
         )  # fmt: skip
         prepared.set_result(None)
@@ -132,11 +133,17 @@ async def _parked_writer(served: Served) -> None:
     await asyncio.sleep(0)  # the writer parks
     served.reader.deliver(START, 0.0, b"event: start\ndata: {}\n\n")
     served.reader.deliver(StreamDelta(seq=1, text="hello", index=1, count=1, ts=0.0), 0.0)
+    # Both went out at once: a write without tokens (start) starts no flush interval.
     assert not served.reader.wake.is_set()
     assert served.reader.buffer.buffered_bytes == 0
     body = await read_until(served.client, b"hello")
     assert body.startswith(b"17\r\nevent: start\ndata: {}\n\n\r\n")
-    served.reader.deliver(StreamEnd(seq=2, finish_reason=FinishReason.STOP, tokens=1, ttft_ms=None), 0.0)
+    served.reader.deliver(StreamDelta(seq=2, text="again", index=2, count=1, ts=0.0), 0.0)
+    # A second token within the flush interval waits for the writer's shared tick.
+    assert served.reader.wake.is_set()
+    assert served.reader.buffer.buffered_bytes > 0
+    await read_until(served.client, b"again")
+    served.reader.deliver(StreamEnd(seq=3, finish_reason=FinishReason.STOP, tokens=2, ttft_ms=None), 0.0)
     assert served.reader.wake.is_set()  # the terminal event is the writer's to send, then it returns
     await read_until(served.client, b"\r\n0\r\n\r\n")
     await asyncio.wait_for(served.done, 5)
