@@ -142,7 +142,7 @@ async def serve_reader(
             raise ConnectionResetError("the response was closed before streaming")
         replay = asyncio.create_task(replay_history(app, reader, record))
         try:
-            direct = DirectWrite.of(writer, transport)
+            direct = DirectWrite.of(writer, transport) if config.direct_writes else None
             await Pump(reader, response, writer, metrics, flush=app[FLUSH_KEY], clock=hub.clock, direct=direct).run()
         finally:
             replay.cancel()

@@ -15,8 +15,8 @@ LENGTH = 60_000  # ~270 KB of text: well past 16 KiB of kernel send buffer + 64 
 TOKENS_PER_S = 30_000  # fast, but a pace any reading client keeps up with on a busy CI machine (~2 s in all)
 
 
-@pytest.fixture(scope="module")
-def sut(nats: NatsServer) -> Iterator[System]:
+@pytest.fixture(scope="module", params=["off", "on"], ids=lambda v: f"direct-writes-{v}")
+def sut(nats: NatsServer, request: pytest.FixtureRequest) -> Iterator[System]:
     with system(
         nats.url,
         runner_args=[
@@ -34,6 +34,8 @@ def sut(nats: NatsServer) -> Iterator[System]:
             "1",
             "--socket-send-buffer-bytes",
             "16384",
+            "--direct-writes",
+            request.param,
         ],
         gateway_args=["--max-tokens-limit", str(LENGTH)],
     ) as running:

@@ -112,6 +112,9 @@ STREAMER_OPTIONS = (
            "unsent bytes per reader before it is closed as slow_consumer"),
     Option("--flush-interval-ms", float, c.DEFAULT_FLUSH_INTERVAL_MS,
            "write to a reader at most this often, merging what arrives in between (0: every event)"),
+    Option("--direct-writes", str, "off",
+           "on: write events from the NATS callback while a reader's writer is idle (less CPU on many slow "
+           "streams; worse lag when the streamer is saturated)", choices=("on", "off")),
     Option("--socket-send-buffer-bytes", int, 0,
            "kernel send buffer per SSE connection (SO_SNDBUF); 0: the kernel's autotuning"),
     Option("--write-timeout-s", float, c.DEFAULT_WRITE_TIMEOUT_S,
@@ -284,7 +287,7 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
         disconnect_grace_s=args.disconnect_grace_s, flush_interval_ms=args.flush_interval_ms,
         write_timeout_s=args.write_timeout_s, socket_send_buffer_bytes=args.socket_send_buffer_bytes,
         cors_allow_origins=CORS_ALLOW_ORIGIN.values(args), api_keys=keys, tokens=token_signer(args, keys),
-        max_readers_per_stream=args.max_readers_per_stream,
+        max_readers_per_stream=args.max_readers_per_stream, direct_writes=args.direct_writes == "on",
     )  # fmt: skip
 
 
