@@ -108,8 +108,8 @@ class Reader:
     def ready(self) -> None:
         """Something is queued: write it now if the writer is parked and may, else wake the writer.
 
-        Writing from the caller's stack (the NATS callback, the heartbeat loop) saves a task wake-up
-        per event and per reader, the largest cost of a slow stream's token after the socket write.
+        The writer installs :attr:`write_now` only with ``--direct-writes on``; writing from the caller's
+        stack (the NATS callback, the heartbeat loop) then saves a task wake-up per event and per reader.
         """
         write_now = self.write_now
         if write_now is None or not write_now():
