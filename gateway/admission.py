@@ -9,7 +9,6 @@ a stable error code; ``tokenrelay.api.models`` lists the live runners' models.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -26,6 +25,7 @@ from tokenrelay.codec import CodecError
 from tokenrelay.config import GatewayConfig
 from tokenrelay.errors import ErrorCode, RetryLater, TokenRelayError
 from tokenrelay.messages import Message, ModelList, ModelsRequest, StartRefused, StartRequest
+from tokenrelay.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Admission:
         self._nc = nc
         self._streams = streams
         self._subs: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     async def start(self) -> None:
         queue = subjects.GATEWAY_QUEUE_GROUP
@@ -50,13 +50,10 @@ class Admission:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
 
     async def _on_start(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._answer_start(msg), name="answer-start")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._answer_start(msg), name="answer-start")
 
     async def _answer_start(self, msg: Msg) -> None:
         reply: Message

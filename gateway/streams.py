@@ -13,9 +13,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -55,6 +53,7 @@ from tokenrelay.messages import (
     StreamState,
     job_record,
 )
+from tokenrelay.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class StreamManager:
         self.quotas = TenantQuotas(config.quotas)
         self._runners = RunnerRegistry(stale_after_s=config.runner_stale_after_s)
         self._subs: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     async def start(self) -> None:
         """Listen to runner heartbeats, to cancels, and watch for lost runners."""
@@ -126,20 +125,14 @@ class StreamManager:
             await nc.subscribe(subjects.CANCELS, queue=subjects.GATEWAY_QUEUE_GROUP, cb=self._on_cancel_request)
         )
         await nc.flush()
-        self._spawn(self._watch_runners(), name="watch-runners")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._watch_runners(), name="watch-runners")
 
     async def close(self) -> None:
         """Stop listening and abandon dispatches in flight."""
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
 
     # -- runners -----------------------------------------------------------------------------
 
@@ -252,7 +245,7 @@ class StreamManager:
         self._queued[stream_id] = _Queued(job)
         self._metrics.streams_queued.set(len(self._queued))
         self._metrics.streams_created.inc()
-        self._spawn(self._dispatch(self._queued[stream_id]), name=f"dispatch-{stream_id}")
+        self._tasks.spawn(self._dispatch(self._queued[stream_id]), name=f"dispatch-{stream_id}")
         log_event(LifecycleEvent.CREATED, ROLE, stream_id, model=model, max_tokens=job.max_tokens)
         return record
 
@@ -420,7 +413,7 @@ class StreamManager:
 
     async def _on_cancel_request(self, msg: Msg) -> None:
         """A stop from elsewhere: another gateway, or a streamer whose readers all left."""
-        self._spawn(self._answer_cancel(msg), name="answer-cancel")
+        self._tasks.spawn(self._answer_cancel(msg), name="answer-cancel")
 
     async def _answer_cancel(self, msg: Msg) -> None:
         try:

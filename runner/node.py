@@ -41,6 +41,7 @@ from tokenrelay.messages import (
     StreamDone,
     StreamRecord,
 )
+from tokenrelay.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Runner:
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._cancel_tasks: set[asyncio.Task[None]] = set()
+        self._cancel_tasks = TaskSet()
         """Cancels being answered and finishes being told, each in a task of its own."""
         self.replay = ReplayServer(
             nc,
@@ -144,9 +145,7 @@ class Runner:
         self.metrics.active_streams.set(len(self._active))
         self.replay.finished(stream_id)
         if job.owner is not None:  # the admitting gateway counts its tenants' streams (gateway/quotas.py)
-            notify = asyncio.create_task(self._tell_done(job.gateway_id, stream_id))
-            self._cancel_tasks.add(notify)
-            notify.add_done_callback(self._cancel_tasks.discard)
+            self._cancel_tasks.spawn(self._tell_done(job.gateway_id, stream_id))
         if not task.cancelled() and task.exception() is None:
             self._finished[stream_id] = task.result()
             while len(self._finished) > FINISHED_MEMORY_STREAMS:
@@ -155,9 +154,7 @@ class Runner:
     async def _on_cancel(self, msg: Msg) -> None:
         # nats-py runs one subscription's callbacks one after another: answer each cancel in a task of
         # its own so a halt that takes a while never delays the next stream's cancel.
-        task = asyncio.create_task(self._cancel(msg))
-        self._cancel_tasks.add(task)
-        task.add_done_callback(self._cancel_tasks.discard)
+        self._cancel_tasks.spawn(self._cancel(msg))
 
     async def _cancel(self, msg: Msg) -> None:
         try:

@@ -9,8 +9,6 @@ JetStream).  A stream is held while it generates and ``linger_s`` after it ends,
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -22,10 +20,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from tokenrelay import codec, subjects
+from tokenrelay import codec, natsio, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.messages import ReplayRequest
 from tokenrelay.replay import ReplayLog, not_held_page
+from tokenrelay.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ class ReplayServer:
         self._logs: dict[str, _Held] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
         """Finished streams still held, oldest first, with when each is let go."""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     @property
     def enabled(self) -> bool:
@@ -103,21 +102,13 @@ class ReplayServer:
         for stream_id in list(self._logs):
             self._release(stream_id)
         self._finished.clear()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.wait()
 
     def _release(self, stream_id: str) -> None:
         held = self._logs.pop(stream_id, None)
         if held is None:
             return
-        task = asyncio.create_task(self._unsubscribe(held.sub))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _unsubscribe(sub: Subscription) -> None:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        self._tasks.spawn(natsio.unsubscribe_quietly(held.sub))
 
     async def _on_request(self, msg: Msg) -> None:
         if not msg.reply:

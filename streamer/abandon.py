@@ -24,6 +24,7 @@ from streamer.metrics import StreamerMetrics
 from tokenrelay import codec, subjects
 from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import CancelReason, CancelReply, CancelRequest, FinishReason
+from tokenrelay.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class AbandonWatcher:
         self._metrics = metrics
         self._has_readers = has_readers
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -87,9 +88,7 @@ class AbandonWatcher:
 
     def _expired(self, stream_id: str) -> None:
         self._timers.pop(stream_id, None)
-        task = asyncio.create_task(self._cancel_if_unread(stream_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._cancel_if_unread(stream_id))
 
     async def _cancel_if_unread(self, stream_id: str) -> None:
         if self._has_readers(stream_id):

@@ -8,7 +8,6 @@ in step.  One loop sends heartbeats to idle readers (no timer per reader).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,10 +22,11 @@ from streamer.cursor import Cursor
 from streamer.frames import Framing, NativeFraming, frame, is_terminal
 from streamer.metrics import StreamerMetrics
 from streamer.replay import Replay, ReplayError
-from tokenrelay import codec, subjects
+from tokenrelay import codec, natsio, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.errors import ErrorCode, RateLimited
 from tokenrelay.messages import StreamDelta, StreamEvent
+from tokenrelay.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class Hub:
         self.clock = clock
         self._channels: dict[str, _Channel] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._cleanup_tasks: set[asyncio.Task[None]] = set()
+        self._cleanup_tasks = TaskSet()
 
     async def start(self) -> None:
         """Start the heartbeat loop and the abandoned-stream watcher."""
@@ -227,9 +227,7 @@ class Hub:
             del self._channels[reader.stream_id]
             self._metrics.channels_open.set(len(self._channels))
             if channel.sub is not None:
-                task = asyncio.create_task(self._unsubscribe(channel.sub))
-                self._cleanup_tasks.add(task)
-                task.add_done_callback(self._cleanup_tasks.discard)
+                self._cleanup_tasks.spawn(natsio.unsubscribe_quietly(channel.sub))
 
     async def shutdown(self, code: str, message: str) -> None:
         """End every reader with an ``error`` event (they may resume on another streamer)."""
@@ -240,10 +238,6 @@ class Hub:
         for channel in self._channels.values():
             for reader in channel.readers:
                 reader.fail(code, message, now)
-
-    async def _unsubscribe(self, sub: Subscription) -> None:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
 
     async def _on_msg(self, msg: Msg) -> None:
         stream_id = msg.subject.split(".")[2]

@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import KeyNotFoundError, NotFoundError
@@ -40,6 +41,12 @@ _STATUS_NOT_FOUND = "404"
 
 REFUSED_CLOSE_TIMEOUT_S = 1.0
 """How long closing a connection the broker refused may take (a failed TLS handshake can leave it hanging)."""
+
+
+async def unsubscribe_quietly(sub: Subscription) -> None:
+    """Drop a subscription, ignoring a connection that is closing or gone (the server drops it with the connection)."""
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
 
 
 class DirectGetError(Exception):
