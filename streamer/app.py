@@ -208,9 +208,19 @@ async def read_history(app: web.Application, reader: Reader) -> history.Source |
     except history.HistoryError as exc:
         reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), clock())
         return None
+    except asyncio.CancelledError:
+        # A reader whose page carried its terminal event is done: its handler cancels this read while it asks
+        # for one more page.  What it read was served all the same.
+        if read.source is not None:
+            _count_fetch(app, read.source)
+        raise
     assert read.source is not None
-    app[METRICS_KEY].history_fetches.labels(source=str(read.source)).inc()
+    _count_fetch(app, read.source)
     return read.source
+
+
+def _count_fetch(app: web.Application, source: history.Source) -> None:
+    app[METRICS_KEY].history_fetches.labels(source=str(source)).inc()
 
 
 def _history_gone(app: web.Application, reader: Reader) -> None:
