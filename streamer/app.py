@@ -137,11 +137,12 @@ async def serve_reader(
     outcome = "client_left"
     try:
         await hub.attach(reader)
-        writer = await response.prepare(request)
-        if writer is None:  # only for a response already finished, which this one is not
-            raise ConnectionResetError("the response was closed before streaming")
+        # History is asked for before the headers go out: the runner answers while they are written.
         replay = asyncio.create_task(replay_history(app, reader, record))
         try:
+            writer = await response.prepare(request)
+            if writer is None:  # only for a response already finished, which this one is not
+                raise ConnectionResetError("the response was closed before streaming")
             direct = DirectWrite.of(writer, transport) if config.direct_writes else None
             await Pump(reader, response, writer, metrics, flush=app[FLUSH_KEY], clock=hub.clock, direct=direct).run()
         finally:

@@ -183,7 +183,7 @@ class Hub:
         return channel is not None and bool(channel.readers)
 
     async def attach(self, reader: Reader) -> None:
-        """Make sure live events of the reader's stream reach it (subscribed on the server).
+        """Make sure live events of the reader's stream reach it (subscribed, ahead of any later request).
 
         A stream that has ``max_readers_per_stream`` readers here already refuses one more (``rate_limited``).
         """
@@ -197,10 +197,11 @@ class Hub:
             self._channels[reader.stream_id] = channel
             channel.readers.add(reader)
             try:
+                # No flush (a round trip) here: the reader's history request goes out on this same
+                # connection after the SUB, and the server handles a connection's messages in order.
+                # So the subscription is in place before the history source even sees the request,
+                # and whatever is published after it answered reaches us live.
                 channel.sub = await self._nc.subscribe(subjects.events(reader.stream_id), cb=self._on_msg)
-                # The server has the subscription once the flush returns, so any event published
-                # from now on reaches us live; anything earlier is in history.
-                await self._nc.flush()
             except BaseException as exc:
                 channel.ready.set_exception(exc)
                 channel.ready.exception()  # mark retrieved
