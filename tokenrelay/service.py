@@ -19,6 +19,7 @@ from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from tokenrelay.accept import DrainingSite
 from tokenrelay.auth import KeyRing, Principal, presented_key
 from tokenrelay.errors import STATUS_CODES, ErrorCode, RetryLater, TokenRelayError, Unauthorized, Unavailable
 from tokenrelay.tokens import Grant, Scope, TokenError, TokenSigner
@@ -205,7 +206,7 @@ async def serve(app: web.Application, host: str, port: int, *, name: str, cancel
         handler_cancellation=cancel_on_disconnect,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
+    site = DrainingSite(runner, host, port, backlog=LISTEN_BACKLOG)
     await site.start()
     bound = runner.addresses[0] if runner.addresses else (host, port)
     log.info("%s listening on http://%s:%s", name, bound[0], bound[1])

@@ -1,0 +1,150 @@
+"""Spec of the draining site: every connection the kernel queued is accepted at each wake-up, on both loops.
+
+Real aiohttp apps on 127.0.0.1, real client sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tokenrelay import accept
+from tokenrelay.accept import DrainingSite
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+QUEUED_CONNECTIONS = 20
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
+    """Both loops every role runs on."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    return None
+
+
+def run_on(loop_factory: LoopFactory, scenario: Callable[[], Awaitable[None]]) -> None:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(scenario())
+
+
+async def ping(_: web.Request) -> web.Response:
+    return web.Response(text="pong")
+
+
+@contextlib.asynccontextmanager
+async def served() -> AsyncIterator[tuple[web.AppRunner, DrainingSite, int]]:
+    app = web.Application()
+    app.router.add_get("/ping", ping)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = DrainingSite(runner, "127.0.0.1", 0, backlog=128)
+    await site.start()
+    try:
+        yield runner, site, runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+def listening_socket(site: DrainingSite) -> socket.socket:
+    server = site._server
+    assert isinstance(server, accept._Listener)
+    (sock,) = server.sockets
+    return sock
+
+
+def test_requests_are_served_through_the_site_and_its_port_is_reported(loop_factory: LoopFactory) -> None:
+    async def scenario() -> None:
+        async with served() as (_, _, port), aiohttp.ClientSession() as session:
+            assert port > 0
+            for _ in range(3):
+                async with session.get(f"http://127.0.0.1:{port}/ping") as response:
+                    assert response.status == 200
+                    assert await response.text() == "pong"
+
+    run_on(loop_factory, scenario)
+
+
+def test_one_wake_up_accepts_every_connection_the_kernel_queued(loop_factory: LoopFactory) -> None:
+    async def scenario() -> None:
+        async with served() as (_, site, port):
+            sock = listening_socket(site)
+            server = site._server
+            assert isinstance(server, accept._Listener)
+            # The loop does not run between these lines: every connection waits in the kernel's queue.
+            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(QUEUED_CONNECTIONS)]
+            try:
+                server.accept_queued(sock)
+                with pytest.raises(BlockingIOError):  # nothing left queued
+                    sock.accept()
+                # Each accepted connection is served.
+                loop = asyncio.get_running_loop()
+                for client in clients:
+                    client.setblocking(False)
+                    await loop.sock_sendall(client, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                for client in clients:
+                    reply = await asyncio.wait_for(loop.sock_recv(client, 4096), 5)
+                    assert reply.startswith(b"HTTP/1.1 200")
+            finally:
+                for client in clients:
+                    client.close()
+
+    run_on(loop_factory, scenario)
+
+
+def test_running_out_of_file_descriptors_pauses_accepting_then_queued_clients_are_served(
+    loop_factory: LoopFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accept, "RESOURCE_ERROR_PAUSE_S", 0.05)
+
+    async def scenario() -> None:
+        async with served() as (_, site, port):
+            server = site._server
+            assert isinstance(server, accept._Listener)
+            sock = listening_socket(site)
+            failing = _FailsOnce(sock)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock.fileno())
+            loop.add_reader(sock.fileno(), server.accept_queued, failing)
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/ping") as response:
+                assert response.status == 200
+            assert failing.failures == 1
+
+    run_on(loop_factory, scenario)
+
+
+class _FailsOnce:
+    """A listening socket whose first ``accept`` fails with EMFILE, as in a process out of descriptors."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.failures = 0
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.failures == 0:
+            self.failures += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self._sock.accept()
+
+
+def test_after_cleanup_the_port_refuses_connections(loop_factory: LoopFactory) -> None:
+    async def scenario() -> None:
+        async with served() as (runner, _, port):
+            pass
+        assert runner.addresses == []
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+    run_on(loop_factory, scenario)
