@@ -7,12 +7,14 @@ secret gives its processes an environment of their own.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.helpers import LoopFactory
 from tests.procs import NatsServer, nats_server
 from tokenrelay.tokens import TOKEN_SECRET_ENV
 
@@ -24,3 +26,13 @@ def nats() -> Iterator[NatsServer]:
     """A nats-server with JetStream on a free 127.0.0.1 port and a temporary store."""
     with nats_server() as server:
         yield server
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
+    """Both event loops the roles run on (uvloop's transports and servers are not asyncio's)."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +35,10 @@ async def create_stream(gateway_url: str, prompt: str, max_tokens: int = 40) -> 
     status, body = await post(f"{gateway_url}/v1/streams", {"prompt": prompt, "max_tokens": max_tokens})
     assert status == 201, body
     return dict(body)
+
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+"""What ``asyncio.Runner`` makes its loop with (``None``: asyncio's own); the ``loop_factory`` fixture gives both."""
 
 
 def expected_text(prompt: str, max_tokens: int, length_tokens: int = 0) -> str:

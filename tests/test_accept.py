@@ -15,21 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.helpers import LoopFactory
 from tokenrelay import accept
 from tokenrelay.accept import DrainingSite
 
-LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 QUEUED_CONNECTIONS = 20
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
-    """Both loops every role runs on."""
-    if request.param == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-        return factory
-    return None
 
 
 def run_on(loop_factory: LoopFactory, scenario: Callable[[], Awaitable[None]]) -> None:

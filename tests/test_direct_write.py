@@ -19,25 +19,13 @@ from streamer.chunked import http_chunk
 from streamer.flush import FlushClock
 from streamer.hub import Reader
 from streamer.metrics import StreamerMetrics
+from tests.helpers import LoopFactory
 from tokenrelay.messages import FinishReason, StreamDelta, StreamEnd, StreamStart
 
 SID = "0123456789abcdef0123456789abcdef"
 EPOCH = "e1"
 FLUSH_INTERVAL_S = 0.05
 START = StreamStart(stream_id=SID, epoch=EPOCH, model="m", created=0, runner_id="r", ts=0.0)
-
-
-LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
-    """Both loops the streamer runs on (uvloop's transports are not asyncio's classes)."""
-    if request.param == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-        return factory
-    return None
 
 
 def run_on(loop_factory: LoopFactory, scenario: Callable[[Served], Awaitable[None]]) -> None:
