@@ -138,3 +138,42 @@ def test_after_cleanup_the_port_refuses_connections(loop_factory: LoopFactory) -
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
     run_on(loop_factory, scenario)
+
+
+def test_an_address_of_a_family_not_enabled_here_is_skipped_and_the_others_serve(
+    loop_factory: LoopFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unbindable = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 0))  # TEST-NET-1: on no interface here
+    local = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))
+
+    async def addresses(_: DrainingSite) -> list[tuple[object, ...]]:
+        return [unbindable, local]
+
+    monkeypatch.setattr(DrainingSite, "_addresses", addresses)
+
+    async def scenario() -> None:
+        async with served() as (runner, _, port), aiohttp.ClientSession() as session:
+            assert [host for host, _ in runner.addresses] == ["127.0.0.1"]
+            async with session.get(f"http://127.0.0.1:{port}/ping") as response:
+                assert response.status == 200
+
+    run_on(loop_factory, scenario)
+
+
+def test_a_host_with_no_bindable_address_fails_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def addresses(_: DrainingSite) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 0))]
+
+    monkeypatch.setattr(DrainingSite, "_addresses", addresses)
+
+    async def scenario() -> None:
+        runner = web.AppRunner(web.Application())
+        await runner.setup()
+        try:
+            with pytest.raises(OSError) as raised:
+                await DrainingSite(runner, "192.0.2.1", 0, backlog=16).start()
+            assert raised.value.errno == errno.EADDRNOTAVAIL
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())

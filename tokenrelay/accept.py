@@ -15,6 +15,7 @@ import asyncio
 import errno
 import logging
 import socket
+from typing import Any
 
 from aiohttp import web
 
@@ -130,24 +131,36 @@ class DrainingSite(web.BaseSite):
         await super().start()
         handler = self._runner.server
         assert handler is not None  # BaseSite's constructor checked it
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
         socks: list[socket.socket] = []
         try:
-            for family, kind, proto, _, address in dict.fromkeys(infos):
+            for family, kind, proto, _, address in await self._addresses():
                 sock = socket.socket(family, kind, proto)
                 socks.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio's create_server
-                sock.bind(address)
+                try:
+                    sock.bind(address)
+                except OSError as exc:
+                    if exc.errno != errno.EADDRNOTAVAIL:
+                        raise
+                    socks.pop().close()  # that family is not enabled here (asyncio's create_server skips it too)
+                    continue
                 sock.listen(self._backlog)
                 sock.setblocking(False)
         except OSError:
             for sock in socks:
                 sock.close()
             raise
+        if not socks:
+            raise OSError(errno.EADDRNOTAVAIL, f"no address of {self._host!r} can be bound here")
         listener = _Listener(socks, handler)
         await listener.start_serving()
         self._server = listener
+
+    async def _addresses(self) -> list[tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]]:
+        """Every address ``host`` resolves to for listening, each once."""
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        return list(dict.fromkeys(infos))
