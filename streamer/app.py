@@ -246,7 +246,7 @@ async def catch_up(app: web.Application, reader: Reader) -> history.Source | Non
 
 
 async def replay_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
-    """Catch the reader up from history while the writer sends, then settle (runs beside :func:`pump`).
+    """Catch the reader up from history while the writer sends, then settle (runs beside :meth:`Pump.run`).
 
     History its runner served is complete (everything after it reaches the subscription live): no settling.
     """
