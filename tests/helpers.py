@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +39,12 @@ async def create_stream(gateway_url: str, prompt: str, max_tokens: int = 40) -> 
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 """What ``asyncio.Runner`` makes its loop with (``None``: asyncio's own); the ``loop_factory`` fixture gives both."""
+
+
+def run_on_loop(loop_factory: LoopFactory, main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to completion on a fresh loop of the given kind."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main)
 
 
 def expected_text(prompt: str, max_tokens: int, length_tokens: int = 0) -> str:

@@ -9,22 +9,17 @@ import asyncio
 import contextlib
 import errno
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.helpers import LoopFactory
+from tests.helpers import LoopFactory, run_on_loop
 from tokenrelay import accept
 from tokenrelay.accept import DrainingSite
 
 QUEUED_CONNECTIONS = 20
-
-
-def run_on(loop_factory: LoopFactory, scenario: Callable[[], Awaitable[None]]) -> None:
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(scenario())
 
 
 async def ping(_: web.Request) -> web.Response:
@@ -45,11 +40,10 @@ async def served() -> AsyncIterator[tuple[web.AppRunner, DrainingSite, int]]:
         await runner.cleanup()
 
 
-def listening_socket(site: DrainingSite) -> socket.socket:
+def listener(site: DrainingSite) -> accept._Listener:
     server = site._server
     assert isinstance(server, accept._Listener)
-    (sock,) = server.sockets
-    return sock
+    return server
 
 
 def test_requests_are_served_through_the_site_and_its_port_is_reported(loop_factory: LoopFactory) -> None:
@@ -61,15 +55,14 @@ def test_requests_are_served_through_the_site_and_its_port_is_reported(loop_fact
                     assert response.status == 200
                     assert await response.text() == "pong"
 
-    run_on(loop_factory, scenario)
+    run_on_loop(loop_factory, scenario())
 
 
 def test_one_wake_up_accepts_every_connection_the_kernel_queued(loop_factory: LoopFactory) -> None:
     async def scenario() -> None:
         async with served() as (_, site, port):
-            sock = listening_socket(site)
-            server = site._server
-            assert isinstance(server, accept._Listener)
+            server = listener(site)
+            (sock,) = server.sockets
             # The loop does not run between these lines: every connection waits in the kernel's queue.
             clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(QUEUED_CONNECTIONS)]
             try:
@@ -88,7 +81,7 @@ def test_one_wake_up_accepts_every_connection_the_kernel_queued(loop_factory: Lo
                 for client in clients:
                     client.close()
 
-    run_on(loop_factory, scenario)
+    run_on_loop(loop_factory, scenario())
 
 
 def test_running_out_of_file_descriptors_pauses_accepting_then_queued_clients_are_served(
@@ -98,9 +91,8 @@ def test_running_out_of_file_descriptors_pauses_accepting_then_queued_clients_ar
 
     async def scenario() -> None:
         async with served() as (_, site, port):
-            server = site._server
-            assert isinstance(server, accept._Listener)
-            sock = listening_socket(site)
+            server = listener(site)
+            (sock,) = server.sockets
             failing = _FailsOnce(sock)
             loop = asyncio.get_running_loop()
             loop.remove_reader(sock.fileno())
@@ -109,7 +101,7 @@ def test_running_out_of_file_descriptors_pauses_accepting_then_queued_clients_ar
                 assert response.status == 200
             assert failing.failures == 1
 
-    run_on(loop_factory, scenario)
+    run_on_loop(loop_factory, scenario())
 
 
 class _FailsOnce:
@@ -137,7 +129,7 @@ def test_after_cleanup_the_port_refuses_connections(loop_factory: LoopFactory) -
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
-    run_on(loop_factory, scenario)
+    run_on_loop(loop_factory, scenario())
 
 
 def test_an_address_of_a_family_not_enabled_here_is_skipped_and_the_others_serve(
@@ -157,7 +149,7 @@ def test_an_address_of_a_family_not_enabled_here_is_skipped_and_the_others_serve
             async with session.get(f"http://127.0.0.1:{port}/ping") as response:
                 assert response.status == 200
 
-    run_on(loop_factory, scenario)
+    run_on_loop(loop_factory, scenario())
 
 
 def test_a_host_with_no_bindable_address_fails_to_start(monkeypatch: pytest.MonkeyPatch) -> None:

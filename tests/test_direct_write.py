@@ -19,7 +19,7 @@ from streamer.chunked import http_chunk
 from streamer.flush import FlushClock
 from streamer.hub import Reader
 from streamer.metrics import StreamerMetrics
-from tests.helpers import LoopFactory
+from tests.helpers import LoopFactory, run_on_loop
 from tokenrelay.messages import FinishReason, StreamDelta, StreamEnd, StreamStart
 
 SID = "0123456789abcdef0123456789abcdef"
@@ -35,8 +35,7 @@ def run_on(loop_factory: LoopFactory, scenario: Callable[[Served], Awaitable[Non
         async with serve() as served:
             await scenario(served)
 
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main())
+    run_on_loop(loop_factory, main())
 
 
 @dataclass
