@@ -440,6 +440,7 @@ def make_app(
         disconnect_grace_s=config.disconnect_grace_s,
         cancel_timeout_s=config.cancel_timeout_s,
         max_readers_per_stream=config.max_readers_per_stream,
+        live_subscription=config.live_subscription,
     )
     middlewares: list[Middleware] = [errors_middleware]
     if config.api_keys is not None:

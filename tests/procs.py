@@ -60,6 +60,8 @@ class NatsServer:
     process: subprocess.Popen[bytes]
     log_path: str = ""
     """The server's own log (stdout and stderr)."""
+    monitor_url: str = ""
+    """The server's HTTP monitoring endpoint on loopback (``/connz``, ``/subsz``...)."""
 
 
 @contextlib.contextmanager
@@ -71,10 +73,12 @@ def nats_server(store_dir: str | None = None, *, config_file: str | None = None)
     """
     with tempfile.TemporaryDirectory(prefix="tokenrelay-test-nats-") as tmp:
         store = store_dir or tmp
-        port = free_port()
+        port, monitor_port = free_port(), free_port()
+        while monitor_port == port:
+            monitor_port = free_port()
         log_path = os.path.join(store, "nats.log")
         log = open(log_path, "wb")  # noqa: SIM115
-        argv = nats_server_argv(port, store)
+        argv = [*nats_server_argv(port, store), "--http_port", str(monitor_port)]
         if config_file is not None:
             argv += ["--config", config_file]
         process = subprocess.Popen(
@@ -84,7 +88,8 @@ def nats_server(store_dir: str | None = None, *, config_file: str | None = None)
         )
         try:
             wait_until(lambda: nats_ready("127.0.0.1", port), what="nats-server")
-            yield NatsServer(f"nats://127.0.0.1:{port}", store, process, log_path)
+            monitor_url = f"http://127.0.0.1:{monitor_port}"
+            yield NatsServer(f"nats://127.0.0.1:{port}", store, process, log_path, monitor_url)
         finally:
             stop_process(process)
             log.close()

@@ -18,9 +18,11 @@ from tests.sse_client import Stream, read_stream
 RUNNER_ARGS = ["--synthetic-tokens-per-s", "100", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
 
 
-@pytest.fixture(scope="module")
-def sut(nats: NatsServer) -> Iterator[System]:
-    with system(nats.url, streamers=2, runner_args=RUNNER_ARGS) as running:
+@pytest.fixture(scope="module", params=["shared", "per-stream"])
+def sut(nats: NatsServer, request: pytest.FixtureRequest) -> Iterator[System]:
+    """Two streamers, with either way of subscribing to live events (``--live-subscription``)."""
+    streamer_args = ["--live-subscription", request.param]
+    with system(nats.url, streamers=2, runner_args=RUNNER_ARGS, streamer_args=streamer_args) as running:
         yield running
 
 

@@ -123,6 +123,10 @@ STREAMER_OPTIONS = (
            "cancel a generation whose readers all left this long ago (0: never)"),
     Option("--max-readers-per-stream", int, c.DEFAULT_MAX_READERS_PER_STREAM,
            "readers one stream may have at once on this streamer (more: 429; 0: no limit)"),
+    Option("--live-subscription", str, str(c.LiveSubscription.SHARED),
+           "shared: one NATS subscription for every stream's events (least CPU; every streamer gets every "
+           "event); per-stream: one per stream read here (for many streamers)",
+           choices=tuple(str(mode) for mode in c.LiveSubscription)),
     CORS_ALLOW_ORIGIN,
 )  # fmt: skip
 API_KEYS_FILE = Option(
@@ -288,6 +292,7 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
         write_timeout_s=args.write_timeout_s, socket_send_buffer_bytes=args.socket_send_buffer_bytes,
         cors_allow_origins=CORS_ALLOW_ORIGIN.values(args), api_keys=keys, tokens=token_signer(args, keys),
         max_readers_per_stream=args.max_readers_per_stream, direct_writes=args.direct_writes == "on",
+        live_subscription=c.LiveSubscription(args.live_subscription),
     )  # fmt: skip
 
 

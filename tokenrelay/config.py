@@ -60,6 +60,15 @@ class StorageKind(enum.StrEnum):
     FILE = "file"
 
 
+class LiveSubscription(enum.StrEnum):
+    """How a streamer subscribes to live events (see :mod:`streamer.hub`)."""
+
+    SHARED = "shared"
+    """One wildcard subscription to every stream: least CPU and memory per stream; every streamer gets every event."""
+    PER_STREAM = "per-stream"
+    """One subscription per stream read here: the server sends each streamer only its readers' streams."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HistoryConfig:
     """How long and where per-stream history (for late readers and resume) is kept.
@@ -179,6 +188,9 @@ class StreamerConfig:
     """Checks the ``events`` tokens in ``events_url`` (the gateways' secret)."""
     max_readers_per_stream: int = DEFAULT_MAX_READERS_PER_STREAM
     """Readers one stream may have at once on this streamer; one more answers ``429 rate_limited``."""
+    live_subscription: LiveSubscription = LiveSubscription.SHARED
+    """``shared``: one wildcard subscription for every stream (for one or a few streamers); ``per-stream``:
+    one per stream read here (for many streamers, each of which should receive only its readers' events)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,172 @@
+"""Spec of the streamer hub's live subscriptions, in both modes, against a real nats-server.
+
+What the server holds is read from its monitoring endpoint (``/connz?subs=1``) while nothing else
+runs on the event loop, so "subscribed once ``attach`` returns" is checked as the server sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+
+import nats
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+
+from streamer.hub import Hub, Reader
+from streamer.metrics import StreamerMetrics
+from tests.procs import NatsServer
+from tokenrelay import cli, codec, subjects
+from tokenrelay.config import LiveSubscription
+from tokenrelay.messages import StreamStart
+
+MODES = list(LiveSubscription)
+EPOCH = "e1"
+WAIT_S = 10.0
+
+
+def stream_ids(count: int) -> list[str]:
+    return [subjects.new_stream_id() for _ in range(count)]
+
+
+def start_event(stream_id: str) -> bytes:
+    return codec.encode(StreamStart(stream_id=stream_id, epoch=EPOCH, model="m", created=0, runner_id="r", ts=0.0))
+
+
+def new_reader(stream_id: str) -> Reader:
+    return Reader(stream_id, epoch=EPOCH, resume=None, max_buffered_bytes=1 << 20, now=0.0)
+
+
+def server_subjects(server: NatsServer, connection_name: str) -> list[str]:
+    """The event subjects one named client connection is subscribed to, as the server has them now.
+
+    (The hub's connection also carries the abandoned-stream watcher's ``tokenrelay.readers.*``.)
+    """
+    with urllib.request.urlopen(f"{server.monitor_url}/connz?subs=1", timeout=WAIT_S) as response:
+        connz = orjson.loads(response.read())
+    for connection in connz["connections"]:
+        if connection.get("name") == connection_name:
+            held = connection.get("subscriptions_list", [])
+            return sorted(subject for subject in held if routes(subjects.EVENTS_WILDCARD, subject))
+    raise AssertionError(f"no connection named {connection_name!r} on the server")
+
+
+def routes(subscription: str, subject: str) -> bool:
+    """Whether a NATS subscription subject (``*`` and ``>`` wildcards) matches a published subject."""
+    pattern, tokens = subscription.split("."), subject.split(".")
+    for i, part in enumerate(pattern):
+        if part == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or (part != "*" and part != tokens[i]):
+            return False
+    return len(pattern) == len(tokens)
+
+
+async def until(condition: Callable[[], bool], what: str, *, poll_s: float = 0.01) -> None:
+    for _ in range(int(WAIT_S / poll_s)):
+        if condition():
+            return
+        await asyncio.sleep(poll_s)
+    assert condition(), what
+
+
+@contextlib.asynccontextmanager
+async def running_hub(server: NatsServer, mode: LiveSubscription, name: str) -> AsyncIterator[tuple[Hub, NATS]]:
+    """A started hub on a live connection named ``name``, and a second connection to publish from."""
+    live = await nats.connect(server.url, name=name)
+    publisher = await nats.connect(server.url, name=f"{name}-publisher")
+    hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=mode)
+    await hub.start()
+    try:
+        yield hub, publisher
+    finally:
+        await hub.shutdown("shutting_down", "test over")
+        await publisher.close()
+        await live.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_once_attach_returns_the_server_already_routes_the_streams_events_to_the_hub(
+    nats: NatsServer, mode: LiveSubscription
+) -> None:
+    name = f"hub-routes-{mode}"
+    async with running_hub(nats, mode, name) as (hub, _):
+        (stream_id,) = stream_ids(1)
+        await hub.attach(new_reader(stream_id))
+        held = server_subjects(nats, name)  # blocking on purpose: nothing more is sent before the check
+        assert any(routes(subject, subjects.events(stream_id)) for subject in held), held
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_event_published_from_another_connection_right_after_attach_reaches_the_reader(
+    nats: NatsServer, mode: LiveSubscription
+) -> None:
+    async with running_hub(nats, mode, f"hub-delivers-{mode}") as (hub, publisher):
+        (stream_id,) = stream_ids(1)
+        reader = new_reader(stream_id)
+        await hub.attach(reader)
+        await publisher.publish(subjects.events(stream_id), start_event(stream_id))
+        await until(lambda: reader.live_events == 1, "the event reached the reader")
+        assert b"event: start" in reader.buffer.take()
+
+
+async def test_shared_mode_holds_one_wildcard_subscription_whatever_the_number_of_streams(nats: NatsServer) -> None:
+    name = "hub-shared-count"
+    async with running_hub(nats, LiveSubscription.SHARED, name) as (hub, _):
+        assert server_subjects(nats, name) == [subjects.EVENTS_WILDCARD]
+        readers = [new_reader(stream_id) for stream_id in stream_ids(3)]
+        for reader in readers:
+            await hub.attach(reader)
+        assert server_subjects(nats, name) == [subjects.EVENTS_WILDCARD]
+        for reader in readers:
+            hub.detach(reader)
+        await asyncio.sleep(0.05)  # an unsubscribe would have been spawned by now
+        assert server_subjects(nats, name) == [subjects.EVENTS_WILDCARD]
+
+
+async def test_per_stream_mode_subscribes_each_stream_read_here_and_unsubscribes_after_its_last_reader(
+    nats: NatsServer,
+) -> None:
+    name = "hub-per-stream-count"
+    async with running_hub(nats, LiveSubscription.PER_STREAM, name) as (hub, _):
+        assert server_subjects(nats, name) == []
+        ids = stream_ids(3)
+        readers = [new_reader(stream_id) for stream_id in ids]
+        for reader in readers:
+            await hub.attach(reader)
+        second = new_reader(ids[0])
+        await hub.attach(second)  # a second reader of a stream shares its subscription
+        assert server_subjects(nats, name) == sorted(subjects.events(stream_id) for stream_id in ids)
+        for reader in readers:
+            hub.detach(reader)
+        await until(lambda: server_subjects(nats, name) == [subjects.events(ids[0])], "two streams unsubscribed")
+        hub.detach(second)
+        await until(lambda: server_subjects(nats, name) == [], "the last stream unsubscribed")
+
+
+async def test_shared_mode_drops_events_of_streams_nobody_reads_here_and_delivers_the_others(
+    nats: NatsServer,
+) -> None:
+    async with running_hub(nats, LiveSubscription.SHARED, "hub-shared-drop") as (hub, publisher):
+        read, unread = stream_ids(2)
+        reader = new_reader(read)
+        await hub.attach(reader)
+        await publisher.publish(subjects.events(unread), start_event(unread))
+        await publisher.publish(subjects.events(read), start_event(read))
+        await until(lambda: reader.live_events == 1, "the read stream's event arrived")
+        assert not hub.has_readers(unread)
+        assert reader.live_events == 1
+
+
+@pytest.mark.parametrize(("argv", "mode"), [([], "shared"), (["--live-subscription", "per-stream"], "per-stream")])
+def test_the_live_subscription_option_chooses_the_mode_and_is_shared_by_default(argv: list[str], mode: str) -> None:
+    args = cli.build_parser().parse_args(["streamer", *argv])
+    assert cli.streamer_config(args).live_subscription == LiveSubscription(mode)
+
+
+def test_the_live_subscription_option_rejects_an_unknown_mode() -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["streamer", "--live-subscription", "broadcast"])
