@@ -9,7 +9,9 @@ fast as it takes them, and report the CPU time (``time.process_time``) the handl
 
 * ``/sse``: ``EventSourceResponse.send(data, event=..., id=...)`` per event (aiohttp-sse);
 * ``/write``: ``StreamResponse.write(frame)`` with a frame encoded per event (``streamer.sse.encode_event``);
-* ``/shared``: ``StreamResponse.write(frame)`` of one frame encoded once and reused (the streamer's fan-out).
+* ``/shared``: ``StreamResponse.write(frame)`` of one frame encoded once and reused (the streamer's fan-out);
+* ``/chunk``: the same shared frame framed as one HTTP/1.1 chunk and handed to the transport
+  (``streamer.app.DirectWrite``, what the streamer's writer does).
 
 Each write is followed by ``drain`` in all three, as the streamer does.  The client reads in this
 process.  Runs alternate the endpoints so drift hits all of them alike.
@@ -32,12 +34,13 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from bench.stats import write_json
+from streamer.app import DirectWrite
 from streamer.sse import encode_event
 from tests.procs import http_ok, stop_process, wait_until
 from tokenrelay.supervisor import free_port
 
 TEXT = " token"
-ENDPOINTS = ("sse", "write", "shared")
+ENDPOINTS = ("sse", "write", "shared", "chunk")
 
 
 def _data(index: int) -> str:
@@ -84,6 +87,21 @@ class _Server:
         self.last_cpu_s = time.process_time() - started
         return response
 
+    async def chunk(self, request: web.Request) -> web.StreamResponse:
+        events = int(request.query["n"])
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        writer = await response.prepare(request)
+        assert writer is not None
+        out = DirectWrite.of(writer, request.transport)
+        assert out is not None
+        frame = encode_event(_data(1), event="delta", id="e:1")
+        started = time.process_time()
+        for _ in range(events):
+            out.write(frame)
+            await writer.drain()
+        self.last_cpu_s = time.process_time() - started
+        return response
+
     async def cpu(self, _: web.Request) -> web.Response:
         return web.json_response({"cpu_s": self.last_cpu_s})
 
@@ -95,6 +113,7 @@ def serve(port: int) -> None:
     app.router.add_get("/sse", server.sse)
     app.router.add_get("/write", server.write)
     app.router.add_get("/shared", server.shared)
+    app.router.add_get("/chunk", server.chunk)
     app.router.add_get("/cpu", server.cpu)
     app.router.add_get("/healthz", server.cpu)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
@@ -141,6 +160,7 @@ def main() -> None:
         "sse": "aiohttp-sse send()",
         "write": "write() of a frame encoded per event",
         "shared": "write() of one shared pre-encoded frame",
+        "chunk": "the shared frame as one chunk to the transport",
     }
     for name in ENDPOINTS:
         print(f"{labels[name]:<48} {medians[name]:>9.2f} {medians[name] / medians['shared']:>9.2f}")

@@ -63,7 +63,7 @@ async def serve() -> AsyncIterator[Served]:
         assert writer is not None
         pump = Pump(
             reader, response, writer, StreamerMetrics(), flush=FlushClock(FLUSH_INTERVAL_S), clock=loop.time,
-            direct=DirectWrite.of(writer, transport),
+            out=DirectWrite.of(writer, transport), write_from_callback=True,
         )  # fmt: skip
         prepared.set_result(None)
         try:
