@@ -1,9 +1,12 @@
 """Sans-I/O registry of runners: who is alive, and which streams each one owns.
 
 Runners heartbeat every ``heartbeat_interval_s`` with the ids of the streams they generate.
-A runner not heard from for ``stale_after_s`` is declared lost, once, and :meth:`expire`
-hands back every stream it may still have owned: those in its last heartbeat plus those
-dispatched to it since.  Their readers must get a ``runner_lost`` error, never silence.
+A runner not heard from for ``stale_after_s`` is *suspect* (:meth:`stale`): no new stream goes
+to it, and the gateway asks it directly whether it is alive.  Only when that fails is it
+declared lost, once, and :meth:`forget` hands back every stream it may still have owned:
+those in its last heartbeat plus those dispatched to it since.  Their readers must get a
+``runner_lost`` error, never silence.  A heartbeat (or the answer to the check) in between
+makes it live again.
 """
 
 from __future__ import annotations
@@ -54,9 +57,17 @@ class RunnerRegistry:
         """Last heartbeats of the runners heard from within ``stale_after_s``."""
         return [r.beat for r in self._runners.values() if now - r.seen < self._stale_after_s]
 
-    def expire(self, now: float) -> dict[str, set[str]]:
-        """Forget runners gone stale; return {runner id: streams it may still have owned}."""
-        lost = {rid: r for rid, r in self._runners.items() if now - r.seen >= self._stale_after_s}
-        for runner_id in lost:
-            del self._runners[runner_id]
-        return {rid: r.streams | set(r.dispatched) for rid, r in lost.items()}
+    def stale(self, now: float) -> list[str]:
+        """Runners not heard from within ``stale_after_s`` (suspect; still registered)."""
+        return [rid for rid, r in self._runners.items() if now - r.seen >= self._stale_after_s]
+
+    def forget(self, runner_id: str, now: float) -> set[str] | None:
+        """Declare a stale runner lost: drop it and return the streams it may still have owned.
+
+        ``None`` when it is not stale at ``now`` (heard from since it was suspected) or not known.
+        """
+        runner = self._runners.get(runner_id)
+        if runner is None or now - runner.seen < self._stale_after_s:
+            return None
+        del self._runners[runner_id]
+        return runner.streams | set(runner.dispatched)

@@ -46,4 +46,10 @@ class GatewayMetrics:
         self.runners_available = Gauge(
             "tokenrelay_gateway_runners_available", "Runners heard from recently", registry=r
         )
+        self.runner_checks = Counter(
+            "tokenrelay_gateway_runner_checks",
+            "Runners whose heartbeats stopped and were pinged, by outcome (answered, lost)",
+            ["outcome"],
+            registry=r,
+        )
         self.feedback = Counter("tokenrelay_gateway_feedback", "Feedback stored, by rating", ["rating"], registry=r)

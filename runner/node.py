@@ -93,6 +93,7 @@ class Runner:
         """Subscribe to jobs and cancels, and start heartbeating."""
         self._subs.append(await self._nc.subscribe(subjects.JOBS, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job))
         self._subs.append(await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel))
+        self._subs.append(await self._nc.subscribe(subjects.runner_ping(self.runner_id), cb=self._on_ping))
         await self._nc.flush()
         await self._heartbeat()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
@@ -199,8 +200,8 @@ class Runner:
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
-    async def _heartbeat(self) -> None:
-        beat = RunnerHeartbeat(
+    def _beat(self) -> RunnerHeartbeat:
+        return RunnerHeartbeat(
             runner_id=self.runner_id,
             engine=self._engine.name,
             model=self._engine.model,
@@ -209,4 +210,11 @@ class Runner:
             ts=time.time(),
             streams=tuple(self._active),
         )
-        await self._nc.publish(subjects.RUNNER_HEARTBEAT, codec.encode(beat))
+
+    async def _heartbeat(self) -> None:
+        await self._nc.publish(subjects.RUNNER_HEARTBEAT, codec.encode(self._beat()))
+
+    async def _on_ping(self, msg: Msg) -> None:
+        """A gateway missed our heartbeats and asks whether we are alive: answer with one."""
+        if msg.reply:
+            await msg.respond(codec.encode(self._beat()))

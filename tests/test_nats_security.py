@@ -28,7 +28,8 @@ from websockets.asyncio.client import connect as ws_connect
 from tests.helpers import create_stream, expected_text, post, wait_finished
 from tests.procs import NatsServer, nats_server, start_role, stop_process, system, wait_until
 from tests.sse_client import read_stream
-from tokenrelay import natsio
+from tokenrelay import codec, natsio, subjects
+from tokenrelay.messages import RunnerHeartbeat
 from tokenrelay.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
 from tokenrelay.supervisor import http_ok
 
@@ -424,6 +425,10 @@ async def test_every_role_works_end_to_end_as_its_own_user_with_only_its_documen
         final = await wait_finished(sut.gateway_url, abandoned["id"])
         assert final["finish_reason"] == "cancelled"
 
+        # A gateway asks a runner whose heartbeats stopped whether it is alive; the runner answers with one.
+        heard, answered = await _ping_as_gateway(server, passwords)
+        assert answered == heard
+
         # Feedback over the control WebSocket, stored in JetStream, read back by the export as its own user.
         stream_id = await _rate(sut.gateway_url)
         exported = _export(server.url, role_credentials("feedback", passwords))
@@ -446,6 +451,19 @@ async def test_every_role_works_end_to_end_as_its_own_user_with_only_its_documen
 
         assert violations(server.log_path) == [], "a role used a subject its user may not"
         await _a_runner_may_not_read_or_forge_what_is_not_its_own(server, passwords)
+
+
+async def _ping_as_gateway(server: NatsServer, passwords: Mapping[str, str]) -> tuple[str, str]:
+    """As the gateway's user: the runner id of a heartbeat, and that of the answer to pinging it."""
+    gateway = NatsSecurity.from_env(role_credentials("gateway", passwords))
+    nc = await natsio.connect(server.url, name="pinging-gateway", security=gateway)
+    try:
+        heartbeats = await nc.subscribe(subjects.RUNNER_HEARTBEAT)
+        heard = codec.decode_as((await heartbeats.next_msg(timeout=5)).data, RunnerHeartbeat).runner_id
+        reply = await nc.request(subjects.runner_ping(heard), b"", timeout=5)
+    finally:
+        await nc.close()
+    return heard, codec.decode_as(reply.data, RunnerHeartbeat).runner_id
 
 
 async def _rate(gateway_url: str) -> str:

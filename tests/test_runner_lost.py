@@ -10,12 +10,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import create_stream, wait_finished, wait_for_metric
+from tests.helpers import create_stream, metric, wait_finished, wait_for_metric
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 
 STALE_AFTER_S = 1.0
 GENEROUS_BOUND_S = 10.0  # detection is STALE_AFTER_S plus a check interval; this only guards against "never"
+
+PAUSED_STALE_AFTER_S = 4.0
+PAUSE_S = 6.0
+"""A pause that outlasts the stale period and then some, and ends within the ping's own ``runner_stale_after_s``.
+
+The last heartbeat came 0-1 s (the heartbeat interval) before the pause; the gateway checks every
+stale/4 (1 s), so it pings 4-6 s after that heartbeat, at most 5 s into the pause, and waits 4 s for an
+answer: 8-10 s after the heartbeat, at least 7 s into the pause.  Resuming at 6 s leaves about 1 s each side.
+"""
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +51,34 @@ async def test_killing_the_runner_mid_stream_ends_readers_with_runner_lost(sut: 
     assert stream.terminal.json()["code"] == "runner_lost"
     assert stream.terminal.at - killed_at < GENEROUS_BOUND_S
     assert stream.of("delta")[-1].json()["index"] >= 3  # the 3 tokens published before the kill (in 2 events or more)
+    assert await metric(sut.gateway_url, "tokenrelay_gateway_runner_checks_total", outcome="lost") >= 1
     final = await wait_finished(sut.gateway_url, created["id"])
     assert (final["finish_reason"], final["error_code"]) == ("error", "runner_lost")
     # A reader arriving afterwards gets the text that was produced, then the same error.
     late = await read_stream(created["events_url"])
     assert late.text == stream.text
     assert late.terminal.json()["code"] == "runner_lost"
+
+
+async def test_a_runner_frozen_past_its_stale_period_answers_its_ping_and_its_stream_ends_normally(
+    nats: NatsServer,
+) -> None:
+    """SIGSTOP stands in for a runner whose event loop is too busy to heartbeat (it kept generating meanwhile)."""
+    runner_args = ["--synthetic-tokens-per-s", "20", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
+    gateway_args = ["--runner-stale-after-s", str(PAUSED_STALE_AFTER_S)]
+    with system(nats.url, runner_args=runner_args, gateway_args=gateway_args) as paused:
+        created = await create_stream(paused.gateway_url, "frozen for a while", max_tokens=160)
+        reader = asyncio.create_task(read_stream(created["events_url"]))
+        runner = paused.runners[0]
+        await wait_for_metric(runner.url, "tokenrelay_runner_tokens_total", 2)
+        os.kill(runner.process.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(PAUSE_S)
+        finally:
+            os.kill(runner.process.pid, signal.SIGCONT)
+        stream = await asyncio.wait_for(reader, 60)
+        checks = await metric(paused.gateway_url, "tokenrelay_gateway_runner_checks_total", outcome="answered")
+        lost = await metric(paused.gateway_url, "tokenrelay_gateway_runner_checks_total", outcome="lost")
+    assert stream.terminal.event == "stop", stream.terminal.data
+    assert (stream.terminal.json()["finish_reason"], stream.terminal.json()["tokens"]) == ("length", 160)
+    assert (checks, lost) == (1, 0)

@@ -149,7 +149,8 @@ GATEWAY_OPTIONS = (
     Option("--max-prompt-chars", int, c.DEFAULT_MAX_PROMPT_CHARS,
            "characters of all messages' content together (more: 400)"),
     Option("--runner-stale-after-s", float, c.DEFAULT_RUNNER_STALE_AFTER_S,
-           "a runner silent this long is lost: its streams end with a runner_lost error"),
+           "a runner silent this long is pinged; one that does not answer within as long again is lost "
+           "(its streams end with a runner_lost error)"),
     Option("--events-token-ttl-s", float, c.DEFAULT_EVENTS_TOKEN_TTL_S,
            "with API keys: how long the token in an events_url lets a client read (and resume) its stream"),
     Option("--control-token-ttl-s", float, c.DEFAULT_CONTROL_TOKEN_TTL_S,

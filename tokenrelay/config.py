@@ -126,7 +126,8 @@ class GatewayConfig:
     cancel_timeout_s: float = DEFAULT_CANCEL_TIMEOUT_S
     """How long a stop waits for the owner to confirm before answering ``unavailable``."""
     runner_stale_after_s: float = DEFAULT_RUNNER_STALE_AFTER_S
-    """A runner not heard from for this long no longer counts as available (``/readyz``)."""
+    """A runner not heard from for this long no longer counts as available (``/readyz``) and is pinged; one that
+    does not answer within as long again is lost (``runner_lost``)."""
     max_control_inflight: int = DEFAULT_MAX_CONTROL_INFLIGHT
     """Control messages handled at once per socket; more wait (the socket is not read)."""
     max_ws_message_bytes: int = DEFAULT_MAX_WS_MESSAGE_BYTES

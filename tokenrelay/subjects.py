@@ -12,6 +12,9 @@ subject                                         pattern    carries
                                                             (the runner generating the stream, from
                                                             memory; no responders: read JetStream)
 ``tokenrelay.runner.<runner_id>.cancel``         req/reply  CancelRequest -> CancelReply
+``tokenrelay.runner.<runner_id>.ping``           req/reply  (empty) -> RunnerHeartbeat (a gateway
+                                                            checks a runner whose heartbeats stopped
+                                                            before it declares it lost)
 ``tokenrelay.gateway.<gateway_id>.cancel``       req/reply  CancelRequest -> CancelReply
                                                             (streams still queued in a gateway)
 ``tokenrelay.gateway.<gateway_id>.done``         pub/sub    StreamDone (runner -> the gateway that
@@ -100,6 +103,11 @@ def replay(stream_id: str) -> str:
 def runner_cancel(runner_id: str) -> str:
     """The subject one runner takes cancel requests on."""
     return f"tokenrelay.runner.{_node(runner_id)}.cancel"
+
+
+def runner_ping(runner_id: str) -> str:
+    """The subject one runner answers "are you alive?" on (with its heartbeat)."""
+    return f"tokenrelay.runner.{_node(runner_id)}.ping"
 
 
 def gateway_cancel(gateway_id: str) -> str:
