@@ -199,7 +199,7 @@ class Hub:
                 subjects.EVENTS_WILDCARD, cb=self._on_msg, pending_bytes_limit=SHARED_PENDING_BYTES_LIMIT
             )
             # Once the server has it, every event published from then on reaches us.
-            await self._nc.flush()
+            await natsio.barrier(self._nc)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         await self.abandon.start()
 
@@ -226,9 +226,9 @@ class Hub:
                 if not self._shared:
                     channel.sub = await self._nc.subscribe(subjects.events(reader.stream_id), cb=self._on_msg)
                     # The reader's history request goes out on another connection, so the server must
-                    # have the SUB first: once the flush returns, whatever is published after the
+                    # have the SUB first: once the barrier returns, whatever is published after the
                     # history source answered reaches us live.
-                    await self._nc.flush()
+                    await natsio.barrier(self._nc)
             except BaseException as exc:
                 channel.ready.set_exception(exc)
                 channel.ready.exception()  # mark retrieved
