@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
@@ -173,7 +174,12 @@ class StreamManager:
         at once.
         """
         try:
-            if await self._runner_answers(runner_id):
+            try:
+                answered = await self._runner_answers(runner_id)
+            except NatsError as exc:  # we could not ask (our own connection): ask again at the next check
+                log.warning("could not ping runner %s: %s", runner_id, exc)
+                return
+            if answered:
                 self._metrics.runner_checks.labels(outcome="answered").inc()
                 return
             stream_ids = self._runners.forget(runner_id, time.monotonic())
