@@ -9,7 +9,6 @@ a stable error code; ``tokenrelay.api.models`` lists the live runners' models.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
@@ -20,7 +19,7 @@ from nats.aio.subscription import Subscription
 
 from gateway.requests import stream_request
 from gateway.streams import StreamManager
-from tokenrelay import codec, subjects
+from tokenrelay import codec, natsio, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.config import GatewayConfig
 from tokenrelay.errors import ErrorCode, RetryLater, TokenRelayError
@@ -48,8 +47,7 @@ class Admission:
 
     async def close(self) -> None:
         for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await natsio.unsubscribe_quietly(sub)
         self._tasks.cancel()
 
     async def _on_start(self, msg: Msg) -> None:

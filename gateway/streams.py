@@ -133,8 +133,7 @@ class StreamManager:
     async def close(self) -> None:
         """Stop listening and abandon dispatches in flight."""
         for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await natsio.unsubscribe_quietly(sub)
         self._tasks.cancel()
 
     # -- runners -----------------------------------------------------------------------------

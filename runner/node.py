@@ -12,7 +12,6 @@ lands the retry on another runner.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -27,7 +26,7 @@ from runner.engines import Engine
 from runner.generation import Generation, Outcome
 from runner.metrics import RunnerMetrics
 from runner.replayserver import ReplayServer
-from tokenrelay import codec, subjects
+from tokenrelay import codec, natsio, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.config import RunnerConfig
 from tokenrelay.errors import ErrorCode
@@ -102,8 +101,7 @@ class Runner:
     async def stop(self) -> None:
         """Stop taking jobs, end what is running as ``shutting_down``, and release the engine."""
         for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await natsio.unsubscribe_quietly(sub)
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         tasks = [g.abort(str(ErrorCode.SHUTTING_DOWN), "the runner is shutting down") for g in self._active.values()]
