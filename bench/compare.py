@@ -47,7 +47,6 @@ summary go to ``bench/results/compare-<timestamp>.json``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import math
 import shlex
@@ -64,6 +63,7 @@ from tokenrelay.loadtest.command import non_negative_float, positive_int
 from tokenrelay.loadtest.driver import run_loadtest
 from tokenrelay.loadtest.plan import DEFAULT_DRAIN_S, DEFAULT_SAMPLE_INTERVAL_S, LoadTestConfig, parse_int_mix
 from tokenrelay.loadtest.report import to_json
+from tokenrelay.service import EVENT_LOOPS, run_on_loop
 
 TARGETS = ("tokenrelay", "forwarder", "naive")
 SCENARIOS = ("active", "first-token")
@@ -110,6 +110,8 @@ class CompareOptions:
     gateway_args: tuple[str, ...] = ()
     event_loop: str = "asyncio"
     """Every process of every target runs on this loop (tokenrelay's own default is uvloop when installed)."""
+    loadgen_event_loop: str = "auto"
+    """The load generator's own loop, the same for every target."""
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-ready data."""
@@ -190,6 +192,7 @@ def load_config(deployment: Deployment, load: Load, options: CompareOptions) -> 
         sample_interval_s=options.sample_interval_s,
         source_addresses=options.source_addresses,
         quiet=True,
+        event_loop=options.loadgen_event_loop,
     )
 
 
@@ -198,7 +201,8 @@ def measure(target: str, load: Load, broker: NatsServer, options: CompareOptions
     with deploy(target, load, broker, options) as deployment:
         pid = deployment.broker_pid
         broker_before = (proc_cpu_s(pid) or 0.0) if pid is not None else 0.0
-        result = asyncio.run(run_loadtest(load_config(deployment, load, options), progress=None))
+        config = load_config(deployment, load, options)
+        result = run_on_loop(run_loadtest(config, progress=None), event_loop=config.event_loop)
         broker_cpu_s = (proc_cpu_s(pid) or 0.0) - broker_before if pid is not None else None
     return {
         "target": target,
@@ -524,6 +528,13 @@ def parser() -> argparse.ArgumentParser:
         help="event loop of every process of every target, to compare like with like (default: asyncio; "
         "tokenrelay's own default is uvloop where installed)",
     )
+    add(
+        "--loadgen-event-loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="the load generator's own event loop, the same for every target; auto: uvloop where installed "
+        "(default: auto)",
+    )
     for role in ("runner", "streamer", "gateway"):
         add(
             f"--{role}-args",
@@ -561,6 +572,7 @@ def options_from_args(args: argparse.Namespace) -> CompareOptions:
         streamer_args=tuple(shlex.split(args.streamer_args)),
         gateway_args=tuple(shlex.split(args.gateway_args)),
         event_loop=args.event_loop,
+        loadgen_event_loop=args.loadgen_event_loop,
     )
 
 

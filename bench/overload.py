@@ -54,6 +54,7 @@ from tokenrelay.client.errors import ProtocolError
 from tokenrelay.client.sse import SSEDecoder
 from tokenrelay.loadtest.metrics import parse_metrics
 from tokenrelay.loadtest.stats import LatencyHistogram, StreamTally
+from tokenrelay.service import EVENT_LOOPS, run_on_loop
 
 QUEUED = "tokenrelay_gateway_streams_queued"
 ACTIVE = "tokenrelay_runner_active_streams"
@@ -537,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the queue and active gauges are read (default: %(default)s)",
     )
     add(
+        "--loadgen-event-loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="this benchmark's own event loop (its users); auto: uvloop where installed (default: %(default)s)",
+    )
+    add(
         "--runs",
         type=int,
         default=3,
@@ -596,4 +603,4 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        run_on_loop(main(), event_loop=parse_args().loadgen_event_loop)

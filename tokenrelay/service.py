@@ -9,7 +9,7 @@ import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -25,6 +25,7 @@ from tokenrelay.errors import STATUS_CODES, ErrorCode, RetryLater, TokenRelayErr
 from tokenrelay.tokens import Grant, Scope, TokenError, TokenSigner
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadyCheck = Callable[[], str | None]
@@ -248,6 +249,11 @@ def run_role(main: Coroutine[Any, Any, None], *, event_loop: str = "auto") -> No
     273 to 89 ms (``python -m bench.compare``, README "Performance"), so ``auto`` prefers it.
     """
     raise_open_files_limit()
+    run_on_loop(main, event_loop=event_loop)
+
+
+def run_on_loop(main: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
+    """``asyncio.run(main)`` on the chosen event loop; ``SystemExit`` for a loop that cannot be had."""
     try:
         factory = loop_factory(event_loop)
     except ValueError as exc:
@@ -257,7 +263,7 @@ def run_role(main: Coroutine[Any, Any, None], *, event_loop: str = "auto") -> No
         main.close()
         raise SystemExit("--event-loop uvloop needs the uvloop package (pip install uvloop)") from None
     with asyncio.Runner(loop_factory=factory) as runner:  # no factory: what asyncio.run does
-        runner.run(main)
+        return runner.run(main)
 
 
 def raise_open_files_limit() -> None:

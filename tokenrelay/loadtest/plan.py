@@ -119,6 +119,8 @@ class LoadTestConfig:
     json_path: str | None = None
     report_dir: str | None = None
     quiet: bool = False
+    event_loop: str = "auto"
+    """The load test's own event loop (``auto``: uvloop where installed); it is part of what is measured."""
 
     def __post_init__(self) -> None:
         checks = (
