@@ -84,6 +84,9 @@ class _Queued:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: CancelReason = CancelReason.CLIENT
     result: asyncio.Future[StopResult] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when asking the runners again may get an answer other than the last one: the stream became the
+    head of the queue, a runner finished one of this gateway's streams, or a stop came."""
 
 
 def _remember(recent: OrderedDict[str, str], stream_id: str, value: str) -> None:
@@ -106,6 +109,10 @@ class StreamManager:
         self._kv = kv
         self._metrics = metrics
         self._queued: dict[str, _Queued] = {}
+        """Admitted streams no runner has taken yet, in the order they were admitted (dicts keep it)."""
+        self._runners_full = False
+        """A runner refused a stream since the queue was last empty: the queue is served in order, its head alone
+        asks the runners (see :meth:`_dispatch`)."""
         self._admitting = 0
         """Streams past the admission check whose record is still being written (they count against the bound)."""
         self._owners: OrderedDict[str, str] = OrderedDict()
@@ -300,12 +307,27 @@ class StreamManager:
         return record
 
     async def _dispatch(self, queued: _Queued) -> None:
+        """Offer one queued stream to the runners until one takes it, it is stopped, or it waited too long.
+
+        While the runners have room, every new stream is offered at once, side by side.  Once a runner refused
+        one, the queue is served first come, first served: only its head asks again, when a runner says it
+        finished one of this gateway's streams or after a backoff (5 ms doubling to 100 ms: runners
+        admitted by other gateways free slots without telling this one), and each stream taken makes the next
+        one the head.  So the stream that waited longest gets the next free slot, and a full queue costs the
+        runners one refused offer per backoff, not one per queued stream.
+        """
         job = queued.job
         started = time.monotonic()
         deadline = started + self.config.queue_timeout_s
         backoff_s = DISPATCH_BACKOFF_MIN_S
         try:
             while not queued.cancel.is_set():
+                if self._runners_full and not self._is_head(queued):
+                    if not await self._wait(queued, deadline - time.monotonic()):
+                        await self._expire(queued)
+                        return
+                    continue
+                queued.wake.clear()
                 runner_id = await self._offer(job)
                 if runner_id is not None:
                     dispatch_s = time.monotonic() - started
@@ -319,13 +341,12 @@ class StreamManager:
                         result = await self._ask_owner(job.stream_id, runner_id, queued.cancel_reason)
                         self._settle(queued, result)
                     return
-                if time.monotonic() >= deadline:
-                    await self._end_unstarted(job, error=ErrorCode.OVERLOADED)
-                    self._settle(queued, StopResult(job.stream_id, FinishReason.ERROR, 0))
-                    self.quotas.stream_ended(job.stream_id)
+                self._runners_full = True
+                if not await self._wait(queued, min(backoff_s, deadline - time.monotonic())) and (
+                    time.monotonic() >= deadline
+                ):
+                    await self._expire(queued)
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(queued.cancel.wait(), backoff_s)
                 backoff_s = min(backoff_s * 2, DISPATCH_BACKOFF_MAX_S)
             await self._end_unstarted(job, cancel=queued.cancel_reason)
             self._settle(queued, StopResult(job.stream_id, FinishReason.CANCELLED, 0))
@@ -333,6 +354,32 @@ class StreamManager:
         finally:
             self._queued.pop(job.stream_id, None)
             self._metrics.streams_queued.set(len(self._queued))
+            if self._queued:
+                self._wake_head()
+            else:
+                self._runners_full = False
+
+    def _is_head(self, queued: _Queued) -> bool:
+        return next(iter(self._queued.values()), None) is queued
+
+    def _wake_head(self) -> None:
+        head = next(iter(self._queued.values()), None)
+        if head is not None:
+            head.wake.set()
+
+    @staticmethod
+    async def _wait(queued: _Queued, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for ``queued.wake``; whether it was set."""
+        if timeout_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queued.wake.wait(), timeout_s)
+        return queued.wake.is_set()
+
+    async def _expire(self, queued: _Queued) -> None:
+        """End a stream that waited ``queue_timeout_s`` for a runner with ``overloaded``."""
+        await self._end_unstarted(queued.job, error=ErrorCode.OVERLOADED)
+        self._settle(queued, StopResult(queued.job.stream_id, FinishReason.ERROR, 0))
+        self.quotas.stream_ended(queued.job.stream_id)
 
     async def _offer(self, job: JobRequest) -> str | None:
         """Offer the job to the runners' queue group once; return the runner that took it."""
@@ -429,6 +476,7 @@ class StreamManager:
                 queued.result = asyncio.get_running_loop().create_future()
                 queued.cancel_reason = reason
                 queued.cancel.set()
+                queued.wake.set()
             return await asyncio.shield(queued.result)
         runner_id = self._owners.get(stream_id)
         if runner_id is not None:
@@ -455,7 +503,8 @@ class StreamManager:
         return StopResult(stream_id, reply.finish_reason, reply.tokens, reply.halted_ts)
 
     async def _on_stream_done(self, msg: Msg) -> None:
-        """A runner finished a stream admitted here: its tenant's slot is free."""
+        """A runner finished a stream admitted here: its tenant's slot is free, and so is a runner's."""
+        self._wake_head()
         try:
             self.quotas.stream_ended(codec.decode_as(msg.data, StreamDone).stream_id)
         except CodecError as exc:

@@ -143,8 +143,9 @@ class Runner:
         self._active.pop(stream_id, None)
         self.metrics.active_streams.set(len(self._active))
         self.replay.finished(stream_id)
-        if job.owner is not None:  # the admitting gateway counts its tenants' streams (gateway/quotas.py)
-            self._cancel_tasks.spawn(self._tell_done(job.gateway_id, stream_id))
+        # The admitting gateway counts its tenants' streams (gateway/quotas.py) and offers its queue's head
+        # the slot this stream held (gateway/streams.py).
+        self._cancel_tasks.spawn(self._tell_done(job.gateway_id, stream_id))
         if not task.cancelled() and task.exception() is None:
             self._finished[stream_id] = task.result()
             while len(self._finished) > FINISHED_MEMORY_STREAMS:

@@ -18,7 +18,8 @@ subject                                         pattern    carries
 ``tokenrelay.gateway.<gateway_id>.cancel``       req/reply  CancelRequest -> CancelReply
                                                             (streams still queued in a gateway)
 ``tokenrelay.gateway.<gateway_id>.done``         pub/sub    StreamDone (runner -> the gateway that
-                                                            admitted the stream: frees its key's slot)
+                                                            admitted the stream: frees its key's slot,
+                                                            and its queue's head asks for the runner's)
 ``tokenrelay.cancels``                           req/reply  CancelRequest -> CancelReply
                                                             (queue group ``gateways``; any gateway
                                                             routes it to the stream's owner)

@@ -1,0 +1,60 @@
+"""The gateway's queue: streams that wait for a runner get one in the order they were admitted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.streams import DISPATCH_BACKOFF_MAX_S
+from tests.helpers import create_stream, metric, post, wait_finished
+from tests.procs import NatsServer, System, system
+from tests.sse_client import read_stream
+
+WAITING_STREAMS = 6
+
+
+@pytest.fixture(scope="module")
+def one_slot(nats: NatsServer) -> Iterator[System]:
+    runner_args = [
+        "--max-concurrency", "1",
+        "--synthetic-tokens-per-s", "100",
+        "--synthetic-ttft-ms", "0",
+        "--synthetic-length-tokens", "100000",  # the busy stream's text does not end by itself
+    ]  # fmt: skip
+    with system(nats.url, runner_args=runner_args, gateway_args=["--queue-timeout-s", "30"]) as running:
+        yield running
+
+
+async def test_streams_waiting_for_a_runner_start_in_the_order_they_were_admitted(one_slot: System) -> None:
+    busy = await create_stream(one_slot.gateway_url, "occupy the only slot", max_tokens=30_000)
+    waiting = [await create_stream(one_slot.gateway_url, f"in line {i}", max_tokens=3) for i in range(WAITING_STREAMS)]
+    readers = [asyncio.create_task(read_stream(created["events_url"])) for created in waiting]
+    await asyncio.sleep(0.3)  # every one of them asked, or waits behind one that did
+    assert await metric(one_slot.gateway_url, "tokenrelay_gateway_streams_queued") == WAITING_STREAMS
+    await post(busy["stop_url"])
+    streams = await asyncio.gather(*readers)
+    # One slot: each stream runs to its end before the next one starts, so their starts arrive in dispatch order.
+    started = sorted(range(WAITING_STREAMS), key=lambda i: streams[i].events[0].at)
+    assert started == list(range(WAITING_STREAMS))
+    assert [s.terminal.json()["finish_reason"] for s in streams] == ["length"] * WAITING_STREAMS
+    assert (await wait_finished(one_slot.gateway_url, busy["id"]))["finish_reason"] == "cancelled"
+
+
+async def test_a_full_queue_asks_the_runners_again_only_for_its_head(one_slot: System) -> None:
+    busy = await create_stream(one_slot.gateway_url, "occupy the only slot", max_tokens=30_000)
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    runner_url = one_slot.runners[0].url
+    refused_before, since = await metric(runner_url, "tokenrelay_runner_jobs_rejected_total"), loop.time()
+    waiting = [await create_stream(one_slot.gateway_url, f"wait {i}", max_tokens=2) for i in range(WAITING_STREAMS)]
+    await asyncio.sleep(1.0)
+    refused = await metric(runner_url, "tokenrelay_runner_jobs_rejected_total") - refused_before
+    elapsed_s = loop.time() - since
+    # One asker backing off to DISPATCH_BACKOFF_MAX_S is refused at most elapsed / max + ~5 times (the backoff's
+    # ramp); six streams that each asked on their own backoff would be refused about six times as often.
+    assert refused <= WAITING_STREAMS + elapsed_s / DISPATCH_BACKOFF_MAX_S + 10
+    await post(busy["stop_url"])
+    for created in waiting:
+        assert (await wait_finished(one_slot.gateway_url, created["id"]))["finish_reason"] == "length"
