@@ -47,6 +47,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.baselines.common import refuser
 from bench.open_streams import log_problems
 from bench.stats import proc_cpu_s, write_json
 from tests.procs import nats_server, pid_alive, system
@@ -66,6 +67,7 @@ SYSTEM_SETTLE_S = 1.0
 BURST_S = 1.0
 """Refusals of ``POST``s sent this early in a phase (every user's first, all at once) are also reported apart."""
 LATENCIES = ("rejected_ms", "rejected_burst_ms", "rejected_later_ms", "accepted_ms", "ttft_ms", "token_lag_ms")
+FLOOR_LATENCIES = ("rejected_ms", "rejected_burst_ms", "rejected_later_ms")
 
 
 @dataclass
@@ -101,8 +103,11 @@ class PhaseTotals:
 class Phase:
     """``users`` closed-loop users against one system for ``duration_s``."""
 
-    def __init__(self, args: argparse.Namespace, gateway_url: str, users: int, seed: int) -> None:
+    def __init__(
+        self, args: argparse.Namespace, gateway_url: str, users: int, seed: int, *, duration_s: float | None = None
+    ) -> None:
         self.args = args
+        self.duration_s: float = args.duration_s if duration_s is None else duration_s
         self.users = users
         self.totals = PhaseTotals()
         self.streams_url = f"{gateway_url}/v1/streams"
@@ -112,7 +117,7 @@ class Phase:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.end = loop.time() + self.args.duration_s
+        self.end = loop.time() + self.duration_s
         self.started = time.perf_counter()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=READ_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -350,6 +355,24 @@ async def run_phase(args: argparse.Namespace, factor: float, seed: int) -> dict[
     }
 
 
+async def run_floor(args: argparse.Namespace, factor: float, seed: int) -> dict[str, Any]:
+    """The same ``factor x C`` users against the refuser (every ``POST`` answered 503 at once) for
+    ``--floor-duration-s``: the rejection latency that the load generator and the machine alone cost."""
+    users = max(1, round(factor * (args.runners * args.max_concurrency + args.max_queued_streams)))
+    with refuser() as url:
+        await asyncio.sleep(SYSTEM_SETTLE_S)
+        phase = Phase(args, url, users, seed, duration_s=args.floor_duration_s)
+        await phase.run()
+    t = phase.totals
+    return {
+        "factor": factor,
+        "users": users,
+        "offered": t.offered,
+        "rejected": t.rejected,
+        **{name: getattr(t, name).summary() for name in ("rejected_ms", "rejected_burst_ms", "rejected_later_ms")},
+    }
+
+
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
@@ -392,6 +415,12 @@ def medians(runs: list[dict[str, Any]], factors: list[float]) -> dict[str, Any]:
             for name in results[0]["process_cpu_s"]
         }
         out[_key(factor)] = med
+    floors = [run["floor"] for run in runs if "floor" in run]
+    if floors:
+        out["floor"] = {
+            name: {p: _median([f[name][p] for f in floors]) for p in ("p50", "p95", "p99", "max", "n")}
+            for name in FLOOR_LATENCIES
+        } | {"users": floors[0]["users"], "factor": floors[0]["factor"]}
     return out
 
 
@@ -413,7 +442,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def format_table(med: dict[str, Any], args: argparse.Namespace) -> str:
     """The medians as fixed-width tables, with the issue's targets."""
-    keys = list(med)
+    keys = [key for key in med if key != "floor"]
+    floor = med.get("floor")
     first = med[keys[0]]
     lines = [
         f"overload: C = {args.runners} runner(s) x {args.max_concurrency} + {args.max_queued_streams} queued = "
@@ -430,14 +460,21 @@ def format_table(med: dict[str, Any], args: argparse.Namespace) -> str:
         "token_lag_ms": "accepted: token lag",
     }
     for name in LATENCIES:
-        for key in keys:
-            s = med[key][name]
+        rows = [(key, med[key][name]) for key in keys]
+        if floor is not None and name in FLOOR_LATENCIES:
+            rows.append(("floor", floor[name]))
+        for key, s in rows:
             n = "-" if s["n"] is None else f"{s['n']:,.0f}"
             lines.append(
                 f"{labels[name]:<34}{key:>7}{_ms(s['p50']):>10}{_ms(s['p95']):>10}{_ms(s['p99']):>10}"
                 f"{_ms(s['max']):>10}{n:>9}"
             )
     lines.append("(latencies in ms)")
+    if floor is not None:
+        lines.append(
+            f"floor: {floor['users']:,} users against a server that answers every POST 503 at once "
+            "(bench/baselines/refuser.py), same load generator, same run"
+        )
     lines.append("")
     lines.append(f"{'':<44}" + "".join(f"{key:>12}" for key in keys))
 
@@ -472,6 +509,10 @@ def format_table(med: dict[str, Any], args: argparse.Namespace) -> str:
             f"2x: rejection p99 {_ms(rej_p99)} ms (target <= 100 ms: {verdict}); "
             f"{_ms(two['rejected_burst_ms']['p99'])} ms for the first {BURST_S:g} s's burst, {_ms(later)} ms after it"
         )
+        if floor is not None:
+            parts = (("all", "rejected_ms"), ("burst", "rejected_burst_ms"), ("later", "rejected_later_ms"))
+            ratios = ", ".join(f"{label} {_ms(_ratio(two[n]['p99'], floor[n]['p99']))}x" for label, n in parts)
+            lines.append(f"2x / floor: rejection p99 {ratios}")
         lag = _ratio(two["token_lag_ms"]["p99"], one["token_lag_ms"]["p99"])
         ttft = _ratio(two["ttft_ms"]["p99"], one["ttft_ms"]["p99"])
         lines.append(
@@ -538,6 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the queue and active gauges are read (default: %(default)s)",
     )
     add(
+        "--floor-duration-s",
+        type=float,
+        default=3.0,
+        help="after each run's phases, the largest factor's users run this long against a server that refuses "
+        "every POST at once (the floor of rejection latency); 0 = skip (default: %(default)s)",
+    )
+    add(
         "--loadgen-event-loop",
         choices=EVENT_LOOPS,
         default="auto",
@@ -571,7 +619,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("duration_s", "tokens_per_s", "sample_s", "queue_timeout_s"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("drain_s", "ramp_s", "retry_jitter", "ttft_ms"):
+    for name in ("drain_s", "ramp_s", "retry_jitter", "ttft_ms", "floor_duration_s"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
     return args
@@ -591,6 +639,15 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"rejected {phase['rejected']} (p99 {_ms(phase['rejected_ms']['p99'])} ms), "
                 f"lag p99 {_ms(phase['token_lag_ms']['p99'])} ms, admitted max {phase['admitted_max']:.0f}, "
                 f"alive {phase['all_alive']}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if args.floor_duration_s > 0:
+            floor = await run_floor(args, max(args.factors), seed=run * 1000 + 999)
+            result["floor"] = floor
+            print(
+                f"run {run + 1} floor: {floor['users']} users against the refuser, rejected {floor['rejected']} "
+                f"(burst p99 {_ms(floor['rejected_burst_ms']['p99'])} ms)",
                 file=sys.stderr,
                 flush=True,
             )

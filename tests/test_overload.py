@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench.overload import LATENCIES, main
+from bench.overload import FLOOR_LATENCIES, LATENCIES, main
 
 CAPACITY = 4
 
@@ -19,7 +19,7 @@ CAPACITY = 4
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
     argv = ["--max-concurrency", "2", "--max-queued-streams", "2", "--duration-s", "3", "--drain-s", "20"]
-    argv += ["--tokens", "10", "--tokens-per-s", "20", "--ttft-ms", "10", "--runs", "1"]
+    argv += ["--tokens", "10", "--tokens-per-s", "20", "--ttft-ms", "10", "--runs", "1", "--floor-duration-s", "1.5"]
     return asyncio.run(main(argv))
 
 
@@ -57,8 +57,9 @@ def test_accepted_streams_complete_whole_and_every_process_survives(result: dict
 
 def test_the_json_holds_the_medians_of_each_phase(result: dict[str, Any]) -> None:
     medians = result["medians"]
-    assert set(medians) == {"1x", "2x"}
-    for phase in medians.values():
+    assert set(medians) == {"1x", "2x", "floor"}
+    for key in ("1x", "2x"):
+        phase = medians[key]
         for name in LATENCIES:
             assert set(phase[name]) == {"p50", "p95", "p99", "max", "n"}
         assert phase["rejected_not_overloaded"] == 0
@@ -70,3 +71,12 @@ def test_admission_never_holds_more_than_the_capacity(result: dict[str, Any]) ->
     two = result["runs"][0]["2x"]
     assert two["gateway_queued_max"] <= 2
     assert two["admitted_max"] <= CAPACITY
+
+
+def test_the_floor_is_the_largest_factors_users_against_a_server_that_refuses_them_all(result: dict[str, Any]) -> None:
+    floor = result["runs"][0]["floor"]
+    assert (floor["factor"], floor["users"]) == (2.0, 2 * CAPACITY)
+    assert floor["rejected"] == floor["offered"] > 0
+    assert floor["rejected_ms"]["n"] == floor["rejected"]
+    assert floor["rejected_burst_ms"]["n"] == 2 * CAPACITY  # each user's first POST, all at once
+    assert set(result["medians"]["floor"]) == {*FLOOR_LATENCIES, "users", "factor"}

@@ -7,6 +7,7 @@ yields the base URL that takes ``POST /v1/streams``, and stops what it started b
     with forwarder(nats_url) as base_url: ...
     with forwarder_processes(nats_url) as urls: ...  # urls.url, urls.publisher_url (both serve /metrics)
     with naive_relay(tokens_per_s=200) as base_url: ...
+    with refuser() as base_url: ...  # answers every POST /v1/streams with 503 overloaded
 """
 
 from __future__ import annotations
@@ -83,6 +84,16 @@ def naive_relay(
     with (
         tempfile.TemporaryDirectory(prefix="bench-naive-relay-") as logs,
         _process("bench.baselines.naive_relay", pacing, logs) as url,
+    ):
+        yield url
+
+
+@contextlib.contextmanager
+def refuser(*, event_loop: str = "auto") -> Iterator[str]:
+    """The refuser (:mod:`bench.baselines.refuser`): every ``POST /v1/streams`` answers ``503 overloaded``."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-refuser-") as logs,
+        _process("bench.baselines.refuser", ["--event-loop", event_loop], logs) as url,
     ):
         yield url
 

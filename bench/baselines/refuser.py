@@ -1,0 +1,65 @@
+"""The refuser: a server that answers every ``POST /v1/streams`` with ``503 overloaded`` and ``Retry-After: 1``.
+
+The floor of rejection latency: what a burst of first ``POST``s costs when the server does nothing but
+refuse them (no body parsed, no admission state, no NATS), on the same listen backlog and event loop as
+tokenrelay's gateway.  :mod:`bench.overload` drives it with the same users as the gateway in the same
+run, so the gateway's rejection latency is also reported as a ratio against it.
+
+    python -m bench.baselines.refuser --port 8184
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from bench.baselines import Metrics, add_ops_routes, error_response
+from tokenrelay.service import LISTEN_BACKLOG, loop_factory
+
+DEFAULT_PORT = 8184
+RETRY_AFTER_S = 1
+
+
+async def refuse(_: web.Request) -> web.Response:
+    """``POST /v1/streams``: always ``503 overloaded`` (the body is left unread, as the gateway does when full)."""
+    response = error_response(503, "overloaded", "this server refuses every stream")
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+async def serve(host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    app = web.Application()
+    app.router.add_post("/v1/streams", refuse)
+    add_ops_routes(app, Metrics())
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_address=True).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="(default: auto, as the gateway)"
+    )
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args()
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+        runner.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
