@@ -186,14 +186,17 @@ def add_ops_routes(app: web.Application, metrics: Metrics) -> None:
     app.router.add_get("/metrics", metrics.handle)
 
 
-async def serve(app: web.Application, host: str, port: int, *, cancel_on_disconnect: bool = True) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM; ``cancel_on_disconnect`` cancels a handler whose client left."""
+async def serve(
+    app: web.Application, host: str, port: int, *, cancel_on_disconnect: bool = True, backlog: int = 128
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM; ``cancel_on_disconnect`` cancels a handler whose client left;
+    ``backlog``: the listen queue (aiohttp's default unless a baseline must match tokenrelay's)."""
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, handler_cancellation=cancel_on_disconnect,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )  # fmt: skip
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    await web.TCPSite(runner, host, port, backlog=backlog, reuse_address=True).start()
     log.info("listening on http://%s:%s", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,14 +11,12 @@ run, so the gateway's rejection latency is also reported as a ratio against it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 
 from aiohttp import web
 
-from bench.baselines import Metrics, add_ops_routes, error_response
-from tokenrelay.service import LISTEN_BACKLOG, loop_factory
+from bench.baselines import Metrics, add_ops_routes, error_response, serve
+from tokenrelay.service import EVENT_LOOPS, LISTEN_BACKLOG, run_on_loop
 
 DEFAULT_PORT = 8184
 RETRY_AFTER_S = 1
@@ -31,34 +29,23 @@ async def refuse(_: web.Request) -> web.Response:
     return response
 
 
-async def serve(host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM."""
-    app = web.Application()
-    app.router.add_post("/v1/streams", refuse)
-    add_ops_routes(app, Metrics())
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_address=True).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+def app() -> web.Application:
+    """``POST /v1/streams`` refused, plus ``/healthz`` and ``/metrics``."""
+    application = web.Application()
+    application.router.add_post("/v1/streams", refuse)
+    add_ops_routes(application, Metrics())
+    return application
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument(
-        "--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="(default: auto, as the gateway)"
-    )
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="(default: auto, as the gateway's)")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
-        runner.run(serve(args.host, args.port))
+    run_on_loop(serve(app(), args.host, args.port, backlog=LISTEN_BACKLOG), event_loop=args.event_loop)
 
 
 if __name__ == "__main__":
