@@ -112,6 +112,8 @@ class CompareOptions:
     """Every process of every target runs on this loop (tokenrelay's own default is uvloop when installed)."""
     loadgen_event_loop: str = "auto"
     """The load generator's own loop, the same for every target."""
+    streamers: int = 1
+    """tokenrelay's streamer processes; more than one share a port (``--reuse-port``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-ready data."""
@@ -125,8 +127,8 @@ class Deployment:
     base_url: str
     processes: dict[str, str]
     """Process name -> base URL serving its ``/metrics``."""
-    relay: str
-    """The name of the process that writes SSE to the readers."""
+    relay: str | tuple[str, ...]
+    """The name(s) of the process(es) that write SSE to the readers."""
     broker_pid: int | None
     """The nats-server's PID when the target goes through NATS (its CPU is counted too)."""
 
@@ -172,11 +174,15 @@ def _tokenrelay(load: Load, broker: NatsServer, options: CompareOptions) -> Iter
         "--max-tokens-limit", str(max(load.max_tokens, SYNTHETIC_LENGTH_TOKENS)),
         *options.gateway_args,
     ]  # fmt: skip
+    streamer_args = [*loop, *options.streamer_args]
+    shared = options.streamers > 1
     with system(
-        broker.url, runner_args=runner_args, streamer_args=[*loop, *options.streamer_args], gateway_args=gateway_args
-    ) as sut:
-        processes = {"streamer": sut.streamer_url, "runner": sut.runners[0].url, "gateway": sut.gateway_url}
-        yield Deployment(sut.gateway_url, processes, "streamer", broker.process.pid)
+        broker.url, runner_args=runner_args, streamer_args=streamer_args, gateway_args=gateway_args,
+        streamers=options.streamers, share_streamer_port=shared,
+    ) as sut:  # fmt: skip
+        streamers = {s.name: s.url for s in sut.streamers} if shared else {"streamer": sut.streamer_url}
+        processes = {**streamers, "runner": sut.runners[0].url, "gateway": sut.gateway_url}
+        yield Deployment(sut.gateway_url, processes, tuple(streamers), broker.process.pid)
 
 
 def load_config(deployment: Deployment, load: Load, options: CompareOptions) -> LoadTestConfig:
@@ -269,7 +275,7 @@ def figures(raw: dict[str, Any]) -> dict[str, float]:
         "lost_duplicated": float(tokens["lost"] + tokens["duplicated"]),
         "completed": float(report["streams"]["completed"]),
         "errors": float(sum(report["errors"].values())),
-        "relay_cpu_us_per_token": _per_token_us(cpu[raw["relay"]], delivered),
+        "relay_cpu_us_per_token": _per_token_us(sum(cpu[name] for name in _names(raw["relay"])), delivered),
         "processes_cpu_us_per_token": _per_token_us(sum(cpu.values()), delivered),
         "nats_cpu_us_per_token": _per_token_us(nats_cpu, delivered),
         "all_cpu_us_per_token": _per_token_us(all_cpu, delivered),
@@ -277,6 +283,10 @@ def figures(raw: dict[str, Any]) -> dict[str, float]:
         "duration_s": float(report["duration_s"]),
     }
     return out
+
+
+def _names(relay: str | list[str] | tuple[str, ...]) -> list[str]:
+    return [relay] if isinstance(relay, str) else list(relay)
 
 
 def expected_tokens(report: dict[str, Any]) -> int:
@@ -529,6 +539,14 @@ def parser() -> argparse.ArgumentParser:
         "tokenrelay's own default is uvloop where installed)",
     )
     add(
+        "--streamers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="tokenrelay's streamer processes, sharing one port as with 'tokenrelay up --streamers N'; their CPU is "
+        "summed as the relay's (default: 1)",
+    )
+    add(
         "--loadgen-event-loop",
         choices=EVENT_LOOPS,
         default="auto",
@@ -573,6 +591,7 @@ def options_from_args(args: argparse.Namespace) -> CompareOptions:
         gateway_args=tuple(shlex.split(args.gateway_args)),
         event_loop=args.event_loop,
         loadgen_event_loop=args.loadgen_event_loop,
+        streamers=args.streamers,
     )
 
 

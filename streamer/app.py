@@ -494,7 +494,10 @@ async def run(config: StreamerConfig) -> None:
     kv = await natsio.ensure_streams_bucket(js, config.history)
     try:
         app = make_app(config, nc=nc, kv=kv, live_nc=live_nc)
-        await serve(app, config.host, config.port, name="streamer", cancel_on_disconnect=True)
+        await serve(
+            app, config.host, config.port, name="streamer", cancel_on_disconnect=True,
+            reuse_port=config.reuse_port, process_port=config.process_port,
+        )  # fmt: skip
     finally:
         await live_nc.drain()
         await nc.drain()

@@ -115,6 +115,8 @@ class System:
     streamers: list[Role] = field(default_factory=list)
     log_dir: str = ""
     """Where each role's output goes, as ``<role name>.log`` (gone once the system stops)."""
+    shared_streamer_url: str | None = None
+    """The one URL of every streamer when they share a port (each :class:`Role`'s ``url`` is its own port)."""
 
     @property
     def gateway_url(self) -> str:
@@ -122,7 +124,7 @@ class System:
 
     @property
     def streamer_url(self) -> str:
-        return self.streamer.url
+        return self.shared_streamer_url or self.streamer.url
 
 
 def start_role(
@@ -133,9 +135,11 @@ def start_role(
     extra: Sequence[str] = (),
     *,
     env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> Role:
-    """Start ``tokenrelay <role>`` on a free port; ``env`` is laid over this process's environment."""
-    port = free_port()
+    """Start ``tokenrelay <role>`` on ``port`` (a free one if ``None``); ``env`` is laid over this process's
+    environment."""
+    port = free_port() if port is None else port
     argv = [sys.executable, "-m", "tokenrelay", role, "--nats-url", nats_url, "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--log-level", "WARNING", *extra]
     log = open(os.path.join(log_dir, f"{name}.log"), "wb")  # noqa: SIM115
@@ -155,8 +159,12 @@ def system(
     gateway_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     role_env: Mapping[str, Mapping[str, str]] | None = None,
+    share_streamer_port: bool = False,
 ) -> Iterator[System]:
     """Start a whole tokenrelay system; wait until the gateway sees a runner; stop it by PID.
+
+    ``share_streamer_port``: every streamer listens on one port (``--reuse-port on``), and each on a port of its own
+    (``--process-port``), which its :class:`Role`'s ``url`` names; clients get the shared one.
 
     ``env`` is laid over this process's environment for every role; ``role_env`` (keyed ``gateway``,
     ``streamer``, ``runner``) over that for one kind of role, e.g. a NATS user of its own.
@@ -170,10 +178,17 @@ def system(
     with tempfile.TemporaryDirectory(prefix="tokenrelay-test-logs-") as logs:
         roles: list[Role] = []
         try:
-            streamer_roles = [
-                start_role("streamer", nats_url, logs, f"streamer-{i}", streamer_args, env=env_of("streamer"))
-                for i in range(streamers)
-            ]
+            shared_port = free_port() if share_streamer_port else None
+            streamer_roles: list[Role] = []
+            for i in range(streamers):
+                name, streamer_env = f"streamer-{i}", env_of("streamer")
+                if shared_port is None:
+                    streamer_roles.append(start_role("streamer", nats_url, logs, name, streamer_args, env=streamer_env))
+                    continue
+                own = free_port()
+                extra = ["--reuse-port", "on", "--process-port", str(own), *streamer_args]
+                role = start_role("streamer", nats_url, logs, name, extra, env=streamer_env, port=shared_port)
+                streamer_roles.append(Role(name, f"http://127.0.0.1:{own}", role.process))
             streamer = streamer_roles[0]
             roles += streamer_roles
             runner_roles = [
@@ -181,13 +196,14 @@ def system(
                 for i in range(runners)
             ]
             roles += runner_roles
-            gateway_extra = ["--streamer-url", streamer.url, *gateway_args]
+            shared_url = f"http://127.0.0.1:{shared_port}" if shared_port is not None else None
+            gateway_extra = ["--streamer-url", shared_url or streamer.url, *gateway_args]
             gateway = start_role("gateway", nats_url, logs, "gateway", gateway_extra, env=env_of("gateway"))
             roles.append(gateway)
             for role in roles:
                 wait_until(lambda r=role: _healthy_or_dead(r, logs), what=f"{role.name} health")
             wait_until(lambda: http_ok(f"{gateway.url}/readyz"), what="gateway ready")
-            yield System(nats_url, gateway, streamer, runner_roles, streamer_roles, logs)
+            yield System(nats_url, gateway, streamer, runner_roles, streamer_roles, logs, shared_url)
         finally:
             for role in reversed(roles):
                 stop_process(role.process)

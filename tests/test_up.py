@@ -22,7 +22,7 @@ from tests.sse_client import read_stream
 from tokenrelay.supervisor import free_port
 from tokenrelay.tokens import TOKEN_SECRET_ENV
 
-BANNER = re.compile(r"^\s+(nats|gateway|streamer|runner-\d+)\s+(\S+)\s+pid (\d+)", re.M)
+BANNER = re.compile(r"^\s+(nats|gateway|streamer(?:-\d+)?|runner-\d+)\s+(\S+)\s+pid (\d+)", re.M)
 
 
 @dataclass
@@ -81,6 +81,19 @@ async def test_up_runs_nats_gateway_streamer_and_runner_as_separate_processes(st
     assert stream.text == expected_text("through up", 20)
     assert stream.terminal.json()["tokens"] == 20
     assert len(stream.of("delta")) > 1 and stream.chunks > 1  # incremental (deltas that arrive together may merge)
+
+
+async def test_up_with_two_streamers_runs_two_processes_behind_one_streamer_port(start_up: object) -> None:
+    up: Up = start_up("--synthetic-tokens-per-s", "200", "--streamers", "2")  # type: ignore[operator]
+    assert set(up.pids) == {"nats", "gateway", "streamer-1", "streamer-2", "runner-1"}
+    assert up.urls["streamer-1"] == up.urls["streamer-2"]
+    for name in ("streamer-1", "streamer-2"):
+        assert "--reuse-port on" in _cmdline(up.pids[name])
+    created = [await create_stream(up.urls["gateway"], f"two streamers {i}", max_tokens=5) for i in range(8)]
+    for i, one in enumerate(created):
+        assert one["events_url"].startswith(up.urls["streamer-1"])
+        stream = await read_stream(one["events_url"])
+        assert stream.text == expected_text(f"two streamers {i}", 5)
 
 
 @pytest.mark.parametrize(("flags", "uvloop"), [((), True), (("--event-loop", "asyncio"), False)])

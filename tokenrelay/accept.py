@@ -116,12 +116,13 @@ class _Listener(asyncio.AbstractServer):
 class DrainingSite(web.BaseSite):
     """A TCP site whose accept loop drains the kernel's queue on every wake-up (see the module docstring)."""
 
-    __slots__ = ("_host", "_port")
+    __slots__ = ("_host", "_port", "_reuse_port")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, backlog: int) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, backlog: int, reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -137,6 +138,8 @@ class DrainingSite(web.BaseSite):
                 sock = socket.socket(family, kind, proto)
                 socks.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self._reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio's create_server
                 try:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from tokenrelay import config as c
 from tokenrelay.auth import API_KEYS_ENV, KeyFileError, KeyRing, load_keyring
 from tokenrelay.loadtest.command import add_arguments as add_loadtest_arguments
+from tokenrelay.loadtest.command import positive_int
 from tokenrelay.service import EVENT_LOOPS, run_role, setup_logging
 from tokenrelay.tokens import TOKEN_SECRET_ENV, SecretError, TokenSigner, load_signer
 
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--gateway-port", type=int, default=c.DEFAULT_GATEWAY_PORT)
     up.add_argument("--streamer-port", type=int, default=c.DEFAULT_STREAMER_PORT)
     up.add_argument("--runners", type=int, default=1, help="runner processes to start")
+    up.add_argument("--streamers", type=positive_int, default=1,
+                    help="streamer processes to start; more than one share --streamer-port (SO_REUSEPORT), each "
+                    "also on a port of its own for its /metrics and /healthz")  # fmt: skip
     up.add_argument("--log-level", default="INFO")
     for option in (*HISTORY_OPTIONS, EVENT_LOOP, *ENGINE_OPTIONS, *STREAMER_OPTIONS, *GATEWAY_OPTIONS, API_KEYS_FILE):
         option.add_to(up)
@@ -223,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     streamer = sub.add_parser("streamer", help="run one streamer (SSE data plane)")
     _common(streamer, port=c.DEFAULT_STREAMER_PORT)
+    streamer.add_argument("--reuse-port", choices=("on", "off"), default="off",
+                          help="on: listen on --port with SO_REUSEPORT, so several streamer processes share it and "
+                          "the kernel spreads connections over them (up --streamers N does this)")  # fmt: skip
+    streamer.add_argument("--process-port", type=int, default=0,
+                          help="also listen on this port, without SO_REUSEPORT: this process's own address, for "
+                          "its /metrics and /healthz when --port is shared (0: none)")  # fmt: skip
     for option in (*STREAMER_OPTIONS, API_KEYS_FILE):
         option.add_to(streamer)
 
@@ -288,6 +298,7 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
     keys = api_keys(args)
     return c.StreamerConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args),
+        reuse_port=args.reuse_port == "on", process_port=args.process_port,
         heartbeat_s=args.heartbeat_s, max_reader_buffer_bytes=args.max_reader_buffer_bytes,
         disconnect_grace_s=args.disconnect_grace_s, flush_interval_ms=args.flush_interval_ms,
         write_timeout_s=args.write_timeout_s, socket_send_buffer_bytes=args.socket_send_buffer_bytes,

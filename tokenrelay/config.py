@@ -157,6 +157,12 @@ class StreamerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_STREAMER_PORT
     nats_url: str = DEFAULT_NATS_URL
+    reuse_port: bool = False
+    """Listen on ``port`` with ``SO_REUSEPORT``, so several streamer processes share it and the kernel spreads
+    new connections over them (one Python process uses one core)."""
+    process_port: int = 0
+    """Also listen here, without ``SO_REUSEPORT`` (0: not): this one process's address, for its own
+    ``/metrics`` and ``/healthz`` when ``port`` is shared."""
     history: HistoryConfig = field(default_factory=HistoryConfig)
     api_keys: KeyRing | None = None
     """When set, every endpoint but the ops ones needs one of these keys (``401 unauthorized`` otherwise)."""

@@ -193,11 +193,22 @@ def add_ops_routes(
     app.router.add_get("/metrics", metrics)
 
 
-async def serve(app: web.Application, host: str, port: int, *, name: str, cancel_on_disconnect: bool = False) -> None:
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    name: str,
+    cancel_on_disconnect: bool = False,
+    reuse_port: bool = False,
+    process_port: int = 0,
+) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully.
 
     ``cancel_on_disconnect`` cancels a handler as soon as its client goes away (what a
     long-lived SSE response wants; not what a request that must finish its work wants).
+    ``reuse_port`` shares ``port`` with other processes (``SO_REUSEPORT``); ``process_port``, when not 0, is a
+    second port that only this process listens on.
     """
     runner = web.AppRunner(
         app,
@@ -207,8 +218,9 @@ async def serve(app: web.Application, host: str, port: int, *, name: str, cancel
         handler_cancellation=cancel_on_disconnect,
     )
     await runner.setup()
-    site = DrainingSite(runner, host, port, backlog=LISTEN_BACKLOG)
-    await site.start()
+    await DrainingSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port).start()
+    if process_port:
+        await DrainingSite(runner, host, process_port, backlog=LISTEN_BACKLOG).start()
     bound = runner.addresses[0] if runner.addresses else (host, port)
     log.info("%s listening on http://%s:%s", name, bound[0], bound[1])
     await wait_for_signal()

@@ -202,9 +202,16 @@ def plan(args: argparse.Namespace, nats_url: str) -> list[Child]:
     streamer = _role_argv("streamer", nats_url, host, args.streamer_port, args)
     for option in (*STREAMER_OPTIONS, API_KEYS_FILE):
         streamer += option.forward(args)
-    children = [
-        Child("streamer", streamer, streamer_url, f"{streamer_url}/healthz"),
-    ]
+    if args.streamers == 1:
+        children = [Child("streamer", streamer, streamer_url, f"{streamer_url}/healthz")]
+    else:
+        # One port for every client (the kernel spreads connections over the processes), and each process's own
+        # port for its health and metrics.
+        children = []
+        for i in range(1, args.streamers + 1):
+            own = free_port(url_host)
+            argv = [*streamer, "--reuse-port", "on", "--process-port", str(own)]
+            children.append(Child(f"streamer-{i}", argv, streamer_url, f"http://{url_host}:{own}/healthz"))
     for i in range(1, args.runners + 1):
         port = free_port()
         argv = _role_argv("runner", nats_url, "127.0.0.1", port, args)
