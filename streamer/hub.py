@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from streamer.abandon import AbandonWatcher
@@ -38,6 +37,7 @@ from tokenrelay.codec import CodecError
 from tokenrelay.config import LiveSubscription
 from tokenrelay.errors import ErrorCode, RateLimited
 from tokenrelay.messages import StreamDelta, StreamEvent
+from tokenrelay.natsdirect import subscribe_raw
 from tokenrelay.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ MAX_HEARTBEAT_TICK_S = 1.0
 SHARED_PENDING_BYTES_LIMIT = 256 * 1024 * 1024
 """Bytes of live events the shared subscription may hold undelivered before nats-py drops them
 (its per-subscription default is 128 MiB, sized for one stream, not all of them).  A dropped event
-leaves a sequence gap, and a reader behind a gap reads history again."""
+leaves a sequence gap, and a reader behind a gap reads history again.  Only on an ordinary client: the
+streamer's live connection is a :class:`~tokenrelay.natsdirect.DirectClient`, which queues nothing."""
 FAILED_WRITE_GRACE_S = 1.0
 """A reader that failed (``slow_consumer``, shutdown) while a write is stuck gets this long for its
 ``error`` event to go out; then the connection is dropped and the client resumes from its cursor."""
@@ -195,8 +196,8 @@ class Hub:
     async def start(self) -> None:
         """Subscribe (``shared`` mode), then start the heartbeat loop and the abandoned-stream watcher."""
         if self._shared:
-            self._shared_sub = await self._nc.subscribe(
-                subjects.EVENTS_WILDCARD, cb=self._on_msg, pending_bytes_limit=SHARED_PENDING_BYTES_LIMIT
+            self._shared_sub = await subscribe_raw(
+                self._nc, subjects.EVENTS_WILDCARD, self._on_event, pending_bytes_limit=SHARED_PENDING_BYTES_LIMIT
             )
             # Once the server has it, every event published from then on reaches us.
             await natsio.barrier(self._nc)
@@ -224,7 +225,7 @@ class Hub:
             channel.readers.add(reader)
             try:
                 if not self._shared:
-                    channel.sub = await self._nc.subscribe(subjects.events(reader.stream_id), cb=self._on_msg)
+                    channel.sub = await subscribe_raw(self._nc, subjects.events(reader.stream_id), self._on_event)
                     # The reader's history request goes out on another connection, so the server must
                     # have the SUB first: once the barrier returns, whatever is published after the
                     # history source answered reaches us live.
@@ -270,13 +271,14 @@ class Hub:
             for reader in channel.readers:
                 reader.fail(code, message, now)
 
-    async def _on_msg(self, msg: Msg) -> None:
-        stream_id = msg.subject.split(".")[2]
+    def _on_event(self, subject: str, data: bytes) -> None:
+        """One live event (from the read loop of the live connection: no awaiting here)."""
+        stream_id = subject.split(".")[2]
         channel = self._channels.get(stream_id)
         if channel is None:
             return
         try:
-            event = codec.decode_event(msg.data)
+            event = codec.decode_event(data)
         except CodecError as exc:
             log.warning("stream %s: dropping malformed event: %s", stream_id, exc)
             return

@@ -22,6 +22,7 @@ from tests.procs import NatsServer
 from tokenrelay import cli, codec, subjects
 from tokenrelay.config import LiveSubscription
 from tokenrelay.messages import StreamStart
+from tokenrelay.natsdirect import DirectClient
 
 MODES = list(LiveSubscription)
 EPOCH = "e1"
@@ -80,10 +81,17 @@ async def until(condition: Callable[[], bool], what: str, *, poll_s: float = 0.0
     assert condition(), what
 
 
+CLIENTS: dict[str, type[NATS]] = {"nats-py": NATS, "direct": DirectClient}
+"""The live connection's client: nats-py's own, or the streamer's (messages straight from the read loop)."""
+
+
 @contextlib.asynccontextmanager
-async def running_hub(server: NatsServer, mode: LiveSubscription, name: str) -> AsyncIterator[tuple[Hub, NATS]]:
+async def running_hub(
+    server: NatsServer, mode: LiveSubscription, name: str, client: str = "direct"
+) -> AsyncIterator[tuple[Hub, NATS]]:
     """A started hub on a live connection named ``name``, and a second connection to publish from."""
-    live = await nats.connect(server.url, name=name)
+    live = CLIENTS[client]()
+    await live.connect(server.url, name=name)
     publisher = await nats.connect(server.url, name=f"{name}-publisher")
     hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=mode)
     await hub.start()
@@ -95,12 +103,13 @@ async def running_hub(server: NatsServer, mode: LiveSubscription, name: str) -> 
         await live.close()
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("mode", MODES)
 async def test_once_attach_returns_the_server_already_routes_the_streams_events_to_the_hub(
-    nats: NatsServer, mode: LiveSubscription
+    nats: NatsServer, mode: LiveSubscription, client: str
 ) -> None:
-    name = f"hub-routes-{mode}"
-    async with running_hub(nats, mode, name) as (hub, _):
+    name = f"hub-routes-{mode}-{client}"
+    async with running_hub(nats, mode, name, client) as (hub, _):
         (stream_id,) = stream_ids(1)
         await hub.attach(new_reader(stream_id))
         # Blocking on purpose: the event loop does not run, so the client sends nothing more before the check.
@@ -109,11 +118,12 @@ async def test_once_attach_returns_the_server_already_routes_the_streams_events_
         assert any(routes(subject, subjects.events(stream_id)) for subject in held), connz_of(nats, name)
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("mode", MODES)
 async def test_an_event_published_from_another_connection_right_after_attach_reaches_the_reader(
-    nats: NatsServer, mode: LiveSubscription
+    nats: NatsServer, mode: LiveSubscription, client: str
 ) -> None:
-    async with running_hub(nats, mode, f"hub-delivers-{mode}") as (hub, publisher):
+    async with running_hub(nats, mode, f"hub-delivers-{mode}-{client}", client) as (hub, publisher):
         (stream_id,) = stream_ids(1)
         reader = new_reader(stream_id)
         await hub.attach(reader)

@@ -67,21 +67,22 @@ class DirectGetError(Exception):
     """Stored messages could not be read (the broker did not answer, or answered an error)."""
 
 
-async def connect(url: str, *, name: str, security: NatsSecurity | None = None) -> NATS:
+async def connect(url: str, *, name: str, security: NatsSecurity | None = None, client: type[NATS] = NATS) -> NATS:
     """Connect with reconnects that never give up: a restarting broker must not kill a role.
 
     Credentials and TLS come from ``security``, else from the ``TOKENRELAY_NATS_*`` environment
     (:mod:`tokenrelay.natsauth`).  An unreachable broker is retried until it answers, but a first connection
     that cannot succeed by waiting (bad settings, credentials refused, TLS failing) raises
     :class:`~tokenrelay.natsauth.NatsConnectError` at once, so a role never serves without NATS and never
-    hangs silently on a typo; once connected, every failure is retried again.
+    hangs silently on a typo; once connected, every failure is retried again.  ``client``: the client class
+    (:class:`~tokenrelay.natsdirect.DirectClient` for a streamer's live events).
     """
     try:
         settings = security if security is not None else NatsSecurity.from_env(os.environ)
         options = settings.connect_options()
     except NatsSecurityError as exc:
         raise NatsConnectError(f"NATS settings: {exc}") from None
-    nc = NATS()
+    nc = client()
     connected = False
 
     async def on_error(exc: Exception) -> None:
