@@ -44,6 +44,7 @@ from tokenrelay.messages import (
     Feedback,
     FinishReason,
     JobAccepted,
+    JobRejected,
     JobRequest,
     RunnerHeartbeat,
     StreamDone,
@@ -66,6 +67,10 @@ OWNER_MEMORY_STREAMS = 100_000
 """Runner ids of this many recently dispatched streams are kept, to route stops without a KV read."""
 DEFAULT_MODEL = "synthetic"
 RUNNER_CHECKS_PER_STALE_PERIOD = 4
+
+
+_REFUSED = "\0refused"
+"""What :meth:`StreamManager._offer` returns for a runner's ``job_rejected`` (no runner id looks like it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +116,8 @@ class StreamManager:
         self._queued: dict[str, _Queued] = {}
         """Admitted streams no runner has taken yet, in the order they were admitted (dicts keep it)."""
         self._runners_full = False
-        """A runner refused a stream since the queue was last empty: the queue is served in order, its head alone
-        asks the runners (see :meth:`_dispatch`)."""
+        """A runner refused a stream for capacity since the queue was last empty: the queue is served in order,
+        its head alone asks the runners (see :meth:`_dispatch`)."""
         self._admitting = 0
         """Streams past the admission check whose record is still being written (they count against the bound)."""
         self._owners: OrderedDict[str, str] = OrderedDict()
@@ -310,11 +315,13 @@ class StreamManager:
         """Offer one queued stream to the runners until one takes it, it is stopped, or it waited too long.
 
         While the runners have room, every new stream is offered at once, side by side.  Once a runner refused
-        one, the queue is served first come, first served: only its head asks again, when a runner says it
-        finished one of this gateway's streams or after a backoff (5 ms doubling to 100 ms: runners
-        admitted by other gateways free slots without telling this one), and each stream taken makes the next
-        one the head.  So the stream that waited longest gets the next free slot, and a full queue costs the
-        runners one refused offer per backoff, not one per queued stream.
+        one for capacity, the queue is served first come, first served: only its head asks again, at once when a
+        runner says it finished one of this gateway's streams, else after a backoff (5 ms doubling to 100 ms:
+        runners admitted by other gateways free slots without telling this one), and each stream taken makes the
+        next one the head.  So the stream that waited longest gets the next free slot, and a full queue costs the
+        runners one refused offer per backoff, not one per queued stream.  An offer that got no answer (a busy or
+        missing runner) is no capacity signal and changes none of this: taking it for one serialised a busy
+        gateway's whole queue behind one round trip at a time (10,000 readers of `bench.open_streams` collapsed).
         """
         job = queued.job
         started = time.monotonic()
@@ -329,7 +336,9 @@ class StreamManager:
                     continue
                 queued.wake.clear()
                 runner_id = await self._offer(job)
-                if runner_id is not None:
+                if runner_id is _REFUSED:
+                    self._runners_full = True
+                elif runner_id is not None:
                     dispatch_s = time.monotonic() - started
                     self._metrics.dispatch_seconds.observe(dispatch_s)
                     log_event(
@@ -341,7 +350,6 @@ class StreamManager:
                         result = await self._ask_owner(job.stream_id, runner_id, queued.cancel_reason)
                         self._settle(queued, result)
                     return
-                self._runners_full = True
                 if not await self._wait(queued, min(backoff_s, deadline - time.monotonic())) and (
                     time.monotonic() >= deadline
                 ):
@@ -382,7 +390,8 @@ class StreamManager:
         self.quotas.stream_ended(queued.job.stream_id)
 
     async def _offer(self, job: JobRequest) -> str | None:
-        """Offer the job to the runners' queue group once; return the runner that took it."""
+        """Offer the job to the runners' queue group once: the runner that took it, :data:`_REFUSED` (a runner
+        at capacity said no) or ``None`` (no answer: no runner, or none in time)."""
         try:
             msg = await self._nc.request(
                 subjects.JOBS, codec.encode(job), timeout=self.config.dispatch_attempt_timeout_s
@@ -390,7 +399,9 @@ class StreamManager:
             reply = codec.decode(msg.data)
         except (NoRespondersError, NatsTimeout, CodecError):
             return None
-        return reply.runner_id if isinstance(reply, JobAccepted) else None
+        if isinstance(reply, JobAccepted):
+            return reply.runner_id
+        return _REFUSED if isinstance(reply, JobRejected) else None
 
     @staticmethod
     def _settle(queued: _Queued, result: StopResult) -> None:

@@ -116,7 +116,14 @@ class Runner:
         except CodecError as exc:
             log.warning("dropping malformed job: %s", exc)
             return
-        if len(self._active) >= self.config.max_concurrency or job.stream_id in self._active:
+        active = self._active.get(job.stream_id)
+        if active is not None and active.job.epoch == job.epoch:
+            # The same job offered again: the gateway gave up waiting for this runner's answer to the first
+            # offer (a busy runner, a busy broker) and asked again.  It is ours: say so again.  "At capacity"
+            # would have the gateway end, as never started, a stream that is running here.
+            await msg.respond(codec.encode(JobAccepted(stream_id=job.stream_id, runner_id=self.runner_id)))
+            return
+        if len(self._active) >= self.config.max_concurrency or active is not None:
             self.metrics.jobs_rejected.inc()
             reply = JobRejected(stream_id=job.stream_id, code=str(ErrorCode.OVERLOADED), message="at capacity")
             await msg.respond(codec.encode(reply))

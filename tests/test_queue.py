@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 
+import nats
 import pytest
 
 from gateway.streams import DISPATCH_BACKOFF_MAX_S
 from tests.helpers import create_stream, metric, post, wait_finished
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
+from tokenrelay import codec, subjects
+from tokenrelay.messages import CancelReason, CancelRequest, ChatMessage, JobAccepted, JobRejected, JobRequest
 
 WAITING_STREAMS = 6
 
@@ -58,3 +62,32 @@ async def test_a_full_queue_asks_the_runners_again_only_for_its_head(one_slot: S
     await post(busy["stop_url"])
     for created in waiting:
         assert (await wait_finished(one_slot.gateway_url, created["id"]))["finish_reason"] == "length"
+
+
+async def test_a_job_offered_again_after_a_late_answer_is_accepted_again_and_generated_once(one_slot: System) -> None:
+    # What a gateway does when the runner's answer to its offer came after the attempt's timeout: offer again.
+    job = JobRequest(
+        stream_id=subjects.new_stream_id(), epoch="e-retry", gateway_id="test-gateway", model="synthetic",
+        messages=(ChatMessage(role="user", content="offered twice"),), max_tokens=30_000, created=0,
+    )  # fmt: skip
+    runner_url = one_slot.runners[0].url
+    active_before = await metric(runner_url, "tokenrelay_runner_active_streams")
+    nc = await nats.connect(one_slot.nats_url)
+
+    async def offer(one: JobRequest) -> object:
+        return codec.decode((await nc.request(subjects.JOBS, codec.encode(one), timeout=10)).data)
+
+    try:
+        replies = [await offer(job), await offer(job)]
+        try:
+            assert [type(reply) for reply in replies] == [JobAccepted, JobAccepted]
+            assert replies[0] == replies[1]
+            assert await metric(runner_url, "tokenrelay_runner_active_streams") == active_before + 1
+            # A job for the same stream id in another epoch is another job: at capacity, refused.
+            assert isinstance(await offer(replace(job, epoch="e-other")), JobRejected)
+        finally:
+            if isinstance(replies[0], JobAccepted):  # free the only slot for the other tests
+                cancel = CancelRequest(stream_id=job.stream_id, reason=CancelReason.CLIENT)
+                await nc.request(subjects.runner_cancel(replies[0].runner_id), codec.encode(cancel), timeout=10)
+    finally:
+        await nc.close()
