@@ -57,6 +57,10 @@ class RunnerRegistry:
         """Last heartbeats of the runners heard from within ``stale_after_s``."""
         return [r.beat for r in self._runners.values() if now - r.seen < self._stale_after_s]
 
+    def registered(self) -> list[RunnerHeartbeat]:
+        """Last heartbeats of every runner not declared lost: the live and the suspect ones."""
+        return [r.beat for r in self._runners.values()]
+
     def stale(self, now: float) -> list[str]:
         """Runners not heard from within ``stale_after_s`` (suspect; still registered)."""
         return [rid for rid, r in self._runners.items() if now - r.seen >= self._stale_after_s]

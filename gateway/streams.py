@@ -254,13 +254,19 @@ class StreamManager:
     # -- create and dispatch -------------------------------------------------------------------
 
     def check_admission(self) -> list[RunnerHeartbeat]:
-        """The live runners, or ``overloaded`` / ``unavailable`` at once (callers check before reading a body)."""
+        """The runners not declared lost, or ``overloaded`` / ``unavailable`` at once (callers check before reading
+        a body).
+
+        A runner whose heartbeats are late is still being asked whether it is alive (:meth:`_check_runner`);
+        until it is declared lost it counts here: a runner too busy to heartbeat on time (they came 2-3.3 s apart
+        at 10,000 streams) made every new stream ``unavailable`` for as long as it was late.
+        """
         if len(self._queued) + self._admitting >= self.config.max_queued_streams:
             raise Overloaded("too many streams are waiting for a runner", retry_after_s=1)
-        live = self.live_runners()
-        if not live:
+        runners = self._runners.registered()
+        if not runners:
             raise Unavailable("no runner is available")
-        return live
+        return runners
 
     async def create(self, request: StreamRequest, *, owner: str | None = None) -> StreamRecord:
         """Admit a stream of ``owner`` (a tenant; ``None`` without API keys): record it as queued and start

@@ -49,3 +49,12 @@ def test_a_heartbeat_after_the_runner_was_suspected_keeps_it_from_being_forgotte
 
 def test_an_unknown_runner_cannot_be_forgotten() -> None:
     assert RunnerRegistry(stale_after_s=STALE_S).forget("nobody", now=100.0) is None
+
+
+def test_a_suspect_runner_stays_registered_for_admission_until_it_is_declared_lost() -> None:
+    registry = RunnerRegistry(stale_after_s=STALE_S)
+    registry.on_heartbeat(beat("r1"), now=10.0)
+    assert [b.runner_id for b in registry.registered()] == ["r1"]
+    assert registry.live(now=14.0) == [] and [b.runner_id for b in registry.registered()] == ["r1"]
+    registry.forget("r1", now=14.0)
+    assert registry.registered() == []

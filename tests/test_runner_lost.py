@@ -73,12 +73,17 @@ async def test_a_runner_frozen_past_its_stale_period_answers_its_ping_and_its_st
         await wait_for_metric(runner.url, "tokenrelay_runner_tokens_total", 2)
         os.kill(runner.process.pid, signal.SIGSTOP)
         try:
-            await asyncio.sleep(PAUSE_S)
+            await asyncio.sleep(PAUSED_STALE_AFTER_S + 0.5)  # its heartbeats are late now, its check is pending
+            # A runner not declared lost still admits: the stream waits in the queue until it wakes up.
+            late = await create_stream(paused.gateway_url, "admitted while it was frozen", max_tokens=5)
+            await asyncio.sleep(PAUSE_S - PAUSED_STALE_AFTER_S - 0.5)
         finally:
             os.kill(runner.process.pid, signal.SIGCONT)
         stream = await asyncio.wait_for(reader, 60)
+        admitted = await read_stream(late["events_url"])
         checks = await metric(paused.gateway_url, "tokenrelay_gateway_runner_checks_total", outcome="answered")
         lost = await metric(paused.gateway_url, "tokenrelay_gateway_runner_checks_total", outcome="lost")
     assert stream.terminal.event == "stop", stream.terminal.data
     assert (stream.terminal.json()["finish_reason"], stream.terminal.json()["tokens"]) == ("length", 160)
     assert (checks, lost) == (1, 0)
+    assert (admitted.terminal.event, admitted.terminal.json()["tokens"]) == ("stop", 5)
