@@ -25,6 +25,7 @@ from bench.stats import write_json
 from tests.procs import nats_server
 from tokenrelay import subjects
 from tokenrelay.natsdirect import DirectClient
+from tokenrelay.natsio import barrier
 from tokenrelay.service import run_on_loop
 
 PAYLOAD = b'{"type":"delta","seq":7,"text":" token","index":7,"count":1,"ts":1795000000.123456}' * 2
@@ -65,7 +66,7 @@ async def consume(url: str, client: str, messages: int, streams: int) -> float:
             handle(msg.subject, msg.data)
 
         await nc.subscribe(subjects.EVENTS_WILDCARD, cb=callback, pending_msgs_limit=-1, pending_bytes_limit=-1)
-    await nc.flush()
+    await barrier(nc)  # the server has the SUB before the first event is published
     argv = ["-m", "bench.live_feed", "--publish", url, "--messages", str(messages), "--streams", str(streams)]
     publisher = await asyncio.create_subprocess_exec(sys.executable, *argv)
     cpu = time.process_time()

@@ -1,5 +1,8 @@
 """Spec of :mod:`tokenrelay.natsdirect` against a real nats-server: a direct subscription's handler gets every
-message, in order, straight from the read loop; everything else on the connection stays nats-py's."""
+message, in order, straight from the read loop; everything else on the connection stays nats-py's.
+
+Each subscription is followed by :func:`tokenrelay.natsio.barrier`, not ``flush()``: nats-py's PING can overtake a
+SUB still waiting for its flusher, and a message published right after would find no subscriber."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from nats.aio.msg import Msg
 from tests.procs import NatsServer
 from tokenrelay import natsdirect
 from tokenrelay.natsdirect import DirectClient, subscribe_raw
+from tokenrelay.natsio import barrier
 
 WAIT_S = 10.0
 MESSAGES = 200
@@ -52,7 +56,7 @@ async def test_a_direct_handler_gets_every_message_in_order_with_its_subject(
     direct, publisher = clients
     got: list[tuple[str, bytes]] = []
     await direct.subscribe_direct("direct.*.events", lambda subject, data: got.append((subject, data)))
-    await direct.flush()
+    await barrier(direct)
     for i in range(MESSAGES):
         await publisher.publish(f"direct.{i % 3}.events", b"%d" % i)
     await until(lambda: len(got) == MESSAGES, "every message arrived")
@@ -72,7 +76,7 @@ async def test_a_handler_that_raises_loses_that_message_only_and_the_connection_
         got.append(data)
 
     await direct.subscribe_direct("direct.raises", handler)
-    await direct.flush()
+    await barrier(direct)
     for data in (b"1", b"bad", b"2"):
         await publisher.publish("direct.raises", data)
     await until(lambda: got == [b"1", b"2"], "the messages around the bad one arrived")
@@ -83,14 +87,14 @@ async def test_after_unsubscribe_the_handler_is_not_called_again(clients: tuple[
     direct, publisher = clients
     got: list[bytes] = []
     sub = await direct.subscribe_direct("direct.unsub", lambda _, data: got.append(data))
-    await direct.flush()
+    await barrier(direct)
     await publisher.publish("direct.unsub", b"before")
     await until(lambda: got == [b"before"], "the first message arrived")
     await sub.unsubscribe()
-    await direct.flush()
+    await barrier(direct)
     await publisher.publish("direct.unsub", b"after")
-    await publisher.flush()
-    await direct.flush()  # a round trip after the publish: the message would have come before the PONG
+    await barrier(publisher)
+    await barrier(direct)  # a round trip after the publish: the message would have come before the PONG
     assert got == [b"before"]
 
 
@@ -103,7 +107,7 @@ async def test_ordinary_subscriptions_and_requests_on_a_direct_client_are_nats_p
         await msg.respond(msg.data.upper())
 
     await publisher.subscribe("direct.echo", cb=respond)
-    await publisher.flush()
+    await barrier(publisher)
     reply = await direct.request("direct.echo", b"hello", timeout=WAIT_S)
     assert reply.data == b"HELLO"
     seen: list[Msg] = []
@@ -112,7 +116,7 @@ async def test_ordinary_subscriptions_and_requests_on_a_direct_client_are_nats_p
         seen.append(msg)
 
     await direct.subscribe("direct.plain", cb=collect)
-    await direct.flush()
+    await barrier(direct)
     await publisher.publish("direct.plain", b"x", headers={"K": "v"})
     await until(lambda: len(seen) == 1, "the ordinary subscription's callback ran")
     assert (seen[0].data, seen[0].headers) == (b"x", {"K": "v"})
@@ -126,7 +130,7 @@ async def test_subscribe_raw_delivers_subject_and_data_on_either_client(nats: Na
     try:
         got: list[tuple[str, bytes]] = []
         await subscribe_raw(nc, "raw.>", lambda subject, data: got.append((subject, data)))
-        await nc.flush()
+        await barrier(nc)
         await publisher.publish("raw.a.b", b"payload")
         await until(lambda: got == [("raw.a.b", b"payload")], "the message arrived as (subject, data)")
     finally:
