@@ -278,10 +278,20 @@ def tracebacks(log_dir: str) -> dict[str, int]:
     return out
 
 
+def _capacity(args: argparse.Namespace) -> int:
+    """C: the runners' slots plus the gateway's queue."""
+    return int(args.runners * args.max_concurrency + args.max_queued_streams)
+
+
+def _users(args: argparse.Namespace, factor: float) -> int:
+    """The closed-loop users of a phase at ``factor x C``."""
+    return max(1, round(factor * _capacity(args)))
+
+
 async def run_phase(args: argparse.Namespace, factor: float, seed: int) -> dict[str, Any]:
     """A fresh system, ``factor x C`` users for ``--duration-s``; what they measured and the system's state."""
-    capacity = args.runners * args.max_concurrency + args.max_queued_streams
-    users = max(1, round(factor * capacity))
+    capacity = _capacity(args)
+    users = _users(args, factor)
     runner_args = [
         "--max-concurrency", str(args.max_concurrency),
         "--synthetic-tokens-per-s", str(args.tokens_per_s),
@@ -358,7 +368,7 @@ async def run_phase(args: argparse.Namespace, factor: float, seed: int) -> dict[
 async def run_floor(args: argparse.Namespace, factor: float, seed: int) -> dict[str, Any]:
     """The same ``factor x C`` users against the refuser (every ``POST`` answered 503 at once) for
     ``--floor-duration-s``: the rejection latency that the load generator and the machine alone cost."""
-    users = max(1, round(factor * (args.runners * args.max_concurrency + args.max_queued_streams)))
+    users = _users(args, factor)
     with refuser() as url:
         await asyncio.sleep(SYSTEM_SETTLE_S)
         phase = Phase(args, url, users, seed, duration_s=args.floor_duration_s)
@@ -369,7 +379,7 @@ async def run_floor(args: argparse.Namespace, factor: float, seed: int) -> dict[
         "users": users,
         "offered": t.offered,
         "rejected": t.rejected,
-        **{name: getattr(t, name).summary() for name in ("rejected_ms", "rejected_burst_ms", "rejected_later_ms")},
+        **{name: getattr(t, name).summary() for name in FLOOR_LATENCIES},
     }
 
 

@@ -1,8 +1,9 @@
 """Sans-I/O registry of runners: who is alive, and which streams each one owns.
 
 Runners heartbeat every ``heartbeat_interval_s`` with the ids of the streams they generate.
-A runner not heard from for ``stale_after_s`` is *suspect* (:meth:`stale`): no new stream goes
-to it, and the gateway asks it directly whether it is alive.  Only when that fails is it
+A runner not heard from for ``stale_after_s`` is *suspect* (:meth:`stale`): it no longer counts
+as live (:meth:`live`, ``/readyz``) but still as registered (:meth:`registered`, admission), and the
+gateway asks it directly whether it is alive.  Only when that fails is it
 declared lost, once, and :meth:`forget` hands back every stream it may still have owned:
 those in its last heartbeat plus those dispatched to it since.  Their readers must get a
 ``runner_lost`` error, never silence.  A heartbeat (or the answer to the check) in between

@@ -69,10 +69,6 @@ DEFAULT_MODEL = "synthetic"
 RUNNER_CHECKS_PER_STALE_PERIOD = 4
 
 
-_REFUSED = "\0refused"
-"""What :meth:`StreamManager._offer` returns for a runner's ``job_rejected`` (no runner id looks like it)."""
-
-
 @dataclass(frozen=True, slots=True)
 class StopResult:
     """What a stop answers: the stream's final state."""
@@ -341,10 +337,11 @@ class StreamManager:
                         return
                     continue
                 queued.wake.clear()
-                runner_id = await self._offer(job)
-                if runner_id is _REFUSED:
+                reply = await self._offer(job)
+                if isinstance(reply, JobRejected):
                     self._runners_full = True
-                elif runner_id is not None:
+                elif reply is not None:
+                    runner_id = reply.runner_id
                     dispatch_s = time.monotonic() - started
                     self._metrics.dispatch_seconds.observe(dispatch_s)
                     log_event(
@@ -395,9 +392,9 @@ class StreamManager:
         self._settle(queued, StopResult(queued.job.stream_id, FinishReason.ERROR, 0))
         self.quotas.stream_ended(queued.job.stream_id)
 
-    async def _offer(self, job: JobRequest) -> str | None:
-        """Offer the job to the runners' queue group once: the runner that took it, :data:`_REFUSED` (a runner
-        at capacity said no) or ``None`` (no answer: no runner, or none in time)."""
+    async def _offer(self, job: JobRequest) -> JobAccepted | JobRejected | None:
+        """Offer the job to the runners' queue group once: a runner's answer (it took the job, or it is at
+        capacity), or ``None`` when none came (no runner, or none in time)."""
         try:
             msg = await self._nc.request(
                 subjects.JOBS, codec.encode(job), timeout=self.config.dispatch_attempt_timeout_s
@@ -405,9 +402,7 @@ class StreamManager:
             reply = codec.decode(msg.data)
         except (NoRespondersError, NatsTimeout, CodecError):
             return None
-        if isinstance(reply, JobAccepted):
-            return reply.runner_id
-        return _REFUSED if isinstance(reply, JobRejected) else None
+        return reply if isinstance(reply, JobAccepted | JobRejected) else None
 
     @staticmethod
     def _settle(queued: _Queued, result: StopResult) -> None:

@@ -28,7 +28,7 @@ from tokenrelay.config import StreamerConfig
 from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable
 from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import StreamRecord, StreamState
-from tokenrelay.natsdirect import DirectClient
+from tokenrelay.natsdirect import LIVE_CLIENT
 from tokenrelay.service import (
     add_ops_routes,
     auth_middleware,
@@ -489,7 +489,7 @@ async def run(config: StreamerConfig) -> None:
     """Run one streamer until SIGINT/SIGTERM."""
     node_id = subjects.new_node_id("streamer")
     nc = await natsio.connect(config.nats_url, name=node_id)
-    live_nc = await natsio.connect(config.nats_url, name=f"{node_id}-live", client=DirectClient)
+    live_nc = await natsio.connect(config.nats_url, name=f"{node_id}-live", client=LIVE_CLIENT)
     js = nc.jetstream()
     await natsio.ensure_events_stream(js, config.history)
     kv = await natsio.ensure_streams_bucket(js, config.history)

@@ -12,7 +12,8 @@ pending limit either: a handler slower than the messages leaves them in the sock
 for a slow consumer apply.
 
 This overrides a private method of nats-py (``Client._process_msg``, the same since nats-py 2.0).  Should a
-release change it, :func:`subscribe_raw` notices at import and takes the ordinary path instead.
+release change it, :data:`SUPPORTED` is false at import: connect with :data:`LIVE_CLIENT` (nats-py's own client
+then) and :func:`subscribe_raw` takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class DirectClient(NATS):
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
         _call(handler, subject.decode(), data)
+
+
+LIVE_CLIENT: type[NATS] = DirectClient if SUPPORTED else NATS
+"""The client class to connect with where :func:`subscribe_raw` is used: the override only where it fits."""
 
 
 def _call(handler: RawHandler, subject: str, data: bytes) -> None:
