@@ -50,10 +50,6 @@ RUNNER_ARGS = [
     *("--synthetic-tokens-per-s", str(TOKENS_PER_S), "--synthetic-ttft-ms", str(TTFT_MS)),
     *("--synthetic-length-tokens", str(NATURAL_TOKENS)),
 ]
-# Bounds far from what a working proxy measures (about 1 ms apart; the text spread over about 2 s) and far from
-# what buffering looks like (every delta arriving at once, seconds late), so a loaded CI machine does not flake.
-MAX_FIRST_DELTA_GAP_S = 0.25
-MIN_SPREAD_S = 1.0
 
 
 def in_ci() -> bool:
@@ -211,13 +207,12 @@ async def test_tokens_arrive_through_nginx_as_they_are_generated_like_they_do_di
     assert proxied.text == direct.text == expected
     assert proxied.terminal.json()["finish_reason"] == "length"
 
-    first, last = deltas(proxied)[0], deltas(proxied)[-1]
-    gap_s = first.at - deltas(direct)[0].at
-    print(f"\nfirst delta through nginx vs direct: {gap_s * 1000:+.2f} ms")
-    assert abs(gap_s) < MAX_FIRST_DELTA_GAP_S
-    # Unbuffered: the first delta long before the stream ends, and the deltas spread over time like the direct ones.
-    assert proxied.terminal.at - first.at > MIN_SPREAD_S
-    assert last.at - first.at > 0.5 * (deltas(direct)[-1].at - deltas(direct)[0].at)
+    first = deltas(proxied)[0]
+    print(f"\nfirst delta through nginx vs direct: {(first.at - deltas(direct)[0].at) * 1000:+.2f} ms")
+    # Unbuffered, told by order and count rather than by a time bound (a loaded CI machine stretches every time):
+    # the proxied reader has its first delta before the direct reader has the end (about 2 s of tokens later),
+    # and the bytes came in many pieces, as the streamer wrote them, not in one buffer's worth.
+    assert first.at < direct.terminal.at
     assert len(deltas(proxied)) >= NATURAL_TOKENS // 4
     assert proxied.chunks >= NATURAL_TOKENS // 4
 
@@ -288,16 +283,24 @@ async def test_stop_url_and_status_answer_through_nginx(edge: Edge) -> None:
 async def test_the_openai_sdk_streams_through_nginx(edge: Edge) -> None:
     client = openai.AsyncOpenAI(base_url=f"{edge.url}/v1", api_key="x", max_retries=0)
     stream = await client.chat.completions.create(
-        model="synthetic", messages=[{"role": "user", "content": "sdk via proxy"}], max_tokens=30, stream=True
+        model="synthetic",
+        messages=[{"role": "user", "content": "sdk via proxy"}],
+        max_tokens=NATURAL_TOKENS,
+        stream=True,
     )
-    arrivals: list[float] = []
+    state_at_first_text: str | None = None
     text = ""
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
-            arrivals.append(time.monotonic())
+            if state_at_first_text is None:
+                # The chunk's id is the stream's id. A proxy that buffered the response would hand over the first
+                # text only after the generation (about 2 s of it) had finished: an order, not a timing bound.
+                status, record = await get_json(f"{edge.url}/v1/streams/{chunk.id}")
+                assert status == 200, record
+                state_at_first_text = record["state"]
             text += chunk.choices[0].delta.content
-    assert text == expected_text("sdk via proxy", 30, NATURAL_TOKENS)
-    assert arrivals[-1] - arrivals[0] > 0.5 * 29 / TOKENS_PER_S  # chunk by chunk, not all at the end
+    assert text == expected_text("sdk via proxy", NATURAL_TOKENS, NATURAL_TOKENS)
+    assert state_at_first_text == "running"  # chunk by chunk, not all at the end
     models = await client.models.list()
     assert [m.id for m in models.data] == ["synthetic"]
 
