@@ -281,8 +281,23 @@ def figures(raw: dict[str, Any]) -> dict[str, float]:
         "all_cpu_us_per_token": _per_token_us(all_cpu, delivered),
         "loadgen_cpu_pct": 100 * raw["loadgen_cpu_s"] / report["duration_s"] if report["duration_s"] else math.nan,
         "duration_s": float(report["duration_s"]),
+        "readers_peak": peak_readers(raw),
     }
     return out
+
+
+def peak_readers(raw: dict[str, Any]) -> float:
+    """The most SSE readers the relay processes held at once, by their sampled ``/metrics`` (NaN: none sampled).
+
+    A relay that cannot keep up starts streams late, so it never holds the whole load at once and its run
+    lasts longer: its token lag is then measured under a lighter load than the others'.  This shows it.
+    """
+    relay_urls = {raw["processes"][name] for name in _names(raw["relay"])}
+    open_at: dict[float, float] = {}
+    for sample in raw["loadtest"].get("samples", ()):
+        if sample["url"] in relay_urls and sample.get("readers_open") is not None:
+            open_at[sample["t"]] = open_at.get(sample["t"], 0.0) + sample["readers_open"]
+    return max(open_at.values(), default=math.nan)
 
 
 def _names(relay: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -315,7 +330,7 @@ class Row:
     label: str
     key: str
     unit: str
-    """``ms``, ``us``, ``count`` or ``pct``: how values are printed."""
+    """``ms``, ``us``, ``s``, ``count`` or ``pct``: how values are printed."""
     vs: str | None = None
     """The forwarder's figure each round's ratio divides by (``None``: no ratio)."""
     at_most: float | None = None
@@ -340,6 +355,8 @@ ROWS: dict[str, tuple[Row, ...]] = {
         Row("TTFT p50", "ttft_p50", "ms", vs="ttft_p50"),
         Row("TTFT p99", "ttft_p99", "ms", vs="ttft_p99"),
         Row("tokens delivered", "delivered", "count"),
+        Row("streams open at once, peak", "readers_peak", "count"),
+        Row("run length", "duration_s", "s"),
         Row("tokens not delivered", "missing", "count", at_most=0, total=True),
         Row("tokens lost + duplicated", "lost_duplicated", "count", at_most=0, total=True),
         Row("errors", "errors", "count", total=True),
@@ -419,6 +436,8 @@ def _cell(value: float, unit: str) -> str:
         return f"{value:,.1f}"
     if unit == "pct":
         return f"{value:.0f}%"
+    if unit == "s":
+        return f"{value:,.1f} s"
     return f"{value:,.0f}"
 
 
@@ -446,7 +465,8 @@ def progress_line(raw: dict[str, Any]) -> str:
     """One measurement in a line."""
     f = figures(raw)
     return (
-        f"{f['delivered']:,.0f} tokens in {f['duration_s']:.1f} s, lost+dup {f['lost_duplicated']:.0f}, "
+        f"{f['delivered']:,.0f} tokens in {f['duration_s']:.1f} s, at most {f['readers_peak']:,.0f} streams open, "
+        f"lost+dup {f['lost_duplicated']:.0f}, "
         f"errors {f['errors']:.0f}; lag p50 {f['lag_p50']:.2f} p99 {f['lag_p99']:.2f} ms; "
         f"TTFT p50 {f['ttft_p50']:.2f} ms; relay {f['relay_cpu_us_per_token']:.1f} µs/token; "
         f"load generator {f['loadgen_cpu_pct']:.0f}% of a core"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.compare import ROWS, TARGETS, CompareOptions, Load, compare, format_table, summarize
+from bench.compare import ROWS, TARGETS, CompareOptions, Load, compare, format_table, peak_readers, summarize
 from tests.procs import NatsServer
 
 TINY = {
@@ -104,3 +104,20 @@ def test_compare_without_the_forwarder_has_no_ratios_and_no_verdict() -> None:
     assert rows["lag_p99"]["met"] is None
     assert rows["lost_duplicated"]["met"] is True
     assert "-" in format_table(summarize(options, rounds))
+
+
+def test_the_peak_of_open_streams_sums_the_relay_processes_at_each_sample_and_ignores_the_others() -> None:
+    raw = fake("tokenrelay", lag_p99=1.0, relay_cpu_s=0.01)
+    raw["processes"] = {"streamer-1": "http://s1", "streamer-2": "http://s2", "runner": "http://r"}
+    raw["relay"] = ["streamer-1", "streamer-2"]
+    raw["loadtest"]["samples"] = [
+        {"t": 1.0, "url": "http://s1", "readers_open": 300.0},
+        {"t": 1.0, "url": "http://s2", "readers_open": 200.0},
+        {"t": 1.0, "url": "http://r", "readers_open": 9000.0},  # not a relay process
+        {"t": 2.0, "url": "http://s1", "readers_open": 450.0},  # each one's own peak is at a different time
+        {"t": 2.0, "url": "http://s2", "readers_open": 10.0},
+        {"t": 3.0, "url": "http://s1", "readers_open": None},
+    ]
+
+    assert peak_readers(raw) == 500.0
+    assert math.isnan(peak_readers(fake("forwarder", lag_p99=1.0, relay_cpu_s=0.01)))  # nothing sampled
