@@ -446,6 +446,8 @@ def make_app(
     """
     metrics = metrics or StreamerMetrics()
     live = live_nc or nc
+    flush = FlushClock(config.flush_interval_ms / 1000, max_interval_s=config.max_flush_interval_ms / 1000)
+    metrics.flush_interval_seconds.set_function(lambda: flush.interval_s)
     hub = Hub(
         live,
         heartbeat_s=config.heartbeat_s,
@@ -455,13 +457,14 @@ def make_app(
         cancel_timeout_s=config.cancel_timeout_s,
         max_readers_per_stream=config.max_readers_per_stream,
         live_subscription=config.live_subscription,
+        flush=flush,
     )
     middlewares: list[Middleware] = [errors_middleware]
     if config.api_keys is not None:
         middlewares.append(auth_middleware(config.api_keys, token_resources={EVENTS_RESOURCE}))
     app = web.Application(middlewares=middlewares)
     app[CONFIG_KEY], app[NC_KEY], app[KV_KEY], app[HUB_KEY], app[METRICS_KEY] = config, nc, kv, hub, metrics
-    app[FLUSH_KEY] = FlushClock(config.flush_interval_ms / 1000)
+    app[FLUSH_KEY] = flush
     app.router.add_get(EVENTS_RESOURCE, events)
     cors.install(app, cors.CorsPolicy(config.cors_allow_origins))
     from streamer.compat import http as compat_http

@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 from streamer.abandon import AbandonWatcher
 from streamer.buffer import ReaderBuffer
 from streamer.cursor import Cursor
+from streamer.flush import FlushClock
 from streamer.frames import Framing, NativeFraming, frame, is_terminal
 from streamer.metrics import StreamerMetrics
 from streamer.replay import Replay, ReplayError
@@ -172,9 +173,12 @@ class Hub:
         cancel_timeout_s: float = 5.0,
         max_readers_per_stream: int = 0,
         live_subscription: LiveSubscription = LiveSubscription.SHARED,
+        flush: FlushClock | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._nc = nc
+        self._flush = flush
+        """Told how late each live delta arrives (its interval adapts to load); ``None``: nobody to tell."""
         self._shared = live_subscription is LiveSubscription.SHARED
         self._shared_sub: Subscription | None = None
         self._max_readers_per_stream = max_readers_per_stream
@@ -282,6 +286,8 @@ class Hub:
         except CodecError as exc:
             log.warning("stream %s: dropping malformed event: %s", stream_id, exc)
             return
+        if self._flush is not None and isinstance(event, StreamDelta):
+            self._flush.observe_lag(time.time() - event.ts)  # the runner's publish time, on the wall clock
         framed = frame(event, channel.epoch)
         now = self.clock()
         for reader in tuple(channel.readers):

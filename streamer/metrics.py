@@ -46,6 +46,11 @@ class StreamerMetrics:
             "(live tokens only; one observation per write, from the oldest token in it)",
             LAG_BUCKETS_S,
         )
+        self.flush_interval_seconds = Gauge(
+            "tokenrelay_streamer_flush_interval_seconds",
+            "How long a reader's next write is held after its last one now (grows while live tokens arrive late)",
+            registry=r,
+        )
         self.slow_consumer_disconnects = Counter(
             "tokenrelay_streamer_slow_consumer_disconnects",
             "Readers closed with slow_consumer (fell past their buffer limit, or a write stalled)",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streamer.flush import TICKS_PER_INTERVAL, FlushClock
+from streamer.flush import LAG_WEIGHT, TICKS_PER_INTERVAL, FlushClock
 
 
 def _count_timers(loop: asyncio.AbstractEventLoop) -> list[float]:
@@ -104,3 +104,58 @@ def test_a_flush_interval_of_zero_never_holds_a_write() -> None:
 def test_a_negative_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         FlushClock(-0.001)
+
+
+# The interval adapts to how late live events arrive
+
+
+def test_the_interval_stays_at_the_configured_one_while_events_arrive_on_time() -> None:
+    clock = FlushClock(0.010, max_interval_s=0.100)
+    for _ in range(1000):
+        clock.observe_lag(0.002)
+    assert clock.interval_s == 0.010
+
+
+def test_the_interval_follows_late_events_up_to_the_maximum_and_back_down() -> None:
+    clock = FlushClock(0.010, max_interval_s=0.100)
+    for _ in range(500):
+        clock.observe_lag(0.040)
+    assert clock.interval_s == pytest.approx(0.040, rel=0.01)  # held about as long as tokens already waited
+    for _ in range(500):
+        clock.observe_lag(5.0)
+    assert clock.interval_s == 0.100  # never more than the maximum
+    for _ in range(1000):
+        clock.observe_lag(0.001)
+    assert clock.interval_s == 0.010  # caught up: back to the configured interval
+
+
+def test_one_late_event_moves_the_interval_by_a_fraction_of_its_lateness() -> None:
+    clock = FlushClock(0.0, max_interval_s=0.100)
+    clock.observe_lag(1.0)
+    assert clock.interval_s == pytest.approx(LAG_WEIGHT * 1.0)
+    assert clock.delay_s(last_write=1.0, now=1.0) == pytest.approx(LAG_WEIGHT)
+
+
+def test_a_negative_lag_from_a_clock_ahead_counts_as_on_time() -> None:
+    clock = FlushClock(0.010, max_interval_s=0.100)
+    clock.observe_lag(-3.0)
+    assert clock.lag_s == 0 and clock.interval_s == 0.010
+
+
+def test_without_a_maximum_above_it_the_interval_is_fixed() -> None:
+    clock = FlushClock(0.010)
+    for _ in range(500):
+        clock.observe_lag(1.0)
+    assert clock.interval_s == 0.010
+    with pytest.raises(ValueError, match="max_interval_s"):
+        FlushClock(0.010, max_interval_s=0.005)
+
+
+async def test_a_reader_waiting_on_a_grown_interval_is_woken_by_the_shared_tick() -> None:
+    loop = asyncio.get_running_loop()
+    clock = FlushClock(0.0, max_interval_s=0.040)  # no configured interval: ticks of a quarter of the maximum
+    for _ in range(500):
+        clock.observe_lag(1.0)
+    due = loop.time() + clock.interval_s
+    at = await _returned_at(clock, due)
+    assert at >= due

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 
@@ -16,12 +17,13 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
+from streamer.flush import FlushClock
 from streamer.hub import Hub, Reader
 from streamer.metrics import StreamerMetrics
 from tests.procs import NatsServer
 from tokenrelay import cli, codec, subjects
 from tokenrelay.config import LiveSubscription
-from tokenrelay.messages import StreamStart
+from tokenrelay.messages import StreamDelta, StreamStart
 from tokenrelay.natsdirect import DirectClient
 
 MODES = list(LiveSubscription)
@@ -87,13 +89,13 @@ CLIENTS: dict[str, type[NATS]] = {"nats-py": NATS, "direct": DirectClient}
 
 @contextlib.asynccontextmanager
 async def running_hub(
-    server: NatsServer, mode: LiveSubscription, name: str, client: str = "direct"
+    server: NatsServer, mode: LiveSubscription, name: str, client: str = "direct", flush: FlushClock | None = None
 ) -> AsyncIterator[tuple[Hub, NATS]]:
     """A started hub on a live connection named ``name``, and a second connection to publish from."""
     live = CLIENTS[client]()
     await live.connect(server.url, name=name)
     publisher = await nats.connect(server.url, name=f"{name}-publisher")
-    hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=mode)
+    hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=mode, flush=flush)
     await hub.start()
     try:
         yield hub, publisher
@@ -178,6 +180,38 @@ async def test_shared_mode_drops_events_of_streams_nobody_reads_here_and_deliver
         await until(lambda: reader.live_events == 1, "the read stream's event arrived")
         assert not hub.has_readers(unread)
         assert reader.live_events == 1
+
+
+async def test_live_deltas_that_arrive_late_lengthen_the_flush_interval_and_timely_ones_do_not(
+    nats: NatsServer,
+) -> None:
+    flush = FlushClock(0.010, max_interval_s=0.100)
+    async with running_hub(nats, LiveSubscription.SHARED, "hub-flush-lag", flush=flush) as (hub, publisher):
+        (stream_id,) = stream_ids(1)
+        reader = new_reader(stream_id)
+        await hub.attach(reader)
+        await publisher.publish(subjects.events(stream_id), start_event(stream_id))
+        for seq in range(1, 201):
+            # Published "a second ago" by the runner's clock: the streamer is a second behind.
+            late = StreamDelta(seq=seq, text="x", index=seq, count=1, ts=time.time() - 1.0)
+            await publisher.publish(subjects.events(stream_id), codec.encode(late))
+        await until(lambda: reader.live_events == 201, "every delta arrived")
+        assert flush.interval_s == 0.100
+        for seq in range(201, 1201):
+            # Stamped a little ahead, so they are on time however slowly a loaded machine passes them on.
+            timely = StreamDelta(seq=seq, text="x", index=seq, count=1, ts=time.time() + 60)
+            await publisher.publish(subjects.events(stream_id), codec.encode(timely))
+        await until(lambda: reader.live_events == 1201, "every delta arrived")
+        assert flush.interval_s == 0.010
+
+
+@pytest.mark.parametrize(("argv", "max_s"), [([], 0.100), (["--max-flush-interval-ms", "10"], 0.010)])
+def test_the_flush_interval_grows_up_to_100_ms_by_default_and_a_maximum_equal_to_it_fixes_it(
+    argv: list[str], max_s: float
+) -> None:
+    config = cli.streamer_config(cli.build_parser().parse_args(["streamer", *argv]))
+    flush = FlushClock(config.flush_interval_ms / 1000, max_interval_s=config.max_flush_interval_ms / 1000)
+    assert (flush.interval_s, flush.max_interval_s) == (0.010, max_s)
 
 
 @pytest.mark.parametrize(("argv", "mode"), [([], "shared"), (["--live-subscription", "per-stream"], "per-stream")])

@@ -113,6 +113,9 @@ STREAMER_OPTIONS = (
            "unsent bytes per reader before it is closed as slow_consumer"),
     Option("--flush-interval-ms", float, c.DEFAULT_FLUSH_INTERVAL_MS,
            "write to a reader at most this often, merging what arrives in between (0: every event)"),
+    Option("--max-flush-interval-ms", float, c.DEFAULT_MAX_FLUSH_INTERVAL_MS,
+           "while tokens reach the streamer late (it cannot keep up), the interval follows their average "
+           "lateness up to this, so writes carry more tokens each (not below --flush-interval-ms; equal: fixed)"),
     Option("--direct-writes", str, "off",
            "on: write events from the NATS callback while a reader's writer is idle (less CPU on many slow "
            "streams; worse lag when the streamer is saturated)", choices=("on", "off")),
@@ -301,6 +304,7 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
         reuse_port=args.reuse_port == "on", process_port=args.process_port,
         heartbeat_s=args.heartbeat_s, max_reader_buffer_bytes=args.max_reader_buffer_bytes,
         disconnect_grace_s=args.disconnect_grace_s, flush_interval_ms=args.flush_interval_ms,
+        max_flush_interval_ms=max(args.max_flush_interval_ms, args.flush_interval_ms),
         write_timeout_s=args.write_timeout_s, socket_send_buffer_bytes=args.socket_send_buffer_bytes,
         cors_allow_origins=CORS_ALLOW_ORIGIN.values(args), api_keys=keys, tokens=token_signer(args, keys),
         max_readers_per_stream=args.max_readers_per_stream, direct_writes=args.direct_writes == "on",

@@ -25,6 +25,7 @@ DEFAULT_MAX_READER_BUFFER_BYTES = 1 << 20
 DEFAULT_HISTORY_BATCH_MESSAGES = 256
 DEFAULT_DISCONNECT_GRACE_S = 5.0
 DEFAULT_FLUSH_INTERVAL_MS = 10.0
+DEFAULT_MAX_FLUSH_INTERVAL_MS = 100.0
 DEFAULT_WRITE_TIMEOUT_S = 10.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_TOKENS_LIMIT = 32_768
@@ -173,6 +174,9 @@ class StreamerConfig:
     history_batch_messages: int = DEFAULT_HISTORY_BATCH_MESSAGES
     flush_interval_ms: float = DEFAULT_FLUSH_INTERVAL_MS
     """A reader is written to at most this often; what arrives in between is merged (0: every event)."""
+    max_flush_interval_ms: float = DEFAULT_MAX_FLUSH_INTERVAL_MS
+    """How far the flush interval may grow while live events reach this streamer late (it follows their
+    average lateness; equal to ``flush_interval_ms``: a fixed interval).  See :mod:`streamer.flush`."""
     direct_writes: bool = False
     """Write an event from the stack that queued it (the NATS callback) while the reader's writer is parked,
     instead of waking the writer task: less CPU per token on many slow streams (0.35 vs 0.40 cores at 4,000
