@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import math
 import resource
 import signal
 import socket
@@ -308,6 +309,7 @@ class LoadTest:
 
     async def _read(self, session: aiohttp.ClientSession, events_url: str, reading: _Reading) -> Outcome:
         try:
+            reading.get_wall = time.time()
             async with session.get(events_url, headers={"Accept": "text/event-stream"}) as response:
                 if response.status != 200:
                     self.totals.error(http_error_code(response.status, await response.read()))
@@ -335,7 +337,10 @@ class LoadTest:
                     totals.delivered += tally.delta(data["index"])
                     ts = data.get("ts")  # absent from servers older than the lag stamp
                     if ts is not None:
-                        totals.token_lag.record((wall - ts) * 1000)
+                        # A merged delta carries its oldest token's stamp: one that joins history to live
+                        # tokens counts as history.
+                        lag = totals.token_lag if ts >= reading.get_wall else totals.history_lag
+                        lag.record((wall - ts) * 1000)
                     if last_arrival is None:
                         totals.ttft.record((arrival - reading.sent) * 1000)
                     else:
@@ -485,7 +490,7 @@ class LoadTest:
 class _Reading:
     """One read stream's state while its events arrive."""
 
-    __slots__ = ("plan", "sent", "stop", "stream_id", "tally")
+    __slots__ = ("get_wall", "plan", "sent", "stop", "stream_id", "tally")
 
     def __init__(self, plan: StreamPlan, stream_id: str, sent: float, tally: StreamTally) -> None:
         self.plan = plan
@@ -494,6 +499,8 @@ class _Reading:
         """``time.perf_counter()`` when the ``POST`` was sent (TTFT counts from there)."""
         self.tally = tally
         self.stop: asyncio.Task[bool] | None = None
+        self.get_wall = math.inf
+        """``time.time()`` when the ``GET`` was sent: deltas stamped earlier came from history."""
 
     def drop_stop(self) -> None:
         """Cancel a stop still in flight; consume a failed one's exception (it was counted, or is moot)."""

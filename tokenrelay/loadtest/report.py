@@ -2,7 +2,7 @@
 
 The JSON's top level is fixed (other tools read it)::
 
-    {"config", "duration_s", "streams", "errors", "tokens", "ttft_ms", "token_lag_ms",
+    {"config", "duration_s", "streams", "errors", "tokens", "ttft_ms", "token_lag_ms", "history_lag_ms",
      "inter_token_ms", "start_ms", "rejected_ms", "instances", "samples"}
 
 Latencies are ``{"p50", "p95", "p99", "max", "n"}`` in milliseconds (``null`` values when
@@ -35,7 +35,8 @@ def latency_rows(result: RunResult) -> list[tuple[str, str, LatencyHistogram]]:
     t = result.totals
     return [
         ("ttft_ms", "TTFT (POST sent -> first delta)", t.ttft),
-        ("token_lag_ms", "token lag (runner ts -> delta arrived)", t.token_lag),
+        ("token_lag_ms", "token lag (runner ts -> delta arrived; published after the GET)", t.token_lag),
+        ("history_lag_ms", "history lag (the same, for deltas published before the GET)", t.history_lag),
         ("inter_token_ms", "inter-token gap (delta -> next delta)", t.inter_token),
         ("start_ms", "start (POST -> 201)", t.start),
         ("rejected_ms", "rejected start (POST -> error)", t.rejected),
@@ -188,7 +189,10 @@ def plots(result: RunResult) -> dict[str, str]:
             t.ttft, title="Time to first token", x_label="POST sent → first delta arrived (ms)", y_label="streams"
         ),
         "lag.svg": _histogram_svg(
-            t.token_lag, title="Token lag", x_label="runner published → delta arrived (ms)", y_label="deltas"
+            t.token_lag,
+            title="Token lag (deltas published after the GET)",
+            x_label="runner published → delta arrived (ms)",
+            y_label="deltas",
         ),
         "open_streams.svg": svg.line_chart(
             open_series,

@@ -213,6 +213,10 @@ class RunTotals:
         self.never_read_closed_by_server = 0
         self.ttft = LatencyHistogram(max_value_ms=max_value_ms)
         self.token_lag = LatencyHistogram(max_value_ms=max_value_ms)
+        """Deltas published after the reader's ``GET`` was sent: how late the relay delivered them."""
+        self.history_lag = LatencyHistogram(max_value_ms=max_value_ms)
+        """Deltas published before the reader's ``GET`` was sent (they came from history): they waited for
+        the reader to connect, so this counts the client's own delay, and TTFT already shows it."""
         self.inter_token = LatencyHistogram(max_value_ms=max_value_ms)
         self.start = LatencyHistogram(max_value_ms=max_value_ms)
         self.rejected = LatencyHistogram(max_value_ms=max_value_ms)
