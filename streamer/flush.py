@@ -57,6 +57,10 @@ class FlushClock:
         On time (an average below the configured interval) changes nothing.  Late, each reader's writes are
         held up to that average (at most ``max_interval_s``): a token then waits at most about as long
         again as it already did, and each write carries the tokens of that time, not one.
+
+        Lateness is measured against the runner's wall clock: a runner on another host whose clock is behind
+        this one's looks late by the difference, which can hold writes by at most ``max_interval_s`` (keep
+        clocks in sync, or set the maximum to the configured interval); one ahead looks on time.
         """
         if self.max_interval_s == self.base_interval_s:
             return
