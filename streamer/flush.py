@@ -51,6 +51,11 @@ class FlushClock:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick: int | None = None
 
+    @property
+    def adapts(self) -> bool:
+        """Whether the interval can grow (a maximum above the configured interval)."""
+        return self.max_interval_s > self.base_interval_s
+
     def observe_lag(self, lag_s: float) -> None:
         """One live event arrived ``lag_s`` after it was published: the interval follows the average lateness.
 
@@ -62,7 +67,7 @@ class FlushClock:
         this one's looks late by the difference, which can hold writes by at most ``max_interval_s`` (keep
         clocks in sync, or set the maximum to the configured interval); one ahead looks on time.
         """
-        if self.max_interval_s == self.base_interval_s:
+        if not self.adapts:
             return
         self.lag_s += (max(lag_s, 0.0) - self.lag_s) * LAG_WEIGHT
         self.interval_s = min(self.max_interval_s, max(self.base_interval_s, self.lag_s))

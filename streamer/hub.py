@@ -177,8 +177,9 @@ class Hub:
         clock: Clock = time.monotonic,
     ) -> None:
         self._nc = nc
-        self._flush = flush
-        """Told how late each live delta arrives (its interval adapts to load); ``None``: nobody to tell."""
+        self._flush = flush if flush is not None and flush.adapts else None
+        """Told how late each live delta arrives (its interval adapts to load); ``None``: nobody to tell (a fixed
+        interval: no clock read per event)."""
         self._shared = live_subscription is LiveSubscription.SHARED
         self._shared_sub: Subscription | None = None
         self._max_readers_per_stream = max_readers_per_stream
