@@ -59,6 +59,7 @@ from typing import Any, TextIO
 from bench.baselines.common import forwarder_processes, naive_relay
 from bench.stats import proc_cpu_s, write_json
 from tests.procs import NatsServer, nats_server, system
+from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
 from tokenrelay.loadtest.command import non_negative_float, positive_int
 from tokenrelay.loadtest.driver import run_loadtest
 from tokenrelay.loadtest.plan import DEFAULT_DRAIN_S, DEFAULT_SAMPLE_INTERVAL_S, LoadTestConfig, parse_int_mix
@@ -114,6 +115,8 @@ class CompareOptions:
     """The load generator's own loop, the same for every target."""
     streamers: int = 1
     """tokenrelay's streamer processes; more than one share a port (``--reuse-port``)."""
+    step_ms: float = DEFAULT_SYNTHETIC_STEP_MS
+    """The synthetic engine's decode step, the same in tokenrelay's runner and both baselines' generators."""
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-ready data."""
@@ -144,13 +147,20 @@ def deploy(target: str, load: Load, broker: NatsServer, options: CompareOptions)
             yield deployment
     elif target == "forwarder":
         pacing = forwarder_processes(
-            broker.url, ttft_ms=0, tokens_per_s=load.tokens_per_s, event_loop=options.event_loop
+            broker.url,
+            ttft_ms=0,
+            tokens_per_s=load.tokens_per_s,
+            step_ms=options.step_ms,
+            event_loop=options.event_loop,
         )
         with pacing as urls:
             processes = {"forwarder": urls.url, "publisher": urls.publisher_url}
             yield Deployment(urls.url, processes, "forwarder", broker.process.pid)
     elif target == "naive":
-        with naive_relay(ttft_ms=0, tokens_per_s=load.tokens_per_s, event_loop=options.event_loop) as url:
+        naive = naive_relay(
+            ttft_ms=0, tokens_per_s=load.tokens_per_s, step_ms=options.step_ms, event_loop=options.event_loop
+        )
+        with naive as url:
             yield Deployment(url, {"naive": url}, "naive", None)
     else:
         raise ValueError(f"unknown target {target!r} (not one of {', '.join(TARGETS)})")
@@ -164,6 +174,7 @@ def _tokenrelay(load: Load, broker: NatsServer, options: CompareOptions) -> Iter
         *loop,
         "--synthetic-ttft-ms", "0",
         "--synthetic-tokens-per-s", str(load.tokens_per_s),
+        "--synthetic-step-ms", str(options.step_ms),
         "--synthetic-length-tokens", str(SYNTHETIC_LENGTH_TOKENS),
         "--max-concurrency", capacity,
         *options.runner_args,
@@ -571,6 +582,15 @@ def parser() -> argparse.ArgumentParser:
         "summed as the relay's (default: 1)",
     )
     add(
+        "--step-ms",
+        type=non_negative_float,
+        default=DEFAULT_SYNTHETIC_STEP_MS,
+        metavar="MS",
+        help="decode step of the synthetic generators, the same for every target: tokens after the first are "
+        f"released together at its boundaries, as a batching engine makes them; 0: a timer per token "
+        f"(default: {DEFAULT_SYNTHETIC_STEP_MS:g})",
+    )
+    add(
         "--loadgen-event-loop",
         choices=EVENT_LOOPS,
         default="auto",
@@ -616,6 +636,7 @@ def options_from_args(args: argparse.Namespace) -> CompareOptions:
         event_loop=args.event_loop,
         loadgen_event_loop=args.loadgen_event_loop,
         streamers=args.streamers,
+        step_ms=args.step_ms,
     )
 
 

@@ -95,6 +95,9 @@ ENGINE_OPTIONS = (
            "synthetic engine: tokens per second after the first (0: as fast as possible)"),
     Option("--synthetic-length-tokens", int, 0,
            "synthetic engine: natural length of every text (0: derived from the prompt)"),
+    Option("--synthetic-step-ms", float, c.DEFAULT_SYNTHETIC_STEP_MS,
+           "synthetic engine: decode step shared by all streams; tokens after the first are released at "
+           "its boundaries (0: a timer per token)"),
     Option("--upstream-url", str, "", "openai engine: base URL of an OpenAI-compatible server, ending in /v1"),
     Option("--upstream-model", str, "", "openai engine: model name to ask the upstream for"),
     Option("--upstream-timeout-s", float, 60.0, "openai engine: end a stream whose upstream is silent this long"),
@@ -318,6 +321,7 @@ def runner_config(args: argparse.Namespace) -> c.RunnerConfig:
         ttft_ms=args.synthetic_ttft_ms,
         tokens_per_s=args.synthetic_tokens_per_s,
         length_tokens=args.synthetic_length_tokens,
+        step_ms=args.synthetic_step_ms,
     )
     return c.RunnerConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args), engine=args.engine,

@@ -43,6 +43,7 @@ DEFAULT_REPLAY_LINGER_S = 30.0
 DEFAULT_REPLAY_LINGER_STREAMS = 1000
 DEFAULT_RUNNER_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_RUNNER_STALE_AFTER_S = 3.0
+DEFAULT_SYNTHETIC_STEP_MS = 5.0
 DEFAULT_SYNTHETIC_TTFT_MS = 50.0
 DEFAULT_SYNTHETIC_TOKENS_PER_S = 30.0
 DEFAULT_MAX_CONTROL_INFLIGHT = 64
@@ -213,6 +214,9 @@ class SyntheticConfig:
     """0 means as fast as possible."""
     length_tokens: int = 0
     """Natural length of every text (then ``finish_reason`` ``stop``); 0 derives it from the prompt."""
+    step_ms: float = DEFAULT_SYNTHETIC_STEP_MS
+    """Tokens after the first are released at decode steps this far apart, shared by every stream of the
+    runner, as a batching engine produces them; 0 gives each token a timer of its own."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,7 +34,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from runner.engines.steps import StepClock
 from runner.engines.synthetic import iter_synthetic_tokens, prompt_text
+from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
 from tokenrelay.messages import ChatMessage
 
 DEFAULT_TTFT_MS = 0.0
@@ -81,10 +83,12 @@ class NewStream:
 
 @dataclass(frozen=True, slots=True)
 class Pacing:
-    """The synthetic engine's timing: ``ttft_ms`` before the first token, then ``tokens_per_s``."""
+    """The synthetic engine's timing: ``ttft_ms`` before the first token, then ``tokens_per_s`` (in steps)."""
 
     ttft_ms: float = DEFAULT_TTFT_MS
     tokens_per_s: float = DEFAULT_TOKENS_PER_S
+    step_ms: float = DEFAULT_SYNTHETIC_STEP_MS
+    """Decode steps shared by every stream of the process, as tokenrelay's synthetic engine makes them."""
 
 
 def new_stream_id() -> str:
@@ -111,10 +115,11 @@ def parse_new_stream(body: bytes, *, max_tokens_limit: int = MAX_TOKENS_LIMIT) -
     return NewStream(fields["prompt"], max_tokens, int(time.time()))
 
 
-async def paced_tokens(prompt: str, max_tokens: int, pacing: Pacing) -> AsyncIterator[str]:
+async def paced_tokens(prompt: str, max_tokens: int, pacing: Pacing, steps: StepClock) -> AsyncIterator[str]:
     """Exactly ``max_tokens`` tokens of the synthetic engine's text for ``prompt``, on its fixed schedule.
 
-    The text is what tokenrelay's runner generates for the same prompt (a one-message chat).
+    The text is what tokenrelay's runner generates for the same prompt (a one-message chat), released
+    as its engine releases them: the first at its own time, the rest at the process's shared ``steps``.
     """
     text_key = prompt_text((ChatMessage(role="user", content=prompt),))
     tokens = iter_synthetic_tokens(text_key, max_tokens=max_tokens, length_tokens=max_tokens)
@@ -122,7 +127,10 @@ async def paced_tokens(prompt: str, max_tokens: int, pacing: Pacing) -> AsyncIte
     start = loop.time() + pacing.ttft_ms / 1000
     interval_s = 1 / pacing.tokens_per_s if pacing.tokens_per_s > 0 else 0.0
     for i, token in enumerate(tokens):
-        await asyncio.sleep(max(0.0, start + i * interval_s - loop.time()))
+        if i == 0:
+            await asyncio.sleep(max(0.0, start - loop.time()))
+        else:
+            await steps.until(start + i * interval_s)
         yield token
 
 

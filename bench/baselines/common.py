@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench.baselines import DEFAULT_TOKENS_PER_S, DEFAULT_TTFT_MS
 from tests.procs import stop_process, wait_until
+from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
 from tokenrelay.supervisor import free_port, http_ok
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,10 +49,13 @@ def forwarder(
     *,
     ttft_ms: float = DEFAULT_TTFT_MS,
     tokens_per_s: float = DEFAULT_TOKENS_PER_S,
+    step_ms: float = DEFAULT_SYNTHETIC_STEP_MS,
     event_loop: str = "asyncio",
 ) -> Iterator[str]:
-    """The bare forwarder: a publisher (paced by ``ttft_ms`` and ``tokens_per_s``) and a forwarder on NATS."""
-    with forwarder_processes(nats_url, ttft_ms=ttft_ms, tokens_per_s=tokens_per_s, event_loop=event_loop) as urls:
+    """The bare forwarder: a publisher (paced by ``ttft_ms``, ``tokens_per_s``, ``step_ms``) and a forwarder on NATS."""
+    with forwarder_processes(
+        nats_url, ttft_ms=ttft_ms, tokens_per_s=tokens_per_s, step_ms=step_ms, event_loop=event_loop
+    ) as urls:
         yield urls.url
 
 
@@ -61,10 +65,14 @@ def forwarder_processes(
     *,
     ttft_ms: float = DEFAULT_TTFT_MS,
     tokens_per_s: float = DEFAULT_TOKENS_PER_S,
+    step_ms: float = DEFAULT_SYNTHETIC_STEP_MS,
     event_loop: str = "asyncio",
 ) -> Iterator[ForwarderURLs]:
     """:func:`forwarder`, yielding both processes' URLs (to sample the publisher's ``/metrics`` too)."""
-    pacing = ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s), "--event-loop", event_loop]
+    pacing = [
+        "--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s), "--step-ms", str(step_ms),
+        "--event-loop", event_loop,
+    ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-forwarder-") as logs, contextlib.ExitStack() as stack:
         module = "bench.baselines.forwarder"
         publisher = stack.enter_context(
@@ -77,10 +85,17 @@ def forwarder_processes(
 
 @contextlib.contextmanager
 def naive_relay(
-    *, ttft_ms: float = DEFAULT_TTFT_MS, tokens_per_s: float = DEFAULT_TOKENS_PER_S, event_loop: str = "asyncio"
+    *,
+    ttft_ms: float = DEFAULT_TTFT_MS,
+    tokens_per_s: float = DEFAULT_TOKENS_PER_S,
+    step_ms: float = DEFAULT_SYNTHETIC_STEP_MS,
+    event_loop: str = "asyncio",
 ) -> Iterator[str]:
-    """The naive single-process relay, paced by ``ttft_ms`` and ``tokens_per_s``."""
-    pacing = ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s), "--event-loop", event_loop]
+    """The naive single-process relay, paced by ``ttft_ms``, ``tokens_per_s`` and ``step_ms``."""
+    pacing = [
+        "--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s), "--step-ms", str(step_ms),
+        "--event-loop", event_loop,
+    ]  # fmt: skip
     with (
         tempfile.TemporaryDirectory(prefix="bench-naive-relay-") as logs,
         _process("bench.baselines.naive_relay", pacing, logs) as url,

@@ -59,6 +59,8 @@ from bench.baselines import (
     start_data,
     stop_data,
 )
+from runner.engines.steps import StepClock
+from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
 from tokenrelay.service import run_role
 
 START_SUBJECT = "bench.start"
@@ -112,6 +114,10 @@ class Publisher:
     nc: NatsClient
     pacing: Pacing
     generations: dict[str, Generation] = field(default_factory=dict)
+    steps: StepClock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.steps = StepClock(self.pacing.step_ms / 1000)
 
     async def start(self) -> None:
         """Answer starts and stops; flushed, so a health check that follows means it is listening."""
@@ -130,7 +136,7 @@ class Publisher:
         subject = stream_subject(generation.stream_id)
         started = time.perf_counter()
         try:
-            async for text in paced_tokens(prompt, max_tokens, self.pacing):
+            async for text in paced_tokens(prompt, max_tokens, self.pacing, self.steps):
                 if generation.tokens == 0:
                     generation.ttft_ms = (time.perf_counter() - started) * 1000
                 generation.tokens += 1
@@ -163,7 +169,7 @@ class Publisher:
 async def run_publisher(args: argparse.Namespace) -> None:
     """The publisher process: NATS subscriptions, then ``/healthz`` and ``/metrics``."""
     nc = await nats.connect(args.nats_url)
-    publisher = Publisher(nc, Pacing(args.ttft_ms, args.tokens_per_s))
+    publisher = Publisher(nc, Pacing(args.ttft_ms, args.tokens_per_s, args.step_ms))
     await publisher.start()
     app = web.Application()
     add_ops_routes(app, Metrics())
@@ -277,6 +283,9 @@ def main() -> None:
         "--ttft-ms", type=float, default=DEFAULT_TTFT_MS, help="publisher: delay before the first token"
     )
     parser.add_argument("--tokens-per-s", type=float, default=DEFAULT_TOKENS_PER_S, help="publisher: pace after it")
+    parser.add_argument(
+        "--step-ms", type=float, default=DEFAULT_SYNTHETIC_STEP_MS, help="publisher: decode step shared by all streams"
+    )
     parser.add_argument("--log-level", default="WARNING")
     add_event_loop_argument(parser)
     args = parser.parse_args()

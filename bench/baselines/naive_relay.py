@@ -44,6 +44,8 @@ from bench.baselines import (
     start_data,
     stop_data,
 )
+from runner.engines.steps import StepClock
+from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
 from tokenrelay.service import loop_factory
 
 DEFAULT_PORT = 8183
@@ -66,6 +68,7 @@ class NaiveRelay(Baseline):
     def __init__(self, pacing: Pacing, metrics: Metrics, *, max_pending_streams: int = MAX_PENDING_STREAMS) -> None:
         super().__init__(metrics, max_pending_streams=max_pending_streams)
         self.pacing = pacing
+        self.steps = StepClock(pacing.step_ms / 1000)
         self.running: dict[str, Generation] = {}
 
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -103,7 +106,7 @@ class NaiveRelay(Baseline):
         stream = generation.stream
         await sse.send(json.dumps(start_data(generation.stream_id, stream.created)), id="e:0", event="start")
         started = time.perf_counter()
-        async for text in paced_tokens(stream.prompt, stream.max_tokens, self.pacing):
+        async for text in paced_tokens(stream.prompt, stream.max_tokens, self.pacing, self.steps):
             if generation.tokens == 0:
                 generation.ttft_ms = (time.perf_counter() - started) * 1000
             generation.tokens += 1
@@ -129,13 +132,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--ttft-ms", type=float, default=DEFAULT_TTFT_MS, help="delay before the first token")
     parser.add_argument("--tokens-per-s", type=float, default=DEFAULT_TOKENS_PER_S, help="pace after it")
+    parser.add_argument(
+        "--step-ms", type=float, default=DEFAULT_SYNTHETIC_STEP_MS, help="decode step shared by all streams"
+    )
     parser.add_argument("--log-level", default="WARNING")
     add_event_loop_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = Metrics()
     app = web.Application()
-    NaiveRelay(Pacing(args.ttft_ms, args.tokens_per_s), metrics).routes(app)
+    NaiveRelay(Pacing(args.ttft_ms, args.tokens_per_s, args.step_ms), metrics).routes(app)
     add_ops_routes(app, metrics)
     web.run_app(
         app,

@@ -14,6 +14,7 @@ import random
 from collections.abc import AsyncIterator, Iterator
 
 from runner.engines import GenerationRequest
+from runner.engines.steps import StepClock
 from tokenrelay.config import SyntheticConfig
 from tokenrelay.messages import ChatMessage
 
@@ -53,12 +54,18 @@ def iter_synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 
 
 
 class SyntheticEngine:
-    """Yields :func:`synthetic_tokens` with ``ttft_ms`` before the first and ``1/tokens_per_s`` between."""
+    """Yields :func:`synthetic_tokens` with ``ttft_ms`` before the first and ``1/tokens_per_s`` between.
+
+    Tokens after the first are released in decode steps of ``step_ms`` shared by every stream of
+    the engine (:mod:`runner.engines.steps`), as a batching engine produces them; the first token
+    (the prefill's) comes at its own time, so a stream's first token never waits for a step.
+    """
 
     name = "synthetic"
 
     def __init__(self, config: SyntheticConfig, *, model: str = "synthetic") -> None:
         self._config = config
+        self._steps = StepClock(config.step_ms / 1000)
         self.model = model
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
@@ -72,8 +79,11 @@ class SyntheticEngine:
         start = loop.time() + self._config.ttft_ms / 1000
         interval_s = 1 / self._config.tokens_per_s if self._config.tokens_per_s > 0 else 0.0
         for i, token in enumerate(tokens):
-            # Sleeping even for 0 s gives a pending cancel the chance to land before each token.
-            await asyncio.sleep(max(0.0, start + i * interval_s - loop.time()))
+            # Waiting even when the token is due already gives a pending cancel the chance to land before each token.
+            if i == 0:
+                await asyncio.sleep(max(0.0, start - loop.time()))
+            else:
+                await self._steps.until(start + i * interval_s)
             yield token
 
     async def aclose(self) -> None:
