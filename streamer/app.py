@@ -27,7 +27,7 @@ from tokenrelay.auth import check_owner
 from tokenrelay.config import StreamerConfig
 from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable
 from tokenrelay.lifecycle import LifecycleEvent, log_event
-from tokenrelay.messages import StreamRecord, StreamState
+from tokenrelay.messages import StreamState
 from tokenrelay.natsdirect import LIVE_CLIENT
 from tokenrelay.service import (
     add_ops_routes,
@@ -98,22 +98,31 @@ async def events(request: web.Request) -> web.StreamResponse:
     stream_id = request.match_info["id"]
     tenant = reader_tenant(request, stream_id)
     cursor = parse_cursor(request)
-    record = await natsio.load_record(app[KV_KEY], stream_id)
-    check_owner(record.owner, tenant)
-    if cursor is not None and cursor.epoch != record.epoch:
+    # A stream seen starting here and still running needs no record read (``streamer/starts.py``); a reader with
+    # an API key does, as only the record names the owner its tenant must be.
+    epoch = hub.starts.epoch(stream_id, hub.clock()) if hub.starts is not None and tenant is None else None
+    if epoch is not None:
+        state = StreamState.RUNNING
+        app[METRICS_KEY].reader_lookups.labels(source="start_event").inc()
+    else:
+        record = await natsio.load_record(app[KV_KEY], stream_id)
+        check_owner(record.owner, tenant)
+        epoch, state = record.epoch, record.state
+        app[METRICS_KEY].reader_lookups.labels(source="record").inc()
+    if cursor is not None and cursor.epoch != epoch:
         raise ResumeUnavailable("the cursor belongs to a history that is gone")
     reader = Reader(
-        record.stream_id,
-        epoch=record.epoch,
+        stream_id,
+        epoch=epoch,
         resume=cursor,
         max_buffered_bytes=config.max_reader_buffer_bytes,
         now=hub.clock(),
     )
-    return await serve_reader(request, reader, record, SSE_HEADERS)
+    return await serve_reader(request, reader, state, SSE_HEADERS)
 
 
 async def serve_reader(
-    request: web.Request, reader: Reader, record: StreamRecord, headers: dict[str, str]
+    request: web.Request, reader: Reader, state: StreamState, headers: dict[str, str]
 ) -> web.StreamResponse:
     """Send one reader's events (history, then live) as a streaming response until its terminal event."""
     app = request.app
@@ -132,14 +141,14 @@ async def serve_reader(
     metrics = app[METRICS_KEY]
     metrics.readers.inc()
     log_event(
-        LifecycleEvent.READER_OPENED, ROLE, record.stream_id,
+        LifecycleEvent.READER_OPENED, ROLE, reader.stream_id,
         resumable=reader.resumable, resume_offset=reader.replay.resume_offset,
     )  # fmt: skip
     outcome = "client_left"
     try:
         await hub.attach(reader)
         # History is asked for before the headers go out: the runner answers while they are written.
-        replay = asyncio.create_task(replay_history(app, reader, record))
+        replay = asyncio.create_task(replay_history(app, reader, state))
         try:
             writer = await response.prepare(request)
             if writer is None:  # only for a response already finished, which this one is not
@@ -164,18 +173,18 @@ async def serve_reader(
             if code == ErrorCode.SLOW_CONSUMER:
                 metrics.slow_consumer_disconnects.inc()
         log_event(
-            LifecycleEvent.READER_CLOSED, ROLE, record.stream_id,
+            LifecycleEvent.READER_CLOSED, ROLE, reader.stream_id,
             outcome=outcome, error_code=code, live_events=reader.live_events,
         )  # fmt: skip
     return response
 
 
-async def collect(app: web.Application, reader: Reader, record: StreamRecord) -> bytes:
+async def collect(app: web.Application, reader: Reader, state: StreamState) -> bytes:
     """Everything a reader's framing produces, gathered in memory until its terminal event (no client socket)."""
     hub = app[HUB_KEY]
     out: list[bytes] = []
     await hub.attach(reader)
-    replay = asyncio.create_task(replay_history(app, reader, record))
+    replay = asyncio.create_task(replay_history(app, reader, state))
     try:
         while True:
             await reader.wake.wait()
@@ -249,16 +258,16 @@ async def catch_up(app: web.Application, reader: Reader) -> history.Source | Non
     return None
 
 
-async def replay_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
+async def replay_history(app: web.Application, reader: Reader, state: StreamState) -> None:
     """Catch the reader up from history while the writer sends, then settle (runs beside :meth:`Pump.run`).
 
     History its runner served is complete (everything after it reaches the subscription live): no settling.
     """
     if await catch_up(app, reader) is history.Source.JETSTREAM:
-        await settle_history(app, reader, record)
+        await settle_history(app, reader, state)
 
 
-async def settle_history(app: web.Application, reader: Reader, record: StreamRecord) -> None:
+async def settle_history(app: web.Application, reader: Reader, state: StreamState) -> None:
     """Read history once more shortly after subscribing, unless live events already reached the reader in order.
 
     JetStream stores a message a moment after it is published.  An event published just before
@@ -280,7 +289,7 @@ async def settle_history(app: web.Application, reader: Reader, record: StreamRec
         return
     if await read_history(app, reader) is None:
         return
-    nothing_stored = reader.replay.next_seq == 0 and record.state is StreamState.FINISHED
+    nothing_stored = reader.replay.next_seq == 0 and state is StreamState.FINISHED
     if not reader.buffer.closed and (reader.replay.waiting_on_gap or nothing_stored):
         _history_gone(app, reader)
 

@@ -33,11 +33,12 @@ from streamer.flush import FlushClock
 from streamer.frames import Framing, NativeFraming, frame, is_terminal
 from streamer.metrics import StreamerMetrics
 from streamer.replay import Replay, ReplayError
+from streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentStarts
 from tokenrelay import codec, natsio, subjects
 from tokenrelay.codec import CodecError
 from tokenrelay.config import LiveSubscription
 from tokenrelay.errors import ErrorCode, RateLimited
-from tokenrelay.messages import StreamDelta, StreamEvent
+from tokenrelay.messages import StreamDelta, StreamEvent, StreamStart
 from tokenrelay.natsdirect import subscribe_raw
 from tokenrelay.tasks import TaskSet
 
@@ -182,6 +183,8 @@ class Hub:
         interval: no clock read per event)."""
         self._shared = live_subscription is LiveSubscription.SHARED
         self._shared_sub: Subscription | None = None
+        self.starts: RecentStarts | None = RecentStarts() if self._shared else None
+        """Streams seen starting and still running, with their epochs (``shared`` mode: every event goes by here)."""
         self._max_readers_per_stream = max_readers_per_stream
         self.abandon = AbandonWatcher(
             nc,
@@ -281,18 +284,38 @@ class Hub:
         stream_id = subject.split(".")[2]
         channel = self._channels.get(stream_id)
         if channel is None:
+            if self.starts is not None:
+                self._note_unread(stream_id, data)
             return
         try:
             event = codec.decode_event(data)
         except CodecError as exc:
             log.warning("stream %s: dropping malformed event: %s", stream_id, exc)
             return
+        if self.starts is not None and not isinstance(event, StreamDelta):
+            if isinstance(event, StreamStart):
+                self.starts.started(stream_id, event.epoch, self.clock())
+            elif is_terminal(event):
+                self.starts.ended(stream_id)
         if self._flush is not None and isinstance(event, StreamDelta):
             self._flush.observe_lag(time.time() - event.ts)  # the runner's publish time, on the wall clock
         framed = frame(event, channel.epoch)
         now = self.clock()
         for reader in tuple(channel.readers):
             reader.deliver(event, now, framed)
+
+    def _note_unread(self, stream_id: str, data: bytes) -> None:
+        """Remember a start, forget an end, of a stream nobody reads here (only ``start`` events are decoded)."""
+        assert self.starts is not None
+        if data.startswith(START_PREFIX):
+            try:
+                event = codec.decode_event(data)
+            except CodecError:
+                return
+            if isinstance(event, StreamStart):
+                self.starts.started(stream_id, event.epoch, self.clock())
+        elif data.startswith(TERMINAL_PREFIXES):
+            self.starts.ended(stream_id)
 
     async def _heartbeat_loop(self) -> None:
         """One loop for every reader: pings for the idle, ``slow_consumer`` for writes stuck too long."""

@@ -31,6 +31,13 @@ class StreamerMetrics:
             ["source"],
             registry=r,
         )
+        self.reader_lookups = Counter(
+            "tokenrelay_streamer_reader_lookups",
+            "How native SSE readers learned their stream's epoch: start_event (seen starting on the shared "
+            "subscription, no record read) or record (read from the KV bucket)",
+            ["source"],
+            registry=r,
+        )
         self.disconnect_cancels = Counter(
             "tokenrelay_streamer_disconnect_cancels",
             "Generations cancelled because every reader left for the grace period",

@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.helpers import expected_text, wait_finished
+from tests.helpers import expected_text, metric, wait_finished
 from tests.procs import NatsServer, System, nats_server, system
 from tests.sse_client import Stream, read_stream
 from tokenrelay.tokens import TOKEN_SECRET_ENV, Scope, TokenSigner
@@ -147,6 +147,27 @@ async def test_another_key_cannot_read_or_resume_the_stream_with_its_own_key(sut
     assert cursor is not None
     resumed = await read_stream(url, headers={**_bearer(GLOBEX_KEY), "Last-Event-ID": cursor})
     assert (resumed.status, orjson.loads(resumed.body)["error"]["code"]) == (404, "not_found")
+
+
+async def test_another_key_gets_404_for_a_running_stream_the_streamer_saw_start_and_keys_always_read_the_record(
+    sut: System,
+) -> None:
+    # A streamer remembers streams it saw starting and serves their token readers without a record read
+    # (streamer/starts.py); a key's tenant must own the stream, and only the record names the owner.
+    status, created = await _request(
+        "POST", f"{sut.gateway_url}/v1/streams", key=ACME_KEY, json={"prompt": PROMPT, "max_tokens": 30_000}
+    )
+    assert status == 201, created
+    url = _bare(created["events_url"])
+    lookups = "tokenrelay_streamer_reader_lookups_total"
+    before = await metric(sut.streamer_url, lookups, source="start_event")
+    mine = await read_stream(url, headers=_bearer(ACME_KEY), stop_after=4)  # live events: the start went by
+    assert mine.status == 200
+    theirs = await read_stream(url, headers=_bearer(GLOBEX_KEY), stop_after=4)
+    assert (theirs.status, orjson.loads(theirs.body)["error"]["code"]) == (404, "not_found")
+    assert await metric(sut.streamer_url, lookups, source="start_event") == before
+    status, _ = await _request("POST", created["stop_url"], key=ACME_KEY)
+    assert status == 200
 
 
 async def test_another_key_cannot_stop_or_rate_the_stream_over_the_control_socket(

@@ -155,9 +155,9 @@ async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
     headers = {STREAM_ID_HEADER: record.stream_id}
     if options.stream:
         reader = _reader(app, record, dialect.framing(record, options))
-        return await serve_reader(request, reader, record, {**SSE_HEADERS, **headers})
+        return await serve_reader(request, reader, record.state, {**SSE_HEADERS, **headers})
     collector = TextCollector()
-    text = (await collect(app, _reader(app, record, collector), record)).decode()
+    text = (await collect(app, _reader(app, record, collector), record.state)).decode()
     if collector.failure is not None:
         code, message = collector.failure
         count_error(app, code)

@@ -1,0 +1,194 @@
+"""Spec of what a streamer remembers of streams it saw starting: their epochs while they run, bounded in count and age.
+
+A native reader of such a stream is served without reading the stream's record; any other reader reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import orjson
+import pytest
+
+from streamer.hub import Hub
+from streamer.metrics import StreamerMetrics
+from streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentStarts
+from tests.helpers import create_stream, expected_text, metric, wait_finished
+from tests.procs import NatsServer, System, system
+from tests.sse_client import read_stream
+from tokenrelay import codec, subjects
+from tokenrelay.config import LiveSubscription
+from tokenrelay.messages import CancelReason, FinishReason, StreamDelta, StreamEnd, StreamError, StreamStart
+from tokenrelay.natsdirect import DirectClient
+
+WAIT_S = 10.0
+LOOKUPS = "tokenrelay_streamer_reader_lookups_total"
+
+
+def start(stream_id: str, epoch: str = "e1") -> StreamStart:
+    return StreamStart(stream_id=stream_id, epoch=epoch, model="m", created=0, runner_id="r", ts=0.0)
+
+
+# --- the sans-I/O memory --------------------------------------------------------------------------
+
+
+def test_a_stream_seen_starting_is_known_by_its_epoch() -> None:
+    starts = RecentStarts()
+    starts.started("s1", "e1", now=0.0)
+    assert starts.epoch("s1", now=1.0) == "e1"
+    assert starts.epoch("s2", now=1.0) is None
+
+
+def test_a_stream_seen_ending_is_forgotten() -> None:
+    starts = RecentStarts()
+    starts.started("s1", "e1", now=0.0)
+    starts.ended("s1")
+    assert starts.epoch("s1", now=0.0) is None
+    starts.ended("never-seen")  # harmless
+
+
+def test_a_stream_started_again_is_known_by_its_new_epoch() -> None:
+    starts = RecentStarts()
+    starts.started("s1", "e1", now=0.0)
+    starts.started("s1", "e2", now=1.0)
+    assert starts.epoch("s1", now=1.0) == "e2"
+    assert len(starts) == 1
+
+
+def test_past_its_ttl_a_stream_is_read_from_its_record_and_dropped_with_the_next_start() -> None:
+    starts = RecentStarts(ttl_s=10.0)
+    starts.started("old", "e1", now=0.0)
+    assert starts.epoch("old", now=10.0) == "e1"
+    assert starts.epoch("old", now=10.5) is None
+    starts.started("new", "e2", now=10.5)
+    assert len(starts) == 1
+
+
+def test_beyond_max_streams_the_oldest_start_is_forgotten() -> None:
+    starts = RecentStarts(max_streams=2)
+    for i in range(3):
+        starts.started(f"s{i}", "e", now=float(i))
+    assert starts.epoch("s0", now=3.0) is None
+    assert starts.epoch("s1", now=3.0) == "e"
+    assert starts.epoch("s2", now=3.0) == "e"
+    assert len(starts) == 2
+
+
+@pytest.mark.parametrize(("max_streams", "ttl_s"), [(0, 1.0), (1, 0.0)])
+def test_bounds_must_be_positive(max_streams: int, ttl_s: float) -> None:
+    with pytest.raises(ValueError, match="must be > 0"):
+        RecentStarts(max_streams=max_streams, ttl_s=ttl_s)
+
+
+def test_the_byte_prefixes_match_what_the_codec_writes() -> None:
+    assert codec.encode(start("s1")).startswith(START_PREFIX)
+    end = StreamEnd(
+        seq=2, finish_reason=FinishReason.CANCELLED, tokens=1, ttft_ms=1.0, cancel_reason=CancelReason.CLIENT
+    )
+    error = StreamError(seq=2, code="engine_error", message="boom", tokens=1)
+    assert all(codec.encode(event).startswith(TERMINAL_PREFIXES) for event in (end, error))
+    delta = codec.encode(StreamDelta(seq=1, text="x", index=1, count=1, ts=0.0))
+    assert not delta.startswith(START_PREFIX) and not delta.startswith(TERMINAL_PREFIXES)
+
+
+# --- the hub, on a real nats-server ---------------------------------------------------------------
+
+
+async def _until(condition: object, what: str) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("mode", list(LiveSubscription))
+async def test_the_hub_remembers_streams_that_start_unread_until_they_end_in_shared_mode_only(
+    nats: NatsServer, mode: LiveSubscription
+) -> None:
+    live = DirectClient()
+    await live.connect(nats.url, name=f"starts-{mode}")
+    publisher = DirectClient()
+    await publisher.connect(nats.url)
+    hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=mode)
+    await hub.start()
+    try:
+        if mode is LiveSubscription.PER_STREAM:
+            assert hub.starts is None  # it sees only the streams read here
+            return
+        assert hub.starts is not None
+        starts = hub.starts
+        stream_id = subjects.new_stream_id()
+        await publisher.publish(subjects.events(stream_id), codec.encode(start(stream_id, "ep7")))
+        await _until(lambda: starts.epoch(stream_id, hub.clock()) == "ep7", "the start was remembered")
+        delta = StreamDelta(seq=1, text="x", index=1, count=1, ts=time.time())
+        end = StreamEnd(seq=2, finish_reason=FinishReason.LENGTH, tokens=1, ttft_ms=1.0)
+        await publisher.publish(subjects.events(stream_id), codec.encode(delta))
+        await publisher.publish(subjects.events(stream_id), codec.encode(end))
+        await _until(lambda: starts.epoch(stream_id, hub.clock()) is None, "the end made it forget the stream")
+    finally:
+        await hub.shutdown("shutting_down", "test over")
+        await publisher.close()
+        await live.close()
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+RUNNER_ARGS = ["--synthetic-tokens-per-s", "50", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
+
+
+@pytest.fixture(scope="module")
+def sut(nats: NatsServer) -> Iterator[System]:
+    with system(nats.url, runner_args=RUNNER_ARGS) as running:
+        yield running
+
+
+async def _lookups(sut: System, source: str) -> float:
+    return await metric(sut.streamer_url, LOOKUPS, source=source)
+
+
+async def test_a_reader_of_a_running_stream_seen_starting_gets_every_event_without_a_record_read(sut: System) -> None:
+    created = await create_stream(sut.gateway_url, "no record read", max_tokens=30_000)
+    # The streamer notes the start as it goes by on NATS, usually before the reader's GET; a reader that
+    # comes first reads the record.  Readers of the running stream until one was served from the start.
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        before = await _lookups(sut, "start_event")
+        stream = await read_stream(created["events_url"], stop_after=4)
+        if await _lookups(sut, "start_event") == before + 1:
+            break
+        assert time.monotonic() < deadline, "no reader was served from the stream's start event"
+        await asyncio.sleep(0.05)
+    assert stream.status == 200
+    assert [e.event for e in stream.events][:2] == ["start", "delta"]
+    epoch = stream.events[0].id.split(":")[0]
+    assert epoch and all(e.id.startswith(f"{epoch}:") for e in stream.events)
+    assert expected_text("no record read", 30_000).startswith(stream.text)
+    # Its cursor belongs to this epoch; another epoch's is refused, as with a record read.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(created["events_url"], headers={"Last-Event-ID": "deadbeef:3"}) as forged,
+    ):
+        assert forged.status == 410
+        assert orjson.loads(await forged.read())["error"]["code"] == "resume_unavailable"
+    async with aiohttp.ClientSession() as session, session.post(created["stop_url"]) as response:
+        assert response.status == 200
+
+
+async def test_a_reader_of_a_finished_stream_reads_its_record(sut: System) -> None:
+    created = await create_stream(sut.gateway_url, "finished first", max_tokens=3)
+    await wait_finished(sut.gateway_url, created["id"])
+    # Its end event may reach the streamer a moment after the record says finished: read until it did.
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        before = await _lookups(sut, "record")
+        stream = await read_stream(created["events_url"])
+        assert stream.text == expected_text("finished first", 3)
+        assert stream.terminal.event == "stop"
+        if await _lookups(sut, "record") == before + 1:
+            break
+        assert time.monotonic() < deadline, "a reader of the finished stream never read its record"
+        await asyncio.sleep(0.05)
