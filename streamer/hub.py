@@ -231,6 +231,8 @@ class Hub:
             channel = _Channel(reader.epoch)
             self._channels[reader.stream_id] = channel
             channel.readers.add(reader)
+            if self.starts is not None:
+                self._prefill(reader)
             try:
                 if not self._shared:
                     channel.sub = await subscribe_raw(self._nc, subjects.events(reader.stream_id), self._on_event)
@@ -294,7 +296,7 @@ class Hub:
             return
         if self.starts is not None and not isinstance(event, StreamDelta):
             if isinstance(event, StreamStart):
-                self.starts.started(stream_id, event.epoch, self.clock())
+                self.starts.started(stream_id, event.epoch, None, self.clock())  # its readers get events live
             elif is_terminal(event):
                 self.starts.ended(stream_id)
         if self._flush is not None and isinstance(event, StreamDelta):
@@ -305,7 +307,7 @@ class Hub:
             reader.deliver(event, now, framed)
 
     def _note_unread(self, stream_id: str, data: bytes) -> None:
-        """Remember a start, forget an end, of a stream nobody reads here (only ``start`` events are decoded)."""
+        """Remember a start and what follows it, forget an end, of a stream nobody reads here (starts are decoded)."""
         assert self.starts is not None
         if data.startswith(START_PREFIX):
             try:
@@ -313,9 +315,31 @@ class Hub:
             except CodecError:
                 return
             if isinstance(event, StreamStart):
-                self.starts.started(stream_id, event.epoch, self.clock())
+                self.starts.started(stream_id, event.epoch, data, self.clock())
         elif data.startswith(TERMINAL_PREFIXES):
             self.starts.ended(stream_id)
+        else:
+            self.starts.published(stream_id, data)
+
+    def _prefill(self, reader: Reader) -> None:
+        """Hand a stream's first reader the events seen go by before it came (no history round trip to wait for).
+
+        Called as the reader joins, with no await in between: every later event reaches it live.  Its
+        history read still runs and fills whatever the live connection may have missed.
+        """
+        assert self.starts is not None
+        kept = self.starts.take_events(reader.stream_id, reader.epoch)
+        if not kept:
+            return
+        now = self.clock()
+        for data in kept:
+            try:
+                event = codec.decode_event(data)
+            except CodecError:
+                continue  # a gap: the history read fills it
+            reader.deliver(event, now, notify=False)
+        self._metrics.reader_prefills.inc()
+        reader.ready()
 
     async def _heartbeat_loop(self) -> None:
         """One loop for every reader: pings for the idle, ``slow_consumer`` for writes stuck too long."""

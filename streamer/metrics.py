@@ -38,6 +38,12 @@ class StreamerMetrics:
             ["source"],
             registry=r,
         )
+        self.reader_prefills = Counter(
+            "tokenrelay_streamer_reader_prefills",
+            "Readers handed their stream's first events from this streamer's memory as they joined (seen going by "
+            "on the shared subscription), before any history read answered",
+            registry=r,
+        )
         self.disconnect_cancels = Counter(
             "tokenrelay_streamer_disconnect_cancels",
             "Generations cancelled because every reader left for the grace period",

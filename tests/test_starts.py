@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from streamer.hub import Hub
+from streamer.hub import Hub, Reader
 from streamer.metrics import StreamerMetrics
 from streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentStarts
 from tests.helpers import create_stream, expected_text, metric, wait_finished
@@ -37,50 +37,106 @@ def start(stream_id: str, epoch: str = "e1") -> StreamStart:
 
 def test_a_stream_seen_starting_is_known_by_its_epoch() -> None:
     starts = RecentStarts()
-    starts.started("s1", "e1", now=0.0)
+    starts.started("s1", "e1", b"start", now=0.0)
     assert starts.epoch("s1", now=1.0) == "e1"
     assert starts.epoch("s2", now=1.0) is None
 
 
-def test_a_stream_seen_ending_is_forgotten() -> None:
+def test_a_stream_seen_ending_is_forgotten_with_its_events() -> None:
     starts = RecentStarts()
-    starts.started("s1", "e1", now=0.0)
+    starts.started("s1", "e1", b"start", now=0.0)
+    starts.published("s1", b"delta")
     starts.ended("s1")
     assert starts.epoch("s1", now=0.0) is None
+    assert starts.take_events("s1", "e1") is None
+    assert starts.total_bytes == 0
     starts.ended("never-seen")  # harmless
 
 
-def test_a_stream_started_again_is_known_by_its_new_epoch() -> None:
+def test_a_stream_started_again_is_known_by_its_new_epoch_and_starts_its_events_over() -> None:
     starts = RecentStarts()
-    starts.started("s1", "e1", now=0.0)
-    starts.started("s1", "e2", now=1.0)
+    starts.started("s1", "e1", b"start-1", now=0.0)
+    starts.published("s1", b"delta-1")
+    starts.started("s1", "e2", b"start-2", now=1.0)
     assert starts.epoch("s1", now=1.0) == "e2"
+    assert starts.take_events("s1", "e1") is None  # a reader of the old epoch gets nothing from here
+    assert starts.take_events("s1", "e2") == [b"start-2"]
     assert len(starts) == 1
 
 
 def test_past_its_ttl_a_stream_is_read_from_its_record_and_dropped_with_the_next_start() -> None:
     starts = RecentStarts(ttl_s=10.0)
-    starts.started("old", "e1", now=0.0)
+    starts.started("old", "e1", b"start", now=0.0)
     assert starts.epoch("old", now=10.0) == "e1"
     assert starts.epoch("old", now=10.5) is None
-    starts.started("new", "e2", now=10.5)
+    starts.started("new", "e2", None, now=10.5)
     assert len(starts) == 1
+    assert starts.total_bytes == 0
 
 
 def test_beyond_max_streams_the_oldest_start_is_forgotten() -> None:
     starts = RecentStarts(max_streams=2)
     for i in range(3):
-        starts.started(f"s{i}", "e", now=float(i))
+        starts.started(f"s{i}", "e", b"start", now=float(i))
     assert starts.epoch("s0", now=3.0) is None
     assert starts.epoch("s1", now=3.0) == "e"
     assert starts.epoch("s2", now=3.0) == "e"
     assert len(starts) == 2
+    assert starts.total_bytes == 2 * len(b"start")
 
 
-@pytest.mark.parametrize(("max_streams", "ttl_s"), [(0, 1.0), (1, 0.0)])
-def test_bounds_must_be_positive(max_streams: int, ttl_s: float) -> None:
-    with pytest.raises(ValueError, match="must be > 0"):
-        RecentStarts(max_streams=max_streams, ttl_s=ttl_s)
+def test_the_first_reader_takes_the_events_in_publish_order_and_later_readers_get_none() -> None:
+    starts = RecentStarts()
+    starts.started("s1", "e1", b"start", now=0.0)
+    starts.published("s1", b"d1")
+    starts.published("s1", b"d2")
+    assert starts.take_events("s1", "e1") == [b"start", b"d1", b"d2"]
+    assert starts.take_events("s1", "e1") is None
+    assert starts.epoch("s1", now=0.0) == "e1"  # still known: later readers skip the record read
+    assert starts.total_bytes == 0
+    starts.published("s1", b"d3")  # after the take, nothing is kept
+    assert starts.total_bytes == 0
+
+
+def test_a_stream_over_its_byte_bound_keeps_only_its_epoch() -> None:
+    starts = RecentStarts(max_stream_bytes=10)
+    starts.started("s1", "e1", b"start", now=0.0)
+    starts.published("s1", b"12345")
+    starts.published("s1", b"x")  # 11 bytes: a partial prefix is no head start
+    assert starts.take_events("s1", "e1") is None
+    assert starts.epoch("s1", now=0.0) == "e1"
+    assert starts.total_bytes == 0
+
+
+def test_past_the_total_byte_bound_new_streams_keep_only_their_epochs() -> None:
+    starts = RecentStarts(max_total_bytes=12)
+    starts.started("s1", "e1", b"start-1", now=0.0)
+    starts.started("s2", "e2", b"start-2", now=0.0)
+    assert starts.take_events("s2", "e2") is None
+    assert starts.epoch("s2", now=0.0) == "e2"
+    assert starts.take_events("s1", "e1") == [b"start-1"]
+
+
+def test_a_start_seen_with_a_reader_already_here_keeps_no_events() -> None:
+    starts = RecentStarts()
+    starts.started("s1", "e1", None, now=0.0)
+    starts.published("s1", b"delta")
+    assert starts.take_events("s1", "e1") is None
+    assert starts.epoch("s1", now=0.0) == "e1"
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        ({"max_streams": 0}, "max_streams must be > 0"),
+        ({"ttl_s": 0.0}, "ttl_s must be > 0"),
+        ({"max_stream_bytes": -1}, "max_stream_bytes must be >= 0"),
+        ({"max_total_bytes": -1}, "max_total_bytes must be >= 0"),
+    ],
+)
+def test_bounds_must_be_positive(bounds: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RecentStarts(**bounds)  # type: ignore[arg-type]
 
 
 def test_the_byte_prefixes_match_what_the_codec_writes() -> None:
@@ -129,6 +185,42 @@ async def test_the_hub_remembers_streams_that_start_unread_until_they_end_in_sha
         await publisher.publish(subjects.events(stream_id), codec.encode(delta))
         await publisher.publish(subjects.events(stream_id), codec.encode(end))
         await _until(lambda: starts.epoch(stream_id, hub.clock()) is None, "the end made it forget the stream")
+    finally:
+        await hub.shutdown("shutting_down", "test over")
+        await publisher.close()
+        await live.close()
+
+
+async def test_a_streams_first_reader_gets_the_events_seen_before_it_came_as_it_joins_and_the_rest_live(
+    nats: NatsServer,
+) -> None:
+    live = DirectClient()
+    await live.connect(nats.url, name="starts-prefill")
+    publisher = DirectClient()
+    await publisher.connect(nats.url)
+    hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=LiveSubscription.SHARED)
+    await hub.start()
+    try:
+        assert hub.starts is not None
+        starts = hub.starts
+        stream_id = subjects.new_stream_id()
+        early = [codec.encode(start(stream_id, "ep1"))] + [
+            codec.encode(StreamDelta(seq=seq, text=f"t{seq}", index=seq, count=1, ts=time.time())) for seq in (1, 2)
+        ]
+        for data in early:
+            await publisher.publish(subjects.events(stream_id), data)
+        await _until(lambda: starts.total_bytes == sum(map(len, early)), "the early events were kept")
+        reader = Reader(stream_id, epoch="ep1", resume=None, max_buffered_bytes=1 << 20, now=0.0)
+        await hub.attach(reader)
+        sent = reader.buffer.take()  # no await since attach: nothing came from the network in between
+        assert b"event: start" in sent and b"t1" in sent and b"t2" in sent
+        assert reader.live_events == 0
+        assert reader.replay.next_seq == 3
+        assert starts.total_bytes == 0
+        later = StreamDelta(seq=3, text="t3", index=3, count=1, ts=time.time())
+        await publisher.publish(subjects.events(stream_id), codec.encode(later))
+        await _until(lambda: reader.live_events == 1, "the next event arrived live")
+        assert b"t3" in reader.buffer.take()
     finally:
         await hub.shutdown("shutting_down", "test over")
         await publisher.close()
