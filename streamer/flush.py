@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import math
 
+from tokenrelay.ticks import Ticks
+
 TICKS_PER_INTERVAL = 4
 """Tick granularity as a fraction of the configured flush interval: a due write waits at most a quarter of it more."""
 LAG_WEIGHT = 0.02
@@ -45,11 +47,8 @@ class FlushClock:
         self.interval_s = interval_s
         self.lag_s = 0.0
         """The running average of how late live events arrive (seconds after they were published)."""
-        self._tick_s = (interval_s or max_interval_s) / TICKS_PER_INTERVAL
-        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
-        """Readers by the tick (index on the loop clock) they wait for."""
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_tick: int | None = None
+        self.ticks = Ticks((interval_s or max_interval_s) / TICKS_PER_INTERVAL)
+        """The readers waiting, by the tick they wait for."""
 
     @property
     def adapts(self) -> bool:
@@ -75,7 +74,7 @@ class FlushClock:
     @property
     def waiting(self) -> int:
         """Readers waiting for a tick now."""
-        return sum(len(futures) for futures in self._waiting.values())
+        return self.ticks.waiting
 
     def delay_s(self, last_write: float, now: float) -> float:
         """How long a write that is ready at ``now`` must wait (0: write at once)."""
@@ -83,37 +82,7 @@ class FlushClock:
 
     async def wait_until(self, due: float) -> None:
         """Return at the first tick at or after ``due`` (loop clock)."""
-        loop = asyncio.get_running_loop()
-        if self._tick_s <= 0 or due <= loop.time():
+        tick_s = self.ticks.tick_s
+        if tick_s <= 0 or due <= asyncio.get_running_loop().time():
             return
-        tick = math.ceil(due / self._tick_s)
-        future = loop.create_future()
-        self._waiting.setdefault(tick, []).append(future)
-        if self._timer_tick is None or tick < self._timer_tick:
-            self._arm(loop, tick)
-        try:
-            await future
-        finally:
-            futures = self._waiting.get(tick)
-            if futures is not None and future in futures:  # cancelled while waiting: leave no dead entry
-                futures.remove(future)
-                if not futures:
-                    del self._waiting[tick]
-                if not self._waiting and self._timer is not None:  # nobody waits: hold no timer
-                    self._timer.cancel()
-                    self._timer = self._timer_tick = None
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, tick: int) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_tick = tick
-        self._timer = loop.call_at(tick * self._tick_s, self._fire, loop, tick)
-
-    def _fire(self, loop: asyncio.AbstractEventLoop, fired: int) -> None:
-        self._timer = self._timer_tick = None
-        for tick in sorted(t for t in self._waiting if t <= fired):
-            for future in self._waiting.pop(tick):
-                if not future.done():
-                    future.set_result(None)
-        if self._waiting:
-            self._arm(loop, min(self._waiting))
+        await self.ticks.wait_for(math.ceil(due / tick_s))

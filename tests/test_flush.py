@@ -47,7 +47,7 @@ async def test_a_thousand_readers_due_within_one_tick_share_one_timer() -> None:
     for reader in readers:
         reader.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
-    assert clock.waiting == 0 and clock._timer is None
+    assert clock.waiting == 0 and not clock.ticks.armed
 
 
 async def test_no_reader_returns_before_its_due_time() -> None:

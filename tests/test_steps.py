@@ -57,7 +57,7 @@ async def test_tokens_due_in_the_same_step_share_one_timer() -> None:
     assert clock.steps_pending == 0
 
 
-async def test_tokens_due_in_different_steps_get_a_timer_each() -> None:
+async def test_tokens_due_in_different_steps_wait_for_a_step_each() -> None:
     loop = asyncio.get_running_loop()
     clock = StepClock(STEP_S)
     boundary = _next_boundary(loop, 2)

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from runner.engines.steps import StepClock
-from runner.engines.synthetic import iter_synthetic_tokens, prompt_text
+from runner.engines.synthetic import iter_synthetic_tokens, paced, prompt_text
 from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
 from tokenrelay.messages import ChatMessage
 
@@ -115,23 +115,15 @@ def parse_new_stream(body: bytes, *, max_tokens_limit: int = MAX_TOKENS_LIMIT) -
     return NewStream(fields["prompt"], max_tokens, int(time.time()))
 
 
-async def paced_tokens(prompt: str, max_tokens: int, pacing: Pacing, steps: StepClock) -> AsyncIterator[str]:
+def paced_tokens(prompt: str, max_tokens: int, pacing: Pacing, steps: StepClock) -> AsyncIterator[str]:
     """Exactly ``max_tokens`` tokens of the synthetic engine's text for ``prompt``, on its fixed schedule.
 
     The text is what tokenrelay's runner generates for the same prompt (a one-message chat), released
-    as its engine releases them: the first at its own time, the rest at the process's shared ``steps``.
+    as its engine releases them (:func:`~runner.engines.synthetic.paced`), at the process's shared ``steps``.
     """
     text_key = prompt_text((ChatMessage(role="user", content=prompt),))
     tokens = iter_synthetic_tokens(text_key, max_tokens=max_tokens, length_tokens=max_tokens)
-    loop = asyncio.get_running_loop()
-    start = loop.time() + pacing.ttft_ms / 1000
-    interval_s = 1 / pacing.tokens_per_s if pacing.tokens_per_s > 0 else 0.0
-    for i, token in enumerate(tokens):
-        if i == 0:
-            await asyncio.sleep(max(0.0, start - loop.time()))
-        else:
-            await steps.until(start + i * interval_s)
-        yield token
+    return paced(tokens, ttft_ms=pacing.ttft_ms, tokens_per_s=pacing.tokens_per_s, steps=steps)
 
 
 def sse_frame(event: str, event_id: str, data: dict[str, Any]) -> bytes:

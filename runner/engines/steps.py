@@ -4,7 +4,8 @@ A batching engine (vLLM, TGI) does not wake once per token per sequence: one dec
 produces the next token of every running sequence at the same instant.  :class:`StepClock`
 gives the synthetic engine that shape.  A token due at time ``t`` is released at the first
 step boundary at or after ``t`` (boundaries are multiples of ``step_s`` on the loop's clock),
-and every token due in the same step is released by one timer, in one pass of the event loop.
+and every token due in the same step is released together, in one pass of the event loop (one loop timer
+serves all steps waited for: :class:`~tokenrelay.ticks.Ticks`).
 The runner then publishes that step's events together, and nats-py's flusher sends them in one
 socket write instead of one per token.  The schedule stays anchored to each stream's start, so
 the rate does not drift; a token is late by less than ``step_s``.
@@ -19,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import math
 
+from tokenrelay.ticks import Ticks
+
 STEP_EPSILON_S = 1e-9
 """A due time this close above a boundary belongs to that boundary (float noise in ``start + i * interval``)."""
 
@@ -31,18 +34,18 @@ def step_of(due_s: float, step_s: float) -> int:
 
 
 class StepClock:
-    """Releases waiters at shared step boundaries: one timer per step, not per token."""
+    """Releases waiters at shared step boundaries (:class:`~tokenrelay.ticks.Ticks`): no timer per token."""
 
     def __init__(self, step_s: float) -> None:
         if step_s < 0:
             raise ValueError("step_s must be >= 0")
         self.step_s = step_s
-        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
+        self._ticks = Ticks(step_s)
 
     @property
     def steps_pending(self) -> int:
-        """Steps with a timer armed (for tests)."""
-        return len(self._waiting)
+        """Steps somebody waits for now (for tests)."""
+        return self._ticks.ticks_pending
 
     async def until(self, due_s: float) -> None:
         """Return at the step that releases ``due_s`` (loop time); always yields once, so a cancel can land."""
@@ -54,16 +57,4 @@ class StepClock:
         if step * self.step_s <= loop.time():
             await asyncio.sleep(0)  # due already: no timer, but a pending cancel still lands here
             return
-        waiters = self._waiting.get(step)
-        if waiters is None:
-            waiters = self._waiting[step] = []
-            loop.call_at(step * self.step_s, self._release, step)
-        future: asyncio.Future[None] = loop.create_future()
-        waiters.append(future)
-        # A future of its own per waiter: cancelling one waiting task must not cancel the others.
-        await future
-
-    def _release(self, step: int) -> None:
-        for future in self._waiting.pop(step, ()):
-            if not future.done():
-                future.set_result(None)
+        await self._ticks.wait_for(step)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from runner.engines import GenerationRequest
 from runner.engines.steps import StepClock
@@ -53,6 +53,24 @@ def iter_synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 
             yield " " + word
 
 
+async def paced(tokens: Iterable[str], *, ttft_ms: float, tokens_per_s: float, steps: StepClock) -> AsyncIterator[str]:
+    """``tokens`` on the synthetic engine's schedule, anchored where iteration starts (no drift from a slow consumer).
+
+    The first comes ``ttft_ms`` later at its own time (the prefill's), the rest ``1 / tokens_per_s`` apart
+    (0: as fast as possible), each released at the decode step of ``steps`` that follows its due time.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time() + ttft_ms / 1000
+    interval_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
+    for i, token in enumerate(tokens):
+        # Waiting even when the token is due already gives a pending cancel the chance to land before each token.
+        if i == 0:
+            await asyncio.sleep(max(0.0, start - loop.time()))
+        else:
+            await steps.until(start + i * interval_s)
+        yield token
+
+
 class SyntheticEngine:
     """Yields :func:`synthetic_tokens` with ``ttft_ms`` before the first and ``1/tokens_per_s`` between.
 
@@ -68,23 +86,14 @@ class SyntheticEngine:
         self._steps = StepClock(config.step_ms / 1000)
         self.model = model
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Tokens on a fixed schedule from the start (no drift from slow consumers of the iterator)."""
         tokens = iter_synthetic_tokens(
             prompt_text(request.messages),
             max_tokens=request.max_tokens,
             length_tokens=self._config.length_tokens,
         )
-        loop = asyncio.get_running_loop()
-        start = loop.time() + self._config.ttft_ms / 1000
-        interval_s = 1 / self._config.tokens_per_s if self._config.tokens_per_s > 0 else 0.0
-        for i, token in enumerate(tokens):
-            # Waiting even when the token is due already gives a pending cancel the chance to land before each token.
-            if i == 0:
-                await asyncio.sleep(max(0.0, start - loop.time()))
-            else:
-                await self._steps.until(start + i * interval_s)
-            yield token
+        return paced(tokens, ttft_ms=self._config.ttft_ms, tokens_per_s=self._config.tokens_per_s, steps=self._steps)
 
     async def aclose(self) -> None:
         """Nothing to release."""
