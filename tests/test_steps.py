@@ -127,3 +127,30 @@ async def test_the_first_token_does_not_wait_for_a_step() -> None:
     first = await asyncio.wait_for(anext(tokens), timeout=5)  # type: ignore[call-overload]
     assert first == synthetic_tokens("user: x", max_tokens=5, length_tokens=5)[0]
     await tokens.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_first_token_of_no_prefill_time_comes_without_yielding_to_the_loop() -> None:
+    # So the runner publishes it in the same write as the stream's start event: nothing else runs in between.
+    engine = SyntheticEngine(SyntheticConfig(ttft_ms=0, tokens_per_s=1000, length_tokens=5, step_ms=5))
+    request = GenerationRequest(
+        stream_id="s", model="synthetic", messages=(ChatMessage(role="user", content="x"),), max_tokens=5
+    )
+    ran: list[bool] = []
+    asyncio.get_running_loop().call_soon(ran.append, True)
+    tokens = engine.stream(request)
+    await anext(tokens)  # type: ignore[call-overload]
+    assert ran == []
+    await tokens.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_first_token_with_a_prefill_time_waits_for_it() -> None:
+    engine = SyntheticEngine(SyntheticConfig(ttft_ms=50, tokens_per_s=1000, length_tokens=5, step_ms=5))
+    request = GenerationRequest(
+        stream_id="s", model="synthetic", messages=(ChatMessage(role="user", content="x"),), max_tokens=5
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    tokens = engine.stream(request)
+    await anext(tokens)  # type: ignore[call-overload]
+    assert loop.time() - started >= 0.049  # the loop may fire a timer up to its clock resolution early
+    await tokens.aclose()  # type: ignore[attr-defined]

@@ -63,9 +63,12 @@ async def paced(tokens: Iterable[str], *, ttft_ms: float, tokens_per_s: float, s
     start = loop.time() + ttft_ms / 1000
     interval_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
     for i, token in enumerate(tokens):
-        # Waiting even when the token is due already gives a pending cancel the chance to land before each token.
+        # Waiting even when the token is due already gives a pending cancel the chance to land before each token;
+        # the exception is a prefill of no time: nothing can have asked to cancel a stream before its first token
+        # was due, and not yielding lets that token leave in the same write as the stream's start.
         if i == 0:
-            await asyncio.sleep(max(0.0, start - loop.time()))
+            if ttft_ms > 0:
+                await asyncio.sleep(max(0.0, start - loop.time()))
         else:
             await steps.until(start + i * interval_s)
         yield token
