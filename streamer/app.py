@@ -262,7 +262,13 @@ async def replay_history(app: web.Application, reader: Reader, state: StreamStat
     """Catch the reader up from history while the writer sends, then settle (runs beside :meth:`Pump.run`).
 
     History its runner served is complete (everything after it reaches the subscription live): no settling.
+    Neither is a reader's first events from memory, when whole: then history is read only for a gap that a
+    later live event shows.
     """
+    if reader.whole_from_memory:
+        await reader.gap.wait()
+        await catch_up(app, reader)
+        return
     if await catch_up(app, reader) is history.Source.JETSTREAM:
         await settle_history(app, reader, state)
 

@@ -39,7 +39,7 @@ from tokenrelay.codec import CodecError
 from tokenrelay.config import LiveSubscription
 from tokenrelay.errors import ErrorCode, RateLimited
 from tokenrelay.messages import StreamDelta, StreamEvent, StreamStart
-from tokenrelay.natsdirect import subscribe_raw
+from tokenrelay.natsdirect import delivers_inline, subscribe_raw
 from tokenrelay.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class Reader:
         """Set when a live event is held behind a gap (history must be read again to release it)."""
         self.live_events = 0
         """Events that reached this reader from its live subscription."""
+        self.whole_from_memory = False
+        """Its first events came from the streamer's memory, every one since the stream's start: no history
+        read unless a later live event shows a gap (see :class:`~streamer.starts.RecentStarts`)."""
         self.writing_since: float | None = None
         """When the write in progress started (``None`` when not writing)."""
         self.abort: Callable[[], None] | None = None
@@ -185,6 +188,10 @@ class Hub:
         self._shared_sub: Subscription | None = None
         self.starts: RecentStarts | None = RecentStarts() if self._shared else None
         """Streams seen starting and still running, with their epochs (``shared`` mode: every event goes by here)."""
+        self._inline = delivers_inline(nc)
+        """Live events come from the read loop with nothing queued: only an outage can lose one."""
+        self._reconnects = 0
+        """The live connection's reconnect count when last checked."""
         self._max_readers_per_stream = max_readers_per_stream
         self.abandon = AbandonWatcher(
             nc,
@@ -315,6 +322,7 @@ class Hub:
             except CodecError:
                 return
             if isinstance(event, StreamStart):
+                self._live_unbroken()  # an outage before this start must not count against this stream
                 self.starts.started(stream_id, event.epoch, data, self.clock())
         elif data.startswith(TERMINAL_PREFIXES):
             self.starts.ended(stream_id)
@@ -324,22 +332,40 @@ class Hub:
     def _prefill(self, reader: Reader) -> None:
         """Hand a stream's first reader the events seen go by before it came (no history round trip to wait for).
 
-        Called as the reader joins, with no await in between: every later event reaches it live.  Its
-        history read still runs and fills whatever the live connection may have missed.
+        Called as the reader joins, with no await in between: every later event reaches it live.  When they
+        are whole (kept since the start with no outage, ``seq`` 0, 1, 2, ...), they stand for the history read,
+        as a runner's answer does; otherwise its history read still runs and fills whatever is missing.
         """
         assert self.starts is not None
+        unbroken = self._live_unbroken()
         kept = self.starts.take_events(reader.stream_id, reader.epoch)
-        if not kept:
+        if kept is None:
             return
+        whole = kept.whole and unbroken
         now = self.clock()
-        for data in kept:
+        for seq, data in enumerate(kept.events):
             try:
                 event = codec.decode_event(data)
             except CodecError:
-                continue  # a gap: the history read fills it
+                whole = False  # a gap: the history read fills it
+                continue
+            whole = whole and event.seq == seq
             reader.deliver(event, now, notify=False)
+        reader.whole_from_memory = whole
         self._metrics.reader_prefills.inc()
+        if whole:
+            self._metrics.history_reads_skipped.inc()
         reader.ready()
+
+    def _live_unbroken(self) -> bool:
+        """Whether the live connection delivers inline, is up, and was not down since the last check (when it
+        was, events kept so far may miss what was published meanwhile: none is whole any more)."""
+        assert self.starts is not None
+        reconnects = int(self._nc.stats["reconnects"])
+        if reconnects != self._reconnects:
+            self._reconnects = reconnects
+            self.starts.lost_connection()
+        return self._inline and self._nc.is_connected
 
     async def _heartbeat_loop(self) -> None:
         """One loop for every reader: pings for the idle, ``slow_consumer`` for writes stuck too long."""

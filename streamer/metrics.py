@@ -38,6 +38,12 @@ class StreamerMetrics:
             ["source"],
             registry=r,
         )
+        self.history_reads_skipped = Counter(
+            "tokenrelay_streamer_history_reads_skipped",
+            "Readers whose first events from this streamer's memory were whole (from the start, no gap, no outage "
+            "of the live connection since): no history read, unless a later live event shows a gap",
+            registry=r,
+        )
         self.reader_prefills = Counter(
             "tokenrelay_streamer_reader_prefills",
             "Readers handed their stream's first events from this streamer's memory as they joined (seen going by "

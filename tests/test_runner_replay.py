@@ -24,7 +24,9 @@ async def _fetches(streamer_url: str) -> tuple[float, float]:
 
 
 async def test_a_late_reader_and_a_resume_of_a_running_stream_are_served_by_its_runner_alone() -> None:
-    with nats_server() as own, system(own.url, runner_args=RUNNER_ARGS) as sut:
+    # The streamer is given no memory of the stream's first events, so its first reader reads history too.
+    streamer_args = ["--live-subscription", "per-stream"]
+    with nats_server() as own, system(own.url, runner_args=RUNNER_ARGS, streamer_args=streamer_args) as sut:
         created = await create_stream(sut.gateway_url, "late to the party", max_tokens=150)
         await asyncio.sleep(0.5)  # ~50 tokens out before anyone reads
         first = await read_stream(created["events_url"], stop_after=4)
@@ -32,6 +34,18 @@ async def test_a_late_reader_and_a_resume_of_a_running_stream_are_served_by_its_
         assert first.text + rest.text == expected_text("late to the party", 150, 100000)
         assert rest.terminal.json()["finish_reason"] == "length"
         assert await _fetches(sut.streamer_url) == (2, 0)
+
+
+async def test_a_late_first_reader_is_served_from_the_streamers_memory_and_its_resume_by_the_runner() -> None:
+    with nats_server() as own, system(own.url, runner_args=RUNNER_ARGS) as sut:
+        created = await create_stream(sut.gateway_url, "late to the party", max_tokens=150)
+        await asyncio.sleep(0.5)  # ~50 tokens out before anyone reads: the streamer saw them go by
+        first = await read_stream(created["events_url"], stop_after=4)
+        rest = await read_stream(created["events_url"], headers={"Last-Event-ID": first.of("delta")[-1].id or ""})
+        assert first.text + rest.text == expected_text("late to the party", 150, 100000)
+        assert rest.terminal.json()["finish_reason"] == "length"
+        assert await _fetches(sut.streamer_url) == (1, 0)
+        assert await metric(sut.streamer_url, "tokenrelay_streamer_history_reads_skipped_total") == 1
 
 
 async def test_a_finished_stream_is_still_served_by_its_runner_while_it_lingers() -> None:
@@ -63,7 +77,8 @@ async def test_a_stream_its_runner_no_longer_holds_is_read_from_jetstream(runner
 
 async def test_a_stream_past_the_runners_byte_limit_is_read_whole_from_jetstream() -> None:
     args = [*RUNNER_ARGS, "--replay-max-bytes-per-stream", "2000"]
-    with nats_server() as own, system(own.url, runner_args=args) as sut:
+    streamer_args = ["--live-subscription", "per-stream"]  # no first events from the streamer's memory
+    with nats_server() as own, system(own.url, runner_args=args, streamer_args=streamer_args) as sut:
         created = await create_stream(sut.gateway_url, "too long to hold", max_tokens=200)
         await asyncio.sleep(1.0)  # far past 2,000 bytes of events
         whole = await read_stream(created["events_url"])

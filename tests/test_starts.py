@@ -6,8 +6,9 @@ A native reader of such a stream is served without reading the stream's record; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import orjson
@@ -15,13 +16,21 @@ import pytest
 
 from streamer.hub import Hub, Reader
 from streamer.metrics import StreamerMetrics
-from streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentStarts
+from streamer.starts import START_PREFIX, TERMINAL_PREFIXES, Kept, RecentStarts
 from tests.helpers import create_stream, expected_text, metric, wait_finished
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 from tokenrelay import codec, subjects
 from tokenrelay.config import LiveSubscription
-from tokenrelay.messages import CancelReason, FinishReason, StreamDelta, StreamEnd, StreamError, StreamStart
+from tokenrelay.messages import (
+    CancelReason,
+    FinishReason,
+    StreamDelta,
+    StreamEnd,
+    StreamError,
+    StreamEvent,
+    StreamStart,
+)
 from tokenrelay.natsdirect import DirectClient
 
 WAIT_S = 10.0
@@ -60,7 +69,7 @@ def test_a_stream_started_again_is_known_by_its_new_epoch_and_starts_its_events_
     starts.started("s1", "e2", b"start-2", now=1.0)
     assert starts.epoch("s1", now=1.0) == "e2"
     assert starts.take_events("s1", "e1") is None  # a reader of the old epoch gets nothing from here
-    assert starts.take_events("s1", "e2") == [b"start-2"]
+    assert starts.take_events("s1", "e2") == Kept([b"start-2"], whole=True)
     assert len(starts) == 1
 
 
@@ -90,12 +99,23 @@ def test_the_first_reader_takes_the_events_in_publish_order_and_later_readers_ge
     starts.started("s1", "e1", b"start", now=0.0)
     starts.published("s1", b"d1")
     starts.published("s1", b"d2")
-    assert starts.take_events("s1", "e1") == [b"start", b"d1", b"d2"]
+    assert starts.take_events("s1", "e1") == Kept([b"start", b"d1", b"d2"], whole=True)
     assert starts.take_events("s1", "e1") is None
     assert starts.epoch("s1", now=0.0) == "e1"  # still known: later readers skip the record read
     assert starts.total_bytes == 0
     starts.published("s1", b"d3")  # after the take, nothing is kept
     assert starts.total_bytes == 0
+
+
+def test_events_kept_before_an_outage_of_the_live_connection_are_not_whole_and_later_ones_are() -> None:
+    starts = RecentStarts()
+    starts.started("before", "e1", b"start-1", now=0.0)
+    starts.published("before", b"d1")
+    starts.lost_connection()
+    starts.published("before", b"d3")  # d2 may have been published while the connection was down
+    starts.started("after", "e2", b"start-2", now=1.0)
+    assert starts.take_events("before", "e1") == Kept([b"start-1", b"d1", b"d3"], whole=False)
+    assert starts.take_events("after", "e2") == Kept([b"start-2"], whole=True)
 
 
 def test_a_stream_over_its_byte_bound_keeps_only_its_epoch() -> None:
@@ -114,7 +134,7 @@ def test_past_the_total_byte_bound_new_streams_keep_only_their_epochs() -> None:
     starts.started("s2", "e2", b"start-2", now=0.0)
     assert starts.take_events("s2", "e2") is None
     assert starts.epoch("s2", now=0.0) == "e2"
-    assert starts.take_events("s1", "e1") == [b"start-1"]
+    assert starts.take_events("s1", "e1") == Kept([b"start-1"], whole=True)
 
 
 def test_a_start_seen_with_a_reader_already_here_keeps_no_events() -> None:
@@ -216,6 +236,7 @@ async def test_a_streams_first_reader_gets_the_events_seen_before_it_came_as_it_
         assert b"event: start" in sent and b"t1" in sent and b"t2" in sent
         assert reader.live_events == 0
         assert reader.replay.next_seq == 3
+        assert reader.whole_from_memory  # from the start, no gap, no outage: it reads no history
         assert starts.total_bytes == 0
         later = StreamDelta(seq=3, text="t3", index=3, count=1, ts=time.time())
         await publisher.publish(subjects.events(stream_id), codec.encode(later))
@@ -225,6 +246,59 @@ async def test_a_streams_first_reader_gets_the_events_seen_before_it_came_as_it_
         await hub.shutdown("shutting_down", "test over")
         await publisher.close()
         await live.close()
+
+
+@contextlib.asynccontextmanager
+async def shared_hub(nats: NatsServer) -> AsyncIterator[tuple[Hub, DirectClient, DirectClient]]:
+    """A hub, its own live connection, and a connection to publish events with."""
+    live = DirectClient()
+    await live.connect(nats.url, name="starts-hub")
+    publisher = DirectClient()
+    await publisher.connect(nats.url)
+    hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=LiveSubscription.SHARED)
+    await hub.start()
+    try:
+        yield hub, live, publisher
+    finally:
+        await hub.shutdown("shutting_down", "test over")
+        await publisher.close()
+        await live.close()
+
+
+async def _kept_then_attached(hub: Hub, publisher: DirectClient, events: list[StreamEvent]) -> Reader:
+    assert hub.starts is not None
+    starts, stream_id = hub.starts, subjects.new_stream_id()
+    encoded = [codec.encode(event) for event in events]
+    for data in encoded:
+        await publisher.publish(subjects.events(stream_id), data)
+    await _until(lambda: starts.total_bytes == sum(map(len, encoded)), "the events were kept")
+    reader = Reader(stream_id, epoch="ep1", resume=None, max_buffered_bytes=1 << 20, now=0.0)
+    await hub.attach(reader)
+    return reader
+
+
+def _delta(seq: int) -> StreamDelta:
+    return StreamDelta(seq=seq, text=f"t{seq}", index=seq, count=1, ts=time.time())
+
+
+async def test_first_events_with_a_seq_gap_are_not_whole_and_the_reader_reads_history(nats: NatsServer) -> None:
+    async with shared_hub(nats) as (hub, _, publisher):
+        reader = await _kept_then_attached(hub, publisher, [start("unused", "ep1"), _delta(1), _delta(3)])
+        assert not reader.whole_from_memory
+        assert reader.replay.next_seq == 2  # delta 3 is held behind the gap
+
+
+async def test_first_events_kept_across_a_reconnect_of_the_live_connection_are_not_whole(nats: NatsServer) -> None:
+    async with shared_hub(nats) as (hub, live, publisher):
+        assert hub.starts is not None
+        stream_id = subjects.new_stream_id()
+        await publisher.publish(subjects.events(stream_id), codec.encode(start(stream_id, "ep1")))
+        await _until(lambda: hub.starts is not None and hub.starts.total_bytes > 0, "the start was kept")
+        live.stats["reconnects"] += 1  # what nats-py counts once it reconnected after an outage
+        reader = Reader(stream_id, epoch="ep1", resume=None, max_buffered_bytes=1 << 20, now=0.0)
+        await hub.attach(reader)
+        assert reader.replay.next_seq == 1  # still a head start
+        assert not reader.whole_from_memory
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -268,6 +342,25 @@ async def test_a_reader_of_a_running_stream_seen_starting_gets_every_event_witho
         assert orjson.loads(await forged.read())["error"]["code"] == "resume_unavailable"
     async with aiohttp.ClientSession() as session, session.post(created["stop_url"]) as response:
         assert response.status == 200
+
+
+async def test_a_first_reader_whose_first_events_were_kept_whole_reads_no_history_and_gets_every_event(
+    sut: System,
+) -> None:
+    fetches = "tokenrelay_streamer_history_fetches_total"
+    skipped = "tokenrelay_streamer_history_reads_skipped_total"
+    # A reader whose GET comes before the streamer saw the start reads history: try until one did not.
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        created = await create_stream(sut.gateway_url, "whole from memory", max_tokens=12)
+        fetched, skipped_before = await metric(sut.streamer_url, fetches), await metric(sut.streamer_url, skipped)
+        stream = await read_stream(created["events_url"])
+        if await metric(sut.streamer_url, skipped) == skipped_before + 1:
+            break
+        assert time.monotonic() < deadline, "no reader's first events were whole"
+    assert await metric(sut.streamer_url, fetches) == fetched
+    assert stream.text == expected_text("whole from memory", 12)
+    assert stream.terminal.event == "stop"
 
 
 async def test_a_reader_of_a_finished_stream_reads_its_record(sut: System) -> None:

@@ -74,6 +74,14 @@ LIVE_CLIENT: type[NATS] = DirectClient if SUPPORTED else NATS
 """The client class to connect with where :func:`subscribe_raw` is used: the override only where it fits."""
 
 
+def delivers_inline(nc: NATS) -> bool:
+    """Whether :func:`subscribe_raw` on ``nc`` hands every message over from the read loop, in order.
+
+    Then only an outage loses messages; an ordinary subscription also drops what exceeds its pending limits.
+    """
+    return SUPPORTED and isinstance(nc, DirectClient)
+
+
 def _call(handler: RawHandler, subject: str, data: bytes) -> None:
     try:
         handler(subject, data)
