@@ -65,7 +65,7 @@ class Control:
 
     async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
         self.next_ref += 1
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[self.next_ref] = future
         await self.ws.send(orjson.dumps({**message, "ref": self.next_ref}).decode())
         return await future

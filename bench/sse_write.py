@@ -36,8 +36,8 @@ from aiohttp_sse import EventSourceResponse
 from bench.stats import write_json
 from streamer.app import DirectWrite
 from streamer.sse import encode_event
-from tests.procs import http_ok, stop_process, wait_until
-from tokenrelay.supervisor import free_port
+from tests.procs import stop_process, wait_until
+from tokenrelay.supervisor import free_port, http_ok
 
 TEXT = " token"
 ENDPOINTS = ("sse", "write", "shared", "chunk")
@@ -60,7 +60,8 @@ class _Server:
         for index in range(1, events + 1):
             await response.send(_data(index), event="delta", id=f"e:{index}")
         self.last_cpu_s = time.process_time() - started
-        return response
+        prepared: web.StreamResponse = response  # aiohttp-sse ships no types
+        return prepared
 
     async def write(self, request: web.Request) -> web.StreamResponse:
         events = int(request.query["n"])
