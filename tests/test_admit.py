@@ -158,10 +158,16 @@ async def stored(kv: KeyValue, stream_id: str, *, until: StreamState) -> StreamR
             await asyncio.sleep(0.01)
 
 
-async def test_a_new_stream_is_offered_to_the_runners_before_its_record_is_stored(admitting: Admitting) -> None:
+async def offered(admitting: Admitting) -> asyncio.Task[StreamRecord]:
+    """A stream being admitted, once the runners got its offer (its record's write is still held)."""
     creating = asyncio.create_task(admitting.manager.create(REQUEST))
     async with asyncio.timeout(5):
-        await admitting.runner.answered.wait()  # the offer came while the write is still held
+        await admitting.runner.answered.wait()
+    return creating
+
+
+async def test_a_new_stream_is_offered_to_the_runners_before_its_record_is_stored(admitting: Admitting) -> None:
+    creating = await offered(admitting)
     assert not creating.done()
     admitting.store.release.set()
     record = await creating
@@ -172,9 +178,7 @@ async def test_a_new_stream_is_offered_to_the_runners_before_its_record_is_store
 
 async def test_a_record_the_runner_stored_first_is_the_stream_admitted(admitting: Admitting) -> None:
     admitting.runner.store_running = True
-    creating = asyncio.create_task(admitting.manager.create(REQUEST))
-    async with asyncio.timeout(5):
-        await admitting.runner.answered.wait()
+    creating = await offered(admitting)
     admitting.store.release.set()
     record = await creating  # the gateway's create found the key taken: not an error
     assert record.state is StreamState.RUNNING
@@ -186,9 +190,7 @@ async def test_a_record_the_runner_stored_first_is_the_stream_admitted(admitting
 
 async def test_a_record_of_another_epoch_under_the_new_id_fails_the_admission(admitting: Admitting) -> None:
     admitting.runner.accept = False
-    creating = asyncio.create_task(admitting.manager.create(REQUEST))
-    async with asyncio.timeout(5):
-        await admitting.runner.answered.wait()
+    creating = await offered(admitting)
     job = admitting.runner.jobs[0]
     other = job_record(replace(job, epoch="someone-else"), StreamState.RUNNING)
     await admitting.store.kv.put(job.stream_id, codec.encode(other))
@@ -199,9 +201,7 @@ async def test_a_record_of_another_epoch_under_the_new_id_fails_the_admission(ad
 
 async def test_a_stream_a_runner_took_is_stopped_when_its_record_cannot_be_stored(admitting: Admitting) -> None:
     admitting.store.fail = True
-    creating = asyncio.create_task(admitting.manager.create(REQUEST))
-    async with asyncio.timeout(5):
-        await admitting.runner.answered.wait()
+    creating = await offered(admitting)
     admitting.store.release.set()
     with pytest.raises(NatsTimeout):
         await creating
@@ -214,9 +214,7 @@ async def test_a_stream_a_runner_took_is_stopped_when_its_record_cannot_be_store
 async def test_a_stream_still_queued_ends_cancelled_when_its_record_cannot_be_stored(admitting: Admitting) -> None:
     admitting.runner.accept = False  # at capacity: the stream waits in the gateway's queue
     admitting.store.fail = True
-    creating = asyncio.create_task(admitting.manager.create(REQUEST))
-    async with asyncio.timeout(5):
-        await admitting.runner.answered.wait()
+    creating = await offered(admitting)
     admitting.store.release.set()
     with pytest.raises(NatsTimeout):
         await creating

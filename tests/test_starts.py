@@ -181,17 +181,30 @@ async def _until(condition: object, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-@pytest.mark.parametrize("mode", list(LiveSubscription))
-async def test_the_hub_remembers_streams_that_start_unread_until_they_end_in_shared_mode_only(
-    nats: NatsServer, mode: LiveSubscription
-) -> None:
+@contextlib.asynccontextmanager
+async def hub_of(
+    nats: NatsServer, mode: LiveSubscription = LiveSubscription.SHARED
+) -> AsyncIterator[tuple[Hub, DirectClient, DirectClient]]:
+    """A hub, its own live connection, and a connection to publish events with."""
     live = DirectClient()
-    await live.connect(nats.url, name=f"starts-{mode}")
+    await live.connect(nats.url, name=f"starts-hub-{mode}")
     publisher = DirectClient()
     await publisher.connect(nats.url)
     hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=mode)
     await hub.start()
     try:
+        yield hub, live, publisher
+    finally:
+        await hub.shutdown("shutting_down", "test over")
+        await publisher.close()
+        await live.close()
+
+
+@pytest.mark.parametrize("mode", list(LiveSubscription))
+async def test_the_hub_remembers_streams_that_start_unread_until_they_end_in_shared_mode_only(
+    nats: NatsServer, mode: LiveSubscription
+) -> None:
+    async with hub_of(nats, mode) as (hub, _, publisher):
         if mode is LiveSubscription.PER_STREAM:
             assert hub.starts is None  # it sees only the streams read here
             return
@@ -205,22 +218,12 @@ async def test_the_hub_remembers_streams_that_start_unread_until_they_end_in_sha
         await publisher.publish(subjects.events(stream_id), codec.encode(delta))
         await publisher.publish(subjects.events(stream_id), codec.encode(end))
         await _until(lambda: starts.epoch(stream_id, hub.clock()) is None, "the end made it forget the stream")
-    finally:
-        await hub.shutdown("shutting_down", "test over")
-        await publisher.close()
-        await live.close()
 
 
 async def test_a_streams_first_reader_gets_the_events_seen_before_it_came_as_it_joins_and_the_rest_live(
     nats: NatsServer,
 ) -> None:
-    live = DirectClient()
-    await live.connect(nats.url, name="starts-prefill")
-    publisher = DirectClient()
-    await publisher.connect(nats.url)
-    hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=LiveSubscription.SHARED)
-    await hub.start()
-    try:
+    async with hub_of(nats) as (hub, _, publisher):
         assert hub.starts is not None
         starts = hub.starts
         stream_id = subjects.new_stream_id()
@@ -242,27 +245,6 @@ async def test_a_streams_first_reader_gets_the_events_seen_before_it_came_as_it_
         await publisher.publish(subjects.events(stream_id), codec.encode(later))
         await _until(lambda: reader.live_events == 1, "the next event arrived live")
         assert b"t3" in reader.buffer.take()
-    finally:
-        await hub.shutdown("shutting_down", "test over")
-        await publisher.close()
-        await live.close()
-
-
-@contextlib.asynccontextmanager
-async def shared_hub(nats: NatsServer) -> AsyncIterator[tuple[Hub, DirectClient, DirectClient]]:
-    """A hub, its own live connection, and a connection to publish events with."""
-    live = DirectClient()
-    await live.connect(nats.url, name="starts-hub")
-    publisher = DirectClient()
-    await publisher.connect(nats.url)
-    hub = Hub(live, heartbeat_s=15.0, metrics=StreamerMetrics(), live_subscription=LiveSubscription.SHARED)
-    await hub.start()
-    try:
-        yield hub, live, publisher
-    finally:
-        await hub.shutdown("shutting_down", "test over")
-        await publisher.close()
-        await live.close()
 
 
 async def _kept_then_attached(hub: Hub, publisher: DirectClient, events: list[StreamEvent]) -> Reader:
@@ -282,14 +264,14 @@ def _delta(seq: int) -> StreamDelta:
 
 
 async def test_first_events_with_a_seq_gap_are_not_whole_and_the_reader_reads_history(nats: NatsServer) -> None:
-    async with shared_hub(nats) as (hub, _, publisher):
+    async with hub_of(nats) as (hub, _, publisher):
         reader = await _kept_then_attached(hub, publisher, [start("unused", "ep1"), _delta(1), _delta(3)])
         assert not reader.whole_from_memory
         assert reader.replay.next_seq == 2  # delta 3 is held behind the gap
 
 
 async def test_first_events_kept_across_a_reconnect_of_the_live_connection_are_not_whole(nats: NatsServer) -> None:
-    async with shared_hub(nats) as (hub, live, publisher):
+    async with hub_of(nats) as (hub, live, publisher):
         assert hub.starts is not None
         stream_id = subjects.new_stream_id()
         await publisher.publish(subjects.events(stream_id), codec.encode(start(stream_id, "ep1")))
