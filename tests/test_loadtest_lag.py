@@ -56,3 +56,31 @@ async def test_deltas_published_before_the_get_count_as_history_lag_and_the_rest
     assert (totals.delivered, totals.lost, totals.duplicated) == (5, 0, 0)
     assert totals.history_lag.n == 1 and totals.history_lag.min_ms >= HOUR_S * 1000 * 0.99
     assert totals.token_lag.n == 3 and totals.token_lag.max_ms == 0  # stamped ahead: counted as no lag at all
+    # One stream: the ramp ended as it started, so its live deltas were published after the ramp; history never is.
+    assert totals.after_ramp_lag.n == 3
+
+
+async def one_live_delta_stamped_now(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(frame("start", {"stream_id": "s1", "model": "m", "created": 0}))
+    await response.write(frame("delta", {"text": "a", "index": 1, "ts": time.time()}, "e:1"))
+    await response.write(frame("stop", {"finish_reason": "length", "tokens": 1, "ttft_ms": 1.0}))
+    return response
+
+
+async def test_only_deltas_published_once_the_last_stream_started_count_as_after_the_ramp() -> None:
+    app = web.Application()
+    app.router.add_post("/v1/streams", create)
+    app.router.add_get("/v1/streams/s1/events", one_live_delta_stamped_now)
+    async with TestServer(app, host="127.0.0.1") as server:
+        # Two streams half a second apart: the first one's delta goes out before the second starts.
+        config = LoadTestConfig(
+            gateway_url=str(server.make_url("")), streams=2, ramp_per_s=2, max_tokens=parse_int_mix("1"),
+            quiet=True, drain_s=5,
+        )  # fmt: skip
+        result = await run_loadtest(config, progress=None)
+
+    totals = result.totals
+    assert totals.token_lag.n == 2
+    assert totals.after_ramp_lag.n == 1

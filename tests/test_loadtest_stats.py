@@ -389,7 +389,7 @@ def test_report_json_has_the_agreed_top_level_shape() -> None:
     data = orjson.loads(orjson.dumps(report.to_json(sample_result())))
     assert list(data) == [
         "config", "duration_s", "streams", "errors", "tokens", "ttft_ms", "token_lag_ms", "history_lag_ms",
-        "inter_token_ms", "start_ms", "rejected_ms", "instances", "samples",
+        "token_lag_after_ramp_ms", "inter_token_ms", "start_ms", "rejected_ms", "instances", "samples",
     ]  # fmt: skip
     assert data["streams"] == {"started": 4, "completed": 3, "stopped": 0, "rejected": 1, "failed": 0, "never_read": 0}
     assert data["errors"] == {"bad_request": 1}

@@ -31,9 +31,11 @@ test's own (connection_error, timeout, protocol_error, drain_timeout, interrupte
 the run short and still reports; a second Ctrl-C aborts.
 
 JSON (--json) top level: config, duration_s, streams, errors, tokens, ttft_ms, token_lag_ms,
-history_lag_ms, inter_token_ms, start_ms, rejected_ms (each {{p50, p95, p99, max, n}} in ms), instances,
-samples. token_lag_ms counts the deltas published after the reader's GET was sent; history_lag_ms the
-ones published before it (they waited for the reader to connect, which TTFT shows).
+history_lag_ms, token_lag_after_ramp_ms, inter_token_ms, start_ms, rejected_ms (each {{p50, p95, p99, max,
+n}} in ms), instances, samples. token_lag_ms counts the deltas published after the reader's GET was sent;
+history_lag_ms the ones published before it (they waited for the reader to connect, which TTFT shows);
+token_lag_after_ramp_ms those of token_lag_ms published once the last stream had started (the load at its
+full size, without streams starting).
 
 Exit status: {EXIT_OK} when the run finished, {EXIT_TOKENS_WRONG} when any token was lost or duplicated, 2 for bad
 options. The API key may also come from ${API_KEY_ENV} (kept out of process lists)."""

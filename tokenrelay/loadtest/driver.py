@@ -165,6 +165,8 @@ class LoadTest:
         self._interrupted = False
         self._timeline: SampleSeries[TimelinePoint] = SampleSeries(max_points=MAX_TIMELINE_POINTS)
         self._t0 = 0.0
+        self._ramped_at = math.inf
+        """Wall-clock time from which no stream starts (deltas published after it count as after the ramp)."""
 
     async def run(self) -> RunResult:
         """Run the whole load test and return what it measured."""
@@ -257,6 +259,7 @@ class LoadTest:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     task.add_done_callback(lambda _: slots.release())
+        self._ramped_at = time.time()  # all started, or --duration-s is over: no stream starts from now on
         self._start_scope = None
         if start_deadline is None:
             self._set_deadline(loop.time() + config.drain_s)
@@ -339,8 +342,13 @@ class LoadTest:
                     if ts is not None:
                         # A merged delta carries its oldest token's stamp: one that joins history to live
                         # tokens counts as history.
-                        lag = totals.token_lag if ts >= reading.get_wall else totals.history_lag
-                        lag.record((wall - ts) * 1000)
+                        lag_ms = (wall - ts) * 1000
+                        if ts >= reading.get_wall:
+                            totals.token_lag.record(lag_ms)
+                            if ts >= self._ramped_at:
+                                totals.after_ramp_lag.record(lag_ms)
+                        else:
+                            totals.history_lag.record(lag_ms)
                     if last_arrival is None:
                         totals.ttft.record((arrival - reading.sent) * 1000)
                     else:

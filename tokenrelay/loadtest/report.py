@@ -3,7 +3,7 @@
 The JSON's top level is fixed (other tools read it)::
 
     {"config", "duration_s", "streams", "errors", "tokens", "ttft_ms", "token_lag_ms", "history_lag_ms",
-     "inter_token_ms", "start_ms", "rejected_ms", "instances", "samples"}
+     "token_lag_after_ramp_ms", "inter_token_ms", "start_ms", "rejected_ms", "instances", "samples"}
 
 Latencies are ``{"p50", "p95", "p99", "max", "n"}`` in milliseconds (``null`` values when
 ``n`` is 0). ``streams`` partitions the streams started: ``started = completed + stopped +
@@ -37,6 +37,11 @@ def latency_rows(result: RunResult) -> list[tuple[str, str, LatencyHistogram]]:
         ("ttft_ms", "TTFT (POST sent -> first delta)", t.ttft),
         ("token_lag_ms", "token lag (runner ts -> delta arrived; published after the GET)", t.token_lag),
         ("history_lag_ms", "history lag (the same, for deltas published before the GET)", t.history_lag),
+        (
+            "token_lag_after_ramp_ms",
+            "token lag after the ramp (published once the last stream started)",
+            t.after_ramp_lag,
+        ),
         ("inter_token_ms", "inter-token gap (delta -> next delta)", t.inter_token),
         ("start_ms", "start (POST -> 201)", t.start),
         ("rejected_ms", "rejected start (POST -> error)", t.rejected),

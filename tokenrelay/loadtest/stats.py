@@ -217,6 +217,9 @@ class RunTotals:
         self.history_lag = LatencyHistogram(max_value_ms=max_value_ms)
         """Deltas published before the reader's ``GET`` was sent (they came from history): they waited for
         the reader to connect, so this counts the client's own delay, and TTFT already shows it."""
+        self.after_ramp_lag = LatencyHistogram(max_value_ms=max_value_ms)
+        """The deltas of :attr:`token_lag` published once the run's last stream had started: how late tokens
+        are at full load, without the cost of streams starting (empty when streams start until the end)."""
         self.inter_token = LatencyHistogram(max_value_ms=max_value_ms)
         self.start = LatencyHistogram(max_value_ms=max_value_ms)
         self.rejected = LatencyHistogram(max_value_ms=max_value_ms)
