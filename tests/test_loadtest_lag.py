@@ -7,6 +7,7 @@ histogram each delta lands in does not depend on any timing.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -14,8 +15,10 @@ from aiohttp.test_utils import TestServer
 
 from tokenrelay.loadtest.driver import run_loadtest
 from tokenrelay.loadtest.plan import LoadTestConfig, parse_int_mix
+from tokenrelay.loadtest.stats import RunTotals
 
 HOUR_S = 3600.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def frame(event: str, data: dict[str, object], event_id: str | None = None) -> bytes:
@@ -42,17 +45,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def test_deltas_published_before_the_get_count_as_history_lag_and_the_rest_as_token_lag() -> None:
+async def run_against(handler: Handler, *, streams: int, ramp_per_s: float = 0, max_tokens: str) -> RunTotals:
+    """A load test against a fake server whose every stream's events come from ``handler``."""
     app = web.Application()
     app.router.add_post("/v1/streams", create)
-    app.router.add_get("/v1/streams/s1/events", events)
+    app.router.add_get("/v1/streams/s1/events", handler)
     async with TestServer(app, host="127.0.0.1") as server:
         config = LoadTestConfig(
-            gateway_url=str(server.make_url("")), streams=1, max_tokens=parse_int_mix("5"), quiet=True, drain_s=5
-        )
-        result = await run_loadtest(config, progress=None)
+            gateway_url=str(server.make_url("")), streams=streams, ramp_per_s=ramp_per_s,
+            max_tokens=parse_int_mix(max_tokens), quiet=True, drain_s=5,
+        )  # fmt: skip
+        return (await run_loadtest(config, progress=None)).totals
 
-    totals = result.totals
+
+async def test_deltas_published_before_the_get_count_as_history_lag_and_the_rest_as_token_lag() -> None:
+    totals = await run_against(events, streams=1, max_tokens="5")
     assert (totals.delivered, totals.lost, totals.duplicated) == (5, 0, 0)
     assert totals.history_lag.n == 1 and totals.history_lag.min_ms >= HOUR_S * 1000 * 0.99
     assert totals.token_lag.n == 3 and totals.token_lag.max_ms == 0  # stamped ahead: counted as no lag at all
@@ -70,17 +77,7 @@ async def one_live_delta_stamped_now(request: web.Request) -> web.StreamResponse
 
 
 async def test_only_deltas_published_once_the_last_stream_started_count_as_after_the_ramp() -> None:
-    app = web.Application()
-    app.router.add_post("/v1/streams", create)
-    app.router.add_get("/v1/streams/s1/events", one_live_delta_stamped_now)
-    async with TestServer(app, host="127.0.0.1") as server:
-        # Two streams half a second apart: the first one's delta goes out before the second starts.
-        config = LoadTestConfig(
-            gateway_url=str(server.make_url("")), streams=2, ramp_per_s=2, max_tokens=parse_int_mix("1"),
-            quiet=True, drain_s=5,
-        )  # fmt: skip
-        result = await run_loadtest(config, progress=None)
-
-    totals = result.totals
+    # Two streams half a second apart: the first one's delta goes out before the second starts.
+    totals = await run_against(one_live_delta_stamped_now, streams=2, ramp_per_s=2, max_tokens="1")
     assert totals.token_lag.n == 2
     assert totals.after_ramp_lag.n == 1
