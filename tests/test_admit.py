@@ -27,6 +27,7 @@ from gateway.streams import StreamManager
 from tests.procs import NatsServer
 from tokenrelay import codec, natsio, subjects
 from tokenrelay.config import GatewayConfig, HistoryConfig
+from tokenrelay.errors import Overloaded
 from tokenrelay.messages import (
     CancelReason,
     CancelReply,
@@ -174,6 +175,17 @@ async def test_a_new_stream_is_offered_to_the_runners_before_its_record_is_store
     assert record.stream_id == admitting.runner.jobs[0].stream_id
     assert record.state is StreamState.QUEUED
     assert (await stored(admitting.store.kv, record.stream_id, until=StreamState.QUEUED)).epoch == record.epoch
+
+
+async def test_a_stream_whose_record_is_being_stored_counts_once_against_the_queue_bound(admitting: Admitting) -> None:
+    admitting.manager.config = replace(admitting.manager.config, max_queued_streams=2)
+    creating = await offered(admitting)
+    admitting.manager.check_admission()  # one of two places taken: a second stream is admitted
+    admitting.manager.config = replace(admitting.manager.config, max_queued_streams=1)
+    with pytest.raises(Overloaded):
+        admitting.manager.check_admission()
+    admitting.store.release.set()
+    await creating
 
 
 async def test_a_record_the_runner_stored_first_is_the_stream_admitted(admitting: Admitting) -> None:
