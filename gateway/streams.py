@@ -376,7 +376,11 @@ class StreamManager:
                     _remember(self._owners, job.stream_id, runner_id)
                     self._runners.on_dispatch(job.stream_id, runner_id, time.monotonic())
                     if queued.cancel.is_set():
-                        result = await self._ask_owner(job.stream_id, runner_id, queued.cancel_reason)
+                        try:
+                            result = await self._ask_owner(job.stream_id, runner_id, queued.cancel_reason)
+                        except TokenRelayError as exc:
+                            self._fail_stop(queued, exc)
+                            return
                         self._settle(queued, result)
                     return
                 if not await self._wait(queued, min(backoff_s, deadline - time.monotonic())) and (
@@ -389,6 +393,8 @@ class StreamManager:
             self._settle(queued, StopResult(job.stream_id, FinishReason.CANCELLED, 0))
             self.quotas.stream_ended(job.stream_id)
         finally:
+            # Any other way out (NATS failed, the gateway is closing) must not leave a stop waiting forever.
+            self._fail_stop(queued, Unavailable("the stream's dispatch ended before its stop was confirmed"))
             self._queued.pop(job.stream_id, None)
             self._metrics.streams_queued.set(len(self._queued))
             if self._queued:
@@ -435,6 +441,13 @@ class StreamManager:
         """Answer the stop(s) waiting on a stream that was still queued."""
         if queued.result is not None and not queued.result.done():
             queued.result.set_result(result)
+
+    @staticmethod
+    def _fail_stop(queued: _Queued, error: TokenRelayError) -> None:
+        """Fail the stop(s) waiting on a stream that was still queued, unless answered already."""
+        if queued.result is not None and not queued.result.done():
+            queued.result.set_exception(error)
+            queued.result.exception()  # retrieved: a stop that gave up waiting leaves no "never retrieved" log
 
     async def _end_unstarted(
         self, job: JobRequest, *, cancel: CancelReason | None = None, error: ErrorCode | None = None

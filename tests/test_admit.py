@@ -8,6 +8,7 @@ gateway's write back, against a real nats-server, a real KV bucket and a stand-i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +28,7 @@ from gateway.streams import StreamManager
 from tests.procs import NatsServer
 from tokenrelay import codec, natsio, subjects
 from tokenrelay.config import GatewayConfig, HistoryConfig
-from tokenrelay.errors import Overloaded
+from tokenrelay.errors import Overloaded, Unavailable
 from tokenrelay.messages import (
     CancelReason,
     CancelReply,
@@ -74,18 +75,31 @@ class StandInRunner:
     accept: bool = True
     store_running: bool = False
     """Store the stream as running (as a runner does on start) before answering the offer."""
+    hold_answer: asyncio.Event | None = None
+    """When set: answer offers only once it is set."""
+    answers_cancels: bool = True
     jobs: list[JobRequest] = field(default_factory=list)
     cancels: list[CancelRequest] = field(default_factory=list)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    offered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def gone_after_taking(cls, nc: NATS, kv: KeyValue) -> StandInRunner:
+        """Answers offers when :attr:`hold_answer` is set, and is gone by the time a stop comes."""
+        return cls(nc, kv, hold_answer=asyncio.Event(), answers_cancels=False)
 
     async def start(self) -> None:
         await self.nc.subscribe(subjects.JOBS, cb=self._on_job)
-        await self.nc.subscribe(subjects.runner_cancel(RUNNER_ID), cb=self._on_cancel)
+        if self.answers_cancels:
+            await self.nc.subscribe(subjects.runner_cancel(RUNNER_ID), cb=self._on_cancel)
         await self.nc.flush()
 
     async def _on_job(self, msg: Msg) -> None:
         job = codec.decode_as(msg.data, JobRequest)
         self.jobs.append(job)
+        self.offered.set()
+        if self.hold_answer is not None:
+            await self.hold_answer.wait()
         if not self.accept:
             await msg.respond(codec.encode(JobRejected(stream_id=job.stream_id, code="overloaded", message="full")))
             self.answered.set()
@@ -112,6 +126,15 @@ class Admitting:
 
 @pytest.fixture
 async def admitting(nats: NatsServer) -> AsyncIterator[Admitting]:
+    async with admitting_with(nats, StandInRunner) as admitting:
+        yield admitting
+
+
+@contextlib.asynccontextmanager
+async def admitting_with(
+    nats: NatsServer, stand_in: Callable[[NATS, KeyValue], StandInRunner]
+) -> AsyncIterator[Admitting]:
+    """A gateway's stream manager on a held store, and a stand-in runner made by ``stand_in``, both heard."""
     nc = await natsio.connect(nats.url, name="test-gateway")
     runner_nc = await natsio.connect(nats.url, name="test-runner")
     try:
@@ -123,7 +146,7 @@ async def admitting(nats: NatsServer) -> AsyncIterator[Admitting]:
             config, nc=nc, kv=cast(KeyValue, store), metrics=GatewayMetrics(), gateway_id=gateway_id
         )
         await manager.start()
-        runner = StandInRunner(runner_nc, kv)
+        runner = stand_in(runner_nc, kv)
         await runner.start()
         beat = RunnerHeartbeat(
             runner_id=RUNNER_ID, engine="synthetic", model="synthetic", active=0, capacity=8, ts=time.time()
@@ -234,3 +257,22 @@ async def test_a_stream_still_queued_ends_cancelled_when_its_record_cannot_be_st
     record = await stored(admitting.store.kv, stream_id, until=StreamState.FINISHED)
     assert record.finish_reason is FinishReason.CANCELLED
     assert admitting.runner.cancels == []  # no runner had it
+
+
+async def test_a_stop_that_lands_while_the_offer_is_answered_gets_the_owners_failure_not_a_hang(
+    nats: NatsServer,
+) -> None:
+    # A runner that takes the job but is gone before the stop reaches it (nobody on its cancel subject).
+    async with admitting_with(nats, StandInRunner.gone_after_taking) as admitting:
+        assert admitting.runner.hold_answer is not None
+        creating = asyncio.create_task(admitting.manager.create(REQUEST))
+        async with asyncio.timeout(5):
+            await admitting.runner.offered.wait()
+        admitting.store.release.set()
+        record = await creating
+        stopping = asyncio.create_task(admitting.manager.stop(record.stream_id))
+        await asyncio.sleep(0.05)  # the stop is waiting on the offer's answer
+        admitting.runner.hold_answer.set()
+        with pytest.raises(Unavailable):
+            async with asyncio.timeout(5):
+                await stopping
