@@ -14,7 +14,14 @@ from tests.sse_client import read_stream
 
 @pytest.fixture(scope="module")
 def sut(nats: NatsServer) -> Iterator[System]:
-    runner_args = ["--max-concurrency", "1", "--synthetic-tokens-per-s", "100", "--synthetic-ttft-ms", "0"]
+    runner_args = [
+        "--max-concurrency", "1",
+        "--synthetic-tokens-per-s", "100",
+        "--synthetic-ttft-ms", "0",
+        # No text ends by itself: "occupy the only slot" is 24 tokens, so the busy stream used to end after 0.24 s
+        # and free the slot mid-test on a slow machine (a clean-clone CI run saw one stream too few served).
+        "--synthetic-length-tokens", "100000",
+    ]  # fmt: skip
     with system(nats.url, runner_args=runner_args, gateway_args=["--queue-timeout-s", "30"]) as running:
         yield running
 
