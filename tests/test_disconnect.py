@@ -17,7 +17,15 @@ GRACE_S = 0.5
 def sut(nats: NatsServer) -> Iterator[System]:
     with system(
         nats.url,
-        runner_args=["--synthetic-tokens-per-s", "20", "--synthetic-ttft-ms", "0"],
+        # No text ends by itself: a short one could end before the reader's grace period runs out on a slow machine.
+        runner_args=[
+            "--synthetic-tokens-per-s",
+            "20",
+            "--synthetic-ttft-ms",
+            "0",
+            "--synthetic-length-tokens",
+            "100000",
+        ],
         streamer_args=["--disconnect-grace-s", str(GRACE_S)],
     ) as running:
         yield running
@@ -41,6 +49,6 @@ async def test_a_reader_that_returns_within_the_grace_period_gets_the_full_text(
     cursor = first.events[-1].id
     assert cursor is not None
     rest = await read_stream(created["events_url"], headers={"Last-Event-ID": cursor})
-    assert first.text + rest.text == expected_text("brief network blip", 30)
+    assert first.text + rest.text == expected_text("brief network blip", 30, 100000)
     assert rest.terminal.json()["finish_reason"] == "length"
     assert "start" not in [e.event for e in rest.events]
