@@ -103,8 +103,8 @@ class RecentStarts:
         """
         self._forget(stream_id)
         seen = _Seen(now, epoch, events=None)
-        fits = data is not None and len(data) <= min(self._max_stream_bytes, self._max_total_bytes - self.total_bytes)
-        if data is not None and fits:
+        room = min(self._max_stream_bytes, self._max_total_bytes - self.total_bytes)
+        if data is not None and len(data) <= room:
             seen.events, seen.size = [data], len(data)
             self.total_bytes += seen.size
         self._seen[stream_id] = seen

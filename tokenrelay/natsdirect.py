@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -74,7 +74,7 @@ LIVE_CLIENT: type[NATS] = DirectClient if SUPPORTED else NATS
 """The client class to connect with where :func:`subscribe_raw` is used: the override only where it fits."""
 
 
-def delivers_inline(nc: NATS) -> bool:
+def delivers_inline(nc: NATS) -> TypeGuard[DirectClient]:
     """Whether :func:`subscribe_raw` on ``nc`` hands every message over from the read loop, in order.
 
     Then only an outage loses messages; an ordinary subscription also drops what exceeds its pending limits.
@@ -93,7 +93,7 @@ async def subscribe_raw(nc: NATS, subject: str, handler: RawHandler, **options: 
     """Deliver ``subject``'s messages to ``handler(subject, data)``: straight from the read loop when ``nc`` is a
     :class:`DirectClient` (and nats-py is one it supports), else through an ordinary subscription with
     ``options`` (e.g. its pending limits)."""
-    if SUPPORTED and isinstance(nc, DirectClient):
+    if delivers_inline(nc):
         return await nc.subscribe_direct(subject, handler)
 
     async def callback(msg: Msg) -> None:
