@@ -43,12 +43,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 TOKENS_PER_S = 20
-NATURAL_TOKENS = 40  # every text is 40 tokens: about 2 s at 20 tokens/s
+TEXT_TOKENS = 40  # a stream read to its end: about 2 s at 20 tokens/s
+LENGTH_TOKENS = 100_000  # the synthetic text's natural length: no text ends before its max_tokens
+STOPPED_TOKENS = 30_000
+"""The ``max_tokens`` of a stream the test stops: 25 minutes of tokens, so no such stream ends by itself before its
+stop however slow the machine (a slow CI run once let a 200-token stream of a 40-token text end before the control
+socket's stop)."""
 TTFT_MS = 600  # readers connect, and the proxy's reader sees pings, before the first token
 HEARTBEAT_S = 0.1
 RUNNER_ARGS = [
     *("--synthetic-tokens-per-s", str(TOKENS_PER_S), "--synthetic-ttft-ms", str(TTFT_MS)),
-    *("--synthetic-length-tokens", str(NATURAL_TOKENS)),
+    *("--synthetic-length-tokens", str(LENGTH_TOKENS)),
 ]
 
 
@@ -199,11 +204,11 @@ def deltas(stream: Stream) -> list[Event]:
 
 
 async def test_tokens_arrive_through_nginx_as_they_are_generated_like_they_do_directly(edge: Edge) -> None:
-    created = await create_stream(edge.url, "through the proxy", max_tokens=NATURAL_TOKENS)
+    created = await create_stream(edge.url, "through the proxy", max_tokens=TEXT_TOKENS)
     proxied, direct = await asyncio.gather(
         read_stream(created["events_url"]), read_stream(edge.direct(created["events_url"]))
     )
-    expected = expected_text("through the proxy", NATURAL_TOKENS, NATURAL_TOKENS)
+    expected = expected_text("through the proxy", TEXT_TOKENS, LENGTH_TOKENS)
     assert proxied.text == direct.text == expected
     assert proxied.terminal.json()["finish_reason"] == "length"
 
@@ -213,8 +218,8 @@ async def test_tokens_arrive_through_nginx_as_they_are_generated_like_they_do_di
     # the proxied reader has its first delta before the direct reader has the end (about 2 s of tokens later),
     # and the bytes came in many pieces, as the streamer wrote them, not in one buffer's worth.
     assert first.at < direct.terminal.at
-    assert len(deltas(proxied)) >= NATURAL_TOKENS // 4
-    assert proxied.chunks >= NATURAL_TOKENS // 4
+    assert len(deltas(proxied)) >= TEXT_TOKENS // 4
+    assert proxied.chunks >= TEXT_TOKENS // 4
 
 
 async def test_an_event_stream_through_nginx_keeps_its_content_type_and_gets_no_length(edge: Edge) -> None:
@@ -233,12 +238,12 @@ async def test_heartbeats_reach_a_reader_through_nginx_while_the_stream_is_idle(
     created = await create_stream(edge.url, "quiet start", max_tokens=3)
     stream = await read_stream(created["events_url"])
     assert "ping" in stream.comments  # sent during the time to first token
-    assert stream.text == expected_text("quiet start", 3, NATURAL_TOKENS)
+    assert stream.text == expected_text("quiet start", 3, LENGTH_TOKENS)
 
 
 @pytest.mark.parametrize("how", ["header", "query"])
 async def test_a_reader_resumes_through_nginx_from_its_last_event_id(edge: Edge, how: str) -> None:
-    created = await create_stream(edge.url, f"resume by {how}", max_tokens=NATURAL_TOKENS)
+    created = await create_stream(edge.url, f"resume by {how}", max_tokens=TEXT_TOKENS)
     first = await read_stream(created["events_url"], stop_after=6)
     cursor = first.events[-1].id
     assert cursor is not None
@@ -247,14 +252,15 @@ async def test_a_reader_resumes_through_nginx_from_its_last_event_id(edge: Edge,
     else:
         rest = await read_stream(f"{created['events_url']}?last_event_id={quote(cursor)}")
     assert rest.events[0].event == "delta", "a resumed stream does not repeat start"
-    assert first.text + rest.text == expected_text(f"resume by {how}", NATURAL_TOKENS, NATURAL_TOKENS)
+    assert first.text + rest.text == expected_text(f"resume by {how}", TEXT_TOKENS, LENGTH_TOKENS)
 
 
 async def test_the_control_websocket_starts_and_stops_a_stream_through_nginx(edge: Edge) -> None:
     created = await create_stream(edge.url, "url check", max_tokens=1)
     assert created["control_url"] == f"ws://{netloc(edge.url)}/v1/control"
     async with connect(created["control_url"]) as ws:
-        await ws.send(orjson.dumps({"type": "start", "prompt": "stop me", "max_tokens": 200, "ref": 1}).decode())
+        start = {"type": "start", "prompt": "stop me", "max_tokens": STOPPED_TOKENS, "ref": 1}
+        await ws.send(orjson.dumps(start).decode())
         started = orjson.loads(await ws.recv())
         assert started["type"] == "started", started
         assert started["events_url"].startswith(edge.url)
@@ -265,11 +271,11 @@ async def test_the_control_websocket_starts_and_stops_a_stream_through_nginx(edg
     assert stopped["type"] == "stopped", stopped
     assert stopped["ref"] == 2
     assert stopped["finish_reason"] == "cancelled"
-    assert 2 <= stopped["tokens"] < NATURAL_TOKENS
+    assert 2 <= stopped["tokens"] < STOPPED_TOKENS
 
 
 async def test_stop_url_and_status_answer_through_nginx(edge: Edge) -> None:
-    created = await create_stream(edge.url, "stop by url", max_tokens=200)
+    created = await create_stream(edge.url, "stop by url", max_tokens=STOPPED_TOKENS)
     assert created["stop_url"].startswith(edge.url)
     await read_stream(created["events_url"], stop_after=2)  # running
     status, body = await post(created["stop_url"])
@@ -285,7 +291,7 @@ async def test_the_openai_sdk_streams_through_nginx(edge: Edge) -> None:
     stream = await client.chat.completions.create(
         model="synthetic",
         messages=[{"role": "user", "content": "sdk via proxy"}],
-        max_tokens=NATURAL_TOKENS,
+        max_tokens=TEXT_TOKENS,
         stream=True,
     )
     state_at_first_text: str | None = None
@@ -299,7 +305,7 @@ async def test_the_openai_sdk_streams_through_nginx(edge: Edge) -> None:
                 assert status == 200, record
                 state_at_first_text = record["state"]
             text += chunk.choices[0].delta.content
-    assert text == expected_text("sdk via proxy", NATURAL_TOKENS, NATURAL_TOKENS)
+    assert text == expected_text("sdk via proxy", TEXT_TOKENS, LENGTH_TOKENS)
     assert state_at_first_text == "running"  # chunk by chunk, not all at the end
     models = await client.models.list()
     assert [m.id for m in models.data] == ["synthetic"]
@@ -313,14 +319,14 @@ async def test_the_anthropic_sdk_streams_through_nginx(edge: Edge) -> None:
     text = "".join(
         [e.delta.text async for e in stream if e.type == "content_block_delta" and e.delta.type == "text_delta"]
     )
-    assert text == expected_text("claude via proxy", 10, NATURAL_TOKENS)
+    assert text == expected_text("claude via proxy", 10, LENGTH_TOKENS)
 
 
 async def test_closing_an_sdk_stream_through_nginx_cancels_the_generation(edge: Edge) -> None:
     # nginx must pass the client's disconnect on to the streamer (it closes the upstream connection).
     client = openai.AsyncOpenAI(base_url=f"{edge.url}/v1", api_key="x", max_retries=0)
     stream = await client.chat.completions.create(
-        model="synthetic", messages=[{"role": "user", "content": "walk away"}], max_tokens=200, stream=True
+        model="synthetic", messages=[{"role": "user", "content": "walk away"}], max_tokens=STOPPED_TOKENS, stream=True
     )
     stream_id = ""
     async for chunk in stream:
@@ -330,7 +336,7 @@ async def test_closing_an_sdk_stream_through_nginx_cancels_the_generation(edge: 
     await stream.close()
     record = await wait_finished(edge.url, stream_id, timeout_s=10)
     assert (record["finish_reason"], record["cancel_reason"]) == ("cancelled", "disconnect")
-    assert record["tokens"] < NATURAL_TOKENS
+    assert record["tokens"] < STOPPED_TOKENS
 
 
 # nginx's own answers
