@@ -11,23 +11,38 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.helpers import expected_text, wait_finished
-from tests.procs import NatsServer, System, system
+from tests.procs import NatsServer, System, nats_server, system
 from tokenrelay.messages import ChatMessage
 
-NATURAL_TOKENS = 60  # 1.2 s at 50 tokens/s
-MAX_TOKENS_LIMIT = 500
+TOKENS_PER_S = 50
+LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `sut`: no text ends before its max_tokens
+NATURAL_TOKENS = 60  # the natural length at `natural`, whose texts end by themselves (1.2 s at 50 tokens/s)
+STOPPED_TOKENS = 30_000
+"""The ``max_tokens`` of a stream the test stops or walks away from: 10 minutes of tokens, so no such stream ends by
+itself first however slow the machine (a slow CI run once let a stream of a short text end before its stop)."""
+MAX_TOKENS_LIMIT = STOPPED_TOKENS
+
+
+def runner_args(length_tokens: int) -> list[str]:
+    return [
+        *("--synthetic-tokens-per-s", str(TOKENS_PER_S), "--synthetic-ttft-ms", "0"),
+        *("--synthetic-length-tokens", str(length_tokens)),
+    ]
 
 
 @pytest.fixture(scope="module")
 def sut(nats: NatsServer) -> Iterator[System]:
     with system(
-        nats.url,
-        runner_args=[
-            *("--synthetic-tokens-per-s", "50", "--synthetic-ttft-ms", "0"),
-            *("--synthetic-length-tokens", str(NATURAL_TOKENS)),
-        ],
-        gateway_args=["--max-tokens-limit", str(MAX_TOKENS_LIMIT)],
+        nats.url, runner_args=runner_args(LENGTH_TOKENS), gateway_args=["--max-tokens-limit", str(MAX_TOKENS_LIMIT)]
     ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def natural() -> Iterator[System]:
+    """A system whose texts end by themselves after ``NATURAL_TOKENS`` (a NATS of its own: no other system's runner
+    takes its streams)."""
+    with nats_server() as own, system(own.url, runner_args=runner_args(NATURAL_TOKENS)) as running:
         yield running
 
 
@@ -42,7 +57,7 @@ def ask(prompt: str) -> list[anthropic.types.MessageParam]:
 def expected(messages: tuple[ChatMessage, ...], max_tokens: int) -> str:
     from runner.engines.synthetic import prompt_text, synthetic_tokens
 
-    return "".join(synthetic_tokens(prompt_text(messages), max_tokens=max_tokens, length_tokens=NATURAL_TOKENS))
+    return "".join(synthetic_tokens(prompt_text(messages), max_tokens=max_tokens, length_tokens=LENGTH_TOKENS))
 
 
 async def test_a_streamed_message_sends_anthropics_events_in_order(sut: System) -> None:
@@ -53,7 +68,7 @@ async def test_a_streamed_message_sends_anthropics_events_in_order(sut: System) 
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(kinds[2:-3]) == {"content_block_delta"}
     text = "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
-    assert text == expected_text("hello claude", 20, NATURAL_TOKENS)
+    assert text == expected_text("hello claude", 20, LENGTH_TOKENS)
     delta = next(e for e in events if e.type == "message_delta")
     assert delta.delta.stop_reason == "max_tokens"
     assert delta.usage.output_tokens == 20
@@ -72,8 +87,8 @@ async def test_the_wire_carries_a_ping_after_the_content_block_start(sut: System
     assert names[-1] == "message_stop"
 
 
-async def test_the_sdks_stream_helper_assembles_the_final_message(sut: System) -> None:
-    async with sdk(sut).messages.stream(model="synthetic", max_tokens=100, messages=ask("natural end")) as stream:
+async def test_the_sdks_stream_helper_assembles_the_final_message(natural: System) -> None:
+    async with sdk(natural).messages.stream(model="synthetic", max_tokens=100, messages=ask("natural end")) as stream:
         pieces = [text async for text in stream.text_stream]
         final = await stream.get_final_message()
     assert "".join(pieces) == expected_text("natural end", 100, NATURAL_TOKENS)
@@ -95,7 +110,7 @@ async def test_a_non_streamed_message_returns_one_message(sut: System) -> None:
     message = await sdk(sut).messages.create(model="synthetic", max_tokens=15, messages=ask("whole"))
     assert message.type == "message" and message.role == "assistant"
     assert message.content[0].type == "text"
-    assert message.content[0].text == expected_text("whole", 15, NATURAL_TOKENS)
+    assert message.content[0].text == expected_text("whole", 15, LENGTH_TOKENS)
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens == 15
 
@@ -126,7 +141,9 @@ async def test_an_invalid_request_raises_the_sdks_bad_request_error(sut: System)
             "invalid_request_error",
         ),
         (
-            b'{"model": "m", "max_tokens": 9999, "messages": [{"role": "user", "content": "x"}]}',
+            orjson.dumps(
+                {"model": "m", "max_tokens": MAX_TOKENS_LIMIT + 1, "messages": [{"role": "user", "content": "x"}]}
+            ),
             400,
             "invalid_request_error",
         ),
@@ -146,7 +163,7 @@ async def test_bad_bodies_get_anthropic_shaped_errors(sut: System, body: bytes, 
 
 async def test_a_stream_started_by_the_sdk_stops_over_the_control_socket(sut: System) -> None:
     stream = await sdk(sut).messages.create(
-        model="synthetic", max_tokens=MAX_TOKENS_LIMIT, messages=ask("stop me"), stream=True
+        model="synthetic", max_tokens=STOPPED_TOKENS, messages=ask("stop me"), stream=True
     )
     control_url = "ws" + sut.gateway_url.removeprefix("http") + "/v1/control"
     events = []
@@ -160,12 +177,12 @@ async def test_a_stream_started_by_the_sdk_stops_over_the_control_socket(sut: Sy
     delta = next(e for e in events if e.type == "message_delta")
     assert delta.delta.stop_reason == "cancelled"  # type: ignore[comparison-overlap]
     assert events[-1].type == "message_stop"
-    assert 0 <= stopped["tokens"] < NATURAL_TOKENS
+    assert 0 <= stopped["tokens"] < STOPPED_TOKENS
 
 
 async def test_closing_the_sdk_stream_cancels_the_generation(sut: System) -> None:
     stream = await sdk(sut).messages.create(
-        model="synthetic", max_tokens=MAX_TOKENS_LIMIT, messages=ask("walk away"), stream=True
+        model="synthetic", max_tokens=STOPPED_TOKENS, messages=ask("walk away"), stream=True
     )
     first = await stream.__anext__()
     assert first.type == "message_start"

@@ -40,7 +40,10 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "test-artifacts" / "browser-chat.png"
 TOKENS_PER_S = 20
-NATURAL_TOKENS = 400  # longer than any stream here asks for, so every stream ends by length or by stop
+NATURAL_TOKENS = 100_000  # longer than any stream here asks for, so every stream ends by length or by stop
+STOPPED_TOKENS = 30_000
+"""The ``max_tokens`` of a stream the test stops: 25 minutes of tokens, so none ends by itself before its Stop click
+however slow the machine and the browser."""
 WAIT_MS = 30_000
 """How long any condition in the page may take (generous: conditions are awaited, never timed)."""
 
@@ -132,7 +135,7 @@ def _note_events_request(chat: Chat, url: str) -> None:
 
 async def test_text_appears_incrementally_and_stop_freezes_it_at_a_prefix_of_the_answer(chat: Chat) -> None:
     prompt = "tell me a long story"
-    await chat.start(prompt, max_tokens=300)
+    await chat.start(prompt, max_tokens=STOPPED_TOKENS)
     lengths: list[int] = []
     while len({n for n in lengths if n > 0}) < 4:
         lengths.append(len(await chat.text()))
@@ -147,7 +150,7 @@ async def test_text_appears_incrementally_and_stop_freezes_it_at_a_prefix_of_the
     stopped = await chat.text()
     await asyncio.sleep(1.0)
     assert await chat.text() == stopped
-    whole = expected_text(prompt, 300, NATURAL_TOKENS)
+    whole = expected_text(prompt, STOPPED_TOKENS, NATURAL_TOKENS)
     assert max(lengths) <= len(stopped) < len(whole)
     assert whole.startswith(stopped)
     assert await chat.page.get_by_role("button", name="Start").is_enabled()
@@ -229,7 +232,7 @@ async def test_tokens_are_rendered_once_per_animation_frame_not_once_per_token(c
     await chat.page.clock.install(time=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC))
     await chat.page.reload()
     prompt = "batched rendering"
-    await chat.start(prompt, max_tokens=300)
+    await chat.start(prompt, max_tokens=STOPPED_TOKENS)
     await chat.wait_tokens(2)
     # Freeze animation frames (the page's only render trigger) while tokens keep arriving.
     await chat.page.clock.pause_at(datetime.datetime(2024, 1, 2, tzinfo=datetime.UTC))

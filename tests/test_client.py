@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.helpers import expected_text, metric, wait_finished
-from tests.procs import NatsServer, System, system
+from tests.procs import NatsServer, System, nats_server, system
 from tokenrelay.client import (
     BadRequest,
     Client,
@@ -29,9 +29,14 @@ from tokenrelay.client import (
 )
 from tokenrelay.errors import from_code
 
-NATURAL_TOKENS = 60  # the synthetic engine's natural length in this module (1.2 s at 50 tokens/s)
-RUNNER_ARGS = ["--synthetic-tokens-per-s", "50", "--synthetic-ttft-ms", "0"]
-RUNNER_ARGS += ["--synthetic-length-tokens", str(NATURAL_TOKENS)]
+LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `sut`: no text ends before its max_tokens
+NATURAL_TOKENS = 60  # the natural length at `natural`, whose texts end by themselves (1.2 s at 50 tokens/s)
+STOPPED_TOKENS = 30_000
+"""The ``max_tokens`` of a stream the test stops: 10 minutes of tokens, so no such stream ends by itself before its
+stop however slow the machine (a slow CI run once let a stream of a short text end before its stop)."""
+PACE_ARGS = ["--synthetic-tokens-per-s", "50", "--synthetic-ttft-ms", "0"]
+RUNNER_ARGS = [*PACE_ARGS, "--synthetic-length-tokens", str(LENGTH_TOKENS)]
+NATURAL_RUNNER_ARGS = [*PACE_ARGS, "--synthetic-length-tokens", str(NATURAL_TOKENS)]
 UNKNOWN_ID = "0" * 32
 CONDITION_TIMEOUT_S = 30.0
 
@@ -121,6 +126,14 @@ def test_reconnect_delays_are_jittered_between_half_and_all_of_the_delay() -> No
 @pytest.fixture(scope="module")
 def sut(nats: NatsServer) -> Iterator[System]:
     with system(nats.url, runner_args=RUNNER_ARGS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def natural() -> Iterator[System]:
+    """A system whose texts end by themselves after ``NATURAL_TOKENS`` (a NATS of its own: no other system's runner
+    takes its streams)."""
+    with nats_server() as own, system(own.url, runner_args=NATURAL_RUNNER_ARGS) as running:
         yield running
 
 
@@ -223,15 +236,15 @@ async def test_a_stream_yields_the_whole_text_then_its_finish_reason(sut: System
     async with Client(sut.gateway_url) as client:
         stream = await client.start(prompt="hello client", max_tokens=20)
         deltas = [delta async for delta in stream]
-    assert "".join(deltas) == stream.text == expected_text("hello client", 20, NATURAL_TOKENS)
+    assert "".join(deltas) == stream.text == expected_text("hello client", 20, LENGTH_TOKENS)
     assert (stream.finish_reason, stream.tokens, stream.model) == ("length", 20, "synthetic")
     assert stream.ttft_ms is not None and stream.ttft_ms >= 0
     assert stream.cursor is not None and stream.cursor.endswith(":20")
     assert stream.reconnects == 0
 
 
-async def test_a_stream_that_ends_naturally_finishes_with_stop(sut: System) -> None:
-    async with Client(sut.gateway_url) as client:
+async def test_a_stream_that_ends_naturally_finishes_with_stop(natural: System) -> None:
+    async with Client(natural.gateway_url) as client:
         stream = await client.start(messages=[{"role": "user", "content": "natural end"}], max_tokens=200)
         text = await stream.collect()
     assert text == expected_text("natural end", 200, NATURAL_TOKENS)
@@ -240,7 +253,7 @@ async def test_a_stream_that_ends_naturally_finishes_with_stop(sut: System) -> N
 
 async def test_stop_halts_the_generation_and_the_iterator_ends_as_cancelled(sut: System) -> None:
     async with Client(sut.gateway_url) as client:
-        stream = await client.start(prompt="stop me", max_tokens=200)
+        stream = await client.start(prompt="stop me", max_tokens=STOPPED_TOKENS)
         stopped = None
         async for _ in stream:
             if stream.tokens >= 5 and stopped is None:
@@ -248,8 +261,8 @@ async def test_stop_halts_the_generation_and_the_iterator_ends_as_cancelled(sut:
     assert stopped is not None
     assert (stopped.stream_id, stopped.finish_reason) == (stream.stream_id, "cancelled")
     assert stream.finish_reason == "cancelled"
-    assert stream.tokens == stopped.tokens < NATURAL_TOKENS
-    assert stream.text == expected_text("stop me", stream.tokens, NATURAL_TOKENS)
+    assert stream.tokens == stopped.tokens < STOPPED_TOKENS
+    assert stream.text == expected_text("stop me", stream.tokens, LENGTH_TOKENS)
     record = await wait_finished(sut.gateway_url, stream.stream_id)
     assert (record["finish_reason"], record["tokens"]) == ("cancelled", stopped.tokens)
 
@@ -264,32 +277,41 @@ async def test_stopping_a_finished_stream_answers_its_final_state(sut: System) -
 
 async def test_a_stream_resumes_across_a_cut_connection_with_no_token_lost_or_repeated(sut: System) -> None:
     async with proxy_to(sut.streamer_url) as proxy, Client(sut.gateway_url, reconnect_delay_s=0.01) as client:
-        started = await client.start(prompt="cut me off", max_tokens=50)
+        started = await client.start(prompt="cut me off", max_tokens=STOPPED_TOKENS)
         stream = client.stream(started.stream_id, proxy.via(started.events_url))
+        stopped = None
         async for _ in stream:
             if stream.tokens >= 10 and stream.reconnects == 0:
                 proxy.cut()
-    assert stream.text == expected_text("cut me off", 50, NATURAL_TOKENS)
-    assert (stream.finish_reason, stream.tokens) == ("length", 50)
+            elif stream.reconnects == 1 and stream.tokens >= 20 and stopped is None:
+                stopped = await stream.stop()
+    assert stopped is not None
+    assert stream.text == expected_text("cut me off", stream.tokens, LENGTH_TOKENS)
+    assert (stream.finish_reason, stream.tokens) == ("cancelled", stopped.tokens)
     assert stream.reconnects == 1 and proxy.accepted == 2
 
 
 async def test_a_stream_keeps_reconnecting_while_the_streamer_is_unreachable_then_resumes(sut: System) -> None:
     async with proxy_to(sut.streamer_url) as proxy, Client(sut.gateway_url, reconnect_delay_s=0.01) as client:
-        started = await client.start(prompt="flaky network", max_tokens=40)
+        started = await client.start(prompt="flaky network", max_tokens=STOPPED_TOKENS)
         stream = client.stream(started.stream_id, proxy.via(started.events_url))
+        stopped = None
         async for _ in stream:
             if stream.tokens >= 5 and proxy.refused == 0 and proxy.refuse_next == 0:
                 proxy.refuse_next = 3
                 proxy.cut()
-    assert stream.text == expected_text("flaky network", 40, NATURAL_TOKENS)
+            elif stream.reconnects == 1 and stream.tokens >= 15 and stopped is None:
+                stopped = await stream.stop()
+    assert stopped is not None
+    assert stream.text == expected_text("flaky network", stream.tokens, LENGTH_TOKENS)
+    assert (stream.finish_reason, stream.tokens) == ("cancelled", stopped.tokens)
     assert (proxy.refused, proxy.accepted, stream.reconnects) == (3, 2, 1)
 
 
 async def test_exhausted_reconnects_raise_connection_lost(sut: System) -> None:
     client = Client(sut.gateway_url, max_reconnects=2, reconnect_delay_s=0.01)
     async with proxy_to(sut.streamer_url) as proxy, client:
-        started = await client.start(prompt="lost forever", max_tokens=200)
+        started = await client.start(prompt="lost forever", max_tokens=STOPPED_TOKENS)
         stream = client.stream(started.stream_id, proxy.via(started.events_url))
         with pytest.raises(ConnectionLost) as caught:
             async for _ in stream:
@@ -300,21 +322,26 @@ async def test_exhausted_reconnects_raise_connection_lost(sut: System) -> None:
     assert isinstance(caught.value, Unavailable) and caught.value.code == "unavailable"
     # aiohttp itself repeats a GET once when the connection is reset, so 2 attempts are 2 to 4 connections.
     assert caught.value.attempts == 2 and 2 <= proxy.refused <= 4
-    assert stream.text == expected_text("lost forever", stream.tokens, NATURAL_TOKENS)
+    assert stream.text == expected_text("lost forever", stream.tokens, LENGTH_TOKENS)
 
 
 async def test_a_streamer_shutting_down_mid_stream_is_resumed_on_another_streamer(nats: NatsServer) -> None:
     with system(nats.url, streamers=2, runner_args=RUNNER_ARGS) as two:
         first, second = two.streamers
         async with proxy_to(first.url) as balancer, Client(two.gateway_url, reconnect_delay_s=0.01) as client:
-            started = await client.start(prompt="streamer restarts", max_tokens=50)
+            started = await client.start(prompt="streamer restarts", max_tokens=STOPPED_TOKENS)
             stream = client.stream(started.stream_id, balancer.via(started.events_url))
+            signalled, stopped = False, None
             async for _ in stream:
-                if stream.tokens >= 5 and first.process.poll() is None:
+                if stream.tokens >= 5 and not signalled:
                     balancer.target = Proxy(second.url).target  # the balancer sends new connections elsewhere
                     first.process.send_signal(signal.SIGTERM)
-    assert stream.text == expected_text("streamer restarts", 50, NATURAL_TOKENS)
-    assert (stream.finish_reason, stream.reconnects) == ("length", 1)
+                    signalled = True
+                elif stream.reconnects == 1 and stream.tokens >= 15 and stopped is None:
+                    stopped = await stream.stop()
+    assert stopped is not None
+    assert stream.text == expected_text("streamer restarts", stream.tokens, LENGTH_TOKENS)
+    assert (stream.finish_reason, stream.tokens, stream.reconnects) == ("cancelled", stopped.tokens, 1)
 
 
 async def test_attaching_with_a_cursor_gets_exactly_the_rest_of_the_text(sut: System) -> None:
@@ -326,7 +353,7 @@ async def test_attaching_with_a_cursor_gets_exactly_the_rest_of_the_text(sut: Sy
         await first.aclose()
         rest = client.stream(first.stream_id, first.events_url, cursor=first.cursor)
         await rest.collect()
-    assert first.text + rest.text == expected_text("read in two halves", 30, NATURAL_TOKENS)
+    assert first.text + rest.text == expected_text("read in two halves", 30, LENGTH_TOKENS)
     assert (rest.finish_reason, rest.tokens) == ("length", 30)
 
 
@@ -352,12 +379,12 @@ async def test_concurrent_streams_share_one_control_websocket(sut: System) -> No
         texts = await asyncio.gather(*(stream.collect() for stream in streams))
         await asyncio.gather(*(stream.stop() for stream in streams))
         assert client.control_sockets_opened == 1
-    assert texts == [expected_text(p, 15, NATURAL_TOKENS) for p in prompts]
+    assert texts == [expected_text(p, 15, LENGTH_TOKENS) for p in prompts]
 
 
 async def test_a_dropped_control_socket_is_opened_again_for_the_next_command(sut: System) -> None:
     async with proxy_to(sut.gateway_url) as proxy, Client(proxy.url) as client:
-        stream = await client.start(prompt="control drops", max_tokens=200)
+        stream = await client.start(prompt="control drops", max_tokens=STOPPED_TOKENS)
         proxy.cut()
         stopped = await stream.stop()
         await stream.feedback("down")

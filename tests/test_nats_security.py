@@ -366,9 +366,12 @@ def test_a_role_with_incomplete_nats_settings_exits_1_naming_the_variables(nats:
 
 # --- the whole system, each role its own NATS user with only the subjects it needs ---------------------------------
 
-LENGTH_TOKENS = 2000
+LENGTH_TOKENS = 100_000
 """Every synthetic text runs this long unless max_tokens ends it first, so a stop always lands mid-stream."""
-FAST_RUNNER = ["--synthetic-tokens-per-s", "100", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "2000"]
+STOPPED_TOKENS = 30_000
+"""The ``max_tokens`` of a stream the test stops or walks away from: 5 minutes of tokens, so none ends by itself first
+however slow the machine."""
+FAST_RUNNER = ["--synthetic-tokens-per-s", "100", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
 GRACE_S = 0.3
 
 
@@ -412,7 +415,7 @@ async def test_every_role_works_end_to_end_as_its_own_user_with_only_its_documen
         assert late.text == stream.text
 
         # Stop over HTTP: gateway -> the runner's cancel subject -> reply.
-        long = await create_stream(sut.gateway_url, "stop me", max_tokens=1000)
+        long = await create_stream(sut.gateway_url, "stop me", max_tokens=STOPPED_TOKENS)
         reader = asyncio.create_task(read_stream(long["events_url"]))
         await asyncio.sleep(0.3)
         status, stopped = await post(long["stop_url"])
@@ -420,7 +423,7 @@ async def test_every_role_works_end_to_end_as_its_own_user_with_only_its_documen
         assert (await reader).terminal.json()["tokens"] == stopped["tokens"]
 
         # Every reader gone: the streamer probes the other streamers, then cancels through the gateways.
-        abandoned = await create_stream(sut.gateway_url, "walk away", max_tokens=1000)
+        abandoned = await create_stream(sut.gateway_url, "walk away", max_tokens=STOPPED_TOKENS)
         assert len((await read_stream(abandoned["events_url"], stop_after=3)).events) == 3
         final = await wait_finished(sut.gateway_url, abandoned["id"])
         assert final["finish_reason"] == "cancelled"

@@ -47,6 +47,9 @@ def test_a_lifecycle_line_writes_floats_with_millisecond_precision_and_bools_as_
 
 TOKENS_PER_S = 50
 LONG_TEXTS = ["--synthetic-length-tokens", "100000"]
+STOPPED_TOKENS = 30_000
+"""The ``max_tokens`` of a stream the test stops: 10 minutes of tokens, so none ends by itself first however slow the
+machine."""
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +107,7 @@ async def test_a_finished_stream_tells_its_story_in_one_line_per_event_in_every_
 
 
 async def test_a_stopped_stream_logs_the_stop_and_its_outcome(sut: System) -> None:
-    stream = await create_stream(sut.gateway_url, "stop me", max_tokens=1000)
+    stream = await create_stream(sut.gateway_url, "stop me", max_tokens=STOPPED_TOKENS)
     stream_id = stream["id"]
     await wait_for_lines(sut, "runner-0", stream_id, {"stream.first_token"})
     status, body = await post(f"{sut.gateway_url}/v1/streams/{stream_id}/stop")
@@ -170,13 +173,18 @@ async def test_the_streamer_reports_open_readers_token_lag_and_tokens_delivered(
     streamer = sut.streamer_url
     lag_before = await metric(streamer, "tokenrelay_streamer_token_lag_seconds_count")
     delivered_before = await metric(streamer, "tokenrelay_streamer_tokens_delivered_total")
-    stream = await create_stream(sut.gateway_url, "lag", max_tokens=25)
+    # A stream that runs until it is stopped: its reader is open, and gets live tokens, however late it comes.
+    stream = await create_stream(sut.gateway_url, "lag", max_tokens=STOPPED_TOKENS)
     async with aiohttp.ClientSession() as session, session.get(stream["events_url"]) as response:
         assert await wait_for_metric(streamer, "tokenrelay_streamer_readers_open", 1) >= 1
+        await wait_for_metric(streamer, "tokenrelay_streamer_token_lag_seconds_count", lag_before + 1)
+        status, stopped = await post(f"{sut.gateway_url}/v1/streams/{stream['id']}/stop")
+        assert status == 200 and stopped["finish_reason"] == "cancelled"
         await response.read()
     assert await metric(streamer, "tokenrelay_streamer_token_lag_seconds_count") > lag_before
     # Tokens that arrive before the reader's subscription come from history and are not live.
-    assert 0 < await metric(streamer, "tokenrelay_streamer_tokens_delivered_total") - delivered_before <= 25
+    delivered = await metric(streamer, "tokenrelay_streamer_tokens_delivered_total") - delivered_before
+    assert 0 < delivered <= stopped["tokens"]
 
 
 async def test_a_reader_closed_as_a_slow_consumer_is_counted(sut: System) -> None:

@@ -11,26 +11,37 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.helpers import expected_text, wait_finished
-from tests.procs import NatsServer, System, system
+from tests.procs import NatsServer, System, nats_server, system
 
-NATURAL_TOKENS = 60  # the synthetic engine's natural length in this module (1.2 s at 50 tokens/s)
-MAX_TOKENS_LIMIT = 500
+TOKENS_PER_S = 50
+LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `sut`: no text ends before its max_tokens
+NATURAL_TOKENS = 60  # the natural length at `natural`, whose texts end by themselves (1.2 s at 50 tokens/s)
+STOPPED_TOKENS = 30_000
+"""The ``max_tokens`` of a stream the test stops or walks away from: 10 minutes of tokens, so no such stream ends by
+itself first however slow the machine (a slow CI run once let a stream of a short text end before its stop)."""
+MAX_TOKENS_LIMIT = STOPPED_TOKENS
+
+
+def runner_args(length_tokens: int) -> list[str]:
+    return [
+        *("--synthetic-tokens-per-s", str(TOKENS_PER_S), "--synthetic-ttft-ms", "0"),
+        *("--synthetic-length-tokens", str(length_tokens)),
+    ]
 
 
 @pytest.fixture(scope="module")
 def sut(nats: NatsServer) -> Iterator[System]:
     with system(
-        nats.url,
-        runner_args=[
-            "--synthetic-tokens-per-s",
-            "50",
-            "--synthetic-ttft-ms",
-            "0",
-            "--synthetic-length-tokens",
-            str(NATURAL_TOKENS),
-        ],
-        gateway_args=["--max-tokens-limit", str(MAX_TOKENS_LIMIT)],
+        nats.url, runner_args=runner_args(LENGTH_TOKENS), gateway_args=["--max-tokens-limit", str(MAX_TOKENS_LIMIT)]
     ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def natural() -> Iterator[System]:
+    """A system whose texts end by themselves after ``NATURAL_TOKENS`` (a NATS of its own: no other system's runner
+    takes its streams)."""
+    with nats_server() as own, system(own.url, runner_args=runner_args(NATURAL_TOKENS)) as running:
         yield running
 
 
@@ -51,13 +62,13 @@ async def test_a_streamed_completion_sends_the_role_first_then_the_text_then_the
     assert {chunk.id for chunk in chunks} == {chunks[0].id}
     assert {chunk.object for chunk in chunks} == {"chat.completion.chunk"}
     assert chunks[0].model == "synthetic"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected_text("hello sdk", 20, NATURAL_TOKENS)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected_text("hello sdk", 20, LENGTH_TOKENS)
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["length"]
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
-async def test_a_completion_that_ends_naturally_finishes_with_stop(sut: System) -> None:
-    stream = await sdk(sut).chat.completions.create(
+async def test_a_completion_that_ends_naturally_finishes_with_stop(natural: System) -> None:
+    stream = await sdk(natural).chat.completions.create(
         model="synthetic", messages=ask("short"), max_tokens=100, stream=True
     )
     chunks = [chunk async for chunk in stream]
@@ -85,7 +96,7 @@ async def test_a_non_streamed_completion_returns_one_chat_completion(sut: System
     completion = await sdk(sut).chat.completions.create(model="synthetic", messages=ask("whole"), max_tokens=15)
     assert completion.object == "chat.completion"
     assert completion.choices[0].message.role == "assistant"
-    assert completion.choices[0].message.content == expected_text("whole", 15, NATURAL_TOKENS)
+    assert completion.choices[0].message.content == expected_text("whole", 15, LENGTH_TOKENS)
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 15
     status = await _status(sut, completion.id)
@@ -95,7 +106,7 @@ async def test_a_non_streamed_completion_returns_one_chat_completion(sut: System
 async def test_content_given_as_text_parts_is_the_same_prompt(sut: System) -> None:
     parts = [{"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "parts"}]}]
     completion = await sdk(sut).chat.completions.create(model="synthetic", messages=parts, max_tokens=8)  # type: ignore[misc,list-item]
-    assert completion.choices[0].message.content == expected_text("hello parts", 8, NATURAL_TOKENS)
+    assert completion.choices[0].message.content == expected_text("hello parts", 8, LENGTH_TOKENS)
 
 
 async def test_an_invalid_request_raises_the_sdks_bad_request_error_with_our_code(sut: System) -> None:
@@ -149,7 +160,7 @@ async def test_a_stream_started_by_the_sdk_stops_over_the_control_socket_with_fi
     sut: System,
 ) -> None:
     stream = await sdk(sut).chat.completions.create(
-        model="synthetic", messages=ask("stop me"), max_tokens=MAX_TOKENS_LIMIT, stream=True
+        model="synthetic", messages=ask("stop me"), max_tokens=STOPPED_TOKENS, stream=True
     )
     control_url = "ws" + sut.gateway_url.removeprefix("http") + "/v1/control"
     chunks = []
@@ -162,20 +173,20 @@ async def test_a_stream_started_by_the_sdk_stops_over_the_control_socket_with_fi
     assert stopped["type"] == "stopped" and stopped["finish_reason"] == "cancelled"
     assert chunks[-1].choices[0].finish_reason == "cancelled"
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert text == expected_text("stop me", stopped["tokens"], NATURAL_TOKENS)
-    assert 0 < stopped["tokens"] < NATURAL_TOKENS
+    assert text == expected_text("stop me", stopped["tokens"], LENGTH_TOKENS)
+    assert 0 < stopped["tokens"] < STOPPED_TOKENS
 
 
 async def test_closing_the_sdk_stream_cancels_the_generation(sut: System) -> None:
     stream = await sdk(sut).chat.completions.create(
-        model="synthetic", messages=ask("walk away"), max_tokens=MAX_TOKENS_LIMIT, stream=True
+        model="synthetic", messages=ask("walk away"), max_tokens=STOPPED_TOKENS, stream=True
     )
     first = await stream.__anext__()
     await stream.close()
     final = await wait_finished(sut.gateway_url, first.id)
     assert final["finish_reason"] == "cancelled"
     assert final["cancel_reason"] == "disconnect"
-    assert final["tokens"] < NATURAL_TOKENS
+    assert final["tokens"] < STOPPED_TOKENS
 
 
 async def _status(sut: System, stream_id: str) -> dict[str, object]:

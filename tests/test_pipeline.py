@@ -15,15 +15,28 @@ from tests.sse_client import read_stream
 
 TOKENS_PER_S = 50
 RUNNER_CAPACITY = 10
-RUNNER_ARGS = [
+PACE_ARGS = [
     "--synthetic-tokens-per-s", str(TOKENS_PER_S), "--synthetic-ttft-ms", "20",
     "--max-concurrency", str(RUNNER_CAPACITY),
 ]  # fmt: skip
+LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `sut`: no text ends before its max_tokens
+STOPPED_TOKENS = 30_000
+"""The ``max_tokens`` of a stream the test stops or walks away from: 10 minutes of tokens, so no such stream ends by
+itself first however slow the machine (without a length, "stop me" was a 21-token text: 0.4 s to stop it in)."""
+RUNNER_ARGS = [*PACE_ARGS, "--synthetic-length-tokens", str(LENGTH_TOKENS)]
 
 
 @pytest.fixture(scope="module")
 def sut(nats: NatsServer) -> Iterator[System]:
     with system(nats.url, runners=2, runner_args=RUNNER_ARGS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def natural() -> Iterator[System]:
+    """A system whose texts have the synthetic engine's own natural lengths, 16 to 63 tokens (a NATS of its own: no
+    other system's runner takes its streams)."""
+    with nats_server() as own, system(own.url, runner_args=PACE_ARGS) as running:
         yield running
 
 
@@ -37,9 +50,9 @@ async def test_first_delta_arrives_long_before_the_stop_event(sut: System) -> No
     assert stream.chunks >= 10, "events must reach the client in separate writes, not one body"
 
 
-async def test_deltas_concatenate_to_exactly_the_runners_text_with_multibyte_characters(sut: System) -> None:
+async def test_deltas_concatenate_to_exactly_the_runners_text_with_multibyte_characters(natural: System) -> None:
     prompt = "unicode: café 日本語 🚀"
-    created = await create_stream(sut.gateway_url, prompt, max_tokens=1000)
+    created = await create_stream(natural.gateway_url, prompt, max_tokens=1000)
     stream = await read_stream(created["events_url"])
     want = expected_text(prompt, 1000)
     assert stream.text == want
@@ -75,7 +88,7 @@ async def test_max_tokens_ends_the_stream_with_finish_reason_length(sut: System)
         "tokens": 5,
         "ttft_ms": None,
     }
-    assert stream.text == expected_text("long one", 5)
+    assert stream.text == expected_text("long one", 5, LENGTH_TOKENS)
 
 
 async def test_reader_connecting_after_the_stream_finished_gets_the_whole_text(sut: System) -> None:
@@ -83,7 +96,7 @@ async def test_reader_connecting_after_the_stream_finished_gets_the_whole_text(s
     await wait_finished(sut.gateway_url, created["id"])
     stream = await read_stream(created["events_url"])
     assert next(e.event for e in stream.events) == "start"
-    assert stream.text == expected_text("late reader", 30)
+    assert stream.text == expected_text("late reader", 30, LENGTH_TOKENS)
 
 
 async def test_reader_connecting_mid_stream_gets_the_whole_text_from_the_start(sut: System) -> None:
@@ -92,7 +105,7 @@ async def test_reader_connecting_mid_stream_gets_the_whole_text_from_the_start(s
     await asyncio.sleep(0.3)  # some tokens have been produced; the exact number does not matter
     late = await read_stream(created["events_url"])
     early = await first
-    assert late.text == early.text == expected_text("mid-stream reader", 40)
+    assert late.text == early.text == expected_text("mid-stream reader", 40, LENGTH_TOKENS)
 
 
 async def test_two_runners_share_a_burst_of_20_streams(sut: System) -> None:
@@ -101,7 +114,7 @@ async def test_two_runners_share_a_burst_of_20_streams(sut: System) -> None:
     created = await asyncio.gather(*(create_stream(sut.gateway_url, p, max_tokens=40) for p in prompts))
     streams = await asyncio.gather(*(read_stream(c["events_url"]) for c in created))
     for prompt, stream in zip(prompts, streams, strict=True):
-        assert stream.text == expected_text(prompt, 40)
+        assert stream.text == expected_text(prompt, 40, LENGTH_TOKENS)
     after = [await metric(r.url, "tokenrelay_runner_streams_total") for r in sut.runners]
     served = [a - b for a, b in zip(after, before, strict=True)]
     assert sum(served) == 20
@@ -112,7 +125,8 @@ async def test_two_runners_share_a_burst_of_20_streams(sut: System) -> None:
 async def test_ws_stop_mid_stream_cancels_and_the_runner_produces_no_further_tokens(sut: System) -> None:
     control_url = sut.gateway_url.replace("http", "ws") + "/v1/control"
     async with connect(control_url) as ws:
-        await ws.send(orjson.dumps({"type": "start", "prompt": "stop me", "max_tokens": 1000, "ref": "s1"}).decode())
+        start = {"type": "start", "prompt": "stop me", "max_tokens": STOPPED_TOKENS, "ref": "s1"}
+        await ws.send(orjson.dumps(start).decode())
         started = orjson.loads(await ws.recv())
         assert started["type"] == "started" and started["ref"] == "s1"
         reader = asyncio.create_task(read_stream(started["events_url"]))
@@ -130,7 +144,7 @@ async def test_ws_stop_mid_stream_cancels_and_the_runner_produces_no_further_tok
     assert stream.terminal.json()["finish_reason"] == "cancelled"
     assert stream.terminal.json()["tokens"] == stopped["tokens"] == stream.of("delta")[-1].json()["index"]
     assert stopped["tokens"] >= 3
-    assert len(stream.text) < len(expected_text("stop me", 1000))
+    assert stream.text == expected_text("stop me", stopped["tokens"], LENGTH_TOKENS)
     await asyncio.sleep(5 / TOKENS_PER_S)  # five token intervals
     assert sum([await metric(r.url, "tokenrelay_runner_tokens_total") for r in sut.runners]) == tokens_at_stop
     assert sum([await metric(r.url, "tokenrelay_runner_tokens_after_cancel_total") for r in sut.runners]) == 0
@@ -157,7 +171,7 @@ async def test_http_stop_is_idempotent_and_a_finished_stream_answers_its_final_s
 
 
 async def test_http_stop_mid_stream_answers_cancelled_with_the_token_count(sut: System) -> None:
-    created = await create_stream(sut.gateway_url, "http stop", max_tokens=1000)
+    created = await create_stream(sut.gateway_url, "http stop", max_tokens=STOPPED_TOKENS)
     reader = asyncio.create_task(read_stream(created["events_url"]))
     await _wait_for_tokens(sut, 3)
     status, body = await post(created["stop_url"])
@@ -179,7 +193,7 @@ async def test_status_reports_state_finish_reason_tokens_and_ttft(sut: System) -
 
 
 async def test_a_reader_that_disconnects_mid_stream_is_released_by_the_streamer(sut: System) -> None:
-    created = await create_stream(sut.gateway_url, "walk away", max_tokens=1000)
+    created = await create_stream(sut.gateway_url, "walk away", max_tokens=STOPPED_TOKENS)
     baseline = await metric(sut.streamer_url, "tokenrelay_streamer_readers_open")
     stream = await read_stream(created["events_url"], stop_after=3)  # closes the connection after 3 events
     assert len(stream.events) == 3

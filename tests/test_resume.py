@@ -115,14 +115,21 @@ async def test_a_cursor_into_expired_history_gets_resume_unavailable_never_a_par
 
 async def test_a_streamer_shutting_down_ends_readers_with_a_retryable_error_and_they_resume_elsewhere() -> None:
     with nats_server() as own, system(own.url, streamers=2, runner_args=RUNNER_ARGS) as sut:
-        created = await create_stream(sut.gateway_url, "rolling restart", max_tokens=300)
+        # A stream far longer than the test, stopped once its reader resumed: the shutdown always comes mid-stream
+        # however slow the machine (a 3 s stream could have ended before it).
+        created = await create_stream(sut.gateway_url, "rolling restart", max_tokens=30_000)
         reader = asyncio.create_task(read_stream(_events_url(sut.streamers[0].url, created["id"])))
         await asyncio.sleep(0.5)
         sut.streamers[0].process.send_signal(signal.SIGTERM)
         first = await reader
         assert first.terminal.event == "error"
         assert first.terminal.json()["code"] == "shutting_down"
-        cursor = first.of("delta")[-1].id
-        rest = await _read_from(_events_url(sut.streamers[1].url, created["id"]), cursor)
+        resumed = await _read_from(_events_url(sut.streamers[1].url, created["id"]), first.of("delta")[-1].id, 3)
+        assert resumed.events[-1].event == "delta"
+        status, _ = await post(created["stop_url"])
+        assert status == 200
+        rest = await _read_from(_events_url(sut.streamers[1].url, created["id"]), resumed.events[-1].id)
         assert sut.streamers[0].process.wait(timeout=10) == 0
-    assert first.text + rest.text == expected_text("rolling restart", 300, 100000)
+    end = rest.terminal.json()
+    assert end["finish_reason"] == "cancelled"
+    assert first.text + resumed.text + rest.text == expected_text("rolling restart", end["tokens"], 100000)

@@ -16,6 +16,9 @@ from tests.sse_client import read_stream
 
 STALE_AFTER_S = 1.0
 GENEROUS_BOUND_S = 10.0  # detection is STALE_AFTER_S plus a check interval; this only guards against "never"
+RUNNER_ARGS = ["--synthetic-tokens-per-s", "20", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
+"""No text ends by itself: without a length, "doomed" was a 57-token text (2.9 s) that a slow run could let end before
+its runner was killed."""
 
 PAUSED_STALE_AFTER_S = 4.0
 PAUSE_S = 6.0
@@ -31,7 +34,7 @@ answer: 8-10 s after the heartbeat, at least 7 s into the pause.  Resuming at 6 
 def sut(nats: NatsServer) -> Iterator[System]:
     with system(
         nats.url,
-        runner_args=["--synthetic-tokens-per-s", "20", "--synthetic-ttft-ms", "0"],
+        runner_args=RUNNER_ARGS,
         gateway_args=["--runner-stale-after-s", str(STALE_AFTER_S)],
     ) as running:
         yield running
@@ -64,9 +67,8 @@ async def test_a_runner_frozen_past_its_stale_period_answers_its_ping_and_its_st
     nats: NatsServer,
 ) -> None:
     """SIGSTOP stands in for a runner whose event loop is too busy to heartbeat (it kept generating meanwhile)."""
-    runner_args = ["--synthetic-tokens-per-s", "20", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
     gateway_args = ["--runner-stale-after-s", str(PAUSED_STALE_AFTER_S)]
-    with system(nats.url, runner_args=runner_args, gateway_args=gateway_args) as paused:
+    with system(nats.url, runner_args=RUNNER_ARGS, gateway_args=gateway_args) as paused:
         created = await create_stream(paused.gateway_url, "frozen for a while", max_tokens=160)
         reader = asyncio.create_task(read_stream(created["events_url"]))
         runner = paused.runners[0]

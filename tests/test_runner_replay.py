@@ -8,7 +8,7 @@ import asyncio
 import nats as nats_client
 import pytest
 
-from tests.helpers import create_stream, expected_text, metric, wait_finished
+from tests.helpers import create_stream, expected_text, metric, post, wait_finished, wait_for_metric
 from tests.procs import nats_server, system
 from tests.sse_client import read_stream
 from tokenrelay import codec, subjects
@@ -37,13 +37,21 @@ async def test_a_late_reader_and_a_resume_of_a_running_stream_are_served_by_its_
 
 
 async def test_a_late_first_reader_is_served_from_the_streamers_memory_and_its_resume_by_the_runner() -> None:
-    with nats_server() as own, system(own.url, runner_args=RUNNER_ARGS) as sut:
-        created = await create_stream(sut.gateway_url, "late to the party", max_tokens=150)
-        await asyncio.sleep(0.5)  # ~50 tokens out before anyone reads: the streamer saw them go by
+    # The streamer keeps a running stream's first events (16 KiB: ~130 tokens) for its first reader: at 20 tokens/s
+    # and with a stream stopped only after that reader, the reader comes within them however slow the machine (at
+    # 100 tokens/s a 150-token stream left it 0.8 s).
+    slow = ["--synthetic-tokens-per-s", "20", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
+    with nats_server() as own, system(own.url, runner_args=slow) as sut:
+        created = await create_stream(sut.gateway_url, "late to the party", max_tokens=30_000)
+        # Tokens out before anyone reads: the streamer saw them go by.
+        await wait_for_metric(sut.runners[0].url, "tokenrelay_runner_tokens_total", 10)
         first = await read_stream(created["events_url"], stop_after=4)
+        status, _ = await post(created["stop_url"])
+        assert status == 200
         rest = await read_stream(created["events_url"], headers={"Last-Event-ID": first.of("delta")[-1].id or ""})
-        assert first.text + rest.text == expected_text("late to the party", 150, 100000)
-        assert rest.terminal.json()["finish_reason"] == "length"
+        end = rest.terminal.json()
+        assert end["finish_reason"] == "cancelled"
+        assert first.text + rest.text == expected_text("late to the party", end["tokens"], 100000)
         assert await _fetches(sut.streamer_url) == (1, 0)
         assert await metric(sut.streamer_url, "tokenrelay_streamer_history_reads_skipped_total") == 1
 
