@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from runner.batcher import DeltaBatcher
 from runner.engines import Engine, EngineError, GenerationRequest, TextTail
 from runner.metrics import RunnerMetrics
+from runner.pace import PublishPace
 from tokenrelay import codec, subjects
 from tokenrelay.errors import ErrorCode
 from tokenrelay.lifecycle import LifecycleEvent, log_event
@@ -64,7 +65,7 @@ class Generation:
         engine: Engine,
         nc: NATS,
         runner_id: str,
-        publish_interval_s: float,
+        pace: PublishPace,
         metrics: RunnerMetrics,
         write_record: RecordWriter,
         replay_log: ReplayLog | None = None,
@@ -76,7 +77,7 @@ class Generation:
         self._nc = nc
         self._runner_id = runner_id
         self._subject = subjects.events(job.stream_id)
-        self._batcher = DeltaBatcher(publish_interval_s=publish_interval_s)
+        self._batcher = DeltaBatcher(pace)
         self._metrics = metrics
         self._write_record = write_record
         self._seq = 0
@@ -285,12 +286,17 @@ class Generation:
     async def _flush(self) -> None:
         if self._batcher.pending_tokens == 0:
             return
-        text, count = self._batcher.take(time.monotonic())
+        now, held_since = time.monotonic(), self._batcher.held_since
+        text, count = self._batcher.take(now)
         if not text:
             return  # tokens that completed no character: counted in the terminal event, nothing to show
-        await self._publish(
-            StreamDelta(seq=self._next_seq(), text=text, index=self._tokens, count=count, ts=time.time())
+        # Stamped with its oldest token's time on the wall clock, so what the batch held back counts as lag; and
+        # with how long that was, so a streamer can tell its own lateness from the holding (runner/pace.py).
+        held_s = now - held_since if held_since is not None else 0.0
+        delta = StreamDelta(
+            seq=self._next_seq(), text=text, index=self._tokens, count=count, ts=time.time() - held_s, held_s=held_s
         )
+        await self._publish(delta)
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -16,6 +16,11 @@ class RunnerMetrics:
         r = self.registry
         self.active_streams = Gauge("tokenrelay_runner_active_streams", "Streams generating now", registry=r)
         self.capacity = Gauge("tokenrelay_runner_capacity", "Streams this runner generates at once", registry=r)
+        self.publish_interval = Gauge(
+            "tokenrelay_runner_publish_interval_seconds",
+            "How long tokens are held for one message now (grows while a streamer reports lateness)",
+            registry=r,
+        )
         self.streams = Counter(
             "tokenrelay_runner_streams", "Finished streams by finish reason", ["finish_reason"], registry=r
         )

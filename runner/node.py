@@ -25,6 +25,7 @@ from nats.js.kv import KeyValue
 from runner.engines import Engine
 from runner.generation import Generation, Outcome
 from runner.metrics import RunnerMetrics
+from runner.pace import PublishPace
 from runner.replayserver import ReplayServer
 from tokenrelay import codec, natsio, subjects
 from tokenrelay.codec import CodecError
@@ -38,6 +39,7 @@ from tokenrelay.messages import (
     JobRequest,
     RunnerHeartbeat,
     StreamDone,
+    StreamerLag,
     StreamRecord,
 )
 from tokenrelay.tasks import TaskSet
@@ -71,6 +73,11 @@ class Runner:
         self._active: dict[str, Generation] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._subs: list[Subscription] = []
+        self.pace = PublishPace(
+            config.publish_interval_ms / 1000,
+            max_interval_s=max(config.max_publish_interval_ms, config.publish_interval_ms) / 1000,
+        )
+        """Every stream's publish interval here, from the streamers' lateness reports."""
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._cancel_tasks = TaskSet()
         """Cancels being answered and finishes being told, each in a task of its own."""
@@ -82,6 +89,7 @@ class Runner:
             max_age_s=config.history.ttl_s,
         )
         self.metrics.capacity.set(config.max_concurrency)
+        self.metrics.publish_interval.set(self.pace.interval_s)
 
     @property
     def active(self) -> int:
@@ -93,6 +101,8 @@ class Runner:
         self._subs.append(await self._nc.subscribe(subjects.JOBS, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job))
         self._subs.append(await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel))
         self._subs.append(await self._nc.subscribe(subjects.runner_ping(self.runner_id), cb=self._on_ping))
+        if self.pace.adapts:
+            self._subs.append(await self._nc.subscribe(subjects.STREAMER_LAG, cb=self._on_streamer_lag))
         await self._nc.flush()
         await self._heartbeat()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
@@ -133,7 +143,7 @@ class Runner:
             engine=self._engine,
             nc=self._nc,
             runner_id=self.runner_id,
-            publish_interval_s=self.config.publish_interval_ms / 1000,
+            pace=self.pace,
             metrics=self.metrics,
             write_record=self._write_record,
             replay_log=await self.replay.open(job.stream_id),
@@ -201,6 +211,8 @@ class Runner:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             self.replay.sweep()
+            self.pace.expire(time.monotonic())
+            self.metrics.publish_interval.set(self.pace.interval_s)
             try:
                 await self._heartbeat()
             except Exception as exc:
@@ -219,6 +231,15 @@ class Runner:
 
     async def _heartbeat(self) -> None:
         await self._nc.publish(subjects.RUNNER_HEARTBEAT, codec.encode(self._beat()))
+
+    async def _on_streamer_lag(self, msg: Msg) -> None:
+        try:
+            report = codec.decode_as(msg.data, StreamerLag)
+        except CodecError as exc:
+            log.warning("dropping a malformed streamer lag report: %s", exc)
+            return
+        self.pace.report(report.streamer_id, report.lag_s, time.monotonic())
+        self.metrics.publish_interval.set(self.pace.interval_s)
 
     async def _on_ping(self, msg: Msg) -> None:
         """A gateway missed our heartbeats and asks whether we are alive: answer with one."""

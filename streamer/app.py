@@ -19,15 +19,15 @@ from nats.js.kv import KeyValue
 from streamer import cors, history
 from streamer.chunked import http_chunk
 from streamer.cursor import Cursor, CursorError
-from streamer.flush import FlushClock
+from streamer.flush import FlushClock, LagReporter
 from streamer.hub import Clock, Hub, Reader
 from streamer.metrics import StreamerMetrics
-from tokenrelay import natsio, subjects
+from tokenrelay import codec, natsio, subjects
 from tokenrelay.auth import check_owner
 from tokenrelay.config import StreamerConfig
 from tokenrelay.errors import BadRequest, ErrorCode, ResumeUnavailable
 from tokenrelay.lifecycle import LifecycleEvent, log_event
-from tokenrelay.messages import StreamState
+from tokenrelay.messages import LAG_REPORT_INTERVAL_S, StreamerLag, StreamState
 from tokenrelay.natsdirect import LIVE_CLIENT
 from tokenrelay.service import (
     add_ops_routes,
@@ -451,6 +451,7 @@ def make_app(
     kv: KeyValue,
     metrics: StreamerMetrics | None = None,
     live_nc: NATS | None = None,
+    node_id: str | None = None,
 ) -> web.Application:
     """The streamer application over open NATS connections.
 
@@ -492,15 +493,34 @@ def make_app(
         errors=metrics.errors,
     )
 
+    reporter, streamer_id = LagReporter(flush), node_id or subjects.new_node_id("streamer")
+    reporting: list[asyncio.Task[None]] = []
+
     async def on_startup(_: web.Application) -> None:
         await hub.start()
+        reporting.append(asyncio.create_task(report_lag(nc, reporter, streamer_id)))
 
     async def on_shutdown(_: web.Application) -> None:
+        for task in reporting:
+            task.cancel()
         await hub.shutdown(str(ErrorCode.SHUTTING_DOWN), "the streamer is shutting down; resume elsewhere")
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+async def report_lag(nc: NATS, reporter: LagReporter, streamer_id: str) -> None:
+    """Tell the runners how late live events reach this streamer while they do (``runner/pace.py``)."""
+    while True:
+        await asyncio.sleep(LAG_REPORT_INTERVAL_S)
+        lag_s = reporter.next()
+        if lag_s is None or not nc.is_connected:
+            continue
+        try:
+            await nc.publish(subjects.STREAMER_LAG, codec.encode(StreamerLag(streamer_id=streamer_id, lag_s=lag_s)))
+        except Exception as exc:  # a report is advice: the next one goes out a moment later
+            log.debug("lag report not sent: %s", exc)
 
 
 async def run(config: StreamerConfig) -> None:
@@ -512,7 +532,7 @@ async def run(config: StreamerConfig) -> None:
     await natsio.ensure_events_stream(js, config.history)
     kv = await natsio.ensure_streams_bucket(js, config.history)
     try:
-        app = make_app(config, nc=nc, kv=kv, live_nc=live_nc)
+        app = make_app(config, nc=nc, kv=kv, live_nc=live_nc, node_id=node_id)
         await serve(
             app, config.host, config.port, name="streamer", cancel_on_disconnect=True,
             reuse_port=config.reuse_port, process_port=config.process_port,

@@ -60,7 +60,8 @@ class ReaderBuffer:
         self.live_tokens = 0
         """Tokens of live deltas pending (history replays are not counted); reset by :meth:`take`."""
         self.oldest_live_ts: float | None = None
-        """Publish time (``StreamDelta.ts``, wall clock) of the oldest live delta pending; reset by :meth:`take`."""
+        """When the oldest token of the live deltas pending was made (``StreamDelta.ts``, wall clock); reset by
+        :meth:`take`."""
         self.tokens_pending = False
         """Whether a delta (live or history) is pending; reset by :meth:`take`."""
 

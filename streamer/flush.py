@@ -47,6 +47,8 @@ class FlushClock:
         self.interval_s = interval_s
         self.lag_s = 0.0
         """The running average of how late live events arrive (seconds after they were published)."""
+        self.observed = 0
+        """Live events whose lateness was observed so far."""
         self.ticks = Ticks((interval_s or max_interval_s) / TICKS_PER_INTERVAL)
         """The readers waiting, by the tick they wait for."""
 
@@ -66,10 +68,10 @@ class FlushClock:
         this one's looks late by the difference, which can hold writes by at most ``max_interval_s`` (keep
         clocks in sync, or set the maximum to the configured interval); one ahead looks on time.
         """
-        if not self.adapts:
-            return
+        self.observed += 1
         self.lag_s += (max(lag_s, 0.0) - self.lag_s) * LAG_WEIGHT
-        self.interval_s = min(self.max_interval_s, max(self.base_interval_s, self.lag_s))
+        if self.adapts:
+            self.interval_s = min(self.max_interval_s, max(self.base_interval_s, self.lag_s))
 
     @property
     def waiting(self) -> int:
@@ -86,3 +88,29 @@ class FlushClock:
         if tick_s <= 0 or due <= asyncio.get_running_loop().time():
             return
         await self.ticks.wait_for(math.ceil(due / tick_s))
+
+
+class LagReporter:
+    """What a streamer tells the runners about its lateness, one decision per report interval (sans-I/O).
+
+    Late (the running average above the configured flush interval, with live events since the last decision):
+    report it.  On time again, or no live event since the last decision (an idle streamer is behind on
+    nothing, though its average keeps the value of its last events): report 0 once, then nothing.
+    """
+
+    def __init__(self, flush: FlushClock) -> None:
+        self._flush = flush
+        self._seen = flush.observed
+        self._late = False
+
+    def next(self) -> float | None:
+        """The lateness to report now in seconds (0: on time again), or ``None`` for no report."""
+        flush = self._flush
+        active, self._seen = flush.observed != self._seen, flush.observed
+        if active and flush.lag_s > flush.base_interval_s:
+            self._late = True
+            return flush.lag_s
+        if self._late:
+            self._late = False
+            return 0.0
+        return None

@@ -181,9 +181,9 @@ class Hub:
         clock: Clock = time.monotonic,
     ) -> None:
         self._nc = nc
-        self._flush = flush if flush is not None and flush.adapts else None
-        """Told how late each live delta arrives (its interval adapts to load); ``None``: nobody to tell (a fixed
-        interval: no clock read per event)."""
+        self._flush = flush
+        """Told how late each live delta arrives: its interval adapts to that, and the runners hear it (publish
+        pacing); ``None``: nobody to tell."""
         self._shared = live_subscription is LiveSubscription.SHARED
         self._shared_sub: Subscription | None = None
         self.starts: RecentStarts | None = RecentStarts() if self._shared else None
@@ -307,7 +307,9 @@ class Hub:
             elif is_terminal(event):
                 self.starts.ended(stream_id)
         if self._flush is not None and isinstance(event, StreamDelta):
-            self._flush.observe_lag(time.time() - event.ts)  # the runner's publish time, on the wall clock
+            # Late since the runner published it (on the wall clock), not since its oldest token was made: what the
+            # runner held back on purpose (runner/pace.py) is no lateness of the streamer's.
+            self._flush.observe_lag(time.time() - event.ts - event.held_s)
         framed = frame(event, channel.epoch)
         now = self.clock()
         for reader in tuple(channel.readers):

@@ -68,6 +68,7 @@ SAMPLES: list[m.Message] = [
     m.StreamDone(stream_id="0" * 32),
     m.ReplayRequest(stream_id="0" * 32, from_seq=3, max_events=256),
     m.ReplayPage(stream_id="0" * 32, events=2, more=True, held=True),
+    m.StreamerLag(streamer_id="streamer-1f2e3d4c", lag_s=0.25),
 ]
 
 MULTIBYTE_TEXTS = [
@@ -266,6 +267,8 @@ def test_decode_event_rejects_message_that_is_not_a_stream_event(type_tag: str) 
         {"seq": 3, "text": "a\nb", "index": 9, "count": 2, "ts": 1.5},
         {"seq": 3, "text": "", "index": 9, "count": 0, "ts": 7},  # an int ts takes the general path
         {"seq": 1, "text": "é😀", "index": 1, "count": 1, "ts": 0.0, "extra": "ignored"},
+        {"seq": 4, "text": "held", "index": 12, "count": 3, "ts": 2.5, "held_s": 0.08},
+        {"seq": 4, "text": "held", "index": 12, "count": 3, "ts": 2.5, "held_s": 0},  # an int takes the general path
     ],
 )
 def test_decode_event_reads_a_delta_exactly_as_the_general_decoder_does(fields: dict[str, Any]) -> None:
@@ -275,7 +278,8 @@ def test_decode_event_reads_a_delta_exactly_as_the_general_decoder_does(fields: 
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("seq", True), ("index", 1.0), ("count", "1"), ("text", None), ("ts", "1"), ("ts", False)]
+    ("field", "value"),
+    [("seq", True), ("index", 1.0), ("count", "1"), ("text", None), ("ts", "1"), ("ts", False), ("held_s", "0")],
 )
 def test_decode_event_rejects_a_delta_field_of_the_wrong_type(field: str, value: Any) -> None:
     fields = {"type": "delta", "seq": 1, "text": "a", "index": 1, "count": 1, "ts": 1.0, field: value}

@@ -85,6 +85,9 @@ ENGINE_OPTIONS = (
     Option("--max-concurrency", int, c.DEFAULT_MAX_CONCURRENCY, "streams one runner generates at once"),
     Option("--publish-interval-ms", float, c.DEFAULT_PUBLISH_INTERVAL_MS,
            "tokens faster than this are batched into one NATS message (0: every token)"),
+    Option("--max-publish-interval-ms", float, c.DEFAULT_MAX_PUBLISH_INTERVAL_MS,
+           "while a streamer reports tokens reaching it late, the interval follows that lateness up to this, so "
+           "each message carries more tokens (not below --publish-interval-ms; equal: fixed)"),
     Option("--replay-max-bytes-per-stream", int, c.DEFAULT_REPLAY_MAX_BYTES_PER_STREAM,
            "a runner serves a stream's history from memory up to this many bytes (0: JetStream only)"),
     Option("--replay-linger-s", float, c.DEFAULT_REPLAY_LINGER_S,
@@ -326,7 +329,8 @@ def runner_config(args: argparse.Namespace) -> c.RunnerConfig:
     return c.RunnerConfig(
         host=args.host, port=args.port, nats_url=args.nats_url, history=_history(args), engine=args.engine,
         model=args.model, max_concurrency=args.max_concurrency, publish_interval_ms=args.publish_interval_ms,
-        synthetic=synthetic, upstream=_upstream(args), model_path=args.model_path or None,
+        max_publish_interval_ms=args.max_publish_interval_ms, synthetic=synthetic, upstream=_upstream(args),
+        model_path=args.model_path or None,
         worker_threads=args.worker_threads, replay_max_bytes_per_stream=args.replay_max_bytes_per_stream,
         replay_linger_s=args.replay_linger_s,
     )  # fmt: skip

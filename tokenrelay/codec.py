@@ -93,8 +93,16 @@ def _fast_delta(obj: dict[str, Any]) -> m.StreamDelta | None:
     """A well-formed delta without the generic schema walk (the streamer decodes one per token);
     ``None`` for anything else, which the generic path then accepts or rejects with its precise error."""
     seq, text, index, count, ts = obj.get("seq"), obj.get("text"), obj.get("index"), obj.get("count"), obj.get("ts")
-    if type(seq) is int and type(text) is str and type(index) is int and type(count) is int and type(ts) is float:
-        return m.StreamDelta(seq=seq, text=text, index=index, count=count, ts=ts)
+    held_s = obj.get("held_s", 0.0)
+    if (
+        type(seq) is int
+        and type(text) is str
+        and type(index) is int
+        and type(count) is int
+        and type(ts) is float
+        and type(held_s) is float
+    ):
+        return m.StreamDelta(seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s)
     return None
 
 

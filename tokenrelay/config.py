@@ -38,6 +38,7 @@ DEFAULT_DISPATCH_ATTEMPT_TIMEOUT_S = 1.0
 DEFAULT_CANCEL_TIMEOUT_S = 5.0
 DEFAULT_MAX_CONCURRENCY = 256
 DEFAULT_PUBLISH_INTERVAL_MS = 5.0
+DEFAULT_MAX_PUBLISH_INTERVAL_MS = 100.0
 DEFAULT_REPLAY_MAX_BYTES_PER_STREAM = 256 * 1024
 DEFAULT_REPLAY_LINGER_S = 30.0
 DEFAULT_REPLAY_LINGER_STREAMS = 1000
@@ -247,6 +248,9 @@ class RunnerConfig:
     """Streams generated at once; further jobs are rejected so another runner takes them."""
     publish_interval_ms: float = DEFAULT_PUBLISH_INTERVAL_MS
     """Tokens that come faster than this are batched into one message; 0 publishes each token."""
+    max_publish_interval_ms: float = DEFAULT_MAX_PUBLISH_INTERVAL_MS
+    """While a streamer reports live events reaching it late, the interval follows that lateness up to this
+    (not below ``publish_interval_ms``; equal: fixed)."""
     heartbeat_interval_s: float = DEFAULT_RUNNER_HEARTBEAT_INTERVAL_S
     replay_max_bytes_per_stream: int = DEFAULT_REPLAY_MAX_BYTES_PER_STREAM
     """The runner serves a stream's history from memory up to this many bytes of events (0: never; JetStream does)."""

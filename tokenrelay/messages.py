@@ -100,7 +100,8 @@ class StreamStart:
 class StreamDelta:
     """One or more tokens. ``index`` is the token count after this batch; ``count`` is in it.
 
-    ``ts`` is the wall-clock time (seconds) the batch was published, for lag measurement.
+    ``ts`` is the wall-clock time (seconds) the batch's oldest token was made, for lag measurement; ``held_s`` how
+    long the runner held it back before publishing the batch (so ``ts + held_s`` is when it was published).
     """
 
     type: Literal["delta"] = "delta"
@@ -109,6 +110,7 @@ class StreamDelta:
     index: int
     count: int
     ts: float
+    held_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -302,6 +304,27 @@ class ReplayPage:
     """``False``: the runner no longer holds this stream's events (read them from JetStream)."""
 
 
+LAG_REPORT_INTERVAL_S = 0.25
+"""How often a late streamer sends :class:`StreamerLag`."""
+LAG_REPORT_TTL_S = 1.0
+"""How long one :class:`StreamerLag` counts at a runner: four report intervals, so one lost report changes nothing
+and a streamer that went away stops slowing anyone down."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamerLag:
+    """Streamer -> runners (``tokenrelay.streamers.lag``): how late live events reach it, on average.
+
+    Sent every :data:`LAG_REPORT_INTERVAL_S` while it is late (above its flush interval) and once with ``lag_s`` 0
+    when it is on time again; runners hold tokens up to that long so they go out in fewer messages
+    (``runner/pace.py``).
+    """
+
+    type: Literal["streamer_lag"] = "streamer_lag"
+    streamer_id: str
+    lag_s: float
+
+
 Message = (
     JobRequest
     | JobAccepted
@@ -322,4 +345,5 @@ Message = (
     | StreamDone
     | ReplayRequest
     | ReplayPage
+    | StreamerLag
 )

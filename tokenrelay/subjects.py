@@ -26,6 +26,9 @@ subject                                         pattern    carries
 ``tokenrelay.readers.<id>``                      req/reply  "does anyone read this stream?" (a
                                                             streamer with readers answers)
 ``tokenrelay.runners.heartbeat``                 pub/sub    RunnerHeartbeat
+``tokenrelay.streamers.lag``                     pub/sub    StreamerLag (a late streamer -> runners,
+                                                            which then publish tokens in fewer
+                                                            messages: ``runner/pace.py``)
 ``tokenrelay.api.start``                         req/reply  StartRequest -> StreamRecord|StartRefused
                                                             (queue group ``gateways``: admission for
                                                             the compatible APIs a streamer serves)
@@ -51,6 +54,7 @@ API_START = "tokenrelay.api.start"
 API_MODELS = "tokenrelay.api.models"
 GATEWAY_QUEUE_GROUP = "gateways"
 READERS_WILDCARD = "tokenrelay.readers.*"
+STREAMER_LAG = "tokenrelay.streamers.lag"
 
 EVENTS_STREAM = "TOKENRELAY_EVENTS"
 EVENTS_WILDCARD = "tokenrelay.stream.*.events"
