@@ -15,6 +15,19 @@ import orjson
 from runner.engines.synthetic import prompt_text, synthetic_tokens
 from tokenrelay.messages import ChatMessage
 
+STOPPED_TOKENS = 30_000
+"""The ``max_tokens`` of a stream a test stops, cuts or walks away from: minutes of tokens at any test's pace, so no
+such stream ends by itself first however slow the machine (slow CI runs let streams of short texts end before the
+stop, the cut or the SIGTERM that the test was about)."""
+
+
+def synthetic_args(*, tokens_per_s: float, length_tokens: int, ttft_ms: float = 0) -> list[str]:
+    """Runner arguments: a synthetic engine at this pace whose texts end by themselves after ``length_tokens``."""
+    return [
+        *("--synthetic-tokens-per-s", str(tokens_per_s), "--synthetic-ttft-ms", str(ttft_ms)),
+        *("--synthetic-length-tokens", str(length_tokens)),
+    ]
+
 
 async def post(url: str, body: Any = None, *, data: bytes | None = None) -> tuple[int, Any]:
     """POST JSON (or raw ``data``); return (status, parsed JSON body)."""

@@ -10,39 +10,21 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers import expected_text, wait_finished
-from tests.procs import NatsServer, System, nats_server, system
+from tests.compat_systems import LENGTH_TOKENS, MAX_TOKENS_LIMIT, NATURAL_TOKENS, long_texts, natural_texts
+from tests.helpers import STOPPED_TOKENS, expected_text, wait_finished
+from tests.procs import NatsServer, System
 from tokenrelay.messages import ChatMessage
-
-TOKENS_PER_S = 50
-LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `sut`: no text ends before its max_tokens
-NATURAL_TOKENS = 60  # the natural length at `natural`, whose texts end by themselves (1.2 s at 50 tokens/s)
-STOPPED_TOKENS = 30_000
-"""The ``max_tokens`` of a stream the test stops or walks away from: 10 minutes of tokens, so no such stream ends by
-itself first however slow the machine (a slow CI run once let a stream of a short text end before its stop)."""
-MAX_TOKENS_LIMIT = STOPPED_TOKENS
-
-
-def runner_args(length_tokens: int) -> list[str]:
-    return [
-        *("--synthetic-tokens-per-s", str(TOKENS_PER_S), "--synthetic-ttft-ms", "0"),
-        *("--synthetic-length-tokens", str(length_tokens)),
-    ]
 
 
 @pytest.fixture(scope="module")
 def sut(nats: NatsServer) -> Iterator[System]:
-    with system(
-        nats.url, runner_args=runner_args(LENGTH_TOKENS), gateway_args=["--max-tokens-limit", str(MAX_TOKENS_LIMIT)]
-    ) as running:
+    with long_texts(nats.url) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def natural() -> Iterator[System]:
-    """A system whose texts end by themselves after ``NATURAL_TOKENS`` (a NATS of its own: no other system's runner
-    takes its streams)."""
-    with nats_server() as own, system(own.url, runner_args=runner_args(NATURAL_TOKENS)) as running:
+    with natural_texts() as running:
         yield running
 
 

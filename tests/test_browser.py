@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
 
-from tests.helpers import expected_text, metric, wait_for_metric
+from tests.helpers import STOPPED_TOKENS, expected_text, metric, wait_for_metric
 from tests.procs import NatsServer, System, stop_process, system, wait_until
 from tokenrelay.supervisor import http_ok
 
@@ -41,9 +41,6 @@ CHROMIUM_ARGS = [
 SCREENSHOT = Path(__file__).resolve().parents[1] / "test-artifacts" / "browser-chat.png"
 TOKENS_PER_S = 20
 NATURAL_TOKENS = 100_000  # longer than any stream here asks for, so every stream ends by length or by stop
-STOPPED_TOKENS = 30_000
-"""The ``max_tokens`` of a stream the test stops: 25 minutes of tokens, so none ends by itself before its Stop click
-however slow the machine and the browser."""
 WAIT_MS = 30_000
 """How long any condition in the page may take (generous: conditions are awaited, never timed)."""
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import orjson
 import pytest
 
-from tests.helpers import expected_text, metric, wait_finished
+from tests.helpers import STOPPED_TOKENS, expected_text, metric, wait_finished
 from tests.procs import NatsServer, System, nats_server, system
 from tokenrelay.client import (
     BadRequest,
@@ -31,9 +31,6 @@ from tokenrelay.errors import from_code
 
 LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `sut`: no text ends before its max_tokens
 NATURAL_TOKENS = 60  # the natural length at `natural`, whose texts end by themselves (1.2 s at 50 tokens/s)
-STOPPED_TOKENS = 30_000
-"""The ``max_tokens`` of a stream the test stops: 10 minutes of tokens, so no such stream ends by itself before its
-stop however slow the machine (a slow CI run once let a stream of a short text end before its stop)."""
 PACE_ARGS = ["--synthetic-tokens-per-s", "50", "--synthetic-ttft-ms", "0"]
 RUNNER_ARGS = [*PACE_ARGS, "--synthetic-length-tokens", str(LENGTH_TOKENS)]
 NATURAL_RUNNER_ARGS = [*PACE_ARGS, "--synthetic-length-tokens", str(NATURAL_TOKENS)]

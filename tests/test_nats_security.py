@@ -25,7 +25,7 @@ import trustme
 from nats import errors as nats_errors
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.helpers import create_stream, expected_text, post, wait_finished
+from tests.helpers import STOPPED_TOKENS, create_stream, expected_text, post, wait_finished
 from tests.procs import NatsServer, nats_server, start_role, stop_process, system, wait_until
 from tests.sse_client import read_stream
 from tokenrelay import codec, natsio, subjects
@@ -368,9 +368,6 @@ def test_a_role_with_incomplete_nats_settings_exits_1_naming_the_variables(nats:
 
 LENGTH_TOKENS = 100_000
 """Every synthetic text runs this long unless max_tokens ends it first, so a stop always lands mid-stream."""
-STOPPED_TOKENS = 30_000
-"""The ``max_tokens`` of a stream the test stops or walks away from: 5 minutes of tokens, so none ends by itself first
-however slow the machine."""
 FAST_RUNNER = ["--synthetic-tokens-per-s", "100", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
 GRACE_S = 0.3
 

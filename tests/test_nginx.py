@@ -33,7 +33,7 @@ from aiohttp import web
 from websockets.asyncio.client import connect
 
 from gateway.app import WS_HEARTBEAT_S
-from tests.helpers import create_stream, expected_text, get_json, post, wait_finished
+from tests.helpers import STOPPED_TOKENS, create_stream, expected_text, get_json, post, wait_finished
 from tests.procs import NatsServer, System, stop_process, system
 from tests.sse_client import Event, Stream, read_stream
 from tokenrelay.config import DEFAULT_HEARTBEAT_S
@@ -45,10 +45,6 @@ NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 TOKENS_PER_S = 20
 TEXT_TOKENS = 40  # a stream read to its end: about 2 s at 20 tokens/s
 LENGTH_TOKENS = 100_000  # the synthetic text's natural length: no text ends before its max_tokens
-STOPPED_TOKENS = 30_000
-"""The ``max_tokens`` of a stream the test stops: 25 minutes of tokens, so no such stream ends by itself before its
-stop however slow the machine (a slow CI run once let a 200-token stream of a 40-token text end before the control
-socket's stop)."""
 TTFT_MS = 600  # readers connect, and the proxy's reader sees pings, before the first token
 HEARTBEAT_S = 0.1
 RUNNER_ARGS = [

@@ -13,7 +13,16 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers import create_stream, get_json, metric, post, stalled_reader, wait_finished, wait_for_metric
+from tests.helpers import (
+    STOPPED_TOKENS,
+    create_stream,
+    get_json,
+    metric,
+    post,
+    stalled_reader,
+    wait_finished,
+    wait_for_metric,
+)
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 from tokenrelay.lifecycle import LifecycleEvent, format_line
@@ -47,9 +56,6 @@ def test_a_lifecycle_line_writes_floats_with_millisecond_precision_and_bools_as_
 
 TOKENS_PER_S = 50
 LONG_TEXTS = ["--synthetic-length-tokens", "100000"]
-STOPPED_TOKENS = 30_000
-"""The ``max_tokens`` of a stream the test stops: 10 minutes of tokens, so none ends by itself first however slow the
-machine."""
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from runner.pace import PublishPace
 from streamer.flush import FlushClock, LagReporter
 from streamer.hub import Hub, Reader
 from streamer.metrics import StreamerMetrics
-from tests.helpers import create_stream, metric, post, wait_for_metric
+from tests.helpers import STOPPED_TOKENS, create_stream, metric, post, wait_for_metric
 from tests.procs import System, nats_server, system
 from tests.sse_client import read_stream
 from tokenrelay import codec, subjects
@@ -36,7 +36,6 @@ BASE_S = 0.005
 MAX_S = 0.100
 T0 = 1000.0
 WAIT_S = 30.0
-STOPPED_TOKENS = 30_000
 
 
 # The runner's pace

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers import create_stream, expected_text, metric, post, wait_finished
+from tests.helpers import STOPPED_TOKENS, create_stream, expected_text, metric, post, wait_finished
 from tests.procs import NatsServer, System, nats_server, system
 from tests.sse_client import read_stream
 
@@ -20,9 +20,6 @@ PACE_ARGS = [
     "--max-concurrency", str(RUNNER_CAPACITY),
 ]  # fmt: skip
 LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `sut`: no text ends before its max_tokens
-STOPPED_TOKENS = 30_000
-"""The ``max_tokens`` of a stream the test stops or walks away from: 10 minutes of tokens, so no such stream ends by
-itself first however slow the machine (without a length, "stop me" was a 21-token text: 0.4 s to stop it in)."""
 RUNNER_ARGS = [*PACE_ARGS, "--synthetic-length-tokens", str(LENGTH_TOKENS)]
 
 
