@@ -18,6 +18,10 @@ from __future__ import annotations
 
 from tokenrelay.messages import LAG_REPORT_TTL_S
 
+MAX_STREAMERS = 1024
+"""Late streamers remembered at once; a report from one more is ignored until some expire (a bound on memory
+whatever is published on the subject)."""
+
 
 class PublishPace:
     """The publish interval of every stream of one runner, from the streamers' lateness reports."""
@@ -43,6 +47,8 @@ class PublishPace:
     def report(self, streamer_id: str, lag_s: float, now: float) -> None:
         """A streamer's average lateness of live events at ``now`` (0 or less: on time)."""
         if lag_s > 0:
+            if streamer_id not in self._reports and len(self._reports) >= MAX_STREAMERS:
+                return
             self._reports[streamer_id] = (lag_s, now)
         else:
             self._reports.pop(streamer_id, None)

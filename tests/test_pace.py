@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from runner.batcher import DeltaBatcher
-from runner.pace import PublishPace
+from runner.pace import MAX_STREAMERS, PublishPace
 from streamer.flush import FlushClock, LagReporter
 from streamer.hub import Hub, Reader
 from streamer.metrics import StreamerMetrics
@@ -78,6 +78,19 @@ def test_a_streamer_that_stopped_reporting_no_longer_counts() -> None:
     assert pace.interval_s == 0.080  # still within its time
     pace.expire(T0 + LAG_REPORT_TTL_S + 0.01)
     assert pace.interval_s == BASE_S
+
+
+def test_reports_from_more_streamers_than_the_bound_are_ignored_until_some_expire() -> None:
+    pace = PublishPace(BASE_S, max_interval_s=MAX_S)
+    for i in range(MAX_STREAMERS):
+        pace.report(f"streamer-{i}", 0.020, T0)
+    pace.report("one-too-many", 0.090, T0)
+    assert pace.interval_s == 0.020
+    pace.report("streamer-0", 0.030, T0)  # one already remembered still counts
+    assert pace.interval_s == 0.030
+    pace.expire(T0 + LAG_REPORT_TTL_S + 0.01)
+    pace.report("one-too-many", 0.090, T0 + LAG_REPORT_TTL_S + 0.01)
+    assert pace.interval_s == 0.090
 
 
 def test_without_a_maximum_above_the_base_the_interval_is_fixed() -> None:
