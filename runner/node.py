@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
+from typing import TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -43,6 +44,8 @@ from tokenrelay.messages import (
     StreamRecord,
 )
 from tokenrelay.tasks import TaskSet
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class Runner:
             max_age_s=config.history.ttl_s,
         )
         self.metrics.capacity.set(config.max_concurrency)
-        self.metrics.publish_interval.set(self.pace.interval_s)
+        self.metrics.publish_interval.set_function(lambda: self.pace.interval_s)
 
     @property
     def active(self) -> int:
@@ -121,10 +124,8 @@ class Runner:
         await self._engine.aclose()
 
     async def _on_job(self, msg: Msg) -> None:
-        try:
-            job = codec.decode_as(msg.data, JobRequest)
-        except CodecError as exc:
-            log.warning("dropping malformed job: %s", exc)
+        job = _decode_or_drop(msg, JobRequest, "job")
+        if job is None:
             return
         active = self._active.get(job.stream_id)
         if active is not None and active.job.epoch == job.epoch:
@@ -174,10 +175,8 @@ class Runner:
         self._cancel_tasks.spawn(self._cancel(msg))
 
     async def _cancel(self, msg: Msg) -> None:
-        try:
-            request = codec.decode_as(msg.data, CancelRequest)
-        except CodecError as exc:
-            log.warning("dropping malformed cancel: %s", exc)
+        request = _decode_or_drop(msg, CancelRequest, "cancel")
+        if request is None:
             return
         generation = self._active.get(request.stream_id)
         halted_ts = None
@@ -212,7 +211,6 @@ class Runner:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             self.replay.sweep()
             self.pace.expire(time.monotonic())
-            self.metrics.publish_interval.set(self.pace.interval_s)
             try:
                 await self._heartbeat()
             except Exception as exc:
@@ -233,15 +231,20 @@ class Runner:
         await self._nc.publish(subjects.RUNNER_HEARTBEAT, codec.encode(self._beat()))
 
     async def _on_streamer_lag(self, msg: Msg) -> None:
-        try:
-            report = codec.decode_as(msg.data, StreamerLag)
-        except CodecError as exc:
-            log.warning("dropping a malformed streamer lag report: %s", exc)
-            return
-        self.pace.report(report.streamer_id, report.lag_s, time.monotonic())
-        self.metrics.publish_interval.set(self.pace.interval_s)
+        report = _decode_or_drop(msg, StreamerLag, "streamer lag report")
+        if report is not None:
+            self.pace.report(report.streamer_id, report.lag_s, time.monotonic())
 
     async def _on_ping(self, msg: Msg) -> None:
         """A gateway missed our heartbeats and asks whether we are alive: answer with one."""
         if msg.reply:
             await msg.respond(codec.encode(self._beat()))
+
+
+def _decode_or_drop(msg: Msg, cls: type[T], what: str) -> T | None:
+    """The message as a ``cls``, or ``None`` (logged and dropped) when it is not one."""
+    try:
+        return codec.decode_as(msg.data, cls)
+    except CodecError as exc:
+        log.warning("dropping malformed %s: %s", what, exc)
+        return None

@@ -16,6 +16,7 @@ The slowest streamer heard from sets the pace.
 
 from __future__ import annotations
 
+from tokenrelay.intervals import AdaptiveInterval
 from tokenrelay.messages import LAG_REPORT_TTL_S
 
 MAX_STREAMERS = 1024
@@ -23,26 +24,13 @@ MAX_STREAMERS = 1024
 whatever is published on the subject)."""
 
 
-class PublishPace:
+class PublishPace(AdaptiveInterval):
     """The publish interval of every stream of one runner, from the streamers' lateness reports."""
 
     def __init__(self, base_interval_s: float, *, max_interval_s: float | None = None) -> None:
-        max_interval_s = base_interval_s if max_interval_s is None else max_interval_s
-        if base_interval_s < 0:
-            raise ValueError("base_interval_s must be >= 0")
-        if max_interval_s < base_interval_s:
-            raise ValueError("max_interval_s must be >= base_interval_s")
-        self.base_interval_s = base_interval_s
-        self.max_interval_s = max_interval_s
-        self.interval_s = base_interval_s
-        """The interval now: between the base and the maximum."""
+        super().__init__(base_interval_s, max_interval_s=max_interval_s)
         self._reports: dict[str, tuple[float, float]] = {}
         """streamer id -> (its lateness in seconds, when it was heard)."""
-
-    @property
-    def adapts(self) -> bool:
-        """Whether the interval can grow (a maximum above the base)."""
-        return self.max_interval_s > self.base_interval_s
 
     def report(self, streamer_id: str, lag_s: float, now: float) -> None:
         """A streamer's average lateness of live events at ``now`` (0 or less: on time)."""
@@ -63,5 +51,4 @@ class PublishPace:
             self._update(now)
 
     def _update(self, now: float) -> None:
-        lag_s = max((lag for lag, heard in self._reports.values() if now - heard <= LAG_REPORT_TTL_S), default=0.0)
-        self.interval_s = min(self.max_interval_s, max(self.base_interval_s, lag_s))
+        self.follow(max((lag for lag, heard in self._reports.values() if now - heard <= LAG_REPORT_TTL_S), default=0.0))

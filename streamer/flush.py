@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+from tokenrelay.intervals import AdaptiveInterval
 from tokenrelay.ticks import Ticks
 
 TICKS_PER_INTERVAL = 4
@@ -29,7 +30,7 @@ LAG_WEIGHT = 0.02
 """Weight of one live event's lateness in the running average the interval follows (about the last 50 events)."""
 
 
-class FlushClock:
+class FlushClock(AdaptiveInterval):
     """Shared wake-ups for readers holding back a write until ``interval_s`` after their last one.
 
     ``interval_s`` starts at the configured interval and moves between it and ``max_interval_s`` (the same
@@ -37,25 +38,13 @@ class FlushClock:
     """
 
     def __init__(self, interval_s: float, *, max_interval_s: float | None = None) -> None:
-        max_interval_s = interval_s if max_interval_s is None else max_interval_s
-        if interval_s < 0:
-            raise ValueError("interval_s must be >= 0")
-        if max_interval_s < interval_s:
-            raise ValueError("max_interval_s must be >= interval_s")
-        self.base_interval_s = interval_s
-        self.max_interval_s = max_interval_s
-        self.interval_s = interval_s
+        super().__init__(interval_s, max_interval_s=max_interval_s)
         self.lag_s = 0.0
         """The running average of how late live events arrive (seconds after they were published)."""
         self.observed = 0
         """Live events whose lateness was observed so far."""
-        self.ticks = Ticks((interval_s or max_interval_s) / TICKS_PER_INTERVAL)
+        self.ticks = Ticks((self.base_interval_s or self.max_interval_s) / TICKS_PER_INTERVAL)
         """The readers waiting, by the tick they wait for."""
-
-    @property
-    def adapts(self) -> bool:
-        """Whether the interval can grow (a maximum above the configured interval)."""
-        return self.max_interval_s > self.base_interval_s
 
     def observe_lag(self, lag_s: float) -> None:
         """One live event arrived ``lag_s`` after it was published: the interval follows the average lateness.
@@ -71,7 +60,7 @@ class FlushClock:
         self.observed += 1
         self.lag_s += (max(lag_s, 0.0) - self.lag_s) * LAG_WEIGHT
         if self.adapts:
-            self.interval_s = min(self.max_interval_s, max(self.base_interval_s, self.lag_s))
+            self.follow(self.lag_s)
 
     @property
     def waiting(self) -> int:
