@@ -417,6 +417,7 @@ class Pump:
             if not buffer.closed and flush.delay_s(self._last_write, self._loop.time()) > 0:
                 await flush.wait_until(self._last_write + flush.interval_s)  # one shared timer, not one per reader
             live_tokens, oldest_live_ts, tokens = buffer.live_tokens, buffer.oldest_live_ts, buffer.tokens_pending
+            final = buffer.closed  # what is taken now ends with the terminal event
             data = buffer.take()
             if data:
                 reader.writing_since = self._clock()
@@ -426,7 +427,12 @@ class Pump:
                 # for the shared frame, 14.1 µs encoding per event, 28.6 µs for send() (3.5x).  And the
                 # frame goes to the transport as one HTTP/1.1 chunk rather than through response.write():
                 # 6.5 against 9.5 µs per event in the same benchmark (its `chunk` endpoint).
-                if self._out is not None:
+                if final:
+                    # The terminal event and the body's last-chunk in one write: a client that stops reading at
+                    # the terminal event has the whole response, so it keeps the connection for its next request
+                    # (written apart, the last-chunk came after it had left, and the connection was closed).
+                    await self._response.write_eof(data)
+                elif self._out is not None:
                     self._out.write(data)
                 else:
                     await self._response.write(data)

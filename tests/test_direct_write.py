@@ -43,19 +43,24 @@ class Served:
     reader: Reader
     client: socket.socket
     done: asyncio.Future[None]
+    writes: list[bytes]
+    """What the server handed its transport, one item per call (only with ``record_writes``)."""
 
 
 @contextlib.asynccontextmanager
-async def serve() -> AsyncIterator[Served]:
+async def serve(*, record_writes: bool = False) -> AsyncIterator[Served]:
     loop = asyncio.get_running_loop()
     reader = Reader(SID, epoch=EPOCH, resume=None, max_buffered_bytes=64 << 20, now=0.0)
     prepared: asyncio.Future[None] = loop.create_future()
     done: asyncio.Future[None] = loop.create_future()
+    writes: list[bytes] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         transport = request.transport
         assert transport is not None
+        if record_writes:
+            _record(transport, writes)
         transport.set_write_buffer_limits(high=0)
         sock = transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -86,10 +91,26 @@ async def serve() -> AsyncIterator[Served]:
     await loop.sock_sendall(client, b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     await asyncio.wait_for(prepared, 5)
     try:
-        yield Served(reader, client, done)
+        yield Served(reader, client, done, writes)
     finally:
         client.close()
         await runner.cleanup()
+
+
+def _record(transport: asyncio.BaseTransport, writes: list[bytes]) -> None:
+    """Keep a copy of every write the server makes (asyncio's transports: uvloop's methods cannot be replaced)."""
+    write, writelines = transport.write, transport.writelines  # type: ignore[attr-defined]
+
+    def recording_write(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    def recording_writelines(chunks: list[bytes]) -> None:
+        chunks = list(chunks)
+        writes.append(b"".join(chunks))
+        writelines(chunks)
+
+    transport.write, transport.writelines = recording_write, recording_writelines  # type: ignore[attr-defined]
 
 
 async def read_until(client: socket.socket, marker: bytes) -> bytes:
@@ -157,3 +178,22 @@ async def _partial_write(served: Served) -> None:
     await asyncio.wait_for(served.done, 5)
     assert served.reader.buffer.in_flight_bytes == 0
     assert served.reader.writing_since is None
+
+
+def test_the_terminal_event_and_the_end_of_the_body_leave_in_one_write() -> None:
+    # So a client that stops reading at the terminal event has the whole response, and its next request can go
+    # on the same connection.  On asyncio's loop, whose transport can be wrapped to see each write.
+    run_on_loop(None, _terminal_write())
+
+
+async def _terminal_write() -> None:
+    async with serve(record_writes=True) as served:
+        await read_until(served.client, b"\r\n\r\n")
+        served.reader.deliver(START, 0.0, b"event: start\ndata: {}\n\n")
+        served.reader.deliver(StreamEnd(seq=1, finish_reason=FinishReason.STOP, tokens=0, ttft_ms=None), 0.0)
+        await read_until(served.client, b"\r\n0\r\n\r\n")
+        await asyncio.wait_for(served.done, 5)
+        last = served.writes[-1]
+        assert b"event: stop" in last
+        assert last.endswith(b"\r\n0\r\n\r\n")
+        assert not any(b"event: stop" in write for write in served.writes[:-1])
