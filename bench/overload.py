@@ -669,5 +669,6 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    event_loop = parse_args().loadgen_event_loop  # first: --help exits here, before any coroutine exists
     with contextlib.suppress(KeyboardInterrupt):
-        run_on_loop(main(), event_loop=parse_args().loadgen_event_loop)
+        run_on_loop(main(), event_loop=event_loop)
