@@ -78,6 +78,7 @@ def _status_body(record: StreamRecord) -> dict[str, Any]:
         "finish_reason": str(record.finish_reason) if record.finish_reason is not None else None,
         "tokens": record.tokens,
         "ttft_ms": record.ttft_ms,
+        "prompt_tokens": record.prompt_tokens,
         "error_code": record.error_code,
         "cancel_reason": str(record.cancel_reason) if record.cancel_reason is not None else None,
     }

@@ -83,6 +83,8 @@ class Generation:
         self._seq = 0
         self._tokens = 0
         self._ttft_ms: float | None = None
+        self._prompt_tokens: int | None = None
+        """The prompt's length in tokens, as the engine reported it (``None``: it did not)."""
         self._first_token_at: float | None = None
         self._cancel_reason: CancelReason | None = None
         self.halted_ts: float | None = None
@@ -166,6 +168,7 @@ class Generation:
                 tokens=outcome.tokens,
                 ttft_ms=self._ttft_ms,
                 cancel_reason=self._cancel_reason,
+                prompt_tokens=self._prompt_tokens,
             )
         )
         self._finish(outcome)
@@ -206,7 +209,11 @@ class Generation:
             model=self.job.model,
             messages=self.job.messages,
             max_tokens=self.job.max_tokens,
+            on_prompt_tokens=self._on_prompt_tokens,
         )
+
+    def _on_prompt_tokens(self, tokens: int) -> None:
+        self._prompt_tokens = tokens
 
     async def _finish_with_error(self, code: str, message: str) -> None:
         await self._flush()
@@ -245,7 +252,10 @@ class Generation:
         return (tokens - 1) / elapsed_s if elapsed_s > 0 else None
 
     def _record(self, state: StreamState) -> StreamRecord:
-        return job_record(self.job, state, runner_id=self._runner_id, tokens=self._tokens, ttft_ms=self._ttft_ms)
+        return job_record(
+            self.job, state, runner_id=self._runner_id, tokens=self._tokens, ttft_ms=self._ttft_ms,
+            prompt_tokens=self._prompt_tokens,
+        )  # fmt: skip
 
     def _save_record(self, record: StreamRecord) -> None:
         """Write records in order, off the token path."""

@@ -34,11 +34,13 @@ def frame(event: StreamEvent, epoch: str) -> bytes:
         data_start = {"stream_id": event.stream_id, "model": event.model, "created": event.created}
         return encode_event(orjson.dumps(data_start).decode(), event="start", id=f"{epoch}:0")
     if isinstance(event, StreamEnd):
-        data_end = {
+        data_end: dict[str, object] = {
             "finish_reason": str(event.finish_reason),
             "tokens": event.tokens,
             "ttft_ms": event.ttft_ms,
         }
+        if event.prompt_tokens is not None:
+            data_end["prompt_tokens"] = event.prompt_tokens
         return encode_event(orjson.dumps(data_end).decode(), event="stop", id=f"{epoch}:{event.tokens}")
     if event.seq == OUT_OF_BAND_SEQ:
         return error_frame(event.code, event.message)  # no id: the reader's last cursor stays valid

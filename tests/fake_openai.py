@@ -31,6 +31,8 @@ class FakeUpstream:
     interval_s: float = 0.02
     status: int = 200
     stall_after: int | None = None
+    usage_prompt_tokens: int | None = None
+    """When set, a usage-only chunk with this ``prompt_tokens`` follows the words (as ``include_usage`` asks)."""
     calls: list[Call] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -70,6 +72,9 @@ class FakeUpstream:
                 await response.write(data[len(data) - 5 :])
                 call.sent += 1
                 await asyncio.sleep(self.interval_s)
+            if self.usage_prompt_tokens is not None:
+                usage = {"prompt_tokens": self.usage_prompt_tokens, "completion_tokens": len(self.words)}
+                await response.write(b"data: " + orjson.dumps({"id": "c1", "choices": [], "usage": usage}) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
             call.finished = True
         except (asyncio.CancelledError, ConnectionResetError):

@@ -54,6 +54,7 @@ async def test_a_streamed_message_sends_anthropics_events_in_order(sut: System) 
     delta = next(e for e in events if e.type == "message_delta")
     assert delta.delta.stop_reason == "max_tokens"
     assert delta.usage.output_tokens == 20
+    assert delta.usage.input_tokens == 3  # the synthetic engine's count: the words of "user: hello claude"
 
 
 async def test_the_wire_carries_a_ping_after_the_content_block_start(sut: System) -> None:
@@ -77,6 +78,7 @@ async def test_the_sdks_stream_helper_assembles_the_final_message(natural: Syste
     assert final.content[0].type == "text"
     assert final.content[0].text == "".join(pieces)
     assert final.stop_reason == "end_turn"
+    assert final.usage.input_tokens == 3  # from the message_delta: "user: natural end"
 
 
 async def test_a_system_prompt_comes_first(sut: System) -> None:
@@ -86,6 +88,7 @@ async def test_a_system_prompt_comes_first(sut: System) -> None:
     messages = (ChatMessage(role="system", content="be brief"), ChatMessage(role="user", content="with system"))
     assert message.content[0].type == "text"
     assert message.content[0].text == expected(messages, 10)
+    assert message.usage.input_tokens == 6  # "system: be brief\nuser: with system"
 
 
 async def test_a_non_streamed_message_returns_one_message(sut: System) -> None:
@@ -95,6 +98,7 @@ async def test_a_non_streamed_message_returns_one_message(sut: System) -> None:
     assert message.content[0].text == expected_text("whole", 15, LENGTH_TOKENS)
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens == 15
+    assert message.usage.input_tokens == 2  # "user: whole"
 
 
 async def test_an_invalid_request_raises_the_sdks_bad_request_error(sut: System) -> None:

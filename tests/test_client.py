@@ -51,8 +51,9 @@ def test_the_tracker_keeps_the_text_the_cursor_and_the_final_state() -> None:
     assert tracker.receive(sse("delta", {"text": "Hi", "index": 1}, "e:1")) == "Hi"
     assert tracker.receive(sse("delta", {"text": " there", "index": 3}, "e:3")) == " there"
     assert (tracker.cursor, tracker.tokens, tracker.model) == ("e:3", 3, "m")
-    tracker.receive(sse("stop", {"finish_reason": "length", "tokens": 3, "ttft_ms": 12.5}, "e:3"))
+    tracker.receive(sse("stop", {"finish_reason": "length", "tokens": 3, "ttft_ms": 12.5, "prompt_tokens": 4}, "e:3"))
     assert (tracker.phase, tracker.finish_reason, tracker.ttft_ms) == (Phase.FINISHED, "length", 12.5)
+    assert tracker.prompt_tokens == 4
 
 
 def test_the_tracker_drops_a_delta_it_already_holds() -> None:
@@ -236,6 +237,7 @@ async def test_a_stream_yields_the_whole_text_then_its_finish_reason(sut: System
     assert "".join(deltas) == stream.text == expected_text("hello client", 20, LENGTH_TOKENS)
     assert (stream.finish_reason, stream.tokens, stream.model) == ("length", 20, "synthetic")
     assert stream.ttft_ms is not None and stream.ttft_ms >= 0
+    assert stream.prompt_tokens == 3  # the synthetic engine's count: the words of "user: hello client"
     assert stream.cursor is not None and stream.cursor.endswith(":20")
     assert stream.reconnects == 0
 

@@ -55,6 +55,11 @@ def test_end_frame_has_stop_event_id_epoch_tokens_and_finish_fields() -> None:
     )
 
 
+def test_end_frame_carries_the_prompt_count_when_the_engine_gave_one() -> None:
+    end = StreamEnd(seq=9, finish_reason=FinishReason.STOP, tokens=12, ttft_ms=45.5, prompt_tokens=30)
+    assert fields(frame(end, EPOCH))[2] == {"finish_reason": "stop", "tokens": 12, "ttft_ms": 45.5, "prompt_tokens": 30}
+
+
 def test_end_frame_reports_missing_ttft_as_null_and_omits_cancel_reason() -> None:
     end = StreamEnd(
         seq=1, finish_reason=FinishReason.CANCELLED, tokens=0, ttft_ms=None, cancel_reason=CancelReason.CLIENT

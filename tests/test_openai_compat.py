@@ -70,6 +70,8 @@ async def test_include_usage_adds_a_final_chunk_with_usage_and_no_choices(sut: S
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 12
+    assert chunks[-1].usage.prompt_tokens == 3  # the synthetic engine's count: the words of "user: count me"
+    assert chunks[-1].usage.total_tokens == 15
     assert chunks[-2].choices[0].finish_reason == "length"
     assert all(chunk.usage is None for chunk in chunks[:-1])
 
@@ -81,8 +83,10 @@ async def test_a_non_streamed_completion_returns_one_chat_completion(sut: System
     assert completion.choices[0].message.content == expected_text("whole", 15, LENGTH_TOKENS)
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 15
+    assert (completion.usage.prompt_tokens, completion.usage.total_tokens) == (2, 17)  # "user: whole"
     status = await _status(sut, completion.id)
     assert status["state"] == "finished" and status["tokens"] == 15
+    assert status["prompt_tokens"] == 2
 
 
 async def test_content_given_as_text_parts_is_the_same_prompt(sut: System) -> None:

@@ -42,7 +42,7 @@ def sut(nats: NatsServer, upstream: FakeUpstream) -> Iterator[System]:
 
 @pytest.fixture(autouse=True)
 def reset(upstream: FakeUpstream) -> None:
-    upstream.status, upstream.words, upstream.stall_after = 200, WORDS, None
+    upstream.status, upstream.words, upstream.stall_after, upstream.usage_prompt_tokens = 200, WORDS, None, None
 
 
 async def test_streams_the_upstream_text_with_multibyte_characters_intact(sut: System, upstream: FakeUpstream) -> None:
@@ -51,9 +51,18 @@ async def test_streams_the_upstream_text_with_multibyte_characters_intact(sut: S
     stream = await read_stream(created["events_url"])
     assert stream.text == "Héllo 日本語 🚀 ok"
     assert stream.terminal.json()["finish_reason"] == "stop"
+    assert "prompt_tokens" not in stream.terminal.json()  # the upstream sent no usage: no count to give
     call = upstream.calls[-1]
     assert call.body["model"] == "fake-model" and call.body["stream"] is True
     assert call.body["messages"] == [{"role": "user", "content": "hello upstream"}]
+
+
+async def test_the_prompt_count_of_an_upstream_usage_chunk_ends_the_stream(sut: System, upstream: FakeUpstream) -> None:
+    upstream.words, upstream.usage_prompt_tokens = WORDS[:6], 17
+    created = await create_stream(sut.gateway_url, "count my prompt", max_tokens=100)
+    stream = await read_stream(created["events_url"])
+    assert stream.text == "Héllo 日本語 🚀 ok"
+    assert stream.terminal.json()["prompt_tokens"] == 17
 
 
 async def test_stop_closes_the_upstream_request_before_the_stopped_reply(sut: System, upstream: FakeUpstream) -> None:

@@ -84,6 +84,7 @@ async def test_max_tokens_ends_the_stream_with_finish_reason_length(sut: System)
         "finish_reason": "length",
         "tokens": 5,
         "ttft_ms": None,
+        "prompt_tokens": 3,  # the synthetic engine's count: the words of "user: long one"
     }
     assert stream.text == expected_text("long one", 5, LENGTH_TOKENS)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runner.engines import GenerationRequest
-from runner.engines.synthetic import SyntheticEngine, prompt_text, synthetic_tokens
+from runner.engines.synthetic import SyntheticEngine, prompt_text, prompt_tokens, synthetic_tokens
 from tokenrelay.config import SyntheticConfig
 from tokenrelay.messages import ChatMessage
 
@@ -86,3 +86,26 @@ async def test_synthetic_engine_with_natural_length_streams_the_synthetic_tokens
     request = GenerationRequest(stream_id="s", model="synthetic", messages=messages, max_tokens=1000)
     streamed = [token async for token in engine.stream(request)]
     assert streamed == synthetic_tokens(prompt_text(messages), max_tokens=1000)
+
+
+def test_the_synthetic_count_of_a_prompt_is_the_words_of_its_prompt_text() -> None:
+    messages = (
+        ChatMessage(role="system", content="Be brief."),
+        ChatMessage(role="user", content="Hi  there\nfriend 😀"),
+    )
+    # "system: Be brief.\nuser: Hi  there\nfriend 😀"
+    assert prompt_tokens(messages) == 8
+
+
+async def test_the_synthetic_engine_reports_its_prompt_count_before_its_first_token() -> None:
+    messages = (ChatMessage(role="user", content="count these four words"),)
+    engine = SyntheticEngine(SyntheticConfig(ttft_ms=0, tokens_per_s=0, length_tokens=3))
+    reported: list[int] = []
+    request = GenerationRequest(
+        stream_id="s", model="synthetic", messages=messages, max_tokens=3, on_prompt_tokens=reported.append
+    )
+    tokens = engine.stream(request)
+    assert reported == [5]  # "user:" and the four words
+    assert len([token async for token in tokens]) == 3
+    assert reported == [5]
+    await engine.aclose()

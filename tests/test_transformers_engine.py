@@ -144,3 +144,24 @@ async def test_ws_stop_cancels_a_transformers_generation(sut: System) -> None:
     stream = await reader
     assert stream.terminal.json()["finish_reason"] == "cancelled"
     assert stream.terminal.json()["tokens"] == stopped["tokens"] < 3_000
+
+
+async def test_engine_reports_the_prompt_length_its_tokenizer_gives(model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from runner.engines.transformers import TransformersEngine
+
+    engine = TransformersEngine(str(model_dir))
+    reported: list[int] = []
+    request = GenerationRequest(
+        stream_id="0" * 32,
+        model="tiny",
+        messages=(ChatMessage(role="user", content="hello 日本 café"),),
+        max_tokens=5,
+        on_prompt_tokens=reported.append,
+    )
+    pieces = [p async for p in engine.stream(request)]
+    await engine.aclose()
+    expected = len(AutoTokenizer.from_pretrained(model_dir)("user: hello 日本 café\nassistant:").input_ids)
+    assert reported == [expected]
+    assert len([p for p in pieces if not isinstance(p, TextTail)]) == 5  # the count is no token

@@ -123,6 +123,8 @@ class StreamEnd:
     tokens: int
     ttft_ms: float | None
     cancel_reason: CancelReason | None = None
+    prompt_tokens: int | None = None
+    """The prompt's length in tokens, when the engine reported it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +203,8 @@ class StreamRecord:
     owner: str | None = None
     """The tenant whose API key created the stream (``None`` when no keys are configured): only it may
     read, stop, query or rate the stream."""
+    prompt_tokens: int | None = None
+    """The engine's count of the prompt, once it gave one."""
 
 
 def job_record(
@@ -212,6 +216,7 @@ def job_record(
     tokens: int = 0,
     ttft_ms: float | None = None,
     error_code: str | None = None,
+    prompt_tokens: int | None = None,
 ) -> StreamRecord:
     """The record of ``job``'s stream in ``state``: the job's identity (its owner included) and these fields.
 
@@ -221,7 +226,7 @@ def job_record(
     return StreamRecord(
         stream_id=job.stream_id, state=state, model=job.model, created=job.created, epoch=job.epoch,
         gateway_id=job.gateway_id, owner=job.owner, runner_id=runner_id, finish_reason=finish_reason,
-        tokens=tokens, ttft_ms=ttft_ms, error_code=error_code,
+        tokens=tokens, ttft_ms=ttft_ms, error_code=error_code, prompt_tokens=prompt_tokens,
     )  # fmt: skip
 
 

@@ -4,11 +4,15 @@ An engine turns a :class:`GenerationRequest` into an async iterator of text piec
 token, each made of whole UTF-8 characters.  The runner, not the engine, enforces
 ``max_tokens`` and cancellation: it stops iterating and closes the iterator (``aclose``),
 which is where an engine frees its resources (an upstream HTTP request, a decode loop).
+
+An engine that knows how many tokens the prompt is tells the request's ``on_prompt_tokens``; the
+stream's terminal event carries it, and the compatible APIs report it as ``usage.prompt_tokens`` /
+``usage.input_tokens``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +28,13 @@ class GenerationRequest:
     model: str
     messages: tuple[ChatMessage, ...]
     max_tokens: int
+    on_prompt_tokens: Callable[[int], None] | None = None
+    """Told the prompt's length in tokens when the engine knows it; the last report counts (``None``: nobody asks)."""
+
+    def report_prompt_tokens(self, tokens: int) -> None:
+        """Tell :attr:`on_prompt_tokens` the prompt's length (engines call this)."""
+        if self.on_prompt_tokens is not None:
+            self.on_prompt_tokens(tokens)
 
 
 class TextTail(str):

@@ -77,7 +77,7 @@ class OpenAIEngine:
             if response.status != 200:
                 body = (await response.text(errors="replace"))[:MAX_ERROR_BODY_CHARS]
                 raise EngineError(str(ErrorCode.UPSTREAM_ERROR), f"the upstream answered {response.status}: {body}")
-            async for text in self._texts(response):
+            async for text in self._texts(response, request):
                 yield text
         except TimeoutError:
             raise EngineError(str(ErrorCode.UPSTREAM_TIMEOUT), "the upstream stopped sending") from None
@@ -88,7 +88,7 @@ class OpenAIEngine:
             # its client go away and stops generating.  Runs on cancel, on max_tokens and on errors.
             response.close()
 
-    async def _texts(self, response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    async def _texts(self, response: aiohttp.ClientResponse, request: GenerationRequest) -> AsyncIterator[str]:
         lines = LineSplitter()
         async for chunk in response.content.iter_any():
             for line in lines.feed(chunk):
@@ -97,7 +97,7 @@ class OpenAIEngine:
                 payload = line[len(_DATA) :].strip()
                 if payload == "[DONE]":
                     return
-                text = _delta_text(payload)
+                text = _delta_text(payload, request)
                 if text:
                     yield text
 
@@ -108,9 +108,13 @@ class OpenAIEngine:
             await asyncio.sleep(0)
 
 
-def _delta_text(payload: str) -> str | None:
+def _delta_text(payload: str, request: GenerationRequest) -> str | None:
+    """A chunk's ``choices[0].delta.content``; a ``usage`` it carries (the upstream's prompt count) is reported."""
     try:
         chunk: Any = orjson.loads(payload)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and isinstance(prompt := usage.get("prompt_tokens"), int) and prompt >= 0:
+            request.report_prompt_tokens(prompt)
         choices = chunk.get("choices") or []
         if not choices:
             return None  # e.g. a usage-only chunk

@@ -33,6 +33,11 @@ def prompt_text(messages: tuple[ChatMessage, ...]) -> str:
     return "\n".join(f"{m.role}: {m.content}" for m in messages)
 
 
+def prompt_tokens(messages: tuple[ChatMessage, ...]) -> int:
+    """The synthetic engine's count of a prompt's tokens: the words (whitespace-separated) of :func:`prompt_text`."""
+    return len(prompt_text(messages).split())
+
+
 def synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 0) -> list[str]:
     """Every token the synthetic engine produces for ``prompt``, at most ``max_tokens``."""
     return list(iter_synthetic_tokens(prompt, max_tokens=max_tokens, length_tokens=length_tokens))
@@ -91,6 +96,7 @@ class SyntheticEngine:
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Tokens on a fixed schedule from the start (no drift from slow consumers of the iterator)."""
+        request.report_prompt_tokens(prompt_tokens(request.messages))
         tokens = iter_synthetic_tokens(
             prompt_text(request.messages),
             max_tokens=request.max_tokens,

@@ -29,6 +29,12 @@ DEFAULT_WORKER_THREADS = 1
 _END = object()
 
 
+class _PromptLength(int):
+    """The prompt's length in tokens, as the worker hands it over before the first generated id."""
+
+    __slots__ = ()
+
+
 class TransformersEngine:
     """Greedy decoding with a local model; ``worker_threads`` generations run at once."""
 
@@ -52,7 +58,8 @@ class TransformersEngine:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Yield one text piece per generated token ("" while a character is still incomplete)."""
         loop = asyncio.get_running_loop()
-        ids: asyncio.Queue[object] = asyncio.Queue(maxsize=request.max_tokens + 2)
+        # At most: the prompt's length, max_tokens ids, an exception, the end.
+        ids: asyncio.Queue[object] = asyncio.Queue(maxsize=request.max_tokens + 3)
         stop = threading.Event()
         job = loop.run_in_executor(self._pool, self._generate, request, ids, loop, stop)
         detokenizer = IncrementalDetokenizer(self._decode)
@@ -61,6 +68,9 @@ class TransformersEngine:
             while (item := await ids.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise EngineError(str(ErrorCode.ENGINE_ERROR), f"generation failed: {item}")
+                if isinstance(item, _PromptLength):
+                    request.report_prompt_tokens(int(item))
+                    continue
                 assert isinstance(item, int)
                 produced += 1
                 if produced == request.max_tokens:
@@ -94,9 +104,11 @@ class TransformersEngine:
             if stop.is_set():
                 return
             streamer = _IdStreamer(put)
+            input_ids = self._input_ids(request)
+            put(_PromptLength(input_ids.shape[-1]))
             with torch.inference_mode():
                 self._model.generate(
-                    self._input_ids(request),
+                    input_ids,
                     max_new_tokens=request.max_tokens,
                     do_sample=False,
                     streamer=streamer,

@@ -2,8 +2,9 @@
 
 The message ``id`` is the tokenrelay stream id, so a stream started through the Anthropic SDK
 can be stopped over the control WebSocket; a stop ends it with ``stop_reason`` ``"cancelled"``
-(tokenrelay's own; Anthropic has none for it).  ``usage.input_tokens`` is 0: the engines do
-not report prompt lengths yet.
+(tokenrelay's own; Anthropic has none for it).  ``usage.input_tokens`` is the engine's count of
+the prompt, in ``message_delta`` (0 in ``message_start``, which goes out before the engine counts, and
+0 wherever the engine gave no count: see ``runner/engines``).
 """
 
 from __future__ import annotations
@@ -133,7 +134,9 @@ class EventFraming:
                     {
                         "type": "message_delta",
                         "delta": {"stop_reason": stop_reason(event), "stop_sequence": None},
-                        "usage": {"output_tokens": event.tokens},
+                        # The prompt's count is known by the end (``message_start`` went out before the engine
+                        # counted it); the SDKs take ``input_tokens`` from here when it is present.
+                        "usage": {"input_tokens": event.prompt_tokens or 0, "output_tokens": event.tokens},
                     },
                 )
                 + _event("message_stop", {"type": "message_stop"})
@@ -155,7 +158,7 @@ def message_body(*, stream_id: str, model: str, text: str, end: StreamEnd) -> di
         "model": model,
         "stop_reason": stop_reason(end),
         "stop_sequence": None,
-        "usage": {"input_tokens": 0, "output_tokens": end.tokens},
+        "usage": {"input_tokens": end.prompt_tokens or 0, "output_tokens": end.tokens},
     }
 
 

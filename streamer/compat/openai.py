@@ -3,7 +3,7 @@
 The chunk ``id`` is the tokenrelay stream id, so a stream started through the OpenAI SDK can
 be stopped over the control WebSocket.  A stop ends the stream with ``finish_reason``
 ``"cancelled"`` (tokenrelay's own reason; OpenAI has none for it).  ``usage.prompt_tokens`` is
-0: the engines do not report prompt lengths yet.
+the engine's count of the prompt (0 when it gave none: see ``runner/engines``).
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ def finish_reason(end: StreamEnd) -> str:
     return str(end.finish_reason)
 
 
-def usage(completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": 0, "completion_tokens": completion_tokens, "total_tokens": completion_tokens}
+def usage(end: StreamEnd) -> dict[str, int]:
+    """The ``usage`` object of a finished stream."""
+    prompt = end.prompt_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": end.tokens, "total_tokens": prompt + end.tokens}
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -115,7 +117,7 @@ class ChunkFraming:
         if isinstance(event, StreamEnd):
             out = self._chunk({}, finish_reason(event))
             if self._include_usage:
-                out += _data({**self._base, "choices": [], "usage": usage(event.tokens)})
+                out += _data({**self._base, "choices": [], "usage": usage(event)})
             return out + DONE
         assert isinstance(event, StreamError)
         return self.error(event.code, event.message)
@@ -139,7 +141,7 @@ def completion_body(*, stream_id: str, model: str, created: int, text: str, end:
                 "finish_reason": finish_reason(end),
             }
         ],
-        "usage": usage(end.tokens),
+        "usage": usage(end),
     }
 
 

@@ -128,6 +128,11 @@ class Stream:
         return self._tracker.ttft_ms
 
     @property
+    def prompt_tokens(self) -> int | None:
+        """The engine's count of the prompt, from the ``stop`` event (``None`` when it gave none)."""
+        return self._tracker.prompt_tokens
+
+    @property
     def model(self) -> str | None:
         """The model named by the ``start`` event (not repeated on a resumed connection)."""
         return self._tracker.model

@@ -67,6 +67,7 @@ class StreamTracker:
         self.model: str | None = None
         self.finish_reason: str | None = None
         self.ttft_ms: float | None = None
+        self.prompt_tokens: int | None = None
         self.error: TokenRelayError | None = None
 
     def receive(self, event: ServerSentEvent) -> str | None:
@@ -122,6 +123,8 @@ class StreamTracker:
         self.tokens = _field(data, "tokens", int, "stop")
         ttft = data.get("ttft_ms")
         self.ttft_ms = float(ttft) if isinstance(ttft, int | float) else None
+        prompt = data.get("prompt_tokens")  # only when the engine counted the prompt
+        self.prompt_tokens = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None
 
 
 class ReconnectPolicy:
