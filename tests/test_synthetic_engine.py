@@ -94,7 +94,7 @@ def test_the_synthetic_count_of_a_prompt_is_the_words_of_its_prompt_text() -> No
         ChatMessage(role="user", content="Hi  there\nfriend 😀"),
     )
     # "system: Be brief.\nuser: Hi  there\nfriend 😀"
-    assert prompt_tokens(messages) == 8
+    assert prompt_tokens(prompt_text(messages)) == 8
 
 
 async def test_the_synthetic_engine_reports_its_prompt_count_before_its_first_token() -> None:

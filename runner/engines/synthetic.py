@@ -33,9 +33,9 @@ def prompt_text(messages: tuple[ChatMessage, ...]) -> str:
     return "\n".join(f"{m.role}: {m.content}" for m in messages)
 
 
-def prompt_tokens(messages: tuple[ChatMessage, ...]) -> int:
-    """The synthetic engine's count of a prompt's tokens: the words (whitespace-separated) of :func:`prompt_text`."""
-    return len(prompt_text(messages).split())
+def prompt_tokens(prompt: str) -> int:
+    """The synthetic engine's count of a prompt's tokens: the words (whitespace-separated) of a :func:`prompt_text`."""
+    return len(prompt.split())
 
 
 def synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 0) -> list[str]:
@@ -96,9 +96,10 @@ class SyntheticEngine:
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Tokens on a fixed schedule from the start (no drift from slow consumers of the iterator)."""
-        request.report_prompt_tokens(prompt_tokens(request.messages))
+        prompt = prompt_text(request.messages)
+        request.report_prompt_tokens(prompt_tokens(prompt))
         tokens = iter_synthetic_tokens(
-            prompt_text(request.messages),
+            prompt,
             max_tokens=request.max_tokens,
             length_tokens=self._config.length_tokens,
         )
