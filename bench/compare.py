@@ -1,4 +1,4 @@
-"""tokenrelay against two baselines, driven by the same load in the same run, reported as ratios.
+"""tokenrelay against its baselines, driven by the same load in the same run, reported as ratios.
 
 Targets, each started fresh for every load and stopped after it, on one shared nats-server:
 
@@ -9,7 +9,11 @@ Targets, each started fresh for every load and stopped after it, on one shared n
   publishes pre-encoded SSE frames on NATS, a forwarder process writes them; the relay process is
   the forwarder;
 * ``naive``      — the naive relay (``bench.baselines.naive_relay``): one aiohttp process that
-  generates and sends with aiohttp-sse; the relay process is that process.
+  generates and sends with aiohttp-sse; the relay process is that process;
+* ``forwarder-post`` — the bare forwarder started at the ``POST`` (``--start-at post``), as tokenrelay
+  starts a stream: the least tokenrelay's flow (a ``POST``, then a ``GET``, two NATS hops between
+  them) can cost, so the floor of the first-token target (the forwarder's token lag is the floor of
+  the others); the relay process is the forwarder.
 
 Every load is ``tokenrelay.loadtest`` run in this process (``run_loadtest``), with the same
 configuration for every target: no stops and no never-read readers (the baselines have no control
@@ -30,11 +34,12 @@ Scenarios (``--scenario``):
   one-token latency, its token lag at this load.
 
 Each round runs every scenario and, within it, every target in turn (tokenrelay, forwarder,
-naive, then the next round). Ratios divide a target's figure by the forwarder's in the same
-round; the table shows the median over rounds of each figure and of each ratio. Targets (issue
+naive, forwarder-post, then the next round). Ratios divide a target's figure by the forwarder's in
+the same round (the forwarder's own too where a row divides by another of its figures: its TTFT by
+its token lag); the table shows the median over rounds of each figure and of each ratio. Targets (issue
 6): active p99 token lag <= 3x the forwarder's, streamer CPU per token <= 1.5x the forwarder's,
 0 tokens lost or duplicated, first-token TTFT p50 <= 3x the forwarder's token lag p50. The naive
-relay's ratios are there for reference. Every round's raw load-test JSON per target and the
+relay's and forwarder-post's ratios are there for reference. Every round's raw load-test JSON per target and the
 summary go to ``bench/results/compare-<timestamp>.json``.
 
     python -m bench.compare --runs 3
@@ -66,7 +71,7 @@ from tokenrelay.loadtest.plan import DEFAULT_DRAIN_S, DEFAULT_SAMPLE_INTERVAL_S,
 from tokenrelay.loadtest.report import to_json
 from tokenrelay.service import EVENT_LOOPS, run_on_loop
 
-TARGETS = ("tokenrelay", "forwarder", "naive")
+TARGETS = ("tokenrelay", "forwarder", "naive", "forwarder-post")
 SCENARIOS = ("active", "first-token")
 BASELINE = "forwarder"
 """The target every ratio divides by."""
@@ -145,13 +150,14 @@ def deploy(target: str, load: Load, broker: NatsServer, options: CompareOptions)
     if target == "tokenrelay":
         with _tokenrelay(load, broker, options) as deployment:
             yield deployment
-    elif target == "forwarder":
+    elif target in ("forwarder", "forwarder-post"):
         pacing = forwarder_processes(
             broker.url,
             ttft_ms=0,
             tokens_per_s=load.tokens_per_s,
             step_ms=options.step_ms,
             event_loop=options.event_loop,
+            start_at="post" if target == "forwarder-post" else "get",
         )
         with pacing as urls:
             processes = {"forwarder": urls.url, "publisher": urls.publisher_url}
@@ -425,7 +431,8 @@ def summarize_row(
     for target in targets:
         series = [r[scenario][target][row.key] for r in per_round]
         values[target] = math.fsum(series) if row.total else median(series)
-        if row.vs is not None and target != BASELINE and BASELINE in targets:
+        own = target == BASELINE and row.vs == row.key  # the forwarder against itself: no ratio
+        if row.vs is not None and not own and BASELINE in targets:
             ratios[target] = median(
                 [ratio(r[scenario][target][row.key], r[scenario][BASELINE][row.vs]) for r in per_round]
             )
@@ -461,13 +468,13 @@ def _cell(value: float, unit: str) -> str:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """metric | tokenrelay | forwarder | naive | tokenrelay ÷ fwd | naive ÷ fwd | target | met?"""
-    header = ["metric", *TARGETS, "tokenrelay ÷ fwd", "naive ÷ fwd", "target", "met?"]
+    """metric | each target | each target ÷ fwd | target | met?"""
+    header = ["metric", *TARGETS, *(f"{t} ÷ fwd" for t in TARGETS), "target", "met?"]
     lines: list[list[str]] = []
     for row in summary["rows"]:
         cells = [f"{row['scenario']}: {row['label']}"]
         cells += [_cell(row["values"].get(t, math.nan), row["unit"]) for t in TARGETS]
-        for target in ("tokenrelay", "naive"):
+        for target in TARGETS:
             r = row["ratios"].get(target, math.nan)
             cells.append(f"{r:.2f}x" if math.isfinite(r) else "")
         cells += [row["target"], {True: "yes", False: "NO", None: ""}[row["met"]]]
@@ -517,7 +524,7 @@ def parser() -> argparse.ArgumentParser:
         default=TARGETS,
         metavar="LIST",
         help=f"comma-separated subset of {','.join(TARGETS)}, run in this order each round; "
-        "the ratios need the forwarder (default: all three)",
+        "the ratios need the forwarder (default: all)",
     )
     p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all", help="the load(s) to run (default: all)")
     active = p.add_argument_group("active scenario (the issue's target load)")

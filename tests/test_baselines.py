@@ -1,7 +1,7 @@
 """The benchmark baselines speak the subset of tokenrelay's native API that the load generator uses.
 
-Both run as real processes (the forwarder's two on the session's real nats-server) and are read
-with the tests' own SSE client.
+Each runs as real processes (the forwarder's two, in either of its modes, on the session's real
+nats-server) and is read with the tests' own SSE client.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ LONG_STREAM_TOKENS = 100_000
 READERS_OPEN = "tokenrelay_streamer_readers_open"
 
 
-@pytest.fixture(scope="module", params=["forwarder", "naive_relay"])
+@pytest.fixture(scope="module", params=["forwarder", "forwarder_post", "naive_relay"])
 def baseline(request: pytest.FixtureRequest, nats: NatsServer) -> Iterator[str]:
     """The base URL of one baseline, started for this module."""
-    if request.param == "forwarder":
-        with forwarder(nats.url, tokens_per_s=TOKENS_PER_S) as url:
+    if request.param.startswith("forwarder"):
+        start_at = "post" if request.param == "forwarder_post" else "get"
+        with forwarder(nats.url, tokens_per_s=TOKENS_PER_S, start_at=start_at) as url:
             yield url
     else:
         with naive_relay(tokens_per_s=TOKENS_PER_S) as url:
@@ -92,12 +93,51 @@ async def test_baseline_stop_ends_a_long_stream_with_cancelled(baseline: str) ->
     assert stopped["tokens"] < LONG_STREAM_TOKENS
 
 
-async def test_baseline_stop_of_a_stream_nobody_read_answers_cancelled_with_no_tokens(baseline: str) -> None:
+@pytest.mark.parametrize("baseline", ["forwarder", "naive_relay"], indirect=True)
+async def test_a_baseline_that_starts_at_the_get_stops_a_stream_nobody_read_with_no_tokens(baseline: str) -> None:
     created = await create_stream(baseline, "never read", max_tokens=5)
 
     status, stopped = await post(f"{baseline}/v1/streams/{created['id']}/stop")
 
     assert (status, stopped) == (200, {"id": created["id"], "finish_reason": "cancelled", "tokens": 0})
+
+
+@pytest.mark.parametrize("baseline", ["forwarder_post"], indirect=True)
+async def test_the_forwarder_started_at_the_post_generates_before_any_reader_and_stops_it_there(baseline: str) -> None:
+    created = await create_stream(baseline, "never read", max_tokens=LONG_STREAM_TOKENS)
+    await asyncio.sleep(0.5)  # 200 tokens/s: about 100 generated with nobody reading
+
+    status, stopped = await post(f"{baseline}/v1/streams/{created['id']}/stop")
+    after = await read_stream(created["events_url"])
+
+    assert status == 200
+    assert stopped["finish_reason"] == "cancelled"
+    assert 0 < stopped["tokens"] < LONG_STREAM_TOKENS
+    assert after.status == 404
+
+
+@pytest.mark.parametrize("baseline", ["forwarder_post"], indirect=True)
+async def test_the_forwarder_started_at_the_post_answers_a_stop_after_the_end_with_how_it_ended(baseline: str) -> None:
+    created = await create_stream(baseline, "ended unread", max_tokens=3)
+    await asyncio.sleep(1.0)  # 3 tokens at 200 tokens/s: over some 60x before
+
+    status, stopped = await post(f"{baseline}/v1/streams/{created['id']}/stop")
+
+    assert (status, stopped) == (200, {"id": created["id"], "finish_reason": "length", "tokens": 3})
+
+
+@pytest.mark.parametrize("baseline", ["forwarder_post"], indirect=True)
+async def test_the_forwarder_started_at_the_post_gives_a_late_reader_every_token_in_order(baseline: str) -> None:
+    created = await create_stream(baseline, "late reader", max_tokens=40)
+    await asyncio.sleep(0.1)  # about half of them published before the GET
+
+    stream = await read_stream(created["events_url"])
+
+    start, *deltas, stop = stream.events
+    assert start.event == "start"
+    assert [d.json()["index"] for d in deltas] == list(range(1, 41))
+    assert stream.text == expected_text("late reader", 40, length_tokens=40)
+    assert (stop.event, stop.json()["tokens"]) == ("stop", 40)
 
 
 async def test_baseline_metrics_count_an_open_reader_and_show_process_memory_and_cpu(baseline: str) -> None:

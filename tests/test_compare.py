@@ -1,4 +1,4 @@
-"""``bench.compare`` drives tokenrelay and both baselines with the same load and reports ratios against the forwarder.
+"""``bench.compare`` drives tokenrelay and its baselines with the same load and reports ratios against the forwarder.
 
 The end-to-end test runs every target at a tiny scale on the session's nats-server and checks the
 summary's shape and sanity, never its timings; the others feed the summary code made-up results.
@@ -40,7 +40,8 @@ def test_compare_delivers_every_token_of_every_target_and_reports_finite_ratios(
     for row in summary["rows"]:
         assert row["values"].keys() == set(TARGETS)
         if row["ratio_of"] is not None:
-            assert row["ratios"].keys() == {"tokenrelay", "naive"}
+            own = {"forwarder"} if row["ratio_of"] != row["key"] else set()  # its TTFT over its lag: a ratio too
+            assert row["ratios"].keys() == {"tokenrelay", "naive", "forwarder-post"} | own
             assert all(math.isfinite(r) and r > 0 for r in row["ratios"].values()), row
         if row["target"]:
             assert isinstance(row["met"], bool), row
@@ -52,7 +53,9 @@ def test_compare_delivers_every_token_of_every_target_and_reports_finite_ratios(
 def fake(target: str, *, lag_p99: float, relay_cpu_s: float, delivered: int = 1000) -> dict[str, Any]:
     """One measurement as :func:`bench.compare.measure` returns it, with only the figures these tests need."""
     latency = {"p50": 1.0, "p95": 2.0, "p99": lag_p99, "max": lag_p99, "n": delivered}
-    relay = {"tokenrelay": "streamer", "forwarder": "forwarder", "naive": "naive"}[target]
+    relay = {"tokenrelay": "streamer", "forwarder": "forwarder", "naive": "naive", "forwarder-post": "forwarder"}[
+        target
+    ]
     return {
         "target": target,
         "processes": {relay: "http://relay"},
@@ -77,21 +80,38 @@ def test_compare_ratios_divide_by_the_forwarder_of_the_same_round_then_take_the_
     rounds = [
         {"active": {t: fake(t, lag_p99=lag[t], relay_cpu_s=0.01) for t in TARGETS}}
         for lag in (
-            {"tokenrelay": 10.0, "forwarder": 5.0, "naive": 1.0},  # 2x
-            {"tokenrelay": 40.0, "forwarder": 10.0, "naive": 1.0},  # 4x
-            {"tokenrelay": 3.0, "forwarder": 1.0, "naive": 1.0},  # 3x
+            {"tokenrelay": 10.0, "forwarder": 5.0, "naive": 1.0, "forwarder-post": 5.0},  # 2x
+            {"tokenrelay": 40.0, "forwarder": 10.0, "naive": 1.0, "forwarder-post": 10.0},  # 4x
+            {"tokenrelay": 3.0, "forwarder": 1.0, "naive": 1.0, "forwarder-post": 1.0},  # 3x
         )
     ]
 
     rows = {row["key"]: row for row in summarize(options, rounds)["rows"]}
 
-    assert rows["lag_p99"]["values"] == {"tokenrelay": 10.0, "forwarder": 5.0, "naive": 1.0}
+    assert rows["lag_p99"]["values"] == {"tokenrelay": 10.0, "forwarder": 5.0, "naive": 1.0, "forwarder-post": 5.0}
     assert rows["lag_p99"]["ratios"]["tokenrelay"] == 3.0  # not 10 / 5
     assert rows["lag_p99"]["met"] is True
     assert rows["relay_cpu_us_per_token"]["values"]["tokenrelay"] == 10.0
-    assert rows["relay_cpu_us_per_token"]["ratios"] == {"tokenrelay": 1.0, "naive": 1.0}
+    assert rows["relay_cpu_us_per_token"]["ratios"] == {"tokenrelay": 1.0, "naive": 1.0, "forwarder-post": 1.0}
+    assert "forwarder" not in rows["lag_p99"]["ratios"]  # a figure over itself
     assert rows["missing"]["values"] == dict.fromkeys(TARGETS, 0.0)
     assert math.isnan(rows["nats_cpu_us_per_token"]["values"]["naive"])
+
+
+def test_the_first_token_row_divides_every_ttft_by_the_forwarder_token_lag_its_own_included() -> None:
+    options = CompareOptions(loads={"first-token": TINY["first-token"]}, runs=1)
+    rounds = [{"first-token": {t: fake(t, lag_p99=1.0, relay_cpu_s=0.01) for t in TARGETS}}]
+    for target, ttft_p50 in {"tokenrelay": 4.0, "forwarder": 5.0, "naive": 2.0, "forwarder-post": 3.0}.items():
+        report = rounds[0]["first-token"][target]["loadtest"]
+        report["ttft_ms"] = {**report["ttft_ms"], "p50": ttft_p50}
+    forwarder = rounds[0]["first-token"]["forwarder"]["loadtest"]
+    forwarder["token_lag_ms"] = {**forwarder["token_lag_ms"], "p50": 0.5}
+
+    row = {row["key"]: row for row in summarize(options, rounds)["rows"]}["ttft_p50"]
+
+    assert row["ratios"] == {"tokenrelay": 8.0, "forwarder": 10.0, "naive": 4.0, "forwarder-post": 6.0}
+    assert row["met"] is False
+    assert "forwarder-post ÷ fwd" in format_table(summarize(options, rounds)).splitlines()[0]
 
 
 def test_compare_without_the_forwarder_has_no_ratios_and_no_verdict() -> None:

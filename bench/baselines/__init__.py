@@ -207,7 +207,8 @@ async def serve(
 
 
 class Baseline:
-    """What both baselines do alike: ``POST /v1/streams`` records a stream for its reader to start.
+    """What the baselines do alike: ``POST /v1/streams`` records a stream (for its reader to start, unless
+    :meth:`created` starts it).
 
     Subclasses serve ``GET /v1/streams/{id}/events`` (:meth:`events`) and ``POST .../stop`` (:meth:`stop`).
     """
@@ -233,7 +234,11 @@ class Baseline:
             return error_response(503, "overloaded", f"{self.max_pending_streams} streams wait for a reader")
         stream_id = new_stream_id()
         self.pending[stream_id] = stream
+        await self.created(stream_id, stream)
         return created_response(request, stream_id)
+
+    async def created(self, stream_id: str, stream: NewStream) -> None:
+        """A stream was recorded, before its ``201`` goes out (nothing by default: its reader starts it)."""
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         raise NotImplementedError

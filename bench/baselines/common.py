@@ -51,11 +51,14 @@ def forwarder(
     tokens_per_s: float = DEFAULT_TOKENS_PER_S,
     step_ms: float = DEFAULT_SYNTHETIC_STEP_MS,
     event_loop: str = "asyncio",
+    start_at: str = "get",
 ) -> Iterator[str]:
-    """The bare forwarder: a publisher (paced by ``ttft_ms``, ``tokens_per_s``, ``step_ms``) and a forwarder on NATS."""
+    """The bare forwarder: a publisher (paced by ``ttft_ms``, ``tokens_per_s``, ``step_ms``) and a forwarder on NATS
+    that starts each stream at ``start_at`` (``get`` or ``post``)."""
     with forwarder_processes(
-        nats_url, ttft_ms=ttft_ms, tokens_per_s=tokens_per_s, step_ms=step_ms, event_loop=event_loop
-    ) as urls:
+        nats_url, ttft_ms=ttft_ms, tokens_per_s=tokens_per_s, step_ms=step_ms, event_loop=event_loop,
+        start_at=start_at,
+    ) as urls:  # fmt: skip
         yield urls.url
 
 
@@ -67,6 +70,7 @@ def forwarder_processes(
     tokens_per_s: float = DEFAULT_TOKENS_PER_S,
     step_ms: float = DEFAULT_SYNTHETIC_STEP_MS,
     event_loop: str = "asyncio",
+    start_at: str = "get",
 ) -> Iterator[ForwarderURLs]:
     """:func:`forwarder`, yielding both processes' URLs (to sample the publisher's ``/metrics`` too)."""
     pacing = [
@@ -78,7 +82,7 @@ def forwarder_processes(
         publisher = stack.enter_context(
             _process(module, ["--role", "publisher", "--nats-url", nats_url, *pacing], logs)
         )
-        forwarder = ["--role", "forwarder", "--nats-url", nats_url, "--event-loop", event_loop]
+        forwarder = ["--role", "forwarder", "--nats-url", nats_url, "--event-loop", event_loop, "--start-at", start_at]
         url = stack.enter_context(_process(module, forwarder, logs))
         yield ForwarderURLs(url, publisher)
 

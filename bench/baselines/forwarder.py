@@ -13,6 +13,15 @@
   history.  The flush costs one NATS round trip; on a single server the ``SUB`` would reach it
   before the start request anyway, but not across a cluster.
 
+``--start-at post`` (the ``forwarder-post`` target of ``bench.compare``) starts each stream at its
+``POST`` instead, as tokenrelay does: the ``POST`` asks a publisher to start (without waiting for
+its answer) and answers ``201``; the forwarder holds one wildcard subscription to every stream's
+frames and keeps a stream's frames from its ``POST`` on (at most ``MAX_HELD_BYTES``), so its ``GET``
+writes what was published before it came and then the rest as it comes.  That is the least the
+flow of tokenrelay's native API can cost (a ``POST``, then a ``GET``, generation starting at the
+first, two NATS hops between them), with none of what tokenrelay adds: it is the floor of the
+first-token target, as the default mode is the floor of a token's lag.
+
 Deliberately left out, because each costs something tokenrelay pays: history (JetStream), resume,
 several readers per stream, coalescing, per-reader buffers and the slow-consumer policy (the only
 bound is nats-py's per-subscription pending limit), heartbeats, cancel on disconnect after a grace
@@ -21,6 +30,7 @@ samples.  A stop that lands between a reader's ``GET`` and the publisher's start
 
     python -m bench.baselines.forwarder --role publisher --nats-url nats://127.0.0.1:4222 --port 8182
     python -m bench.baselines.forwarder --role forwarder --nats-url nats://127.0.0.1:4222 --port 8181
+    python -m bench.baselines.forwarder --role forwarder --start-at post --nats-url nats://127.0.0.1:4222
 """
 
 from __future__ import annotations
@@ -64,6 +74,11 @@ from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
 from tokenrelay.service import run_role
 
 START_SUBJECT = "bench.start"
+STREAM_SUBJECTS = "bench.stream.*"
+START_AT = ("get", "post")
+"""When the forwarder asks a publisher to start a stream: at its reader's ``GET`` (default), or at its ``POST``."""
+MAX_HELD_BYTES = 1024 * 1024
+"""``--start-at post``: frames of one stream held and not yet written; past it the reader gets an ``error`` event."""
 STOP_SUBJECTS = "bench.stop.*"
 PUBLISHERS_QUEUE = "bench-publishers"
 """Queue group of the publishers, so several could share the starts (one is what the benchmarks run)."""
@@ -185,16 +200,90 @@ async def run_publisher(args: argparse.Namespace) -> None:
 # --- forwarder ---------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class Held:
+    """``--start-at post``: one stream's frames from its ``POST`` on, until its reader has written them."""
+
+    frames: list[bytes] = field(default_factory=list)
+    size: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
+    """Its ``stop`` frame came."""
+    failure: bytes | None = None
+    """An ``error`` frame that ends the stream for its reader (no publisher took it, or it held too much)."""
+
+    def add(self, frame: bytes) -> None:
+        if self.failure is not None or self.ended:
+            return
+        if self.size + len(frame) > MAX_HELD_BYTES:
+            self.fail("slow_consumer", f"more than {MAX_HELD_BYTES} bytes of frames held for the reader")
+            return
+        self.frames.append(frame)
+        self.size += len(frame)
+        self.ended = frame.startswith(STOP_PREFIX)
+        self.wake.set()
+
+    def fail(self, code: str, message: str) -> None:
+        self.failure = b"event: error\ndata: %s\n\n" % orjson.dumps({"code": code, "message": message})
+        self.wake.set()
+
+    def take(self) -> bytes:
+        data = b"".join(self.frames)
+        self.frames.clear()
+        self.size = 0
+        return data
+
+
 class Forwarder(Baseline):
     """Records streams; each reader's ``GET`` subscribes and writes every message's bytes as they come."""
 
-    def __init__(self, nc: NatsClient, metrics: Metrics, *, max_pending_streams: int = MAX_PENDING_STREAMS) -> None:
+    def __init__(
+        self, nc: NatsClient, metrics: Metrics, *, start_at: str = "get", max_pending_streams: int = MAX_PENDING_STREAMS
+    ) -> None:
         super().__init__(metrics, max_pending_streams=max_pending_streams)
         self.nc = nc
+        self.start_at = start_at
+        self.held: dict[str, Held] = {}
+        """``--start-at post``: every stream started and not finished with, by id."""
+        self._starts: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """``--start-at post``: subscribe to every stream's frames (flushed: a health check that follows means
+        it is listening)."""
+        if self.start_at == "post":
+            await self.nc.subscribe(
+                STREAM_SUBJECTS, cb=self._on_frame,
+                pending_msgs_limit=SUBSCRIPTION_PENDING_MSGS, pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
+            )  # fmt: skip
+            await self.nc.flush()
+
+    async def created(self, stream_id: str, stream: NewStream) -> None:
+        """``--start-at post``: hold its frames from now on and ask a publisher to start it (its answer is not
+        waited for: tokenrelay's gateway too offers the job beside its own work)."""
+        if self.start_at != "post":
+            return
+        held = self.held[stream_id] = Held()
+        task = asyncio.create_task(self._start_early(stream_id, stream, held))
+        self._starts.add(task)
+        task.add_done_callback(self._starts.discard)
+
+    async def _start_early(self, stream_id: str, stream: NewStream, held: Held) -> None:
+        body = {"stream_id": stream_id, "prompt": stream.prompt, "max_tokens": stream.max_tokens}
+        try:
+            await self.nc.request(START_SUBJECT, orjson.dumps(body), timeout=START_TIMEOUT_S)
+        except (NatsError, TimeoutError) as exc:
+            held.fail("unavailable", f"no publisher took the stream: {exc!r}")
+
+    async def _on_frame(self, msg: Msg) -> None:
+        held = self.held.get(msg.subject.rpartition(".")[2])
+        if held is not None:
+            held.add(msg.data)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/streams/{id}/events``: subscribe, flush, write ``start``, start the publisher, forward."""
         stream_id = request.match_info["id"]
+        if self.start_at == "post":
+            return await self._events_held(request, stream_id)
         stream = self.pending.pop(stream_id, None)
         if stream is None:
             return error_response(404, "not_found", "unknown stream (or it was already read)")
@@ -234,6 +323,39 @@ class Forwarder(Baseline):
                     await self.nc.publish(stop_subject(stream_id), b"")
         return response
 
+    async def _events_held(self, request: web.Request, stream_id: str) -> web.StreamResponse:
+        """``--start-at post``: write ``start``, what was held, then each frame as it comes, until ``stop``."""
+        stream = self.pending.pop(stream_id, None)
+        held = self.held.get(stream_id)
+        if stream is None or held is None:
+            return error_response(404, "not_found", "unknown stream (or it was already read)")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        self.metrics.readers_open.inc()
+        finished = False
+        try:
+            await response.prepare(request)
+            data = sse_frame("start", "e:0", start_data(stream_id, stream.created))
+            while True:
+                held.wake.clear()
+                data += held.take()
+                if held.failure is not None:
+                    await response.write(data + held.failure)
+                    finished = True
+                    return response
+                if data:
+                    await response.write(data)
+                    data = b""
+                if held.ended and not held.frames:
+                    finished = True
+                    return response
+                await held.wake.wait()
+        finally:
+            self.metrics.readers_open.dec()
+            self.held.pop(stream_id, None)
+            if not finished:  # the reader left early: its generation is no longer wanted
+                with contextlib.suppress(NatsError):
+                    await self.nc.publish(stop_subject(stream_id), b"")
+
     async def _start_publisher(self, stream_id: str, stream: NewStream, response: web.StreamResponse) -> bool:
         body = {"stream_id": stream_id, "prompt": stream.prompt, "max_tokens": stream.max_tokens}
         try:
@@ -248,7 +370,10 @@ class Forwarder(Baseline):
         """``POST /v1/streams/{id}/stop``: a stream nobody read yet ends here; else the publisher cancels it."""
         stream_id = request.match_info["id"]
         if self.pending.pop(stream_id, None) is not None:
-            return json_response({"id": stream_id, "finish_reason": "cancelled", "tokens": 0})
+            held = self.held.pop(stream_id, None)
+            if held is None:  # not started: it ends here
+                return json_response({"id": stream_id, "finish_reason": "cancelled", "tokens": 0})
+            return await self._stop_unread(stream_id, held)
         if not is_stream_id(stream_id):
             return error_response(404, "not_found", "unknown stream")
         try:
@@ -259,13 +384,28 @@ class Forwarder(Baseline):
             return error_response(404, "not_found", "unknown or finished stream")
         return web.Response(body=reply.data, content_type="application/json")
 
+    async def _stop_unread(self, stream_id: str, held: Held) -> web.Response:
+        """``--start-at post``: stop a stream started at its ``POST`` that nobody read; its state at the stop."""
+        try:
+            reply = await self.nc.request(stop_subject(stream_id), b"", timeout=STOP_TIMEOUT_S)
+        except (NatsError, TimeoutError) as exc:
+            return error_response(503, "unavailable", f"the publisher did not confirm the stop: {exc!r}")
+        if reply.data:
+            return web.Response(body=reply.data, content_type="application/json")
+        if not held.ended:  # the publisher never had it (its start failed)
+            return json_response({"id": stream_id, "finish_reason": "cancelled", "tokens": 0})
+        stop = orjson.loads(held.frames[-1].rpartition(b"data: ")[2])  # it ended before the stop: how it ended
+        return json_response({"id": stream_id, "finish_reason": stop["finish_reason"], "tokens": stop["tokens"]})
+
 
 async def run_forwarder(args: argparse.Namespace) -> None:
     """The forwarder process: connect to NATS, then serve HTTP."""
     nc = await nats.connect(args.nats_url)
     metrics = Metrics()
     app = web.Application()
-    Forwarder(nc, metrics).routes(app)
+    relay = Forwarder(nc, metrics, start_at=args.start_at)
+    await relay.start()
+    relay.routes(app)
     add_ops_routes(app, metrics)
     try:
         await serve(app, args.host, args.port, cancel_on_disconnect=True)
@@ -285,6 +425,9 @@ def main() -> None:
     parser.add_argument("--tokens-per-s", type=float, default=DEFAULT_TOKENS_PER_S, help="publisher: pace after it")
     parser.add_argument(
         "--step-ms", type=float, default=DEFAULT_SYNTHETIC_STEP_MS, help="publisher: decode step shared by all streams"
+    )
+    parser.add_argument(
+        "--start-at", choices=START_AT, default="get", help="forwarder: start a stream at its reader's GET or its POST"
     )
     parser.add_argument("--log-level", default="WARNING")
     add_event_loop_argument(parser)
