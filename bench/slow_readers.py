@@ -117,7 +117,9 @@ async def run_phase(phase: str, args: argparse.Namespace) -> dict[str, Any]:
         "--socket-send-buffer-bytes",
         str(args.socket_send_buffer_bytes),
     ]
-    gateway_args = ["--max-tokens-limit", str(args.tokens)]
+    # The unread phase's streams must run unread to their end: no check cancels them (as --disconnect-grace-s 0 keeps
+    # the stalled readers' streams running).
+    gateway_args = ["--max-tokens-limit", str(args.tokens), "--unread-grace-s", "0"]
     with (
         nats_server() as broker,
         system(broker.url, runner_args=runner_args, streamer_args=streamer_args, gateway_args=gateway_args) as sut,

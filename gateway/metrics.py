@@ -43,6 +43,11 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.unread_cancels = Counter(
+            "tokenrelay_gateway_unread_cancels",
+            "Streams cancelled because no reader connected within --unread-grace-s of their admission",
+            registry=r,
+        )
         self.runners_available = Gauge(
             "tokenrelay_gateway_runners_available", "Runners heard from recently", registry=r
         )

@@ -5,6 +5,10 @@ per stream, not per reader).  A reader that comes back, here, cancels the timer.
 fires, the other streamers are asked whether any of them still has a reader of the stream
 (``tokenrelay.readers.<id>``; only those with readers answer).  If none answers within
 ``readers_probe_timeout_s``, a cancel with reason ``disconnect`` goes to the gateways.
+
+The gateways ask the same question of a stream ``--unread-grace-s`` after admitting it, to cancel
+one no reader ever came for (``gateway/unread.py``).  A streamer whose grace timer runs for the
+stream answers too: its reader may still come back, and this timer, not the gateway's, decides.
 """
 
 from __future__ import annotations
@@ -114,5 +118,5 @@ class AbandonWatcher:
 
     async def _on_probe(self, msg: Msg) -> None:
         stream_id = msg.subject.rsplit(".", 1)[-1]
-        if msg.reply and self._has_readers(stream_id):
+        if msg.reply and (self._has_readers(stream_id) or stream_id in self._timers):
             await msg.respond(b"1")

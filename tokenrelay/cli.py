@@ -158,6 +158,8 @@ GATEWAY_OPTIONS = (
     Option("--max-messages", int, c.DEFAULT_MAX_MESSAGES, "messages one request may carry (more: 400)"),
     Option("--max-prompt-chars", int, c.DEFAULT_MAX_PROMPT_CHARS,
            "characters of all messages' content together (more: 400)"),
+    Option("--unread-grace-s", float, c.DEFAULT_UNREAD_GRACE_S,
+           "cancel a generation no reader has connected to this long after its POST (0: never)"),
     Option("--runner-stale-after-s", float, c.DEFAULT_RUNNER_STALE_AFTER_S,
            "a runner silent this long is pinged; one that does not answer within as long again is lost "
            "(its streams end with a runner_lost error)"),
@@ -296,7 +298,8 @@ def gateway_config(args: argparse.Namespace) -> c.GatewayConfig:
         streamer_url=args.streamer_url, history=_history(args), max_queued_streams=args.max_queued_streams,
         queue_timeout_s=args.queue_timeout_s, max_tokens_limit=args.max_tokens_limit,
         max_messages=args.max_messages, max_prompt_chars=args.max_prompt_chars,
-        runner_stale_after_s=args.runner_stale_after_s, api_keys=keys, tokens=token_signer(args, keys),
+        runner_stale_after_s=args.runner_stale_after_s, unread_grace_s=args.unread_grace_s,
+        api_keys=keys, tokens=token_signer(args, keys),
         events_token_ttl_s=args.events_token_ttl_s, control_token_ttl_s=args.control_token_ttl_s,
         control_allow_origins=CONTROL_ALLOW_ORIGIN.values(args), quotas=quotas,
     )  # fmt: skip

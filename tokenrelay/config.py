@@ -24,6 +24,9 @@ DEFAULT_HEARTBEAT_S = 15.0
 DEFAULT_MAX_READER_BUFFER_BYTES = 1 << 20
 DEFAULT_HISTORY_BATCH_MESSAGES = 256
 DEFAULT_DISCONNECT_GRACE_S = 5.0
+DEFAULT_UNREAD_GRACE_S = 30.0
+"""Longer than a reader's grace after it left: a GET that waits behind a saturated streamer's backlog must not find
+its stream cancelled, and a client that never comes costs this much generation at most."""
 DEFAULT_FLUSH_INTERVAL_MS = 10.0
 DEFAULT_MAX_FLUSH_INTERVAL_MS = 100.0
 DEFAULT_WRITE_TIMEOUT_S = 10.0
@@ -115,11 +118,11 @@ class GatewayConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """Larger request bodies are refused with 413."""
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
+    """A larger ``max_tokens`` is refused with 400 ``bad_request``."""
     max_messages: int = DEFAULT_MAX_MESSAGES
     """Messages one request may carry; more is ``400 bad_request``."""
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     """Characters of all messages' content together; more is ``400 bad_request``."""
-    """A larger ``max_tokens`` is refused with 400 ``bad_request``."""
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     max_queued_streams: int = DEFAULT_MAX_QUEUED_STREAMS
     """Streams waiting for a runner; beyond this a new stream gets 503 ``overloaded`` at once."""
@@ -128,6 +131,9 @@ class GatewayConfig:
     dispatch_attempt_timeout_s: float = DEFAULT_DISPATCH_ATTEMPT_TIMEOUT_S
     cancel_timeout_s: float = DEFAULT_CANCEL_TIMEOUT_S
     """How long a stop waits for the owner to confirm before answering ``unavailable``."""
+    unread_grace_s: float = DEFAULT_UNREAD_GRACE_S
+    """A stream no streamer has a reader of this long after admission is cancelled (reason ``disconnect``), as one
+    whose readers all left is after the streamers' ``disconnect_grace_s``; 0: never (``gateway/unread.py``)."""
     runner_stale_after_s: float = DEFAULT_RUNNER_STALE_AFTER_S
     """A runner not heard from for this long no longer counts as available (``/readyz``) and is pinged; one that
     does not answer within as long again is lost (``runner_lost``)."""
