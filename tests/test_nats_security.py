@@ -370,6 +370,7 @@ LENGTH_TOKENS = 100_000
 """Every synthetic text runs this long unless max_tokens ends it first, so a stop always lands mid-stream."""
 FAST_RUNNER = ["--synthetic-tokens-per-s", "100", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
 GRACE_S = 0.3
+UNREAD_GRACE_S = 0.5
 
 
 def auth_config(passwords: Mapping[str, str]) -> str:
@@ -399,6 +400,8 @@ async def test_every_role_works_end_to_end_as_its_own_user_with_only_its_documen
             server.url,
             runner_args=FAST_RUNNER,
             streamer_args=["--disconnect-grace-s", str(GRACE_S)],
+            # The gateway asks the streamers about every stream still running this long after its admission.
+            gateway_args=["--unread-grace-s", str(UNREAD_GRACE_S)],
             role_env={role: role_credentials(role, passwords) for role in ("gateway", "runner", "streamer")},
         ) as sut,
     ):
@@ -424,6 +427,11 @@ async def test_every_role_works_end_to_end_as_its_own_user_with_only_its_documen
         assert len((await read_stream(abandoned["events_url"], stop_after=3)).events) == 3
         final = await wait_finished(sut.gateway_url, abandoned["id"])
         assert final["finish_reason"] == "cancelled"
+
+        # No reader ever: the admitting gateway asks the streamers (tokenrelay.readers.*), then stops it at its runner.
+        unread = await create_stream(sut.gateway_url, "never read", max_tokens=STOPPED_TOKENS)
+        final = await wait_finished(sut.gateway_url, unread["id"])
+        assert (final["finish_reason"], final["cancel_reason"]) == ("cancelled", "disconnect")
 
         # A gateway asks a runner whose heartbeats stopped whether it is alive; the runner answers with one.
         heard, answered = await _ping_as_gateway(server, passwords)
