@@ -24,7 +24,10 @@ subject                                         pattern    carries
                                                             (queue group ``gateways``; any gateway
                                                             routes it to the stream's owner)
 ``tokenrelay.readers.<id>``                      req/reply  "does anyone read this stream?" (a
-                                                            streamer with readers answers)
+                                                            streamer with readers, or with a left
+                                                            reader's grace running, answers; asked
+                                                            by streamers and by the admitting
+                                                            gateway: gateway/unread.py)
 ``tokenrelay.runners.heartbeat``                 pub/sub    RunnerHeartbeat
 ``tokenrelay.streamers.lag``                     pub/sub    StreamerLag (a late streamer -> runners,
                                                             which then publish tokens in fewer
