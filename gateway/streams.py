@@ -594,7 +594,8 @@ class StreamManager:
                     self._tasks.spawn(self._cancel_if_unread(stream_id), name=f"unread-{stream_id}")
 
     def _may_run(self, stream_id: str) -> bool:
-        """Queued here, or taken by a runner (and, being watched still, not reported done)."""
+        """Queued here, or taken by a runner (finished ones too: this gateway remembers recent owners; the watch
+        has forgotten those reported done, and a stop of one that ended meanwhile only answers its end)."""
         return stream_id in self._queued or stream_id in self._owners
 
     async def _cancel_if_unread(self, stream_id: str) -> None:
@@ -614,12 +615,9 @@ class StreamManager:
         except TokenRelayError as exc:
             log.warning("stream %s: could not cancel it after no reader came: %s", stream_id, exc)
             return
-        if result.finish_reason is FinishReason.CANCELLED:
+        if result.finish_reason is FinishReason.CANCELLED:  # not a stream that ended while the streamers were asked
             self._metrics.unread_cancels.inc()
-        log_event(
-            LifecycleEvent.ABANDONED, ROLE, stream_id, never_read=True,
-            finish_reason=str(result.finish_reason) if result.finish_reason is not None else None, tokens=result.tokens,
-        )  # fmt: skip
+            log_event(LifecycleEvent.ABANDONED, ROLE, stream_id, never_read=True, tokens=result.tokens)
 
     async def _on_cancel_request(self, msg: Msg) -> None:
         """A stop from elsewhere: another gateway, or a streamer whose readers all left."""
