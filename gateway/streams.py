@@ -68,6 +68,9 @@ OWNER_MEMORY_STREAMS = 100_000
 """Runner ids of this many recently dispatched streams are kept, to route stops without a KV read."""
 DEFAULT_MODEL = "synthetic"
 RUNNER_CHECKS_PER_STALE_PERIOD = 4
+OFFER_TAKE_FRACTION = 0.75
+"""A runner may take an offer within this fraction of the gateway's wait for the answer (``answer_by``); the rest
+is for the answer's way back and for clocks that disagree by less than it (250 ms at the default 1 s)."""
 UNREAD_PROBE_TIMEOUT_S = 2.0
 """How long a stream past ``unread_grace_s`` waits for a streamer to say it has a reader: longer than the streamers'
 own probe (a reader being served is the common case, and cancelling it by mistake would cut a user's text short;
@@ -438,15 +441,33 @@ class StreamManager:
 
     async def _offer(self, job: JobRequest) -> JobAccepted | JobRejected | None:
         """Offer the job to the runners' queue group once: a runner's answer (it took the job, or it is at
-        capacity), or ``None`` when none came (no runner, or none in time)."""
+        capacity), or ``None`` when none came (no runner, or none in time, and none says it took it since).
+
+        An offer may only be taken until its ``answer_by``; one whose answer did not come in time is followed by
+        asking the runners which of them holds the stream (``tokenrelay.holders.<id>``) before it can be offered
+        again, so a runner that took it but answered late keeps it instead of a second runner generating it too.
+        """
+        timeout_s = self.config.dispatch_attempt_timeout_s
+        offer = replace(job, answer_by=time.time() + OFFER_TAKE_FRACTION * timeout_s)
         try:
-            msg = await self._nc.request(
-                subjects.JOBS, codec.encode(job), timeout=self.config.dispatch_attempt_timeout_s
-            )
+            msg = await self._nc.request(subjects.JOBS, codec.encode(offer), timeout=timeout_s)
+            reply = codec.decode(msg.data)
+        except NatsTimeout:
+            return await self._holder(job, timeout_s)
+        except (NoRespondersError, CodecError):
+            return None
+        return reply if isinstance(reply, JobAccepted | JobRejected) else None
+
+    async def _holder(self, job: JobRequest, timeout_s: float) -> JobAccepted | None:
+        """The runner that says it generates the stream, or ``None`` when none does."""
+        try:
+            msg = await self._nc.request(subjects.holders(job.stream_id), b"", timeout=timeout_s)
             reply = codec.decode(msg.data)
         except (NoRespondersError, NatsTimeout, CodecError):
             return None
-        return reply if isinstance(reply, JobAccepted | JobRejected) else None
+        if isinstance(reply, JobAccepted) and reply.stream_id == job.stream_id:
+            return reply
+        return None
 
     @staticmethod
     def _settle(queued: _Queued, result: StopResult) -> None:

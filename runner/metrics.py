@@ -54,6 +54,11 @@ class RunnerMetrics:
             registry=r,
         )
         self.jobs_rejected = Counter("tokenrelay_runner_jobs_rejected", "Jobs refused at capacity", registry=r)
+        self.jobs_stale = Counter(
+            "tokenrelay_runner_jobs_stale",
+            "Job offers left unanswered because the gateway had stopped waiting for the answer (answer_by passed)",
+            registry=r,
+        )
         self.ttft = Histogram(
             "tokenrelay_runner_ttft_seconds",
             "Job accepted -> first token published",

@@ -104,6 +104,7 @@ class Runner:
         self._subs.append(await self._nc.subscribe(subjects.JOBS, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job))
         self._subs.append(await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel))
         self._subs.append(await self._nc.subscribe(subjects.runner_ping(self.runner_id), cb=self._on_ping))
+        self._subs.append(await self._nc.subscribe(subjects.HOLDERS_WILDCARD, cb=self._on_holders))
         if self.pace.adapts:
             self._subs.append(await self._nc.subscribe(subjects.STREAMER_LAG, cb=self._on_streamer_lag))
         await self._nc.flush()
@@ -134,6 +135,11 @@ class Runner:
             # would have the gateway end, as never started, a stream that is running here.
             await msg.respond(codec.encode(JobAccepted(stream_id=job.stream_id, runner_id=self.runner_id)))
             return
+        if job.answer_by is not None and time.time() > job.answer_by:
+            # The gateway stopped waiting for this answer (this runner was too busy to read the offer in time) and
+            # may offer the stream again: taking it now could make two runners generate it.  No answer at all.
+            self.metrics.jobs_stale.inc()
+            return
         if len(self._active) >= self.config.max_concurrency or active is not None:
             self.metrics.jobs_rejected.inc()
             reply = JobRejected(stream_id=job.stream_id, code=str(ErrorCode.OVERLOADED), message="at capacity")
@@ -155,6 +161,12 @@ class Runner:
         await msg.respond(codec.encode(JobAccepted(stream_id=job.stream_id, runner_id=self.runner_id)))
         task = generation.start()
         task.add_done_callback(functools.partial(self._on_done, job))
+
+    async def _on_holders(self, msg: Msg) -> None:
+        """ "Which runner generates this stream?": the one that does says so, as it would to the offer."""
+        stream_id = msg.subject.rpartition(".")[2]
+        if msg.reply and stream_id in self._active:
+            await msg.respond(codec.encode(JobAccepted(stream_id=stream_id, runner_id=self.runner_id)))
 
     def _on_done(self, job: JobRequest, task: asyncio.Task[Outcome]) -> None:
         stream_id = job.stream_id

@@ -78,21 +78,41 @@ class StandInRunner:
     hold_answer: asyncio.Event | None = None
     """When set: answer offers only once it is set."""
     answers_cancels: bool = True
+    answers_holders: bool = False
+    """Say it generates a stream it was offered, when asked which runner does (``tokenrelay.holders.<id>``)."""
     jobs: list[JobRequest] = field(default_factory=list)
     cancels: list[CancelRequest] = field(default_factory=list)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     offered: asyncio.Event = field(default_factory=asyncio.Event)
+    holders_asked: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def gone_after_taking(cls, nc: NATS, kv: KeyValue) -> StandInRunner:
         """Answers offers when :attr:`hold_answer` is set, and is gone by the time a stop comes."""
         return cls(nc, kv, hold_answer=asyncio.Event(), answers_cancels=False)
 
+    @classmethod
+    def slow_to_answer(cls, nc: NATS, kv: KeyValue) -> StandInRunner:
+        """Takes offers but answers them only when :attr:`hold_answer` is set; says at once that it holds them."""
+        return cls(nc, kv, hold_answer=asyncio.Event(), answers_holders=True)
+
+    @classmethod
+    def silent(cls, nc: NATS, kv: KeyValue) -> StandInRunner:
+        """Reads offers, answers them only when :attr:`hold_answer` is set, and never claims a stream."""
+        return cls(nc, kv, hold_answer=asyncio.Event())
+
     async def start(self) -> None:
         await self.nc.subscribe(subjects.JOBS, cb=self._on_job)
         if self.answers_cancels:
             await self.nc.subscribe(subjects.runner_cancel(RUNNER_ID), cb=self._on_cancel)
+        await self.nc.subscribe(subjects.HOLDERS_WILDCARD, cb=self._on_holders)
         await self.nc.flush()
+
+    async def _on_holders(self, msg: Msg) -> None:
+        self.holders_asked.set()
+        stream_id = msg.subject.rpartition(".")[2]
+        if self.answers_holders and self.accept and any(job.stream_id == stream_id for job in self.jobs):
+            await msg.respond(codec.encode(JobAccepted(stream_id=stream_id, runner_id=RUNNER_ID)))
 
     async def _on_job(self, msg: Msg) -> None:
         job = codec.decode_as(msg.data, JobRequest)
@@ -132,7 +152,7 @@ async def admitting(nats: NatsServer) -> AsyncIterator[Admitting]:
 
 @contextlib.asynccontextmanager
 async def admitting_with(
-    nats: NatsServer, stand_in: Callable[[NATS, KeyValue], StandInRunner]
+    nats: NatsServer, stand_in: Callable[[NATS, KeyValue], StandInRunner], *, dispatch_attempt_timeout_s: float = 1.0
 ) -> AsyncIterator[Admitting]:
     """A gateway's stream manager on a held store, and a stand-in runner made by ``stand_in``, both heard."""
     nc = await natsio.connect(nats.url, name="test-gateway")
@@ -140,7 +160,9 @@ async def admitting_with(
     try:
         kv = await natsio.ensure_streams_bucket(nc.jetstream(), HistoryConfig())
         store = HeldStore(kv)
-        config = GatewayConfig(nats_url=nats.url, queue_timeout_s=30)
+        config = GatewayConfig(
+            nats_url=nats.url, queue_timeout_s=30, dispatch_attempt_timeout_s=dispatch_attempt_timeout_s
+        )
         gateway_id = f"gateway-{secrets.token_hex(4)}"
         manager = StreamManager(
             config, nc=nc, kv=cast(KeyValue, store), metrics=GatewayMetrics(), gateway_id=gateway_id
@@ -276,3 +298,57 @@ async def test_a_stop_that_lands_while_the_offer_is_answered_gets_the_owners_fai
         with pytest.raises(Unavailable):
             async with asyncio.timeout(5):
                 await stopping
+
+
+ANSWER_WAIT_S = 0.2
+"""The gateway's wait for an answer to an offer, in the tests of offers answered late."""
+
+
+async def test_an_offer_carries_the_time_after_which_no_runner_may_take_it(admitting: Admitting) -> None:
+    before = time.time()
+    creating = await offered(admitting)
+    admitting.store.release.set()
+    await creating
+
+    [job] = admitting.runner.jobs
+    assert job.answer_by is not None
+    assert before < job.answer_by <= time.time() + admitting.manager.config.dispatch_attempt_timeout_s
+
+
+async def test_an_offer_answered_late_is_kept_by_the_runner_that_says_it_holds_the_stream_and_not_offered_again(
+    nats: NatsServer,
+) -> None:
+    async with admitting_with(
+        nats, StandInRunner.slow_to_answer, dispatch_attempt_timeout_s=ANSWER_WAIT_S
+    ) as admitting:
+        admitting.store.release.set()
+        runner = admitting.runner
+        record = await admitting.manager.create(REQUEST)
+        async with asyncio.timeout(5):
+            await runner.holders_asked.wait()  # no answer in time: the gateway asks which runner holds the stream
+
+        stopped = await admitting.manager.stop(record.stream_id)  # the runner that said so owns it
+        assert runner.hold_answer is not None
+        runner.hold_answer.set()  # the late answer, and whatever else was offered meanwhile, is read now
+        await asyncio.sleep(4 * ANSWER_WAIT_S)
+
+        assert [job.stream_id for job in runner.jobs] == [record.stream_id]  # offered once
+        assert [cancel.stream_id for cancel in runner.cancels] == [record.stream_id]
+        assert stopped.finish_reason is FinishReason.CANCELLED
+
+
+async def test_an_offer_nobody_answered_or_claims_is_offered_again(nats: NatsServer) -> None:
+    async with admitting_with(nats, StandInRunner.silent, dispatch_attempt_timeout_s=ANSWER_WAIT_S) as admitting:
+        admitting.store.release.set()
+        runner = admitting.runner
+        record = await admitting.manager.create(REQUEST)
+        async with asyncio.timeout(5):
+            await runner.holders_asked.wait()
+        await asyncio.sleep(3 * ANSWER_WAIT_S)  # the question unanswered too: the gateway offers the job again
+        assert runner.hold_answer is not None
+        runner.hold_answer.set()
+
+        await until(lambda: len(runner.jobs) >= 2, "the job was offered again")
+        assert {job.stream_id for job in runner.jobs} == {record.stream_id}
+        assert runner.jobs[0].answer_by is not None and runner.jobs[1].answer_by is not None
+        assert runner.jobs[1].answer_by > runner.jobs[0].answer_by  # every offer has a deadline of its own

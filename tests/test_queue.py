@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
 import nats
 import pytest
+from nats.errors import TimeoutError as NatsTimeout
 
 from gateway.streams import DISPATCH_BACKOFF_MAX_S
-from tests.helpers import create_stream, metric, post, wait_finished
+from tests.helpers import create_stream, metric, post, wait_finished, wait_for_metric
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
 from tokenrelay import codec, subjects
@@ -89,5 +91,47 @@ async def test_a_job_offered_again_after_a_late_answer_is_accepted_again_and_gen
             if isinstance(replies[0], JobAccepted):  # free the only slot for the other tests
                 cancel = CancelRequest(stream_id=job.stream_id, reason=CancelReason.CLIENT)
                 await nc.request(subjects.runner_cancel(replies[0].runner_id), codec.encode(cancel), timeout=10)
+    finally:
+        await nc.close()
+
+
+def a_job(content: str, **changes: object) -> JobRequest:
+    job = JobRequest(
+        stream_id=subjects.new_stream_id(), epoch="e-1", gateway_id="test-gateway", model="synthetic",
+        messages=(ChatMessage(role="user", content=content),), max_tokens=30_000, created=0,
+    )  # fmt: skip
+    return replace(job, **changes)  # type: ignore[arg-type]
+
+
+async def test_a_runner_leaves_an_offer_unanswered_and_untaken_once_its_answer_by_has_passed(one_slot: System) -> None:
+    runner_url = one_slot.runners[0].url
+    stale_before = await metric(runner_url, "tokenrelay_runner_jobs_stale_total")
+    active_before = await metric(runner_url, "tokenrelay_runner_active_streams")
+    job = a_job("read too late", answer_by=time.time() - 1)
+    nc = await nats.connect(one_slot.nats_url)
+    try:
+        with pytest.raises(NatsTimeout):
+            await nc.request(subjects.JOBS, codec.encode(job), timeout=1)
+        with pytest.raises(NatsTimeout):  # and no runner says it generates the stream
+            await nc.request(subjects.holders(job.stream_id), b"", timeout=0.5)
+    finally:
+        await nc.close()
+
+    assert await wait_for_metric(runner_url, "tokenrelay_runner_jobs_stale_total", stale_before + 1) == stale_before + 1
+    assert await metric(runner_url, "tokenrelay_runner_active_streams") == active_before
+
+
+async def test_the_runner_generating_a_stream_answers_which_runner_holds_it(one_slot: System) -> None:
+    job = a_job("whose is it", answer_by=time.time() + 10)
+    nc = await nats.connect(one_slot.nats_url)
+    try:
+        accepted = codec.decode((await nc.request(subjects.JOBS, codec.encode(job), timeout=10)).data)
+        assert isinstance(accepted, JobAccepted)
+        try:
+            held = codec.decode((await nc.request(subjects.holders(job.stream_id), b"", timeout=10)).data)
+            assert held == accepted
+        finally:  # free the only slot for the other tests
+            cancel = CancelRequest(stream_id=job.stream_id, reason=CancelReason.CLIENT)
+            await nc.request(subjects.runner_cancel(accepted.runner_id), codec.encode(cancel), timeout=10)
     finally:
         await nc.close()

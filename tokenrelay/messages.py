@@ -61,6 +61,10 @@ class JobRequest:
     created: int
     owner: str | None = None
     """The tenant that owns the stream; the runner keeps it in every record it writes."""
+    answer_by: float | None = None
+    """Wall-clock time (``time.time()``) after which no runner may take this offer: the gateway has stopped waiting
+    for its answer and may offer the stream again, so a runner that took it then would generate it beside another
+    (``None``: no limit)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,6 +28,10 @@ subject                                         pattern    carries
                                                             reader's grace running, answers; asked
                                                             by streamers and by the admitting
                                                             gateway: gateway/unread.py)
+``tokenrelay.holders.<id>``                      req/reply  "which runner generates this stream?" (the
+                                                            one that does answers JobAccepted; a gateway
+                                                            asks before it offers a job again whose
+                                                            first offer got no answer in time)
 ``tokenrelay.runners.heartbeat``                 pub/sub    RunnerHeartbeat
 ``tokenrelay.streamers.lag``                     pub/sub    StreamerLag (a late streamer -> runners,
                                                             which then publish tokens in fewer
@@ -57,6 +61,7 @@ API_START = "tokenrelay.api.start"
 API_MODELS = "tokenrelay.api.models"
 GATEWAY_QUEUE_GROUP = "gateways"
 READERS_WILDCARD = "tokenrelay.readers.*"
+HOLDERS_WILDCARD = "tokenrelay.holders.*"
 STREAMER_LAG = "tokenrelay.streamers.lag"
 
 EVENTS_STREAM = "TOKENRELAY_EVENTS"
@@ -126,6 +131,11 @@ def gateway_cancel(gateway_id: str) -> str:
 def gateway_done(gateway_id: str) -> str:
     """The subject runners tell one gateway on that a stream it admitted has finished."""
     return f"tokenrelay.gateway.{_node(gateway_id)}.done"
+
+
+def holders(stream_id: str) -> str:
+    """The subject that asks the runners which of them generates a stream."""
+    return f"tokenrelay.holders.{_stream(stream_id)}"
 
 
 def readers(stream_id: str) -> str:
