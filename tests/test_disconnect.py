@@ -17,21 +17,13 @@ GRACE_S = 2.0
 come back is waited for, not timed."""
 
 
+RUNNER_ARGS = ["--synthetic-tokens-per-s", "20", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
+"""No text ends by itself: a short one could end before the reader's grace period runs out on a slow machine."""
+
+
 @pytest.fixture(scope="module")
 def sut(nats: NatsServer) -> Iterator[System]:
-    with system(
-        nats.url,
-        # No text ends by itself: a short one could end before the reader's grace period runs out on a slow machine.
-        runner_args=[
-            "--synthetic-tokens-per-s",
-            "20",
-            "--synthetic-ttft-ms",
-            "0",
-            "--synthetic-length-tokens",
-            "100000",
-        ],
-        streamer_args=["--disconnect-grace-s", str(GRACE_S)],
-    ) as running:
+    with system(nats.url, runner_args=RUNNER_ARGS, streamer_args=["--disconnect-grace-s", str(GRACE_S)]) as running:
         yield running
 
 
@@ -67,14 +59,7 @@ its grace period meets the gateway's check."""
 def unread_sut(nats: NatsServer) -> Iterator[System]:
     with system(
         nats.url,
-        runner_args=[
-            "--synthetic-tokens-per-s",
-            "20",
-            "--synthetic-ttft-ms",
-            "0",
-            "--synthetic-length-tokens",
-            "100000",
-        ],
+        runner_args=RUNNER_ARGS,
         streamer_args=["--disconnect-grace-s", str(GRACE_S)],
         gateway_args=["--unread-grace-s", str(UNREAD_GRACE_S)],
     ) as running:
