@@ -131,6 +131,11 @@ def sse_frame(event: str, event_id: str, data: dict[str, Any]) -> bytes:
     return b"event: %s\nid: %s\ndata: %s\n\n" % (event.encode(), event_id.encode(), orjson.dumps(data))
 
 
+def error_frame(code: str, message: str) -> bytes:
+    """An ``error`` event (no id: it ends the stream, and no cursor follows it)."""
+    return b"event: error\ndata: %s\n\n" % orjson.dumps({"code": code, "message": message})
+
+
 def start_data(stream_id: str, created: int) -> dict[str, Any]:
     """The ``start`` event's data."""
     return {"stream_id": stream_id, "model": MODEL, "created": created}

@@ -60,6 +60,7 @@ from bench.baselines import (
     add_event_loop_argument,
     add_ops_routes,
     delta_data,
+    error_frame,
     error_response,
     is_stream_id,
     json_response,
@@ -224,7 +225,7 @@ class Held:
         self.wake.set()
 
     def fail(self, code: str, message: str) -> None:
-        self.failure = b"event: error\ndata: %s\n\n" % orjson.dumps({"code": code, "message": message})
+        self.failure = error_frame(code, message)
         self.wake.set()
 
     def take(self) -> bytes:
@@ -361,8 +362,7 @@ class Forwarder(Baseline):
         try:
             await self.nc.request(START_SUBJECT, orjson.dumps(body), timeout=START_TIMEOUT_S)
         except (NatsError, TimeoutError) as exc:
-            data = {"code": "unavailable", "message": f"no publisher took the stream: {exc!r}"}
-            await response.write(b"event: error\ndata: %s\n\n" % orjson.dumps(data))
+            await response.write(error_frame("unavailable", f"no publisher took the stream: {exc!r}"))
             return False
         return True
 
