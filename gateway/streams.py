@@ -622,10 +622,8 @@ class StreamManager:
     async def _cancel_if_unread(self, stream_id: str) -> None:
         """Cancel a stream (reason ``disconnect``) unless a streamer has a reader of it, or had one lately."""
         try:
-            await self._nc.request(subjects.readers(stream_id), b"", timeout=UNREAD_PROBE_TIMEOUT_S)
-            return  # a streamer has a reader, or a reader's grace period runs there
-        except (NoRespondersError, NatsTimeout):
-            pass
+            if await natsio.someone_reads(self._nc, stream_id, timeout_s=UNREAD_PROBE_TIMEOUT_S):
+                return
         except NatsError as exc:  # we could not ask: leave it be rather than guess
             log.warning("stream %s: could not ask the streamers for readers: %s", stream_id, exc)
             return

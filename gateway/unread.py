@@ -52,9 +52,8 @@ class UnreadWatch:
 
     def next_due_in(self, now: float) -> float | None:
         """Seconds until the next stream is due (0 when one is), or ``None`` when none is watched."""
-        for due_at in self._due_at.values():
-            return max(0.0, due_at - now)
-        return None
+        first = next(iter(self._due_at.values()), None)
+        return None if first is None else max(0.0, first - now)
 
     def due(self, now: float) -> list[str]:
         """The streams whose grace period has ended by ``now``, oldest first; they are no longer watched."""

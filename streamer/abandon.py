@@ -21,11 +21,9 @@ from collections.abc import Callable
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from streamer.metrics import StreamerMetrics
-from tokenrelay import codec, subjects
+from tokenrelay import codec, natsio, subjects
 from tokenrelay.lifecycle import LifecycleEvent, log_event
 from tokenrelay.messages import CancelReason, CancelReply, CancelRequest, FinishReason
 from tokenrelay.tasks import TaskSet
@@ -97,11 +95,8 @@ class AbandonWatcher:
     async def _cancel_if_unread(self, stream_id: str) -> None:
         if self._has_readers(stream_id):
             return
-        try:
-            await self._nc.request(subjects.readers(stream_id), b"", timeout=self._probe_timeout_s)
-            return  # another streamer still has a reader
-        except (NoRespondersError, NatsTimeout):
-            pass
+        if await natsio.someone_reads(self._nc, stream_id, timeout_s=self._probe_timeout_s):
+            return  # another streamer still has a reader (or its grace period)
         request = CancelRequest(stream_id=stream_id, reason=CancelReason.DISCONNECT)
         try:
             msg = await self._nc.request(subjects.CANCELS, codec.encode(request), timeout=self._cancel_timeout_s)

@@ -12,6 +12,8 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import KeyNotFoundError, NotFoundError
@@ -164,6 +166,17 @@ async def ensure_streams_bucket(js: JetStreamContext, history: HistoryConfig) ->
             storage=_storage(history.storage),
         )
     )
+
+
+async def someone_reads(nc: NATS, stream_id: str, *, timeout_s: float) -> bool:
+    """Whether a streamer says within ``timeout_s`` that it has a reader of the stream, or one whose grace period
+    runs there (``tokenrelay.readers.<id>``, answered in ``streamer/abandon.py``).  Silence and "no responders" are
+    no; any other NATS error is raised: the question could not be asked."""
+    try:
+        await nc.request(subjects.readers(stream_id), b"", timeout=timeout_s)
+    except (NoRespondersError, NatsTimeout):
+        return False
+    return True
 
 
 async def load_record(kv: KeyValue, stream_id: str) -> StreamRecord:
