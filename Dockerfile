@@ -6,12 +6,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# The repository's sources only (not a local .venv or caches): the project metadata and the four packages.
+# The repository's sources only (not a local .venv or caches): the project metadata and the one package.
 COPY pyproject.toml README.md ./
 COPY tokenrelay ./tokenrelay
-COPY gateway ./gateway
-COPY runner ./runner
-COPY streamer ./streamer
 RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin tokenrelay
 

@@ -22,12 +22,12 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bench.stats import write_json
-from streamer.frames import frame
-from streamer.hub import Reader
-from streamer.metrics import LAG_BUCKETS_S, StreamerMetrics
-from streamer.sse import encode_event
-from tokenrelay import codec
-from tokenrelay.messages import StreamDelta, StreamEvent, StreamStart
+from tokenrelay.streamer.frames import frame
+from tokenrelay.streamer.hub import Reader
+from tokenrelay.streamer.metrics import LAG_BUCKETS_S, StreamerMetrics
+from tokenrelay.streamer.sse import encode_event
+from tokenrelay.wire import codec
+from tokenrelay.wire.messages import StreamDelta, StreamEvent, StreamStart
 
 EPOCH = "0a1b2c3d"
 T = TypeVar("T")

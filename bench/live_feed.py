@@ -1,4 +1,4 @@
-"""Subscriber CPU per live event: nats-py's callback path against :class:`tokenrelay.natsdirect.DirectClient`.
+"""Subscriber CPU per live event: nats-py's callback path against :class:`tokenrelay.runtime.natsdirect.DirectClient`.
 
 A publisher process sends ``--messages`` events (~200 bytes each, spread over ``--streams`` stream subjects) as fast
 as it can; this process takes them on one wildcard subscription, as the streamer's hub does in ``shared`` mode,
@@ -23,10 +23,10 @@ from nats.aio.msg import Msg
 
 from bench.stats import write_json
 from tests.procs import nats_server
-from tokenrelay import subjects
-from tokenrelay.natsdirect import DirectClient
-from tokenrelay.natsio import barrier
-from tokenrelay.service import run_on_loop
+from tokenrelay.runtime.natsdirect import DirectClient
+from tokenrelay.runtime.natsio import barrier
+from tokenrelay.runtime.service import run_on_loop
+from tokenrelay.wire import subjects
 
 PAYLOAD = b'{"type":"delta","seq":7,"text":" token","index":7,"count":1,"ts":1795000000.123456}' * 2
 CLIENTS = ("nats-py", "direct")

@@ -55,7 +55,7 @@ from tokenrelay.client.errors import ProtocolError
 from tokenrelay.client.sse import SSEDecoder
 from tokenrelay.loadtest.metrics import parse_metrics
 from tokenrelay.loadtest.stats import LatencyHistogram, StreamTally
-from tokenrelay.service import EVENT_LOOPS, run_on_loop
+from tokenrelay.runtime.service import EVENT_LOOPS, run_on_loop
 
 QUEUED = "tokenrelay_gateway_streams_queued"
 ACTIVE = "tokenrelay_runner_active_streams"

@@ -22,7 +22,7 @@ from tests.helpers import create_stream
 from tests.procs import nats_server, system
 from tests.sse_client import Stream, read_stream
 from tests.test_nginx import nginx_proxy
-from tokenrelay.supervisor import free_port
+from tokenrelay.cli.supervisor import free_port
 
 TOKENS = 20
 # The first token comes well after both readers have connected, so both wait for it live.

@@ -39,8 +39,8 @@ from bench.stats import median_of_runs, proc_cpu_s, summary, table, write_json
 from tests.helpers import create_stream, metric, stalled_reader
 from tests.procs import nats_server, system
 from tests.sse_client import Parser, Stream
-from tokenrelay import codec, subjects
-from tokenrelay.messages import StreamDelta
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.messages import StreamDelta
 
 PHASES = ("unread", "stalled", "alone")
 STALLED_RCVBUF_BYTES = 1  # the kernel raises it to its minimum (~2 KiB)

@@ -8,10 +8,10 @@ A server subprocess offers three endpoints that each send ``--events`` delta eve
 fast as it takes them, and report the CPU time (``time.process_time``) the handler's process spent:
 
 * ``/sse``: ``EventSourceResponse.send(data, event=..., id=...)`` per event (aiohttp-sse);
-* ``/write``: ``StreamResponse.write(frame)`` with a frame encoded per event (``streamer.sse.encode_event``);
+* ``/write``: ``StreamResponse.write(frame)`` with a frame encoded per event (``tokenrelay.streamer.sse.encode_event``);
 * ``/shared``: ``StreamResponse.write(frame)`` of one frame encoded once and reused (the streamer's fan-out);
 * ``/chunk``: the same shared frame framed as one HTTP/1.1 chunk and handed to the transport
-  (``streamer.app.DirectWrite``, what the streamer's writer does).
+  (``tokenrelay.streamer.app.DirectWrite``, what the streamer's writer does).
 
 Each write is followed by ``drain`` in all three, as the streamer does.  The client reads in this
 process.  Runs alternate the endpoints so drift hits all of them alike.
@@ -34,10 +34,10 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from bench.stats import write_json
-from streamer.app import DirectWrite
-from streamer.sse import encode_event
 from tests.procs import stop_process, wait_until
-from tokenrelay.supervisor import free_port, http_ok
+from tokenrelay.cli.supervisor import free_port, http_ok
+from tokenrelay.streamer.app import DirectWrite
+from tokenrelay.streamer.sse import encode_event
 
 TEXT = " token"
 ENDPOINTS = ("sse", "write", "shared", "chunk")

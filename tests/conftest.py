@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import LoopFactory
 from tests.procs import NatsServer, nats_server
-from tokenrelay.tokens import TOKEN_SECRET_ENV
+from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV
 
 os.environ.setdefault(TOKEN_SECRET_ENV, secrets.token_urlsafe(32))
 

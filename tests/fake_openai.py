@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from tokenrelay.supervisor import free_port
+from tokenrelay.cli.supervisor import free_port
 
 
 @dataclass

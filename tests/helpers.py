@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from runner.engines.synthetic import prompt_text, synthetic_tokens
-from tokenrelay.messages import ChatMessage
+from tokenrelay.runner.engines.synthetic import prompt_text, synthetic_tokens
+from tokenrelay.wire.messages import ChatMessage
 
 STOPPED_TOKENS = 30_000
 """The ``max_tokens`` of a stream a test stops, cuts or walks away from: minutes of tokens at any test's pace, so no

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenrelay.supervisor import free_port, http_ok, nats_ready, nats_server_argv
+from tokenrelay.cli.supervisor import free_port, http_ok, nats_ready, nats_server_argv
 
 STARTUP_TIMEOUT_S = 30.0
 

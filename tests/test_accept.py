@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 
 from tests.helpers import LoopFactory, run_on_loop
-from tokenrelay import accept
-from tokenrelay.accept import DrainingSite
+from tokenrelay.runtime import accept
+from tokenrelay.runtime.accept import DrainingSite
 
 QUEUED_CONNECTIONS = 20
 

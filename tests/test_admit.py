@@ -22,14 +22,15 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from gateway.metrics import GatewayMetrics
-from gateway.requests import StreamRequest
-from gateway.streams import StreamManager
 from tests.procs import NatsServer
-from tokenrelay import codec, natsio, subjects
-from tokenrelay.config import GatewayConfig, HistoryConfig
-from tokenrelay.errors import Overloaded, Unavailable
-from tokenrelay.messages import (
+from tokenrelay.gateway.metrics import GatewayMetrics
+from tokenrelay.gateway.requests import StreamRequest
+from tokenrelay.gateway.streams import StreamManager
+from tokenrelay.runtime import natsio
+from tokenrelay.runtime.config import GatewayConfig, HistoryConfig
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.errors import Overloaded, Unavailable
+from tokenrelay.wire.messages import (
     CancelReason,
     CancelReply,
     CancelRequest,

@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from tests.compat_systems import LENGTH_TOKENS, MAX_TOKENS_LIMIT, NATURAL_TOKENS, long_texts, natural_texts
 from tests.helpers import STOPPED_TOKENS, expected_text, wait_finished
 from tests.procs import NatsServer, System
-from tokenrelay.messages import ChatMessage
+from tokenrelay.wire.messages import ChatMessage
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def ask(prompt: str) -> list[anthropic.types.MessageParam]:
 
 
 def expected(messages: tuple[ChatMessage, ...], max_tokens: int) -> str:
-    from runner.engines.synthetic import prompt_text, synthetic_tokens
+    from tokenrelay.runner.engines.synthetic import prompt_text, synthetic_tokens
 
     return "".join(synthetic_tokens(prompt_text(messages), max_tokens=max_tokens, length_tokens=LENGTH_TOKENS))
 

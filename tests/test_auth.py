@@ -21,10 +21,10 @@ from websockets.exceptions import InvalidStatus
 from tests.helpers import expected_text, metric
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
-from tokenrelay.auth import KeyFileError, KeyRing, digest, load_keyring, presented_key
+from tokenrelay.cli.supervisor import free_port
 from tokenrelay.client import Client, ConnectionLost
-from tokenrelay.errors import TokenRelayError
-from tokenrelay.supervisor import free_port
+from tokenrelay.runtime.auth import KeyFileError, KeyRing, digest, load_keyring, presented_key
+from tokenrelay.wire.errors import TokenRelayError
 
 ACME_KEY = "tr-acme-0123456789abcdef"
 GLOBEX_KEY = "tr-globex-fedcba9876543210"

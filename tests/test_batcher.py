@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner.batcher import DeltaBatcher
-from runner.pace import PublishPace
+from tokenrelay.runner.batcher import DeltaBatcher
+from tokenrelay.runner.pace import PublishPace
 
 INTERVAL_S = 0.25
 T0 = 100.0

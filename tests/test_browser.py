@@ -26,7 +26,7 @@ from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
 
 from tests.helpers import STOPPED_TOKENS, expected_text, metric, wait_for_metric
 from tests.procs import NatsServer, System, stop_process, system, wait_until
-from tokenrelay.supervisor import http_ok
+from tokenrelay.cli.supervisor import http_ok
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import orjson
 
-from streamer.buffer import BYTES_OVERHEAD_BYTES, RUN_OVERHEAD_BYTES, TEXT_OVERHEAD_BYTES, ReaderBuffer
-from streamer.frames import frame
-from streamer.sse import PING
-from tokenrelay.errors import ErrorCode
-from tokenrelay.messages import StreamDelta
+from tokenrelay.streamer.buffer import BYTES_OVERHEAD_BYTES, RUN_OVERHEAD_BYTES, TEXT_OVERHEAD_BYTES, ReaderBuffer
+from tokenrelay.streamer.frames import frame
+from tokenrelay.streamer.sse import PING
+from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import StreamDelta
 
 T0 = 1000.0
 HEARTBEAT_S = 15.0

@@ -27,7 +27,7 @@ from tokenrelay.client import (
     TokenRelayError,
     Unavailable,
 )
-from tokenrelay.errors import from_code
+from tokenrelay.wire.errors import from_code
 
 LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `sut`: no text ends before its max_tokens
 NATURAL_TOKENS = 60  # the natural length at `natural`, whose texts end by themselves (1.2 s at 50 tokens/s)

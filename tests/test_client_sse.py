@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.sse import PING, encode_event
 from tokenrelay.client.errors import ProtocolError
 from tokenrelay.client.sse import ServerSentEvent, SSEDecoder
+from tokenrelay.streamer.sse import PING, encode_event
 
 STREAM = (
     "\ufeffevent: start\nid: ab:0\ndata: {}\n\n"

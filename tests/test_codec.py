@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tokenrelay import codec
-from tokenrelay import messages as m
-from tokenrelay.codec import CodecError
+from tokenrelay.wire import codec
+from tokenrelay.wire import messages as m
+from tokenrelay.wire.codec import CodecError
 
 SID = "0123456789abcdef0123456789abcdef"
 

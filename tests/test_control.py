@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.control import (
+from tokenrelay.gateway.control import (
     MAX_COMMENT_CHARS,
     MAX_REF_CHARS,
     ControlError,
@@ -18,7 +18,7 @@ from gateway.control import (
     parse_command,
     reply,
 )
-from tokenrelay.errors import BadRequest, Overloaded
+from tokenrelay.wire.errors import BadRequest, Overloaded
 
 SID = "0123456789abcdef0123456789abcdef"
 

@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from streamer.cors import CorsPolicy
 from tests.helpers import create_stream
 from tests.procs import NatsServer, Role, System, start_role, stop_process, system, wait_until
-from tokenrelay import cli
-from tokenrelay.supervisor import http_ok, plan
+from tokenrelay.cli import main as cli
+from tokenrelay.cli.supervisor import http_ok, plan
+from tokenrelay.streamer.cors import CorsPolicy
 
 PAGE_ORIGIN = "http://chat.example:8080"
 OTHER_ORIGIN = "http://elsewhere.example"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.cursor import MAX_CURSOR_CHARS, Cursor, CursorError
+from tokenrelay.wire.cursor import MAX_CURSOR_CHARS, Cursor, CursorError
 
 
 @pytest.mark.parametrize(

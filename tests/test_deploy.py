@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tokenrelay import cli
+from tokenrelay.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"

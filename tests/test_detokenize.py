@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from runner.engines.detokenize import IncrementalDetokenizer
+from tokenrelay.runner.engines.detokenize import IncrementalDetokenizer
 
 TEXT = "héllo 日本語 🚀👩‍💻 done"
 BYTES = TEXT.encode()

@@ -7,7 +7,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from tests.procs import NatsServer
-from tokenrelay import natsio
+from tokenrelay.runtime import natsio
 
 
 async def _responder(nats_url: str, stream: str, *, ignore_first: int) -> tuple[nats_client.NATS, list[bytes]]:

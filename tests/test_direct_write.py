@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
-from streamer.app import DirectWrite, Pump
-from streamer.chunked import http_chunk
-from streamer.flush import FlushClock
-from streamer.hub import Reader
-from streamer.metrics import StreamerMetrics
 from tests.helpers import LoopFactory, run_on_loop
-from tokenrelay.messages import FinishReason, StreamDelta, StreamEnd, StreamStart
+from tokenrelay.streamer.app import DirectWrite, Pump
+from tokenrelay.streamer.chunked import http_chunk
+from tokenrelay.streamer.flush import FlushClock
+from tokenrelay.streamer.hub import Reader
+from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.wire.messages import FinishReason, StreamDelta, StreamEnd, StreamStart
 
 SID = "0123456789abcdef0123456789abcdef"
 EPOCH = "e1"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streamer.flush import LAG_WEIGHT, TICKS_PER_INTERVAL, FlushClock
+from tokenrelay.streamer.flush import LAG_WEIGHT, TICKS_PER_INTERVAL, FlushClock
 
 
 def _count_timers(loop: asyncio.AbstractEventLoop) -> list[float]:

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streamer.frames import error_frame, frame, is_terminal
-from tokenrelay.messages import CancelReason, FinishReason, StreamDelta, StreamEnd, StreamError, StreamStart
+from tokenrelay.streamer.frames import error_frame, frame, is_terminal
+from tokenrelay.wire.messages import CancelReason, FinishReason, StreamDelta, StreamEnd, StreamError, StreamStart
 
 EPOCH = "5eed"
 SID = "0123456789abcdef0123456789abcdef"

@@ -28,7 +28,7 @@ from tests import garbage
 from tests.helpers import expected_text, metric, wait_for_metric
 from tests.procs import System, nats_server, pid_alive, system
 from tests.sse_client import Stream, read_stream
-from tokenrelay.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WS_MESSAGE_BYTES
+from tokenrelay.runtime.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WS_MESSAGE_BYTES
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from tests.helpers import get_json, post
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
-from tokenrelay.config import DEFAULT_MAX_MESSAGES, DEFAULT_MAX_PROMPT_CHARS
+from tokenrelay.runtime.config import DEFAULT_MAX_MESSAGES, DEFAULT_MAX_PROMPT_CHARS
 
 UNKNOWN_ID = "0" * 32
 

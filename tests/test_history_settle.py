@@ -8,13 +8,14 @@ import asyncio
 import nats as nats_client
 import pytest
 
-from streamer import app as streamer_app
-from streamer.frames import frame
-from streamer.hub import Reader
 from tests.procs import NatsServer
-from tokenrelay import codec, natsio, subjects
-from tokenrelay.config import HistoryConfig, StreamerConfig
-from tokenrelay.messages import StreamDelta, StreamRecord, StreamStart, StreamState
+from tokenrelay.runtime import natsio
+from tokenrelay.runtime.config import HistoryConfig, StreamerConfig
+from tokenrelay.streamer import app as streamer_app
+from tokenrelay.streamer.frames import frame
+from tokenrelay.streamer.hub import Reader
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.messages import StreamDelta, StreamRecord, StreamStart, StreamState
 
 EPOCH = "e1"
 

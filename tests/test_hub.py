@@ -17,14 +17,15 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from streamer.flush import FlushClock
-from streamer.hub import Hub, Reader
-from streamer.metrics import StreamerMetrics
 from tests.procs import NatsServer
-from tokenrelay import cli, codec, subjects
-from tokenrelay.config import LiveSubscription
-from tokenrelay.messages import StreamDelta, StreamStart
-from tokenrelay.natsdirect import DirectClient
+from tokenrelay.cli import main as cli
+from tokenrelay.runtime.config import LiveSubscription
+from tokenrelay.runtime.natsdirect import DirectClient
+from tokenrelay.streamer.flush import FlushClock
+from tokenrelay.streamer.hub import Hub, Reader
+from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.messages import StreamDelta, StreamStart
 
 MODES = list(LiveSubscription)
 EPOCH = "e1"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.liveness import RunnerRegistry
-from tokenrelay.messages import RunnerHeartbeat
+from tokenrelay.gateway.liveness import RunnerRegistry
+from tokenrelay.wire.messages import RunnerHeartbeat
 
 STALE_S = 3.0
 

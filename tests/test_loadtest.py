@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 
 from tests.procs import NatsServer, System, system
+from tokenrelay.cli.supervisor import free_port
 from tokenrelay.loadtest.report import PLOT_FILES
-from tokenrelay.supervisor import free_port
 
 RUN_TIMEOUT_S = 90
 MAX_TOKENS_LIMIT = 1000

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from tokenrelay.loopmetrics import LoopHistogram, LoopMetrics
+from tokenrelay.runtime.loopmetrics import LoopHistogram, LoopMetrics
 
 BUCKETS = (0.0005, 0.001, 0.01, 0.1, 1, 2.5, 10)
 

@@ -28,10 +28,11 @@ from websockets.asyncio.client import connect as ws_connect
 from tests.helpers import STOPPED_TOKENS, create_stream, expected_text, post, wait_finished
 from tests.procs import NatsServer, nats_server, start_role, stop_process, system, wait_until
 from tests.sse_client import read_stream
-from tokenrelay import codec, natsio, subjects
-from tokenrelay.messages import RunnerHeartbeat
-from tokenrelay.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
-from tokenrelay.supervisor import http_ok
+from tokenrelay.cli.supervisor import http_ok
+from tokenrelay.runtime import natsio
+from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.messages import RunnerHeartbeat
 
 AUTH_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nats-auth.conf"
 ROLES = ("gateway", "runner", "streamer", "feedback")

@@ -1,8 +1,8 @@
-"""Spec of :mod:`tokenrelay.natsdirect` against a real nats-server: a direct subscription's handler gets every
+"""Spec of :mod:`tokenrelay.runtime.natsdirect` against a real nats-server: a direct subscription's handler gets every
 message, in order, straight from the read loop; everything else on the connection stays nats-py's.
 
-Each subscription is followed by :func:`tokenrelay.natsio.barrier`, not ``flush()``: nats-py's PING can overtake a
-SUB still waiting for its flusher, and a message published right after would find no subscriber."""
+Each subscription is followed by :func:`tokenrelay.runtime.natsio.barrier`, not ``flush()``: nats-py's PING can
+overtake a SUB still waiting for its flusher, and a message published right after would find no subscriber."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from tests.procs import NatsServer
-from tokenrelay import natsdirect
-from tokenrelay.natsdirect import DirectClient, subscribe_raw
-from tokenrelay.natsio import barrier
+from tokenrelay.runtime import natsdirect
+from tokenrelay.runtime.natsdirect import DirectClient, subscribe_raw
+from tokenrelay.runtime.natsio import barrier
 
 WAIT_S = 10.0
 MESSAGES = 200

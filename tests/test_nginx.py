@@ -32,12 +32,12 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.client import connect
 
-from gateway.app import WS_HEARTBEAT_S
 from tests.helpers import STOPPED_TOKENS, create_stream, expected_text, get_json, post, wait_finished
 from tests.procs import NatsServer, System, stop_process, system
 from tests.sse_client import Event, Stream, read_stream
-from tokenrelay.config import DEFAULT_HEARTBEAT_S
-from tokenrelay.supervisor import free_port
+from tokenrelay.cli.supervisor import free_port
+from tokenrelay.gateway.app import WS_HEARTBEAT_S
+from tokenrelay.runtime.config import DEFAULT_HEARTBEAT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"

@@ -25,7 +25,7 @@ from tests.helpers import (
 )
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
-from tokenrelay.lifecycle import LifecycleEvent, format_line
+from tokenrelay.runtime.lifecycle import LifecycleEvent, format_line
 
 # -- the log line format (sans-I/O) ---------------------------------------------------------------
 

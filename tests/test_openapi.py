@@ -31,10 +31,10 @@ from schemathesis.core import NOT_SET
 from schemathesis.core.result import Err
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-import gateway.app as gateway_app
-import streamer.app as streamer_app
+import tokenrelay.gateway.app as gateway_app
+import tokenrelay.streamer.app as streamer_app
 from tests.procs import NatsServer, System, nats_server, system
-from tokenrelay.config import GatewayConfig, StreamerConfig
+from tokenrelay.runtime.config import GatewayConfig, StreamerConfig
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 KEY = "tr-openapi-0123456789abcdef"

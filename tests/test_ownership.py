@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from tests.helpers import expected_text, metric, wait_finished
 from tests.procs import NatsServer, System, nats_server, system
 from tests.sse_client import Stream, read_stream
-from tokenrelay.tokens import TOKEN_SECRET_ENV, Scope, TokenSigner
+from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV, Scope, TokenSigner
 
 ACME_KEY = "tr-acme-owner-0123456789"
 GLOBEX_KEY = "tr-globex-other-987654321"

@@ -12,16 +12,17 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from runner.batcher import DeltaBatcher
-from runner.pace import MAX_STREAMERS, PublishPace
-from streamer.flush import FlushClock, LagReporter
-from streamer.hub import Hub, Reader
-from streamer.metrics import StreamerMetrics
 from tests.helpers import STOPPED_TOKENS, create_stream, metric, post, wait_for_metric
 from tests.procs import System, nats_server, system
 from tests.sse_client import read_stream
-from tokenrelay import codec, subjects
-from tokenrelay.messages import (
+from tokenrelay.runner.batcher import DeltaBatcher
+from tokenrelay.runner.pace import MAX_STREAMERS, PublishPace
+from tokenrelay.runtime.natsdirect import DirectClient
+from tokenrelay.streamer.flush import FlushClock, LagReporter
+from tokenrelay.streamer.hub import Hub, Reader
+from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.messages import (
     LAG_REPORT_INTERVAL_S,
     LAG_REPORT_TTL_S,
     FinishReason,
@@ -30,7 +31,6 @@ from tokenrelay.messages import (
     StreamerLag,
     StreamStart,
 )
-from tokenrelay.natsdirect import DirectClient
 
 BASE_S = 0.005
 MAX_S = 0.100

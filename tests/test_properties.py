@@ -7,12 +7,12 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.cursor import MAX_CURSOR_CHARS, Cursor, CursorError
-from streamer.frames import error_frame, frame
-from streamer.sse import FramingError, encode_event
-from tokenrelay import codec
 from tokenrelay.client.sse import SSEDecoder
-from tokenrelay.messages import StreamDelta
+from tokenrelay.streamer.frames import error_frame, frame
+from tokenrelay.streamer.sse import FramingError, encode_event
+from tokenrelay.wire import codec
+from tokenrelay.wire.cursor import MAX_CURSOR_CHARS, Cursor, CursorError
+from tokenrelay.wire.messages import StreamDelta
 
 EPOCHS = st.text(alphabet="0123456789abcdef", min_size=1, max_size=32)
 PIECES = st.sampled_from(["\n", "\r", "\r\n", "data:", "event:", "id:", "retry:", ":", " ", "\0", "a", "é", "\u2028"])

@@ -11,12 +11,12 @@ import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
-from gateway.streams import DISPATCH_BACKOFF_MAX_S
 from tests.helpers import create_stream, metric, post, wait_finished, wait_for_metric
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
-from tokenrelay import codec, subjects
-from tokenrelay.messages import CancelReason, CancelRequest, ChatMessage, JobAccepted, JobRejected, JobRequest
+from tokenrelay.gateway.streams import DISPATCH_BACKOFF_MAX_S
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.messages import CancelReason, CancelRequest, ChatMessage, JobAccepted, JobRejected, JobRequest
 
 WAITING_STREAMS = 6
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.quotas import TenantQuotas, TokenBucket
-from tokenrelay.config import QuotaLimits
-from tokenrelay.errors import ErrorCode, RateLimited
+from tokenrelay.gateway.quotas import TenantQuotas, TokenBucket
+from tokenrelay.runtime.config import QuotaLimits
+from tokenrelay.wire.errors import ErrorCode, RateLimited
 
 
 def test_a_bucket_gives_its_burst_at_once_then_its_rate() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from streamer.hub import Reader
-from streamer.replay import held_size
-from tokenrelay.errors import ErrorCode
-from tokenrelay.messages import StreamDelta, StreamStart
+from tokenrelay.streamer.hub import Reader
+from tokenrelay.streamer.replay import held_size
+from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import StreamDelta, StreamStart
 
 SID = "0123456789abcdef0123456789abcdef"
 EPOCH = "e1"

@@ -7,10 +7,10 @@ from collections.abc import Iterable
 
 import pytest
 
-from streamer.cursor import Cursor
-from streamer.replay import EVENT_OVERHEAD_BYTES, Replay, ReplayError, held_size
-from tokenrelay.errors import ErrorCode
-from tokenrelay.messages import FinishReason, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
+from tokenrelay.streamer.replay import EVENT_OVERHEAD_BYTES, Replay, ReplayError, held_size
+from tokenrelay.wire.cursor import Cursor
+from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import FinishReason, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
 
 EPOCH = "e1"
 SID = "0123456789abcdef0123456789abcdef"

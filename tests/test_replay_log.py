@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tokenrelay import codec
-from tokenrelay.codec import CodecError
-from tokenrelay.messages import ReplayPage, StreamDelta, StreamEvent, StreamStart
-from tokenrelay.replay import ReplayLog, decode_page, encode_page
+from tokenrelay.wire import codec
+from tokenrelay.wire.codec import CodecError
+from tokenrelay.wire.messages import ReplayPage, StreamDelta, StreamEvent, StreamStart
+from tokenrelay.wire.replay import ReplayLog, decode_page, encode_page
 
 STREAM = "0" * 32
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from gateway.requests import MAX_MODEL_CHARS, parse_stream_request
-from tokenrelay.codec import parse_json_object
-from tokenrelay.errors import BadRequest
-from tokenrelay.messages import ChatMessage
+from tokenrelay.gateway.requests import MAX_MODEL_CHARS, parse_stream_request
+from tokenrelay.wire.codec import parse_json_object
+from tokenrelay.wire.errors import BadRequest
+from tokenrelay.wire.messages import ChatMessage
 
 DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS_LIMIT = 1024

@@ -11,9 +11,9 @@ import pytest
 from tests.helpers import create_stream, expected_text, metric, post, wait_finished, wait_for_metric
 from tests.procs import nats_server, system
 from tests.sse_client import read_stream
-from tokenrelay import codec, subjects
-from tokenrelay.messages import ReplayPage, ReplayRequest
-from tokenrelay.replay import decode_page
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.messages import ReplayPage, ReplayRequest
+from tokenrelay.wire.replay import decode_page
 
 FETCHES = "tokenrelay_streamer_history_fetches_total"
 RUNNER_ARGS = ["--synthetic-tokens-per-s", "100", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]

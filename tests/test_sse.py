@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from streamer.sse import PING, FramingError, encode_comment, encode_event, encode_retry
+from tokenrelay.streamer.sse import PING, FramingError, encode_comment, encode_event, encode_retry
 
 # WHATWG HTML §9.2.6: lines end in CRLF, a lone CR or a lone LF -- nothing else.
 _SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")

@@ -14,15 +14,16 @@ import aiohttp
 import orjson
 import pytest
 
-from streamer.hub import Hub, Reader
-from streamer.metrics import StreamerMetrics
-from streamer.starts import START_PREFIX, TERMINAL_PREFIXES, Kept, RecentStarts
 from tests.helpers import create_stream, expected_text, metric, wait_finished
 from tests.procs import NatsServer, System, system
 from tests.sse_client import read_stream
-from tokenrelay import codec, subjects
-from tokenrelay.config import LiveSubscription
-from tokenrelay.messages import (
+from tokenrelay.runtime.config import LiveSubscription
+from tokenrelay.runtime.natsdirect import DirectClient
+from tokenrelay.streamer.hub import Hub, Reader
+from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.streamer.starts import START_PREFIX, TERMINAL_PREFIXES, Kept, RecentStarts
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.messages import (
     CancelReason,
     FinishReason,
     StreamDelta,
@@ -31,7 +32,6 @@ from tokenrelay.messages import (
     StreamEvent,
     StreamStart,
 )
-from tokenrelay.natsdirect import DirectClient
 
 WAIT_S = 10.0
 LOOKUPS = "tokenrelay_streamer_reader_lookups_total"

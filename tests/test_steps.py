@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from runner.engines import GenerationRequest
-from runner.engines.steps import StepClock, step_of
-from runner.engines.synthetic import SyntheticEngine, prompt_text, synthetic_tokens
-from tokenrelay.config import SyntheticConfig
-from tokenrelay.messages import ChatMessage
+from tokenrelay.runner.engines import GenerationRequest
+from tokenrelay.runner.engines.steps import StepClock, step_of
+from tokenrelay.runner.engines.synthetic import SyntheticEngine, prompt_text, synthetic_tokens
+from tokenrelay.runtime.config import SyntheticConfig
+from tokenrelay.wire.messages import ChatMessage
 
 STEP_S = 0.05
 

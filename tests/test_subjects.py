@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tokenrelay import subjects
+from tokenrelay.wire import subjects
 
 SID = "0123456789abcdef0123456789abcdef"
 

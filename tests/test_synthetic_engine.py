@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runner.engines import GenerationRequest
-from runner.engines.synthetic import SyntheticEngine, prompt_text, prompt_tokens, synthetic_tokens
-from tokenrelay.config import SyntheticConfig
-from tokenrelay.messages import ChatMessage
+from tokenrelay.runner.engines import GenerationRequest
+from tokenrelay.runner.engines.synthetic import SyntheticEngine, prompt_text, prompt_tokens, synthetic_tokens
+from tokenrelay.runtime.config import SyntheticConfig
+from tokenrelay.wire.messages import ChatMessage
 
 PROMPT = "user: tell me about streams"
 ACCENTED = set("éïüñçÉÏÜÑÇέΩδ")

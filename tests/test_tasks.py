@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tokenrelay.tasks import TaskSet
+from tokenrelay.runtime.tasks import TaskSet
 
 
 async def test_a_spawned_task_runs_to_the_end_though_nobody_holds_it() -> None:

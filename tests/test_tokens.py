@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenrelay.tokens import MAX_TOKEN_CHARS, Scope, SecretError, TokenError, TokenSigner, load_signer
+from tokenrelay.runtime.tokens import MAX_TOKEN_CHARS, Scope, SecretError, TokenError, TokenSigner, load_signer
 
 SECRET = "s" * 32
 STREAM = "0123456789abcdef0123456789abcdef"

@@ -15,11 +15,11 @@ transformers = pytest.importorskip("transformers")
 
 from websockets.asyncio.client import connect  # noqa: E402
 
-from runner.engines import GenerationRequest, TextTail  # noqa: E402
 from tests.helpers import create_stream  # noqa: E402
 from tests.procs import NatsServer, System, system  # noqa: E402
 from tests.sse_client import read_stream  # noqa: E402
-from tokenrelay.messages import ChatMessage  # noqa: E402
+from tokenrelay.runner.engines import GenerationRequest, TextTail  # noqa: E402
+from tokenrelay.wire.messages import ChatMessage  # noqa: E402
 
 CORPUS = ["hello world 日本語 🚀 café naïve", "the stream token relay is fast", "stop now 👩‍💻 über"] * 50
 
@@ -62,7 +62,7 @@ def _reference(model_dir: Path, prompt: str, max_tokens: int) -> str:
 
 
 async def test_engine_streams_exactly_the_greedy_text_as_whole_characters(model_dir: Path) -> None:
-    from runner.engines.transformers import TransformersEngine
+    from tokenrelay.runner.engines.transformers import TransformersEngine
 
     engine = TransformersEngine(str(model_dir))
     pieces = [p async for p in engine.stream(_request("hello 日本", 40))]
@@ -76,7 +76,7 @@ async def test_engine_streams_exactly_the_greedy_text_as_whole_characters(model_
 
 
 async def test_closing_the_stream_halts_generate_at_the_next_decode_step(model_dir: Path) -> None:
-    from runner.engines.transformers import TransformersEngine
+    from tokenrelay.runner.engines.transformers import TransformersEngine
 
     engine = TransformersEngine(str(model_dir))
     forwards = 0
@@ -101,7 +101,7 @@ async def test_closing_the_stream_halts_generate_at_the_next_decode_step(model_d
 
 
 async def test_the_event_loop_keeps_running_while_the_model_generates(model_dir: Path) -> None:
-    from runner.engines.transformers import TransformersEngine
+    from tokenrelay.runner.engines.transformers import TransformersEngine
 
     engine = TransformersEngine(str(model_dir))
     ticks = 0
@@ -149,7 +149,7 @@ async def test_ws_stop_cancels_a_transformers_generation(sut: System) -> None:
 async def test_engine_reports_the_prompt_length_its_tokenizer_gives(model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from runner.engines.transformers import TransformersEngine
+    from tokenrelay.runner.engines.transformers import TransformersEngine
 
     engine = TransformersEngine(str(model_dir))
     reported: list[int] = []

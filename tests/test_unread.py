@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.unread import UnreadWatch
+from tokenrelay.gateway.unread import UnreadWatch
 
 
 def test_a_stream_is_due_once_its_grace_period_is_over_and_only_once() -> None:

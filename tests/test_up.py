@@ -19,8 +19,8 @@ import pytest
 from tests.helpers import create_stream, expected_text
 from tests.procs import pid_alive, stop_process, wait_until
 from tests.sse_client import read_stream
-from tokenrelay.supervisor import free_port
-from tokenrelay.tokens import TOKEN_SECRET_ENV
+from tokenrelay.cli.supervisor import free_port
+from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV
 
 BANNER = re.compile(r"^\s+(nats|gateway|streamer(?:-\d+)?|runner-\d+)\s+(\S+)\s+pid (\d+)", re.M)
 

@@ -1,5 +1,5 @@
 """``python -m tokenrelay`` is the same as the ``tokenrelay`` console script."""
 
-from tokenrelay.cli import main
+from tokenrelay.cli.main import main
 
 raise SystemExit(main())

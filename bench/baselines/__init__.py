@@ -34,10 +34,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from runner.engines.steps import StepClock
-from runner.engines.synthetic import iter_synthetic_tokens, paced, prompt_text
-from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
-from tokenrelay.messages import ChatMessage
+from tokenrelay.runner.engines.steps import StepClock
+from tokenrelay.runner.engines.synthetic import iter_synthetic_tokens, paced, prompt_text
+from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
+from tokenrelay.wire.messages import ChatMessage
 
 DEFAULT_TTFT_MS = 0.0
 """Delay before a stream's first token, in milliseconds."""
@@ -119,7 +119,7 @@ def paced_tokens(prompt: str, max_tokens: int, pacing: Pacing, steps: StepClock)
     """Exactly ``max_tokens`` tokens of the synthetic engine's text for ``prompt``, on its fixed schedule.
 
     The text is what tokenrelay's runner generates for the same prompt (a one-message chat), released
-    as its engine releases them (:func:`~runner.engines.synthetic.paced`), at the process's shared ``steps``.
+    as its engine releases them (:func:`~tokenrelay.runner.engines.synthetic.paced`), at the process's shared ``steps``.
     """
     text_key = prompt_text((ChatMessage(role="user", content=prompt),))
     tokens = iter_synthetic_tokens(text_key, max_tokens=max_tokens, length_tokens=max_tokens)

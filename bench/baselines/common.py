@@ -22,8 +22,8 @@ from pathlib import Path
 
 from bench.baselines import DEFAULT_TOKENS_PER_S, DEFAULT_TTFT_MS
 from tests.procs import stop_process, wait_until
-from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
-from tokenrelay.supervisor import free_port, http_ok
+from tokenrelay.cli.supervisor import free_port, http_ok
+from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"

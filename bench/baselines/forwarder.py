@@ -70,9 +70,9 @@ from bench.baselines import (
     start_data,
     stop_data,
 )
-from runner.engines.steps import StepClock
-from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
-from tokenrelay.service import run_role
+from tokenrelay.runner.engines.steps import StepClock
+from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
+from tokenrelay.runtime.service import run_role
 
 START_SUBJECT = "bench.start"
 STREAM_SUBJECTS = "bench.stream.*"

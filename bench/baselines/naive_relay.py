@@ -44,9 +44,9 @@ from bench.baselines import (
     start_data,
     stop_data,
 )
-from runner.engines.steps import StepClock
-from tokenrelay.config import DEFAULT_SYNTHETIC_STEP_MS
-from tokenrelay.service import loop_factory
+from tokenrelay.runner.engines.steps import StepClock
+from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
+from tokenrelay.runtime.service import loop_factory
 
 DEFAULT_PORT = 8183
 

@@ -16,7 +16,7 @@ import logging
 from aiohttp import web
 
 from bench.baselines import Metrics, add_ops_routes, error_response, serve
-from tokenrelay.service import EVENT_LOOPS, LISTEN_BACKLOG, run_on_loop
+from tokenrelay.runtime.service import EVENT_LOOPS, LISTEN_BACKLOG, run_on_loop
 
 DEFAULT_PORT = 8184
 RETRY_AFTER_S = 1

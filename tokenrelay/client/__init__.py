@@ -10,7 +10,7 @@
 
 Commands (start, stop, feedback) share one control WebSocket per client; each stream's text
 comes over SSE and survives connection drops (resumed with ``Last-Event-ID``).  Errors are the
-project's :mod:`tokenrelay.errors` classes, plus :class:`ConnectionLost` and :class:`ProtocolError`.
+project's :mod:`tokenrelay.wire.errors` classes, plus :class:`ConnectionLost` and :class:`ProtocolError`.
 """
 
 from tokenrelay.client.client import Client, ClientState, Stopped
@@ -18,7 +18,7 @@ from tokenrelay.client.errors import ConnectionLost, ProtocolError
 from tokenrelay.client.sse import ServerSentEvent, SSEDecoder
 from tokenrelay.client.stream import Stream
 from tokenrelay.client.tracker import Phase, ReconnectPolicy, StreamTracker
-from tokenrelay.errors import (
+from tokenrelay.wire.errors import (
     BadRequest,
     ErrorCode,
     NotFound,

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.protocol import State
 
 from tokenrelay.client.errors import ConnectionLost, ProtocolError
-from tokenrelay.errors import Unavailable, from_code
+from tokenrelay.wire.errors import Unavailable, from_code
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What the client raises: the project's error vocabulary, plus two client-only cases.
 
-Every error is a :class:`~tokenrelay.errors.TokenRelayError` with a stable ``code``.  Codes
-with a class in :mod:`tokenrelay.errors` raise that class (``bad_request`` -> ``BadRequest``);
+Every error is a :class:`~tokenrelay.wire.errors.TokenRelayError` with a stable ``code``.  Codes
+with a class in :mod:`tokenrelay.wire.errors` raise that class (``bad_request`` -> ``BadRequest``);
 codes that only occur in an SSE ``error`` event (``runner_lost``, ``slow_consumer``, ...) raise
 a plain ``TokenRelayError`` whose ``code`` is that code.  Client-only::
 
@@ -13,7 +13,7 @@ a plain ``TokenRelayError`` whose ``code`` is that code.  Client-only::
 
 from __future__ import annotations
 
-from tokenrelay.errors import STATUS_CODES, ErrorCode, TokenRelayError, Unavailable
+from tokenrelay.wire.errors import STATUS_CODES, ErrorCode, TokenRelayError, Unavailable
 
 
 class ConnectionLost(Unavailable):

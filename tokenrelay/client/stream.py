@@ -22,7 +22,7 @@ from tokenrelay.client.tracker import (
     ReconnectPolicy,
     StreamTracker,
 )
-from tokenrelay.errors import TokenRelayError, from_code
+from tokenrelay.wire.errors import TokenRelayError, from_code
 
 if TYPE_CHECKING:
     from tokenrelay.client.client import Client, Stopped

@@ -17,7 +17,7 @@ import orjson
 
 from tokenrelay.client.errors import ProtocolError
 from tokenrelay.client.sse import ServerSentEvent
-from tokenrelay.errors import ErrorCode, TokenRelayError, from_code
+from tokenrelay.wire.errors import ErrorCode, TokenRelayError, from_code
 
 T = TypeVar("T")
 

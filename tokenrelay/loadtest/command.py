@@ -11,7 +11,7 @@ import os
 import sys
 
 from tokenrelay.loadtest import plan as p
-from tokenrelay.service import EVENT_LOOPS, run_on_loop
+from tokenrelay.runtime.service import EVENT_LOOPS, run_on_loop
 
 API_KEY_ENV = "TOKENRELAY_API_KEY"
 EXIT_OK = 0

@@ -34,11 +34,11 @@ from tokenrelay.client.client import control_url_for
 from tokenrelay.client.control import ControlChannel, expect
 from tokenrelay.client.errors import ConnectionLost, ProtocolError
 from tokenrelay.client.sse import SSEDecoder
-from tokenrelay.errors import TokenRelayError
 from tokenrelay.loadtest.metrics import InstanceStats, MetricsSampler
 from tokenrelay.loadtest.plan import LoadTestConfig, Planner, StreamPlan
 from tokenrelay.loadtest.stats import Outcome, RunTotals, SampleSeries, StreamTally
-from tokenrelay.service import raise_open_files_limit
+from tokenrelay.runtime.service import raise_open_files_limit
+from tokenrelay.wire.errors import TokenRelayError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The ``tokenrelay`` command line: ``up`` (:mod:`.supervisor`), the roles, ``loadtest`` and ``feedback export``."""

@@ -1,0 +1,78 @@
+"""Sans-I/O registry of runners: who is alive, and which streams each one owns.
+
+Runners heartbeat every ``heartbeat_interval_s`` with the ids of the streams they generate.
+A runner not heard from for ``stale_after_s`` is *suspect* (:meth:`stale`): it no longer counts
+as live (:meth:`live`, ``/readyz``) but still as registered (:meth:`registered`, admission), and the
+gateway asks it directly whether it is alive.  Only when that fails is it
+declared lost, once, and :meth:`forget` hands back every stream it may still have owned:
+those in its last heartbeat plus those dispatched to it since.  Their readers must get a
+``runner_lost`` error, never silence.  A heartbeat (or the answer to the check) in between
+makes it live again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenrelay.wire.messages import RunnerHeartbeat
+
+
+@dataclass
+class _Runner:
+    beat: RunnerHeartbeat
+    seen: float
+    streams: set[str] = field(default_factory=set)
+    dispatched: dict[str, float] = field(default_factory=dict)
+
+
+class RunnerRegistry:
+    """What this gateway knows of the runners, fed with heartbeats and dispatches."""
+
+    def __init__(self, *, stale_after_s: float) -> None:
+        self._stale_after_s = stale_after_s
+        self._runners: dict[str, _Runner] = {}
+
+    def on_heartbeat(self, beat: RunnerHeartbeat, now: float) -> None:
+        """Record a heartbeat received at ``now`` (monotonic seconds)."""
+        runner = self._runners.get(beat.runner_id)
+        if runner is None:
+            runner = self._runners[beat.runner_id] = _Runner(beat, now)
+        runner.beat, runner.seen = beat, now
+        runner.streams = set(beat.streams)
+        # A dispatch older than this heartbeat is either listed in it or already finished.
+        runner.dispatched = {sid: at for sid, at in runner.dispatched.items() if at > now - self._stale_after_s}
+        for stream_id in beat.streams:
+            runner.dispatched.pop(stream_id, None)
+
+    def on_dispatch(self, stream_id: str, runner_id: str, now: float) -> None:
+        """A runner accepted a stream at ``now``; it owns it until a heartbeat says otherwise."""
+        runner = self._runners.get(runner_id)
+        if runner is not None:
+            runner.dispatched[stream_id] = now
+
+    def holds(self, stream_id: str) -> bool:
+        """Whether a runner listed ``stream_id`` in its last heartbeat or accepted it since."""
+        return any(stream_id in r.streams or stream_id in r.dispatched for r in self._runners.values())
+
+    def live(self, now: float) -> list[RunnerHeartbeat]:
+        """Last heartbeats of the runners heard from within ``stale_after_s``."""
+        return [r.beat for r in self._runners.values() if now - r.seen < self._stale_after_s]
+
+    def registered(self) -> list[RunnerHeartbeat]:
+        """Last heartbeats of every runner not declared lost: the live and the suspect ones."""
+        return [r.beat for r in self._runners.values()]
+
+    def stale(self, now: float) -> list[str]:
+        """Runners not heard from within ``stale_after_s`` (suspect; still registered)."""
+        return [rid for rid, r in self._runners.items() if now - r.seen >= self._stale_after_s]
+
+    def forget(self, runner_id: str, now: float) -> set[str] | None:
+        """Declare a stale runner lost: drop it and return the streams it may still have owned.
+
+        ``None`` when it is not stale at ``now`` (heard from since it was suspected) or not known.
+        """
+        runner = self._runners.get(runner_id)
+        if runner is None or now - runner.seen < self._stale_after_s:
+            return None
+        del self._runners[runner_id]
+        return runner.streams | set(runner.dispatched)

@@ -1,0 +1,109 @@
+"""The synthetic engine: deterministic text for a given prompt, paced like a real model.
+
+The text is a pure function of the prompt (and the configured length), so tests can compute
+what a stream must contain with :func:`synthetic_tokens`.  Its vocabulary mixes ASCII with
+accented Latin, CJK, emoji and line breaks so that every layer's UTF-8 and framing handling
+is exercised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator, Iterable, Iterator
+
+from tokenrelay.runner.engines import GenerationRequest
+from tokenrelay.runner.engines.steps import StepClock
+from tokenrelay.runtime.config import SyntheticConfig
+from tokenrelay.wire.messages import ChatMessage
+
+VOCABULARY = (
+    "the", "stream", "token", "relay", "fast", "stop", "now", "and", "of", "to",
+    "café", "naïve", "über", "señor", "façade", "Ωmega", "δέλτα", "привет",
+    "日本語", "流式", "トークン", "한국어", "😀", "🚀", "🧪", "👩‍💻", "∑", "→",
+)  # fmt: skip
+MIN_NATURAL_LENGTH_TOKENS = 16
+NATURAL_LENGTH_SPREAD_TOKENS = 48
+NEWLINE_EVERY_TOKENS = 11
+
+
+def prompt_text(messages: tuple[ChatMessage, ...]) -> str:
+    """The text the synthetic engine keys its output on."""
+    return "\n".join(f"{m.role}: {m.content}" for m in messages)
+
+
+def prompt_tokens(prompt: str) -> int:
+    """The synthetic engine's count of a prompt's tokens: the words (whitespace-separated) of a :func:`prompt_text`."""
+    return len(prompt.split())
+
+
+def synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 0) -> list[str]:
+    """Every token the synthetic engine produces for ``prompt``, at most ``max_tokens``."""
+    return list(iter_synthetic_tokens(prompt, max_tokens=max_tokens, length_tokens=length_tokens))
+
+
+def iter_synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 0) -> Iterator[str]:
+    """The same tokens, made one at a time (a long text costs nothing up front)."""
+    seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big")
+    rng = random.Random(seed)
+    natural = length_tokens or MIN_NATURAL_LENGTH_TOKENS + seed % NATURAL_LENGTH_SPREAD_TOKENS
+    for i in range(min(natural, max_tokens)):
+        word = rng.choice(VOCABULARY)
+        if i == 0:
+            yield word.capitalize()
+        elif i % NEWLINE_EVERY_TOKENS == 0:
+            yield "\n" + word
+        else:
+            yield " " + word
+
+
+async def paced(tokens: Iterable[str], *, ttft_ms: float, tokens_per_s: float, steps: StepClock) -> AsyncIterator[str]:
+    """``tokens`` on the synthetic engine's schedule, anchored where iteration starts (no drift from a slow consumer).
+
+    The first comes ``ttft_ms`` later at its own time (the prefill's), the rest ``1 / tokens_per_s`` apart
+    (0: as fast as possible), each released at the decode step of ``steps`` that follows its due time.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time() + ttft_ms / 1000
+    interval_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
+    for i, token in enumerate(tokens):
+        # Waiting even when the token is due already gives a pending cancel the chance to land before each token;
+        # the exception is a prefill of no time: nothing can have asked to cancel a stream before its first token
+        # was due, and not yielding lets that token leave in the same write as the stream's start.
+        if i == 0:
+            if ttft_ms > 0:
+                await asyncio.sleep(max(0.0, start - loop.time()))
+        else:
+            await steps.until(start + i * interval_s)
+        yield token
+
+
+class SyntheticEngine:
+    """Yields :func:`synthetic_tokens` with ``ttft_ms`` before the first and ``1/tokens_per_s`` between.
+
+    Tokens after the first are released in decode steps of ``step_ms`` shared by every stream of
+    the engine (:mod:`tokenrelay.runner.engines.steps`), as a batching engine produces them; the first token
+    (the prefill's) comes at its own time, so a stream's first token never waits for a step.
+    """
+
+    name = "synthetic"
+
+    def __init__(self, config: SyntheticConfig, *, model: str = "synthetic") -> None:
+        self._config = config
+        self._steps = StepClock(config.step_ms / 1000)
+        self.model = model
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Tokens on a fixed schedule from the start (no drift from slow consumers of the iterator)."""
+        prompt = prompt_text(request.messages)
+        request.report_prompt_tokens(prompt_tokens(prompt))
+        tokens = iter_synthetic_tokens(
+            prompt,
+            max_tokens=request.max_tokens,
+            length_tokens=self._config.length_tokens,
+        )
+        return paced(tokens, ttft_ms=self._config.ttft_ms, tokens_per_s=self._config.tokens_per_s, steps=self._steps)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

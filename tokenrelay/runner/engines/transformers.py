@@ -1,0 +1,158 @@
+"""The ``transformers`` engine: an in-process Hugging Face causal LM.
+
+``generate`` runs in a worker thread (never on the event loop).  Each new token id crosses
+to the loop with ``call_soon_threadsafe``; the handoff holds at most ``max_tokens`` ids, the
+bound ``generate`` itself obeys.  Closing the stream (a cancel, ``max_tokens``, an error) sets
+a flag that a stopping criterion checks after every decode step, so generation halts at the
+next step and the worker thread is free again.
+
+Install with ``pip install 'tokenrelay[transformers]'``.  Models load with
+``local_files_only``: give a local path (or a name already in the Hugging Face cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+from tokenrelay.runner.engines import EngineError, GenerationRequest, TextTail
+from tokenrelay.runner.engines.detokenize import IncrementalDetokenizer
+from tokenrelay.wire.errors import ErrorCode
+
+DEFAULT_WORKER_THREADS = 1
+_END = object()
+
+
+class _PromptLength(int):
+    """The prompt's length in tokens, as the worker hands it over before the first generated id."""
+
+    __slots__ = ()
+
+
+class TransformersEngine:
+    """Greedy decoding with a local model; ``worker_threads`` generations run at once."""
+
+    name = "transformers"
+
+    def __init__(self, model_path: str, *, worker_threads: int = DEFAULT_WORKER_THREADS) -> None:
+        self.model = model_path
+        self._tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        self._model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True)
+        self._model.eval()
+        self._pool = concurrent.futures.ThreadPoolExecutor(worker_threads, thread_name_prefix="generate")
+
+    def _input_ids(self, request: GenerationRequest) -> Any:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        if getattr(self._tokenizer, "chat_template", None):
+            text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return self._tokenizer(text, return_tensors="pt").input_ids
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Yield one text piece per generated token ("" while a character is still incomplete)."""
+        loop = asyncio.get_running_loop()
+        # At most: the prompt's length, max_tokens ids, an exception, the end.
+        ids: asyncio.Queue[object] = asyncio.Queue(maxsize=request.max_tokens + 3)
+        stop = threading.Event()
+        job = loop.run_in_executor(self._pool, self._generate, request, ids, loop, stop)
+        detokenizer = IncrementalDetokenizer(self._decode)
+        produced = 0
+        try:
+            while (item := await ids.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise EngineError(str(ErrorCode.ENGINE_ERROR), f"generation failed: {item}")
+                if isinstance(item, _PromptLength):
+                    request.report_prompt_tokens(int(item))
+                    continue
+                assert isinstance(item, int)
+                produced += 1
+                if produced == request.max_tokens:
+                    # The runner stops reading at max_tokens: whatever is held back goes with the last token.
+                    yield detokenizer.push(item) + detokenizer.flush()
+                    return
+                yield detokenizer.push(item)
+            tail = detokenizer.flush()
+            if tail:
+                yield TextTail(tail)
+        finally:
+            stop.set()  # halts generate() at its next decode step
+            job.add_done_callback(_ignore_result)
+
+    def _decode(self, token_ids: Any) -> str:
+        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+    def _generate(
+        self,
+        request: GenerationRequest,
+        ids: asyncio.Queue[object],
+        loop: asyncio.AbstractEventLoop,
+        stop: threading.Event,
+    ) -> None:
+        """Runs in a worker thread."""
+
+        def put(item: object) -> None:
+            loop.call_soon_threadsafe(ids.put_nowait, item)
+
+        try:
+            if stop.is_set():
+                return
+            streamer = _IdStreamer(put)
+            input_ids = self._input_ids(request)
+            put(_PromptLength(input_ids.shape[-1]))
+            with torch.inference_mode():
+                self._model.generate(
+                    input_ids,
+                    max_new_tokens=request.max_tokens,
+                    do_sample=False,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
+                    pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+                )
+        except Exception as exc:
+            put(exc)
+        finally:
+            put(_END)
+
+    async def aclose(self) -> None:
+        """Let running generations stop and release the worker threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _IdStreamer:
+    """A transformers streamer that forwards each new token id (the first ``put`` is the prompt)."""
+
+    def __init__(self, put: Any) -> None:
+        self._put = put
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            self._put(int(token_id))
+
+    def end(self) -> None:
+        """Nothing to do: the worker signals the end itself."""
+
+
+class _StopWhenSet(StoppingCriteria):  # type: ignore[misc]
+    """A stopping criterion that ends generation once ``flag`` is set (checked after every step)."""
+
+    def __init__(self, flag: threading.Event) -> None:
+        self._flag = flag
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        return torch.full((input_ids.shape[0],), self._flag.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _ignore_result(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,263 @@
+"""A runner process's core: take jobs from the queue group, own their generations, answer cancels.
+
+Why a queue group and not a JetStream work queue: a job is only worth running while its
+client is waiting, and a stream whose runner dies must fail fast rather than be redelivered
+minutes later.  Core request/reply on a queue group gives the gateway an immediate answer
+(accepted, or rejected at capacity, or "no responders" when no runner is up) in one round trip,
+adds nothing to the time to first token, and spreads jobs over any number of runners.
+A runner at capacity rejects the job; the gateway retries, and the queue group's random choice
+lands the retry on another runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import OrderedDict
+from typing import TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
+
+from tokenrelay.runner.engines import Engine
+from tokenrelay.runner.generation import Generation, Outcome
+from tokenrelay.runner.metrics import RunnerMetrics
+from tokenrelay.runner.pace import PublishPace
+from tokenrelay.runner.replayserver import ReplayServer
+from tokenrelay.runtime import natsio
+from tokenrelay.runtime.config import RunnerConfig
+from tokenrelay.runtime.tasks import TaskSet
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.codec import CodecError
+from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import (
+    CancelReply,
+    CancelRequest,
+    JobAccepted,
+    JobRejected,
+    JobRequest,
+    RunnerHeartbeat,
+    StreamDone,
+    StreamerLag,
+    StreamRecord,
+)
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+FINISHED_MEMORY_STREAMS = 10_000
+"""Outcomes of this many recently finished streams are kept to answer late cancels."""
+SHUTDOWN_GRACE_S = 2.0
+
+
+class Runner:
+    """Owns every generation running in this process."""
+
+    def __init__(
+        self,
+        config: RunnerConfig,
+        *,
+        nc: NATS,
+        kv: KeyValue,
+        engine: Engine,
+        runner_id: str,
+        metrics: RunnerMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.runner_id = runner_id
+        self.metrics = metrics or RunnerMetrics()
+        self._nc = nc
+        self._kv = kv
+        self._engine = engine
+        self._active: dict[str, Generation] = {}
+        self._finished: OrderedDict[str, Outcome] = OrderedDict()
+        self._subs: list[Subscription] = []
+        self.pace = PublishPace(
+            config.publish_interval_ms / 1000,
+            max_interval_s=max(config.max_publish_interval_ms, config.publish_interval_ms) / 1000,
+        )
+        """Every stream's publish interval here, from the streamers' lateness reports."""
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._cancel_tasks = TaskSet()
+        """Cancels being answered and finishes being told, each in a task of its own."""
+        self.replay = ReplayServer(
+            nc,
+            max_bytes_per_stream=config.replay_max_bytes_per_stream,
+            linger_s=config.replay_linger_s,
+            linger_streams=config.replay_linger_streams,
+            max_age_s=config.history.ttl_s,
+        )
+        self.metrics.capacity.set(config.max_concurrency)
+        self.metrics.publish_interval.set_function(lambda: self.pace.interval_s)
+
+    @property
+    def active(self) -> int:
+        """Streams generating now."""
+        return len(self._active)
+
+    async def start(self) -> None:
+        """Subscribe to jobs and cancels, and start heartbeating."""
+        self._subs.append(await self._nc.subscribe(subjects.JOBS, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job))
+        self._subs.append(await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel))
+        self._subs.append(await self._nc.subscribe(subjects.runner_ping(self.runner_id), cb=self._on_ping))
+        self._subs.append(await self._nc.subscribe(subjects.HOLDERS_WILDCARD, cb=self._on_holders))
+        if self.pace.adapts:
+            self._subs.append(await self._nc.subscribe(subjects.STREAMER_LAG, cb=self._on_streamer_lag))
+        await self._nc.flush()
+        await self._heartbeat()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        log.info("runner %s ready (engine=%s model=%s)", self.runner_id, self._engine.name, self._engine.model)
+
+    async def stop(self) -> None:
+        """Stop taking jobs, end what is running as ``shutting_down``, and release the engine."""
+        for sub in self._subs:
+            await natsio.unsubscribe_quietly(sub)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        tasks = [g.abort(str(ErrorCode.SHUTTING_DOWN), "the runner is shutting down") for g in self._active.values()]
+        if tasks:
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), SHUTDOWN_GRACE_S)
+        await self.replay.close()
+        await self._engine.aclose()
+
+    async def _on_job(self, msg: Msg) -> None:
+        job = _decode_or_drop(msg, JobRequest, "job")
+        if job is None:
+            return
+        active = self._active.get(job.stream_id)
+        if active is not None and active.job.epoch == job.epoch:
+            # The same job offered again: the gateway gave up waiting for this runner's answer to the first
+            # offer (a busy runner, a busy broker) and asked again.  It is ours: say so again.  "At capacity"
+            # would have the gateway end, as never started, a stream that is running here.
+            await msg.respond(codec.encode(JobAccepted(stream_id=job.stream_id, runner_id=self.runner_id)))
+            return
+        if job.answer_by is not None and time.time() > job.answer_by:
+            # The gateway stopped waiting for this answer (this runner was too busy to read the offer in time) and
+            # may offer the stream again: taking it now could make two runners generate it.  No answer at all.
+            self.metrics.jobs_stale.inc()
+            return
+        if len(self._active) >= self.config.max_concurrency or active is not None:
+            self.metrics.jobs_rejected.inc()
+            reply = JobRejected(stream_id=job.stream_id, code=str(ErrorCode.OVERLOADED), message="at capacity")
+            await msg.respond(codec.encode(reply))
+            return
+        generation = Generation(
+            job,
+            engine=self._engine,
+            nc=self._nc,
+            runner_id=self.runner_id,
+            pace=self.pace,
+            metrics=self.metrics,
+            write_record=self._write_record,
+            replay_log=await self.replay.open(job.stream_id),
+        )
+        self._active[job.stream_id] = generation
+        self.metrics.active_streams.set(len(self._active))
+        # Reply before the first event so the gateway knows the owner before any cancel can race it.
+        await msg.respond(codec.encode(JobAccepted(stream_id=job.stream_id, runner_id=self.runner_id)))
+        task = generation.start()
+        task.add_done_callback(functools.partial(self._on_done, job))
+
+    async def _on_holders(self, msg: Msg) -> None:
+        """ "Which runner generates this stream?": the one that does says so, as it would to the offer."""
+        stream_id = msg.subject.rpartition(".")[2]
+        if msg.reply and stream_id in self._active:
+            await msg.respond(codec.encode(JobAccepted(stream_id=stream_id, runner_id=self.runner_id)))
+
+    def _on_done(self, job: JobRequest, task: asyncio.Task[Outcome]) -> None:
+        stream_id = job.stream_id
+        self._active.pop(stream_id, None)
+        self.metrics.active_streams.set(len(self._active))
+        self.replay.finished(stream_id)
+        # The admitting gateway counts its tenants' streams (gateway/quotas.py) and offers its queue's head
+        # the slot this stream held (gateway/streams.py).
+        self._cancel_tasks.spawn(self._tell_done(job.gateway_id, stream_id))
+        if not task.cancelled() and task.exception() is None:
+            self._finished[stream_id] = task.result()
+            while len(self._finished) > FINISHED_MEMORY_STREAMS:
+                self._finished.popitem(last=False)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        # nats-py runs one subscription's callbacks one after another: answer each cancel in a task of
+        # its own so a halt that takes a while never delays the next stream's cancel.
+        self._cancel_tasks.spawn(self._cancel(msg))
+
+    async def _cancel(self, msg: Msg) -> None:
+        request = _decode_or_drop(msg, CancelRequest, "cancel")
+        if request is None:
+            return
+        generation = self._active.get(request.stream_id)
+        halted_ts = None
+        if generation is not None:
+            received = time.time()
+            outcome: Outcome | None = await generation.cancel(request.reason)
+            halted_ts = generation.halted_ts
+            if halted_ts is not None:
+                self.metrics.cancel_seconds.observe(max(0.0, halted_ts - received))
+        else:
+            outcome = self._finished.get(request.stream_id)
+        reply = CancelReply(
+            stream_id=request.stream_id,
+            found=outcome is not None,
+            finish_reason=outcome.finish_reason if outcome else None,
+            tokens=outcome.tokens if outcome else 0,
+            halted_ts=halted_ts,
+        )
+        await msg.respond(codec.encode(reply))
+
+    async def _tell_done(self, gateway_id: str, stream_id: str) -> None:
+        try:
+            await self._nc.publish(subjects.gateway_done(gateway_id), codec.encode(StreamDone(stream_id=stream_id)))
+        except Exception as exc:  # the gateway's fallback is this runner's next heartbeat
+            log.warning("could not tell gateway %s that %s finished: %s", gateway_id, stream_id, exc)
+
+    async def _write_record(self, record: StreamRecord) -> None:
+        await self._kv.put(record.stream_id, codec.encode(record))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            self.replay.sweep()
+            self.pace.expire(time.monotonic())
+            try:
+                await self._heartbeat()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _beat(self) -> RunnerHeartbeat:
+        return RunnerHeartbeat(
+            runner_id=self.runner_id,
+            engine=self._engine.name,
+            model=self._engine.model,
+            active=len(self._active),
+            capacity=self.config.max_concurrency,
+            ts=time.time(),
+            streams=tuple(self._active),
+        )
+
+    async def _heartbeat(self) -> None:
+        await self._nc.publish(subjects.RUNNER_HEARTBEAT, codec.encode(self._beat()))
+
+    async def _on_streamer_lag(self, msg: Msg) -> None:
+        report = _decode_or_drop(msg, StreamerLag, "streamer lag report")
+        if report is not None:
+            self.pace.report(report.streamer_id, report.lag_s, time.monotonic())
+
+    async def _on_ping(self, msg: Msg) -> None:
+        """A gateway missed our heartbeats and asks whether we are alive: answer with one."""
+        if msg.reply:
+            await msg.respond(codec.encode(self._beat()))
+
+
+def _decode_or_drop(msg: Msg, cls: type[T], what: str) -> T | None:
+    """The message as a ``cls``, or ``None`` (logged and dropped) when it is not one."""
+    try:
+        return codec.decode_as(msg.data, cls)
+    except CodecError as exc:
+        log.warning("dropping malformed %s: %s", what, exc)
+        return None

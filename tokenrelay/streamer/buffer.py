@@ -1,0 +1,175 @@
+"""Sans-I/O per-reader output buffer: the single backpressure decision point.
+
+Frames are appended as they are produced and taken by the reader's writer in one piece, so
+a reader that falls behind gets one larger write; deltas that pile up back to back are merged
+into one larger ``delta`` event (its ``id`` is the last one's, so resuming stays exact).  If
+the unsent bytes — those queued here plus the write in flight, which the I/O shell reports in
+``in_flight_bytes`` until the transport has handed it to the kernel — would pass
+``max_buffered_bytes``, the buffer is replaced by one terminal ``slow_consumer`` error frame and
+closed: memory per reader stays bounded whatever the client does.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+
+from tokenrelay.streamer.frames import Framing, NativeFraming
+from tokenrelay.streamer.sse import PING
+from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import StreamDelta
+
+BYTES_OVERHEAD_BYTES = 48
+"""What a queued ``bytes`` object costs beyond its length (CPython's object header) plus its list slot."""
+RUN_OVERHEAD_BYTES = 512
+"""What a run of pending deltas costs before its texts: the run, its last ``StreamDelta``, the first
+delta's shared frame and the list (measured ~450 B with tracemalloc; rounded up)."""
+TEXT_OVERHEAD_BYTES = 8
+"""A delta merged into a run keeps only its text: the ``str`` (``sys.getsizeof``) plus its list slot."""
+
+
+@dataclass(slots=True)
+class _Run:
+    """Back-to-back pending deltas, merged as they arrive: only their texts are kept."""
+
+    last: StreamDelta
+    framed: bytes | None
+    """The shared frame of a run of one delta (reused as is); dropped once a second delta joins."""
+    texts: list[str]
+    count: int
+    first_ts: float
+    """Publish time of the run's first delta: a merged delta carries it, so lag is measured from the oldest token."""
+
+
+_Pending = bytes | _Run
+
+
+class ReaderBuffer:
+    """Unsent bytes of one SSE reader, bounded by ``max_buffered_bytes``."""
+
+    def __init__(self, *, max_buffered_bytes: int, now: float, epoch: str = "", framing: Framing | None = None) -> None:
+        self._max = max_buffered_bytes
+        self._framing: Framing = framing or NativeFraming(epoch)
+        self._chunks: list[_Pending] = []
+        self._size = 0
+        self.closed = False
+        self.close_code: str | None = None
+        self.last_activity = now
+        self.in_flight_bytes = 0
+        """Bytes taken by the writer that the transport still holds (set by the I/O shell)."""
+        self.live_tokens = 0
+        """Tokens of live deltas pending (history replays are not counted); reset by :meth:`take`."""
+        self.oldest_live_ts: float | None = None
+        """When the oldest token of the live deltas pending was made (``StreamDelta.ts``, wall clock); reset by
+        :meth:`take`."""
+        self.tokens_pending = False
+        """Whether a delta (live or history) is pending; reset by :meth:`take`."""
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes appended and not yet taken."""
+        return self._size
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes queued here plus the write in flight: what counts against the limit."""
+        return self._size + self.in_flight_bytes
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        """The limit on :attr:`unsent_bytes`."""
+        return self._max
+
+    def append(self, data: bytes, now: float) -> bool:
+        """Queue bytes for the client; return ``False`` if the reader is (now) closed."""
+        if self.closed:
+            return False
+        if not self._room(len(data) + BYTES_OVERHEAD_BYTES, now):
+            return False
+        self._chunks.append(data)
+        return True
+
+    def append_delta(self, delta: StreamDelta, now: float, framed: bytes | None = None, *, live: bool = False) -> bool:
+        """Queue a delta (``framed``: its shared frame, if the caller has one); merged with pending ones.
+
+        ``live`` deltas (not history) are counted in :attr:`live_tokens` and :attr:`oldest_live_ts`.
+
+        Sizes are what the pending data costs in memory, not its length on the wire: a reader
+        that never reads is closed when its buffer *holds* ``max_buffered_bytes``.
+        """
+        text_size = sys.getsizeof(delta.text) + TEXT_OVERHEAD_BYTES
+        last = self._chunks[-1] if self._chunks else None
+        if isinstance(last, _Run):
+            if not self._room(text_size, now):
+                return False
+            last.texts.append(delta.text)
+            last.last = delta
+            last.count += delta.count
+            last.framed = None
+        else:
+            if not self._room(RUN_OVERHEAD_BYTES + text_size, now):
+                return False
+            self._chunks.append(
+                _Run(last=delta, framed=framed, texts=[delta.text], count=delta.count, first_ts=delta.ts)
+            )
+        self.tokens_pending = True
+        if live:
+            self.live_tokens += delta.count
+            if self.oldest_live_ts is None:
+                self.oldest_live_ts = delta.ts
+        return True
+
+    def _room(self, size: int, now: float) -> bool:
+        """Count ``size`` more bytes, or fail as a slow consumer if they do not fit."""
+        if self.closed:
+            return False
+        if self.unsent_bytes + size > self._max:
+            self.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not read fast enough", now)
+            return False
+        self._size += size
+        self.last_activity = now
+        return True
+
+    def finish(self, data: bytes, now: float) -> None:
+        """Queue the terminal frame and close (a terminal frame is never refused for size)."""
+        if self.closed:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        self.last_activity = now
+        self.closed = True
+
+    def fail(self, code: str, message: str, now: float, *, id: str | None = None) -> None:
+        """Drop what is pending, queue a terminal ``error`` and close."""
+        if self.closed:
+            return
+        failure = self._framing.error(code, message, id=id)
+        self._chunks = [failure]
+        self.live_tokens, self.oldest_live_ts, self.tokens_pending = 0, None, False
+        self._size = len(failure)
+        self.close_code = code
+        self.closed = True
+        self.last_activity = now
+
+    def ping_if_idle(self, now: float, heartbeat_s: float) -> bool:
+        """Queue a ``: ping`` if nothing was queued for ``heartbeat_s``; return whether it did."""
+        if self.closed or now - self.last_activity < heartbeat_s:
+            return False
+        return self.append(PING, now)
+
+    def take(self) -> bytes:
+        """Everything pending, as one write; back-to-back deltas go out as one event."""
+        if not self._chunks:
+            return b""
+        chunks, self._chunks, self._size = self._chunks, [], 0
+        self.live_tokens, self.oldest_live_ts, self.tokens_pending = 0, None, False
+        if len(chunks) == 1 and isinstance(chunks[0], bytes):
+            return chunks[0]
+        return b"".join(item if isinstance(item, bytes) else self._framed(item) for item in chunks)
+
+    def _framed(self, run: _Run) -> bytes:
+        if run.framed is not None:
+            return run.framed
+        if len(run.texts) == 1:
+            return self._framing.event(run.last)
+        return self._framing.event(replace(run.last, text="".join(run.texts), count=run.count, ts=run.first_ts))

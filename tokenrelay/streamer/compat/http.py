@@ -1,0 +1,215 @@
+"""HTTP shell of the compatible APIs: ``POST /v1/chat/completions``, ``GET /v1/models``, ``POST /v1/messages``.
+
+Admission goes through a gateway over NATS (``tokenrelay.api.start``); the stream is then
+read here like any other, with the API's framing instead of the native one.  A client of
+these endpoints has no cursor, so its stream is cancelled as soon as it disconnects.  Both
+APIs share one request flow (:func:`_serve`); a :class:`_Dialect` supplies what differs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Protocol
+
+from aiohttp import web
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from tokenrelay.runtime.service import count_error, json_response, request_tenant
+from tokenrelay.streamer.app import CONFIG_KEY, HUB_KEY, NC_KEY, SSE_HEADERS, collect, serve_reader
+from tokenrelay.streamer.compat import anthropic, openai
+from tokenrelay.streamer.compat.common import TextCollector
+from tokenrelay.streamer.frames import Framing
+from tokenrelay.streamer.hub import Reader
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.codec import CodecError
+from tokenrelay.wire.errors import (
+    ErrorCode,
+    PayloadTooLarge,
+    RetryLater,
+    TokenRelayError,
+    Unavailable,
+    from_code,
+)
+from tokenrelay.wire.messages import ModelList, ModelsRequest, StartRefused, StartRequest, StreamEnd, StreamRecord
+
+ADMIT_TIMEOUT_S = 5.0
+"""How long a streamer waits for a gateway to admit a compatible-API stream."""
+STREAM_ID_HEADER = "X-Tokenrelay-Stream-Id"
+OWNED_BY = "tokenrelay"
+
+_STATUS_OF_STREAM_ERRORS: dict[str, int] = {
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.RUNNER_LOST: 502,
+    ErrorCode.UPSTREAM_ERROR: 502,
+    ErrorCode.UPSTREAM_UNAVAILABLE: 502,
+    ErrorCode.UPSTREAM_TIMEOUT: 504,
+}
+"""HTTP status of a non-streamed request whose stream ended in an error that has no status of its own."""
+
+
+class _Options(Protocol):
+    @property
+    def stream(self) -> bool: ...
+
+
+class _Dialect(Protocol):
+    """What one compatible API does differently: its request, its framing, its bodies."""
+
+    def parse(self, obj: dict[str, Any]) -> tuple[StartRequest, _Options]: ...
+
+    def framing(self, record: StreamRecord, options: _Options) -> Framing: ...
+
+    def body(self, record: StreamRecord, text: str, end: StreamEnd) -> dict[str, Any]: ...
+
+    def error_body(self, code: str, message: str) -> dict[str, Any]: ...
+
+    def status(self, code: str, status: int) -> int: ...
+
+
+class _OpenAI:
+    def parse(self, obj: dict[str, Any]) -> tuple[StartRequest, _Options]:
+        return openai.parse_chat_request(obj)
+
+    def framing(self, record: StreamRecord, options: _Options) -> Framing:
+        assert isinstance(options, openai.ChatOptions)
+        return openai.ChunkFraming(
+            stream_id=record.stream_id, model=record.model, created=record.created, include_usage=options.include_usage
+        )
+
+    def body(self, record: StreamRecord, text: str, end: StreamEnd) -> dict[str, Any]:
+        return openai.completion_body(
+            stream_id=record.stream_id, model=record.model, created=record.created, text=text, end=end
+        )
+
+    def error_body(self, code: str, message: str) -> dict[str, Any]:
+        return openai.error_body(code, message)
+
+    def status(self, code: str, status: int) -> int:
+        return status
+
+
+class _Anthropic:
+    def parse(self, obj: dict[str, Any]) -> tuple[StartRequest, _Options]:
+        return anthropic.parse_messages_request(obj)
+
+    def framing(self, record: StreamRecord, options: _Options) -> Framing:
+        return anthropic.EventFraming(stream_id=record.stream_id, model=record.model)
+
+    def body(self, record: StreamRecord, text: str, end: StreamEnd) -> dict[str, Any]:
+        return anthropic.message_body(stream_id=record.stream_id, model=record.model, text=text, end=end)
+
+    def error_body(self, code: str, message: str) -> dict[str, Any]:
+        return anthropic.error_body(code, message)
+
+    def status(self, code: str, status: int) -> int:
+        return anthropic.http_status(code, status)
+
+
+OPENAI: _Dialect = _OpenAI()
+ANTHROPIC: _Dialect = _Anthropic()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/messages", messages)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI ``POST /v1/chat/completions``: ``chat.completion.chunk`` events, or one ``chat.completion``."""
+    return await _serve(request, OPENAI)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """Anthropic ``POST /v1/messages``: ``message_start`` ... ``message_stop`` events, or one ``message``."""
+    return await _serve(request, ANTHROPIC)
+
+
+async def models(request: web.Request) -> web.Response:
+    """OpenAI ``GET /v1/models``: the models the live runners serve."""
+    try:
+        msg = await request.app[NC_KEY].request(
+            subjects.API_MODELS, codec.encode(ModelsRequest()), timeout=ADMIT_TIMEOUT_S
+        )
+        listed = codec.decode_as(msg.data, ModelList)
+    except (NoRespondersError, NatsTimeout, CodecError):
+        return _error(OPENAI, Unavailable("no gateway answered"))
+    now = int(time.time())
+    data = [{"id": model, "object": "model", "created": now, "owned_by": OWNED_BY} for model in listed.models]
+    return json_response({"object": "list", "data": data})
+
+
+async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
+    """Admit the stream, then stream it in the dialect's framing or answer with one body."""
+    app = request.app
+    try:
+        start, options = dialect.parse(await _json_body(request))
+        record = await admit(app, replace(start, owner=request_tenant(request)))
+    except TokenRelayError as exc:
+        count_error(app, exc.code)
+        return _error(dialect, exc)
+    headers = {STREAM_ID_HEADER: record.stream_id}
+    if options.stream:
+        reader = _reader(app, record, dialect.framing(record, options))
+        return await serve_reader(request, reader, record.state, {**SSE_HEADERS, **headers})
+    collector = TextCollector()
+    text = (await collect(app, _reader(app, record, collector), record.state)).decode()
+    if collector.failure is not None:
+        code, message = collector.failure
+        count_error(app, code)
+        status = dialect.status(code, _STATUS_OF_STREAM_ERRORS.get(code, 500))
+        return json_response(dialect.error_body(code, message), status=status)
+    assert collector.end is not None  # a reader closes with an end or a failure
+    return json_response(dialect.body(record, text, collector.end), headers=headers)
+
+
+async def admit(app: web.Application, start: StartRequest) -> StreamRecord:
+    """Ask any gateway to admit the stream; its record, or the gateway's error."""
+    try:
+        msg = await app[NC_KEY].request(subjects.API_START, codec.encode(start), timeout=ADMIT_TIMEOUT_S)
+        reply = codec.decode(msg.data)
+    except NoRespondersError:
+        raise Unavailable("no gateway is available") from None
+    except NatsTimeout:
+        raise Unavailable("no gateway answered in time") from None
+    except CodecError as exc:
+        raise Unavailable(f"a gateway answered with a malformed reply: {exc}") from None
+    if isinstance(reply, StartRefused):
+        raise from_code(reply.code, reply.message, retry_after_s=reply.retry_after_s)
+    if not isinstance(reply, StreamRecord):
+        raise Unavailable(f"a gateway answered with {type(reply).__name__}")
+    return reply
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(exc.text or "the body is too large") from None
+    return codec.parse_json_object(raw)
+
+
+def _error(dialect: _Dialect, exc: TokenRelayError) -> web.Response:
+    """One of our errors in the dialect's shape, with ``Retry-After`` for ``overloaded``."""
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RetryLater) else None
+    code = str(exc.code)
+    return json_response(
+        dialect.error_body(code, exc.message), status=dialect.status(code, exc.http_status), headers=headers
+    )
+
+
+def _reader(app: web.Application, record: StreamRecord, framing: Framing) -> Reader:
+    config, hub = app[CONFIG_KEY], app[HUB_KEY]
+    return Reader(
+        record.stream_id,
+        epoch=record.epoch,
+        resume=None,
+        max_buffered_bytes=config.max_reader_buffer_bytes,
+        now=hub.clock(),
+        framing=framing,
+        resumable=False,
+    )

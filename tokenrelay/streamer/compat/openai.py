@@ -1,0 +1,157 @@
+"""OpenAI-compatible chat completions, sans-I/O: request parsing, chunk framing, bodies, errors.
+
+The chunk ``id`` is the tokenrelay stream id, so a stream started through the OpenAI SDK can
+be stopped over the control WebSocket.  A stop ends the stream with ``finish_reason``
+``"cancelled"`` (tokenrelay's own reason; OpenAI has none for it).  ``usage.prompt_tokens`` is
+the engine's count of the prompt (0 when it gave none: see ``runner/engines``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tokenrelay.streamer.compat.common import joined_text
+from tokenrelay.streamer.sse import encode_event
+from tokenrelay.wire.errors import BadRequest, ErrorCode
+from tokenrelay.wire.messages import (
+    ChatMessage,
+    StartRequest,
+    StreamDelta,
+    StreamEnd,
+    StreamError,
+    StreamEvent,
+    StreamStart,
+)
+
+ROLES = frozenset({"system", "developer", "user", "assistant"})
+DONE = b"data: [DONE]\n\n"
+
+_ERROR_TYPES: dict[str, str] = {
+    ErrorCode.BAD_REQUEST: "invalid_request_error",
+    ErrorCode.PAYLOAD_TOO_LARGE: "invalid_request_error",
+    ErrorCode.UNAUTHORIZED: "invalid_request_error",
+    ErrorCode.NOT_FOUND: "not_found_error",
+    ErrorCode.METHOD_NOT_ALLOWED: "invalid_request_error",
+    ErrorCode.RATE_LIMITED: "rate_limit_exceeded",
+    ErrorCode.OVERLOADED: "server_error",
+    ErrorCode.UNAVAILABLE: "server_error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOptions:
+    """What the request asked of the response (not of the generation)."""
+
+    stream: bool
+    include_usage: bool
+
+
+def parse_chat_request(obj: dict[str, Any]) -> tuple[StartRequest, ChatOptions]:
+    """Validate an OpenAI ``chat.completions`` body; raise ``bad_request`` naming the field."""
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty array")
+    parsed = tuple(_message(i, m) for i, m in enumerate(messages))
+    model = obj.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise BadRequest("model must be a non-empty string")
+    max_tokens = obj.get("max_completion_tokens", obj.get("max_tokens"))
+    if max_tokens is not None and type(max_tokens) is not int:
+        raise BadRequest("max_tokens must be an integer")
+    n = obj.get("n", 1)
+    if n != 1:
+        raise BadRequest("n must be 1")
+    stream = obj.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("stream must be a boolean")
+    stream_options = obj.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise BadRequest("stream_options must be an object")
+    include_usage = stream_options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise BadRequest("stream_options.include_usage must be a boolean")
+    request = StartRequest(messages=parsed, max_tokens=max_tokens, model=model)
+    return request, ChatOptions(stream=bool(stream), include_usage=include_usage)
+
+
+def _message(i: int, item: Any) -> ChatMessage:
+    if not isinstance(item, dict):
+        raise BadRequest(f"messages[{i}] must be an object")
+    role, content = item.get("role"), item.get("content")
+    if role not in ROLES:
+        raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
+    role = "system" if role == "developer" else role
+    return ChatMessage(role=role, content=joined_text(f"messages[{i}].content", content, piece="part"))
+
+
+def finish_reason(end: StreamEnd) -> str:
+    """tokenrelay's finish reason as the chunk's ``finish_reason`` (``stop``, ``length``, ``cancelled``)."""
+    return str(end.finish_reason)
+
+
+def usage(end: StreamEnd) -> dict[str, int]:
+    """The ``usage`` object of a finished stream."""
+    prompt = end.prompt_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": end.tokens, "total_tokens": prompt + end.tokens}
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """OpenAI's error shape, so the SDK raises its own exception types."""
+    kind = _ERROR_TYPES.get(code, "server_error")  # StrEnum keys match plain strings
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class ChunkFraming:
+    """Stream events as ``chat.completion.chunk`` SSE ``data:`` lines, then ``data: [DONE]``."""
+
+    shares_native = False
+
+    def __init__(self, *, stream_id: str, model: str, created: int, include_usage: bool) -> None:
+        self._base = {"id": stream_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        self._include_usage = include_usage
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _data({**self._base, "choices": [choice]})
+
+    def event(self, event: StreamEvent) -> bytes:
+        if isinstance(event, StreamStart):
+            return self._chunk({"role": "assistant", "content": ""})
+        if isinstance(event, StreamDelta):
+            return self._chunk({"content": event.text})
+        if isinstance(event, StreamEnd):
+            out = self._chunk({}, finish_reason(event))
+            if self._include_usage:
+                out += _data({**self._base, "choices": [], "usage": usage(event)})
+            return out + DONE
+        assert isinstance(event, StreamError)
+        return self.error(event.code, event.message)
+
+    def error(self, code: str, message: str, *, id: str | None = None) -> bytes:
+        return _data(error_body(code, message))
+
+
+def completion_body(*, stream_id: str, model: str, created: int, text: str, end: StreamEnd) -> dict[str, Any]:
+    """The ``chat.completion`` object of a finished non-streaming request."""
+    return {
+        "id": stream_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason(end),
+            }
+        ],
+        "usage": usage(end),
+    }
+
+
+def _data(obj: dict[str, Any]) -> bytes:
+    return encode_event(orjson.dumps(obj).decode())

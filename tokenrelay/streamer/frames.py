@@ -1,0 +1,103 @@
+"""Stream events -> SSE frames, as the contract names them (sans-I/O).
+
+===========  ===========================  ================================================
+NATS event   SSE ``event:``               ``data:``
+===========  ===========================  ================================================
+start        ``start`` (id ``epoch:0``)     ``{"stream_id", "model", "created"}``
+delta        ``delta`` (id ``epoch:index``) ``{"text", "index", "ts"}``
+end          ``stop`` (id ``epoch:tokens``) ``{"finish_reason", "tokens", "ttft_ms"}``
+error        ``error`` (id ``epoch:tokens``) ``{"code", "message"}``
+===========  ===========================  ================================================
+
+A delta's ``ts`` is the wall-clock time (seconds) the runner published its (first) token batch,
+so a client on the same clock can measure token lag.  Every frame carries an ``id`` so a
+reconnecting ``EventSource`` resumes after it.  The terminal frame's id equals the last delta's,
+so a reader that resumes after the last delta, or after the terminal event, gets the terminal
+event again.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import orjson
+
+from tokenrelay.streamer.sse import FramingError, encode_event
+from tokenrelay.wire.messages import OUT_OF_BAND_SEQ, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
+
+
+def frame(event: StreamEvent, epoch: str) -> bytes:
+    """The SSE bytes for one stream event."""
+    if isinstance(event, StreamDelta):
+        return delta_frame(event, epoch)
+    if isinstance(event, StreamStart):
+        data_start = {"stream_id": event.stream_id, "model": event.model, "created": event.created}
+        return encode_event(orjson.dumps(data_start).decode(), event="start", id=f"{epoch}:0")
+    if isinstance(event, StreamEnd):
+        data_end: dict[str, object] = {
+            "finish_reason": str(event.finish_reason),
+            "tokens": event.tokens,
+            "ttft_ms": event.ttft_ms,
+        }
+        if event.prompt_tokens is not None:
+            data_end["prompt_tokens"] = event.prompt_tokens
+        return encode_event(orjson.dumps(data_end).decode(), event="stop", id=f"{epoch}:{event.tokens}")
+    if event.seq == OUT_OF_BAND_SEQ:
+        return error_frame(event.code, event.message)  # no id: the reader's last cursor stays valid
+    return error_frame(event.code, event.message, id=f"{epoch}:{event.tokens}")
+
+
+def delta_frame(delta: StreamDelta, epoch: str) -> bytes:
+    """A ``delta`` event, built without the general encoder (the streamer frames one per token).
+
+    As safe as :func:`~tokenrelay.streamer.sse.encode_event`: orjson's output is one line (JSON escapes every
+    control character inside strings and orjson adds no whitespace), and the epoch is checked.
+    """
+    data = orjson.dumps({"text": delta.text, "index": delta.index, "ts": delta.ts})
+    return b"event: delta\nid: %s:%d\ndata: %s\n\n" % (_epoch_bytes(epoch), delta.index, data)
+
+
+def _epoch_bytes(epoch: str) -> bytes:
+    if "\r" in epoch or "\n" in epoch or "\0" in epoch:
+        raise FramingError("an SSE id must not contain CR, LF or NUL")
+    return epoch.encode()
+
+
+def error_frame(code: str, message: str, *, id: str | None = None) -> bytes:
+    """A terminal ``error`` event."""
+    return encode_event(orjson.dumps({"code": code, "message": message}).decode(), event="error", id=id)
+
+
+def is_terminal(event: StreamEvent) -> bool:
+    """Whether this event ends the stream."""
+    return isinstance(event, StreamEnd | StreamError)
+
+
+class Framing(Protocol):
+    """How one reader's events become bytes on the wire (the native SSE events, or a compatible API's)."""
+
+    shares_native: bool
+    """Whether the native frame the hub makes once per event can be sent to this reader as is."""
+
+    def event(self, event: StreamEvent) -> bytes:
+        """The bytes for one event (a merged delta included); may be empty."""
+        ...
+
+    def error(self, code: str, message: str, *, id: str | None = None) -> bytes:
+        """The bytes that end the reader with an error."""
+        ...
+
+
+class NativeFraming:
+    """tokenrelay's own SSE events (the table above)."""
+
+    shares_native = True
+
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+
+    def event(self, event: StreamEvent) -> bytes:
+        return frame(event, self.epoch)
+
+    def error(self, code: str, message: str, *, id: str | None = None) -> bytes:
+        return error_frame(code, message, id=id)

@@ -1,0 +1,392 @@
+"""Fan-out of live NATS events to the SSE readers of this streamer.
+
+Live events reach the hub through core-NATS subscriptions in one of two modes
+(:class:`~tokenrelay.runtime.config.LiveSubscription`):
+
+* ``shared`` (default): one wildcard subscription to every stream's events, taken at start; an
+  event of a stream with no reader here is dropped after a dictionary lookup.  nats-py runs one
+  task and one pending queue per subscription, so this costs ~13.5 µs of CPU per message
+  against ~22.7 µs with a subscription per stream (1,000 subjects at ~14,000 messages/s), and
+  ~6 KiB less memory per stream.  Every streamer receives every event, so it suits a handful
+  of streamers; a large fleet should use
+* ``per-stream``: one subscription per stream with at least one reader here, so the server
+  sends each streamer only what its readers need.
+
+Either way each event is decoded and framed once and the same bytes are queued to every reader
+of its stream that is in step.  One loop sends heartbeats to idle readers (no timer per reader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+
+from tokenrelay.runtime import natsio
+from tokenrelay.runtime.config import LiveSubscription
+from tokenrelay.runtime.natsdirect import delivers_inline, subscribe_raw
+from tokenrelay.runtime.tasks import TaskSet
+from tokenrelay.streamer.abandon import AbandonWatcher
+from tokenrelay.streamer.buffer import ReaderBuffer
+from tokenrelay.streamer.flush import FlushClock
+from tokenrelay.streamer.frames import Framing, NativeFraming, frame, is_terminal
+from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.streamer.replay import Replay, ReplayError
+from tokenrelay.streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentStarts
+from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.codec import CodecError
+from tokenrelay.wire.cursor import Cursor
+from tokenrelay.wire.errors import ErrorCode, RateLimited
+from tokenrelay.wire.messages import StreamDelta, StreamEvent, StreamStart
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+MAX_HEARTBEAT_TICK_S = 1.0
+SHARED_PENDING_BYTES_LIMIT = 256 * 1024 * 1024
+"""Bytes of live events the shared subscription may hold undelivered before nats-py drops them
+(its per-subscription default is 128 MiB, sized for one stream, not all of them).  A dropped event
+leaves a sequence gap, and a reader behind a gap reads history again.  Only on an ordinary client: the
+streamer's live connection is a :class:`~tokenrelay.runtime.natsdirect.DirectClient`, which queues nothing."""
+FAILED_WRITE_GRACE_S = 1.0
+"""A reader that failed (``slow_consumer``, shutdown) while a write is stuck gets this long for its
+``error`` event to go out; then the connection is dropped and the client resumes from its cursor."""
+
+
+class Reader:
+    """One SSE connection: its replay position, its bounded buffer and its wake-up signal."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        *,
+        epoch: str,
+        resume: Cursor | None,
+        max_buffered_bytes: int,
+        now: float,
+        framing: Framing | None = None,
+        resumable: bool = True,
+    ) -> None:
+        self.stream_id = stream_id
+        self.resumable = resumable
+        """Whether the client can come back with a cursor (native SSE) or not (a compatible API)."""
+        self.epoch = epoch
+        self.framing: Framing = framing or NativeFraming(epoch)
+        self.replay = Replay(epoch=epoch, resume=resume)
+        self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now, framing=self.framing)
+        self.wake = asyncio.Event()
+        self.written = asyncio.Event()
+        """Set by the writer after each completed write and when the reader closes."""
+        self.gap = asyncio.Event()
+        """Set when a live event is held behind a gap (history must be read again to release it)."""
+        self.live_events = 0
+        """Events that reached this reader from its live subscription."""
+        self.whole_from_memory = False
+        """Its first events came from the streamer's memory, every one since the stream's start: no history
+        read unless a later live event shows a gap (see :class:`~tokenrelay.streamer.starts.RecentStarts`)."""
+        self.writing_since: float | None = None
+        """When the write in progress started (``None`` when not writing)."""
+        self.abort: Callable[[], None] | None = None
+        """Drops the client connection at once (set by the HTTP shell)."""
+        self.write_now: Callable[[], bool] | None = None
+        """Set by the writer while it is parked with nothing in flight: writes what is queued from the
+        caller's stack and returns ``True``, or returns ``False`` when the writer must do it (see :meth:`ready`)."""
+
+    def deliver(self, event: StreamEvent, now: float, framed: bytes | None = None, *, notify: bool = True) -> None:
+        """Take one event (history, or live with its shared ``framed`` bytes); queue whatever it releases.
+
+        ``notify=False`` leaves the write to the caller's :meth:`ready` (a page of history goes out as one write).
+        """
+        if self.buffer.closed:
+            return
+        if framed is not None:
+            self.live_events += 1
+        released = self.replay.push(event)
+        if isinstance(released, ReplayError):
+            self.fail(str(released.code), released.message, now)
+            return
+        if self.replay.held_bytes + self.buffer.unsent_bytes > self.buffer.max_buffered_bytes:
+            # Events held while history catches up count against the same limit as queued bytes.
+            self.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not read fast enough", now)
+            return
+        if not released and framed is not None and self.replay.waiting_on_gap:
+            self.gap.set()
+        for ready in released:
+            shared = framed if ready is event and self.framing.shares_native else None
+            if isinstance(ready, StreamDelta):
+                self.buffer.append_delta(ready, now, shared, live=framed is not None and ready is event)
+                continue
+            data = shared if shared is not None else self.framing.event(ready)
+            if is_terminal(ready):
+                self.buffer.finish(data, now)
+            else:
+                self.buffer.append(data, now)
+        if notify and (released or self.buffer.closed):
+            self.ready()
+
+    def ready(self) -> None:
+        """Something is queued: write it now if the writer is parked and may, else wake the writer.
+
+        The writer installs :attr:`write_now` only with ``--direct-writes on``; writing from the caller's
+        stack (the NATS callback, the heartbeat loop) then saves a task wake-up per event and per reader.
+        """
+        write_now = self.write_now
+        if write_now is None or not write_now():
+            self.wake.set()
+
+    def fail(self, code: str, message: str, now: float) -> None:
+        """End this reader with an ``error`` event."""
+        self.buffer.fail(code, message, now)
+        self.replay.abandon()
+        self.wake.set()
+        self.written.set()
+
+    async def room(self) -> None:
+        """Wait while at least half the buffer limit is unsent (history is read no faster than the client takes it)."""
+        while not self.buffer.closed and self.buffer.unsent_bytes * 2 > self.buffer.max_buffered_bytes:
+            self.written.clear()
+            self.ready()  # what was delivered without notify goes out (or the writer is woken for it)
+            if self.buffer.unsent_bytes * 2 <= self.buffer.max_buffered_bytes:
+                return
+            await self.written.wait()
+
+
+class _Channel:
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+        self.readers: set[Reader] = set()
+        self.sub: Subscription | None = None
+        """The stream's own subscription (``per-stream`` mode only)."""
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Hub:
+    """Live subscriptions of this streamer, keyed by stream id."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        heartbeat_s: float,
+        metrics: StreamerMetrics,
+        write_timeout_s: float = 10.0,
+        disconnect_grace_s: float = 0.0,
+        cancel_timeout_s: float = 5.0,
+        max_readers_per_stream: int = 0,
+        live_subscription: LiveSubscription = LiveSubscription.SHARED,
+        flush: FlushClock | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._nc = nc
+        self._flush = flush
+        """Told how late each live delta arrives: its interval adapts to that, and the runners hear it (publish
+        pacing); ``None``: nobody to tell."""
+        self._shared = live_subscription is LiveSubscription.SHARED
+        self._shared_sub: Subscription | None = None
+        self.starts: RecentStarts | None = RecentStarts() if self._shared else None
+        """Streams seen starting and still running, with their epochs (``shared`` mode: every event goes by here)."""
+        self._inline = delivers_inline(nc)
+        """Live events come from the read loop with nothing queued: only an outage can lose one."""
+        self._reconnects = 0
+        """The live connection's reconnect count when last checked."""
+        self._max_readers_per_stream = max_readers_per_stream
+        self.abandon = AbandonWatcher(
+            nc,
+            grace_s=disconnect_grace_s,
+            cancel_timeout_s=cancel_timeout_s,
+            metrics=metrics,
+            has_readers=self.has_readers,
+        )
+        self._heartbeat_s = heartbeat_s
+        self._write_timeout_s = write_timeout_s
+        self._metrics = metrics
+        self.clock = clock
+        self._channels: dict[str, _Channel] = {}
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._cleanup_tasks = TaskSet()
+
+    async def start(self) -> None:
+        """Subscribe (``shared`` mode), then start the heartbeat loop and the abandoned-stream watcher."""
+        if self._shared:
+            self._shared_sub = await subscribe_raw(
+                self._nc, subjects.EVENTS_WILDCARD, self._on_event, pending_bytes_limit=SHARED_PENDING_BYTES_LIMIT
+            )
+            # Once the server has it, every event published from then on reaches us.
+            await natsio.barrier(self._nc)
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        await self.abandon.start()
+
+    def has_readers(self, stream_id: str) -> bool:
+        """Whether any reader of ``stream_id`` is connected here."""
+        channel = self._channels.get(stream_id)
+        return channel is not None and bool(channel.readers)
+
+    async def attach(self, reader: Reader) -> None:
+        """Make sure live events of the reader's stream reach it (subscribed, ahead of any later request).
+
+        A stream that has ``max_readers_per_stream`` readers here already refuses one more (``rate_limited``).
+        """
+        channel = self._channels.get(reader.stream_id)
+        limit = self._max_readers_per_stream
+        if channel is not None and 0 < limit <= len(channel.readers):
+            raise RateLimited(f"this stream has {limit} readers on this streamer already (the limit)")
+        self.abandon.reader_joined(reader.stream_id)
+        if channel is None:
+            channel = _Channel(reader.epoch)
+            self._channels[reader.stream_id] = channel
+            channel.readers.add(reader)
+            if self.starts is not None:
+                self._prefill(reader)
+            try:
+                if not self._shared:
+                    channel.sub = await subscribe_raw(self._nc, subjects.events(reader.stream_id), self._on_event)
+                    # The reader's history request goes out on another connection, so the server must
+                    # have the SUB first: once the barrier returns, whatever is published after the
+                    # history source answered reaches us live.
+                    await natsio.barrier(self._nc)
+            except BaseException as exc:
+                channel.ready.set_exception(exc)
+                channel.ready.exception()  # mark retrieved
+                self.detach(reader)
+                raise
+            channel.ready.set_result(None)
+            self._metrics.channels_open.set(len(self._channels))
+        else:
+            channel.readers.add(reader)
+            await asyncio.shield(channel.ready)
+        self._metrics.readers_open.inc()
+
+    def detach(self, reader: Reader) -> None:
+        """Forget a reader; drop the stream's subscription when it was the last one."""
+        channel = self._channels.get(reader.stream_id)
+        if channel is None or reader not in channel.readers:
+            return
+        channel.readers.discard(reader)
+        if channel.ready.done() and channel.ready.exception() is None:
+            self._metrics.readers_open.dec()
+        if not channel.readers:
+            if not reader.replay.finished:
+                self.abandon.last_reader_left(reader.stream_id, resumable=reader.resumable)
+            del self._channels[reader.stream_id]
+            self._metrics.channels_open.set(len(self._channels))
+            if channel.sub is not None:
+                self._cleanup_tasks.spawn(natsio.unsubscribe_quietly(channel.sub))
+
+    async def shutdown(self, code: str, message: str) -> None:
+        """End every reader with an ``error`` event (they may resume on another streamer)."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        if self._shared_sub is not None:
+            await natsio.unsubscribe_quietly(self._shared_sub)
+            self._shared_sub = None
+        await self.abandon.close()
+        now = self.clock()
+        for channel in self._channels.values():
+            for reader in channel.readers:
+                reader.fail(code, message, now)
+
+    def _on_event(self, subject: str, data: bytes) -> None:
+        """One live event (from the read loop of the live connection: no awaiting here)."""
+        stream_id = subject.split(".")[2]
+        channel = self._channels.get(stream_id)
+        if channel is None:
+            if self.starts is not None:
+                self._note_unread(stream_id, data)
+            return
+        try:
+            event = codec.decode_event(data)
+        except CodecError as exc:
+            log.warning("stream %s: dropping malformed event: %s", stream_id, exc)
+            return
+        if self.starts is not None and not isinstance(event, StreamDelta):
+            if isinstance(event, StreamStart):
+                self.starts.started(stream_id, event.epoch, None, self.clock())  # its readers get events live
+            elif is_terminal(event):
+                self.starts.ended(stream_id)
+        if self._flush is not None and isinstance(event, StreamDelta):
+            # Late since the runner published it (on the wall clock), not since its oldest token was made: what the
+            # runner held back on purpose (runner/pace.py) is no lateness of the streamer's.
+            self._flush.observe_lag(time.time() - event.ts - event.held_s)
+        framed = frame(event, channel.epoch)
+        now = self.clock()
+        for reader in tuple(channel.readers):
+            reader.deliver(event, now, framed)
+
+    def _note_unread(self, stream_id: str, data: bytes) -> None:
+        """Remember a start and what follows it, forget an end, of a stream nobody reads here (starts are decoded)."""
+        assert self.starts is not None
+        if data.startswith(START_PREFIX):
+            try:
+                event = codec.decode_event(data)
+            except CodecError:
+                return
+            if isinstance(event, StreamStart):
+                self._live_unbroken()  # an outage before this start must not count against this stream
+                self.starts.started(stream_id, event.epoch, data, self.clock())
+        elif data.startswith(TERMINAL_PREFIXES):
+            self.starts.ended(stream_id)
+        else:
+            self.starts.published(stream_id, data)
+
+    def _prefill(self, reader: Reader) -> None:
+        """Hand a stream's first reader the events seen go by before it came (no history round trip to wait for).
+
+        Called as the reader joins, with no await in between: every later event reaches it live.  When they
+        are whole (kept since the start with no outage, ``seq`` 0, 1, 2, ...), they stand for the history read,
+        as a runner's answer does; otherwise its history read still runs and fills whatever is missing.
+        """
+        assert self.starts is not None
+        unbroken = self._live_unbroken()
+        kept = self.starts.take_events(reader.stream_id, reader.epoch)
+        if kept is None:
+            return
+        whole = kept.whole and unbroken
+        now = self.clock()
+        for seq, data in enumerate(kept.events):
+            try:
+                event = codec.decode_event(data)
+            except CodecError:
+                whole = False  # a gap: the history read fills it
+                continue
+            whole = whole and event.seq == seq
+            reader.deliver(event, now, notify=False)
+        reader.whole_from_memory = whole
+        self._metrics.reader_prefills.inc()
+        if whole:
+            self._metrics.history_reads_skipped.inc()
+        reader.ready()
+
+    def _live_unbroken(self) -> bool:
+        """Whether the live connection delivers inline, is up, and was not down since the last check (when it
+        was, events kept so far may miss what was published meanwhile: none is whole any more)."""
+        assert self.starts is not None
+        reconnects = int(self._nc.stats["reconnects"])
+        if reconnects != self._reconnects:
+            self._reconnects = reconnects
+            self.starts.lost_connection()
+        return self._inline and self._nc.is_connected
+
+    async def _heartbeat_loop(self) -> None:
+        """One loop for every reader: pings for the idle, ``slow_consumer`` for writes stuck too long."""
+        tick_s = min(self._heartbeat_s / 2, self._write_timeout_s / 2, MAX_HEARTBEAT_TICK_S)
+        while True:
+            await asyncio.sleep(tick_s)
+            now = self.clock()
+            for channel in self._channels.values():
+                for reader in channel.readers:
+                    self._check(reader, now)
+
+    def _check(self, reader: Reader, now: float) -> None:
+        if reader.writing_since is not None and (
+            now - reader.writing_since >= self._write_timeout_s
+            or (reader.buffer.close_code is not None and now - reader.buffer.last_activity >= FAILED_WRITE_GRACE_S)
+        ):
+            reader.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not take a write in time", now)
+            if reader.abort is not None:
+                reader.abort()  # the stuck write raises; the client may resume from its cursor
+        elif reader.buffer.ping_if_idle(now, self._heartbeat_s):
+            reader.ready()

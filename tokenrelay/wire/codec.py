@@ -1,0 +1,182 @@
+"""The one orjson codec for every wire message.
+
+``encode`` turns a message dataclass into JSON bytes; ``decode`` checks the ``type`` tag and
+every field's type before building the dataclass, so a malformed message from the wire
+raises :class:`CodecError` instead of travelling on half-valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+
+from tokenrelay.wire import messages as m
+from tokenrelay.wire.errors import BadRequest
+
+T = TypeVar("T")
+
+
+class CodecError(ValueError):
+    """Bytes that are not a valid message of the expected kind."""
+
+
+_TYPES: dict[str, type[Any]] = {cls.__dataclass_fields__["type"].default: cls for cls in typing.get_args(m.Message)}
+
+
+def encode(message: m.Message) -> bytes:
+    """Serialise a wire message to JSON bytes."""
+    return orjson.dumps(message)
+
+
+def decode(data: bytes | str) -> m.Message:
+    """Parse any wire message; raise :class:`CodecError` if it is not one."""
+    return _message(_loads(data))
+
+
+def _message(obj: dict[str, Any]) -> m.Message:
+    tag = obj.get("type")
+    cls = _TYPES.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise CodecError(f"unknown message type {obj.get('type')!r}")
+    return typing.cast(m.Message, _build(cls, obj))
+
+
+def decode_as(data: bytes | str, cls: type[T]) -> T:
+    """Parse a wire message that must be of class ``cls``."""
+    message = decode(data)
+    if not isinstance(message, cls):
+        raise CodecError(f"expected {cls.__name__}, got {type(message).__name__}")
+    return message
+
+
+def decode_event(data: bytes | str) -> m.StreamEvent:
+    """Parse one per-stream event (start, delta, end or error)."""
+    obj = _loads(data)
+    message: m.Message | None = _fast_delta(obj) if obj.get("type") == "delta" else None
+    if message is None:
+        message = _message(obj)
+    if type(message) is m.StreamDelta:
+        return message
+    if not isinstance(message, m.StreamStart | m.StreamEnd | m.StreamError):
+        raise CodecError(f"not a stream event: {type(message).__name__}")
+    return message
+
+
+def parse_json_object(body: bytes | str) -> dict[str, Any]:
+    """Parse a client's JSON object body (HTTP or WebSocket) or raise ``bad_request``."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("the body must be a JSON object")
+    return obj
+
+
+def _loads(data: bytes | str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CodecError("a message must be a JSON object")
+    return obj
+
+
+def _fast_delta(obj: dict[str, Any]) -> m.StreamDelta | None:
+    """A well-formed delta without the generic schema walk (the streamer decodes one per token);
+    ``None`` for anything else, which the generic path then accepts or rejects with its precise error."""
+    seq, text, index, count, ts = obj.get("seq"), obj.get("text"), obj.get("index"), obj.get("count"), obj.get("ts")
+    held_s = obj.get("held_s", 0.0)
+    if (
+        type(seq) is int
+        and type(text) is str
+        and type(index) is int
+        and type(count) is int
+        and type(ts) is float
+        and type(held_s) is float
+    ):
+        return m.StreamDelta(seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s)
+    return None
+
+
+def _build(cls: type[Any], obj: Any) -> Any:
+    if not isinstance(obj, dict):
+        raise CodecError(f"{cls.__name__} must be a JSON object")
+    kwargs: dict[str, Any] = {}
+    for name, (check, required) in _schema(cls).items():
+        if name in obj:
+            kwargs[name] = check(obj[name])
+        elif required:
+            raise CodecError(f"{cls.__name__}: missing field {name!r}")
+    return cls(**kwargs)
+
+
+_SCHEMAS: dict[type[Any], dict[str, tuple[Callable[[Any], Any], bool]]] = {}
+
+
+def _schema(cls: type[Any]) -> dict[str, tuple[Callable[[Any], Any], bool]]:
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        schema = _SCHEMAS[cls] = _make_schema(cls)
+    return schema
+
+
+def _make_schema(cls: type[Any]) -> dict[str, tuple[Callable[[Any], Any], bool]]:
+    hints = typing.get_type_hints(cls)
+    schema: dict[str, tuple[Callable[[Any], Any], bool]] = {}
+    for field in dataclasses.fields(cls):
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        schema[field.name] = (_checker(hints[field.name], f"{cls.__name__}.{field.name}"), required)
+    return schema
+
+
+def _checker(hint: Any, where: str) -> Callable[[Any], Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Literal:
+        allowed = set(args)
+        return lambda v: v if isinstance(v, str | int | float | bool) and v in allowed else _fail(where, v)
+    if origin in (types.UnionType, typing.Union):
+        inner = [_checker(a, where) for a in args if a is not type(None)]
+        return lambda v: None if v is None and len(inner) < len(args) else _first(inner, v, where)
+    if origin is tuple:
+        item = _checker(args[0], where)
+        return lambda v: tuple(item(x) for x in v) if isinstance(v, list) else _fail(where, v)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return lambda v: _enum(hint, v, where)
+    if dataclasses.is_dataclass(hint):
+        return lambda v: _build(typing.cast(type[Any], hint), v)
+    if hint is float:
+        return lambda v: float(v) if type(v) in (int, float) else _fail(where, v)
+    if hint is int:
+        return lambda v: v if type(v) is int else _fail(where, v)
+    if hint in (str, bool):
+        return lambda v: v if type(v) is hint else _fail(where, v)
+    raise TypeError(f"codec cannot check {hint!r} at {where}")
+
+
+def _first(checks: list[Callable[[Any], Any]], value: Any, where: str) -> Any:
+    for check in checks:
+        try:
+            return check(value)
+        except CodecError:
+            continue
+    return _fail(where, value)
+
+
+def _enum(cls: type[enum.Enum], value: Any, where: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        return _fail(where, value)
+
+
+def _fail(where: str, value: Any) -> Any:
+    raise CodecError(f"{where}: unexpected value {value!r}")

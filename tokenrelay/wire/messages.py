@@ -1,0 +1,358 @@
+"""Wire messages exchanged over NATS between gateway, runner and streamer.
+
+Each message is a small frozen dataclass with a literal ``type`` tag; :mod:`tokenrelay.wire.codec`
+is the only place that turns them into bytes and back.  Per-stream events carry ``seq``:
+0 for :class:`StreamStart`, then 1, 2, ... for each :class:`StreamDelta`, and the last one
+for the terminal :class:`StreamEnd` or :class:`StreamError`.  ``seq`` lets a reader merge
+replayed history with live messages without gaps or duplicates.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+
+class StreamState(enum.StrEnum):
+    """Lifecycle of a stream: queued -> running -> finished (or queued -> finished)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(enum.StrEnum):
+    """Why a generation ended."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class CancelReason(enum.StrEnum):
+    """Who asked for a cancellation."""
+
+    CLIENT = "client"
+    DISCONNECT = "disconnect"
+    RUNNER_LOST = "runner_lost"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatMessage:
+    """One message of the conversation a generation continues."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRequest:
+    """Gateway -> runners (queue group): please generate this stream."""
+
+    type: Literal["job"] = "job"
+    stream_id: str
+    epoch: str
+    gateway_id: str
+    model: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    created: int
+    owner: str | None = None
+    """The tenant that owns the stream; the runner keeps it in every record it writes."""
+    answer_by: float | None = None
+    """Wall-clock time (``time.time()``) after which no runner may take this offer: the gateway has stopped waiting
+    for its answer and may offer the stream again, so a runner that took it then would generate it beside another
+    (``None``: no limit)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobAccepted:
+    """Runner -> gateway: the job is mine; cancel it on my subject."""
+
+    type: Literal["job_accepted"] = "job_accepted"
+    stream_id: str
+    runner_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRejected:
+    """Runner -> gateway: the job was not taken (``code`` says why, e.g. ``overloaded``)."""
+
+    type: Literal["job_rejected"] = "job_rejected"
+    stream_id: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamStart:
+    """First event of every stream (seq 0)."""
+
+    type: Literal["start"] = "start"
+    stream_id: str
+    seq: int = 0
+    epoch: str
+    model: str
+    created: int
+    runner_id: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamDelta:
+    """One or more tokens. ``index`` is the token count after this batch; ``count`` is in it.
+
+    ``ts`` is the wall-clock time (seconds) the batch's oldest token was made, for lag measurement; ``held_s`` how
+    long the runner held it back before publishing the batch (so ``ts + held_s`` is when it was published).
+    """
+
+    type: Literal["delta"] = "delta"
+    seq: int
+    text: str
+    index: int
+    count: int
+    ts: float
+    held_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEnd:
+    """Terminal event of a generation that ended with a finish reason."""
+
+    type: Literal["end"] = "end"
+    seq: int
+    finish_reason: FinishReason
+    tokens: int
+    ttft_ms: float | None
+    cancel_reason: CancelReason | None = None
+    prompt_tokens: int | None = None
+    """The prompt's length in tokens, when the engine reported it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamError:
+    """Terminal event of a generation that failed; ``code`` is an :class:`~tokenrelay.wire.errors.ErrorCode`."""
+
+    type: Literal["error"] = "error"
+    seq: int
+    code: str
+    message: str
+    tokens: int
+
+
+OUT_OF_BAND_SEQ = -1
+"""``seq`` of a terminal :class:`StreamError` published by someone other than the stream's runner
+(the gateway, when that runner is lost): it ends every reader wherever it is."""
+
+StreamEvent = StreamStart | StreamDelta | StreamEnd | StreamError
+TERMINAL_EVENTS = (StreamEnd, StreamError)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequest:
+    """Gateway -> owner (runner, or the gateway holding it queued): stop this stream."""
+
+    type: Literal["cancel"] = "cancel"
+    stream_id: str
+    reason: CancelReason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelReply:
+    """Owner -> gateway, sent once generation has halted (or had already ended)."""
+
+    type: Literal["cancel_reply"] = "cancel_reply"
+    stream_id: str
+    found: bool
+    finish_reason: FinishReason | None
+    tokens: int
+    halted_ts: float | None = None
+    """Wall-clock time the engine stopped, when this cancel is what stopped it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerHeartbeat:
+    """Runner -> everyone, every ``heartbeat_interval_s``: I am alive, with this load."""
+
+    type: Literal["runner_heartbeat"] = "runner_heartbeat"
+    runner_id: str
+    engine: str
+    model: str
+    active: int
+    capacity: int
+    ts: float
+    streams: tuple[str, ...] = ()
+    """Ids of the streams this runner is generating now."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamRecord:
+    """A stream's state, kept in the ``tokenrelay_streams`` KV bucket (key: stream id)."""
+
+    type: Literal["record"] = "record"
+    stream_id: str
+    state: StreamState
+    model: str
+    created: int
+    epoch: str
+    gateway_id: str
+    runner_id: str | None = None
+    finish_reason: FinishReason | None = None
+    tokens: int = 0
+    ttft_ms: float | None = None
+    error_code: str | None = None
+    cancel_reason: CancelReason | None = None
+    owner: str | None = None
+    """The tenant whose API key created the stream (``None`` when no keys are configured): only it may
+    read, stop, query or rate the stream."""
+    prompt_tokens: int | None = None
+    """The engine's count of the prompt, once it gave one."""
+
+
+def job_record(
+    job: JobRequest,
+    state: StreamState,
+    *,
+    runner_id: str | None = None,
+    finish_reason: FinishReason | None = None,
+    tokens: int = 0,
+    ttft_ms: float | None = None,
+    error_code: str | None = None,
+    prompt_tokens: int | None = None,
+) -> StreamRecord:
+    """The record of ``job``'s stream in ``state``: the job's identity (its owner included) and these fields.
+
+    Every writer of a stream's record (the admitting gateway, the runner) builds it here, so none can drop a
+    field that must last for the stream's life, such as the owner every access is checked against.
+    """
+    return StreamRecord(
+        stream_id=job.stream_id, state=state, model=job.model, created=job.created, epoch=job.epoch,
+        gateway_id=job.gateway_id, owner=job.owner, runner_id=runner_id, finish_reason=finish_reason,
+        tokens=tokens, ttft_ms=ttft_ms, error_code=error_code, prompt_tokens=prompt_tokens,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Feedback:
+    """A user's rating of one stream, stored durably in JetStream."""
+
+    type: Literal["feedback"] = "feedback"
+    stream_id: str
+    rating: Literal["up", "down"]
+    comment: str | None = None
+    ts: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartRequest:
+    """Streamer -> any gateway (``tokenrelay.api.start``): admit a stream for a compatible-API request."""
+
+    type: Literal["start_request"] = "start_request"
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    model: str | None = None
+    owner: str | None = None
+    """The tenant of the API key the streamer authenticated (``None`` without keys)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartRefused:
+    """Gateway -> streamer: the stream was not admitted; ``code`` is an :class:`~tokenrelay.wire.errors.ErrorCode`."""
+
+    type: Literal["start_refused"] = "start_refused"
+    code: str
+    message: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelsRequest:
+    """Streamer -> any gateway (``tokenrelay.api.models``): which models do live runners serve?"""
+
+    type: Literal["models_request"] = "models_request"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelList:
+    """Gateway -> streamer: the models of the runners alive now, each once."""
+
+    type: Literal["model_list"] = "model_list"
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamDone:
+    """Runner -> the gateway that admitted a stream (``tokenrelay.gateway.<id>.done``): it finished."""
+
+    type: Literal["stream_done"] = "stream_done"
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayRequest:
+    """Streamer -> the runner of a stream (``tokenrelay.stream.<id>.replay``): its events from ``from_seq`` on."""
+
+    type: Literal["replay_request"] = "replay_request"
+    stream_id: str
+    from_seq: int = 0
+    max_events: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayPage:
+    """Runner -> streamer: the first line of a replay page; ``events`` encoded events follow, one per line."""
+
+    type: Literal["replay_page"] = "replay_page"
+    stream_id: str
+    events: int
+    more: bool
+    """More events were published after this page's last one: ask again from its ``seq`` + 1."""
+    held: bool = True
+    """``False``: the runner no longer holds this stream's events (read them from JetStream)."""
+
+
+LAG_REPORT_INTERVAL_S = 0.25
+"""How often a late streamer sends :class:`StreamerLag`."""
+LAG_REPORT_TTL_S = 1.0
+"""How long one :class:`StreamerLag` counts at a runner: four report intervals, so one lost report changes nothing
+and a streamer that went away stops slowing anyone down."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamerLag:
+    """Streamer -> runners (``tokenrelay.streamers.lag``): how late live events reach it, on average.
+
+    Sent every :data:`LAG_REPORT_INTERVAL_S` while it is late (above its flush interval) and once with ``lag_s`` 0
+    when it is on time again; runners hold tokens up to that long so they go out in fewer messages
+    (``runner/pace.py``).
+    """
+
+    type: Literal["streamer_lag"] = "streamer_lag"
+    streamer_id: str
+    lag_s: float
+
+
+Message = (
+    JobRequest
+    | JobAccepted
+    | JobRejected
+    | StreamStart
+    | StreamDelta
+    | StreamEnd
+    | StreamError
+    | CancelRequest
+    | CancelReply
+    | RunnerHeartbeat
+    | StreamRecord
+    | Feedback
+    | StartRequest
+    | StartRefused
+    | ModelsRequest
+    | ModelList
+    | StreamDone
+    | ReplayRequest
+    | ReplayPage
+    | StreamerLag
+)

@@ -1,0 +1,148 @@
+"""NATS subjects, JetStream streams and KV buckets: the whole wire topology in one place.
+
+==============================================  =========  ===================================
+subject                                         pattern    carries
+==============================================  =========  ===================================
+``tokenrelay.jobs``                              req/reply  JobRequest -> JobAccepted|JobRejected
+                                                            (queue group ``runners``)
+``tokenrelay.stream.<id>.events``                pub/sub    StreamStart, StreamDelta, then StreamEnd
+                                                            or StreamError
+                                                            (captured by JetStream for replay)
+``tokenrelay.stream.<id>.replay``                req/reply  ReplayRequest -> ReplayPage + events
+                                                            (the runner generating the stream, from
+                                                            memory; no responders: read JetStream)
+``tokenrelay.runner.<runner_id>.cancel``         req/reply  CancelRequest -> CancelReply
+``tokenrelay.runner.<runner_id>.ping``           req/reply  (empty) -> RunnerHeartbeat (a gateway
+                                                            checks a runner whose heartbeats stopped
+                                                            before it declares it lost)
+``tokenrelay.gateway.<gateway_id>.cancel``       req/reply  CancelRequest -> CancelReply
+                                                            (streams still queued in a gateway)
+``tokenrelay.gateway.<gateway_id>.done``         pub/sub    StreamDone (runner -> the gateway that
+                                                            admitted the stream: frees its key's slot,
+                                                            and its queue's head asks for the runner's)
+``tokenrelay.cancels``                           req/reply  CancelRequest -> CancelReply
+                                                            (queue group ``gateways``; any gateway
+                                                            routes it to the stream's owner)
+``tokenrelay.readers.<id>``                      req/reply  "does anyone read this stream?" (a
+                                                            streamer with readers, or with a left
+                                                            reader's grace running, answers; asked
+                                                            by streamers and by the admitting
+                                                            gateway's unread check)
+``tokenrelay.holders.<id>``                      req/reply  "which runner generates this stream?" (the
+                                                            one that does answers JobAccepted; a gateway
+                                                            asks before it offers a job again whose
+                                                            first offer got no answer in time)
+``tokenrelay.runners.heartbeat``                 pub/sub    RunnerHeartbeat
+``tokenrelay.streamers.lag``                     pub/sub    StreamerLag (a late streamer -> runners,
+                                                            which then publish tokens in fewer
+                                                            messages: ``runner/pace.py``)
+``tokenrelay.api.start``                         req/reply  StartRequest -> StreamRecord|StartRefused
+                                                            (queue group ``gateways``: admission for
+                                                            the compatible APIs a streamer serves)
+``tokenrelay.api.models``                        req/reply  ModelsRequest -> ModelList
+                                                            (queue group ``gateways``)
+``tokenrelay.feedback.<id>``                     JetStream  Feedback (file storage)
+==============================================  =========  ===================================
+
+Stream ids are 32 lowercase hex characters (128 random bits), so they are always valid
+single subject tokens; anything else is rejected before it can reach a subject.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+JOBS = "tokenrelay.jobs"
+RUNNER_QUEUE_GROUP = "runners"
+RUNNER_HEARTBEAT = "tokenrelay.runners.heartbeat"
+CANCELS = "tokenrelay.cancels"
+API_START = "tokenrelay.api.start"
+API_MODELS = "tokenrelay.api.models"
+GATEWAY_QUEUE_GROUP = "gateways"
+READERS_WILDCARD = "tokenrelay.readers.*"
+HOLDERS_WILDCARD = "tokenrelay.holders.*"
+STREAMER_LAG = "tokenrelay.streamers.lag"
+
+EVENTS_STREAM = "TOKENRELAY_EVENTS"
+EVENTS_WILDCARD = "tokenrelay.stream.*.events"
+
+FEEDBACK_STREAM = "TOKENRELAY_FEEDBACK"
+FEEDBACK_WILDCARD = "tokenrelay.feedback.*"
+
+STREAMS_BUCKET = "tokenrelay_streams"
+
+_STREAM_ID = re.compile(r"[0-9a-f]{32}")
+_NODE_ID = re.compile(r"[0-9a-z_-]{1,64}")
+
+
+def new_stream_id() -> str:
+    """A fresh, unguessable stream id (128 random bits, hex)."""
+    return secrets.token_hex(16)
+
+
+def new_node_id(role: str) -> str:
+    """An id for one gateway or runner process, e.g. ``runner-1f2e3d4c``."""
+    return f"{role}-{secrets.token_hex(4)}"
+
+
+def is_stream_id(value: str) -> bool:
+    """Whether ``value`` has the exact shape of a stream id."""
+    return _STREAM_ID.fullmatch(value) is not None
+
+
+def _node(node_id: str) -> str:
+    if _NODE_ID.fullmatch(node_id) is None:
+        raise ValueError(f"invalid node id {node_id!r}")
+    return node_id
+
+
+def _stream(stream_id: str) -> str:
+    if not is_stream_id(stream_id):
+        raise ValueError(f"invalid stream id {stream_id!r}")
+    return stream_id
+
+
+def events(stream_id: str) -> str:
+    """The subject a runner publishes a stream's events on."""
+    return f"tokenrelay.stream.{_stream(stream_id)}.events"
+
+
+def replay(stream_id: str) -> str:
+    """The subject the runner generating a stream answers history requests on (from memory)."""
+    return f"tokenrelay.stream.{_stream(stream_id)}.replay"
+
+
+def runner_cancel(runner_id: str) -> str:
+    """The subject one runner takes cancel requests on."""
+    return f"tokenrelay.runner.{_node(runner_id)}.cancel"
+
+
+def runner_ping(runner_id: str) -> str:
+    """The subject one runner answers "are you alive?" on (with its heartbeat)."""
+    return f"tokenrelay.runner.{_node(runner_id)}.ping"
+
+
+def gateway_cancel(gateway_id: str) -> str:
+    """The subject one gateway takes cancel requests on for streams it still holds queued."""
+    return f"tokenrelay.gateway.{_node(gateway_id)}.cancel"
+
+
+def gateway_done(gateway_id: str) -> str:
+    """The subject runners tell one gateway on that a stream it admitted has finished."""
+    return f"tokenrelay.gateway.{_node(gateway_id)}.done"
+
+
+def holders(stream_id: str) -> str:
+    """The subject that asks the runners which of them generates a stream."""
+    return f"tokenrelay.holders.{_stream(stream_id)}"
+
+
+def readers(stream_id: str) -> str:
+    """The subject that asks the streamers whether anyone still reads a stream."""
+    return f"tokenrelay.readers.{_stream(stream_id)}"
+
+
+def feedback(stream_id: str) -> str:
+    """The subject feedback for one stream is stored under."""
+    return f"tokenrelay.feedback.{_stream(stream_id)}"
