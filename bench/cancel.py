@@ -21,9 +21,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.stats import median_of_runs, summary, table, write_json
-from tests.helpers import metric
-from tests.procs import nats_server, system
-from tests.sse_client import read_stream
+from tokenrelay.testing.http import metric
+from tokenrelay.testing.procs import nats_server, system
+from tokenrelay.testing.sse import read_stream
 
 NATS_RTT_SAMPLES = 2000
 

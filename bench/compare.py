@@ -63,13 +63,13 @@ from typing import Any, TextIO
 
 from bench.baselines.common import forwarder_processes, naive_relay
 from bench.stats import proc_cpu_s, write_json
-from tests.procs import NatsServer, nats_server, system
 from tokenrelay.loadtest.command import non_negative_float, positive_int
 from tokenrelay.loadtest.driver import run_loadtest
 from tokenrelay.loadtest.plan import DEFAULT_DRAIN_S, DEFAULT_SAMPLE_INTERVAL_S, LoadTestConfig, parse_int_mix
 from tokenrelay.loadtest.report import to_json
 from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
 from tokenrelay.runtime.service import EVENT_LOOPS, run_on_loop
+from tokenrelay.testing.procs import NatsServer, nats_server, system
 
 TARGETS = ("tokenrelay", "forwarder", "naive", "forwarder-post")
 SCENARIOS = ("active", "first-token")

@@ -22,10 +22,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bench.stats import write_json
-from tests.procs import nats_server
 from tokenrelay.runtime.natsdirect import DirectClient
 from tokenrelay.runtime.natsio import barrier
 from tokenrelay.runtime.service import run_on_loop
+from tokenrelay.testing.procs import nats_server
 from tokenrelay.wire import subjects
 
 PAYLOAD = b'{"type":"delta","seq":7,"text":" token","index":7,"count":1,"ts":1795000000.123456}' * 2

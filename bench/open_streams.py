@@ -52,11 +52,11 @@ import orjson
 
 from bench.baselines.common import forwarder
 from bench.stats import proc_cpu_s, proc_rss_bytes, write_json
-from tests.procs import nats_server, system
 from tokenrelay.client.errors import ProtocolError
 from tokenrelay.client.sse import ServerSentEvent, SSEDecoder
 from tokenrelay.loadtest.metrics import CPU_SECONDS, READERS_OPEN, RSS_BYTES, parse_metrics
 from tokenrelay.loadtest.stats import LatencyHistogram
+from tokenrelay.testing.procs import nats_server, system
 
 PHASES = ("forwarder", "tokenrelay")
 FD_MARGIN = 64

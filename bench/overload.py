@@ -50,12 +50,12 @@ import orjson
 from bench.baselines.common import refuser
 from bench.open_streams import log_problems
 from bench.stats import proc_cpu_s, write_json
-from tests.procs import nats_server, pid_alive, system
 from tokenrelay.client.errors import ProtocolError
 from tokenrelay.client.sse import SSEDecoder
 from tokenrelay.loadtest.metrics import parse_metrics
 from tokenrelay.loadtest.stats import LatencyHistogram, StreamTally
 from tokenrelay.runtime.service import EVENT_LOOPS, run_on_loop
+from tokenrelay.testing.procs import nats_server, pid_alive, system
 
 QUEUED = "tokenrelay_gateway_streams_queued"
 ACTIVE = "tokenrelay_runner_active_streams"

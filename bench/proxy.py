@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.stats import median_of_runs, summary, table, write_json
-from tests.helpers import create_stream
-from tests.procs import nats_server, system
-from tests.sse_client import Stream, read_stream
-from tests.test_nginx import nginx_proxy
 from tokenrelay.cli.supervisor import free_port
+from tokenrelay.testing.http import create_stream
+from tokenrelay.testing.nginx import nginx_proxy
+from tokenrelay.testing.procs import nats_server, system
+from tokenrelay.testing.sse import Stream, read_stream
 
 TOKENS = 20
 # The first token comes well after both readers have connected, so both wait for it live.
@@ -53,6 +54,9 @@ async def one_stream(gateway_url: str, streamer_url: str, i: int) -> dict[str, l
     }
 
 
+DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
+
+
 async def run_once(args: argparse.Namespace, nginx: str) -> dict[str, dict[str, float]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -61,7 +65,11 @@ async def run_once(args: argparse.Namespace, nginx: str) -> dict[str, dict[str, 
         nats_server() as broker,
         system(broker.url, runner_args=RUNNER_ARGS, gateway_args=gateway_args) as sut,
         nginx_proxy(
-            nginx, gateway=urlsplit(sut.gateway_url).netloc, streamer=urlsplit(sut.streamer_url).netloc, port=port
+            nginx,
+            DEPLOY_CONF,
+            gateway=urlsplit(sut.gateway_url).netloc,
+            streamer=urlsplit(sut.streamer_url).netloc,
+            port=port,
         ),
     ):
         samples: dict[str, list[float]] = {}

@@ -17,9 +17,9 @@ import time
 import aiohttp
 
 from bench.stats import median_of_runs, summary, table, write_json
-from tests.helpers import create_stream, wait_finished
-from tests.procs import nats_server, system
-from tests.sse_client import read_stream
+from tokenrelay.testing.http import create_stream, wait_finished
+from tokenrelay.testing.procs import nats_server, system
+from tokenrelay.testing.sse import read_stream
 
 TOKENS = 500
 

@@ -36,9 +36,9 @@ import aiohttp
 import nats
 
 from bench.stats import median_of_runs, proc_cpu_s, summary, table, write_json
-from tests.helpers import create_stream, metric, stalled_reader
-from tests.procs import nats_server, system
-from tests.sse_client import Parser, Stream
+from tokenrelay.testing.http import create_stream, metric, stalled_reader
+from tokenrelay.testing.procs import nats_server, system
+from tokenrelay.testing.sse import Parser, Stream
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.messages import StreamDelta
 

@@ -34,10 +34,10 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from bench.stats import write_json
-from tests.procs import stop_process, wait_until
 from tokenrelay.cli.supervisor import free_port, http_ok
 from tokenrelay.streamer.app import DirectWrite
 from tokenrelay.streamer.sse import encode_event
+from tokenrelay.testing.procs import stop_process, wait_until
 
 TEXT = " token"
 ENDPOINTS = ("sse", "write", "shared", "chunk")

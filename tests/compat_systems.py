@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 
 from tests.helpers import STOPPED_TOKENS, synthetic_args
-from tests.procs import System, nats_server, system
+from tokenrelay.testing.procs import System, nats_server, system
 
 TOKENS_PER_S = 50
 LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `long_texts`: no text ends before its max_tokens

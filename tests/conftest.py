@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.helpers import LoopFactory
-from tests.procs import NatsServer, nats_server
 from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV
+from tokenrelay.testing.procs import NatsServer, nats_server
 
 os.environ.setdefault(TOKEN_SECRET_ENV, secrets.token_urlsafe(32))
 

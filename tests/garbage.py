@@ -1,4 +1,4 @@
-"""Garbage for ``tests/test_garbage.py``: seeded malformed HTTP requests and WebSocket frames, what the contract
+"""Garbage for ``tests/e2e/test_garbage.py``: seeded malformed HTTP requests and WebSocket frames, what the contract
 says each must be answered with, and a raw-socket sender that reports what the server did.
 
 Every item is one TCP connection.  Three families:

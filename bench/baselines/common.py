@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.baselines import DEFAULT_TOKENS_PER_S, DEFAULT_TTFT_MS
-from tests.procs import stop_process, wait_until
 from tokenrelay.cli.supervisor import free_port, http_ok
 from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
+from tokenrelay.testing.procs import stop_process, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"

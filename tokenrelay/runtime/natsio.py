@@ -56,7 +56,7 @@ async def barrier(nc: NATS) -> None:
 
     ``flush()`` alone is not that: nats-py (2.16) writes its PING straight to the transport, ahead of
     commands still waiting for the client's flusher task, so its PONG can come back before the server
-    has read a SUB queued just before it (``tests/test_hub.py`` saw a subscription missing from the
+    has read a SUB queued just before it (``tests/e2e/test_hub.py`` saw a subscription missing from the
     server once ``attach`` had returned).  The flusher is woken before the first PING goes out, so it
     hands every pending command to the transport before the first PONG can be read; the second PING is
     then written after them, and its PONG means the server has processed them.

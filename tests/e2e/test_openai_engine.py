@@ -1,0 +1,145 @@
+"""The ``openai`` engine against a real (small) OpenAI-compatible server started by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.fake_openai import FakeUpstream
+from tokenrelay.testing.http import create_stream, wait_finished
+from tokenrelay.testing.procs import NatsServer, System, nats_server, system
+from tokenrelay.testing.sse import read_stream
+
+WORDS = ["Hé", "llo", " 日本", "語", " 🚀", " ok", *[f" w{i}" for i in range(400)]]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    """The fake upstream runs on its own event loop in a thread, for the whole module."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    fake = FakeUpstream(WORDS)
+    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+    yield fake
+    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def sut(nats: NatsServer, upstream: FakeUpstream) -> Iterator[System]:
+    args = ["--engine", "openai", "--upstream-url", upstream.url, "--upstream-model", "fake-model"]
+    with system(nats.url, runner_args=args) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def reset(upstream: FakeUpstream) -> None:
+    upstream.status, upstream.words, upstream.stall_after, upstream.usage_prompt_tokens = 200, WORDS, None, None
+
+
+async def test_streams_the_upstream_text_with_multibyte_characters_intact(sut: System, upstream: FakeUpstream) -> None:
+    upstream.words = WORDS[:6]
+    created = await create_stream(sut.gateway_url, "hello upstream", max_tokens=100)
+    stream = await read_stream(created["events_url"])
+    assert stream.text == "Héllo 日本語 🚀 ok"
+    assert stream.terminal.json()["finish_reason"] == "stop"
+    assert "prompt_tokens" not in stream.terminal.json()  # the upstream sent no usage: no count to give
+    call = upstream.calls[-1]
+    assert call.body["model"] == "fake-model" and call.body["stream"] is True
+    assert call.body["messages"] == [{"role": "user", "content": "hello upstream"}]
+
+
+async def test_the_prompt_count_of_an_upstream_usage_chunk_ends_the_stream(sut: System, upstream: FakeUpstream) -> None:
+    upstream.words, upstream.usage_prompt_tokens = WORDS[:6], 17
+    created = await create_stream(sut.gateway_url, "count my prompt", max_tokens=100)
+    stream = await read_stream(created["events_url"])
+    assert stream.text == "Héllo 日本語 🚀 ok"
+    assert stream.terminal.json()["prompt_tokens"] == 17
+
+
+async def test_stop_closes_the_upstream_request_before_the_stopped_reply(sut: System, upstream: FakeUpstream) -> None:
+    calls_before = len(upstream.calls)
+    async with connect(f"{sut.gateway_url.replace('http', 'ws')}/v1/control") as ws:
+        await ws.send(orjson.dumps({"type": "start", "prompt": "long", "max_tokens": 1000}).decode())
+        started = orjson.loads(await ws.recv())
+        for _ in range(500):
+            if len(upstream.calls) > calls_before and upstream.calls[-1].sent >= 5:
+                break
+            await asyncio.sleep(0.01)
+        call = upstream.calls[-1]
+        stop_sent = time.monotonic()
+        await ws.send(orjson.dumps({"type": "stop", "stream_id": started["stream_id"]}).decode())
+        stopped = orjson.loads(await ws.recv())
+        stopped_at = time.monotonic()
+    assert stopped["type"] == "stopped" and stopped["finish_reason"] == "cancelled"
+    assert call.disconnected_at is not None, "the upstream never saw its client go away"
+    print(f"stop sent -> upstream saw disconnect: {(call.disconnected_at - stop_sent) * 1000:.1f} ms")
+    # The runner closes the upstream request before it confirms the stop (typically ~5 ms after the stop here).
+    assert stop_sent <= call.disconnected_at <= stopped_at + 0.05
+    assert call.disconnected_at - stop_sent < 0.05
+    assert not call.finished
+
+
+async def test_max_tokens_closes_the_upstream_request(sut: System, upstream: FakeUpstream) -> None:
+    calls_before = len(upstream.calls)
+    created = await create_stream(sut.gateway_url, "short", max_tokens=3)
+    stream = await read_stream(created["events_url"])
+    assert stream.text == "".join(WORDS[:3])
+    assert stream.terminal.json()["finish_reason"] == "length"
+    assert len(upstream.calls) == calls_before + 1
+    for _ in range(200):
+        if upstream.calls[-1].disconnected_at is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert upstream.calls[-1].disconnected_at is not None and not upstream.calls[-1].finished
+
+
+@pytest.mark.parametrize("status", [400, 500, 503])
+async def test_an_upstream_error_status_becomes_an_upstream_error_event(
+    sut: System, upstream: FakeUpstream, status: int
+) -> None:
+    upstream.status = status
+    created = await create_stream(sut.gateway_url, "fail", max_tokens=10)
+    stream = await read_stream(created["events_url"])
+    assert stream.terminal.event == "error"
+    assert stream.terminal.json()["code"] == "upstream_error"
+    assert str(status) in stream.terminal.json()["message"]
+    final = await wait_finished(sut.gateway_url, created["id"])
+    assert (final["finish_reason"], final["error_code"]) == ("error", "upstream_error")
+
+
+async def test_an_unreachable_upstream_becomes_an_upstream_unavailable_event() -> None:
+    dead = "http://127.0.0.1:9/v1"  # discard port: nothing listens
+    args = ["--engine", "openai", "--upstream-url", dead, "--upstream-model", "m"]
+    # A broker of its own: the module's runners would otherwise take the job from the shared queue group.
+    with nats_server() as own, system(own.url, runner_args=args) as other:
+        created = await create_stream(other.gateway_url, "anyone?", max_tokens=10)
+        stream = await read_stream(created["events_url"])
+    assert stream.terminal.json()["code"] == "upstream_unavailable"
+
+
+async def test_a_silent_upstream_becomes_an_upstream_timeout_event(upstream: FakeUpstream) -> None:
+    upstream.stall_after = 2
+    args = [
+        "--engine",
+        "openai",
+        "--upstream-url",
+        upstream.url,
+        "--upstream-model",
+        "m",
+        "--upstream-timeout-s",
+        "0.5",
+    ]
+    with nats_server() as own, system(own.url, runner_args=args) as other:
+        created = await create_stream(other.gateway_url, "then silence", max_tokens=10)
+        stream = await read_stream(created["events_url"])
+    assert stream.text == "".join(WORDS[:2])
+    assert stream.terminal.json()["code"] == "upstream_timeout"
