@@ -15,8 +15,8 @@ transformers = pytest.importorskip("transformers")
 
 from websockets.asyncio.client import connect  # noqa: E402
 
-from tests.helpers import create_stream  # noqa: E402
 from tokenrelay.runner.engines import GenerationRequest, TextTail  # noqa: E402
+from tokenrelay.testing.http import create_stream  # noqa: E402
 from tokenrelay.testing.procs import NatsServer, System, system  # noqa: E402
 from tokenrelay.testing.sse import read_stream  # noqa: E402
 from tokenrelay.wire.messages import ChatMessage  # noqa: E402
