@@ -24,7 +24,7 @@ process is idle while a load runs, and there is no second interpreter to start a
 Scenarios (``--scenario``):
 
 * ``active``      — ``--streams`` streams at ``--ramp-per-s`` up to ``--concurrency`` open, each
-  ``--max-tokens`` tokens at ``--tokens-per-s`` (defaults: the issue's 1,000 streams x 20 tokens/s,
+  ``--max-tokens`` tokens at ``--tokens-per-s`` (defaults: 1,000 streams x 20 tokens/s,
   200 tokens each, so ~10 s per stream). Token lag (the generator's ``ts`` on each delta -> its
   arrival), TTFT, tokens lost and duplicated, errors, the relay process's CPU per delivered token,
   the CPU per token of all the target's processes and of the nats-server, and the load
@@ -36,8 +36,8 @@ Scenarios (``--scenario``):
 Each round runs every scenario and, within it, every target in turn (tokenrelay, forwarder,
 naive, forwarder-post, then the next round). Ratios divide a target's figure by the forwarder's in
 the same round (the forwarder's own too where a row divides by another of its figures: its TTFT by
-its token lag); the table shows the median over rounds of each figure and of each ratio. Targets (issue
-6): active p99 token lag <= 3x the forwarder's, streamer CPU per token <= 1.5x the forwarder's,
+its token lag); the table shows the median over rounds of each figure and of each ratio. Targets:
+active p99 token lag <= 3x the forwarder's, streamer CPU per token <= 1.5x the forwarder's,
 0 tokens lost or duplicated, first-token TTFT p50 <= 3x the forwarder's token lag p50. The naive
 relay's and forwarder-post's ratios are there for reference. Every round's raw load-test JSON per target and the
 summary go to ``bench/results/compare-<timestamp>.json``.
@@ -303,7 +303,7 @@ def figures(raw: dict[str, Any]) -> dict[str, float]:
         # at the GET, so they have none): they waited for the reader, which TTFT already counts.
         "history_lag_p99": _number(report.get("history_lag_ms", {}).get("p99")),
         # Deltas published once the load generator had started its last stream: the load at full size, without
-        # the CPU that starting streams takes (not a target: the issue's p99 counts every delta).
+        # the CPU that starting streams takes (not a target: the p99 target counts every delta).
         "lag_after_ramp_p99": _number(report.get("token_lag_after_ramp_ms", {}).get("p99")),
     }
     return out
@@ -527,7 +527,7 @@ def parser() -> argparse.ArgumentParser:
         "the ratios need the forwarder (default: all)",
     )
     p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all", help="the load(s) to run (default: all)")
-    active = p.add_argument_group("active scenario (the issue's target load)")
+    active = p.add_argument_group("active scenario (the target load)")
     add = active.add_argument
     add("--streams", type=positive_int, default=1000, metavar="N", help="streams in total (default: 1000)")
     add("--concurrency", type=positive_int, default=None, metavar="N", help="open at once (default: --streams)")

@@ -4,7 +4,7 @@ Each run starts a fresh nats-server per phase; the phases run one after the othe
 
 * ``forwarder`` — the bare NATS -> SSE forwarder (:mod:`bench.baselines.forwarder`) whose publisher
   never sends a token (``--baseline-tokens-per-s 0``, the default): ``--readers`` idle SSE connections,
-  each with its NATS subscription.  This is the "bare idle SSE connection" of issue 6.
+  each with its NATS subscription.  This is the "bare idle SSE connection".
 * ``tokenrelay`` — gateway, one streamer and ``--runners`` runners: streams generated at ``--tokens-per-s``
   (1 token/s: slow streams; ``max_tokens`` is so large that none ends during a run), each read by
   ``--readers-per-stream`` SSE connections (default 1), ``--readers`` connections in all.
@@ -720,7 +720,7 @@ def _num(value: float | None, spec: str = ",.0f") -> str:
 
 
 def format_table(med: dict[str, Any], args: argparse.Namespace) -> str:
-    """The medians as a fixed-width table, with the issue's targets."""
+    """The medians as a fixed-width table, with the targets."""
     phases = [p for p in PHASES if p in med]
     width = 44
     lines = [

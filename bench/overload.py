@@ -451,7 +451,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def format_table(med: dict[str, Any], args: argparse.Namespace) -> str:
-    """The medians as fixed-width tables, with the issue's targets."""
+    """The medians as fixed-width tables, with the targets."""
     keys = [key for key in med if key != "floor"]
     floor = med.get("floor")
     first = med[keys[0]]
