@@ -2,7 +2,7 @@
 
 Every error that reaches a client has a stable machine-readable ``code`` (an
 :class:`ErrorCode`), a human ``message`` and, over HTTP, a fitting status.  The JSON
-shape is ``{"error": {"code": ..., "message": ...}}`` (see DESIGN.md).
+shape is ``{"error": {"code": ..., "message": ...}}`` (see docs/api.md).
 
 Hierarchy::
 
