@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from tokenrelay.runner.engines import make_engine
+from tokenrelay.runner.engines.registry import make_engine
 from tokenrelay.runner.metrics import RunnerMetrics
 from tokenrelay.runner.node import Runner
 from tokenrelay.runtime import natsio

@@ -1,103 +1,13 @@
 """Inference engines behind one small interface.
 
-An engine turns a :class:`GenerationRequest` into an async iterator of text pieces, one per
-token, each made of whole UTF-8 characters.  The runner, not the engine, enforces
-``max_tokens`` and cancellation: it stops iterating and closes the iterator (``aclose``),
-which is where an engine frees its resources (an upstream HTTP request, a decode loop).
-
-An engine that knows how many tokens the prompt is tells the request's ``on_prompt_tokens``; the
-stream's terminal event carries it, and the compatible APIs report it as ``usage.prompt_tokens`` /
-``usage.input_tokens``.
+The interface (:class:`Engine`, :class:`GenerationRequest`, :class:`TextTail`, :class:`EngineError`)
+lives in :mod:`tokenrelay.runner.engines.base`; :func:`~tokenrelay.runner.engines.registry.make_engine`
+builds the engine a configuration names.  The engines themselves are :mod:`.synthetic`,
+:mod:`.openai` and :mod:`.transformers` (the last one needs torch).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from tokenrelay.runner.engines.base import Engine, EngineError, GenerationRequest, TextTail
 
-from tokenrelay.runtime.config import RunnerConfig
-from tokenrelay.wire.messages import ChatMessage
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GenerationRequest:
-    """What an engine is asked to continue."""
-
-    stream_id: str
-    model: str
-    messages: tuple[ChatMessage, ...]
-    max_tokens: int
-    on_prompt_tokens: Callable[[int], None] | None = None
-    """Told the prompt's length in tokens when the engine knows it; the last report counts (``None``: nobody asks)."""
-
-    def report_prompt_tokens(self, tokens: int) -> None:
-        """Tell :attr:`on_prompt_tokens` the prompt's length (engines call this)."""
-        if self.on_prompt_tokens is not None:
-            self.on_prompt_tokens(tokens)
-
-
-class TextTail(str):
-    """Text an engine yields after its last token that completes earlier tokens (not a token itself).
-
-    For example the bytes of a character that generation ended in the middle of.
-    """
-
-    __slots__ = ()
-
-
-class EngineError(Exception):
-    """An engine failure that ends one stream with an ``error`` event carrying ``code``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Engine(Protocol):
-    """What the runner needs from an inference engine."""
-
-    name: str
-    model: str
-
-    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Yield the generation's tokens as text, one piece per token (then maybe one :class:`TextTail`)."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release the engine's resources when the runner stops."""
-        ...
-
-
-ENGINES = ("synthetic", "openai", "transformers")
-
-
-def make_engine(config: RunnerConfig) -> Engine:
-    """Build the engine named by ``config.engine``."""
-    if config.engine == "synthetic":
-        from tokenrelay.runner.engines.synthetic import SyntheticEngine
-
-        return SyntheticEngine(config.synthetic, model=config.model)
-    if config.engine == "transformers":
-        try:
-            from tokenrelay.runner.engines.transformers import TransformersEngine
-        except ImportError as exc:
-            raise ValueError("the transformers engine needs: pip install 'tokenrelay[transformers]'") from exc
-        if not config.model_path:
-            raise ValueError("the transformers engine needs --model-path")
-        return TransformersEngine(config.model_path, worker_threads=config.worker_threads)
-    if config.engine == "openai":
-        from tokenrelay.runner.engines.openai import OpenAIEngine
-
-        if config.upstream is None:
-            raise ValueError("the openai engine needs --upstream-url and --upstream-model")
-        up = config.upstream
-        return OpenAIEngine(
-            base_url=up.url,
-            model=up.model,
-            api_key=up.api_key,
-            connect_timeout_s=up.connect_timeout_s,
-            read_timeout_s=up.read_timeout_s,
-        )
-    raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+__all__ = ["Engine", "EngineError", "GenerationRequest", "TextTail"]

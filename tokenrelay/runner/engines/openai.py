@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tokenrelay.runner.engines import EngineError, GenerationRequest
+from tokenrelay.runner.engines.base import EngineError, GenerationRequest
 from tokenrelay.runner.engines.textstream import LineSplitter
 from tokenrelay.wire.errors import ErrorCode
 

@@ -13,7 +13,7 @@ import hashlib
 import random
 from collections.abc import AsyncIterator, Iterable, Iterator
 
-from tokenrelay.runner.engines import GenerationRequest
+from tokenrelay.runner.engines.base import GenerationRequest
 from tokenrelay.runner.engines.steps import StepClock
 from tokenrelay.runtime.config import SyntheticConfig
 from tokenrelay.wire.messages import ChatMessage

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
-from tokenrelay.runner.engines import EngineError, GenerationRequest, TextTail
+from tokenrelay.runner.engines.base import EngineError, GenerationRequest, TextTail
 from tokenrelay.runner.engines.detokenize import IncrementalDetokenizer
 from tokenrelay.wire.errors import ErrorCode
 
