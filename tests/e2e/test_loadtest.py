@@ -16,10 +16,14 @@ import pytest
 from aiohttp import web
 
 from tokenrelay.cli.supervisor import free_port
+from tokenrelay.loadtest.metrics import READERS_OPEN
 from tokenrelay.loadtest.report import PLOT_FILES
+from tokenrelay.testing.http import metric, wait_for_metric
 from tokenrelay.testing.procs import NatsServer, System, system
 
 RUN_TIMEOUT_S = 90
+READERS_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.05
 MAX_TOKENS_LIMIT = 1000
 EVERY_OPTION = (
     "--gateway-url", "--api-key", "--streams", "--concurrency", "--ramp-per-s", "--duration-s", "--drain-s",
@@ -133,6 +137,42 @@ def test_loadtest_never_read_readers_from_several_source_addresses_end_with_thei
     assert result["streams"]["never_read"] == 4
     assert result["streams"]["completed"] == 4
     assert result["errors"] == {}
+
+
+async def wait_for_no_readers(streamer_url: str) -> None:
+    """Wait until the streamer holds no SSE reader (those of an earlier run are gone)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READERS_TIMEOUT_S
+    while (open_now := await metric(streamer_url, READERS_OPEN)) > 0:
+        assert loop.time() < deadline, f"the streamer still holds {open_now} readers"
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_loadtest_never_read_readers_send_their_request_and_hold_the_connection_open_on_each_event_loop(
+    sut: System, tmp_path: Path, event_loop: str
+) -> None:
+    readers = 4
+    await wait_for_no_readers(sut.streamer_url)
+    json_path = tmp_path / "result.json"
+    # 60 tokens at the runner's 20 per second: each reader is open for seconds, long enough to be seen.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tokenrelay", "loadtest", "--gateway-url", sut.gateway_url, "--streams", str(readers),
+        "--max-tokens", "60", "--never-read-fraction", "1", "--event-loop", event_loop, "--json", str(json_path),
+        "--quiet", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await wait_for_metric(sut.streamer_url, READERS_OPEN, readers, timeout_s=READERS_TIMEOUT_S)
+        output, _ = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT_S)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, output.decode()
+    result = read_json(json_path)
+    assert result["streams"]["never_read"] == readers
+    assert result["errors"] == {}
+    await wait_for_no_readers(sut.streamer_url)  # the load test closed every connection it held
 
 
 def test_loadtest_counts_an_unreachable_gateway_as_connection_errors(tmp_path: Path) -> None:

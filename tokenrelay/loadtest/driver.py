@@ -3,8 +3,8 @@
 One task per stream: ``POST /v1/streams``, then either read the events as raw bytes through the
 sans-I/O :class:`~tokenrelay.client.sse.SSEDecoder` (recording TTFT, token lag, gaps and token
 accounting; some streams are stopped over one shared control WebSocket) or, for never-read
-readers, open the events with a small receive window and never read a byte. Streams start at
-``ramp_per_s`` up to ``concurrency`` open at once until ``streams`` were started or
+readers (:mod:`~tokenrelay.loadtest.never_read`), send the events request and never read a byte.
+Streams start at ``ramp_per_s`` up to ``concurrency`` open at once until ``streams`` were started or
 ``duration_s`` passed; in-flight streams then get ``drain_s`` to end before they are cut off.
 Everything the run keeps is bounded (histograms, thinned time series, one tally per open stream).
 """
@@ -19,11 +19,8 @@ import logging
 import math
 import resource
 import signal
-import socket
-import ssl
 import sys
 import time
-from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import urlsplit
 
@@ -34,80 +31,21 @@ from tokenrelay.client.client import control_url_for
 from tokenrelay.client.control import ControlChannel, expect
 from tokenrelay.client.errors import ConnectionLost, ProtocolError
 from tokenrelay.client.sse import SSEDecoder
-from tokenrelay.loadtest.metrics import InstanceStats, MetricsSampler
+from tokenrelay.loadtest.codes import error_code, http_error_code
+from tokenrelay.loadtest.metrics import MetricsSampler
+from tokenrelay.loadtest.never_read import NeverReadReader
 from tokenrelay.loadtest.plan import LoadTestConfig, Planner, StreamPlan
+from tokenrelay.loadtest.result import RunResult, TimelinePoint
 from tokenrelay.loadtest.stats import Outcome, RunTotals, SampleSeries, StreamTally
 from tokenrelay.runtime.service import raise_open_files_limit
 from tokenrelay.wire.errors import TokenRelayError
 
 log = logging.getLogger(__name__)
 
-NEVER_READ_RECEIVE_BUFFER_BYTES = 4096
-"""SO_RCVBUF of a never-read reader (the kernel doubles it and enforces its own minimum)."""
-NEVER_READ_FIRST_POLL_S = 0.5
-NEVER_READ_MAX_POLL_S = 2.0
-"""A never-read reader checks its stream's state with a backoff between these (seconds)."""
 PROGRESS_INTERVAL_S = 0.5
 PLAIN_PROGRESS_EVERY = 10
 """When standard error is not a terminal, one progress line every this many intervals (5 s)."""
 MAX_TIMELINE_POINTS = 4096
-TCP_ESTABLISHED = 1
-"""``tcpi_state`` of an open connection (Linux ``include/net/tcp_states.h``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TimelinePoint:
-    """The load test's own view at ``t`` seconds: streams open and tokens delivered so far."""
-
-    t: float
-    open_streams: int
-    delivered: int
-
-
-@dataclass
-class RunResult:
-    """Everything a report needs."""
-
-    config: LoadTestConfig
-    totals: RunTotals
-    duration_s: float
-    instances: dict[str, InstanceStats]
-    timeline: list[TimelinePoint]
-    interrupted: bool = False
-    own_cpu_s: float = 0.0
-    """CPU seconds the load test's own process used (is the load generator the bottleneck?)."""
-
-
-def error_code(exc: BaseException) -> str:
-    """The error code the load test records for a client-side failure."""
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, (ProtocolError, ValueError, KeyError, TypeError)):
-        return "protocol_error"  # includes orjson.JSONDecodeError
-    return "connection_error"
-
-
-def http_error_code(status: int, body: bytes) -> str:
-    """The ``code`` of an error body, or ``http_<status>`` when the body does not say."""
-    with contextlib.suppress(orjson.JSONDecodeError):
-        payload = orjson.loads(body)
-        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            code = payload["error"].get("code")
-            if isinstance(code, str) and code:
-                return code
-    return f"http_{status}"
-
-
-def peer_closed(sock: socket.socket) -> bool:
-    """Whether the server ended this connection (Linux ``TCP_INFO``; ``False`` where unknown)."""
-    option = getattr(socket, "TCP_INFO", None)
-    if option is None:
-        return False
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, option, 8)
-    except OSError:
-        return False
-    return bool(info) and info[0] != TCP_ESTABLISHED
 
 
 def source_addresses(gateway_url: str, count: int) -> list[str | None]:
@@ -128,21 +66,6 @@ def process_cpu_s() -> float:
     """CPU seconds (user + system) this process has used."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-class _NeverRead(asyncio.Protocol):
-    """Sends the request, then stops reading: the kernel's receive buffer fills and stays full."""
-
-    def __init__(self, request: bytes) -> None:
-        self._request = request
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self._request)
-        transport.pause_reading()
-
-    def data_received(self, data: bytes) -> None:  # only TLS records already decrypted; dropped
-        pass
 
 
 class LoadTest:
@@ -269,22 +192,25 @@ class LoadTest:
         totals = self.totals
         totals.stream_started()
         tally = StreamTally()
-        outcome = Outcome.NEVER_READ if plan.never_read else Outcome.FAILED
+        holder = self._never_read_reader(plan) if plan.never_read else None
+        outcome = Outcome.FAILED
         scope = asyncio.timeout_at(self._deadline)
         self._scopes.add(scope)
         try:
             async with scope:
-                outcome = await self._start_and_read(plan, tally)
+                outcome = await self._start_and_read(plan, tally, holder)
         except TimeoutError:
             if scope.expired():
                 totals.error("interrupted" if self._interrupted else "drain_timeout")
             else:
                 totals.error("timeout")
+            if holder is not None:  # cut off while holding its connection: still a reader that never read
+                outcome = holder.outcome
         finally:
             self._scopes.discard(scope)
             totals.stream_ended(outcome, tally)
 
-    async def _start_and_read(self, plan: StreamPlan, tally: StreamTally) -> Outcome:
+    async def _start_and_read(self, plan: StreamPlan, tally: StreamTally, holder: NeverReadReader | None) -> Outcome:
         session = self._sessions[plan.number % len(self._sessions)]
         body = orjson.dumps({"prompt": plan.prompt, "max_tokens": plan.max_tokens})
         headers = {"Content-Type": "application/json"}
@@ -303,12 +229,15 @@ class LoadTest:
             stream_id, events_url = str(created["id"]), str(created["events_url"])
         except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
             self.totals.error(error_code(exc))
-            return Outcome.NEVER_READ if plan.never_read else Outcome.FAILED
+            return Outcome.FAILED
         self.totals.start.record(elapsed_ms)
-        if plan.never_read:
-            await self._never_read(plan, session, stream_id, events_url)
-            return Outcome.NEVER_READ
+        if holder is not None:
+            return await holder.hold(events_url, lambda: self._finished(session, stream_id))
         return await self._read(session, events_url, _Reading(plan, stream_id, sent, tally))
+
+    def _never_read_reader(self, plan: StreamPlan) -> NeverReadReader:
+        local = self._addresses[plan.number % len(self._addresses)]
+        return NeverReadReader(self.totals, headers=self._auth, local_address=local)
 
     async def _read(self, session: aiohttp.ClientSession, events_url: str, reading: _Reading) -> Outcome:
         try:
@@ -393,60 +322,6 @@ class LoadTest:
             reply = expect(await self._control.request({"type": "stop", "stream_id": stream_id}), "stopped")
         self.totals.stop.record((time.perf_counter() - sent) * 1000)
         return reply.get("finish_reason") == "cancelled"
-
-    async def _never_read(
-        self, plan: StreamPlan, session: aiohttp.ClientSession, stream_id: str, events_url: str
-    ) -> None:
-        """Hold the events connection open without reading until the server closes it or the stream ends."""
-        try:
-            sock, transport = await self._open_never_read(plan, events_url)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            self.totals.error(error_code(exc))
-            return
-        try:
-            delay = NEVER_READ_FIRST_POLL_S
-            while True:
-                await asyncio.sleep(delay)
-                if peer_closed(sock):
-                    self.totals.never_read_closed_by_server += 1
-                    return
-                if await self._finished(session, stream_id):
-                    return
-                delay = min(delay * 2, NEVER_READ_MAX_POLL_S)
-        finally:
-            transport.abort()
-
-    async def _open_never_read(self, plan: StreamPlan, events_url: str) -> tuple[socket.socket, asyncio.Transport]:
-        url = urlsplit(events_url)
-        host = url.hostname or "127.0.0.1"
-        tls = url.scheme == "https"
-        port = url.port or (443 if tls else 80)
-        loop = asyncio.get_running_loop()
-        local = self._addresses[plan.number % len(self._addresses)]
-        wanted = socket.AF_INET if local is not None else socket.AF_UNSPEC
-        found = await loop.getaddrinfo(host, port, family=wanted, type=socket.SOCK_STREAM)
-        family, kind, proto, _, address = found[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NEVER_READ_RECEIVE_BUFFER_BYTES)
-            if local is not None:
-                sock.bind((local, 0))
-            await loop.sock_connect(sock, address)
-            target = url.path + (f"?{url.query}" if url.query else "")
-            lines = [f"GET {target} HTTP/1.1", f"Host: {url.netloc}", "Accept: text/event-stream"]
-            lines += [f"{name}: {value}" for name, value in self._auth.items()]
-            request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-            transport, _ = await loop.create_connection(
-                lambda: _NeverRead(request),
-                sock=sock,
-                ssl=ssl.create_default_context() if tls else None,
-                server_hostname=host if tls else None,
-            )
-        except BaseException:
-            sock.close()
-            raise
-        return sock, transport
 
     async def _finished(self, session: aiohttp.ClientSession, stream_id: str) -> bool:
         """Whether the gateway says the stream finished (or cannot say: then stop waiting for it)."""

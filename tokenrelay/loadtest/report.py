@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 
 from tokenrelay.loadtest import svg
-from tokenrelay.loadtest.driver import RunResult
 from tokenrelay.loadtest.metrics import InstanceStats
+from tokenrelay.loadtest.result import RunResult
 from tokenrelay.loadtest.stats import Binned, LatencyHistogram, Outcome
 
 HISTOGRAM_BINS = 50

@@ -196,7 +196,8 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     """Anything else: an SSE ``error`` event, a failed stop, a connection error, a timeout."""
     NEVER_READ = "never_read"
-    """A reader that never read a byte, however it ended."""
+    """A reader that sent its events request and then never read a byte, however it ended (one whose
+    request did not go out failed)."""
 
 
 class RunTotals:

@@ -12,9 +12,11 @@ import orjson
 import pytest
 
 from tokenrelay.loadtest import report, svg
-from tokenrelay.loadtest.driver import RunResult, TimelinePoint, http_error_code, source_addresses
+from tokenrelay.loadtest.codes import http_error_code
+from tokenrelay.loadtest.driver import source_addresses
 from tokenrelay.loadtest.metrics import InstanceStats, metrics_endpoint, parse_metrics, role_of
 from tokenrelay.loadtest.plan import LoadTestConfig, Mix, Planner, parse_int_mix, prompt_mix
+from tokenrelay.loadtest.result import RunResult, TimelinePoint
 from tokenrelay.loadtest.stats import (
     MAX_ERROR_CODES,
     LatencyHistogram,
