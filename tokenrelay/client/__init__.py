@@ -13,8 +13,9 @@ comes over SSE and survives connection drops (resumed with ``Last-Event-ID``).  
 project's :mod:`tokenrelay.wire.errors` classes, plus :class:`ConnectionLost` and :class:`ProtocolError`.
 """
 
-from tokenrelay.client.client import Client, ClientState, Stopped
+from tokenrelay.client.client import Client, ClientState
 from tokenrelay.client.errors import ConnectionLost, ProtocolError
+from tokenrelay.client.owner import Stopped
 from tokenrelay.client.sse import ServerSentEvent, SSEDecoder
 from tokenrelay.client.stream import Stream
 from tokenrelay.client.tracker import Phase, ReconnectPolicy, StreamTracker

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from tokenrelay.client.control import (
     ControlChannel,
     expect,
 )
+from tokenrelay.client.owner import Stopped
 from tokenrelay.client.sse import DEFAULT_MAX_EVENT_CHARS
 from tokenrelay.client.stream import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -37,19 +37,6 @@ class ClientState(enum.Enum):
     NEW = "new"
     OPEN = "open"
     CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class Stopped:
-    """The gateway's answer to a stop: the stream's final state once generation halted.
-
-    ``halted_ts`` is the wall-clock time the engine stopped (``None`` if it had already finished).
-    """
-
-    stream_id: str
-    tokens: int
-    finish_reason: str | None
-    halted_ts: float | None
 
 
 def control_url_for(gateway_url: str) -> str:

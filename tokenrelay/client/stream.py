@@ -7,12 +7,13 @@ import collections
 import logging
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import aiohttp
 import orjson
 
 from tokenrelay.client.errors import ConnectionLost, ProtocolError, code_for_status
+from tokenrelay.client.owner import Stopped, StreamOwner
 from tokenrelay.client.sse import DEFAULT_MAX_EVENT_CHARS, SSEDecoder
 from tokenrelay.client.tracker import (
     DEFAULT_MAX_RECONNECT_DELAY_S,
@@ -23,9 +24,6 @@ from tokenrelay.client.tracker import (
     StreamTracker,
 )
 from tokenrelay.wire.errors import TokenRelayError, from_code
-
-if TYPE_CHECKING:
-    from tokenrelay.client.client import Client, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ class Stream:
 
     def __init__(
         self,
-        client: Client,
+        client: StreamOwner,
         stream_id: str,
         events_url: str,
         *,
