@@ -7,9 +7,9 @@ asyncio's loop and on uvloop (whose transports are not asyncio's classes).
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from tests.helpers import LoopFactory, run_on_loop
-from tokenrelay.cli.supervisor import free_port
 from tokenrelay.loadtest.never_read import NeverReadReader, events_request
 from tokenrelay.loadtest.stats import Outcome, RunTotals
 
@@ -103,7 +103,10 @@ def test_a_never_read_reader_that_cannot_connect_counts_a_connection_error_and_f
     async def main() -> None:
         totals = RunTotals()
         reader = NeverReadReader(totals, headers={})
-        outcome = await reader.hold(f"http://127.0.0.1:{free_port()}/v1/streams/s1/events", never_finished)
+        with socket.socket() as bound:  # bound, never listening: a connection to it is refused
+            bound.bind(("127.0.0.1", 0))
+            port = bound.getsockname()[1]
+            outcome = await reader.hold(f"http://127.0.0.1:{port}/v1/streams/s1/events", never_finished)
         assert outcome is Outcome.FAILED
         assert not reader.request_sent
         assert dict(totals.errors) == {"connection_error": 1}
