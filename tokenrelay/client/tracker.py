@@ -1,7 +1,7 @@
 """Sans-I/O state of one stream as a reader sees it, and the reconnect policy.
 
 :class:`StreamTracker` takes the decoded SSE events of the native API (``start``, ``delta``,
-``stop``, ``error``; see DESIGN.md) and keeps the text, the resume cursor and the final
+``stop``, ``error``; see docs/api.md) and keeps the text, the resume cursor and the final
 state.  :class:`ReconnectPolicy` decides how long to wait before the next reconnect and when
 to give up.  Neither does I/O; the :class:`~tokenrelay.client.stream.Stream` moves bytes.
 """
