@@ -4,6 +4,11 @@ The supervisor starts every child in a session of its own (so a terminal's Ctrl-
 the supervisor, which then stops the children in order) and asks the kernel to SIGTERM each
 child should the supervisor itself die.  A child that exits on its own is reported and brings
 the whole system down with a non-zero status rather than leaving it half-broken.
+
+Before it starts anything, ``up`` checks its flags, the environment and its ports (a port another process
+holds is an error naming it, exit status 2), and it reports the system up only once each child answers its
+health check *and* is the process listening on its port, so a foreign server answering on that port is never
+mistaken for one of its own.  How the children's flags relate to ``up``'s: :mod:`tokenrelay.cli.plan`.
 """
 
 from __future__ import annotations
@@ -23,19 +28,22 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from tokenrelay.cli.main import (
-    API_KEYS_FILE,
-    ENGINE_OPTIONS,
-    EVENT_LOOP,
-    GATEWAY_OPTIONS,
-    HISTORY_OPTIONS,
-    STREAMER_OPTIONS,
+from tokenrelay.cli.configs import (
+    UsageError,
     api_keys,
+    check_engine,
+    check_event_loop,
+    check_nats_security,
+    token_signer,
 )
+from tokenrelay.cli.parser import given_as
+from tokenrelay.cli.plan import Child, child_environment, plan
+from tokenrelay.cli.ports import check_listen, free_port, listens_on, port_is_free
+from tokenrelay.runtime.auth import API_KEYS_ENV, KeyRing
+from tokenrelay.runtime.service import ListenError
 from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV
 
 STARTUP_TIMEOUT_S = 30.0
@@ -46,22 +54,6 @@ PR_SET_PDEATHSIG = 1
 
 class SupervisorError(RuntimeError):
     """The system could not be brought up."""
-
-
-@dataclass
-class Child:
-    """One supervised process."""
-
-    name: str
-    argv: list[str]
-    url: str
-    health_url: str | None = None
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -80,29 +72,17 @@ def nats_server_binary() -> str:
     return found
 
 
-def port_is_free(host: str, port: int) -> bool:
-    """Whether ``host:port`` can be bound right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def spawn(child: Child, *, log_path: str | None = None) -> None:
-    """Start a child in its own session, set to die with the supervisor; output to ``log_path`` if given."""
+    """Start a child in its own session, set to die with the supervisor; output to ``log_path`` if given.
+
+    Its environment is the supervisor's without the roles' flag variables
+    (:func:`~tokenrelay.cli.plan.child_environment`).
+    """
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(log_path, "ab")) if log_path else None
         child.process = subprocess.Popen(
             child.argv,
+            env=child_environment(os.environ),
             start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - safe: the supervisor runs no threads
             stdout=out,
@@ -151,14 +131,23 @@ def nats_ready(host: str, port: int) -> bool:
         return False
 
 
-def _wait_ready(children: list[Child], check: list[tuple[Child, str]]) -> None:
+def is_ready(child: Child) -> bool:
+    """Whether ``child`` answers its health check and is itself the process listening on its port."""
+    if child.health_url is not None and not http_ok(child.health_url):
+        return False
+    # A server of someone else's may answer on the port while the child is still starting (and would fail to
+    # bind): only the child's own listening socket counts.  Where /proc cannot tell, the health check decides.
+    return child.listen_port is None or listens_on(child.pid, child.listen_port) is not False
+
+
+def _wait_ready(children: list[Child], check: list[Child]) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     pending = list(check)
     while pending:
         _raise_if_exited(children)
-        pending = [(child, url) for child, url in pending if not http_ok(url)]
+        pending = [child for child in pending if not is_ready(child)]
         if time.monotonic() > deadline:
-            names = ", ".join(child.name for child, _ in pending)
+            names = ", ".join(child.name for child in pending)
             raise SupervisorError(f"not ready after {STARTUP_TIMEOUT_S:.0f} s: {names}")
         if pending:
             time.sleep(POLL_INTERVAL_S)
@@ -168,59 +157,6 @@ def _raise_if_exited(children: list[Child]) -> None:
     for child in children:
         if child.process is not None and child.process.poll() is not None:
             raise SupervisorError(f"{child.name} (pid {child.pid}) exited with status {child.process.returncode}")
-
-
-def _role_argv(role: str, nats_url: str, host: str, port: int, args: argparse.Namespace) -> list[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "tokenrelay",
-        role,
-        "--nats-url",
-        nats_url,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    argv += ["--log-level", args.log_level]
-    for option in (*HISTORY_OPTIONS, EVENT_LOOP):
-        argv += option.forward(args)
-    return argv
-
-
-def plan(args: argparse.Namespace, nats_url: str) -> list[Child]:
-    """The role processes ``up`` starts, with their command lines and URLs."""
-    host = args.host
-    url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    gateway_url = f"http://{url_host}:{args.gateway_port}"
-    streamer_url = f"http://{url_host}:{args.streamer_port}"
-    gateway = _role_argv("gateway", nats_url, host, args.gateway_port, args)
-    gateway += ["--public-url", gateway_url, "--streamer-url", streamer_url]
-    for option in (*GATEWAY_OPTIONS, API_KEYS_FILE):
-        gateway += option.forward(args)
-    streamer = _role_argv("streamer", nats_url, host, args.streamer_port, args)
-    for option in (*STREAMER_OPTIONS, API_KEYS_FILE):
-        streamer += option.forward(args)
-    if args.streamers == 1:
-        children = [Child("streamer", streamer, streamer_url, f"{streamer_url}/healthz")]
-    else:
-        # One port for every client (the kernel spreads connections over the processes), and each process's own
-        # port for its health and metrics.
-        children = []
-        for i in range(1, args.streamers + 1):
-            own = free_port(url_host)
-            argv = [*streamer, "--reuse-port", "on", "--process-port", str(own)]
-            children.append(Child(f"streamer-{i}", argv, streamer_url, f"http://{url_host}:{own}/healthz"))
-    for i in range(1, args.runners + 1):
-        port = free_port()
-        argv = _role_argv("runner", nats_url, "127.0.0.1", port, args)
-        for option in ENGINE_OPTIONS:
-            argv += option.forward(args)
-        url = f"http://127.0.0.1:{port}"
-        children.append(Child(f"runner-{i}", argv, f"{url}/metrics", f"{url}/healthz"))
-    children.append(Child("gateway", gateway, gateway_url, f"{gateway_url}/readyz"))
-    return children
 
 
 def nats_server_argv(port: int, store_dir: str) -> list[str]:
@@ -262,34 +198,55 @@ def _print_banner(children: list[Child], store_dir: str | None) -> None:
         print(f"  {child.name:<9} {child.url:<32} pid {child.pid}{extra}", flush=True)
     gateway = next(c for c in children if c.name == "gateway")
     print(
-        "Try:\n"
+        f"Open {gateway.url}/ for the chat page, or try:\n"
         f"  curl -s -X POST {gateway.url}/v1/streams -H 'content-type: application/json' "
-        '-d \'{"prompt": "hello", "max_tokens": 40}\'\n'
+        '-d \'{"prompt": "hello"}\'\n'
         "  curl -N <events_url from the reply>\n"
         "Press Ctrl-C to stop.",
         flush=True,
     )
 
 
+def check(args: argparse.Namespace) -> KeyRing | None:
+    """Everything ``up`` can check before it starts anything (:class:`UsageError`); the API keys, if any."""
+    keys = api_keys(args)
+    token_signer(None)  # a secret that is set must be usable; with keys and none set, up makes one
+    check_nats_security()
+    check_event_loop(args)
+    check_engine(args)
+    if keys is None and not is_loopback(args.host) and not args.insecure:
+        raise UsageError(
+            f"refusing to listen on {args.host} without API keys: anyone who reaches it could read and stop every "
+            f"stream. Give --api-keys-file (or ${API_KEYS_ENV}), or --insecure if you mean it."
+        )
+    gateway_port = given_as(args, "gateway_port", "--gateway-port")
+    streamer_port = given_as(args, "streamer_port", "--streamer-port")
+    if args.gateway_port == args.streamer_port:
+        raise UsageError(f"{streamer_port}: {args.streamer_port} is {gateway_port} too")
+    for flag, port in ((gateway_port, args.gateway_port), (streamer_port, args.streamer_port)):
+        try:
+            check_listen(args.host, port)
+        except ListenError as exc:
+            raise UsageError(f"{flag}: {exc}") from None
+    return keys
+
+
 def up(args: argparse.Namespace) -> int:
-    """Run the whole system until Ctrl-C / SIGTERM, or until a child dies (then exit 1)."""
+    """Run the whole system until Ctrl-C / SIGTERM, or until a child dies (then exit 1).
+
+    Flags, environment and ports are checked first: a problem there raises :class:`UsageError` before anything
+    starts.
+    """
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 
-    keys = api_keys(args)
+    keys = check(args)
     if keys is not None and not os.environ.get(TOKEN_SECRET_ENV):
         # One secret for this gateway and streamer (inherited): it signs and checks the tokens in URLs.
         os.environ[TOKEN_SECRET_ENV] = secrets.token_urlsafe(32)
-    if keys is None and not is_loopback(args.host) and not args.insecure:
-        print(
-            f"tokenrelay: refusing to listen on {args.host} without API keys: anyone who reaches it could read and "
-            "stop every stream. Give --api-keys-file (or $TOKENRELAY_API_KEYS), or --insecure if you mean it.",
-            file=sys.stderr,
-        )
-        return 2
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     children: list[Child] = []
@@ -303,7 +260,7 @@ def up(args: argparse.Namespace) -> int:
         for child in roles:
             spawn(child)
             children.append(child)
-        _wait_ready(children, [(c, c.health_url) for c in roles if c.health_url])
+        _wait_ready(children, roles)
         _print_banner(children, store.name if store else None)
         if keys is None:
             print(f"No API keys: every endpoint is open to whoever reaches {args.host}.", flush=True)

@@ -1,6 +1,6 @@
 """Typed configuration of each role. Defaults are named constants with their unit in the name.
 
-The command line (:mod:`tokenrelay.cli.main`) builds these; code receives them as typed values,
+The command line (:mod:`tokenrelay.cli.configs`) builds these; code receives them as typed values,
 never as ``dict[str, Any]``.
 """
 

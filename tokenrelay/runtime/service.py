@@ -218,14 +218,45 @@ async def serve(
         handler_cancellation=cancel_on_disconnect,
     )
     await runner.setup()
-    await DrainingSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port).start()
-    if process_port:
-        await DrainingSite(runner, host, process_port, backlog=LISTEN_BACKLOG).start()
+    try:
+        await _listen(DrainingSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port), host, port)
+        if process_port:
+            await _listen(DrainingSite(runner, host, process_port, backlog=LISTEN_BACKLOG), host, process_port)
+    except ListenError:
+        await runner.cleanup()
+        raise
     bound = runner.addresses[0] if runner.addresses else (host, port)
     log.info("%s listening on http://%s:%s", name, bound[0], bound[1])
     await wait_for_signal()
     log.info("%s shutting down", name)
     await runner.cleanup()
+
+
+class ListenError(OSError):
+    """A port could not be listened on (in use, not allowed, an address not of this machine).
+
+    Its message names the address, ``cannot listen on 127.0.0.1:8080: address already in use``, which the command
+    line prints as the one line of a role that exits with status 2.
+    """
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        address = f"[{host}]" if ":" in host else host
+        super().__init__(cause.errno, f"cannot listen on {address}:{port}: {reason[:1].lower()}{reason[1:]}")
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+async def _listen(site: web.BaseSite, host: str, port: int) -> None:
+    try:
+        await site.start()
+    except ListenError:
+        raise
+    except OSError as exc:
+        raise ListenError(host, port, exc) from exc
 
 
 LISTEN_BACKLOG = 4096

@@ -1,0 +1,135 @@
+"""The ``tokenrelay`` command line as one parser: each command, its flags, and their environment variables.
+
+Every flag may also come from ``TOKENRELAY_<COMMAND>_<FLAG>`` (``TOKENRELAY_GATEWAY_PORT``,
+``TOKENRELAY_FEEDBACK_EXPORT_OUTPUT``): one name per command, so a variable meant for one role never reaches
+another (``docs/configuration.md`` lists them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tokenrelay.cli import options as o
+from tokenrelay.cli import values as v
+from tokenrelay.cli.parser import CommandLine
+from tokenrelay.loadtest.command import API_KEY_ENV, positive_int
+from tokenrelay.loadtest.command import add_arguments as add_loadtest_arguments
+from tokenrelay.runtime import config as c
+
+DESCRIPTION = """\
+Stream LLM tokens: up runs everything on this machine; gateway, streamer and runner run one role each;
+loadtest measures a running deployment; feedback export writes the stored feedback."""
+ENV_PREFIX = "TOKENRELAY_"
+COMMANDS = ("up", "gateway", "streamer", "runner", "loadtest", "feedback export")
+"""Each command that takes flags, as typed after ``tokenrelay``."""
+
+
+def env_prefix(command: str) -> str:
+    """The prefix of a command's variables: ``TOKENRELAY_GATEWAY_``, ``TOKENRELAY_FEEDBACK_EXPORT_``."""
+    return f"{ENV_PREFIX}{command.upper().replace(' ', '_')}_"
+
+
+def build_parser() -> CommandLine:
+    """The whole command line."""
+    parser = CommandLine(prog="tokenrelay", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_up(sub.add_parser("up", help="run NATS (embedded unless --nats-url), a gateway, a streamer and runners",
+                          env_prefix=env_prefix("up")))  # fmt: skip
+    add_gateway(sub.add_parser("gateway", help="run one gateway (control plane)", env_prefix=env_prefix("gateway")))
+    add_streamer(
+        sub.add_parser("streamer", help="run one streamer (SSE data plane)", env_prefix=env_prefix("streamer"))
+    )
+    add_runner(sub.add_parser("runner", help="run one runner (inference engine)", env_prefix=env_prefix("runner")))
+    feedback = sub.add_parser("feedback", help="work with stored feedback")
+    feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True, metavar="COMMAND")
+    add_feedback_export(
+        feedback_sub.add_parser(
+            "export", help="write every stored feedback item as JSON Lines", env_prefix=env_prefix("feedback export")
+        )
+    )
+    add_loadtest(
+        sub.add_parser(
+            "loadtest",
+            help="open many concurrent streams against a deployment and measure them",
+            env_prefix=env_prefix("loadtest"),
+            env_names={"api_key": API_KEY_ENV},  # the name it had before every flag had a variable
+            unsplit={"prompt"},  # a prompt may contain commas: the variable holds one
+        )
+    )
+    return parser
+
+
+def add_up(parser: argparse.ArgumentParser) -> None:
+    """``tokenrelay up``: its own flags, then every role's, which it forwards."""
+    add = parser.add_argument
+    add("--nats-url", type=v.nats_url, default=None, help="use this NATS instead of starting an embedded one")
+    add("--nats-port", type=v.FIXED_PORT, default=4222, help="embedded NATS port (a free one if taken)")
+    add("--host", type=v.host, default=c.DEFAULT_HOST,
+        help="address gateway and streamer listen on (runners always use 127.0.0.1)")  # fmt: skip
+    add("--gateway-port", type=v.FIXED_PORT, default=c.DEFAULT_GATEWAY_PORT, help="port the gateway listens on")
+    add("--streamer-port", type=v.FIXED_PORT, default=c.DEFAULT_STREAMER_PORT, help="port the streamer listens on")
+    add("--runners", type=positive_int, default=1, help="runner processes to start")
+    add("--streamers", type=positive_int, default=1,
+        help="streamer processes to start; more than one share --streamer-port (SO_REUSEPORT), each "
+        "also on a port of its own for its /metrics and /healthz")  # fmt: skip
+    for option in (*o.SHARED_OPTIONS, *o.UP_ENGINE_OPTIONS, *o.STREAMER_OPTIONS, *o.GATEWAY_OPTIONS):
+        option.add_to(parser)
+    o.API_KEYS_FILE.add_to(parser)
+    add("--insecure", action="store_true", default=False,
+        help="allow --host other than a loopback address without API keys (anyone who reaches it can use "
+        "it)")  # fmt: skip
+
+
+def add_gateway(parser: argparse.ArgumentParser) -> None:
+    """``tokenrelay gateway``."""
+    o.add_role_address(parser, port=c.DEFAULT_GATEWAY_PORT)
+    parser.add_argument("--public-url", type=v.http_url, default=None,
+                        help="base URL clients reach this gateway at (none: http://<host>:<port>)")  # fmt: skip
+    parser.add_argument("--streamer-url", type=v.http_url, default=f"http://{c.DEFAULT_HOST}:{c.DEFAULT_STREAMER_PORT}",
+                        help="base URL clients reach the streamers at (for events_url)")  # fmt: skip
+    for option in (*o.SHARED_OPTIONS, *o.GATEWAY_OPTIONS, o.API_KEYS_FILE):
+        option.add_to(parser)
+
+
+def add_streamer(parser: argparse.ArgumentParser) -> None:
+    """``tokenrelay streamer``."""
+    o.add_role_address(parser, port=c.DEFAULT_STREAMER_PORT)
+    parser.add_argument("--reuse-port", choices=("on", "off"), default="off",
+                        help="on: listen on --port with SO_REUSEPORT, so several streamer processes share it and "
+                        "the kernel spreads connections over them (up --streamers N does this)")  # fmt: skip
+    parser.add_argument("--process-port", type=v.PORT, default=0,
+                        help="also listen on this port, without SO_REUSEPORT: this process's own address, for "
+                        "its /metrics and /healthz when --port is shared (0: none)")  # fmt: skip
+    for option in (*o.SHARED_OPTIONS, *o.STREAMER_OPTIONS, o.API_KEYS_FILE):
+        option.add_to(parser)
+
+
+def add_runner(parser: argparse.ArgumentParser) -> None:
+    """``tokenrelay runner``."""
+    o.add_role_address(parser, port=c.DEFAULT_RUNNER_PORT)
+    for option in (*o.SHARED_OPTIONS, *o.ENGINE_OPTIONS):
+        option.add_to(parser)
+
+
+def add_feedback_export(parser: argparse.ArgumentParser) -> None:
+    """``tokenrelay feedback export``."""
+    parser.add_argument("--nats-url", type=v.nats_url, default=c.DEFAULT_NATS_URL,
+                        help="NATS server holding the feedback")  # fmt: skip
+    parser.add_argument("--output", "-o", type=v.output_file, default="-", help="file to write (-: standard output)")
+    parser.add_argument("--log-level", type=v.log_level, choices=v.LOG_LEVELS, default="WARNING", help="log level")
+
+
+def add_loadtest(parser: argparse.ArgumentParser) -> None:
+    """``tokenrelay loadtest``: its own flags, with the checks every command's flags get."""
+    add_loadtest_arguments(parser)
+    checks = {
+        "--gateway-url": (v.base_url, None),
+        "--metrics-url": (v.base_url, None),
+        "--json": (v.output_file, None),
+        "--log-level": (v.log_level, v.LOG_LEVELS),
+    }
+    for flag, (check, choices) in checks.items():
+        action = parser._option_string_actions.get(flag)
+        if action is not None:
+            action.type = check
+            action.choices = choices if choices is not None else action.choices
