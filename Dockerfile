@@ -6,8 +6,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# The repository's sources only (not a local .venv or caches): the project metadata and the one package.
-COPY pyproject.toml README.md ./
+# The repository's sources only (not a local .venv or caches): the project metadata, the license files the wheel
+# carries, and the one package.
+COPY pyproject.toml README.md LICENSE NOTICE ./
 COPY tokenrelay ./tokenrelay
 RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin tokenrelay
