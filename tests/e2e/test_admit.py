@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 
 from tokenrelay.gateway.metrics import GatewayMetrics
 from tokenrelay.gateway.requests import StreamRequest
+from tokenrelay.gateway.states import DispatchState, Owner
 from tokenrelay.gateway.streams import StreamManager
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.config import GatewayConfig, HistoryConfig
@@ -153,7 +154,11 @@ async def admitting(nats: NatsServer) -> AsyncIterator[Admitting]:
 
 @contextlib.asynccontextmanager
 async def admitting_with(
-    nats: NatsServer, stand_in: Callable[[NATS, KeyValue], StandInRunner], *, dispatch_attempt_timeout_s: float = 1.0
+    nats: NatsServer,
+    stand_in: Callable[[NATS, KeyValue], StandInRunner],
+    *,
+    dispatch_attempt_timeout_s: float = 1.0,
+    max_queued_streams: int = 1_000,
 ) -> AsyncIterator[Admitting]:
     """A gateway's stream manager on a held store, and a stand-in runner made by ``stand_in``, both heard."""
     nc = await natsio.connect(nats.url, name="test-gateway")
@@ -162,7 +167,10 @@ async def admitting_with(
         kv = await natsio.ensure_streams_bucket(nc.jetstream(), HistoryConfig())
         store = HeldStore(kv)
         config = GatewayConfig(
-            nats_url=nats.url, queue_timeout_s=30, dispatch_attempt_timeout_s=dispatch_attempt_timeout_s
+            nats_url=nats.url,
+            queue_timeout_s=30,
+            dispatch_attempt_timeout_s=dispatch_attempt_timeout_s,
+            max_queued_streams=max_queued_streams,
         )
         gateway_id = f"gateway-{secrets.token_hex(4)}"
         manager = StreamManager(
@@ -223,15 +231,20 @@ async def test_a_new_stream_is_offered_to_the_runners_before_its_record_is_store
     assert (await stored(admitting.store.kv, record.stream_id, until=StreamState.QUEUED)).epoch == record.epoch
 
 
-async def test_a_stream_whose_record_is_being_stored_counts_once_against_the_queue_bound(admitting: Admitting) -> None:
-    admitting.manager.config = replace(admitting.manager.config, max_queued_streams=2)
-    creating = await offered(admitting)
-    admitting.manager.check_admission()  # one of two places taken: a second stream is admitted
-    admitting.manager.config = replace(admitting.manager.config, max_queued_streams=1)
-    with pytest.raises(Overloaded):
-        admitting.manager.check_admission()
-    admitting.store.release.set()
-    await creating
+async def test_a_stream_whose_record_is_being_stored_counts_once_against_the_queue_bound(nats: NatsServer) -> None:
+    async with admitting_with(nats, StandInRunner, max_queued_streams=2) as admitting:
+        admitting.runner.accept = False  # at capacity: every stream stays in the gateway's queue
+        manager = admitting.manager
+        first = await offered(admitting)
+        assert not first.done()  # its record's write is held
+        manager.check_admission()  # one of two places taken: a second stream is admitted
+        second = asyncio.create_task(manager.create(REQUEST))
+        await until(lambda: manager.dispatch.queued == 2, "the second stream is queued")
+        assert not second.done()
+        with pytest.raises(Overloaded):
+            manager.check_admission()
+        admitting.store.release.set()
+        await asyncio.gather(first, second)
 
 
 async def test_a_record_the_runner_stored_first_is_the_stream_admitted(admitting: Admitting) -> None:
@@ -294,7 +307,7 @@ async def test_a_stop_that_lands_while_the_offer_is_answered_gets_the_owners_fai
         admitting.store.release.set()
         record = await creating
         stopping = asyncio.create_task(admitting.manager.stop(record.stream_id))
-        await asyncio.sleep(0.05)  # the stop is waiting on the offer's answer
+        await until(lambda: admitting.manager.dispatch.stopping(record.stream_id) is not None, "the stop waits")
         admitting.runner.hold_answer.set()
         with pytest.raises(Unavailable):
             async with asyncio.timeout(5):
@@ -329,9 +342,10 @@ async def test_an_offer_answered_late_is_kept_by_the_runner_that_says_it_holds_t
             await runner.holders_asked.wait()  # no answer in time: the gateway asks which runner holds the stream
 
         stopped = await admitting.manager.stop(record.stream_id)  # the runner that said so owns it
+        assert admitting.manager.dispatch.owner_of(record.stream_id) == Owner(RUNNER_ID)
+        assert admitting.manager.dispatch.state_of(record.stream_id) is DispatchState.RUNNING  # never offered again
         assert runner.hold_answer is not None
-        runner.hold_answer.set()  # the late answer, and whatever else was offered meanwhile, is read now
-        await asyncio.sleep(4 * ANSWER_WAIT_S)
+        runner.hold_answer.set()  # the late answer is read now, and changes nothing
 
         assert [job.stream_id for job in runner.jobs] == [record.stream_id]  # offered once
         assert [cancel.stream_id for cancel in runner.cancels] == [record.stream_id]
@@ -341,11 +355,12 @@ async def test_an_offer_answered_late_is_kept_by_the_runner_that_says_it_holds_t
 async def test_an_offer_nobody_answered_or_claims_is_offered_again(nats: NatsServer) -> None:
     async with admitting_with(nats, StandInRunner.silent, dispatch_attempt_timeout_s=ANSWER_WAIT_S) as admitting:
         admitting.store.release.set()
-        runner = admitting.runner
+        runner, dispatch = admitting.runner, admitting.manager.dispatch
         record = await admitting.manager.create(REQUEST)
         async with asyncio.timeout(5):
             await runner.holders_asked.wait()
-        await asyncio.sleep(3 * ANSWER_WAIT_S)  # the question unanswered too: the gateway offers the job again
+        # The question unanswered too: the gateway offers the job again (the runner reads it once released).
+        await until(lambda: dispatch.state_of(record.stream_id) is DispatchState.OFFERED, "offered again")
         assert runner.hold_answer is not None
         runner.hold_answer.set()
 

@@ -14,10 +14,11 @@ from aiohttp.typedefs import Middleware
 from nats.aio.client import Client as NATS
 
 from tokenrelay.gateway import control
+from tokenrelay.gateway.actions import StopResult
 from tokenrelay.gateway.admission import Admission
 from tokenrelay.gateway.metrics import GatewayMetrics
 from tokenrelay.gateway.requests import stream_request
-from tokenrelay.gateway.streams import StopResult, StreamManager
+from tokenrelay.gateway.streams import StreamManager
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.config import GatewayConfig
 from tokenrelay.runtime.service import (
