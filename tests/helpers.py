@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from tokenrelay.runner.engines.synthetic import prompt_text, synthetic_tokens
+from tokenrelay.testing.http import get_json
 from tokenrelay.wire.messages import ChatMessage
+
+T = TypeVar("T")
+
+WAIT_TIMEOUT_S = 30.0
+"""How long a test waits for a condition before it fails naming what it waited for (generous: slow CI machines)."""
+POLL_INTERVAL_S = 0.02
+"""How often a condition is checked again while a test waits for it."""
 
 STOPPED_TOKENS = 30_000
 """The ``max_tokens`` of a stream a test stops, cuts or walks away from: minutes of tokens at any test's pace, so no
@@ -37,3 +45,53 @@ def expected_text(prompt: str, max_tokens: int, length_tokens: int = 0) -> str:
     """What the synthetic engine generates for a one-message prompt."""
     messages = (ChatMessage(role="user", content=prompt),)
     return "".join(synthetic_tokens(prompt_text(messages), max_tokens=max_tokens, length_tokens=length_tokens))
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    until: Callable[[T], object],
+    *,
+    what: str,
+    timeout_s: float = WAIT_TIMEOUT_S,
+    poll_interval_s: float = POLL_INTERVAL_S,
+) -> T:
+    """Await ``probe()`` until ``until`` holds for its value, and return that value.
+
+    Fails after ``timeout_s`` with ``what`` (what the test waited for) and the last value seen.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = await probe()
+        if until(value):
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"waited {timeout_s} s for {what}; last seen: {value!r}")
+        await asyncio.sleep(poll_interval_s)
+
+
+async def eventually_true(
+    check: Callable[[], object],
+    *,
+    what: str,
+    timeout_s: float = WAIT_TIMEOUT_S,
+    poll_interval_s: float = POLL_INTERVAL_S,
+) -> None:
+    """Wait until ``check()`` is true (a condition on the test's own state); fail after ``timeout_s`` naming
+    ``what``."""
+
+    async def probe() -> object:
+        return check()
+
+    await eventually(probe, bool, what=what, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
+
+
+async def wait_running(gateway_url: str, stream_id: str) -> dict[str, Any]:
+    """Poll the stream's status until a runner generates it (``running``); return that status."""
+
+    async def status() -> dict[str, Any]:
+        code, body = await get_json(f"{gateway_url}/v1/streams/{stream_id}")
+        assert code == 200, body
+        return dict(body)
+
+    return await eventually(status, lambda body: body["state"] == "running", what=f"stream {stream_id} to run")

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
 
-from tests.helpers import STOPPED_TOKENS, expected_text
+from tests.helpers import STOPPED_TOKENS, eventually, expected_text
 from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.testing.http import metric, wait_for_metric
 from tokenrelay.testing.procs import NatsServer, System, stop_process, system, wait_until
@@ -131,14 +131,16 @@ def _note_events_request(chat: Chat, url: str) -> None:
         chat.events_requests.append(url)
 
 
-async def test_text_appears_incrementally_and_stop_freezes_it_at_a_prefix_of_the_answer(chat: Chat) -> None:
+async def test_text_appears_incrementally_and_stop_freezes_it_at_a_prefix_of_the_answer(
+    chat: Chat, sut: System
+) -> None:
     prompt = "tell me a long story"
     await chat.start(prompt, max_tokens=STOPPED_TOKENS)
     lengths: list[int] = []
     while len({n for n in lengths if n > 0}) < 4:
         lengths.append(len(await chat.text()))
         assert len(lengths) < WAIT_MS / 50, f"the text did not grow in steps: {lengths}"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # samples spread in time: seeing the text grow between them is what is tested
     assert lengths == sorted(lengths)
     await expect(chat.page.locator("#state")).to_have_attribute("data-state", "streaming")
 
@@ -146,7 +148,14 @@ async def test_text_appears_incrementally_and_stop_freezes_it_at_a_prefix_of_the
     await chat.wait_state("stopped")
     await expect(chat.page.locator("#state")).to_contain_text("cancelled")
     stopped = await chat.text()
-    await asyncio.sleep(1.0)
+    # Once the page has closed its event stream and the streamer holds no reader, no text can come any more.
+    snapshot = await chat.snapshot()
+    assert snapshot["terminal"] and not snapshot["connected"], snapshot
+    await eventually(
+        lambda: metric(sut.streamer_url, "tokenrelay_streamer_readers_open"),
+        lambda readers: readers == 0,
+        what="the streamer to hold no reader after the stop",
+    )
     assert await chat.text() == stopped
     whole = expected_text(prompt, STOPPED_TOKENS, NATURAL_TOKENS)
     assert max(lengths) <= len(stopped) < len(whole)

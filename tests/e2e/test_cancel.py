@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import wait_running
 from tokenrelay.testing.http import create_stream, metric, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import read_stream
@@ -47,7 +48,7 @@ async def test_stopping_a_queued_stream_means_it_never_starts(sut: System) -> No
 
 async def test_concurrent_stops_of_one_stream_all_answer_the_same_final_state(sut: System) -> None:
     created = await create_stream(sut.gateway_url, "stop me thrice", max_tokens=30_000)
-    await asyncio.sleep(0.05)
+    await wait_running(sut.gateway_url, created["id"])  # the three stops race at its runner, not in the queue
     answers = await asyncio.gather(*(post(created["stop_url"]) for _ in range(3)))
     assert {status for status, _ in answers} == {200}
     assert len({(b["finish_reason"], b["tokens"]) for _, b in answers}) == 1

@@ -163,7 +163,7 @@ async def test_a_key_with_its_limit_of_control_sockets_open_gets_429_on_the_hand
                 async with connect(url, additional_headers=_bearer("sockets")):
                     break
             except InvalidStatus:
-                assert asyncio.get_running_loop().time() < deadline
+                assert asyncio.get_running_loop().time() < deadline, "the closed control socket's place was never freed"
                 await asyncio.sleep(0.05)
 
 
@@ -191,7 +191,7 @@ async def test_one_reader_too_many_for_a_stream_gets_429(bounded: System) -> Non
             async with session.get(created["events_url"]) as again:
                 if again.status == 200:
                     break
-            assert asyncio.get_running_loop().time() < deadline
+            assert asyncio.get_running_loop().time() < deadline, "the readers that left never freed their places"
             await asyncio.sleep(0.05)
     await _post(f"{bounded.gateway_url}/v1/streams/{created['id']}/stop", "readers")
 

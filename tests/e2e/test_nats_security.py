@@ -25,7 +25,7 @@ import trustme
 from nats import errors as nats_errors
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.helpers import STOPPED_TOKENS, expected_text
+from tests.helpers import STOPPED_TOKENS, eventually_true, expected_text, wait_running
 from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
@@ -419,7 +419,7 @@ async def test_every_role_works_end_to_end_as_its_own_user_with_only_its_documen
         # Stop over HTTP: gateway -> the runner's cancel subject -> reply.
         long = await create_stream(sut.gateway_url, "stop me", max_tokens=STOPPED_TOKENS)
         reader = asyncio.create_task(read_stream(long["events_url"]))
-        await asyncio.sleep(0.3)
+        await wait_running(sut.gateway_url, long["id"])  # its runner has it: the stop goes to the runner
         status, stopped = await post(long["stop_url"])
         assert status == 200 and stopped["finish_reason"] == "cancelled", stopped
         assert (await reader).terminal.json()["tokens"] == stopped["tokens"]
@@ -506,10 +506,9 @@ async def _a_runner_may_not_read_or_forge_what_is_not_its_own(server: NatsServer
         await nc.subscribe("tokenrelay.feedback.*")
         await nc.publish("tokenrelay.api.start", b"{}")
         await nc.flush()
-        for _ in range(250):
-            if len(violations(server.log_path)) >= 2:
-                break
-            await asyncio.sleep(0.02)
+        await eventually_true(
+            lambda: len(violations(server.log_path)) >= 2, what="nats-server to log both permission violations"
+        )
     finally:
         await nc.close()
     refused = {

@@ -6,14 +6,14 @@ overtake a SUB still waiting for its flusher, and a message published right afte
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from tests.helpers import eventually_true
 from tokenrelay.runtime import natsdirect
 from tokenrelay.runtime.natsdirect import DirectClient, subscribe_raw
 from tokenrelay.runtime.natsio import barrier
@@ -21,14 +21,6 @@ from tokenrelay.testing.procs import NatsServer
 
 WAIT_S = 10.0
 MESSAGES = 200
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(int(WAIT_S / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    assert condition(), what
 
 
 @pytest.fixture
@@ -59,7 +51,7 @@ async def test_a_direct_handler_gets_every_message_in_order_with_its_subject(
     await barrier(direct)
     for i in range(MESSAGES):
         await publisher.publish(f"direct.{i % 3}.events", b"%d" % i)
-    await until(lambda: len(got) == MESSAGES, "every message arrived")
+    await eventually_true(lambda: len(got) == MESSAGES, what="every message arrived", timeout_s=WAIT_S)
     assert got == [(f"direct.{i % 3}.events", b"%d" % i) for i in range(MESSAGES)]
     assert direct.stats["in_msgs"] >= MESSAGES
 
@@ -79,7 +71,7 @@ async def test_a_handler_that_raises_loses_that_message_only_and_the_connection_
     await barrier(direct)
     for data in (b"1", b"bad", b"2"):
         await publisher.publish("direct.raises", data)
-    await until(lambda: got == [b"1", b"2"], "the messages around the bad one arrived")
+    await eventually_true(lambda: got == [b"1", b"2"], what="the messages around the bad one arrived", timeout_s=WAIT_S)
     assert direct.is_connected
 
 
@@ -89,7 +81,7 @@ async def test_after_unsubscribe_the_handler_is_not_called_again(clients: tuple[
     sub = await direct.subscribe_direct("direct.unsub", lambda _, data: got.append(data))
     await barrier(direct)
     await publisher.publish("direct.unsub", b"before")
-    await until(lambda: got == [b"before"], "the first message arrived")
+    await eventually_true(lambda: got == [b"before"], what="the first message arrived", timeout_s=WAIT_S)
     await sub.unsubscribe()
     await barrier(direct)
     await publisher.publish("direct.unsub", b"after")
@@ -118,7 +110,7 @@ async def test_ordinary_subscriptions_and_requests_on_a_direct_client_are_nats_p
     await direct.subscribe("direct.plain", cb=collect)
     await barrier(direct)
     await publisher.publish("direct.plain", b"x", headers={"K": "v"})
-    await until(lambda: len(seen) == 1, "the ordinary subscription's callback ran")
+    await eventually_true(lambda: len(seen) == 1, what="the ordinary subscription's callback ran", timeout_s=WAIT_S)
     assert (seen[0].data, seen[0].headers) == (b"x", {"K": "v"})
 
 
@@ -132,7 +124,9 @@ async def test_subscribe_raw_delivers_subject_and_data_on_either_client(nats: Na
         await subscribe_raw(nc, "raw.>", lambda subject, data: got.append((subject, data)))
         await barrier(nc)
         await publisher.publish("raw.a.b", b"payload")
-        await until(lambda: got == [("raw.a.b", b"payload")], "the message arrived as (subject, data)")
+        await eventually_true(
+            lambda: got == [("raw.a.b", b"payload")], what="the message arrived as (subject, data)", timeout_s=WAIT_S
+        )
     finally:
         await publisher.close()
         await nc.close()

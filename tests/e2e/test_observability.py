@@ -13,7 +13,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers import STOPPED_TOKENS
+from tests.helpers import STOPPED_TOKENS, eventually
 from tokenrelay.runtime.lifecycle import LifecycleEvent, format_line
 from tokenrelay.testing.http import (
     create_stream,
@@ -85,12 +85,14 @@ def lifecycle(sut: System, role: str, stream_id: str) -> list[dict[str, str]]:
 
 
 async def wait_for_lines(sut: System, role: str, stream_id: str, events: set[str]) -> list[dict[str, str]]:
-    for _ in range(500):
-        lines = lifecycle(sut, role, stream_id)
-        if events <= {line["event"] for line in lines}:
-            return lines
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{role} never logged {events} for {stream_id}: {lifecycle(sut, role, stream_id)}")
+    """Wait until ``role`` has logged each of ``events`` for the stream; its lifecycle lines for the stream."""
+
+    async def lines() -> list[dict[str, str]]:
+        return lifecycle(sut, role, stream_id)
+
+    return await eventually(
+        lines, lambda found: events <= {line["event"] for line in found}, what=f"{role} to log {events} for {stream_id}"
+    )
 
 
 async def test_a_finished_stream_tells_its_story_in_one_line_per_event_in_every_process(sut: System) -> None:
@@ -143,11 +145,11 @@ async def test_the_gateway_counts_open_control_sockets_and_streams_by_state(sut:
     url = sut.gateway_url
     async with connect(url.replace("http", "ws") + "/v1/control"), connect(url.replace("http", "ws") + "/v1/control"):
         assert await wait_for_metric(url, "tokenrelay_gateway_control_sockets_open", 2) == 2
-    for _ in range(200):
-        if await metric(url, "tokenrelay_gateway_control_sockets_open") == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert await metric(url, "tokenrelay_gateway_control_sockets_open") == 0
+    await eventually(
+        lambda: metric(url, "tokenrelay_gateway_control_sockets_open"),
+        lambda sockets: sockets == 0,
+        what="the gateway to count its closed control sockets gone",
+    )
     assert await metric(url, "tokenrelay_gateway_streams_queued") == 0
     assert await metric(url, "tokenrelay_gateway_streams_created_total") >= 1
 

@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.fake_openai import FakeUpstream
+from tests.helpers import eventually_true
 from tokenrelay.testing.http import create_stream, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import read_stream
@@ -70,10 +71,10 @@ async def test_stop_closes_the_upstream_request_before_the_stopped_reply(sut: Sy
     async with connect(f"{sut.gateway_url.replace('http', 'ws')}/v1/control") as ws:
         await ws.send(orjson.dumps({"type": "start", "prompt": "long", "max_tokens": 1000}).decode())
         started = orjson.loads(await ws.recv())
-        for _ in range(500):
-            if len(upstream.calls) > calls_before and upstream.calls[-1].sent >= 5:
-                break
-            await asyncio.sleep(0.01)
+        await eventually_true(
+            lambda: len(upstream.calls) > calls_before and upstream.calls[-1].sent >= 5,
+            what="the upstream to send 5 words of the new request",
+        )
         call = upstream.calls[-1]
         stop_sent = time.monotonic()
         await ws.send(orjson.dumps({"type": "stop", "stream_id": started["stream_id"]}).decode())
@@ -95,11 +96,10 @@ async def test_max_tokens_closes_the_upstream_request(sut: System, upstream: Fak
     assert stream.text == "".join(WORDS[:3])
     assert stream.terminal.json()["finish_reason"] == "length"
     assert len(upstream.calls) == calls_before + 1
-    for _ in range(200):
-        if upstream.calls[-1].disconnected_at is not None:
-            break
-        await asyncio.sleep(0.01)
-    assert upstream.calls[-1].disconnected_at is not None and not upstream.calls[-1].finished
+    await eventually_true(
+        lambda: upstream.calls[-1].disconnected_at is not None, what="the upstream to see its request closed"
+    )
+    assert not upstream.calls[-1].finished
 
 
 @pytest.mark.parametrize("status", [400, 500, 503])

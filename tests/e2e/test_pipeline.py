@@ -9,7 +9,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers import STOPPED_TOKENS, expected_text
+from tests.helpers import STOPPED_TOKENS, eventually, expected_text
 from tokenrelay.testing.http import create_stream, metric, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import read_stream
@@ -101,7 +101,7 @@ async def test_reader_connecting_after_the_stream_finished_gets_the_whole_text(s
 async def test_reader_connecting_mid_stream_gets_the_whole_text_from_the_start(sut: System) -> None:
     created = await create_stream(sut.gateway_url, "mid-stream reader", max_tokens=40)
     first = asyncio.create_task(read_stream(created["events_url"]))
-    await asyncio.sleep(0.3)  # some tokens have been produced; the exact number does not matter
+    await _wait_for_tokens(sut, 3)  # some tokens have been produced; the exact number does not matter
     late = await read_stream(created["events_url"])
     early = await first
     assert late.text == early.text == expected_text("mid-stream reader", 40, LENGTH_TOKENS)
@@ -144,20 +144,29 @@ async def test_ws_stop_mid_stream_cancels_and_the_runner_produces_no_further_tok
     assert stream.terminal.json()["tokens"] == stopped["tokens"] == stream.of("delta")[-1].json()["index"]
     assert stopped["tokens"] >= 3
     assert stream.text == expected_text("stop me", stopped["tokens"], LENGTH_TOKENS)
-    await asyncio.sleep(5 / TOKENS_PER_S)  # five token intervals
+    # No generation left on any runner (this module's other streams have all ended): nothing can add a token now.
+    await eventually(
+        lambda: _runners_sum(sut, "tokenrelay_runner_active_streams"),
+        lambda active: active == 0,
+        what="the runners' generations to end",
+    )
     assert sum([await metric(r.url, "tokenrelay_runner_tokens_total") for r in sut.runners]) == tokens_at_stop
     assert sum([await metric(r.url, "tokenrelay_runner_tokens_after_cancel_total") for r in sut.runners]) == 0
 
 
+async def _runners_sum(sut: System, name: str) -> float:
+    """A metric summed over every runner of ``sut``."""
+    return sum([await metric(runner.url, name) for runner in sut.runners])
+
+
 async def _wait_for_tokens(sut: System, count: int) -> None:
     """Wait until the runners have produced ``count`` more tokens (tests in this module run one at a time)."""
-    start = sum([await metric(r.url, "tokenrelay_runner_tokens_total") for r in sut.runners])
-    for _ in range(500):
-        produced = sum([await metric(r.url, "tokenrelay_runner_tokens_total") for r in sut.runners])
-        if produced - start >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the stream produced no tokens")
+    start = await _runners_sum(sut, "tokenrelay_runner_tokens_total")
+    await eventually(
+        lambda: _runners_sum(sut, "tokenrelay_runner_tokens_total"),
+        lambda produced: produced - start >= count,
+        what=f"{count} more tokens from the runners",
+    )
 
 
 async def test_http_stop_is_idempotent_and_a_finished_stream_answers_its_final_state(sut: System) -> None:
@@ -196,12 +205,11 @@ async def test_a_reader_that_disconnects_mid_stream_is_released_by_the_streamer(
     baseline = await metric(sut.streamer_url, "tokenrelay_streamer_readers_open")
     stream = await read_stream(created["events_url"], stop_after=3)  # closes the connection after 3 events
     assert len(stream.events) == 3
-    for _ in range(500):
-        if await metric(sut.streamer_url, "tokenrelay_streamer_readers_open") == baseline:
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("the streamer kept a reader whose client had gone")
+    await eventually(
+        lambda: metric(sut.streamer_url, "tokenrelay_streamer_readers_open"),
+        lambda readers: readers == baseline,
+        what="the streamer to release the reader whose client had gone",
+    )
     await post(created["stop_url"])
 
 

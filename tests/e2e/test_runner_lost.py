@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import eventually
 from tokenrelay.testing.http import create_stream, metric, wait_finished, wait_for_metric
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import read_stream
@@ -73,12 +74,21 @@ async def test_a_runner_frozen_past_its_stale_period_answers_its_ping_and_its_st
         reader = asyncio.create_task(read_stream(created["events_url"]))
         runner = paused.runners[0]
         await wait_for_metric(runner.url, "tokenrelay_runner_tokens_total", 2)
+        loop = asyncio.get_running_loop()
+        frozen_at = loop.time()
         os.kill(runner.process.pid, signal.SIGSTOP)
         try:
-            await asyncio.sleep(PAUSED_STALE_AFTER_S + 0.5)  # its heartbeats are late now, its check is pending
+            # Its heartbeats are late now (the gateway counts no runner available), and its check is pending.
+            await eventually(
+                lambda: metric(paused.gateway_url, "tokenrelay_gateway_runners_available"),
+                lambda available: available == 0,
+                what="the gateway to count the frozen runner as unavailable",
+                timeout_s=PAUSE_S,
+            )
             # A runner not declared lost still admits: the stream waits in the queue until it wakes up.
             late = await create_stream(paused.gateway_url, "admitted while it was frozen", max_tokens=5)
-            await asyncio.sleep(PAUSE_S - PAUSED_STALE_AFTER_S - 0.5)
+            # The pause's length is the scenario: it must outlast the stale period and end before the ping's timeout.
+            await asyncio.sleep(max(0.0, frozen_at + PAUSE_S - loop.time()))
         finally:
             os.kill(runner.process.pid, signal.SIGCONT)
         stream = await asyncio.wait_for(reader, 60)

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from websockets.asyncio.client import connect  # noqa: E402
 
 from tokenrelay.runner.engines import GenerationRequest, TextTail  # noqa: E402
-from tokenrelay.testing.http import create_stream  # noqa: E402
+from tokenrelay.testing.http import create_stream, metric, wait_for_metric  # noqa: E402
 from tokenrelay.testing.procs import NatsServer, System, system  # noqa: E402
 from tokenrelay.testing.sse import read_stream  # noqa: E402
 from tokenrelay.wire.messages import ChatMessage  # noqa: E402
@@ -110,7 +110,7 @@ async def test_the_event_loop_keeps_running_while_the_model_generates(model_dir:
         nonlocal ticks
         while True:
             ticks += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one turn of the loop per tick: the count is what the test measures
 
     task = asyncio.create_task(ticker())
     pieces = [p async for p in engine.stream(_request("busy model", 60))]
@@ -133,11 +133,12 @@ async def test_runner_with_transformers_engine_streams_the_model_text(sut: Syste
 
 
 async def test_ws_stop_cancels_a_transformers_generation(sut: System) -> None:
+    tokens_before = await metric(sut.runners[0].url, "tokenrelay_runner_tokens_total")
     async with connect(f"{sut.gateway_url.replace('http', 'ws')}/v1/control") as ws:
         await ws.send(orjson.dumps({"type": "start", "prompt": "long one", "max_tokens": 3_000}).decode())
         started = orjson.loads(await ws.recv())
         reader = asyncio.create_task(read_stream(started["events_url"]))
-        await asyncio.sleep(0.3)
+        await wait_for_metric(sut.runners[0].url, "tokenrelay_runner_tokens_total", tokens_before + 1)  # generating
         await ws.send(orjson.dumps({"type": "stop", "stream_id": started["stream_id"]}).decode())
         stopped = orjson.loads(await ws.recv())
     assert stopped["finish_reason"] == "cancelled"
