@@ -8,20 +8,23 @@ from tokenrelay.runtime.tasks import TaskSet
 
 
 async def test_a_spawned_task_runs_to_the_end_though_nobody_holds_it() -> None:
-    tasks, done = TaskSet(), asyncio.Event()
+    tasks, release, done = TaskSet(), asyncio.Event(), asyncio.Event()
 
     async def work() -> None:
-        await asyncio.sleep(0.01)
+        await release.wait()
         done.set()
 
     tasks.spawn(work(), name="work")
+    # Released after the task's first step: it suspends once, and must be resumed, not just started.
+    asyncio.get_running_loop().call_soon(release.set)
     await asyncio.wait_for(done.wait(), 5)
 
 
 async def test_cancel_stops_every_running_task() -> None:
-    tasks, cancelled = TaskSet(), asyncio.Event()
+    tasks, started, cancelled = TaskSet(), asyncio.Event(), asyncio.Event()
 
     async def forever() -> None:
+        started.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -29,16 +32,16 @@ async def test_cancel_stops_every_running_task() -> None:
             raise
 
     tasks.spawn(forever())
-    await asyncio.sleep(0)
+    await started.wait()
     tasks.cancel()
     await asyncio.wait_for(cancelled.wait(), 5)
 
 
 async def test_wait_returns_when_every_task_has_finished_and_does_not_raise_their_errors() -> None:
-    tasks, finished = TaskSet(), []
+    tasks, release, finished = TaskSet(), asyncio.Event(), []
 
     async def ok() -> None:
-        await asyncio.sleep(0.01)
+        await release.wait()
         finished.append("ok")
 
     async def fails() -> None:
@@ -46,6 +49,8 @@ async def test_wait_returns_when_every_task_has_finished_and_does_not_raise_thei
 
     tasks.spawn(ok())
     tasks.spawn(fails())
+    # Released only once wait() is waiting: wait() must wait for a task that is not done yet.
+    asyncio.get_running_loop().call_soon(release.set)
     await asyncio.wait_for(tasks.wait(), 5)
     assert finished == ["ok"]
     await tasks.wait()  # nothing left: returns at once

@@ -47,6 +47,11 @@ class StepClock:
         """Steps somebody waits for now (for tests)."""
         return self._ticks.ticks_pending
 
+    @property
+    def waiting(self) -> int:
+        """Tokens waiting for a step now (for tests)."""
+        return self._ticks.waiting
+
     async def until(self, due_s: float) -> None:
         """Return at the step that releases ``due_s`` (loop time); always yields once, so a cancel can land."""
         loop = asyncio.get_running_loop()
