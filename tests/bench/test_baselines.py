@@ -7,13 +7,19 @@ nats-server) and is read with the tests' own SSE client.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from bench.baselines.common import forwarder, naive_relay
-from tests.helpers import expected_text
+from bench.baselines.forwarder import STOP_PREFIX, STREAM_SUBJECTS
+from tests.helpers import eventually_true, expected_text
+from tokenrelay.runtime.natsio import barrier
 from tokenrelay.testing.http import create_stream, metric, post, wait_for_metric
 from tokenrelay.testing.procs import NatsServer
 from tokenrelay.testing.sse import read_stream
@@ -42,6 +48,41 @@ async def wait_for_readers_open(url: str, at_most: float, *, timeout_s: float = 
     while await metric(url, READERS_OPEN) > at_most:
         assert time.monotonic() < deadline, f"{READERS_OPEN} stayed above {at_most}"
         await asyncio.sleep(0.02)
+
+
+class PublishedFrames:
+    """The frames the forwarder's publisher has published on NATS, by stream id: what it generated, read or not."""
+
+    def __init__(self) -> None:
+        self._frames: dict[str, list[bytes]] = collections.defaultdict(list)
+
+    def on_frame(self, subject: str, data: bytes) -> None:
+        self._frames[subject.rpartition(".")[2]].append(data)
+
+    def deltas(self, stream_id: str) -> int:
+        """Tokens published for the stream so far."""
+        return sum(frame.startswith(b"event: delta\n") for frame in self._frames[stream_id])
+
+    def ended(self, stream_id: str) -> bool:
+        """Whether the stream's ``stop`` frame was published."""
+        return any(frame.startswith(STOP_PREFIX) for frame in self._frames[stream_id])
+
+
+@contextlib.asynccontextmanager
+async def published_frames(nats_url: str) -> AsyncIterator[PublishedFrames]:
+    """Watch every stream's frames on NATS from before the stream is created (its first frame may come at once)."""
+    frames = PublishedFrames()
+
+    async def on_msg(msg: Msg) -> None:
+        frames.on_frame(msg.subject, msg.data)
+
+    nc = await nats.connect(nats_url, name="baseline-frames")
+    try:
+        await nc.subscribe(STREAM_SUBJECTS, cb=on_msg)
+        await barrier(nc)
+        yield frames
+    finally:
+        await nc.close()
 
 
 async def test_baseline_creates_a_stream_with_an_absolute_events_url_on_itself(baseline: str) -> None:
@@ -104,9 +145,12 @@ async def test_a_baseline_that_starts_at_the_get_stops_a_stream_nobody_read_with
 
 
 @pytest.mark.parametrize("baseline", ["forwarder_post"], indirect=True)
-async def test_the_forwarder_started_at_the_post_generates_before_any_reader_and_stops_it_there(baseline: str) -> None:
-    created = await create_stream(baseline, "never read", max_tokens=LONG_STREAM_TOKENS)
-    await asyncio.sleep(0.5)  # 200 tokens/s: about 100 generated with nobody reading
+async def test_the_forwarder_started_at_the_post_generates_before_any_reader_and_stops_it_there(
+    baseline: str, nats: NatsServer
+) -> None:
+    async with published_frames(nats.url) as published:
+        created = await create_stream(baseline, "never read", max_tokens=LONG_STREAM_TOKENS)
+        await eventually_true(lambda: published.deltas(created["id"]) >= 10, what="10 tokens generated, none read")
 
     status, stopped = await post(f"{baseline}/v1/streams/{created['id']}/stop")
     after = await read_stream(created["events_url"])
@@ -118,9 +162,12 @@ async def test_the_forwarder_started_at_the_post_generates_before_any_reader_and
 
 
 @pytest.mark.parametrize("baseline", ["forwarder_post"], indirect=True)
-async def test_the_forwarder_started_at_the_post_answers_a_stop_after_the_end_with_how_it_ended(baseline: str) -> None:
-    created = await create_stream(baseline, "ended unread", max_tokens=3)
-    await asyncio.sleep(1.0)  # 3 tokens at 200 tokens/s: over some 60x before
+async def test_the_forwarder_started_at_the_post_answers_a_stop_after_the_end_with_how_it_ended(
+    baseline: str, nats: NatsServer
+) -> None:
+    async with published_frames(nats.url) as published:
+        created = await create_stream(baseline, "ended unread", max_tokens=3)
+        await eventually_true(lambda: published.ended(created["id"]), what="the unread stream's stop frame")
 
     status, stopped = await post(f"{baseline}/v1/streams/{created['id']}/stop")
 
@@ -128,9 +175,13 @@ async def test_the_forwarder_started_at_the_post_answers_a_stop_after_the_end_wi
 
 
 @pytest.mark.parametrize("baseline", ["forwarder_post"], indirect=True)
-async def test_the_forwarder_started_at_the_post_gives_a_late_reader_every_token_in_order(baseline: str) -> None:
-    created = await create_stream(baseline, "late reader", max_tokens=40)
-    await asyncio.sleep(0.1)  # about half of them published before the GET
+async def test_the_forwarder_started_at_the_post_gives_a_late_reader_every_token_in_order(
+    baseline: str, nats: NatsServer
+) -> None:
+    async with published_frames(nats.url) as published:
+        created = await create_stream(baseline, "late reader", max_tokens=40)
+        # Some of them published before the GET: the reader gets those held, then the rest as they come.
+        await eventually_true(lambda: published.deltas(created["id"]) >= 10, what="10 tokens published unread")
 
     stream = await read_stream(created["events_url"])
 
