@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from tests import garbage
-from tests.helpers import expected_text
+from tests.helpers import eventually, expected_text
 from tokenrelay.runtime.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WS_MESSAGE_BYTES
 from tokenrelay.testing.http import metric, wait_for_metric
 from tokenrelay.testing.procs import System, nats_server, pid_alive, system
@@ -62,8 +62,13 @@ lives) and glibc keeps freed heap; after 10,000 connections, a hundred 1 MiB bod
 sits a few MiB above where it was although nothing leaks.  Why not more: a leak of 2 KiB per garbage item (a task,
 a buffer, a socket's state kept per connection) is 20 MB and fails, as does anything that keeps request bodies.
 """
-IDLE_SETTLE_S = 2.0
 RSS_SAMPLES = 5
+RSS_SAMPLE_SPACING_S = 0.2
+"""Time between a role's RSS samples: the median of samples spread out is not one transient buffer's peak."""
+STREAMER_OPEN = ("tokenrelay_streamer_readers_open", "tokenrelay_streamer_channels_open")
+GATEWAY_OPEN = ("tokenrelay_gateway_control_sockets_open",)
+RUNNER_OPEN = ("tokenrelay_runner_active_streams",)
+"""The gauges of what each role holds open: all zero once every stream, reader and socket is done with."""
 
 
 @dataclass(frozen=True)
@@ -259,14 +264,14 @@ async def _process_failures(sut: System, pids: dict[str, int]) -> list[str]:
 
 
 async def _wait_idle(sut: System) -> None:
-    """No SSE reader and no control socket left open, then a moment for the event loops to settle."""
-    for _ in range(200):
-        readers = await metric(sut.streamer_url, "tokenrelay_streamer_readers_open")
-        sockets = await metric(sut.gateway_url, "tokenrelay_gateway_control_sockets_open")
-        if readers == 0 and sockets == 0:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(IDLE_SETTLE_S)
+    """Wait until no role holds any work: no SSE reader, stream channel, control socket or generation left open."""
+
+    async def open_work() -> dict[str, float]:
+        roles = [*((streamer, STREAMER_OPEN) for streamer in sut.streamers), (sut.gateway, GATEWAY_OPEN)]
+        roles += [(runner, RUNNER_OPEN) for runner in sut.runners]
+        return {f"{role.name} {name}": await metric(role.url, name) for role, names in roles for name in names}
+
+    await eventually(open_work, lambda found: not any(found.values()), what="every role to hold no open work")
 
 
 def _rss_bytes(pid: int) -> int:
@@ -281,7 +286,7 @@ def _sample_rss(pids: dict[str, int]) -> dict[str, int]:
     samples: dict[str, list[int]] = collections.defaultdict(list)
     for i in range(RSS_SAMPLES):
         if i:
-            time.sleep(0.2)
+            time.sleep(RSS_SAMPLE_SPACING_S)  # the samples must be spread in time: that is the measurement
         for name, pid in pids.items():
             if pid_alive(pid):
                 samples[name].append(_rss_bytes(pid))
