@@ -620,6 +620,7 @@ def ws_unmasked(rng: random.Random, ctx: Context) -> Item:
     reader does not check the mask bit and reads such a frame as if it were masked with zeros (SECURITY.md:
     masking protects intermediaries from what browsers send, and browsers always mask).  Asserted here as it
     is, so that a change either way is noticed: the frame is handled like any other, and the socket lives."""
+    errors: tuple[tuple[str, int | None], ...]
     if rng.random() < 0.5:
         payload, errors = _json({"type": "stop", "stream_id": _hex_id(rng), "ref": 1}), (("not_found", 1),)
     else:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import nats as nats_client
 import pytest
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from tokenrelay.runtime import natsio
 from tokenrelay.testing.procs import NatsServer
 
 
-async def _responder(nats_url: str, stream: str, *, ignore_first: int) -> tuple[nats_client.NATS, list[bytes]]:
+async def _responder(nats_url: str, stream: str, *, ignore_first: int) -> tuple[NATS, list[bytes]]:
     """A stand-in for the broker's direct-get API that leaves the first ``ignore_first`` requests unanswered."""
     nc = await nats_client.connect(nats_url)
     requests: list[bytes] = []

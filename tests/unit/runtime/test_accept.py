@@ -10,6 +10,7 @@ import contextlib
 import errno
 import socket
 from collections.abc import AsyncIterator
+from typing import cast
 
 import aiohttp
 import pytest
@@ -96,7 +97,7 @@ def test_running_out_of_file_descriptors_pauses_accepting_then_queued_clients_ar
             failing = _FailsOnce(sock)
             loop = asyncio.get_running_loop()
             loop.remove_reader(sock.fileno())
-            loop.add_reader(sock.fileno(), server.accept_queued, failing)
+            loop.add_reader(sock.fileno(), server.accept_queued, cast(socket.socket, failing))  # duck-typed socket
             async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/ping") as response:
                 assert response.status == 200
             assert failing.failures == 1
