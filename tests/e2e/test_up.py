@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,8 @@ async def test_up_runs_nats_gateway_streamer_and_runner_as_separate_processes(st
     for role in ("gateway", "streamer", "runner"):
         name = "runner-1" if role == "runner" else role
         assert f"tokenrelay {role}" in _cmdline(up.pids[name])
+    assert "--synthetic-length-tokens 240" in _cmdline(up.pids["runner-1"])  # the demo's length, at the given pace
+    assert "--synthetic-tokens-per-s 50.0" in _cmdline(up.pids["runner-1"])
     created = await create_stream(up.urls["gateway"], "through up", max_tokens=20)
     stream = await read_stream(created["events_url"])
     assert stream.text == expected_text("through up", 20)
@@ -113,7 +117,38 @@ def test_a_role_asked_for_an_unknown_event_loop_refuses_to_start() -> None:
     argv = [sys.executable, "-m", "tokenrelay", "streamer", "--event-loop", "trio", "--port", str(free_port())]
     result = subprocess.run(argv, check=False, capture_output=True, timeout=60)
     assert result.returncode == 2
-    assert b"invalid choice: 'trio'" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert b"--event-loop: invalid choice: 'trio'" in result.stderr
+
+
+class _AnswersEverything(http.server.BaseHTTPRequestHandler):
+    """Someone else's server: 200 to any GET, /healthz and /readyz included."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.mark.parametrize("flag", ["--gateway-port", "--streamer-port"])
+def test_up_refuses_a_port_where_another_server_answers_instead_of_reporting_it_as_its_own(flag: str) -> None:
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnswersEverything) as foreign:
+        threading.Thread(target=foreign.serve_forever, daemon=True).start()
+        port = foreign.server_address[1]
+        ports = {"--gateway-port": str(free_port()), "--streamer-port": str(free_port()), flag: str(port)}
+        argv = [sys.executable, "-m", "tokenrelay", "up", "--nats-port", str(free_port())]
+        argv += [part for item in ports.items() for part in item]
+        try:
+            result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
+        finally:
+            foreign.shutdown()
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"tokenrelay up: error: {flag}: cannot listen on 127.0.0.1:{port}: address already in use"
+    ]
+    assert "tokenrelay is up" not in result.stdout
 
 
 def test_sigint_stops_every_child_and_leaves_no_process_behind(start_up: object) -> None:

@@ -125,7 +125,6 @@ def add_loadtest(parser: argparse.ArgumentParser) -> None:
     checks = {
         "--gateway-url": (v.base_url, None),
         "--metrics-url": (v.base_url, None),
-        "--json": (v.output_file, None),
         "--log-level": (v.log_level, v.LOG_LEVELS),
     }
     for flag, (check, choices) in checks.items():
@@ -133,3 +132,19 @@ def add_loadtest(parser: argparse.ArgumentParser) -> None:
         if action is not None:
             action.type = check
             action.choices = choices if choices is not None else action.choices
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> dict[str, CommandLine]:
+    """Each command's own parser in ``parser`` (from :func:`build_parser`), by :data:`COMMANDS` name."""
+    found: dict[str, CommandLine] = {}
+
+    def walk(node: argparse.ArgumentParser, path: str) -> None:
+        for action in node._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}".strip())
+        if path in COMMANDS and isinstance(node, CommandLine):
+            found[path] = node
+
+    walk(parser, "")
+    return found

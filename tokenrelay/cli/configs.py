@@ -14,7 +14,7 @@ from tokenrelay.cli.options import CONTROL_ALLOW_ORIGIN, CORS_ALLOW_ORIGIN
 from tokenrelay.cli.parser import given_as
 from tokenrelay.runtime import config as c
 from tokenrelay.runtime.auth import API_KEYS_ENV, KeyFileError, KeyRing, load_keyring
-from tokenrelay.runtime.natsauth import NatsSecurity, NatsSecurityError
+from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError
 from tokenrelay.runtime.service import loop_factory
 from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV, SecretError, TokenSigner, load_signer
 
@@ -32,7 +32,7 @@ def api_keys(args: argparse.Namespace) -> KeyRing | None:
     try:
         from_file = load_keyring(args.api_keys_file or None, None)
     except (KeyFileError, OSError) as exc:
-        raise UsageError(f"{flag}: {args.api_keys_file}: {exc}") from None
+        raise UsageError(f"{flag}: API keys: {exc}") from None
     try:
         from_env = load_keyring(None, os.environ.get(API_KEYS_ENV))
     except KeyFileError as exc:
@@ -60,11 +60,15 @@ def token_signer(keys: KeyRing | None) -> TokenSigner | None:
 
 
 def check_nats_security() -> None:
-    """Refuse ``TOKENRELAY_NATS_*`` settings that could not work (a missing file, a user without a password...)."""
+    """Refuse ``TOKENRELAY_NATS_*`` settings that could not work (a missing file, a user without a password...).
+
+    Raised as the connection itself would raise it (``NatsConnectError``, ``NATS settings: ...``: exit status 1), only
+    before the role starts instead of when it connects.
+    """
     try:
         NatsSecurity.from_env(os.environ).connect_options()
     except NatsSecurityError as exc:
-        raise UsageError(str(exc)) from None
+        raise NatsConnectError(f"NATS settings: {exc}") from None
 
 
 def check_event_loop(args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """``tokenrelay up``: an embedded nats-server plus gateway, streamer and runners, each its own process.
 
-The supervisor starts every child in a session of its own (so a terminal's Ctrl-C reaches only
+The supervisor starts every child detached from the terminal (``setsid``, so a terminal's Ctrl-C reaches only
 the supervisor, which then stops the children in order) and asks the kernel to SIGTERM each
 child should the supervisor itself die.  A child that exits on its own is reported and brings
 the whole system down with a non-zero status rather than leaving it half-broken.
@@ -73,7 +73,7 @@ def nats_server_binary() -> str:
 
 
 def spawn(child: Child, *, log_path: str | None = None) -> None:
-    """Start a child in its own session, set to die with the supervisor; output to ``log_path`` if given.
+    """Start a child detached from the terminal, set to die with the supervisor; output to ``log_path`` if given.
 
     Its environment is the supervisor's without the roles' flag variables
     (:func:`~tokenrelay.cli.plan.child_environment`).
