@@ -46,6 +46,23 @@ from tokenrelay.runtime.auth import API_KEYS_ENV, KeyRing
 from tokenrelay.runtime.service import ListenError
 from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV
 
+__all__ = [
+    "SupervisorError",
+    "check",
+    "free_port",
+    "http_ok",
+    "is_ready",
+    "nats_ready",
+    "nats_server_argv",
+    "plan",
+    "port_is_free",
+    "spawn",
+    "stop",
+    "up",
+]
+"""``free_port``, ``port_is_free`` (:mod:`tokenrelay.cli.ports`) and ``plan`` (:mod:`tokenrelay.cli.plan`) are
+here too, where the harness and the benchmarks have always imported them from."""
+
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 POLL_INTERVAL_S = 0.1

@@ -57,7 +57,7 @@ def test_up_sets_each_childs_address_and_port_and_the_urls_clients_get() -> None
 
 def test_children_start_without_the_roles_variables_but_with_the_secrets() -> None:
     environ = {
-        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
         "TOKENRELAY_GATEWAY_PORT": "9000",
         "TOKENRELAY_STREAMER_REUSE_PORT": "on",
         "TOKENRELAY_RUNNER_SYNTHETIC_TOKENS_PER_S": "0",
@@ -67,7 +67,7 @@ def test_children_start_without_the_roles_variables_but_with_the_secrets() -> No
         "TOKENRELAY_UPSTREAM_API_KEY": "sk-upstream",
     }
     assert child_environment(environ) == {
-        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
         "TOKENRELAY_API_KEYS": "acme:tr-key-0123456789abcdef",
         "TOKENRELAY_TOKEN_SECRET": "s" * 32,
         "TOKENRELAY_NATS_USER": "relay",
