@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema_rs
 import pytest
 import schemathesis
-import yaml  # type: ignore[import-untyped]
+import yaml
 from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st

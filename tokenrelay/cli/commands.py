@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 
 from tokenrelay.cli import options as o
-from tokenrelay.cli import values as v
 from tokenrelay.cli.parser import CommandLine
 from tokenrelay.loadtest.command import API_KEY_ENV, positive_int
 from tokenrelay.loadtest.command import add_arguments as add_loadtest_arguments
 from tokenrelay.runtime import config as c
+from tokenrelay.runtime import values as v
 
 DESCRIPTION = """\
 Stream LLM tokens: up runs everything on this machine; gateway, streamer and runner run one role each;
@@ -120,18 +120,8 @@ def add_feedback_export(parser: argparse.ArgumentParser) -> None:
 
 
 def add_loadtest(parser: argparse.ArgumentParser) -> None:
-    """``tokenrelay loadtest``: its own flags, with the checks every command's flags get."""
+    """``tokenrelay loadtest``: its own flags (:mod:`tokenrelay.loadtest.command`)."""
     add_loadtest_arguments(parser)
-    checks = {
-        "--gateway-url": (v.base_url, None),
-        "--metrics-url": (v.base_url, None),
-        "--log-level": (v.log_level, v.LOG_LEVELS),
-    }
-    for flag, (check, choices) in checks.items():
-        action = parser._option_string_actions.get(flag)
-        if action is not None:
-            action.type = check
-            action.choices = choices if choices is not None else action.choices
 
 
 def command_parsers(parser: argparse.ArgumentParser) -> dict[str, CommandLine]:

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tokenrelay.cli import values as v
 from tokenrelay.cli.parser import Repeat
 from tokenrelay.runner.engines.registry import ENGINES
 from tokenrelay.runtime import config as c
+from tokenrelay.runtime import values as v
 from tokenrelay.runtime.auth import API_KEYS_ENV
 from tokenrelay.runtime.service import EVENT_LOOPS
 from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV

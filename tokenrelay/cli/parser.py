@@ -18,7 +18,7 @@ import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
-from tokenrelay.cli.values import boolean
+from tokenrelay.runtime.values import boolean
 
 FROM_ENV = "_from_env"
 """The namespace attribute mapping each destination read from the environment to its variable's name."""

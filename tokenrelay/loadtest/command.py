@@ -11,6 +11,7 @@ import os
 import sys
 
 from tokenrelay.loadtest import plan as p
+from tokenrelay.runtime import values
 from tokenrelay.runtime.service import EVENT_LOOPS, run_on_loop
 
 API_KEY_ENV = "TOKENRELAY_API_KEY"
@@ -41,36 +42,14 @@ Exit status: {EXIT_OK} when the run finished, {EXIT_TOKENS_WRONG} when any token
 options. The API key may also come from ${API_KEY_ENV} (kept out of process lists)."""
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer ≥ 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """An argparse type: a number ≥ 0."""
-    value = float(text)
-    if not value >= 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a number > 0."""
-    value = float(text)
-    if not value > 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"{text} is not positive")
-    return value
+positive_int = values.POSITIVE_COUNT
+"""An argparse type: an integer >= 1."""
+fraction = values.number(minimum=0.0, maximum=1.0)
+"""An argparse type: a number in [0, 1]."""
+non_negative_float = values.number(minimum=0.0)
+"""An argparse type: a finite number >= 0."""
+positive_float = values.number(above=0.0)
+"""An argparse type: a finite number > 0."""
 
 
 def _int_mix(text: str) -> p.Mix[int]:
@@ -78,12 +57,6 @@ def _int_mix(text: str) -> p.Mix[int]:
         return p.parse_int_mix(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _http_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
-    return text.rstrip("/")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +76,7 @@ def _target_options(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add(
         "--gateway-url",
-        type=_http_url,
+        type=values.base_url,
         default=p.DEFAULT_GATEWAY_URL,
         help="base URL of the gateway (default: %(default)s)",
     )
@@ -225,7 +198,7 @@ def _report_options(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add(
         "--metrics-url",
-        type=_http_url,
+        type=values.base_url,
         action="append",
         default=None,
         metavar="URL",
@@ -251,7 +224,13 @@ def _report_options(group: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="no live progress line on standard error (the final report still goes to standard output)",
     )
-    add("--log-level", default="WARNING", help="log level of the load test's own messages (default: %(default)s)")
+    add(
+        "--log-level",
+        type=values.log_level,
+        choices=values.LOG_LEVELS,
+        default="WARNING",
+        help="log level of the load test's own messages (default: %(default)s)",
+    )
     add(
         "--event-loop",
         choices=EVENT_LOOPS,

@@ -41,8 +41,10 @@ def integer(*, minimum: int | None = None, maximum: int | None = None) -> Callab
     return parse
 
 
-def number(*, minimum: float | None = None, above: float | None = None) -> Callable[[str], float]:
-    """A finite number type, at least ``minimum`` or greater than ``above`` where given."""
+def number(
+    *, minimum: float | None = None, above: float | None = None, maximum: float | None = None
+) -> Callable[[str], float]:
+    """A finite number type, at least ``minimum`` (or greater than ``above``) and at most ``maximum`` where given."""
 
     def parse(text: str) -> float:
         try:
@@ -53,7 +55,7 @@ def number(*, minimum: float | None = None, above: float | None = None) -> Calla
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if above is not None and not value > above:
             raise argparse.ArgumentTypeError(f"must be > {above:g}, got {text}")
-        _check_range(value, text, minimum, None)
+        _check_range(value, text, minimum, maximum)
         return value
 
     parse.__name__ = "number"
