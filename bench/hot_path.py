@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bench.stats import write_json
 from tokenrelay.streamer.frames import frame
-from tokenrelay.streamer.hub import Reader
 from tokenrelay.streamer.metrics import LAG_BUCKETS_S, StreamerMetrics
+from tokenrelay.streamer.reader import Reader
 from tokenrelay.streamer.sse import encode_event
 from tokenrelay.wire import codec
 from tokenrelay.wire.messages import StreamDelta, StreamEvent, StreamStart

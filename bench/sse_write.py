@@ -11,7 +11,7 @@ fast as it takes them, and report the CPU time (``time.process_time``) the handl
 * ``/write``: ``StreamResponse.write(frame)`` with a frame encoded per event (``tokenrelay.streamer.sse.encode_event``);
 * ``/shared``: ``StreamResponse.write(frame)`` of one frame encoded once and reused (the streamer's fan-out);
 * ``/chunk``: the same shared frame framed as one HTTP/1.1 chunk and handed to the transport
-  (``tokenrelay.streamer.app.DirectWrite``, what the streamer's writer does).
+  (``tokenrelay.streamer.writer.DirectWrite``, what the streamer's writer does).
 
 Each write is followed by ``drain`` in all three, as the streamer does.  The client reads in this
 process.  Runs alternate the endpoints so drift hits all of them alike.
@@ -35,8 +35,8 @@ from aiohttp_sse import EventSourceResponse
 
 from bench.stats import write_json
 from tokenrelay.cli.supervisor import free_port, http_ok
-from tokenrelay.streamer.app import DirectWrite
 from tokenrelay.streamer.sse import encode_event
+from tokenrelay.streamer.writer import DirectWrite
 from tokenrelay.testing.procs import stop_process, wait_until
 
 TEXT = " token"

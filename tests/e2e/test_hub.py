@@ -21,8 +21,9 @@ from tokenrelay.cli import main as cli
 from tokenrelay.runtime.config import LiveSubscription
 from tokenrelay.runtime.natsdirect import DirectClient
 from tokenrelay.streamer.flush import FlushClock
-from tokenrelay.streamer.hub import Hub, Reader
+from tokenrelay.streamer.hub import Hub
 from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.streamer.reader import Reader
 from tokenrelay.testing.procs import NatsServer
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.messages import StreamDelta, StreamStart

@@ -17,8 +17,9 @@ from tokenrelay.runner.batcher import DeltaBatcher
 from tokenrelay.runner.pace import MAX_STREAMERS, PublishPace
 from tokenrelay.runtime.natsdirect import DirectClient
 from tokenrelay.streamer.flush import FlushClock, LagReporter
-from tokenrelay.streamer.hub import Hub, Reader
+from tokenrelay.streamer.hub import Hub
 from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.streamer.reader import Reader
 from tokenrelay.testing.http import create_stream, metric, post, wait_for_metric
 from tokenrelay.testing.procs import System, nats_server, system
 from tokenrelay.testing.sse import read_stream

@@ -17,8 +17,10 @@ import pytest
 from tests.helpers import expected_text
 from tokenrelay.runtime.config import LiveSubscription
 from tokenrelay.runtime.natsdirect import DirectClient
-from tokenrelay.streamer.hub import Hub, Reader
+from tokenrelay.streamer.hub import Hub
 from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.streamer.reader import Reader
+from tokenrelay.streamer.reader_state import ReaderState
 from tokenrelay.streamer.starts import START_PREFIX, TERMINAL_PREFIXES, Kept, RecentStarts
 from tokenrelay.testing.http import create_stream, metric, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, system
@@ -240,7 +242,7 @@ async def test_a_streams_first_reader_gets_the_events_seen_before_it_came_as_it_
         assert b"event: start" in sent and b"t1" in sent and b"t2" in sent
         assert reader.live_events == 0
         assert reader.replay.next_seq == 3
-        assert reader.whole_from_memory  # from the start, no gap, no outage: it reads no history
+        assert reader.state is ReaderState.LIVE  # whole from the start, no gap, no outage: it reads no history
         assert starts.total_bytes == 0
         later = StreamDelta(seq=3, text="t3", index=3, count=1, ts=time.time())
         await publisher.publish(subjects.events(stream_id), codec.encode(later))
@@ -267,7 +269,7 @@ def _delta(seq: int) -> StreamDelta:
 async def test_first_events_with_a_seq_gap_are_not_whole_and_the_reader_reads_history(nats: NatsServer) -> None:
     async with hub_of(nats) as (hub, _, publisher):
         reader = await _kept_then_attached(hub, publisher, [start("unused", "ep1"), _delta(1), _delta(3)])
-        assert not reader.whole_from_memory
+        assert reader.state is ReaderState.CATCHING_UP  # it reads its history
         assert reader.replay.next_seq == 2  # delta 3 is held behind the gap
 
 
@@ -281,7 +283,7 @@ async def test_first_events_kept_across_a_reconnect_of_the_live_connection_are_n
         reader = Reader(stream_id, epoch="ep1", resume=None, max_buffered_bytes=1 << 20, now=0.0)
         await hub.attach(reader)
         assert reader.replay.next_seq == 1  # still a head start
-        assert not reader.whole_from_memory
+        assert reader.state is ReaderState.CATCHING_UP  # it reads its history
 
 
 # --- end to end ---------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
-"""Sans-I/O per-reader output buffer: the single backpressure decision point.
+"""Sans-I/O per-reader output buffer: one byte budget, counted at measured cost.
 
 Frames are appended as they are produced and taken by the reader's writer in one piece, so
 a reader that falls behind gets one larger write; deltas that pile up back to back are merged
 into one larger ``delta`` event (its ``id`` is the last one's, so resuming stays exact).  If
 the unsent bytes — those queued here plus the write in flight, which the I/O shell reports in
 ``in_flight_bytes`` until the transport has handed it to the kernel — would pass
-``max_buffered_bytes``, the buffer is replaced by one terminal ``slow_consumer`` error frame and
-closed: memory per reader stays bounded whatever the client does.
+``max_buffered_bytes`` (asked of :func:`~tokenrelay.streamer.disconnect.decide`), the frame is
+refused and the :class:`~tokenrelay.streamer.disconnect.Disconnect` returned; its reader then
+replaces what is pending with one terminal ``slow_consumer`` error frame (:meth:`ReaderBuffer.fail`):
+memory per reader stays bounded whatever the client does.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 
+from tokenrelay.streamer.disconnect import Disconnect, DisconnectLimits, decide
 from tokenrelay.streamer.frames import Framing, NativeFraming
-from tokenrelay.streamer.sse import PING
-from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import StreamDelta
 
 BYTES_OVERHEAD_BYTES = 48
@@ -48,7 +49,7 @@ class ReaderBuffer:
     """Unsent bytes of one SSE reader, bounded by ``max_buffered_bytes``."""
 
     def __init__(self, *, max_buffered_bytes: int, now: float, epoch: str = "", framing: Framing | None = None) -> None:
-        self._max = max_buffered_bytes
+        self._limits = DisconnectLimits(max_buffered_bytes=max_buffered_bytes)
         self._framing: Framing = framing or NativeFraming(epoch)
         self._chunks: list[_Pending] = []
         self._size = 0
@@ -78,37 +79,44 @@ class ReaderBuffer:
     @property
     def max_buffered_bytes(self) -> int:
         """The limit on :attr:`unsent_bytes`."""
-        return self._max
+        return self._limits.max_buffered_bytes
 
-    def append(self, data: bytes, now: float) -> bool:
-        """Queue bytes for the client; return ``False`` if the reader is (now) closed."""
+    def append(self, data: bytes, now: float) -> Disconnect | None:
+        """Queue bytes for the client (nothing once closed); past the limit, the disconnect they would cause instead."""
         if self.closed:
-            return False
-        if not self._room(len(data) + BYTES_OVERHEAD_BYTES, now):
-            return False
-        self._chunks.append(data)
-        return True
+            return None
+        refused = self._room(len(data) + BYTES_OVERHEAD_BYTES, now)
+        if refused is None:
+            self._chunks.append(data)
+        return refused
 
-    def append_delta(self, delta: StreamDelta, now: float, framed: bytes | None = None, *, live: bool = False) -> bool:
+    def append_delta(
+        self, delta: StreamDelta, now: float, framed: bytes | None = None, *, live: bool = False
+    ) -> Disconnect | None:
         """Queue a delta (``framed``: its shared frame, if the caller has one); merged with pending ones.
 
         ``live`` deltas (not history) are counted in :attr:`live_tokens` and :attr:`oldest_live_ts`.
 
         Sizes are what the pending data costs in memory, not its length on the wire: a reader
-        that never reads is closed when its buffer *holds* ``max_buffered_bytes``.
+        that never reads is closed when its buffer *holds* ``max_buffered_bytes``.  Past the limit the
+        delta is refused and the disconnect returned, as :meth:`append` does.
         """
+        if self.closed:
+            return None
         text_size = sys.getsizeof(delta.text) + TEXT_OVERHEAD_BYTES
         last = self._chunks[-1] if self._chunks else None
         if isinstance(last, _Run):
-            if not self._room(text_size, now):
-                return False
+            refused = self._room(text_size, now)
+            if refused is not None:
+                return refused
             last.texts.append(delta.text)
             last.last = delta
             last.count += delta.count
             last.framed = None
         else:
-            if not self._room(RUN_OVERHEAD_BYTES + text_size, now):
-                return False
+            refused = self._room(RUN_OVERHEAD_BYTES + text_size, now)
+            if refused is not None:
+                return refused
             self._chunks.append(
                 _Run(last=delta, framed=framed, texts=[delta.text], count=delta.count, first_ts=delta.ts)
             )
@@ -117,18 +125,15 @@ class ReaderBuffer:
             self.live_tokens += delta.count
             if self.oldest_live_ts is None:
                 self.oldest_live_ts = delta.ts
-        return True
+        return None
 
-    def _room(self, size: int, now: float) -> bool:
-        """Count ``size`` more bytes, or fail as a slow consumer if they do not fit."""
-        if self.closed:
-            return False
-        if self.unsent_bytes + size > self._max:
-            self.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not read fast enough", now)
-            return False
-        self._size += size
-        self.last_activity = now
-        return True
+    def _room(self, size: int, now: float) -> Disconnect | None:
+        """Count ``size`` more bytes, or return the disconnect they would cause (nothing counted)."""
+        refused = decide(self._size + self.in_flight_bytes + size, 0, None, now, self._limits)
+        if refused is None:
+            self._size += size
+            self.last_activity = now
+        return refused
 
     def finish(self, data: bytes, now: float) -> None:
         """Queue the terminal frame and close (a terminal frame is never refused for size)."""
@@ -151,11 +156,13 @@ class ReaderBuffer:
         self.closed = True
         self.last_activity = now
 
-    def ping_if_idle(self, now: float, heartbeat_s: float) -> bool:
-        """Queue a ``: ping`` if nothing was queued for ``heartbeat_s``; return whether it did."""
-        if self.closed or now - self.last_activity < heartbeat_s:
-            return False
-        return self.append(PING, now)
+    def close(self) -> None:
+        """Take nothing more (its reader is gone); what is pending stays for :meth:`take`."""
+        self.closed = True
+
+    def idle(self, now: float, heartbeat_s: float) -> bool:
+        """Open, and nothing was queued for ``heartbeat_s``: time for a ``: ping``."""
+        return not self.closed and now - self.last_activity >= heartbeat_s
 
     def take(self) -> bytes:
         """Everything pending, as one write; back-to-back deltas go out as one event."""

@@ -31,17 +31,17 @@ from tokenrelay.runtime.config import LiveSubscription
 from tokenrelay.runtime.natsdirect import delivers_inline, subscribe_raw
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.streamer.abandon import AbandonWatcher
-from tokenrelay.streamer.buffer import ReaderBuffer
+from tokenrelay.streamer.disconnect import Disconnect, DisconnectLimits, decide
 from tokenrelay.streamer.flush import FlushClock
-from tokenrelay.streamer.frames import Framing, NativeFraming, frame, is_terminal
+from tokenrelay.streamer.frames import frame, is_terminal
 from tokenrelay.streamer.metrics import StreamerMetrics
-from tokenrelay.streamer.replay import Replay, ReplayError
+from tokenrelay.streamer.reader import Reader
+from tokenrelay.streamer.reader_state import ReaderState
 from tokenrelay.streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentStarts
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError
-from tokenrelay.wire.cursor import Cursor
-from tokenrelay.wire.errors import ErrorCode, RateLimited
-from tokenrelay.wire.messages import StreamDelta, StreamEvent, StreamStart
+from tokenrelay.wire.errors import RateLimited
+from tokenrelay.wire.messages import StreamDelta, StreamStart
 
 log = logging.getLogger(__name__)
 
@@ -52,107 +52,6 @@ SHARED_PENDING_BYTES_LIMIT = 256 * 1024 * 1024
 (its per-subscription default is 128 MiB, sized for one stream, not all of them).  A dropped event
 leaves a sequence gap, and a reader behind a gap reads history again.  Only on an ordinary client: the
 streamer's live connection is a :class:`~tokenrelay.runtime.natsdirect.DirectClient`, which queues nothing."""
-FAILED_WRITE_GRACE_S = 1.0
-"""A reader that failed (``slow_consumer``, shutdown) while a write is stuck gets this long for its
-``error`` event to go out; then the connection is dropped and the client resumes from its cursor."""
-
-
-class Reader:
-    """One SSE connection: its replay position, its bounded buffer and its wake-up signal."""
-
-    def __init__(
-        self,
-        stream_id: str,
-        *,
-        epoch: str,
-        resume: Cursor | None,
-        max_buffered_bytes: int,
-        now: float,
-        framing: Framing | None = None,
-        resumable: bool = True,
-    ) -> None:
-        self.stream_id = stream_id
-        self.resumable = resumable
-        """Whether the client can come back with a cursor (native SSE) or not (a compatible API)."""
-        self.epoch = epoch
-        self.framing: Framing = framing or NativeFraming(epoch)
-        self.replay = Replay(epoch=epoch, resume=resume)
-        self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now, framing=self.framing)
-        self.wake = asyncio.Event()
-        self.written = asyncio.Event()
-        """Set by the writer after each completed write and when the reader closes."""
-        self.gap = asyncio.Event()
-        """Set when a live event is held behind a gap (history must be read again to release it)."""
-        self.live_events = 0
-        """Events that reached this reader from its live subscription."""
-        self.whole_from_memory = False
-        """Its first events came from the streamer's memory, every one since the stream's start: no history
-        read unless a later live event shows a gap (see :class:`~tokenrelay.streamer.starts.RecentStarts`)."""
-        self.writing_since: float | None = None
-        """When the write in progress started (``None`` when not writing)."""
-        self.abort: Callable[[], None] | None = None
-        """Drops the client connection at once (set by the HTTP shell)."""
-        self.write_now: Callable[[], bool] | None = None
-        """Set by the writer while it is parked with nothing in flight: writes what is queued from the
-        caller's stack and returns ``True``, or returns ``False`` when the writer must do it (see :meth:`ready`)."""
-
-    def deliver(self, event: StreamEvent, now: float, framed: bytes | None = None, *, notify: bool = True) -> None:
-        """Take one event (history, or live with its shared ``framed`` bytes); queue whatever it releases.
-
-        ``notify=False`` leaves the write to the caller's :meth:`ready` (a page of history goes out as one write).
-        """
-        if self.buffer.closed:
-            return
-        if framed is not None:
-            self.live_events += 1
-        released = self.replay.push(event)
-        if isinstance(released, ReplayError):
-            self.fail(str(released.code), released.message, now)
-            return
-        if self.replay.held_bytes + self.buffer.unsent_bytes > self.buffer.max_buffered_bytes:
-            # Events held while history catches up count against the same limit as queued bytes.
-            self.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not read fast enough", now)
-            return
-        if not released and framed is not None and self.replay.waiting_on_gap:
-            self.gap.set()
-        for ready in released:
-            shared = framed if ready is event and self.framing.shares_native else None
-            if isinstance(ready, StreamDelta):
-                self.buffer.append_delta(ready, now, shared, live=framed is not None and ready is event)
-                continue
-            data = shared if shared is not None else self.framing.event(ready)
-            if is_terminal(ready):
-                self.buffer.finish(data, now)
-            else:
-                self.buffer.append(data, now)
-        if notify and (released or self.buffer.closed):
-            self.ready()
-
-    def ready(self) -> None:
-        """Something is queued: write it now if the writer is parked and may, else wake the writer.
-
-        The writer installs :attr:`write_now` only with ``--direct-writes on``; writing from the caller's
-        stack (the NATS callback, the heartbeat loop) then saves a task wake-up per event and per reader.
-        """
-        write_now = self.write_now
-        if write_now is None or not write_now():
-            self.wake.set()
-
-    def fail(self, code: str, message: str, now: float) -> None:
-        """End this reader with an ``error`` event."""
-        self.buffer.fail(code, message, now)
-        self.replay.abandon()
-        self.wake.set()
-        self.written.set()
-
-    async def room(self) -> None:
-        """Wait while at least half the buffer limit is unsent (history is read no faster than the client takes it)."""
-        while not self.buffer.closed and self.buffer.unsent_bytes * 2 > self.buffer.max_buffered_bytes:
-            self.written.clear()
-            self.ready()  # what was delivered without notify goes out (or the writer is woken for it)
-            if self.buffer.unsent_bytes * 2 <= self.buffer.max_buffered_bytes:
-                return
-            await self.written.wait()
 
 
 class _Channel:
@@ -203,6 +102,8 @@ class Hub:
         )
         self._heartbeat_s = heartbeat_s
         self._write_timeout_s = write_timeout_s
+        self._write_limits = DisconnectLimits(write_timeout_s=write_timeout_s)
+        """What :meth:`_check` holds writes to (it asks about writes only: bytes are asked as they are queued)."""
         self._metrics = metrics
         self.clock = clock
         self._channels: dict[str, _Channel] = {}
@@ -234,6 +135,7 @@ class Hub:
         limit = self._max_readers_per_stream
         if channel is not None and 0 < limit <= len(channel.readers):
             raise RateLimited(f"this stream has {limit} readers on this streamer already (the limit)")
+        reader.on_disconnect = self._disconnected
         self.abandon.reader_joined(reader.stream_id)
         if channel is None:
             channel = _Channel(reader.epoch)
@@ -261,11 +163,12 @@ class Hub:
         self._metrics.readers_open.inc()
 
     def detach(self, reader: Reader) -> None:
-        """Forget a reader; drop the stream's subscription when it was the last one."""
+        """Forget a reader (it is closed); drop the stream's subscription when it was the last one."""
         channel = self._channels.get(reader.stream_id)
         if channel is None or reader not in channel.readers:
             return
         channel.readers.discard(reader)
+        reader.close()
         if channel.ready.done() and channel.ready.exception() is None:
             self._metrics.readers_open.dec()
         if not channel.readers:
@@ -354,7 +257,8 @@ class Hub:
                 continue
             whole = whole and event.seq == seq
             reader.deliver(event, now, notify=False)
-        reader.whole_from_memory = whole
+        if whole:
+            reader.caught_up()
         self._metrics.reader_prefills.inc()
         if whole:
             self._metrics.history_reads_skipped.inc()
@@ -381,12 +285,15 @@ class Hub:
                     self._check(reader, now)
 
     def _check(self, reader: Reader, now: float) -> None:
-        if reader.writing_since is not None and (
-            now - reader.writing_since >= self._write_timeout_s
-            or (reader.buffer.close_code is not None and now - reader.buffer.last_activity >= FAILED_WRITE_GRACE_S)
-        ):
-            reader.fail(str(ErrorCode.SLOW_CONSUMER), "the client did not take a write in time", now)
-            if reader.abort is not None:
-                reader.abort()  # the stuck write raises; the client may resume from its cursor
-        elif reader.buffer.ping_if_idle(now, self._heartbeat_s):
-            reader.ready()
+        """Disconnect a reader whose write stalled, or ping it if idle."""
+        # A failed reader's buffer last changed when its error event was queued.
+        failed_at = reader.buffer.last_activity if reader.state is ReaderState.FAILING else None
+        stalled = decide(0, 0, reader.writing_since, now, self._write_limits, failed_at=failed_at)
+        if stalled is not None:
+            reader.disconnect(stalled, now)
+        else:
+            reader.ping_if_idle(now, self._heartbeat_s)
+
+    def _disconnected(self, disconnect: Disconnect) -> None:
+        """A reader was cut off as a slow consumer: counted once, where it happened."""
+        self._metrics.slow_consumer_disconnects.inc()

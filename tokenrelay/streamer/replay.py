@@ -6,11 +6,14 @@ duplicates, holds events that arrive ahead of a gap, and skips what the reader's
 says it already has.  It never guesses: a cursor from another history (epoch mismatch) or
 one that does not fall on an event boundary is an error, and so is a gap that history
 cannot fill.  An out-of-band terminal error (``seq`` -1, published when a runner is lost)
-ends the reader wherever it is.
+ends the reader wherever it is.  What it holds ahead of a gap is bounded by its reader, which
+asks :func:`~tokenrelay.streamer.disconnect.decide` after every push (:attr:`Replay.held_events`,
+:attr:`Replay.held_bytes`) and abandons the replay past the limits.
 """
 
 from __future__ import annotations
 
+import enum
 import sys
 from dataclasses import dataclass
 
@@ -18,7 +21,6 @@ from tokenrelay.wire.cursor import Cursor
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import OUT_OF_BAND_SEQ, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
 
-DEFAULT_MAX_HELD_EVENTS = 4096
 EVENT_OVERHEAD_BYTES = 256
 """What a held event costs beyond its text: the decoded object, its fields and its dict slot
 (a decoded one-word ``StreamDelta`` measured ~280 B in all with tracemalloc)."""
@@ -31,6 +33,19 @@ def held_size(event: StreamEvent) -> int:
     return EVENT_OVERHEAD_BYTES
 
 
+class MergeState(enum.Enum):
+    """Where one reader's merge stands; only an open one takes events."""
+
+    OPEN = "open"
+    FINISHED = "finished"
+    """Its terminal event was released."""
+    ABANDONED = "abandoned"
+    """Its reader failed: what it held is dropped."""
+
+
+_OPEN, _FINISHED, _ABANDONED = MergeState.OPEN, MergeState.FINISHED, MergeState.ABANDONED
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayError:
     """The reader cannot be served from here on; send this as its terminal ``error``."""
@@ -40,29 +55,30 @@ class ReplayError:
 
 
 class Replay:
-    """Orders one reader's events by ``seq`` from history and live delivery.
+    """Orders one reader's events by ``seq`` from history and live delivery."""
 
-    ``max_held_events`` bounds events held ahead of a gap; beyond it the reader fails
-    with ``slow_consumer`` (it can resume from its cursor).
-    """
-
-    def __init__(
-        self, *, epoch: str, resume: Cursor | None = None, max_held_events: int = DEFAULT_MAX_HELD_EVENTS
-    ) -> None:
+    def __init__(self, *, epoch: str, resume: Cursor | None = None) -> None:
         self.epoch = epoch
         self.next_seq = 0
-        self.finished = False
+        self._state = _OPEN
         self._resume_offset = resume.offset if resume is not None else 0
         self._resumed = resume is not None
         self._held: dict[int, StreamEvent] = {}
-        self._held_bytes = 0
-        self._max_held = max_held_events
-        self._abandoned = False
+        # Plain attributes, not properties: the reader reads both for every event it is given.
+        self.held_events = 0
+        """Events held ahead of a gap (kept by :meth:`push`)."""
+        self.held_bytes = 0
+        """Bytes (by :func:`held_size`) of the events held ahead of a gap (kept by :meth:`push`)."""
 
     @property
-    def held_bytes(self) -> int:
-        """Bytes (by :func:`held_size`) of the events held ahead of a gap."""
-        return self._held_bytes
+    def state(self) -> MergeState:
+        """Whether it takes events (open), released its terminal event (finished) or was abandoned."""
+        return self._state
+
+    @property
+    def finished(self) -> bool:
+        """Its terminal event was released."""
+        return self._state is _FINISHED
 
     @property
     def resume_offset(self) -> int | None:
@@ -70,13 +86,15 @@ class Replay:
         return self._resume_offset if self._resumed else None
 
     def abandon(self) -> None:
-        """The reader failed: drop what is held and take nothing more (``finished`` is left as it was)."""
-        self._abandoned = True
-        self._release_all()
+        """The reader failed: drop what is held and take nothing more (a finished merge stays finished)."""
+        if self._state is _OPEN:
+            self._end(_ABANDONED)
 
-    def _release_all(self) -> None:
+    def _end(self, state: MergeState) -> None:
+        """Leave ``open`` for good: nothing is held any more."""
+        self._state = state
         self._held.clear()
-        self._held_bytes = 0
+        self.held_events = self.held_bytes = 0
 
     @property
     def waiting_on_gap(self) -> bool:
@@ -85,11 +103,12 @@ class Replay:
 
     def push(self, event: StreamEvent) -> list[StreamEvent] | ReplayError:
         """Take one event from history or live; return what may be sent now, in order."""
-        if event.seq == OUT_OF_BAND_SEQ and isinstance(event, StreamError) and not self.finished:
-            self.finished = True
-            self._release_all()
+        if self._state is not _OPEN:
+            return []
+        if event.seq == OUT_OF_BAND_SEQ and isinstance(event, StreamError):
+            self._end(_FINISHED)
             return [event]
-        if self.finished or self._abandoned or event.seq < self.next_seq or event.seq in self._held:
+        if event.seq < self.next_seq or event.seq in self._held:
             return []
         if event.seq == self.next_seq and not self._held:
             # In step (every live event of a caught-up reader): nothing to hold or reorder.
@@ -98,14 +117,14 @@ class Replay:
             if admitted is None:
                 return []
             return admitted if isinstance(admitted, ReplayError) else [admitted]
-        if event.seq != self.next_seq and len(self._held) >= self._max_held:
-            return ReplayError(ErrorCode.SLOW_CONSUMER, "too many events held while catching up")
         self._held[event.seq] = event
-        self._held_bytes += held_size(event)
+        self.held_events += 1
+        self.held_bytes += held_size(event)
         out: list[StreamEvent] = []
-        while not self.finished and self.next_seq in self._held:
+        while self._state is _OPEN and self.next_seq in self._held:
             ready = self._held.pop(self.next_seq)
-            self._held_bytes -= held_size(ready)
+            self.held_events -= 1
+            self.held_bytes -= held_size(ready)
             self.next_seq += 1
             admitted = self._admit(ready)
             if isinstance(admitted, ReplayError):
@@ -128,6 +147,5 @@ class Replay:
         assert isinstance(event, StreamEnd | StreamError)
         if event.tokens < self._resume_offset:
             return ReplayError(ErrorCode.BAD_REQUEST, "the cursor is past the end of the stream")
-        self.finished = True
-        self._release_all()
+        self._end(_FINISHED)
         return event

@@ -1,4 +1,4 @@
-"""Spec of the per-reader buffer: coalesced writes, one bounded backpressure decision, heartbeats."""
+"""Spec of the per-reader buffer: coalesced writes, one byte budget (refusals returned as disconnects), idleness."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import replace
 import orjson
 
 from tokenrelay.streamer.buffer import BYTES_OVERHEAD_BYTES, RUN_OVERHEAD_BYTES, TEXT_OVERHEAD_BYTES, ReaderBuffer
+from tokenrelay.streamer.disconnect import OVER_BUFFER
 from tokenrelay.streamer.frames import frame
 from tokenrelay.streamer.sse import PING
 from tokenrelay.wire.errors import ErrorCode
@@ -37,9 +38,9 @@ def test_buffer_starts_empty() -> None:
 
 def test_buffer_coalesces_appended_frames_into_one_take() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=1000, now=T0)
-    assert buffer.append(b"one\n\n", T0)
-    assert buffer.append(b"two\n\n", T0 + 1)
-    assert buffer.append(b"three\n\n", T0 + 2)
+    assert buffer.append(b"one\n\n", T0) is None
+    assert buffer.append(b"two\n\n", T0 + 1) is None
+    assert buffer.append(b"three\n\n", T0 + 2) is None
     assert buffer.buffered_bytes == 17 + 3 * OVERHEAD
     assert buffer.take() == b"one\n\ntwo\n\nthree\n\n"
 
@@ -54,24 +55,35 @@ def test_buffer_is_empty_after_take() -> None:
 
 def test_buffer_accepts_bytes_up_to_exactly_max_buffered_bytes() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=10 + 2 * OVERHEAD, now=T0)
-    assert buffer.append(b"12345", T0)
-    assert buffer.append(b"67890", T0)
+    assert buffer.append(b"12345", T0) is None
+    assert buffer.append(b"67890", T0) is None
     assert not buffer.closed
     assert buffer.take() == b"1234567890"
 
 
 def test_taking_frees_room_for_more_bytes() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=10 + OVERHEAD, now=T0)
-    assert buffer.append(b"1234567890", T0)
+    assert buffer.append(b"1234567890", T0) is None
     buffer.take()
-    assert buffer.append(b"abcdefghij", T0)
+    assert buffer.append(b"abcdefghij", T0) is None
     assert buffer.take() == b"abcdefghij"
 
 
-def test_buffer_replaces_pending_bytes_with_slow_consumer_error_when_over_max_buffered_bytes() -> None:
+def test_buffer_refuses_bytes_past_max_buffered_bytes_and_returns_the_slow_consumer_disconnect() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=10 + 2 * OVERHEAD, now=T0)
-    assert buffer.append(b"12345", T0)
-    assert not buffer.append(b"678901", T0)
+    assert buffer.append(b"12345", T0) is None
+    assert buffer.append(b"678901", T0) is OVER_BUFFER
+    assert OVER_BUFFER.code is ErrorCode.SLOW_CONSUMER
+    assert buffer.buffered_bytes == 5 + OVERHEAD  # nothing of the refused bytes is counted
+    assert not buffer.closed  # closing is its reader's, which acts on the disconnect
+
+
+def test_failing_with_the_disconnect_replaces_pending_bytes_with_one_slow_consumer_error_frame() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=10 + 2 * OVERHEAD, now=T0)
+    assert buffer.append(b"12345", T0) is None
+    refused = buffer.append(b"678901", T0)
+    assert refused is not None
+    buffer.fail(str(refused.code), refused.message, T0)
     assert buffer.closed
     assert buffer.close_code == str(ErrorCode.SLOW_CONSUMER)
     written = buffer.take()
@@ -85,28 +97,37 @@ def test_buffer_replaces_pending_bytes_with_slow_consumer_error_when_over_max_bu
 
 def test_bytes_of_the_write_in_flight_count_against_max_buffered_bytes() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=10 + OVERHEAD, now=T0)
-    assert buffer.append(b"1234567890", T0)
+    assert buffer.append(b"1234567890", T0) is None
     buffer.take()
     buffer.in_flight_bytes = 10
-    assert not buffer.append(b"a", T0)
-    assert buffer.close_code == str(ErrorCode.SLOW_CONSUMER)
+    assert buffer.append(b"a", T0) is OVER_BUFFER
 
 
 def test_a_completed_write_frees_its_room() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=10 + 2 * OVERHEAD, now=T0)
     buffer.in_flight_bytes = 6
-    assert buffer.append(b"1234", T0)
+    assert buffer.append(b"1234", T0) is None
     buffer.in_flight_bytes = 0
-    assert buffer.append(b"567890", T0)
+    assert buffer.append(b"567890", T0) is None
     assert buffer.take() == b"1234567890"
 
 
-def test_closed_buffer_refuses_further_bytes() -> None:
-    buffer = ReaderBuffer(max_buffered_bytes=10, now=T0)
-    buffer.append(b"x" * 11, T0)
+def test_a_failed_buffer_takes_no_further_bytes() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=1000, now=T0)
+    buffer.fail("shutting_down", "bye", T0)
     buffer.take()
-    assert not buffer.append(b"y", T0)
+    assert buffer.append(b"y", T0) is None
+    assert buffer.append_delta(_delta(1, "z"), T0) is None
     assert buffer.take() == b""
+
+
+def test_a_closed_buffer_takes_nothing_more_and_keeps_what_was_pending() -> None:
+    buffer = ReaderBuffer(max_buffered_bytes=1000, now=T0)
+    buffer.append(b"pending\n\n", T0)
+    buffer.close()
+    assert buffer.closed and buffer.close_code is None
+    buffer.append(b"late\n\n", T0)
+    assert buffer.take() == b"pending\n\n"
 
 
 def test_finish_queues_the_terminal_frame_and_closes() -> None:
@@ -116,7 +137,8 @@ def test_finish_queues_the_terminal_frame_and_closes() -> None:
     assert buffer.closed
     assert buffer.close_code is None
     assert buffer.take() == b"delta\n\nstop\n\n"
-    assert not buffer.append(b"late\n\n", T0)
+    assert buffer.append(b"late\n\n", T0) is None
+    assert buffer.take() == b""
 
 
 def test_finish_queues_the_terminal_frame_even_beyond_max_buffered_bytes() -> None:
@@ -129,7 +151,9 @@ def test_finish_queues_the_terminal_frame_even_beyond_max_buffered_bytes() -> No
 
 def test_finish_after_slow_consumer_failure_is_ignored() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=4, now=T0)
-    buffer.append(b"12345", T0)
+    refused = buffer.append(b"12345", T0)
+    assert refused is not None
+    buffer.fail(str(refused.code), refused.message, T0)
     buffer.finish(b"stop\n\n", T0)
     assert b"stop" not in buffer.take()
     assert buffer.close_code == "slow_consumer"
@@ -145,39 +169,35 @@ def test_fail_queues_one_error_frame_with_code_message_and_id() -> None:
     assert buffer.close_code == "runner_lost"
 
 
-def test_ping_if_idle_does_nothing_before_heartbeat_s_of_inactivity() -> None:
+def test_a_buffer_is_not_idle_before_heartbeat_s_of_inactivity() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
-    assert not buffer.ping_if_idle(T0 + HEARTBEAT_S - 0.5, HEARTBEAT_S)
-    assert buffer.take() == b""
+    assert not buffer.idle(T0 + HEARTBEAT_S - 0.5, HEARTBEAT_S)
 
 
-def test_ping_if_idle_queues_a_ping_comment_after_heartbeat_s_of_inactivity() -> None:
+def test_a_buffer_is_idle_after_heartbeat_s_of_inactivity() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
-    assert buffer.ping_if_idle(T0 + HEARTBEAT_S, HEARTBEAT_S)
-    assert buffer.take() == PING
+    assert buffer.idle(T0 + HEARTBEAT_S, HEARTBEAT_S)
 
 
 def test_a_ping_restarts_the_idle_interval() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=1000, now=T0)
-    assert buffer.ping_if_idle(T0 + 20, HEARTBEAT_S)
-    assert not buffer.ping_if_idle(T0 + 30, HEARTBEAT_S)
-    assert buffer.ping_if_idle(T0 + 35, HEARTBEAT_S)
-    assert buffer.take() == PING + PING
+    assert buffer.append(PING, T0 + 20) is None
+    assert not buffer.idle(T0 + 30, HEARTBEAT_S)
+    assert buffer.idle(T0 + 35, HEARTBEAT_S)
 
 
 def test_appending_a_frame_restarts_the_idle_interval() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=1000, now=T0)
     buffer.append(b"delta\n\n", T0 + 10)
-    assert not buffer.ping_if_idle(T0 + 20, HEARTBEAT_S)
-    assert buffer.ping_if_idle(T0 + 25, HEARTBEAT_S)
+    assert not buffer.idle(T0 + 20, HEARTBEAT_S)
+    assert buffer.idle(T0 + 25, HEARTBEAT_S)
 
 
-def test_ping_if_idle_does_nothing_once_closed() -> None:
+def test_a_closed_buffer_is_never_idle() -> None:
     buffer = ReaderBuffer(max_buffered_bytes=100, now=T0)
     buffer.finish(b"stop\n\n", T0)
     buffer.take()
-    assert not buffer.ping_if_idle(T0 + 1000, HEARTBEAT_S)
-    assert buffer.take() == b""
+    assert not buffer.idle(T0 + 1000, HEARTBEAT_S)
 
 
 def _delta(index: int, text: str) -> StreamDelta:
@@ -222,12 +242,12 @@ def test_a_delta_merged_into_a_pending_run_costs_only_its_text() -> None:
     assert buffer.buffered_bytes - after_first == sys.getsizeof("second") + TEXT_OVERHEAD_BYTES
 
 
-def test_deltas_past_the_limit_close_the_reader_as_a_slow_consumer() -> None:
+def test_a_delta_past_the_limit_is_refused_with_the_slow_consumer_disconnect() -> None:
     limit = RUN_OVERHEAD_BYTES + 3 * (sys.getsizeof("x") + TEXT_OVERHEAD_BYTES)
     buffer = ReaderBuffer(max_buffered_bytes=limit, now=T0, epoch="e1")
-    assert all(buffer.append_delta(_delta(i, "x"), T0) for i in (1, 2, 3))
-    assert not buffer.append_delta(_delta(4, "x"), T0)
-    assert buffer.close_code == str(ErrorCode.SLOW_CONSUMER)
+    assert all(buffer.append_delta(_delta(i, "x"), T0) is None for i in (1, 2, 3))
+    assert buffer.append_delta(_delta(4, "x"), T0) is OVER_BUFFER
+    assert buffer.buffered_bytes == limit
 
 
 def test_live_deltas_count_their_tokens_and_oldest_publish_time_until_taken() -> None:

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from tests.helpers import LoopFactory, run_on_loop
-from tokenrelay.streamer.app import DirectWrite, Pump
 from tokenrelay.streamer.chunked import http_chunk
 from tokenrelay.streamer.flush import FlushClock
-from tokenrelay.streamer.hub import Reader
 from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.streamer.reader import Reader
+from tokenrelay.streamer.writer import DirectWrite, Pump
 from tokenrelay.wire.messages import FinishReason, StreamDelta, StreamEnd, StreamStart
 
 SID = "0123456789abcdef0123456789abcdef"

@@ -7,10 +7,18 @@ from collections.abc import Iterable
 
 import pytest
 
-from tokenrelay.streamer.replay import EVENT_OVERHEAD_BYTES, Replay, ReplayError, held_size
+from tokenrelay.streamer.replay import EVENT_OVERHEAD_BYTES, MergeState, Replay, ReplayError, held_size
 from tokenrelay.wire.cursor import Cursor
 from tokenrelay.wire.errors import ErrorCode
-from tokenrelay.wire.messages import FinishReason, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
+from tokenrelay.wire.messages import (
+    OUT_OF_BAND_SEQ,
+    FinishReason,
+    StreamDelta,
+    StreamEnd,
+    StreamError,
+    StreamEvent,
+    StreamStart,
+)
 
 EPOCH = "e1"
 SID = "0123456789abcdef0123456789abcdef"
@@ -189,18 +197,43 @@ def test_replay_drops_events_held_beyond_the_terminal_event() -> None:
     assert not replay.waiting_on_gap
 
 
-def test_replay_fails_as_slow_consumer_when_more_than_max_held_events_wait_on_a_gap() -> None:
-    replay = Replay(epoch=EPOCH, max_held_events=2)
-    assert push_all(replay, [START, D2, D3]) == [START]
-    result = replay.push(END)
-    assert isinstance(result, ReplayError)
-    assert result.code is ErrorCode.SLOW_CONSUMER
+def test_replay_counts_the_events_held_ahead_of_a_gap_for_its_reader_to_bound() -> None:
+    replay = Replay(epoch=EPOCH)
+    assert push_all(replay, [START, D2, D3, END]) == [START]
+    assert replay.held_events == 3
+    assert replay.push(D1) == [D1, D2, D3, END]
+    assert replay.held_events == 0
 
 
-def test_replay_releases_the_gap_filling_event_when_exactly_max_held_events_are_held() -> None:
-    replay = Replay(epoch=EPOCH, max_held_events=2)
-    assert push_all(replay, [START, D2, D3]) == [START]
-    assert replay.push(D1) == [D1, D2, D3]
+def test_a_repeated_held_event_is_not_counted_twice() -> None:
+    replay = Replay(epoch=EPOCH)
+    push_all(replay, [START, D2, D2])
+    assert replay.held_events == 1
+    assert replay.held_bytes == held_size(D2)
+
+
+def test_replay_is_open_until_it_releases_its_terminal_event() -> None:
+    replay = Replay(epoch=EPOCH)
+    push_all(replay, STREAM[:-1])
+    assert replay.state is MergeState.OPEN
+    push_all(replay, [END])
+    assert replay.finished
+
+
+def test_abandoning_a_finished_replay_leaves_it_finished() -> None:
+    replay = Replay(epoch=EPOCH)
+    push_all(replay, STREAM)
+    replay.abandon()
+    assert replay.state is MergeState.FINISHED
+    assert replay.finished
+
+
+def test_an_abandoned_replay_takes_not_even_an_out_of_band_error() -> None:
+    replay = Replay(epoch=EPOCH)
+    push_all(replay, [START])
+    replay.abandon()
+    assert replay.state is MergeState.ABANDONED
+    assert replay.push(error(OUT_OF_BAND_SEQ, 0)) == []
 
 
 def test_replay_counts_the_bytes_of_events_held_ahead_of_a_gap() -> None:

@@ -17,11 +17,11 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from tokenrelay.runtime.service import count_error, json_response, request_tenant
-from tokenrelay.streamer.app import CONFIG_KEY, HUB_KEY, NC_KEY, SSE_HEADERS, collect, serve_reader
 from tokenrelay.streamer.compat import anthropic, openai
 from tokenrelay.streamer.compat.common import TextCollector
 from tokenrelay.streamer.frames import Framing
-from tokenrelay.streamer.hub import Reader
+from tokenrelay.streamer.reader import Reader
+from tokenrelay.streamer.serving import CONFIG_KEY, HUB_KEY, NC_KEY, SSE_HEADERS, collect, serve_reader
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError
 from tokenrelay.wire.errors import (

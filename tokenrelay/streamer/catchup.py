@@ -1,0 +1,165 @@
+"""A late or resuming reader's catch-up: its stream's past read from history and merged with its live events.
+
+A reader subscribes first, then reads what was published before (:mod:`~tokenrelay.streamer.history`: from the
+stream's runner, else JetStream), page by page at the pace its client reads; the reader's merge
+(:mod:`~tokenrelay.streamer.replay`) puts the two in order.  History its runner served is complete.  History
+from JetStream may lack an event published a moment before the subscription, so the reader reads it again
+once that moment has passed (:meth:`CatchUp.settle`), or at once when a live event shows a gap.  A reader
+whose first events came whole from the streamer's memory starts live and reads history only for a gap.
+A gap that history still cannot fill means the history is gone: the reader fails with ``resume_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from nats.aio.client import Client as NATS
+
+from tokenrelay.runtime.config import DEFAULT_HISTORY_BATCH_MESSAGES
+from tokenrelay.streamer import history
+from tokenrelay.streamer.hub import Clock
+from tokenrelay.streamer.metrics import StreamerMetrics
+from tokenrelay.streamer.reader import Reader
+from tokenrelay.streamer.reader_state import ReaderState
+from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import StreamState
+
+GAP_RETRY_DELAYS_S = (0.002, 0.01, 0.05, 0.25)
+"""Live events held behind a gap wait for history to store what was published just before the reader
+subscribed: history is read again after each of these delays (0.31 s in all), then the gap is history
+that is gone.  JetStream stores a message a moment after it is published (well under a millisecond when
+idle), so the first retry usually fills it; few retries, because each read makes the broker walk the
+stream's interleaved messages from the reader's stream's first one (it was nine reads at 1, 2, 4, … ms,
+and at 1,000 streams the broker spent 167 µs of CPU per token)."""
+HISTORY_SETTLE_S = 0.05
+"""After this long, every event published before a reader subscribed is in JetStream."""
+
+
+class CatchUp:
+    """Catches this streamer's readers up from history while their writers send.
+
+    ``batch_messages``: events a history page holds.  ``settle_s``: how long after subscribing everything
+    published before is stored in JetStream (:meth:`settle`).  ``gap_retry_delays_s``: the pauses between
+    reads of a gap before it counts as history that is gone.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        clock: Clock,
+        metrics: StreamerMetrics,
+        batch_messages: int = DEFAULT_HISTORY_BATCH_MESSAGES,
+        settle_s: float = HISTORY_SETTLE_S,
+        gap_retry_delays_s: tuple[float, ...] = GAP_RETRY_DELAYS_S,
+    ) -> None:
+        self._nc = nc
+        self._clock = clock
+        self._metrics = metrics
+        self._batch_messages = batch_messages
+        self._settle_s = settle_s
+        self._gap_retry_delays_s = gap_retry_delays_s
+
+    def start(self, reader: Reader, state: StreamState) -> asyncio.Task[None]:
+        """Catch ``reader`` up beside its writer; ``state``: its stream's, when the reader came.
+
+        Called as soon as the reader joined the hub, with no await in between: its state then says whether
+        its first events came whole from memory (it is live already) or it needs its history.
+        """
+        if reader.state is ReaderState.LIVE:
+            return asyncio.create_task(self._fill_gap(reader))
+        return asyncio.create_task(self._catch_up_and_settle(reader, state))
+
+    async def _fill_gap(self, reader: Reader) -> None:
+        """A reader whose first events were whole from memory: history is read only for a gap a live event shows."""
+        await reader.gap.wait()
+        await self.catch_up(reader)
+        reader.caught_up()
+
+    async def _catch_up_and_settle(self, reader: Reader, state: StreamState) -> None:
+        """History its runner served is complete (everything after it reaches the subscription live): no settling."""
+        if await self.catch_up(reader) is history.Source.JETSTREAM:
+            await self.settle(reader, state)
+        reader.caught_up()
+
+    async def read(self, reader: Reader) -> history.Source | None:
+        """Feed the reader its stream's past events (a page per write); where they came from, or ``None`` (it ended).
+
+        Paced by the client: before each event, wait while half the reader's buffer limit is
+        unsent, so a late reader of a long stream holds one page of history, not all of it, and
+        is never closed as a slow consumer just because history is faster than live tokens.
+        """
+        read = history.HistoryRead(
+            self._nc, reader.stream_id, from_seq=reader.replay.next_seq, batch=self._batch_messages
+        )
+        try:
+            async with contextlib.aclosing(read.pages()) as pages:
+                async for page in pages:
+                    for event in page:
+                        await reader.room()
+                        if reader.ended:
+                            reader.ready()  # its terminal frame goes out
+                            return None
+                        reader.deliver(event, self._clock(), notify=False)
+                    reader.ready()  # the page goes out as one write
+        except history.HistoryError as exc:
+            reader.fail(str(ErrorCode.UNAVAILABLE), str(exc), self._clock())
+            return None
+        except asyncio.CancelledError:
+            # A reader whose page carried its terminal event is done: its handler cancels this read while it asks
+            # for one more page.  What it read was served all the same.
+            if read.source is not None:
+                self._count_fetch(read.source)
+            raise
+        assert read.source is not None
+        self._count_fetch(read.source)
+        return read.source
+
+    def _count_fetch(self, source: history.Source) -> None:
+        self._metrics.history_fetches.labels(source=str(source)).inc()
+
+    def _history_gone(self, reader: Reader) -> None:
+        reader.fail(str(ErrorCode.RESUME_UNAVAILABLE), "the stream's history is no longer available", self._clock())
+
+    async def catch_up(self, reader: Reader) -> history.Source | None:
+        """Feed the reader what was published before it subscribed, and prove there is no gap.
+
+        Returns where the last read came from, or ``None`` when the reader ended.
+        """
+        retries = iter(self._gap_retry_delays_s)
+        while (source := await self.read(reader)) is not None:
+            if reader.ended or not reader.replay.waiting_on_gap:
+                return source
+            delay_s = next(retries, None)
+            if delay_s is None:
+                self._history_gone(reader)
+                return None
+            await asyncio.sleep(delay_s)
+        return None
+
+    async def settle(self, reader: Reader, state: StreamState) -> None:
+        """Read history once more shortly after subscribing, unless live events already reached the reader in order.
+
+        JetStream stores a message a moment after it is published.  An event published just before
+        this reader's subscription can be missing from the first history read *and* never arrive live;
+        if it was the stream's last event the reader would wait forever.  By ``settle_s`` after
+        subscribing, everything published before the subscription is stored.  A live event held behind
+        a gap ends the wait at once: the gap is read again (with :meth:`catch_up`'s retries) right away.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader.gap.wait(), self._settle_s)
+        if reader.ended or reader.replay.finished:
+            return
+        if reader.replay.waiting_on_gap:
+            # Live events arrived after the first read, behind events that were not stored yet when it ran:
+            # nothing else would ever fill that gap, and the reader would wait forever.  Read it now.
+            await self.catch_up(reader)
+            return
+        if reader.live_events:
+            return
+        if await self.read(reader) is None:
+            return
+        nothing_stored = reader.replay.next_seq == 0 and state is StreamState.FINISHED
+        if not reader.ended and (reader.replay.waiting_on_gap or nothing_stored):
+            self._history_gone(reader)
