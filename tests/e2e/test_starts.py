@@ -315,8 +315,9 @@ async def test_a_reader_of_a_running_stream_seen_starting_gets_every_event_witho
         await asyncio.sleep(0.05)
     assert stream.status == 200
     assert [e.event for e in stream.events][:2] == ["start", "delta"]
-    epoch = stream.events[0].id.split(":")[0]
-    assert epoch and all(e.id.startswith(f"{epoch}:") for e in stream.events)
+    ids = [e.id or "" for e in stream.events]
+    epoch = ids[0].split(":")[0]
+    assert epoch and all(i.startswith(f"{epoch}:") for i in ids)
     assert expected_text("no record read", 30_000).startswith(stream.text)
     # Its cursor belongs to this epoch; another epoch's is refused, as with a record read.
     async with (

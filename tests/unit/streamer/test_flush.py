@@ -20,7 +20,7 @@ def _count_timers(loop: asyncio.AbstractEventLoop) -> list[float]:
         armed.append(when)
         return call_at(when, callback, *args, **kwargs)
 
-    loop.call_at = counting  # type: ignore[method-assign]
+    loop.call_at = counting  # type: ignore[method-assign,assignment]
     return armed
 
 
