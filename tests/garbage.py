@@ -681,7 +681,7 @@ def ws_invalid_utf8(rng: random.Random, ctx: Context) -> Item:
 
 
 def ws_oversize_declared(rng: random.Random, ctx: Context) -> Item:
-    """A frame whose header announces more than the limit (the README: "Frames over 1 MiB close ... 1009")."""
+    """A frame whose header announces more than the limit (docs/api.md: "Frames over 1 MiB close ... 1009")."""
     declared = rng.choice([ctx.max_ws_message_bytes + rng.randint(1, 1 << 20), rng.randint(1 << 32, (1 << 63) - 1)])
     if rng.random() < 0.5:
         parts = [_masked_frame(rng, _OP_TEXT, b'{"type":"stop"', length=declared)]

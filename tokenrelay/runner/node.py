@@ -175,7 +175,7 @@ class Runner:
         self.metrics.active_streams.set(len(self._active))
         self.replay.finished(stream_id)
         # The admitting gateway counts its tenants' streams (gateway/quotas.py) and offers its queue's head
-        # the slot this stream held (gateway/streams.py).
+        # the slot this stream held (gateway/dispatch.py).
         self._cancel_tasks.spawn(self._tell_done(job.gateway_id, stream_id))
         if not task.cancelled() and task.exception() is None:
             self._finished[stream_id] = task.result()

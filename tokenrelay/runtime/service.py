@@ -287,9 +287,8 @@ def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | N
 def run_role(main: Coroutine[Any, Any, None], *, event_loop: str = "auto") -> None:
     """Run one role's ``main`` to completion on the chosen event loop, with its open-files limit raised.
 
-    uvloop (libuv) runs the same code with a faster loop and transports; at 300 streams x 20
-    tokens/s through all three roles it cut token lag p50 from 14.1 to 2.7 ms and TTFT p50 from
-    273 to 89 ms (``python -m bench.compare``, README "Performance"), so ``auto`` prefers it.
+    uvloop (libuv) runs the same code with a faster loop and transports, measurably cutting token lag and TTFT
+    through all three roles (``python -m bench.compare``; docs/performance.md), so ``auto`` prefers it.
     """
     raise_open_files_limit()
     run_on_loop(main, event_loop=event_loop)
