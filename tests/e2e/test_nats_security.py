@@ -357,12 +357,12 @@ def test_a_role_with_a_wrong_password_exits_1_with_one_clear_line_and_never_serv
     ) in output.splitlines()
 
 
-def test_a_role_with_incomplete_nats_settings_exits_1_naming_the_variables(nats: NatsServer) -> None:
+def test_a_role_with_incomplete_nats_settings_exits_2_naming_the_variables(nats: NatsServer) -> None:
     status, output = _exit_of_runner(nats.url, {"TOKENRELAY_NATS_PASSWORD": "orphan"})
-    assert status == 1
+    assert status == 2
     assert "Traceback" not in output and "orphan" not in output
     assert output.strip().splitlines()[-1] == (
-        "tokenrelay runner: NATS settings: TOKENRELAY_NATS_PASSWORD is set without TOKENRELAY_NATS_USER"
+        "tokenrelay runner: error: NATS settings: TOKENRELAY_NATS_PASSWORD is set without TOKENRELAY_NATS_USER"
     )
 
 

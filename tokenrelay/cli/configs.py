@@ -14,7 +14,7 @@ from tokenrelay.cli.options import CONTROL_ALLOW_ORIGIN, CORS_ALLOW_ORIGIN
 from tokenrelay.cli.parser import given_as
 from tokenrelay.runtime import config as c
 from tokenrelay.runtime.auth import API_KEYS_ENV, KeyFileError, KeyRing, load_keyring
-from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError
+from tokenrelay.runtime.natsauth import NatsSecurity, NatsSecurityError
 from tokenrelay.runtime.service import loop_factory
 from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV, SecretError, TokenSigner, load_signer
 
@@ -62,13 +62,13 @@ def token_signer(keys: KeyRing | None) -> TokenSigner | None:
 def check_nats_security() -> None:
     """Refuse ``TOKENRELAY_NATS_*`` settings that could not work (a missing file, a user without a password...).
 
-    Raised as the connection itself would raise it (``NatsConnectError``, ``NATS settings: ...``: exit status 1), only
+    A bad environment value like any other (:class:`UsageError`: one line naming the variable, exit status 2), found
     before the role starts instead of when it connects.
     """
     try:
         NatsSecurity.from_env(os.environ).connect_options()
     except NatsSecurityError as exc:
-        raise NatsConnectError(f"NATS settings: {exc}") from None
+        raise UsageError(f"NATS settings: {exc}") from None
 
 
 def check_event_loop(args: argparse.Namespace) -> None:

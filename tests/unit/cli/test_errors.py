@@ -127,8 +127,8 @@ def test_nats_settings_that_cannot_work_are_refused_before_starting_as_nats_woul
 ) -> None:
     monkeypatch.setenv(name, NATS_VALUES[name])
     outcome = run_cli(command)
-    assert outcome.status == 1  # what a role whose NATS settings cannot work has always exited with
-    assert outcome.lines == [f"tokenrelay {command}: NATS settings: {NATS_REFUSALS[name]}"]
+    assert outcome.status == 2
+    assert outcome.lines == [f"tokenrelay {command}: error: NATS settings: {NATS_REFUSALS[name]}"]
 
 
 def test_the_message_says_what_is_wrong_with_the_value(run_cli: Any) -> None:
