@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.helpers import expected_text
-from tokenrelay.testing.http import create_stream, post, wait_finished
+from tokenrelay.testing.http import create_stream, post, wait_finished, wait_for_metric
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import Stream, read_stream
 
@@ -120,7 +120,7 @@ async def test_a_streamer_shutting_down_ends_readers_with_a_retryable_error_and_
         # however slow the machine (a 3 s stream could have ended before it).
         created = await create_stream(sut.gateway_url, "rolling restart", max_tokens=30_000)
         reader = asyncio.create_task(read_stream(_events_url(sut.streamers[0].url, created["id"])))
-        await asyncio.sleep(0.5)
+        await wait_for_metric(sut.streamers[0].url, "tokenrelay_streamer_readers_open", 1)
         sut.streamers[0].process.send_signal(signal.SIGTERM)
         first = await reader
         assert first.terminal.event == "error"
