@@ -8,16 +8,18 @@ The states are the gateway's own view, finer than the record's ``queued``/``runn
 - ``running``: a runner took it; :class:`Owner` says which.
 - ``finished``: it ended (a runner finished it or was lost, or it ended before any runner took it).
 
-Every move is in :data:`TRANSITIONS`; :func:`advance` refuses any other with :class:`IllegalTransition`, which
-names the state.  Such an error is a bug in the dispatch itself, never a client's mistake: messages that arrive
-late or twice are checked against the state before any move is asked for.
+Every move is in :data:`TRANSITIONS`; :func:`advance` refuses any other with
+:class:`~tokenrelay.runtime.transitions.IllegalTransition`, which names the state.  Such an error is a bug in the
+dispatch itself, never a client's mistake: messages that arrive late or twice are checked against the state before
+any move is asked for.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass
+
+from tokenrelay.runtime.transitions import IllegalTransition, Transitions
 
 
 class DispatchState(enum.Enum):
@@ -30,15 +32,18 @@ class DispatchState(enum.Enum):
     FINISHED = "finished"
 
 
-TRANSITIONS: Mapping[DispatchState, frozenset[DispatchState]] = {
-    DispatchState.QUEUED: frozenset({DispatchState.OFFERED, DispatchState.FINISHED}),
-    DispatchState.OFFERED: frozenset(
-        {DispatchState.RUNNING, DispatchState.QUEUED, DispatchState.CONFIRMING, DispatchState.FINISHED}
-    ),
-    DispatchState.CONFIRMING: frozenset({DispatchState.RUNNING, DispatchState.QUEUED, DispatchState.FINISHED}),
-    DispatchState.RUNNING: frozenset({DispatchState.FINISHED}),
-    DispatchState.FINISHED: frozenset(),
-}
+TRANSITIONS = Transitions(
+    "stream",
+    {
+        DispatchState.QUEUED: frozenset({DispatchState.OFFERED, DispatchState.FINISHED}),
+        DispatchState.OFFERED: frozenset(
+            {DispatchState.RUNNING, DispatchState.QUEUED, DispatchState.CONFIRMING, DispatchState.FINISHED}
+        ),
+        DispatchState.CONFIRMING: frozenset({DispatchState.RUNNING, DispatchState.QUEUED, DispatchState.FINISHED}),
+        DispatchState.RUNNING: frozenset({DispatchState.FINISHED}),
+        DispatchState.FINISHED: frozenset(),
+    },
+)
 """The legal moves from each state.  ``offered``/``confirming`` -> ``finished`` is a dispatch abandoned (the
 gateway's connection failed or it is closing); a stop while an offer is out waits for the offer's answer."""
 
@@ -46,21 +51,9 @@ WAITING = frozenset({DispatchState.QUEUED, DispatchState.OFFERED, DispatchState.
 """The states of a stream still in its queue: it counts against the queue's bound."""
 
 
-class IllegalTransition(RuntimeError):
-    """A move the table does not allow: a bug in the dispatch, reported with the state it was asked of."""
-
-    def __init__(self, stream_id: str, state: DispatchState, target: DispatchState) -> None:
-        super().__init__(f"stream {stream_id}: no transition from {state.value} to {target.value}")
-        self.stream_id = stream_id
-        self.state = state
-        self.target = target
-
-
 def advance(stream_id: str, state: DispatchState, target: DispatchState) -> DispatchState:
     """``target`` if :data:`TRANSITIONS` allows the move from ``state``, else :class:`IllegalTransition`."""
-    if target not in TRANSITIONS[state]:
-        raise IllegalTransition(stream_id, state, target)
-    return target
+    return TRANSITIONS.advance(stream_id, state, target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +66,6 @@ class Owner:
 
     runner_id: str
     generation: int = 1
+
+
+__all__ = ["TRANSITIONS", "WAITING", "DispatchState", "IllegalTransition", "Owner", "advance"]

@@ -18,7 +18,8 @@ already ended ignores later events, failures and disconnects before asking for a
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+
+from tokenrelay.runtime.transitions import IllegalTransition, Transitions
 
 
 class ReaderState(enum.Enum):
@@ -31,17 +32,20 @@ class ReaderState(enum.Enum):
     CLOSED = "closed"
 
 
-TRANSITIONS: Mapping[ReaderState, frozenset[ReaderState]] = {
-    ReaderState.CATCHING_UP: frozenset(
-        {ReaderState.LIVE, ReaderState.FINISHING, ReaderState.FAILING, ReaderState.CLOSED}
-    ),
-    ReaderState.LIVE: frozenset(
-        {ReaderState.CATCHING_UP, ReaderState.FINISHING, ReaderState.FAILING, ReaderState.CLOSED}
-    ),
-    ReaderState.FINISHING: frozenset({ReaderState.CLOSED}),
-    ReaderState.FAILING: frozenset({ReaderState.CLOSED}),
-    ReaderState.CLOSED: frozenset(),
-}
+TRANSITIONS = Transitions(
+    "reader of stream",
+    {
+        ReaderState.CATCHING_UP: frozenset(
+            {ReaderState.LIVE, ReaderState.FINISHING, ReaderState.FAILING, ReaderState.CLOSED}
+        ),
+        ReaderState.LIVE: frozenset(
+            {ReaderState.CATCHING_UP, ReaderState.FINISHING, ReaderState.FAILING, ReaderState.CLOSED}
+        ),
+        ReaderState.FINISHING: frozenset({ReaderState.CLOSED}),
+        ReaderState.FAILING: frozenset({ReaderState.CLOSED}),
+        ReaderState.CLOSED: frozenset(),
+    },
+)
 """The legal moves from each state.  A reader that is finishing is not failed: its terminal event is queued
 already, and a write of it that stalls drops the connection instead."""
 
@@ -49,18 +53,9 @@ ENDED = frozenset({ReaderState.FINISHING, ReaderState.FAILING, ReaderState.CLOSE
 """The states of a reader whose terminal event is queued (or that is gone): it takes no more events."""
 
 
-class IllegalTransition(RuntimeError):
-    """A move the table does not allow: a bug in the streamer, reported with the state it was asked of."""
-
-    def __init__(self, stream_id: str, state: ReaderState, target: ReaderState) -> None:
-        super().__init__(f"reader of stream {stream_id}: no transition from {state.value} to {target.value}")
-        self.stream_id = stream_id
-        self.state = state
-        self.target = target
-
-
 def advance(stream_id: str, state: ReaderState, target: ReaderState) -> ReaderState:
     """``target`` if :data:`TRANSITIONS` allows the move from ``state``, else :class:`IllegalTransition`."""
-    if target not in TRANSITIONS[state]:
-        raise IllegalTransition(stream_id, state, target)
-    return target
+    return TRANSITIONS.advance(stream_id, state, target)
+
+
+__all__ = ["ENDED", "TRANSITIONS", "IllegalTransition", "ReaderState", "advance"]
