@@ -50,7 +50,9 @@ MAX_HEARTBEAT_TICK_S = 1.0
 SHARED_PENDING_BYTES_LIMIT = 256 * 1024 * 1024
 """Bytes of live events the shared subscription may hold undelivered before nats-py drops them
 (its per-subscription default is 128 MiB, sized for one stream, not all of them).  A dropped event
-leaves a sequence gap, and a reader behind a gap reads history again.  Only on an ordinary client: the
+leaves a sequence gap: a reader still catching up reads history again; a live one holds the events behind the gap
+until they pass its bound and it ends as ``slow_consumer`` (its client resumes from its cursor).  Only on an
+ordinary client: the
 streamer's live connection is a :class:`~tokenrelay.runtime.natsdirect.DirectClient`, which queues nothing."""
 
 
