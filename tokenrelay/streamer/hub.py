@@ -52,8 +52,8 @@ SHARED_PENDING_BYTES_LIMIT = 256 * 1024 * 1024
 (its per-subscription default is 128 MiB, sized for one stream, not all of them).  A dropped event
 leaves a sequence gap: a reader still catching up reads history again; a live one holds the events behind the gap
 until they pass its bound and it ends as ``slow_consumer`` (its client resumes from its cursor).  Only on an
-ordinary client: the
-streamer's live connection is a :class:`~tokenrelay.runtime.natsdirect.DirectClient`, which queues nothing."""
+ordinary client: the streamer's live connection is a :class:`~tokenrelay.runtime.natsdirect.DirectClient`, which
+queues nothing."""
 
 
 class _Channel:
