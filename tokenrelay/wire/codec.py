@@ -63,7 +63,7 @@ def decode_event(data: bytes | str) -> m.StreamEvent:
         message = _message(obj)
     if type(message) is m.StreamDelta:
         return message
-    if not isinstance(message, m.StreamStart | m.StreamEnd | m.StreamError):
+    if not isinstance(message, m.StreamStart | m.ReasoningDelta | m.ToolCallDelta | m.StreamEnd | m.StreamError):
         raise CodecError(f"not a stream event: {type(message).__name__}")
     return message
 

@@ -2,9 +2,16 @@
 
 Each message is a small frozen dataclass with a literal ``type`` tag; :mod:`tokenrelay.wire.codec`
 is the only place that turns them into bytes and back.  Per-stream events carry ``seq``:
-0 for :class:`StreamStart`, then 1, 2, ... for each :class:`StreamDelta`, and the last one
-for the terminal :class:`StreamEnd` or :class:`StreamError`.  ``seq`` lets a reader merge
-replayed history with live messages without gaps or duplicates.
+0 for :class:`StreamStart`, then 1, 2, ... for each content event, and the last one for the
+terminal :class:`StreamEnd` or :class:`StreamError`.  ``seq`` lets a reader merge replayed
+history with live messages without gaps or duplicates.
+
+A stream's content is typed: :class:`StreamDelta` carries the answer's text, :class:`ReasoningDelta`
+the model's reasoning, :class:`ToolCallDelta` a fragment of a tool call.  Every one of them has its
+own ``seq`` (so a reader resumes exactly inside a reasoning block or a tool call's arguments), and
+``index`` counts every generated token of the stream, reasoning and tool calls included.  A block is
+a run of events of one kind (for tool calls: of one ``call``); text-only streams are made of
+:class:`StreamDelta` alone, exactly as before typed content existed.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ class FinishReason(enum.StrEnum):
 
     STOP = "stop"
     LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    """The model ended its turn to have tools called (its last block is a tool call)."""
+    CONTENT_FILTER = "content_filter"
+    """The engine withheld the rest (its content filter)."""
     CANCELLED = "cancelled"
     ERROR = "error"
 
@@ -118,6 +129,45 @@ class StreamDelta:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReasoningDelta:
+    """One or more tokens of the model's reasoning, shown apart from its answer; fields as :class:`StreamDelta`."""
+
+    type: Literal["reasoning"] = "reasoning"
+    seq: int
+    text: str
+    index: int
+    count: int
+    ts: float
+    held_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallDelta:
+    """A fragment of one tool call the model makes.
+
+    ``call`` is the call's ordinal in the stream (0, 1, ...), the same on every fragment of that call; fragments of
+    parallel calls may interleave.  The call's first fragment carries its ``id`` and ``name``; ``arguments`` is the
+    next piece of the arguments' JSON text, so one call's fragments joined in ``seq`` order are its whole arguments.
+    ``index``, ``count``, ``ts`` and ``held_s`` as :class:`StreamDelta`.
+    """
+
+    type: Literal["tool_call"] = "tool_call"
+    seq: int
+    call: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+    index: int
+    count: int
+    ts: float
+    held_s: float = 0.0
+
+
+ContentDelta = StreamDelta | ReasoningDelta | ToolCallDelta
+"""The per-stream events that carry content (everything between the start and the terminal event)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StreamEnd:
     """Terminal event of a generation that ended with a finish reason."""
 
@@ -129,6 +179,9 @@ class StreamEnd:
     cancel_reason: CancelReason | None = None
     prompt_tokens: int | None = None
     """The prompt's length in tokens, when the engine reported it."""
+    completion_tokens: int | None = None
+    """The engine's own count of the tokens it generated (its usage report), when it gave one; ``tokens`` is what
+    the runner counted and published."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,7 +199,7 @@ OUT_OF_BAND_SEQ = -1
 """``seq`` of a terminal :class:`StreamError` published by someone other than the stream's runner
 (the gateway, when that runner is lost): it ends every reader wherever it is."""
 
-StreamEvent = StreamStart | StreamDelta | StreamEnd | StreamError
+StreamEvent = StreamStart | StreamDelta | ReasoningDelta | ToolCallDelta | StreamEnd | StreamError
 TERMINAL_EVENTS = (StreamEnd, StreamError)
 
 
@@ -340,6 +393,8 @@ Message = (
     | JobRejected
     | StreamStart
     | StreamDelta
+    | ReasoningDelta
+    | ToolCallDelta
     | StreamEnd
     | StreamError
     | CancelRequest

@@ -8,7 +8,16 @@ import orjson
 import pytest
 
 from tokenrelay.streamer.frames import error_frame, frame, is_terminal
-from tokenrelay.wire.messages import CancelReason, FinishReason, StreamDelta, StreamEnd, StreamError, StreamStart
+from tokenrelay.wire.messages import (
+    CancelReason,
+    FinishReason,
+    ReasoningDelta,
+    StreamDelta,
+    StreamEnd,
+    StreamError,
+    StreamStart,
+    ToolCallDelta,
+)
 
 EPOCH = "5eed"
 SID = "0123456789abcdef0123456789abcdef"
@@ -105,3 +114,29 @@ def test_is_terminal_is_true_only_for_end_and_error_events() -> None:
     assert is_terminal(StreamError(seq=1, code="internal", message="x", tokens=0))
     assert not is_terminal(StreamDelta(seq=1, text="x", index=1, count=1, ts=0.0))
     assert not is_terminal(StreamStart(stream_id=SID, epoch=EPOCH, model="m", created=0, runner_id="r", ts=0.0))
+
+
+def test_reasoning_frame_has_reasoning_event_id_epoch_index_and_text() -> None:
+    event, id_, data = fields(frame(ReasoningDelta(seq=1, text="Let me see", index=3, count=3, ts=1.5), EPOCH))
+    assert (event, id_, data) == ("reasoning", f"{EPOCH}:3", {"text": "Let me see", "index": 3, "ts": 1.5})
+
+
+def test_the_first_tool_call_frame_names_the_call_and_later_ones_carry_only_arguments() -> None:
+    first = ToolCallDelta(seq=2, call=0, id="call_9", name="lookup", arguments='{"q"', index=5, count=2, ts=2.0)
+    later = ToolCallDelta(seq=3, call=0, arguments=': "x"}', index=6, count=1, ts=2.1)
+    assert fields(frame(first, EPOCH)) == (
+        "tool_call",
+        f"{EPOCH}:5",
+        {"call": 0, "id": "call_9", "name": "lookup", "arguments": '{"q"', "index": 5, "ts": 2.0},
+    )
+    assert fields(frame(later, EPOCH)) == (
+        "tool_call",
+        f"{EPOCH}:6",
+        {"call": 0, "arguments": ': "x"}', "index": 6, "ts": 2.1},
+    )
+
+
+def test_end_frame_carries_the_engines_completion_count_and_a_tool_calls_finish() -> None:
+    end = StreamEnd(seq=9, finish_reason=FinishReason.TOOL_CALLS, tokens=7, ttft_ms=1.0, completion_tokens=7)
+    _, _, data = fields(frame(end, EPOCH))
+    assert data["finish_reason"] == "tool_calls" and data["completion_tokens"] == 7

@@ -29,6 +29,8 @@ SAMPLES: list[m.Message] = [
     m.JobRejected(stream_id=SID, code="overloaded", message="at capacity"),
     m.StreamStart(stream_id=SID, epoch="e1", model="synthetic", created=1_700_000_000, runner_id="r", ts=1.5),
     m.StreamDelta(seq=1, text="Hello", index=1, count=1, ts=2.25),
+    m.ReasoningDelta(seq=2, text="First, ", index=3, count=2, ts=2.5, held_s=0.01),
+    m.ToolCallDelta(seq=3, call=0, id="call_1", name="get_weather", arguments='{"ci', index=4, count=1, ts=2.75),
     m.StreamEnd(seq=2, finish_reason=m.FinishReason.STOP, tokens=1, ttft_ms=12.5),
     m.StreamEnd(
         seq=3,
@@ -285,3 +287,19 @@ def test_decode_event_rejects_a_delta_field_of_the_wrong_type(field: str, value:
     fields = {"type": "delta", "seq": 1, "text": "a", "index": 1, "count": 1, "ts": 1.0, field: value}
     with pytest.raises(CodecError, match=f"StreamDelta.{field}"):
         codec.decode_event(orjson.dumps(fields))
+
+
+def test_a_stream_event_of_any_content_kind_decodes_as_a_stream_event() -> None:
+    for sample in (_by_type("reasoning"), _by_type("tool_call")):
+        assert codec.decode_event(codec.encode(sample)) == sample
+
+
+def test_a_tool_call_fragment_after_the_first_needs_no_id_or_name() -> None:
+    wire = b'{"type":"tool_call","seq":4,"call":0,"arguments":"ty\\": \\"Oslo\\"}","index":5,"count":1,"ts":3.0}'
+    fragment = codec.decode_event(wire)
+    assert fragment == m.ToolCallDelta(seq=4, call=0, arguments='ty": "Oslo"}', index=5, count=1, ts=3.0)
+
+
+def test_a_decoder_ignores_fields_it_does_not_know() -> None:
+    wire = b'{"type":"delta","seq":1,"text":"a","index":1,"count":1,"ts":1.0,"added_later":true}'
+    assert codec.decode_event(wire) == m.StreamDelta(seq=1, text="a", index=1, count=1, ts=1.0)
