@@ -64,7 +64,7 @@ class Admission:
 
     async def admit(self, request: StartRequest) -> Message:
         """The new stream's record, or why it was refused."""
-        body: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+        body: dict[str, Any] = {"messages": [m.to_openai() for m in request.messages]}
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
         if request.model is not None:

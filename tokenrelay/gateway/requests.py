@@ -37,7 +37,7 @@ def parse_stream_request(
     fields are ignored.
     """
     messages = _messages(obj, max_messages)
-    chars = sum(len(m.content) for m in messages)
+    chars = sum(len(m.text()) for m in messages)
     if chars > max_prompt_chars:
         raise BadRequest(f"the messages hold {chars} characters; at most {max_prompt_chars} are allowed")
     return StreamRequest(

@@ -146,6 +146,8 @@ def _checker(hint: Any, where: str) -> Callable[[Any], Any]:
     if origin in (types.UnionType, typing.Union):
         inner = [_checker(a, where) for a in args if a is not type(None)]
         return lambda v: None if v is None and len(inner) < len(args) else _first(inner, v, where)
+    if origin is dict:
+        return lambda v: v if isinstance(v, dict) else _fail(where, v)
     if origin is tuple:
         item = _checker(args[0], where)
         return lambda v: tuple(item(x) for x in v) if isinstance(v, list) else _fail(where, v)

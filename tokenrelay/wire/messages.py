@@ -17,8 +17,8 @@ a run of events of one kind (for tool calls: of one ``call``); text-only streams
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 
 class StreamState(enum.StrEnum):
@@ -50,12 +50,76 @@ class CancelReason(enum.StrEnum):
     RUNNER_LOST = "runner_lost"
 
 
+JsonObject = dict[str, Any]
+"""A JSON object carried as the client sent it (the codec checks only that it is an object)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContentPart:
+    """One part of a message's content: ``text``, or an ``image_url`` (a URL; a ``data:`` URL carries base64)."""
+
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: str | None = None
+    detail: str | None = None
+    """An image's requested detail (``low``, ``high``, ``auto``), as the client gave it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall:
+    """A tool call an assistant turn made: its id, the function's name and the arguments' JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatMessage:
-    """One message of the conversation a generation continues."""
+    """One message of the conversation a generation continues, in the OpenAI chat shape every dialect maps to.
+
+    ``content`` is a string or a tuple of parts; an ``assistant`` turn may carry ``tool_calls`` (and empty content);
+    a ``tool`` message answers the call named by ``tool_call_id``.
+    """
 
     role: str
-    content: str
+    content: str | tuple[ContentPart, ...] = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's text: its string content, or its text parts joined (images carry none)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+    def to_openai(self) -> JsonObject:
+        """The message as an OpenAI chat-completions request carries it (fields left out where empty)."""
+        out: JsonObject = {"role": self.role}
+        if isinstance(self.content, str):
+            out["content"] = self.content if self.content or not self.tool_calls else None
+        else:
+            out["content"] = [_part_to_openai(part) for part in self.content]
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+
+def _part_to_openai(part: ContentPart) -> JsonObject:
+    if part.type == "text":
+        return {"type": "text", "text": part.text or ""}
+    image: JsonObject = {"url": part.image_url or ""}
+    if part.detail is not None:
+        image["detail"] = part.detail
+    return {"type": "image_url", "image_url": image}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +136,10 @@ class JobRequest:
     created: int
     owner: str | None = None
     """The tenant that owns the stream; the runner keeps it in every record it writes."""
+    params: JsonObject = field(default_factory=dict)
+    """Every other field of the client's request in the OpenAI chat shape (``temperature``, ``tools``,
+    ``tool_choice``, ``stop``, ``seed``, ``response_format``, ``reasoning_effort``, vendor fields...), as sent: an
+    ``openai`` engine passes them on unchanged, other engines honour what they can."""
     answer_by: float | None = None
     """Wall-clock time (``time.time()``) after which no runner may take this offer: the gateway has stopped waiting
     for its answer and may offer the stream again, so a runner that took it then would generate it beside another
@@ -306,6 +374,8 @@ class StartRequest:
     messages: tuple[ChatMessage, ...]
     max_tokens: int | None = None
     model: str | None = None
+    params: JsonObject = field(default_factory=dict)
+    """The request's other fields in the OpenAI chat shape, as :attr:`JobRequest.params`."""
     owner: str | None = None
     """The tenant of the API key the streamer authenticated (``None`` without keys)."""
 

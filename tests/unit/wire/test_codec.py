@@ -191,7 +191,7 @@ def test_decode_rejects_message_missing_required_field(type_tag: str, field: str
         ("job", "max_tokens", "10"),
         ("job", "messages", "hi"),
         ("job", "messages", [1]),
-        ("job", "messages", [{"role": "user"}]),
+        ("job", "messages", [{"content": "no role"}]),
         ("job", "messages", [{"role": "user", "content": 5}]),
         ("job", "messages", {"role": "user", "content": "x"}),
         ("cancel_reply", "found", 1),
@@ -303,3 +303,45 @@ def test_a_tool_call_fragment_after_the_first_needs_no_id_or_name() -> None:
 def test_a_decoder_ignores_fields_it_does_not_know() -> None:
     wire = b'{"type":"delta","seq":1,"text":"a","index":1,"count":1,"ts":1.0,"added_later":true}'
     assert codec.decode_event(wire) == m.StreamDelta(seq=1, text="a", index=1, count=1, ts=1.0)
+
+
+def test_a_job_carries_a_tool_conversation_with_image_parts_and_the_clients_other_fields() -> None:
+    messages = (
+        m.ChatMessage(
+            role="user",
+            content=(
+                m.ContentPart(type="text", text="what is in "),
+                m.ContentPart(type="image_url", image_url="data:image/png;base64,iVBORw0KGgo=", detail="low"),
+            ),
+        ),
+        m.ChatMessage(role="assistant", tool_calls=(m.ToolCall(id="call_1", name="look", arguments="{}"),)),
+        m.ChatMessage(role="tool", content="a cat", tool_call_id="call_1"),
+    )
+    params = {"temperature": 0.2, "tools": [{"type": "function", "function": {"name": "look"}}], "top_k": 5}
+    job = m.JobRequest(
+        stream_id=SID, epoch="e1", gateway_id="g", model="m", messages=messages, max_tokens=8, created=1, params=params
+    )
+    assert codec.decode(codec.encode(job)) == job
+
+
+def test_a_message_in_the_openai_shape_keeps_parts_tool_calls_and_the_call_it_answers() -> None:
+    asked = m.ChatMessage(role="assistant", tool_calls=(m.ToolCall(id="c", name="f", arguments='{"a":1}'),))
+    answer = m.ChatMessage(role="tool", content="42", tool_call_id="c")
+    image = m.ChatMessage(role="user", content=(m.ContentPart(type="image_url", image_url="https://x/y.png"),))
+    assert asked.to_openai() == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}],
+    }
+    assert answer.to_openai() == {"role": "tool", "content": "42", "tool_call_id": "c"}
+    assert image.to_openai() == {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
+    }
+    assert image.text() == "" and m.ChatMessage(role="user", content="hi").text() == "hi"
+
+
+def test_params_that_are_not_a_json_object_are_refused() -> None:
+    wire = codec.encode(_by_type("job")).replace(b'"params":{}', b'"params":[1]')
+    with pytest.raises(CodecError, match="params"):
+        codec.decode(wire)

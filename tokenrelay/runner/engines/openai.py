@@ -59,7 +59,7 @@ class OpenAIEngine:
         return orjson.dumps(
             {
                 "model": self.model,
-                "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+                "messages": [m.to_openai() for m in request.messages],
                 "max_tokens": request.max_tokens,
                 "stream": True,
             }

@@ -30,7 +30,7 @@ NEWLINE_EVERY_TOKENS = 11
 
 def prompt_text(messages: tuple[ChatMessage, ...]) -> str:
     """The text the synthetic engine keys its output on."""
-    return "\n".join(f"{m.role}: {m.content}" for m in messages)
+    return "\n".join(f"{m.role}: {m.text()}" for m in messages)
 
 
 def prompt_tokens(prompt: str) -> int:
