@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from tokenrelay.gateway.params import OWNED_FIELDS
 from tokenrelay.gateway.requests import stream_request
 from tokenrelay.gateway.streams import StreamManager
 from tokenrelay.runtime import natsio
@@ -64,7 +65,9 @@ class Admission:
 
     async def admit(self, request: StartRequest) -> Message:
         """The new stream's record, or why it was refused."""
-        body: dict[str, Any] = {"messages": [m.to_openai() for m in request.messages]}
+        # A field tokenrelay owns is taken from the request's own fields only, never from its params.
+        body: dict[str, Any] = {key: value for key, value in request.params.items() if key not in OWNED_FIELDS}
+        body["messages"] = [m.to_openai() for m in request.messages]
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
         if request.model is not None:

@@ -27,6 +27,8 @@ ANY_ORIGIN = "*"
 MAX_REF_CHARS = 128
 MAX_COMMENT_CHARS = 4096
 Ref = str | int | None
+ENVELOPE_FIELDS = frozenset({"type", "ref"})
+"""A control message's own fields; a ``start``'s other fields are the new stream's body."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,8 @@ def parse_command(text: str) -> Command:
     ref = _ref(obj.get("ref"))
     kind = obj.get("type")
     if kind == "start":
-        return Start(ref, obj)
+        # The envelope's own fields are not the stream's: every other field is passed on in the job's params.
+        return Start(ref, {key: value for key, value in obj.items() if key not in ENVELOPE_FIELDS})
     if kind == "stop":
         return Stop(ref, _stream_id(obj, ref))
     if kind == "feedback":

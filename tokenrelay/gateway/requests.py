@@ -1,16 +1,35 @@
-"""Sans-I/O validation of a new stream's body (``POST /v1/streams`` and the WS ``start`` message)."""
+"""Sans-I/O validation of a new stream's body (``POST /v1/streams``, the WS ``start`` message, and the compatible
+APIs' requests a streamer sends for admission).
+
+The body is the OpenAI chat-completions shape: ``messages`` (or a bare ``prompt``), ``model``, ``max_tokens`` (or
+``max_completion_tokens``), and every other field in ``params`` (:mod:`tokenrelay.gateway.params`).  Messages have
+the roles ``system``, ``developer``, ``user``, ``assistant`` (which may carry ``tool_calls``) and ``tool`` (which
+answers an earlier call by its ``tool_call_id``); content is a string or an array of ``text`` and ``image_url``
+parts.  Every refusal is ``bad_request`` naming the field, except an image over its size limit
+(``payload_too_large``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from tokenrelay.runtime.config import DEFAULT_MAX_MESSAGES, DEFAULT_MAX_PROMPT_CHARS, GatewayConfig
-from tokenrelay.wire.errors import BadRequest
-from tokenrelay.wire.messages import ChatMessage
+from tokenrelay.gateway.content import MessageLimits, parse_message
+from tokenrelay.gateway.params import parse_params
+from tokenrelay.runtime.config import (
+    DEFAULT_MAX_CONTENT_PARTS,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_MESSAGES,
+    DEFAULT_MAX_PROMPT_CHARS,
+    DEFAULT_MAX_TOOLS,
+    GatewayConfig,
+)
+from tokenrelay.wire.errors import BadRequest, PayloadTooLarge
+from tokenrelay.wire.messages import ChatMessage, JsonObject
 
-ROLES = frozenset({"system", "user", "assistant"})
 MAX_MODEL_CHARS = 256
+JOB_HEADROOM_BYTES = 1024
+"""Room kept under the broker's largest message for what the offer adds to an encoded job (its deadline)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -20,6 +39,8 @@ class StreamRequest:
     messages: tuple[ChatMessage, ...]
     max_tokens: int
     model: str | None
+    params: JsonObject = field(default_factory=dict)
+    """Every field of the request tokenrelay does not own, as sent (see :mod:`tokenrelay.gateway.params`)."""
 
 
 def parse_stream_request(
@@ -29,21 +50,27 @@ def parse_stream_request(
     max_tokens_limit: int,
     max_messages: int = DEFAULT_MAX_MESSAGES,
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+    max_tools: int = DEFAULT_MAX_TOOLS,
+    max_content_parts: int = DEFAULT_MAX_CONTENT_PARTS,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> StreamRequest:
-    """Validate ``{"messages": [...] | "prompt": "...", "max_tokens"?, "model"?}``.
+    """Validate ``{"messages": [...] | "prompt": "...", "max_tokens"?, "model"?, ...params}``.
 
-    ``max_tokens`` must be an integer in ``1..max_tokens_limit``; at most ``max_messages``
-    messages, whose contents hold at most ``max_prompt_chars`` characters together; unknown
-    fields are ignored.
+    ``max_tokens`` (or ``max_completion_tokens``) must be an integer in ``1..max_tokens_limit``; at most
+    ``max_messages`` messages, whose text (tool call arguments included) holds at most ``max_prompt_chars``
+    characters together, with at most ``max_content_parts`` parts together; at most ``max_tools`` tools.  Over any
+    of these is ``bad_request``; an image of more than ``max_image_bytes`` decoded bytes is ``payload_too_large``.
     """
-    messages = _messages(obj, max_messages)
-    chars = sum(len(m.text()) for m in messages)
+    limits = MessageLimits(max_content_parts=max_content_parts, max_image_bytes=max_image_bytes)
+    messages = _messages(obj, max_messages, limits)
+    chars = sum(len(m.text()) + sum(len(c.arguments) for c in m.tool_calls) for m in messages)
     if chars > max_prompt_chars:
         raise BadRequest(f"the messages hold {chars} characters; at most {max_prompt_chars} are allowed")
     return StreamRequest(
         messages=messages,
-        max_tokens=_max_tokens(obj.get("max_tokens"), default_max_tokens, max_tokens_limit),
+        max_tokens=_max_tokens(obj, default_max_tokens, max_tokens_limit),
         model=_model(obj.get("model")),
+        params=parse_params(obj, max_tools=max_tools),
     )
 
 
@@ -55,10 +82,24 @@ def stream_request(config: GatewayConfig, obj: dict[str, Any]) -> StreamRequest:
         max_tokens_limit=config.max_tokens_limit,
         max_messages=config.max_messages,
         max_prompt_chars=config.max_prompt_chars,
+        max_tools=config.max_tools,
+        max_content_parts=config.max_content_parts,
+        max_image_bytes=config.max_image_bytes,
     )
 
 
-def _messages(obj: dict[str, Any], max_messages: int) -> tuple[ChatMessage, ...]:
+def check_job_bytes(job_bytes: int, *, max_payload_bytes: int) -> None:
+    """Refuse a job the broker cannot carry: ``payload_too_large`` when ``job_bytes`` (its encoded size) and
+    :data:`JOB_HEADROOM_BYTES` exceed ``max_payload_bytes`` (the NATS server's ``max_payload``)."""
+    if job_bytes + JOB_HEADROOM_BYTES > max_payload_bytes:
+        raise PayloadTooLarge(
+            f"the request makes a job of {job_bytes} bytes; NATS carries at most {max_payload_bytes} bytes in one "
+            f"message (its max_payload), {JOB_HEADROOM_BYTES} of them kept for the offer: send smaller images or "
+            "fewer messages"
+        )
+
+
+def _messages(obj: dict[str, Any], max_messages: int, limits: MessageLimits) -> tuple[ChatMessage, ...]:
     messages, prompt = obj.get("messages"), obj.get("prompt")
     if messages is not None and prompt is not None:
         raise BadRequest("give either messages or prompt, not both")
@@ -72,29 +113,38 @@ def _messages(obj: dict[str, Any], max_messages: int) -> tuple[ChatMessage, ...]
         raise BadRequest("messages must be a non-empty array")
     if len(messages) > max_messages:
         raise BadRequest(f"{len(messages)} messages; at most {max_messages} are allowed")
-    return tuple(_message(i, m) for i, m in enumerate(messages))
+    parsed: list[ChatMessage] = []
+    calls: set[str] = set()  # ids of the tool calls made so far: a tool message answers one of them
+    parts = 0
+    for i, item in enumerate(messages):
+        message = parse_message(i, item, limits)
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise BadRequest(f"messages[{i}].tool_call_id {message.tool_call_id!r} answers no earlier tool call")
+        calls.update(call.id for call in message.tool_calls)
+        parts += 0 if isinstance(message.content, str) else len(message.content)
+        if parts > limits.max_content_parts:
+            raise BadRequest(f"more than {limits.max_content_parts} content parts; at most that many are allowed")
+        parsed.append(message)
+    return tuple(parsed)
 
 
-def _message(i: int, item: Any) -> ChatMessage:
-    if not isinstance(item, dict):
-        raise BadRequest(f"messages[{i}] must be an object")
-    role, content = item.get("role"), item.get("content")
-    if not isinstance(role, str) or role not in ROLES:
-        raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
-    if not isinstance(content, str):
-        raise BadRequest(f"messages[{i}].content must be a string")
-    return ChatMessage(role=role, content=content)
+def _max_tokens(obj: dict[str, Any], default: int, limit: int) -> int:
+    given = _positive("max_tokens", obj.get("max_tokens"), limit)
+    # max_completion_tokens is the newer name of the same limit; it wins where a client sends both.
+    newer = _positive("max_completion_tokens", obj.get("max_completion_tokens"), limit)
+    value = newer if newer is not None else given
+    return min(default, limit) if value is None else value
 
 
-def _max_tokens(value: Any, default: int, limit: int) -> int:
+def _positive(name: str, value: Any, limit: int) -> int | None:
     if value is None:
-        return min(default, limit)
+        return None
     if type(value) is not int:
-        raise BadRequest("max_tokens must be an integer")
+        raise BadRequest(f"{name} must be an integer")
     if value < 1:
-        raise BadRequest("max_tokens must be at least 1")
+        raise BadRequest(f"{name} must be at least 1")
     if value > limit:
-        raise BadRequest(f"max_tokens must be at most {limit}")
+        raise BadRequest(f"{name} must be at most {limit}")
     return value
 
 

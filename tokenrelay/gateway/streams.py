@@ -42,7 +42,7 @@ from tokenrelay.gateway.dispatch import Dispatcher
 from tokenrelay.gateway.lost_runners import RunnerWatch
 from tokenrelay.gateway.metrics import GatewayMetrics
 from tokenrelay.gateway.quotas import TenantQuotas
-from tokenrelay.gateway.requests import StreamRequest
+from tokenrelay.gateway.requests import StreamRequest, check_job_bytes
 from tokenrelay.gateway.unread import UnreadWatch
 from tokenrelay.gateway.unread_checks import UnreadChecks
 from tokenrelay.runtime import natsio
@@ -187,7 +187,9 @@ class StreamManager:
             max_tokens=request.max_tokens,
             created=int(time.time()),
             owner=owner,
+            params=request.params,
         )
+        check_job_bytes(len(codec.encode(job)), max_payload_bytes=self._nc.max_payload)
         actions = self.dispatch.admit(job, time.monotonic())
         if owner is not None:  # counted before the await too: the owner's next POST sees it
             self.quotas.stream_started(owner, stream_id)

@@ -34,6 +34,9 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_TOKENS_LIMIT = 32_768
 DEFAULT_MAX_MESSAGES = 256
 DEFAULT_MAX_PROMPT_CHARS = 200_000
+DEFAULT_MAX_TOOLS = 128
+DEFAULT_MAX_CONTENT_PARTS = 256
+DEFAULT_MAX_IMAGE_BYTES = 5 << 20  # decoded bytes of one data: URL image
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_MAX_QUEUED_STREAMS = 1_000
 DEFAULT_QUEUE_TIMEOUT_S = 10.0
@@ -123,6 +126,12 @@ class GatewayConfig:
     """Messages one request may carry; more is ``400 bad_request``."""
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     """Characters of all messages' content together; more is ``400 bad_request``."""
+    max_tools: int = DEFAULT_MAX_TOOLS
+    """Tools one request may define; more is ``400 bad_request``."""
+    max_content_parts: int = DEFAULT_MAX_CONTENT_PARTS
+    """Content parts (text, images) of all messages together; more is ``400 bad_request``."""
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    """Decoded bytes of one image sent as a ``data:`` URL; more is ``413 payload_too_large``."""
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     max_queued_streams: int = DEFAULT_MAX_QUEUED_STREAMS
     """Streams waiting for a runner; beyond this a new stream gets 503 ``overloaded`` at once."""
