@@ -6,7 +6,7 @@ import enum
 import weakref
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import aiohttp
 
@@ -19,6 +19,7 @@ from tokenrelay.client.control import (
     expect,
 )
 from tokenrelay.client.owner import Stopped
+from tokenrelay.client.request import MessageLike, RequestParams, start_command
 from tokenrelay.client.sse import DEFAULT_MAX_EVENT_CHARS
 from tokenrelay.client.stream import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -124,14 +125,23 @@ class Client:
         self,
         *,
         prompt: str | None = None,
-        messages: Sequence[Mapping[str, str]] | None = None,
+        messages: Sequence[MessageLike] | None = None,
         max_tokens: int | None = None,
         model: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **fields: Unpack[RequestParams],
     ) -> Stream:
-        """Start a stream (give ``prompt`` or ``messages``); read it by iterating the returned :class:`Stream`."""
-        command: dict[str, Any] = {"type": "start"}
-        optional = {"prompt": prompt, "messages": messages, "max_tokens": max_tokens, "model": model}
-        command |= {name: value for name, value in optional.items() if value is not None}
+        """Start a stream (give ``prompt`` or ``messages``); read it by iterating the returned :class:`Stream`.
+
+        ``messages`` are :class:`~tokenrelay.wire.messages.ChatMessage` values or OpenAI chat message objects
+        (tool results, an assistant's tool calls, image parts included).  The typed keywords
+        (:class:`~tokenrelay.client.RequestParams`: ``tools``, ``tool_choice``, ``temperature``, ``stop``,
+        ``seed``, ``reasoning_effort``, ...) and every field of ``params`` (vendor fields such as ``top_k``) reach
+        the engine as sent.  A field given twice, or an owned one in ``params``, raises :class:`ValueError`.
+        """
+        command = start_command(
+            prompt=prompt, messages=messages, max_tokens=max_tokens, model=model, params=params, fields=fields
+        )
         reply = expect(await self._request(command), "started", stream_id=str, events_url=str)
         return self.stream(reply["stream_id"], reply["events_url"])
 

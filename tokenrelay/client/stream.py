@@ -1,10 +1,12 @@
-"""One stream's text as an async iterator, read from ``GET {events_url}`` with resume on drops."""
+"""One stream as an async iterator of its text (or of its typed events), read from ``GET {events_url}`` with resume
+on drops."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -13,6 +15,7 @@ import aiohttp
 import orjson
 
 from tokenrelay.client.errors import ConnectionLost, ProtocolError, code_for_status
+from tokenrelay.client.events import ContentEvent, Finished, StreamEvent, TextDelta, ToolCall, Usage
 from tokenrelay.client.owner import Stopped, StreamOwner
 from tokenrelay.client.sse import DEFAULT_MAX_EVENT_CHARS, SSEDecoder
 from tokenrelay.client.tracker import (
@@ -24,6 +27,7 @@ from tokenrelay.client.tracker import (
     StreamTracker,
 )
 from tokenrelay.wire.errors import TokenRelayError, from_code
+from tokenrelay.wire.messages import ChatMessage
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,14 @@ class _Retry(Exception):
 class Stream:
     """The text of one stream, delta by delta: ``async for delta in stream``.
 
-    Attributes follow the events: ``text`` (everything so far), ``tokens``, ``cursor`` (the
-    last SSE ``id``), and once the stream ended ``finish_reason`` and ``ttft_ms``.  When the
+    Iterating yields the answer's text only, so a model's reasoning and tool calls never mix into
+    it; ``async for event in stream.events()`` yields every typed event instead (text, reasoning,
+    tool-call fragments, then :class:`~tokenrelay.client.Finished`).  Read a stream one of the
+    two ways: each event is given once.
+
+    Attributes follow the events: ``text`` (everything so far), ``reasoning``, ``tool_calls``
+    (fragments joined), ``tokens``, ``cursor`` (the last SSE ``id``), and once the stream ended
+    ``finish_reason``, ``usage`` and ``ttft_ms``.  When the
     connection drops before the terminal event, the stream reconnects with
     ``Last-Event-ID: <cursor>`` and goes on exactly where it was (``reconnects`` counts this).
     An ``error`` event, or an HTTP error that retrying cannot fix, raises its typed error.
@@ -88,8 +98,8 @@ class Stream:
             reconnect_delay_s=options.reconnect_delay_s,
             max_reconnect_delay_s=options.max_reconnect_delay_s,
         )
-        self._parts: list[str] = []
-        self._ready: collections.deque[str] = collections.deque()
+        self._ready: collections.deque[ContentEvent] = collections.deque()
+        """The events of the last chunk read, not yet given out (bounded by one chunk)."""
         self._response: aiohttp.ClientResponse | None = None
         self._connections = 0
         self._drop_cause: BaseException | None = None
@@ -100,10 +110,29 @@ class Stream:
 
     @property
     def text(self) -> str:
-        """The text received so far."""
-        if len(self._parts) > 1:
-            self._parts[:] = ["".join(self._parts)]
-        return self._parts[0] if self._parts else ""
+        """The answer's text received so far (reasoning and tool calls apart)."""
+        return self._tracker.text
+
+    @property
+    def reasoning(self) -> str:
+        """The model's reasoning received so far (empty when the model gave none)."""
+        return self._tracker.reasoning
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls received so far, each one's fragments joined; whole once the stream finished."""
+        return self._tracker.tool_calls
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens delivered so far; once the ``stop`` event arrived, also the engine's counts."""
+        return self._tracker.usage
+
+    def assistant_message(self) -> ChatMessage:
+        """The model's turn as the next request's ``messages`` carries it: its text and its tool calls."""
+        return ChatMessage(
+            role="assistant", content=self.text, tool_calls=tuple(call.to_wire() for call in self.tool_calls)
+        )
 
     @property
     def tokens(self) -> int:
@@ -117,7 +146,8 @@ class Stream:
 
     @property
     def finish_reason(self) -> str | None:
-        """``stop``, ``length``, ``cancelled`` or ``error`` once the ``stop`` event arrived."""
+        """``stop``, ``length``, ``tool_calls``, ``content_filter``, ``cancelled`` or ``error`` once the ``stop``
+        event arrived."""
         return self._tracker.finish_reason
 
     @property
@@ -129,6 +159,11 @@ class Stream:
     def prompt_tokens(self) -> int | None:
         """The engine's count of the prompt, from the ``stop`` event (``None`` when it gave none)."""
         return self._tracker.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int | None:
+        """The engine's count of what it generated, from the ``stop`` event (``None`` when it gave none)."""
+        return self._tracker.completion_tokens
 
     @property
     def model(self) -> str | None:
@@ -156,6 +191,25 @@ class Stream:
         return self
 
     async def __anext__(self) -> str:
+        while True:
+            event = await self._guarded_next()
+            if isinstance(event, TextDelta) and event.text:
+                return event.text
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        """Every typed event in order: :class:`~tokenrelay.client.TextDelta`,
+        :class:`~tokenrelay.client.ReasoningDelta`, :class:`~tokenrelay.client.ToolCallDelta`, and last
+        :class:`~tokenrelay.client.Finished` when the stream finished (an ``error`` event raises instead)."""
+        while True:
+            try:
+                event = await self._guarded_next()
+            except StopAsyncIteration:
+                break
+            yield event
+        if self._tracker.phase is Phase.FINISHED and self.finish_reason is not None:
+            yield Finished(self.finish_reason, self.usage, self.tool_calls, self.ttft_ms)
+
+    async def _guarded_next(self) -> ContentEvent:
         if self._reading:
             raise RuntimeError(f"stream {self.stream_id} is already being read by another task")
         self._reading = True
@@ -165,7 +219,7 @@ class Stream:
             self._reading = False
 
     async def collect(self) -> str:
-        """Read to the end; return the whole text."""
+        """Read to the end; return the whole text (reasoning and tool calls are then in their attributes)."""
         async for _ in self:
             pass
         return self.text
@@ -183,7 +237,7 @@ class Stream:
     ) -> None:
         await self.aclose()
 
-    async def _next(self) -> str:
+    async def _next(self) -> ContentEvent:
         while not self._ready:
             if self._tracker.phase is Phase.FAILED and self._tracker.error is not None:
                 self._disconnect()
@@ -192,9 +246,7 @@ class Stream:
                 self._disconnect()
                 raise StopAsyncIteration
             await self._receive()
-        text = self._ready.popleft()
-        self._parts.append(text)
-        return text
+        return self._ready.popleft()
 
     async def _receive(self) -> None:
         """Read one chunk (connecting first if needed) and apply the events it completes."""
@@ -208,11 +260,11 @@ class Stream:
             self._interrupt(ConnectionResetError("the server ended the response before a terminal event"))
             return
         for event in self._decoder.feed(chunk):
-            text = self._tracker.receive(event)
+            content = self._tracker.receive_content(event)
             if event.id:
                 self._policy.progressed()
-            if text:
-                self._ready.append(text)
+            if content is not None:
+                self._ready.append(content)
             if self._tracker.phase is not Phase.OPEN:
                 break
         if self._tracker.phase is Phase.INTERRUPTED:

@@ -1,9 +1,10 @@
 """Sans-I/O state of one stream as a reader sees it, and the reconnect policy.
 
 :class:`StreamTracker` takes the decoded SSE events of the native API (``start``, ``delta``,
-``stop``, ``error``; see docs/api.md) and keeps the text, the resume cursor and the final
-state.  :class:`ReconnectPolicy` decides how long to wait before the next reconnect and when
-to give up.  Neither does I/O; the :class:`~tokenrelay.client.stream.Stream` moves bytes.
+``reasoning``, ``tool_call``, ``stop``, ``error``; see docs/api.md) and keeps the text, the
+reasoning, the tool calls, the resume cursor and the final state.  :class:`ReconnectPolicy`
+decides how long to wait before the next reconnect and when to give up.  Neither does I/O;
+the :class:`~tokenrelay.client.stream.Stream` moves bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from typing import Any, TypeVar
 import orjson
 
 from tokenrelay.client.errors import ProtocolError
+from tokenrelay.client.events import (
+    ContentEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallAssembler,
+    ToolCallDelta,
+    Usage,
+)
 from tokenrelay.client.sse import ServerSentEvent
 from tokenrelay.wire.errors import ErrorCode, TokenRelayError, from_code
 
@@ -42,6 +52,8 @@ class Phase(enum.Enum):
 _TRANSITIONS: dict[tuple[Phase, str], Phase] = {
     (Phase.OPEN, "start"): Phase.OPEN,
     (Phase.OPEN, "delta"): Phase.OPEN,
+    (Phase.OPEN, "reasoning"): Phase.OPEN,
+    (Phase.OPEN, "tool_call"): Phase.OPEN,
     (Phase.OPEN, "stop"): Phase.FINISHED,
     (Phase.OPEN, "error"): Phase.FAILED,
     (Phase.OPEN, "interrupt"): Phase.INTERRUPTED,
@@ -49,15 +61,17 @@ _TRANSITIONS: dict[tuple[Phase, str], Phase] = {
     (Phase.INTERRUPTED, "interrupt"): Phase.INTERRUPTED,
     (Phase.INTERRUPTED, "resume"): Phase.OPEN,
 }
-_EVENTS = frozenset({"start", "delta", "stop", "error"})
+_CONTENT_EVENTS = frozenset({"delta", "reasoning", "tool_call"})
+_EVENTS = _CONTENT_EVENTS | {"start", "stop", "error"}
 
 
 class StreamTracker:
-    """Text, cursor and outcome of one stream, fed one SSE event at a time.
+    """Text, reasoning, tool calls, cursor and outcome of one stream, fed one SSE event at a time.
 
-    ``tokens`` is the number of tokens delivered so far (the last delta's ``index``), then the
-    ``stop`` event's count.  A delta whose ``index`` is not past ``tokens`` repeats text already
-    held and is dropped, so the text never holds a token twice.
+    ``tokens`` is the number of tokens delivered so far (the last content event's ``index``: text,
+    reasoning and tool calls all count), then the ``stop`` event's count.  A content event whose
+    ``index`` is not past ``tokens`` repeats one already held and is dropped, so no text,
+    reasoning or tool-call fragment is ever held twice, wherever a resume began.
     """
 
     def __init__(self, *, cursor: str | None = None) -> None:
@@ -68,10 +82,39 @@ class StreamTracker:
         self.finish_reason: str | None = None
         self.ttft_ms: float | None = None
         self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
         self.error: TokenRelayError | None = None
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._tool_calls = ToolCallAssembler()
+
+    @property
+    def text(self) -> str:
+        """The answer's text received so far."""
+        return _joined(self._text)
+
+    @property
+    def reasoning(self) -> str:
+        """The model's reasoning received so far (empty for a model that does not reason)."""
+        return _joined(self._reasoning)
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls received so far, fragments joined; whole once the stream finished."""
+        return self._tool_calls.calls()
+
+    @property
+    def usage(self) -> Usage:
+        """Token counts: ``tokens`` so far, and the engine's counts once the ``stop`` event gave them."""
+        return Usage(tokens=self.tokens, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
 
     def receive(self, event: ServerSentEvent) -> str | None:
-        """Apply one event; return the new text it carries, if any."""
+        """Apply one event; return the new answer text it carries, if any (see :meth:`receive_content`)."""
+        content = self.receive_content(event)
+        return content.text if isinstance(content, TextDelta) else None
+
+    def receive_content(self, event: ServerSentEvent) -> ContentEvent | None:
+        """Apply one event; return the new typed content it carries, if any (``None`` for a repeat)."""
         if event.event not in _EVENTS:
             return None  # event types this client does not know are skipped (forward compatibility)
         data = _json(event)
@@ -81,8 +124,8 @@ class StreamTracker:
         self._move(event.event)
         if event.id:
             self.cursor = event.id
-        if event.event == "delta":
-            return self._delta(data)
+        if event.event in _CONTENT_EVENTS:
+            return self._content(event.event, data)
         if event.event == "start":
             self.model = _field(data, "model", str, "start")
         elif event.event == "stop":
@@ -110,21 +153,27 @@ class StreamTracker:
             raise ProtocolError(f"unexpected {action!r} while the stream is {self.phase.value}")
         self.phase = phase
 
-    def _delta(self, data: dict[str, Any]) -> str | None:
-        index = _field(data, "index", int, "delta")
-        text = _field(data, "text", str, "delta")
+    def _content(self, kind: str, data: dict[str, Any]) -> ContentEvent | None:
+        index = _field(data, "index", int, kind)
+        content = _parse_content(kind, index, data)
         if index <= self.tokens:
             return None
         self.tokens = index
-        return text
+        if isinstance(content, TextDelta):
+            self._text.append(content.text)
+        elif isinstance(content, ReasoningDelta):
+            self._reasoning.append(content.text)
+        else:
+            self._tool_calls.add(content)
+        return content
 
     def _stop(self, data: dict[str, Any]) -> None:
         self.finish_reason = _field(data, "finish_reason", str, "stop")
         self.tokens = _field(data, "tokens", int, "stop")
         ttft = data.get("ttft_ms")
         self.ttft_ms = float(ttft) if isinstance(ttft, int | float) else None
-        prompt = data.get("prompt_tokens")  # only when the engine counted the prompt
-        self.prompt_tokens = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None
+        self.prompt_tokens = _optional_count(data.get("prompt_tokens"))  # only when the engine counted them
+        self.completion_tokens = _optional_count(data.get("completion_tokens"))
 
 
 class ReconnectPolicy:
@@ -170,6 +219,40 @@ def _offset(cursor: str | None) -> int:
     """Tokens before a cursor ``epoch:offset`` (0 for a cursor of another shape)."""
     offset = (cursor or "").rpartition(":")[2]
     return int(offset) if offset.isascii() and offset.isdigit() else 0
+
+
+def _parse_content(kind: str, index: int, data: dict[str, Any]) -> ContentEvent:
+    ts = data.get("ts")
+    at = float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else None
+    if kind == "delta":
+        return TextDelta(_field(data, "text", str, kind), index, at)
+    if kind == "reasoning":
+        return ReasoningDelta(_field(data, "text", str, kind), index, at)
+    return ToolCallDelta(
+        call=_field(data, "call", int, kind),
+        arguments=_field(data, "arguments", str, kind),
+        index=index,
+        id=_optional_field(data, "id", kind),
+        name=_optional_field(data, "name", kind),
+        ts=at,
+    )
+
+
+def _joined(parts: list[str]) -> str:
+    if len(parts) > 1:
+        parts[:] = ["".join(parts)]  # joined once, so reading the text again and again stays cheap
+    return parts[0] if parts else ""
+
+
+def _optional_count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _optional_field(data: dict[str, Any], name: str, event: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"{event!r} event: {name!r} must be str")
+    return value
 
 
 def _streamer_closing(data: dict[str, Any], event: ServerSentEvent) -> bool:
