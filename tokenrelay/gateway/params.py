@@ -72,7 +72,7 @@ def _tools(value: Any, max_tools: int) -> frozenset[str]:
 def _tool_choice(value: Any, tools: frozenset[str]) -> None:
     if value is None or value == "none":
         return
-    if value in TOOL_CHOICES:
+    if isinstance(value, str) and value in TOOL_CHOICES:
         if value == "required" and not tools:
             raise BadRequest('tool_choice "required" needs tools')
         return
