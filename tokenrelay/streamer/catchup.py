@@ -91,7 +91,11 @@ class CatchUp:
         is never closed as a slow consumer just because history is faster than live tokens.
         """
         read = history.HistoryRead(
-            self._nc, reader.stream_id, from_seq=reader.replay.next_seq, batch=self._batch_messages
+            self._nc,
+            reader.stream_id,
+            from_seq=reader.replay.next_seq,
+            batch=self._batch_messages,
+            unknown=self._metrics.unknown_event,
         )
         try:
             async with contextlib.aclosing(read.pages()) as pages:

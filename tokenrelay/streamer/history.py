@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
@@ -20,8 +20,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from tokenrelay.runtime import natsio
 from tokenrelay.wire import codec, replay, subjects
-from tokenrelay.wire.codec import CodecError
-from tokenrelay.wire.messages import ReplayRequest, StreamEvent
+from tokenrelay.wire.codec import CodecError, UnknownMessageType
+from tokenrelay.wire.messages import ReceivedEvent, ReplayRequest, UnknownEvent
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,21 @@ class _NotHeld(Exception):
 class HistoryRead:
     """One read of a stream's history, ``batch`` events a page: iterate :meth:`pages`, then look at :attr:`source`."""
 
-    def __init__(self, nc: NATS, stream_id: str, *, from_seq: int = 0, batch: int) -> None:
+    def __init__(
+        self, nc: NATS, stream_id: str, *, from_seq: int = 0, batch: int, unknown: Callable[[str], None]
+    ) -> None:
         self._nc = nc
         self._stream_id = stream_id
         self._from_seq = from_seq
         self._batch = batch
+        self._unknown = unknown
+        """Told the type of each event of an unknown type read (it is skipped, its ``seq`` kept as seen)."""
         self.source: Source | None = None
         """Where the whole read came from, once :meth:`pages` is exhausted."""
 
-    async def pages(self) -> AsyncGenerator[list[StreamEvent]]:
-        """The events in publish order from ``from_seq`` on (JetStream: from the start), malformed ones skipped.
+    async def pages(self) -> AsyncGenerator[list[ReceivedEvent]]:
+        """The events in publish order from ``from_seq`` on (JetStream: from the start), malformed ones skipped
+        and those of an unknown type as :class:`~tokenrelay.wire.messages.UnknownEvent`.
 
         Use under :func:`contextlib.aclosing` when you may stop early.
         """
@@ -74,9 +79,9 @@ class HistoryRead:
         )
         async with contextlib.aclosing(stored):
             async for raw in stored:
-                yield _decode(data for _, data in raw)
+                yield self._decode(data for _, data in raw)
 
-    async def _runner_pages(self) -> AsyncGenerator[list[StreamEvent]]:
+    async def _runner_pages(self) -> AsyncGenerator[list[ReceivedEvent]]:
         """Pages from the runner (empty ones left out); :class:`_NotHeld` when it cannot serve them all."""
         from_seq = self._from_seq
         subject = subjects.replay(self._stream_id)
@@ -95,19 +100,25 @@ class HistoryRead:
                 raise _NotHeld from None
             if not page.header.held:
                 raise _NotHeld
-            events = _decode(page.events)
+            events = self._decode(page.events)
             if events:
                 yield events
             if not page.header.more or not events:
                 return
             from_seq = events[-1].seq + 1
 
-
-def _decode(raw: Iterable[bytes]) -> list[StreamEvent]:
-    events: list[StreamEvent] = []
-    for data in raw:
-        try:
-            events.append(codec.decode_event(data))
-        except CodecError as exc:
-            log.warning("skipping malformed stored event: %s", exc)
-    return events
+    def _decode(self, raw: Iterable[bytes]) -> list[ReceivedEvent]:
+        events: list[ReceivedEvent] = []
+        for data in raw:
+            try:
+                event = codec.decode_received_event(data)
+            except UnknownMessageType as exc:  # no seq: it holds no place in the stream
+                self._unknown(exc.tag)
+                continue
+            except CodecError as exc:
+                log.warning("skipping malformed stored event: %s", exc)
+                continue
+            if isinstance(event, UnknownEvent):
+                self._unknown(event.tag)
+            events.append(event)
+        return events

@@ -39,9 +39,9 @@ from tokenrelay.streamer.reader import Reader
 from tokenrelay.streamer.reader_state import ReaderState
 from tokenrelay.streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentStarts
 from tokenrelay.wire import codec, subjects
-from tokenrelay.wire.codec import CodecError
+from tokenrelay.wire.codec import CodecError, UnknownMessageType
 from tokenrelay.wire.errors import RateLimited
-from tokenrelay.wire.messages import StreamDelta, StreamStart
+from tokenrelay.wire.messages import StreamDelta, StreamStart, UnknownEvent
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,15 @@ class Hub:
                 self._note_unread(stream_id, data)
             return
         try:
-            event = codec.decode_event(data)
+            event = codec.decode_received_event(data)
+        except UnknownMessageType as exc:  # a newer runner's, with no seq: it holds no place in the stream
+            self._metrics.unknown_event(exc.tag)
+            return
         except CodecError as exc:
             log.warning("stream %s: dropping malformed event: %s", stream_id, exc)
+            return
+        if isinstance(event, UnknownEvent):
+            self._skip_unknown(event, channel)
             return
         if self.starts is not None and not isinstance(event, StreamDelta):
             if isinstance(event, StreamStart):
@@ -220,6 +226,14 @@ class Hub:
         now = self.clock()
         for reader in tuple(channel.readers):
             reader.deliver(event, now, framed)
+
+    def _skip_unknown(self, event: UnknownEvent, channel: _Channel) -> None:
+        """A newer runner's kind of event: it frames to nothing, but each reader counts its ``seq`` as seen (a
+        reader that waited for it would hold the rest of the stream behind a gap no history fills)."""
+        self._metrics.unknown_event(event.tag)
+        now = self.clock()
+        for reader in tuple(channel.readers):
+            reader.deliver(event, now, b"")
 
     def _note_unread(self, stream_id: str, data: bytes) -> None:
         """Remember a start and what follows it, forget an end, of a stream nobody reads here (starts are decoded)."""
@@ -253,10 +267,12 @@ class Hub:
         now = self.clock()
         for seq, data in enumerate(kept.events):
             try:
-                event = codec.decode_event(data)
+                event = codec.decode_received_event(data)
             except CodecError:
                 whole = False  # a gap: the history read fills it
                 continue
+            if isinstance(event, UnknownEvent):
+                self._metrics.unknown_event(event.tag)
             whole = whole and event.seq == seq
             reader.deliver(event, now, notify=False)
         if whole:

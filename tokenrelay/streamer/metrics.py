@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from tokenrelay.runtime.loopmetrics import LoopMetrics
+from tokenrelay.wire.codec import UnknownTypes
+
+log = logging.getLogger(__name__)
 
 LAG_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -87,3 +92,22 @@ class StreamerMetrics:
             ["code"],
             registry=r,
         )
+        self.unknown_events = Counter(
+            "tokenrelay_streamer_unknown_events",
+            "Stream events of a type this streamer does not know (a newer runner's), skipped with their seq counted "
+            "as seen, by type; each time one is read, live or from history",
+            ["type"],
+            registry=r,
+        )
+        self._unknown_types = UnknownTypes()
+
+    def unknown_event(self, tag: str) -> None:
+        """Count one stream event of a type this streamer does not know; log the first of each type only."""
+        noted = self._unknown_types.note(tag)
+        self.unknown_events.labels(type=noted.label).inc()
+        if noted.first:
+            log.warning(
+                "skipping stream events of unknown type %r (from a newer runner?); counted in "
+                "tokenrelay_streamer_unknown_events_total",
+                noted.label,
+            )

@@ -19,7 +19,7 @@ from tokenrelay.streamer.reader_state import ReaderState, advance
 from tokenrelay.streamer.replay import Replay, ReplayError
 from tokenrelay.streamer.sse import PING
 from tokenrelay.wire.cursor import Cursor
-from tokenrelay.wire.messages import StreamDelta, StreamEvent
+from tokenrelay.wire.messages import ReceivedEvent, StreamDelta
 
 _CATCHING_UP, _LIVE = ReaderState.CATCHING_UP, ReaderState.LIVE
 
@@ -92,7 +92,7 @@ class Reader:
         self._move(ReaderState.CLOSED)
         self.buffer.close()
 
-    def deliver(self, event: StreamEvent, now: float, framed: bytes | None = None, *, notify: bool = True) -> None:
+    def deliver(self, event: ReceivedEvent, now: float, framed: bytes | None = None, *, notify: bool = True) -> None:
         """Take one event (history, or live with its shared ``framed`` bytes); queue whatever it releases.
 
         ``notify=False`` leaves the write to the caller's :meth:`ready` (a page of history goes out as one write).

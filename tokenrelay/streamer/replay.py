@@ -19,14 +19,23 @@ from dataclasses import dataclass
 
 from tokenrelay.wire.cursor import Cursor
 from tokenrelay.wire.errors import ErrorCode
-from tokenrelay.wire.messages import OUT_OF_BAND_SEQ, StreamDelta, StreamEnd, StreamError, StreamEvent, StreamStart
+from tokenrelay.wire.messages import (
+    OUT_OF_BAND_SEQ,
+    ReceivedEvent,
+    StreamDelta,
+    StreamEnd,
+    StreamError,
+    StreamEvent,
+    StreamStart,
+    UnknownEvent,
+)
 
 EVENT_OVERHEAD_BYTES = 256
 """What a held event costs beyond its text: the decoded object, its fields and its dict slot
 (a decoded one-word ``StreamDelta`` measured ~280 B in all with tracemalloc)."""
 
 
-def held_size(event: StreamEvent) -> int:
+def held_size(event: ReceivedEvent) -> int:
     """What holding ``event`` is counted as, in bytes."""
     if isinstance(event, StreamDelta):
         return sys.getsizeof(event.text) + EVENT_OVERHEAD_BYTES
@@ -63,7 +72,7 @@ class Replay:
         self._state = _OPEN
         self._resume_offset = resume.offset if resume is not None else 0
         self._resumed = resume is not None
-        self._held: dict[int, StreamEvent] = {}
+        self._held: dict[int, ReceivedEvent] = {}
         # Plain attributes, not properties: the reader reads both for every event it is given.
         self.held_events = 0
         """Events held ahead of a gap (kept by :meth:`push`)."""
@@ -101,7 +110,7 @@ class Replay:
         """Events are held that cannot be released until earlier ones arrive."""
         return bool(self._held)
 
-    def push(self, event: StreamEvent) -> list[StreamEvent] | ReplayError:
+    def push(self, event: ReceivedEvent) -> list[StreamEvent] | ReplayError:
         """Take one event from history or live; return what may be sent now, in order."""
         if self._state is not _OPEN:
             return []
@@ -133,7 +142,9 @@ class Replay:
                 out.append(admitted)
         return out
 
-    def _admit(self, event: StreamEvent) -> StreamEvent | ReplayError | None:
+    def _admit(self, event: ReceivedEvent) -> StreamEvent | ReplayError | None:
+        if isinstance(event, UnknownEvent):
+            return None  # a newer process's kind of event: its seq is seen, and there is nothing of it to send
         if isinstance(event, StreamStart):
             if event.epoch != self.epoch:
                 return ReplayError(ErrorCode.RESUME_UNAVAILABLE, "the stream's history was replaced")

@@ -3,6 +3,13 @@
 ``encode`` turns a message dataclass into JSON bytes; ``decode`` checks the ``type`` tag and
 every field's type before building the dataclass, so a malformed message from the wire
 raises :class:`CodecError` instead of travelling on half-valid.
+
+Forward compatible, so a cluster can be upgraded one process at a time: fields this process does
+not know are ignored, and a message whose ``type`` it does not know raises the distinct
+:class:`UnknownMessageType`, which a receiver counts and drops (:class:`UnknownTypes` names its
+metric label and says when to log it).  A stream's event of an unknown type still holds its place
+in the stream: :func:`decode_received_event` turns it into an
+:class:`~tokenrelay.wire.messages.UnknownEvent`, so no reader waits for its ``seq``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import enum
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -24,6 +32,55 @@ T = TypeVar("T")
 
 class CodecError(ValueError):
     """Bytes that are not a valid message of the expected kind."""
+
+
+class UnknownMessageType(CodecError):
+    """A JSON object whose ``type`` this process does not know: most likely a newer process's message.
+
+    ``tag`` is that ``type``; ``seq`` the object's ``seq`` when it has an int one (a stream's event).
+    """
+
+    def __init__(self, tag: str, seq: int | None) -> None:
+        super().__init__(f"unknown message type {tag!r}")
+        self.tag = tag
+        self.seq = seq
+
+
+MAX_UNKNOWN_TYPES = 32
+"""Distinct unknown types a process names in its metrics and logs; the rest count as :data:`OTHER_TYPES`."""
+MAX_TYPE_LABEL_CHARS = 64
+"""An unknown type is named by this many characters at most."""
+OTHER_TYPES = "other"
+"""The label of every unknown type past :data:`MAX_UNKNOWN_TYPES`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Noted:
+    """What to do about one unknown message: count it under ``label``; log it when ``first`` of its label."""
+
+    label: str
+    first: bool
+
+
+class UnknownTypes:
+    """The unknown message types one process has received, bounded (sans-I/O).
+
+    A sender may invent any number of types: past ``max_types`` distinct ones, each new type is counted as
+    :data:`OTHER_TYPES`, so a process's metric labels and the types it remembers stay bounded.
+    """
+
+    def __init__(self, *, max_types: int = MAX_UNKNOWN_TYPES) -> None:
+        self._max_types = max_types
+        self._seen: set[str] = set()
+
+    def note(self, tag: str) -> Noted:
+        """Note one message of type ``tag``: its label, and whether it is the first message of that label."""
+        label = tag[:MAX_TYPE_LABEL_CHARS]
+        if label not in self._seen and len(self._seen) >= self._max_types:
+            label = OTHER_TYPES
+        first = label not in self._seen
+        self._seen.add(label)
+        return Noted(label, first)
 
 
 _TYPES: dict[str, type[Any]] = {cls.__dataclass_fields__["type"].default: cls for cls in typing.get_args(m.Message)}
@@ -41,9 +98,12 @@ def decode(data: bytes | str) -> m.Message:
 
 def _message(obj: dict[str, Any]) -> m.Message:
     tag = obj.get("type")
-    cls = _TYPES.get(tag) if isinstance(tag, str) else None
+    if not isinstance(tag, str):
+        raise CodecError(f"a message's type must be a string, not {tag!r}")
+    cls = _TYPES.get(tag)
     if cls is None:
-        raise CodecError(f"unknown message type {obj.get('type')!r}")
+        seq = obj.get("seq")
+        raise UnknownMessageType(tag, seq if type(seq) is int else None)
     return typing.cast(m.Message, _build(cls, obj))
 
 
@@ -66,6 +126,18 @@ def decode_event(data: bytes | str) -> m.StreamEvent:
     if not isinstance(message, m.StreamStart | m.ReasoningDelta | m.ToolCallDelta | m.StreamEnd | m.StreamError):
         raise CodecError(f"not a stream event: {type(message).__name__}")
     return message
+
+
+def decode_received_event(data: bytes | str) -> m.ReceivedEvent:
+    """Parse one per-stream event as a streamer receives it: as :func:`decode_event`, except that an event of a
+    type this process does not know, with an int ``seq``, is an :class:`~tokenrelay.wire.messages.UnknownEvent`
+    (its place in the stream, no content).  :class:`UnknownMessageType` still for one without a ``seq``."""
+    try:
+        return decode_event(data)
+    except UnknownMessageType as exc:
+        if exc.seq is None:
+            raise
+        return m.UnknownEvent(seq=exc.seq, tag=exc.tag)
 
 
 def parse_json_object(body: bytes | str) -> dict[str, Any]:
@@ -115,10 +187,14 @@ def _build(cls: type[Any], obj: Any) -> Any:
             kwargs[name] = check(obj[name])
         elif required:
             raise CodecError(f"{cls.__name__}: missing field {name!r}")
+    # A field an older sender did not know (``v``) gets the value that means "older", not this process's default.
+    for name, value in _when_absent(cls).items():
+        kwargs.setdefault(name, value)
     return cls(**kwargs)
 
 
 _SCHEMAS: dict[type[Any], dict[str, tuple[Callable[[Any], Any], bool]]] = {}
+_ABSENT: dict[type[Any], dict[str, Any]] = {}
 
 
 def _schema(cls: type[Any]) -> dict[str, tuple[Callable[[Any], Any], bool]]:
@@ -126,6 +202,14 @@ def _schema(cls: type[Any]) -> dict[str, tuple[Callable[[Any], Any], bool]]:
     if schema is None:
         schema = _SCHEMAS[cls] = _make_schema(cls)
     return schema
+
+
+def _when_absent(cls: type[Any]) -> dict[str, Any]:
+    absent = _ABSENT.get(cls)
+    if absent is None:
+        fields = dataclasses.fields(cls)
+        absent = _ABSENT[cls] = {f.name: f.metadata[m.WHEN_ABSENT] for f in fields if m.WHEN_ABSENT in f.metadata}
+    return absent
 
 
 def _make_schema(cls: type[Any]) -> dict[str, tuple[Callable[[Any], Any], bool]]:

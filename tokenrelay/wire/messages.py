@@ -53,6 +53,14 @@ class CancelReason(enum.StrEnum):
 JsonObject = dict[str, Any]
 """A JSON object carried as the client sent it (the codec checks only that it is an object)."""
 
+PROTOCOL_VERSION = 2
+"""The wire protocol this code speaks (2: typed content), sent as ``v`` on :class:`JobRequest`,
+:class:`StreamStart`, :class:`RunnerHeartbeat` and :class:`StartRequest`.  A message without ``v`` comes from a
+process older than the field: it decodes as version 1 (:data:`WHEN_ABSENT`)."""
+WHEN_ABSENT = "when_absent"
+"""Field metadata: the value the codec gives a field that a decoded message lacks, where it differs from the
+default a message built here gets."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ContentPart:
@@ -144,6 +152,8 @@ class JobRequest:
     """Wall-clock time (``time.time()``) after which no runner may take this offer: the gateway has stopped waiting
     for its answer and may offer the stream again, so a runner that took it then would generate it beside another
     (``None``: no limit)."""
+    v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
+    """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +187,8 @@ class StreamStart:
     created: int
     runner_id: str
     ts: float
+    v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
+    """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,6 +284,23 @@ TERMINAL_EVENTS = (StreamEnd, StreamError)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UnknownEvent:
+    """Never on the wire: a stream's event of a ``type`` this process does not know (a newer runner's).
+
+    It stands in for that event so a reader's merge counts its ``seq`` as seen and waits for no gap; it carries
+    no content, and nothing is sent for it.
+    """
+
+    seq: int
+    tag: str
+    """The event's ``type``."""
+
+
+ReceivedEvent = StreamEvent | UnknownEvent
+"""A per-stream event as a streamer receives it (:func:`~tokenrelay.wire.codec.decode_received_event`)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CancelRequest:
     """Gateway -> owner (runner, or the gateway holding it queued): stop this stream."""
 
@@ -306,6 +335,8 @@ class RunnerHeartbeat:
     ts: float
     streams: tuple[str, ...] = ()
     """Ids of the streams this runner is generating now."""
+    v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
+    """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,6 +409,8 @@ class StartRequest:
     """The request's other fields in the OpenAI chat shape, as :attr:`JobRequest.params`."""
     owner: str | None = None
     """The tenant of the API key the streamer authenticated (``None`` without keys)."""
+    v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
+    """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
