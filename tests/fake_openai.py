@@ -1,10 +1,16 @@
-"""A small OpenAI-compatible server for tests: streams chat chunks and records when its client left."""
+"""A small OpenAI-compatible server for tests: streams chat chunks and records when its client left.
+
+Besides the answer's words it can stream reasoning (``reasoning_content`` or ``reasoning`` deltas), tool-call
+fragments (``tool_calls`` deltas), a final chunk with a ``finish_reason`` and a usage-only chunk, in that order:
+reasoning, words, tool calls, finish, usage.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -32,7 +38,15 @@ class FakeUpstream:
     status: int = 200
     stall_after: int | None = None
     usage_prompt_tokens: int | None = None
-    """When set, a usage-only chunk with this ``prompt_tokens`` follows the words (as ``include_usage`` asks)."""
+    """When set, a usage-only chunk with this ``prompt_tokens`` follows the words (as ``include_usage`` asks); its
+    ``completion_tokens`` counts every chunk of content sent."""
+    reasoning: list[str] = field(default_factory=list)
+    """Reasoning pieces sent before the words, one chunk each, in the delta field ``reasoning_field``."""
+    reasoning_field: str = "reasoning_content"
+    tool_fragments: list[dict[str, Any]] = field(default_factory=list)
+    """Entries of ``delta.tool_calls`` sent after the words, one chunk each (``index``, ``id``?, ``function``)."""
+    finish_reason: str | None = None
+    """When set, a chunk with an empty delta and this ``finish_reason`` follows the content."""
     calls: list[Call] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -58,22 +72,24 @@ class FakeUpstream:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
-            for i, word in enumerate(self.words):
+            deltas: list[dict[str, Any]] = [{self.reasoning_field: piece} for piece in self.reasoning]
+            deltas += [{"content": word} for word in self.words]
+            deltas += [{"tool_calls": [fragment]} for fragment in self.tool_fragments]
+            for i, delta in enumerate(deltas):
                 if self.stall_after is not None and i >= self.stall_after:
                     await asyncio.sleep(3600)
-                chunk = {
-                    "id": "c1",
-                    "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": {"content": word}}],
-                }
+                chunk = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
                 # Split each event across two writes, mid-character when it has multi-byte ones.
                 data = b"data: " + orjson.dumps(chunk) + b"\n\n"
                 await response.write(data[: len(data) - 5])
                 await response.write(data[len(data) - 5 :])
                 call.sent += 1
                 await asyncio.sleep(self.interval_s)
+            if self.finish_reason is not None:
+                choice = {"index": 0, "delta": {}, "finish_reason": self.finish_reason}
+                await response.write(b"data: " + orjson.dumps({"id": "c1", "choices": [choice]}) + b"\n\n")
             if self.usage_prompt_tokens is not None:
-                usage = {"prompt_tokens": self.usage_prompt_tokens, "completion_tokens": len(self.words)}
+                usage = {"prompt_tokens": self.usage_prompt_tokens, "completion_tokens": len(deltas)}
                 await response.write(b"data: " + orjson.dumps({"id": "c1", "choices": [], "usage": usage}) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
             call.finished = True

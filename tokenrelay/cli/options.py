@@ -112,6 +112,9 @@ ENGINE_OPTIONS = (
     Option("--upstream-model", str, "", "openai engine: model name to ask the upstream for"),
     Option("--upstream-timeout-s", v.POSITIVE_DURATION, 60.0,
            "openai engine: end a stream whose upstream is silent this long"),
+    Option("--upstream-include-usage", str, "on",
+           "openai engine: ask the upstream for its token counts (stream_options.include_usage); off for a "
+           "server that refuses stream_options", choices=("on", "off")),
     Option("--model-path", str, "", "transformers engine: local model directory (or a cached Hugging Face name)"),
     Option("--worker-threads", v.POSITIVE_COUNT, 1, "transformers engine: generations computed at once"),
 )  # fmt: skip

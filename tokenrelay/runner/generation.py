@@ -1,5 +1,10 @@
 """One stream's generation on a runner: drive the engine, publish events, obey one cancel.
 
+The engine yields typed pieces (text, reasoning, tool-call fragments); each block of one kind (for tool calls:
+of one call) is published as its own messages (:class:`~tokenrelay.wire.messages.StreamDelta`,
+:class:`~tokenrelay.wire.messages.ReasoningDelta`, :class:`~tokenrelay.wire.messages.ToolCallDelta`), batched by
+:mod:`~tokenrelay.runner.batcher`, and ``index`` counts every token whatever its kind.
+
 The :class:`Generation` is the single owner of its stream's cancellation.  ``cancel()``
 records why and cancels the generation task, which interrupts the engine wherever it waits
 (a pacing sleep, an upstream read) so no further token is produced.  The task then publishes
@@ -17,8 +22,8 @@ from dataclasses import dataclass, replace
 
 from nats.aio.client import Client as NATS
 
-from tokenrelay.runner.batcher import DeltaBatcher
-from tokenrelay.runner.engines import Engine, EngineError, GenerationRequest, TextTail
+from tokenrelay.runner.batcher import REASONING, TEXT, DeltaBatcher
+from tokenrelay.runner.engines import Engine, EngineError, GenerationRequest, Reasoning, TextTail, ToolCallFragment
 from tokenrelay.runner.metrics import RunnerMetrics
 from tokenrelay.runner.pace import PublishPace
 from tokenrelay.runtime.lifecycle import LifecycleEvent, log_event
@@ -28,6 +33,7 @@ from tokenrelay.wire.messages import (
     CancelReason,
     FinishReason,
     JobRequest,
+    ReasoningDelta,
     StreamDelta,
     StreamEnd,
     StreamError,
@@ -35,6 +41,7 @@ from tokenrelay.wire.messages import (
     StreamRecord,
     StreamStart,
     StreamState,
+    ToolCallDelta,
     job_record,
 )
 from tokenrelay.wire.replay import ReplayLog
@@ -85,6 +92,10 @@ class Generation:
         self._ttft_ms: float | None = None
         self._prompt_tokens: int | None = None
         """The prompt's length in tokens, as the engine reported it (``None``: it did not)."""
+        self._completion_tokens: int | None = None
+        """The engine's own count of the tokens it generated (``None``: it gave none)."""
+        self._engine_finish: FinishReason | None = None
+        """The finish reason the engine decided (``None``: it said nothing, which is ``stop``)."""
         self._first_token_at: float | None = None
         self._cancel_reason: CancelReason | None = None
         self.halted_ts: float | None = None
@@ -169,6 +180,7 @@ class Generation:
                 ttft_ms=self._ttft_ms,
                 cancel_reason=self._cancel_reason,
                 prompt_tokens=self._prompt_tokens,
+                completion_tokens=self._completion_tokens,
             )
         )
         self._finish(outcome)
@@ -176,32 +188,64 @@ class Generation:
 
     async def _generate(self, accepted: float) -> FinishReason:
         tokens = self._engine.stream(self._request())
+        batcher = self._batcher
         try:
-            async for text in tokens:
+            async for piece in tokens:
                 if self._cancel_reason is not None:
                     # Produced although the cancel had already arrived: wasted compute, not sent.
                     self._metrics.tokens_after_cancel.inc()
                     raise asyncio.CancelledError
-                if isinstance(text, TextTail):
-                    self._batcher.add(text, time.monotonic())
+                if type(piece) is str:  # the answer's text: the common case, one cheap check of its block
+                    if batcher.block is not TEXT and batcher.pending_tokens:
+                        await self._flush()
+                    self._count_token(accepted)
+                    due = batcher.add(piece, time.monotonic())
+                elif isinstance(piece, TextTail):
+                    if batcher.boundary(TEXT):
+                        await self._flush()
+                    batcher.add(piece, time.monotonic())
                     continue
-                self._tokens += 1
-                self._metrics.tokens.inc()
-                if self._ttft_ms is None:
-                    self._first_token_at = time.perf_counter()
-                    self._ttft_ms = (self._first_token_at - accepted) * 1000
-                    self._metrics.ttft.observe(self._ttft_ms / 1000)
-                    log_event(LifecycleEvent.FIRST_TOKEN, ROLE, self.job.stream_id, ttft_ms=self._ttft_ms)
-                if self._batcher.add(text, time.monotonic()):
+                elif isinstance(piece, ToolCallFragment):
+                    if batcher.boundary(piece.call):
+                        await self._flush()
+                    self._count_token(accepted)
+                    due = batcher.add_fragment(
+                        piece.call, piece.arguments, time.monotonic(), id=piece.id, name=piece.name
+                    )
+                else:
+                    block = REASONING if isinstance(piece, Reasoning) else TEXT
+                    if batcher.boundary(block):
+                        await self._flush()
+                    self._count_token(accepted)
+                    due = batcher.add(piece, time.monotonic(), block)
+                if due:
                     await self._flush()
                 else:
                     self._arm_flush()
                 if self._tokens >= self.job.max_tokens:
                     return FinishReason.LENGTH
-            return FinishReason.STOP
+            return self._engine_finish_reason()
         finally:
             self._disarm_flush()
             await tokens.aclose()  # type: ignore[attr-defined]
+
+    def _count_token(self, accepted: float) -> None:
+        self._tokens += 1
+        self._metrics.tokens.inc()
+        if self._ttft_ms is None:
+            self._first_token_at = time.perf_counter()
+            self._ttft_ms = (self._first_token_at - accepted) * 1000
+            self._metrics.ttft.observe(self._ttft_ms / 1000)
+            log_event(LifecycleEvent.FIRST_TOKEN, ROLE, self.job.stream_id, ttft_ms=self._ttft_ms)
+
+    def _engine_finish_reason(self) -> FinishReason:
+        """Why the engine ended: what it said (``tool_calls`` only when its last block is a tool call), else stop."""
+        reason = self._engine_finish
+        if reason is FinishReason.TOOL_CALLS and not isinstance(self._batcher.block, int):
+            return FinishReason.STOP
+        if reason in (FinishReason.LENGTH, FinishReason.TOOL_CALLS, FinishReason.CONTENT_FILTER):
+            return reason
+        return FinishReason.STOP
 
     def _request(self) -> GenerationRequest:
         return GenerationRequest(
@@ -209,8 +253,17 @@ class Generation:
             model=self.job.model,
             messages=self.job.messages,
             max_tokens=self.job.max_tokens,
+            params=self.job.params,
             on_prompt_tokens=self._on_prompt_tokens,
+            on_completion_tokens=self._on_completion_tokens,
+            on_finish_reason=self._on_finish_reason,
         )
+
+    def _on_completion_tokens(self, tokens: int) -> None:
+        self._completion_tokens = tokens
+
+    def _on_finish_reason(self, reason: FinishReason) -> None:
+        self._engine_finish = reason
 
     def _on_prompt_tokens(self, tokens: int) -> None:
         self._prompt_tokens = tokens
@@ -294,18 +347,28 @@ class Generation:
         await self._flush()
 
     async def _flush(self) -> None:
-        if self._batcher.pending_tokens == 0:
+        batcher = self._batcher
+        if batcher.pending_tokens == 0:
             return
-        now, held_since = time.monotonic(), self._batcher.held_since
-        text, count = self._batcher.take(now)
-        if not text:
+        now, held_since = time.monotonic(), batcher.held_since
+        block, call_id, call_name = batcher.block, batcher.call_id, batcher.call_name
+        text, count = batcher.take(now)
+        if not text and call_id is None and call_name is None:
             return  # tokens that completed no character: counted in the terminal event, nothing to show
         # Stamped with its oldest token's time on the wall clock, so what the batch held back counts as lag; and
         # with how long that was, so a streamer can tell its own lateness from the holding (runner/pace.py).
         held_s = now - held_since if held_since is not None else 0.0
-        delta = StreamDelta(
-            seq=self._next_seq(), text=text, index=self._tokens, count=count, ts=time.time() - held_s, held_s=held_s
-        )
+        seq, index, ts = self._next_seq(), self._tokens, time.time() - held_s
+        delta: StreamDelta | ReasoningDelta | ToolCallDelta
+        if block == TEXT:
+            delta = StreamDelta(seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s)
+        elif isinstance(block, int):
+            delta = ToolCallDelta(
+                seq=seq, call=block, id=call_id, name=call_name, arguments=text, index=index, count=count, ts=ts,
+                held_s=held_s,
+            )  # fmt: skip
+        else:
+            delta = ReasoningDelta(seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s)
         await self._publish(delta)
 
     def _next_seq(self) -> int:

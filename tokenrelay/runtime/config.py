@@ -246,6 +246,9 @@ class UpstreamConfig:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     """No byte from the upstream for this long ends the stream with ``upstream_timeout``."""
+    include_usage: bool = True
+    """Ask for the upstream's token counts (``stream_options: {"include_usage": true}``); off for a server that
+    refuses ``stream_options``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,7 +19,8 @@ Hierarchy::
     └── ResumeUnavailable   410 resume_unavailable
 
 Codes that only ever reach a client inside an SSE ``error`` event (``slow_consumer``,
-``runner_lost``, ``engine_error``, ``upstream_*``, ``shutting_down``) have no exception class.
+``runner_lost``, ``engine_error``, ``upstream_*``, ``shutting_down``, ``unsupported_parameter``) have no
+exception class.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class ErrorCode(enum.StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     SHUTTING_DOWN = "shutting_down"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    """The runner's engine cannot honour a parameter of the request (the stream ends with this error)."""
 
 
 STATUS_CODES: dict[int, ErrorCode] = {

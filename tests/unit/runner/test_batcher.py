@@ -1,10 +1,11 @@
-"""Spec of publish batching with an explicit clock: first token at once, then one publish per interval."""
+"""Spec of publish batching with an explicit clock: first token at once, then one publish per interval, and only
+tokens of one block (text, reasoning, one tool call) held together."""
 
 from __future__ import annotations
 
 import pytest
 
-from tokenrelay.runner.batcher import DeltaBatcher
+from tokenrelay.runner.batcher import REASONING, TEXT, BlockBoundaryError, DeltaBatcher
 from tokenrelay.runner.pace import PublishPace
 
 INTERVAL_S = 0.25
@@ -98,3 +99,61 @@ def test_a_batch_is_held_since_its_oldest_token_and_taking_it_clears_that() -> N
     assert batcher.held_since == T0 + 0.125
     batcher.take(T0 + INTERVAL_S)
     assert batcher.held_since is None
+
+
+def test_tokens_of_one_kind_are_no_block_boundary_for_each_other() -> None:
+    batcher = DeltaBatcher(PublishPace(INTERVAL_S))
+    batcher.add("think", T0, REASONING)
+    assert not batcher.boundary(REASONING)
+    assert batcher.boundary(TEXT)
+    assert batcher.boundary(0)
+
+
+def test_nothing_held_is_no_block_boundary_whatever_was_taken_before() -> None:
+    batcher = DeltaBatcher(PublishPace(INTERVAL_S))
+    batcher.add("think", T0, REASONING)
+    batcher.take(T0)
+    assert not batcher.boundary(TEXT)
+    assert batcher.block == REASONING  # the last token's block is remembered: the generation's finish reads it
+
+
+def test_the_batcher_refuses_a_token_of_another_block_while_tokens_are_held() -> None:
+    batcher = DeltaBatcher(PublishPace(INTERVAL_S))
+    batcher.add("a", T0)
+    batcher.take(T0)
+    batcher.add("b", T0 + 0.1)
+    with pytest.raises(BlockBoundaryError, match=r"'text'.*'reasoning'"):
+        batcher.add("think", T0 + 0.1, REASONING)
+    with pytest.raises(BlockBoundaryError, match=r"'text'.*0"):
+        batcher.add_fragment(0, "{", T0 + 0.1, id="call_1", name="f")
+    assert batcher.take(T0 + 0.2) == ("b", 1)
+
+
+def test_fragments_of_one_tool_call_join_and_keep_the_calls_id_and_name() -> None:
+    batcher = DeltaBatcher(PublishPace(INTERVAL_S))
+    batcher.add("a", T0)
+    batcher.take(T0)
+    batcher.add_fragment(0, "", T0 + 0.1, id="call_1", name="get_weather")
+    batcher.add_fragment(0, '{"city"', T0 + 0.1)
+    batcher.add_fragment(0, ': "Paris"}', T0 + 0.1)
+    assert (batcher.block, batcher.call_id, batcher.call_name) == (0, "call_1", "get_weather")
+    assert batcher.take(T0 + 0.25) == ('{"city": "Paris"}', 3)
+    assert (batcher.call_id, batcher.call_name) == (None, None)
+
+
+def test_a_fragment_of_another_call_is_a_block_boundary() -> None:
+    batcher = DeltaBatcher(PublishPace(INTERVAL_S))
+    batcher.add_fragment(0, "{}", T0, id="call_1", name="f")
+    assert not batcher.boundary(0)
+    assert batcher.boundary(1)
+
+
+def test_a_calls_first_fragment_is_due_even_with_empty_arguments() -> None:
+    batcher = DeltaBatcher(PublishPace(INTERVAL_S))
+    assert batcher.add_fragment(0, "", T0, id="call_1", name="f")
+
+
+def test_empty_reasoning_waits_for_text_like_empty_text() -> None:
+    batcher = DeltaBatcher(PublishPace(INTERVAL_S))
+    assert not batcher.add("", T0, REASONING)
+    assert batcher.deadline() is None

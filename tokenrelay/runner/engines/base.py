@@ -1,13 +1,19 @@
 """The interface every inference engine implements, and the values that cross it.
 
-An engine turns a :class:`GenerationRequest` into an async iterator of text pieces, one per
-token, each made of whole UTF-8 characters.  The runner, not the engine, enforces
-``max_tokens`` and cancellation: it stops iterating and closes the iterator (``aclose``),
-which is where an engine frees its resources (an upstream HTTP request, a decode loop).
+An engine turns a :class:`GenerationRequest` into an async iterator of typed pieces, one per
+token, each made of whole UTF-8 characters: a plain ``str`` is the answer's text (as it always
+was), a :class:`Reasoning` is the model's reasoning, a :class:`ToolCallFragment` a piece of a tool
+call.  A :class:`TextTail` after the last token completes earlier text and is no token itself.
+The runner, not the engine, enforces ``max_tokens`` and cancellation: it stops iterating and
+closes the iterator (``aclose``), which is where an engine frees its resources (an upstream HTTP
+request, a decode loop).
 
-An engine that knows how many tokens the prompt is tells the request's ``on_prompt_tokens``; the
-stream's terminal event carries it, and the compatible APIs report it as ``usage.prompt_tokens`` /
-``usage.input_tokens``.
+An engine reports what it knows through the request: the prompt's length in tokens
+(:meth:`GenerationRequest.report_prompt_tokens`; the stream's terminal event carries it, and the
+compatible APIs report it as ``usage.prompt_tokens`` / ``usage.input_tokens``), its own count of the
+tokens it generated (:meth:`~GenerationRequest.report_completion_tokens`) and the finish reason it
+decided (:meth:`~GenerationRequest.report_finish_reason`: ``tool_calls``, ``content_filter``,
+``length``, ``stop``).  A text-only engine reports none of these and works unchanged.
 
 Engines import this module and nothing above it, so the registry that builds them can import
 the engines without a cycle.
@@ -16,10 +22,10 @@ the engines without a cycle.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from tokenrelay.wire.messages import ChatMessage
+from tokenrelay.wire.messages import ChatMessage, FinishReason, JsonObject
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,13 +36,29 @@ class GenerationRequest:
     model: str
     messages: tuple[ChatMessage, ...]
     max_tokens: int
+    params: JsonObject = field(default_factory=dict)
+    """Every other field of the client's request in the OpenAI chat shape (the job's ``params``), as sent."""
     on_prompt_tokens: Callable[[int], None] | None = None
     """Told the prompt's length in tokens when the engine knows it; the last report counts (``None``: nobody asks)."""
+    on_completion_tokens: Callable[[int], None] | None = None
+    """Told the engine's own count of the tokens it generated (its usage); the last report counts."""
+    on_finish_reason: Callable[[FinishReason], None] | None = None
+    """Told why the engine ended the generation, when it decided that itself; the last report counts."""
 
     def report_prompt_tokens(self, tokens: int) -> None:
         """Tell :attr:`on_prompt_tokens` the prompt's length (engines call this)."""
         if self.on_prompt_tokens is not None:
             self.on_prompt_tokens(tokens)
+
+    def report_completion_tokens(self, tokens: int) -> None:
+        """Tell :attr:`on_completion_tokens` how many tokens the engine generated (engines call this)."""
+        if self.on_completion_tokens is not None:
+            self.on_completion_tokens(tokens)
+
+    def report_finish_reason(self, reason: FinishReason) -> None:
+        """Tell :attr:`on_finish_reason` why the generation ended (engines call this before their last piece)."""
+        if self.on_finish_reason is not None:
+            self.on_finish_reason(reason)
 
 
 class TextTail(str):
@@ -46,6 +68,30 @@ class TextTail(str):
     """
 
     __slots__ = ()
+
+
+class Reasoning(str):
+    """One token of the model's reasoning (shown apart from its answer)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallFragment:
+    """One token of a tool call: the call's ordinal in the generation and the next piece of its arguments' JSON.
+
+    The call's first fragment carries its ``id`` and ``name``; the fragments of one call joined in order are its
+    whole arguments.
+    """
+
+    call: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+Piece = str | ToolCallFragment
+"""What an engine yields per token: text (``str``, :class:`Reasoning`, :class:`TextTail`) or a tool-call fragment."""
 
 
 class EngineError(Exception):
@@ -63,8 +109,8 @@ class Engine(Protocol):
     name: str
     model: str
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Yield the generation's tokens as text, one piece per token (then maybe one :class:`TextTail`)."""
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+        """Yield the generation's tokens, one piece per token (then maybe one :class:`TextTail`)."""
         ...
 
     async def aclose(self) -> None:

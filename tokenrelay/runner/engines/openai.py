@@ -1,5 +1,13 @@
 """The ``openai`` engine: stream from any OpenAI-compatible server (vLLM, llama.cpp, Ollama, TGI).
 
+The request goes upstream in the OpenAI chat shape: the messages as clients send them and every field of the
+job's ``params`` unchanged (``temperature``, ``tools``, ``stop``, ``reasoning_effort``, vendor fields...); only
+``model``, ``messages``, ``max_tokens``, ``stream`` and ``stream_options`` are tokenrelay's.  With
+``include_usage`` (``--upstream-include-usage``, on by default) it asks for ``stream_options:
+{"include_usage": true}`` and reads the final usage chunk; turn it off for a server that refuses
+``stream_options``.  Reasoning, tool calls, the finish reason and usage of the answer are relayed
+(:mod:`~tokenrelay.runner.engines.openai_chunks`).
+
 Cancelling closes the upstream HTTP connection at once: that is how those servers notice the
 client left and free the sequence's GPU slot.  Upstream failures become ``error`` events:
 ``upstream_unavailable`` (cannot connect), ``upstream_timeout`` (nothing within
@@ -16,7 +24,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tokenrelay.runner.engines.base import EngineError, GenerationRequest
+from tokenrelay.runner.engines.base import EngineError, GenerationRequest, Piece
+from tokenrelay.runner.engines.openai_chunks import chunk_pieces
 from tokenrelay.runner.engines.textstream import LineSplitter
 from tokenrelay.wire.errors import ErrorCode
 
@@ -41,8 +50,10 @@ class OpenAIEngine:
         api_key: str | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        include_usage: bool = True,
     ) -> None:
         self.model = model
+        self._include_usage = include_usage
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key:
@@ -56,17 +67,22 @@ class OpenAIEngine:
         return self._session
 
     def _body(self, request: GenerationRequest) -> bytes:
-        return orjson.dumps(
-            {
-                "model": self.model,
-                "messages": [m.to_openai() for m in request.messages],
-                "max_tokens": request.max_tokens,
-                "stream": True,
-            }
-        )
+        """The client's fields as sent, and tokenrelay's own (which replace any of the same name)."""
+        body: dict[str, Any] = {
+            **request.params,
+            "model": self.model,
+            "messages": [m.to_openai() for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "stream": True,
+        }
+        body.pop("max_completion_tokens", None)  # the limit is tokenrelay's: max_tokens above
+        body.pop("stream_options", None)
+        if self._include_usage:
+            body["stream_options"] = {"include_usage": True}
+        return orjson.dumps(body)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Yield each non-empty ``choices[0].delta.content`` of the upstream stream."""
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+        """Yield the pieces of each chunk of the upstream stream (reasoning, text, tool-call fragments)."""
         try:
             response = await self._client().post(self._url, data=self._body(request), headers=self._headers)
         except (aiohttp.ClientConnectionError, OSError) as exc:
@@ -77,8 +93,8 @@ class OpenAIEngine:
             if response.status != 200:
                 body = (await response.text(errors="replace"))[:MAX_ERROR_BODY_CHARS]
                 raise EngineError(str(ErrorCode.UPSTREAM_ERROR), f"the upstream answered {response.status}: {body}")
-            async for text in self._texts(response, request):
-                yield text
+            async for piece in self._pieces(response, request):
+                yield piece
         except TimeoutError:
             raise EngineError(str(ErrorCode.UPSTREAM_TIMEOUT), "the upstream stopped sending") from None
         except aiohttp.ClientPayloadError as exc:
@@ -88,7 +104,7 @@ class OpenAIEngine:
             # its client go away and stops generating.  Runs on cancel, on max_tokens and on errors.
             response.close()
 
-    async def _texts(self, response: aiohttp.ClientResponse, request: GenerationRequest) -> AsyncIterator[str]:
+    async def _pieces(self, response: aiohttp.ClientResponse, request: GenerationRequest) -> AsyncIterator[Piece]:
         lines = LineSplitter()
         async for chunk in response.content.iter_any():
             for line in lines.feed(chunk):
@@ -97,30 +113,11 @@ class OpenAIEngine:
                 payload = line[len(_DATA) :].strip()
                 if payload == "[DONE]":
                     return
-                text = _delta_text(payload, request)
-                if text:
-                    yield text
+                for piece in chunk_pieces(payload, request):
+                    yield piece
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
         if self._session is not None:
             await self._session.close()
             await asyncio.sleep(0)
-
-
-def _delta_text(payload: str, request: GenerationRequest) -> str | None:
-    """A chunk's ``choices[0].delta.content``; a ``usage`` it carries (the upstream's prompt count) is reported."""
-    try:
-        chunk: Any = orjson.loads(payload)
-        usage = chunk.get("usage")
-        if isinstance(usage, dict) and isinstance(prompt := usage.get("prompt_tokens"), int) and prompt >= 0:
-            request.report_prompt_tokens(prompt)
-        choices = chunk.get("choices") or []
-        if not choices:
-            return None  # e.g. a usage-only chunk
-        content = (choices[0].get("delta") or {}).get("content")
-    except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
-        raise EngineError(str(ErrorCode.UPSTREAM_ERROR), f"malformed upstream chunk: {payload[:80]!r}") from exc
-    if content is not None and not isinstance(content, str):
-        raise EngineError(str(ErrorCode.UPSTREAM_ERROR), "upstream delta content is not a string")
-    return content

@@ -39,5 +39,6 @@ def make_engine(config: RunnerConfig) -> Engine:
             api_key=up.api_key,
             connect_timeout_s=up.connect_timeout_s,
             read_timeout_s=up.read_timeout_s,
+            include_usage=up.include_usage,
         )
     raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")

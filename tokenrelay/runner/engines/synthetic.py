@@ -1,9 +1,24 @@
-"""The synthetic engine: deterministic text for a given prompt, paced like a real model.
+"""The synthetic engine: deterministic content for a given request, paced like a real model.
 
 The text is a pure function of the prompt (and the configured length), so tests can compute
 what a stream must contain with :func:`synthetic_tokens`.  Its vocabulary mixes ASCII with
 accented Latin, CJK, emoji and line breaks so that every layer's UTF-8 and framing handling
 is exercised.
+
+It is a test engine, and honours the request parameters that shape what a stream carries
+(:mod:`~tokenrelay.runner.engines.synthetic_content`):
+
+* ``tools`` (the OpenAI shape): unless ``tool_choice`` is ``"none"`` or a tool result follows the last user
+  turn, the answer is one call of the first tool (id ``call_<hash>``, arguments that satisfy the ``required``
+  properties of its ``parameters`` schema, streamed in fragments) and the finish reason ``tool_calls``;
+* ``reasoning_effort`` (``minimal``, ``low``, ``medium``, ``high``; ``none``: off) or a ``reasoning`` object (its
+  ``effort`` key, ``medium`` when absent): a reasoning prelude of 2 to 16 tokens comes before the answer;
+* ``stop`` (a string or a list): the text ends before the first stop sequence, finish reason ``stop``;
+* ``max_tokens`` (enforced by the runner) counts every token, reasoning and tool calls included.
+
+It ignores sampling parameters (``temperature``, ``top_p``, ``seed``, penalties, ``logprobs``...) and every other
+field: its output depends on the prompt alone.  A request with none of the above gets exactly the text it always
+got.
 """
 
 from __future__ import annotations
@@ -12,11 +27,15 @@ import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TypeVar
 
-from tokenrelay.runner.engines.base import GenerationRequest
+from tokenrelay.runner.engines import synthetic_content as content
+from tokenrelay.runner.engines.base import GenerationRequest, Piece
 from tokenrelay.runner.engines.steps import StepClock
 from tokenrelay.runtime.config import SyntheticConfig
-from tokenrelay.wire.messages import ChatMessage
+from tokenrelay.wire.messages import ChatMessage, FinishReason
+
+P = TypeVar("P", bound=Piece)
 
 VOCABULARY = (
     "the", "stream", "token", "relay", "fast", "stop", "now", "and", "of", "to",
@@ -58,7 +77,7 @@ def iter_synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 
             yield " " + word
 
 
-async def paced(tokens: Iterable[str], *, ttft_ms: float, tokens_per_s: float, steps: StepClock) -> AsyncIterator[str]:
+async def paced(tokens: Iterable[P], *, ttft_ms: float, tokens_per_s: float, steps: StepClock) -> AsyncIterator[P]:
     """``tokens`` on the synthetic engine's schedule, anchored where iteration starts (no drift from a slow consumer).
 
     The first comes ``ttft_ms`` later at its own time (the prefill's), the rest ``1 / tokens_per_s`` apart
@@ -94,16 +113,45 @@ class SyntheticEngine:
         self._steps = StepClock(config.step_ms / 1000)
         self.model = model
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
         """Tokens on a fixed schedule from the start (no drift from slow consumers of the iterator)."""
         prompt = prompt_text(request.messages)
         request.report_prompt_tokens(prompt_tokens(prompt))
-        tokens = iter_synthetic_tokens(
-            prompt,
-            max_tokens=request.max_tokens,
-            length_tokens=self._config.length_tokens,
-        )
+        tokens: Iterable[Piece]
+        if not request.params:
+            tokens = iter_synthetic_tokens(
+                prompt,
+                max_tokens=request.max_tokens,
+                length_tokens=self._config.length_tokens,
+            )
+        else:
+            tokens = self._typed(prompt, request)
         return paced(tokens, ttft_ms=self._config.ttft_ms, tokens_per_s=self._config.tokens_per_s, steps=self._steps)
+
+    def _typed(self, prompt: str, request: GenerationRequest) -> Iterator[Piece]:
+        """Reasoning, then a tool call or the text (cut at a stop sequence); the finish reason is reported."""
+        params = request.params
+        thinking = content.reasoning_tokens(params)
+        yield from content.reasoning_prelude(thinking)
+        function = content.tool_to_call(params, request.messages)
+        if function is not None:
+            fragments = content.tool_call_fragments(prompt, function)
+            request.report_finish_reason(FinishReason.TOOL_CALLS)
+            request.report_completion_tokens(thinking + len(fragments))
+            yield from fragments
+            return
+        budget = max(0, request.max_tokens - thinking)
+        length = self._config.length_tokens
+        stops = content.stop_sequences(params)
+        if not stops:
+            yield from iter_synthetic_tokens(prompt, max_tokens=budget, length_tokens=length)
+            return
+        # A stop sequence may span tokens: the text is made whole (at most max_tokens of it) and cut.
+        text, stopped = content.cut_at_stop(synthetic_tokens(prompt, max_tokens=budget, length_tokens=length), stops)
+        if stopped:
+            request.report_finish_reason(FinishReason.STOP)
+            request.report_completion_tokens(thinking + len(text))
+        yield from text
 
     async def aclose(self) -> None:
         """Nothing to release."""

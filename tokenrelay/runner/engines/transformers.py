@@ -6,6 +6,10 @@ bound ``generate`` itself obeys.  Closing the stream (a cancel, ``max_tokens``, 
 a flag that a stopping criterion checks after every decode step, so generation halts at the
 next step and the worker thread is free again.
 
+It generates text only; the request parameters it honours are listed in
+:mod:`~tokenrelay.runner.engines.transformers_params`, and any other ends the stream with
+``unsupported_parameter``.
+
 Install with ``pip install 'tokenrelay[transformers]'``.  Models load with
 ``local_files_only``: give a local path (or a name already in the Hugging Face cache).
 """
@@ -23,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 
 from tokenrelay.runner.engines.base import EngineError, GenerationRequest, TextTail
 from tokenrelay.runner.engines.detokenize import IncrementalDetokenizer
+from tokenrelay.runner.engines.transformers_params import generate_kwargs
 from tokenrelay.wire.errors import ErrorCode
 
 DEFAULT_WORKER_THREADS = 1
@@ -48,7 +53,7 @@ class TransformersEngine:
         self._pool = concurrent.futures.ThreadPoolExecutor(worker_threads, thread_name_prefix="generate")
 
     def _input_ids(self, request: GenerationRequest) -> Any:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         if getattr(self._tokenizer, "chat_template", None):
             text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
@@ -57,11 +62,12 @@ class TransformersEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Yield one text piece per generated token ("" while a character is still incomplete)."""
+        options = generate_kwargs(request.params)  # before any work: a parameter it cannot honour fails the stream
         loop = asyncio.get_running_loop()
         # At most: the prompt's length, max_tokens ids, an exception, the end.
         ids: asyncio.Queue[object] = asyncio.Queue(maxsize=request.max_tokens + 3)
         stop = threading.Event()
-        job = loop.run_in_executor(self._pool, self._generate, request, ids, loop, stop)
+        job = loop.run_in_executor(self._pool, self._generate, request, options, ids, loop, stop)
         detokenizer = IncrementalDetokenizer(self._decode)
         produced = 0
         try:
@@ -91,6 +97,7 @@ class TransformersEngine:
     def _generate(
         self,
         request: GenerationRequest,
+        options: dict[str, Any],
         ids: asyncio.Queue[object],
         loop: asyncio.AbstractEventLoop,
         stop: threading.Event,
@@ -110,7 +117,7 @@ class TransformersEngine:
                 self._model.generate(
                     input_ids,
                     max_new_tokens=request.max_tokens,
-                    do_sample=False,
+                    **options,
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
                     pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,

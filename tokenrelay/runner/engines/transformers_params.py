@@ -1,0 +1,44 @@
+"""Which request parameters the ``transformers`` engine honours, as keyword arguments of ``generate`` (sans-I/O).
+
+It generates text only, greedily unless ``temperature`` asks for sampling.  It maps ``temperature``, ``top_p``,
+``top_k`` and ``repetition_penalty`` (a vendor field) onto ``generate``; ``n`` of 1 and the fields that do not
+shape generation (``user``, ``metadata``, ``store``) are accepted and change nothing.  Any other parameter given
+(``tools``, ``stop``, ``seed``, ``response_format``, ``reasoning_effort``, penalties, ``logprobs``...) cannot be
+honoured: the stream fails with ``unsupported_parameter`` naming it, rather than silently doing something else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenrelay.runner.engines.base import EngineError
+from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import JsonObject
+
+SAMPLING_PARAMETERS = {"temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float}
+"""Parameters passed to ``generate`` under the same name, with the type each must have."""
+NEUTRAL_PARAMETERS = frozenset({"user", "metadata", "store"})
+"""Parameters that do not shape what is generated: accepted and ignored."""
+
+
+def generate_kwargs(params: JsonObject) -> dict[str, Any]:
+    """``generate``'s keyword arguments for ``params``; :class:`EngineError` ``unsupported_parameter`` otherwise."""
+    kwargs: dict[str, Any] = {"do_sample": False}
+    for name, value in params.items():
+        if value is None or name in NEUTRAL_PARAMETERS or (name == "n" and value == 1):
+            continue
+        kind = SAMPLING_PARAMETERS.get(name)
+        if kind is None:
+            raise EngineError(
+                str(ErrorCode.UNSUPPORTED_PARAMETER), f"the transformers engine cannot honour the parameter {name!r}"
+            )
+        wrong_type = not isinstance(value, int | float) or (kind is int and not isinstance(value, int))
+        if isinstance(value, bool) or wrong_type:
+            raise EngineError(str(ErrorCode.UNSUPPORTED_PARAMETER), f"{name} must be a {kind.__name__}, not {value!r}")
+        kwargs[name] = kind(value)
+    temperature = kwargs.get("temperature")
+    if temperature is not None and temperature <= 0:
+        del kwargs["temperature"]  # 0 asks for greedy decoding, which is what do_sample=False does
+    elif any(name in kwargs for name in SAMPLING_PARAMETERS if name != "repetition_penalty"):
+        kwargs["do_sample"] = True
+    return kwargs
