@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from tests.helpers import eventually
-from tokenrelay.testing.http import metric
+from tokenrelay.testing.http import create_stream, metric
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import Stream, read_stream
 from tokenrelay.wire import codec, subjects
@@ -104,3 +104,26 @@ async def test_a_reader_gets_the_rest_of_a_live_stream_after_an_event_of_an_unkn
     late = await read_stream(url, timeout_s=READ_TIMEOUT_S)
     assert _read_as_a_client_sees_it(late) == (names, text, stop)
     assert await metric(sut.streamer_url, UNKNOWN_EVENTS, type=UNKNOWN_TYPE) == counted_before + 2
+
+
+async def test_a_gateway_and_a_runner_drop_messages_of_a_type_they_do_not_know_count_them_and_go_on(
+    sut: System, newer_runner: tuple[NATS, KeyValue]
+) -> None:
+    nc, _ = newer_runner
+    await nc.publish(subjects.RUNNER_HEARTBEAT, orjson.dumps({"type": "runner_census", "runner_id": "newer"}))
+    await nc.publish(subjects.STREAMER_LAG, orjson.dumps({"type": "streamer_census", "streamer_id": "newer"}))
+    await nc.flush()
+    await eventually(
+        lambda: metric(sut.gateway_url, "tokenrelay_gateway_unknown_messages_total", type="runner_census"),
+        lambda counted: counted == 1,
+        what="the gateway to count the heartbeat of an unknown type",
+    )
+    await eventually(
+        lambda: metric(sut.runners[0].url, "tokenrelay_runner_unknown_messages_total", type="streamer_census"),
+        lambda counted: counted == 1,
+        what="the runner to count the lag report of an unknown type",
+    )
+    created = await create_stream(sut.gateway_url, "still serving", max_tokens=5)
+    stream = await read_stream(created["events_url"], timeout_s=READ_TIMEOUT_S)
+    assert stream.terminal.event == "stop"
+    assert stream.text

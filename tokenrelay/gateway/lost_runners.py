@@ -26,7 +26,7 @@ from tokenrelay.gateway.quotas import TenantQuotas
 from tokenrelay.runtime.lifecycle import LifecycleEvent, log_event
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
-from tokenrelay.wire.codec import CodecError
+from tokenrelay.wire.codec import CodecError, UnknownMessageType
 from tokenrelay.wire.errors import ErrorCode, TokenRelayError
 from tokenrelay.wire.messages import CancelReason, RunnerHeartbeat
 
@@ -68,6 +68,9 @@ class RunnerWatch:
         """A runner's heartbeat (``tokenrelay.runner.heartbeat``)."""
         try:
             beat = codec.decode_as(msg.data, RunnerHeartbeat)
+        except UnknownMessageType as exc:
+            self._metrics.unknown_message(exc.tag)
+            return
         except CodecError:
             return
         self._dispatch.heartbeat(beat, time.monotonic())

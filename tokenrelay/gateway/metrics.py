@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from tokenrelay.wire.codec import UnknownTypes
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -58,3 +64,21 @@ class GatewayMetrics:
             registry=r,
         )
         self.feedback = Counter("tokenrelay_gateway_feedback", "Feedback stored, by rating", ["rating"], registry=r)
+        self.unknown_messages = Counter(
+            "tokenrelay_gateway_unknown_messages",
+            "Messages of a type this gateway does not know (a newer process's), dropped, by type",
+            ["type"],
+            registry=r,
+        )
+        self._unknown_types = UnknownTypes()
+
+    def unknown_message(self, tag: str) -> None:
+        """Count one dropped message of a type this gateway does not know; log the first of each type only."""
+        noted = self._unknown_types.note(tag)
+        self.unknown_messages.labels(type=noted.label).inc()
+        if noted.first:
+            log.warning(
+                "dropping messages of unknown type %r (from a newer process?); counted in "
+                "tokenrelay_gateway_unknown_messages_total",
+                noted.label,
+            )

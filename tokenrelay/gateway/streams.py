@@ -51,7 +51,7 @@ from tokenrelay.runtime.config import GatewayConfig
 from tokenrelay.runtime.lifecycle import LifecycleEvent, log_event
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
-from tokenrelay.wire.codec import CodecError
+from tokenrelay.wire.codec import CodecError, UnknownMessageType
 from tokenrelay.wire.errors import RateLimited, TokenRelayError, Unavailable
 from tokenrelay.wire.messages import (
     CancelReason,
@@ -416,6 +416,9 @@ class StreamManager:
         """A runner finished a stream admitted here: its tenant's slot is free, and so is a runner's."""
         try:
             stream_id = codec.decode_as(msg.data, StreamDone).stream_id
+        except UnknownMessageType as exc:  # a newer process's message, not a stream that finished
+            self._metrics.unknown_message(exc.tag)
+            return
         except CodecError as exc:
             log.warning("malformed stream_done: %s", exc)
             self._apply(self.dispatch.stream_done(None, time.monotonic()))  # a slot is free all the same
@@ -436,6 +439,9 @@ class StreamManager:
                 result: StopResult | None = await self.stop(request.stream_id, request.reason)
             else:
                 result = await self._stop_local(request.stream_id, request.reason)
+        except UnknownMessageType as exc:
+            self._metrics.unknown_message(exc.tag)
+            return
         except (CodecError, TokenRelayError) as exc:
             log.warning("cancel from %s failed: %s", msg.subject, exc)
             return

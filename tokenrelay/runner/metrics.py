@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from tokenrelay.runtime.loopmetrics import LoopMetrics
+from tokenrelay.wire.codec import UnknownTypes
+
+log = logging.getLogger(__name__)
 
 
 class RunnerMetrics:
@@ -54,6 +59,13 @@ class RunnerMetrics:
             registry=r,
         )
         self.jobs_rejected = Counter("tokenrelay_runner_jobs_rejected", "Jobs refused at capacity", registry=r)
+        self.unknown_messages = Counter(
+            "tokenrelay_runner_unknown_messages",
+            "Messages of a type this runner does not know (a newer process's), dropped, by type",
+            ["type"],
+            registry=r,
+        )
+        self._unknown_types = UnknownTypes()
         self.jobs_stale = Counter(
             "tokenrelay_runner_jobs_stale",
             "Job offers left unanswered because the gateway had stopped waiting for the answer (answer_by passed)",
@@ -65,3 +77,14 @@ class RunnerMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+
+    def unknown_message(self, tag: str) -> None:
+        """Count one dropped message of a type this runner does not know; log the first of each type only."""
+        noted = self._unknown_types.note(tag)
+        self.unknown_messages.labels(type=noted.label).inc()
+        if noted.first:
+            log.warning(
+                "dropping messages of unknown type %r (from a newer process?); counted in "
+                "tokenrelay_runner_unknown_messages_total",
+                noted.label,
+            )

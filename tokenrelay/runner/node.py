@@ -32,7 +32,7 @@ from tokenrelay.runtime import natsio
 from tokenrelay.runtime.config import RunnerConfig
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
-from tokenrelay.wire.codec import CodecError
+from tokenrelay.wire.codec import CodecError, UnknownMessageType
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import (
     CancelReply,
@@ -89,6 +89,7 @@ class Runner:
             nc,
             max_bytes_per_stream=config.replay_max_bytes_per_stream,
             linger_s=config.replay_linger_s,
+            unknown=self.metrics.unknown_message,
             linger_streams=config.replay_linger_streams,
             max_age_s=config.history.ttl_s,
         )
@@ -126,7 +127,7 @@ class Runner:
         await self._engine.aclose()
 
     async def _on_job(self, msg: Msg) -> None:
-        job = _decode_or_drop(msg, JobRequest, "job")
+        job = _decode_or_drop(msg, JobRequest, "job", self.metrics)
         if job is None:
             return
         active = self._active.get(job.stream_id)
@@ -188,7 +189,7 @@ class Runner:
         self._cancel_tasks.spawn(self._cancel(msg))
 
     async def _cancel(self, msg: Msg) -> None:
-        request = _decode_or_drop(msg, CancelRequest, "cancel")
+        request = _decode_or_drop(msg, CancelRequest, "cancel", self.metrics)
         if request is None:
             return
         generation = self._active.get(request.stream_id)
@@ -244,7 +245,7 @@ class Runner:
         await self._nc.publish(subjects.RUNNER_HEARTBEAT, codec.encode(self._beat()))
 
     async def _on_streamer_lag(self, msg: Msg) -> None:
-        report = _decode_or_drop(msg, StreamerLag, "streamer lag report")
+        report = _decode_or_drop(msg, StreamerLag, "streamer lag report", self.metrics)
         if report is not None:
             self.pace.report(report.streamer_id, report.lag_s, time.monotonic())
 
@@ -254,10 +255,14 @@ class Runner:
             await msg.respond(codec.encode(self._beat()))
 
 
-def _decode_or_drop(msg: Msg, cls: type[T], what: str) -> T | None:
-    """The message as a ``cls``, or ``None`` (logged and dropped) when it is not one."""
+def _decode_or_drop(msg: Msg, cls: type[T], what: str, metrics: RunnerMetrics) -> T | None:
+    """The message as a ``cls``, or ``None`` (logged and dropped) when it is not one; one of a type this runner
+    does not know (a newer process's) is counted by type and logged once per type."""
     try:
         return codec.decode_as(msg.data, cls)
+    except UnknownMessageType as exc:
+        metrics.unknown_message(exc.tag)
+        return None
     except CodecError as exc:
         log.warning("dropping malformed %s: %s", what, exc)
         return None

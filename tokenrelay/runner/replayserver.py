@@ -23,7 +23,7 @@ from nats.aio.subscription import Subscription
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
-from tokenrelay.wire.codec import CodecError
+from tokenrelay.wire.codec import CodecError, UnknownMessageType
 from tokenrelay.wire.messages import ReplayRequest
 from tokenrelay.wire.replay import ReplayLog, not_held_page
 
@@ -50,8 +50,11 @@ class ReplayServer:
         linger_streams: int,
         max_age_s: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
+        unknown: Callable[[str], None],
     ) -> None:
         self._nc = nc
+        self._unknown = unknown
+        """Told the type of each request of a type this runner does not know (a newer streamer's): it is dropped."""
         self._max_bytes = max_bytes_per_stream
         self._linger_s = linger_s
         self._linger_streams = linger_streams
@@ -116,6 +119,9 @@ class ReplayServer:
             return
         try:
             request = codec.decode_as(msg.data, ReplayRequest)
+        except UnknownMessageType as exc:
+            self._unknown(exc.tag)
+            return
         except CodecError as exc:
             log.warning("dropping malformed replay request: %s", exc)
             return
