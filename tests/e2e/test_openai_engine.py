@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from tests.fake_openai import FakeUpstream
 from tests.helpers import eventually_true
-from tokenrelay.testing.http import create_stream, wait_finished
+from tokenrelay.testing.http import create_stream, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import read_stream
 
@@ -44,6 +44,15 @@ def sut(nats: NatsServer, upstream: FakeUpstream) -> Iterator[System]:
 @pytest.fixture(autouse=True)
 def reset(upstream: FakeUpstream) -> None:
     upstream.status, upstream.words, upstream.stall_after, upstream.usage_prompt_tokens = 200, WORDS, None, None
+    upstream.reasoning, upstream.reasoning_field, upstream.tool_fragments = [], "reasoning_content", []
+    upstream.finish_reason = None
+
+
+TOOL_FRAGMENTS = [
+    {"index": 0, "id": "call_up", "type": "function", "function": {"name": "get_weather", "arguments": ""}},
+    {"index": 0, "function": {"arguments": '{"city":'}},
+    {"index": 0, "function": {"arguments": ' "Paris"}'}},
+]
 
 
 async def test_streams_the_upstream_text_with_multibyte_characters_intact(sut: System, upstream: FakeUpstream) -> None:
@@ -56,6 +65,67 @@ async def test_streams_the_upstream_text_with_multibyte_characters_intact(sut: S
     call = upstream.calls[-1]
     assert call.body["model"] == "fake-model" and call.body["stream"] is True
     assert call.body["messages"] == [{"role": "user", "content": "hello upstream"}]
+    assert call.body["stream_options"] == {"include_usage": True}  # --upstream-include-usage is on by default
+
+
+async def test_every_request_parameter_reaches_the_upstream_as_sent(sut: System, upstream: FakeUpstream) -> None:
+    upstream.words = WORDS[:2]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    params = {
+        "temperature": 0.2, "top_p": 0.9, "stop": ["\n\n"], "seed": 7, "tools": tools, "tool_choice": "auto",
+        "reasoning_effort": "low", "top_k": 20, "chat_template_kwargs": {"enable_thinking": True},
+    }  # fmt: skip
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]  # fmt: skip
+    status, created = await post(f"{sut.gateway_url}/v1/streams", {"messages": messages, "max_tokens": 50, **params})
+    assert status == 201, created
+    await read_stream(created["events_url"])
+    body = upstream.calls[-1].body
+    assert {name: body[name] for name in params} == params
+    assert body["messages"] == messages
+    assert body["max_tokens"] == 50
+
+
+async def test_upstream_reasoning_and_tool_calls_reach_a_native_reader_as_typed_events(
+    sut: System, upstream: FakeUpstream
+) -> None:
+    upstream.reasoning, upstream.reasoning_field = ["Let", " me", " see"], "reasoning"
+    upstream.words, upstream.tool_fragments, upstream.finish_reason = ["Checking."], TOOL_FRAGMENTS, "tool_calls"
+    upstream.usage_prompt_tokens = 9
+    created = await create_stream(sut.gateway_url, "weather in Paris?", max_tokens=100)
+    stream = await read_stream(created["events_url"])
+    assert "".join(e.json()["text"] for e in stream.of("reasoning")) == "Let me see"
+    assert stream.text == "Checking."
+    calls = stream.of("tool_call")
+    assert calls[0].json()["id"] == "call_up" and calls[0].json()["name"] == "get_weather"
+    assert all(e.json()["call"] == 0 for e in calls)
+    assert "".join(e.json()["arguments"] for e in calls) == '{"city": "Paris"}'
+    assert calls[-1].id is not None and calls[-1].id.endswith(":7")  # every upstream chunk of content is a token
+    end = stream.terminal.json()
+    assert (end["finish_reason"], end["tokens"], end["prompt_tokens"], end["completion_tokens"]) == (
+        "tool_calls", 7, 9, 7,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("finish", ["content_filter", "length"])
+async def test_the_upstreams_finish_reason_ends_the_stream(sut: System, upstream: FakeUpstream, finish: str) -> None:
+    upstream.words, upstream.finish_reason = WORDS[:3], finish
+    created = await create_stream(sut.gateway_url, "filtered", max_tokens=100)
+    stream = await read_stream(created["events_url"])
+    assert stream.terminal.json()["finish_reason"] == finish
+
+
+async def test_without_include_usage_no_stream_options_go_upstream(upstream: FakeUpstream) -> None:
+    upstream.words = WORDS[:2]
+    args = ["--engine", "openai", "--upstream-url", upstream.url, "--upstream-model", "m"]
+    with nats_server() as own, system(own.url, runner_args=[*args, "--upstream-include-usage", "off"]) as other:
+        created = await create_stream(other.gateway_url, "no usage please", max_tokens=10)
+        await read_stream(created["events_url"])
+    assert "stream_options" not in upstream.calls[-1].body
 
 
 async def test_the_prompt_count_of_an_upstream_usage_chunk_ends_the_stream(sut: System, upstream: FakeUpstream) -> None:

@@ -135,6 +135,11 @@ class ReaderBuffer:
             self.last_activity = now
         return refused
 
+    def frame_pending(self) -> None:
+        """Frame the pending runs of deltas now (they are framed when taken otherwise), so the framing sees every
+        event in stream order when the terminal one is framed next."""
+        self._chunks = [item if isinstance(item, bytes) else self._framed(item) for item in self._chunks]
+
     def finish(self, data: bytes, now: float) -> None:
         """Queue the terminal frame and close (a terminal frame is never refused for size)."""
         if self.closed:

@@ -37,6 +37,7 @@ from tokenrelay.streamer.frames import frame, is_terminal
 from tokenrelay.streamer.metrics import StreamerMetrics
 from tokenrelay.streamer.reader import Reader
 from tokenrelay.streamer.reader_state import ReaderState
+from tokenrelay.streamer.replay import CONTENT_EVENTS
 from tokenrelay.streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentStarts
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError, UnknownMessageType
@@ -218,7 +219,7 @@ class Hub:
                 self.starts.started(stream_id, event.epoch, None, self.clock())  # its readers get events live
             elif is_terminal(event):
                 self.starts.ended(stream_id)
-        if self._flush is not None and isinstance(event, StreamDelta):
+        if self._flush is not None and isinstance(event, CONTENT_EVENTS):
             # Late since the runner published it (on the wall clock), not since its oldest token was made: what the
             # runner held back on purpose (runner/pace.py) is no lateness of the streamer's.
             self._flush.observe_lag(time.time() - event.ts - event.held_s)

@@ -121,6 +121,7 @@ class Reader:
             if isinstance(ready, StreamDelta):
                 refused = buffer.append_delta(ready, now, shared, live=framed is not None and ready is event)
             elif is_terminal(ready):
+                buffer.frame_pending()  # a framing may keep state (Anthropic's blocks): it sees events in order
                 buffer.finish(shared if shared is not None else self.framing.event(ready), now)
                 self._move(ReaderState.FINISHING)
                 break  # nothing is released after a terminal event

@@ -21,12 +21,14 @@ from tokenrelay.wire.cursor import Cursor
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import (
     OUT_OF_BAND_SEQ,
+    ReasoningDelta,
     ReceivedEvent,
     StreamDelta,
     StreamEnd,
     StreamError,
     StreamEvent,
     StreamStart,
+    ToolCallDelta,
     UnknownEvent,
 )
 
@@ -35,10 +37,16 @@ EVENT_OVERHEAD_BYTES = 256
 (a decoded one-word ``StreamDelta`` measured ~280 B in all with tracemalloc)."""
 
 
+CONTENT_EVENTS = (StreamDelta, ReasoningDelta, ToolCallDelta)
+"""The events that carry tokens (text first: the common case is checked first)."""
+
+
 def held_size(event: ReceivedEvent) -> int:
     """What holding ``event`` is counted as, in bytes."""
-    if isinstance(event, StreamDelta):
+    if isinstance(event, StreamDelta | ReasoningDelta):
         return sys.getsizeof(event.text) + EVENT_OVERHEAD_BYTES
+    if isinstance(event, ToolCallDelta):
+        return sys.getsizeof(event.arguments) + EVENT_OVERHEAD_BYTES
     return EVENT_OVERHEAD_BYTES
 
 
@@ -149,7 +157,9 @@ class Replay:
             if event.epoch != self.epoch:
                 return ReplayError(ErrorCode.RESUME_UNAVAILABLE, "the stream's history was replaced")
             return None if self._resumed else event
-        if isinstance(event, StreamDelta):
+        if isinstance(event, CONTENT_EVENTS):
+            # Every kind of content counts its tokens in ``index``: a cursor inside reasoning or inside a tool
+            # call's arguments resumes right after the event it names, as one inside the text does.
             if event.index <= self._resume_offset:
                 return None
             if event.index - event.count < self._resume_offset:

@@ -18,7 +18,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from tokenrelay.runtime.service import count_error, json_response, request_tenant
 from tokenrelay.streamer.compat import anthropic, openai
-from tokenrelay.streamer.compat.common import TextCollector
+from tokenrelay.streamer.compat.common import Collector
 from tokenrelay.streamer.frames import Framing
 from tokenrelay.streamer.reader import Reader
 from tokenrelay.streamer.serving import CONFIG_KEY, HUB_KEY, NC_KEY, SSE_HEADERS, collect, serve_reader
@@ -63,7 +63,7 @@ class _Dialect(Protocol):
 
     def framing(self, record: StreamRecord, options: _Options) -> Framing: ...
 
-    def body(self, record: StreamRecord, text: str, end: StreamEnd) -> dict[str, Any]: ...
+    def body(self, record: StreamRecord, content: Collector, end: StreamEnd) -> dict[str, Any]: ...
 
     def error_body(self, code: str, message: str) -> dict[str, Any]: ...
 
@@ -80,9 +80,9 @@ class _OpenAI:
             stream_id=record.stream_id, model=record.model, created=record.created, include_usage=options.include_usage
         )
 
-    def body(self, record: StreamRecord, text: str, end: StreamEnd) -> dict[str, Any]:
+    def body(self, record: StreamRecord, content: Collector, end: StreamEnd) -> dict[str, Any]:
         return openai.completion_body(
-            stream_id=record.stream_id, model=record.model, created=record.created, text=text, end=end
+            stream_id=record.stream_id, model=record.model, created=record.created, content=content, end=end
         )
 
     def error_body(self, code: str, message: str) -> dict[str, Any]:
@@ -99,8 +99,8 @@ class _Anthropic:
     def framing(self, record: StreamRecord, options: _Options) -> Framing:
         return anthropic.EventFraming(stream_id=record.stream_id, model=record.model)
 
-    def body(self, record: StreamRecord, text: str, end: StreamEnd) -> dict[str, Any]:
-        return anthropic.message_body(stream_id=record.stream_id, model=record.model, text=text, end=end)
+    def body(self, record: StreamRecord, content: Collector, end: StreamEnd) -> dict[str, Any]:
+        return anthropic.message_body(stream_id=record.stream_id, model=record.model, content=content, end=end)
 
     def error_body(self, code: str, message: str) -> dict[str, Any]:
         return anthropic.error_body(code, message)
@@ -156,21 +156,28 @@ async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
     if options.stream:
         reader = _reader(app, record, dialect.framing(record, options))
         return await serve_reader(request, reader, record.state, {**SSE_HEADERS, **headers})
-    collector = TextCollector()
-    text = (await collect(app, _reader(app, record, collector), record.state)).decode()
+    collector = Collector()
+    await collect(app, _reader(app, record, collector), record.state)  # the collector keeps the content itself
     if collector.failure is not None:
         code, message = collector.failure
         count_error(app, code)
         status = dialect.status(code, _STATUS_OF_STREAM_ERRORS.get(code, 500))
         return json_response(dialect.error_body(code, message), status=status)
     assert collector.end is not None  # a reader closes with an end or a failure
-    return json_response(dialect.body(record, text, collector.end), headers=headers)
+    return json_response(dialect.body(record, collector, collector.end), headers=headers)
 
 
 async def admit(app: web.Application, start: StartRequest) -> StreamRecord:
-    """Ask any gateway to admit the stream; its record, or the gateway's error."""
+    """Ask any gateway to admit the stream; its record, or the gateway's error (``payload_too_large`` when the
+    request is more than NATS carries in one message: its ``max_payload``)."""
+    data, nc = codec.encode(start), app[NC_KEY]
+    if len(data) > nc.max_payload:
+        raise PayloadTooLarge(
+            f"the request makes {len(data)} bytes to send for admission; NATS carries at most {nc.max_payload} "
+            "bytes in one message (its max_payload): send smaller images or fewer messages"
+        )
     try:
-        msg = await app[NC_KEY].request(subjects.API_START, codec.encode(start), timeout=ADMIT_TIMEOUT_S)
+        msg = await nc.request(subjects.API_START, data, timeout=ADMIT_TIMEOUT_S)
         reply = codec.decode(msg.data)
     except NoRespondersError:
         raise Unavailable("no gateway is available") from None

@@ -13,20 +13,20 @@ from typing import Any
 
 import orjson
 
-from tokenrelay.streamer.compat.common import joined_text
+from tokenrelay.streamer.compat.common import Collector, completion_tokens, openai_message
 from tokenrelay.streamer.sse import encode_event
 from tokenrelay.wire.errors import BadRequest, ErrorCode
 from tokenrelay.wire.messages import (
-    ChatMessage,
+    ReasoningDelta,
     StartRequest,
     StreamDelta,
     StreamEnd,
     StreamError,
     StreamEvent,
     StreamStart,
+    ToolCallDelta,
 )
 
-ROLES = frozenset({"system", "developer", "user", "assistant"})
 DONE = b"data: [DONE]\n\n"
 
 _ERROR_TYPES: dict[str, str] = {
@@ -41,6 +41,10 @@ _ERROR_TYPES: dict[str, str] = {
 }
 
 
+OWNED_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens"})
+"""The request's fields tokenrelay acts on itself; every other one is passed on in the stream's ``params``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
     """What the request asked of the response (not of the generation)."""
@@ -50,20 +54,20 @@ class ChatOptions:
 
 
 def parse_chat_request(obj: dict[str, Any]) -> tuple[StartRequest, ChatOptions]:
-    """Validate an OpenAI ``chat.completions`` body; raise ``bad_request`` naming the field."""
+    """An OpenAI ``chat.completions`` body in the canonical form: its messages, ``max_tokens`` (or
+    ``max_completion_tokens``), ``model``, and every other field in ``params`` as sent; ``bad_request`` naming the
+    field for what cannot be put in that form (the admitting gateway checks the rest)."""
     messages = obj.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty array")
-    parsed = tuple(_message(i, m) for i, m in enumerate(messages))
+    parsed = tuple(openai_message(f"messages[{i}]", m) for i, m in enumerate(messages))
     model = obj.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise BadRequest("model must be a non-empty string")
-    max_tokens = obj.get("max_completion_tokens", obj.get("max_tokens"))
+    max_tokens = obj.get("max_completion_tokens")
+    max_tokens = obj.get("max_tokens") if max_tokens is None else max_tokens
     if max_tokens is not None and type(max_tokens) is not int:
         raise BadRequest("max_tokens must be an integer")
-    n = obj.get("n", 1)
-    if n != 1:
-        raise BadRequest("n must be 1")
     stream = obj.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("stream must be a boolean")
@@ -73,29 +77,21 @@ def parse_chat_request(obj: dict[str, Any]) -> tuple[StartRequest, ChatOptions]:
     include_usage = stream_options.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise BadRequest("stream_options.include_usage must be a boolean")
-    request = StartRequest(messages=parsed, max_tokens=max_tokens, model=model)
+    params = {key: value for key, value in obj.items() if key not in OWNED_FIELDS}
+    request = StartRequest(messages=parsed, max_tokens=max_tokens, model=model, params=params)
     return request, ChatOptions(stream=bool(stream), include_usage=include_usage)
 
 
-def _message(i: int, item: Any) -> ChatMessage:
-    if not isinstance(item, dict):
-        raise BadRequest(f"messages[{i}] must be an object")
-    role, content = item.get("role"), item.get("content")
-    if role not in ROLES:
-        raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
-    role = "system" if role == "developer" else role
-    return ChatMessage(role=role, content=joined_text(f"messages[{i}].content", content, piece="part"))
-
-
 def finish_reason(end: StreamEnd) -> str:
-    """tokenrelay's finish reason as the chunk's ``finish_reason`` (``stop``, ``length``, ``cancelled``)."""
+    """tokenrelay's finish reason as the chunk's ``finish_reason`` (``stop``, ``length``, ``tool_calls``,
+    ``content_filter``, or tokenrelay's own ``cancelled`` / ``error``)."""
     return str(end.finish_reason)
 
 
 def usage(end: StreamEnd) -> dict[str, int]:
     """The ``usage`` object of a finished stream."""
-    prompt = end.prompt_tokens or 0
-    return {"prompt_tokens": prompt, "completion_tokens": end.tokens, "total_tokens": prompt + end.tokens}
+    prompt, completion = end.prompt_tokens or 0, completion_tokens(end)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -122,6 +118,10 @@ class ChunkFraming:
             return self._chunk({"role": "assistant", "content": ""})
         if isinstance(event, StreamDelta):
             return self._chunk({"content": event.text})
+        if isinstance(event, ReasoningDelta):
+            return self._chunk({"reasoning_content": event.text})
+        if isinstance(event, ToolCallDelta):
+            return self._chunk({"tool_calls": [tool_call_delta(event)]})
         if isinstance(event, StreamEnd):
             out = self._chunk({}, finish_reason(event))
             if self._include_usage:
@@ -134,21 +134,39 @@ class ChunkFraming:
         return _data(error_body(code, message))
 
 
-def completion_body(*, stream_id: str, model: str, created: int, text: str, end: StreamEnd) -> dict[str, Any]:
-    """The ``chat.completion`` object of a finished non-streaming request."""
+def tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    """A chunk's ``delta.tool_calls`` item: ``index`` is the call; its first fragment names it (``id``, ``type``,
+    ``function.name``), every fragment carries the next piece of ``function.arguments``."""
+    function: dict[str, Any] = {"arguments": delta.arguments}
+    item: dict[str, Any] = {"index": delta.call}
+    if delta.id is not None:
+        item.update(id=delta.id, type="function")
+    if delta.name is not None:
+        function = {"name": delta.name, **function}
+    item["function"] = function
+    return item
+
+
+def completion_body(*, stream_id: str, model: str, created: int, content: Collector, end: StreamEnd) -> dict[str, Any]:
+    """The ``chat.completion`` object of a finished non-streaming request: its text, reasoning (when the model
+    reasoned) and tool calls (when it made any) assembled."""
+    text = content.text("text")
+    calls = content.tool_calls()
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
+    reasoning = content.text("reasoning")
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = [
+            {"id": call.id or "", "type": "function", "function": {"name": call.name or "", "arguments": call.text()}}
+            for call in calls
+        ]
     return {
         "id": stream_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason(end),
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(end)}],
         "usage": usage(end),
     }
 
