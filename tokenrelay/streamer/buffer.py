@@ -1,8 +1,11 @@
 """Sans-I/O per-reader output buffer: one byte budget, counted at measured cost.
 
 Frames are appended as they are produced and taken by the reader's writer in one piece, so
-a reader that falls behind gets one larger write; deltas that pile up back to back are merged
-into one larger ``delta`` event (its ``id`` is the last one's, so resuming stays exact).  If
+a reader that falls behind gets one larger write; content events of one block that pile up back
+to back are merged into one larger event of their kind (its ``id`` is the last one's, so resuming
+stays exact).  A block is a run of one kind (``delta``, ``reasoning``, or the fragments of one
+tool call): events of different blocks are never merged, so every frame is of one kind and a
+merged tool call fragment still carries its call's ``id`` and ``name`` when its first did.  If
 the unsent bytes — those queued here plus the write in flight, which the I/O shell reports in
 ``in_flight_bytes`` until the transport has handed it to the kernel — would pass
 ``max_buffered_bytes`` (asked of :func:`~tokenrelay.streamer.disconnect.decide`), the frame is
@@ -18,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from tokenrelay.streamer.disconnect import Disconnect, DisconnectLimits, decide
 from tokenrelay.streamer.frames import Framing, NativeFraming
-from tokenrelay.wire.messages import StreamDelta
+from tokenrelay.wire.messages import ContentDelta, ToolCallDelta
 
 BYTES_OVERHEAD_BYTES = 48
 """What a queued ``bytes`` object costs beyond its length (CPython's object header) plus its list slot."""
@@ -31,15 +34,21 @@ TEXT_OVERHEAD_BYTES = 8
 
 @dataclass(slots=True)
 class _Run:
-    """Back-to-back pending deltas, merged as they arrive: only their texts are kept."""
+    """Back-to-back pending content events of one block, merged as they arrive: only their texts are kept."""
 
-    last: StreamDelta
+    key: object
+    """The block: the event's class (text, reasoning), or a tool call's ordinal."""
+    last: ContentDelta
     framed: bytes | None
     """The shared frame of a run of one delta (reused as is); dropped once a second delta joins."""
     texts: list[str]
     count: int
     first_ts: float
     """Publish time of the run's first delta: a merged delta carries it, so lag is measured from the oldest token."""
+    call_id: str | None = None
+    """A tool call's id, when a fragment of the run carried it (its first fragment does)."""
+    call_name: str | None = None
+    """A tool call's function name, when a fragment of the run carried it."""
 
 
 _Pending = bytes | _Run
@@ -91,9 +100,10 @@ class ReaderBuffer:
         return refused
 
     def append_delta(
-        self, delta: StreamDelta, now: float, framed: bytes | None = None, *, live: bool = False
+        self, delta: ContentDelta, now: float, framed: bytes | None = None, *, live: bool = False
     ) -> Disconnect | None:
-        """Queue a delta (``framed``: its shared frame, if the caller has one); merged with pending ones.
+        """Queue a content event (``framed``: its shared frame, if the caller has one); merged with pending ones of
+        its block.
 
         ``live`` deltas (not history) are counted in :attr:`live_tokens` and :attr:`oldest_live_ts`.
 
@@ -103,23 +113,32 @@ class ReaderBuffer:
         """
         if self.closed:
             return None
-        text_size = sys.getsizeof(delta.text) + TEXT_OVERHEAD_BYTES
+        if isinstance(delta, ToolCallDelta):
+            key: object = delta.call
+            text = delta.arguments
+        else:
+            key, text = type(delta), delta.text
+        text_size = sys.getsizeof(text) + TEXT_OVERHEAD_BYTES
         last = self._chunks[-1] if self._chunks else None
-        if isinstance(last, _Run):
+        if isinstance(last, _Run) and last.key == key:
             refused = self._room(text_size, now)
             if refused is not None:
                 return refused
-            last.texts.append(delta.text)
+            last.texts.append(text)
+            if isinstance(delta, ToolCallDelta) and last.call_id is None and last.call_name is None:
+                last.call_id, last.call_name = delta.id, delta.name  # a call whose first fragment went out already
             last.last = delta
             last.count += delta.count
             last.framed = None
         else:
+            run = _Run(key=key, last=delta, framed=framed, texts=[text], count=delta.count, first_ts=delta.ts)
+            if isinstance(delta, ToolCallDelta) and (delta.id is not None or delta.name is not None):
+                run.call_id, run.call_name = delta.id, delta.name
+                text_size += sys.getsizeof(delta.id) + sys.getsizeof(delta.name)
             refused = self._room(RUN_OVERHEAD_BYTES + text_size, now)
             if refused is not None:
                 return refused
-            self._chunks.append(
-                _Run(last=delta, framed=framed, texts=[delta.text], count=delta.count, first_ts=delta.ts)
-            )
+            self._chunks.append(run)
         self.tokens_pending = True
         if live:
             self.live_tokens += delta.count
@@ -182,6 +201,14 @@ class ReaderBuffer:
     def _framed(self, run: _Run) -> bytes:
         if run.framed is not None:
             return run.framed
+        last = run.last
         if len(run.texts) == 1:
-            return self._framing.event(run.last)
-        return self._framing.event(replace(run.last, text="".join(run.texts), count=run.count, ts=run.first_ts))
+            return self._framing.event(last)
+        if isinstance(last, ToolCallDelta):
+            merged: ContentDelta = replace(
+                last, id=run.call_id, name=run.call_name, arguments="".join(run.texts), count=run.count,
+                ts=run.first_ts,
+            )  # fmt: skip
+        else:
+            merged = replace(last, text="".join(run.texts), count=run.count, ts=run.first_ts)
+        return self._framing.event(merged)

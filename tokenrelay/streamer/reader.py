@@ -16,10 +16,10 @@ from tokenrelay.streamer.buffer import ReaderBuffer
 from tokenrelay.streamer.disconnect import DEFAULT_MAX_HELD_EVENTS, Disconnect, DisconnectLimits, decide
 from tokenrelay.streamer.frames import Framing, NativeFraming, is_terminal
 from tokenrelay.streamer.reader_state import ReaderState, advance
-from tokenrelay.streamer.replay import Replay, ReplayError
+from tokenrelay.streamer.replay import CONTENT_EVENTS, Replay, ReplayError
 from tokenrelay.streamer.sse import PING
 from tokenrelay.wire.cursor import Cursor
-from tokenrelay.wire.messages import ReceivedEvent, StreamDelta
+from tokenrelay.wire.messages import ReceivedEvent
 
 _CATCHING_UP, _LIVE = ReaderState.CATCHING_UP, ReaderState.LIVE
 
@@ -109,7 +109,7 @@ class Reader:
         # Events held while history catches up count against the same limit as queued bytes.  With nothing
         # held, a delta released first is asked about by the buffer with its own bytes added, which answers
         # this question too: on the way of every token, one ask instead of two.
-        if replay.held_events or not released or not isinstance(released[0], StreamDelta):
+        if replay.held_events or not released or not isinstance(released[0], CONTENT_EVENTS):
             refused = decide(replay.held_bytes + buffer.unsent_bytes, replay.held_events, None, now, self._limits)
             if refused is not None:
                 self.disconnect(refused, now)
@@ -118,7 +118,7 @@ class Reader:
             self._gap_seen()
         for ready in released:
             shared = framed if ready is event and self.framing.shares_native else None
-            if isinstance(ready, StreamDelta):
+            if isinstance(ready, CONTENT_EVENTS):
                 refused = buffer.append_delta(ready, now, shared, live=framed is not None and ready is event)
             elif is_terminal(ready):
                 buffer.frame_pending()  # a framing may keep state (Anthropic's blocks): it sees events in order
