@@ -104,7 +104,7 @@ class StandInRunner:
         return cls(nc, kv, hold_answer=asyncio.Event())
 
     async def start(self) -> None:
-        await self.nc.subscribe(subjects.JOBS, cb=self._on_job)
+        await self.nc.subscribe(subjects.jobs("synthetic"), cb=self._on_job)
         if self.answers_cancels:
             await self.nc.subscribe(subjects.runner_cancel(RUNNER_ID), cb=self._on_cancel)
         await self.nc.subscribe(subjects.HOLDERS_WILDCARD, cb=self._on_holders)

@@ -69,7 +69,7 @@ async def test_a_job_offered_again_after_a_late_answer_is_accepted_again_and_gen
     nc = await nats.connect(one_slot.nats_url)
 
     async def offer(one: JobRequest) -> object:
-        return codec.decode((await nc.request(subjects.JOBS, codec.encode(one), timeout=10)).data)
+        return codec.decode((await nc.request(subjects.jobs(one.model), codec.encode(one), timeout=10)).data)
 
     try:
         replies = [await offer(job), await offer(job)]
@@ -103,7 +103,7 @@ async def test_a_runner_leaves_an_offer_unanswered_and_untaken_once_its_answer_b
     nc = await nats.connect(one_slot.nats_url)
     try:
         with pytest.raises(NatsTimeout):
-            await nc.request(subjects.JOBS, codec.encode(job), timeout=1)
+            await nc.request(subjects.jobs(job.model), codec.encode(job), timeout=1)
         with pytest.raises(NatsTimeout):  # and no runner says it generates the stream
             await nc.request(subjects.holders(job.stream_id), b"", timeout=0.5)
     finally:
@@ -117,7 +117,7 @@ async def test_the_runner_generating_a_stream_answers_which_runner_holds_it(one_
     job = a_job("whose is it", answer_by=time.time() + 10)
     nc = await nats.connect(one_slot.nats_url)
     try:
-        accepted = codec.decode((await nc.request(subjects.JOBS, codec.encode(job), timeout=10)).data)
+        accepted = codec.decode((await nc.request(subjects.jobs(job.model), codec.encode(job), timeout=10)).data)
         assert isinstance(accepted, JobAccepted)
         try:
             held = codec.decode((await nc.request(subjects.holders(job.stream_id), b"", timeout=10)).data)

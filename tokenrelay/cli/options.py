@@ -167,10 +167,16 @@ CONTROL_ALLOW_ORIGIN = RepeatedOption(
     "(repeatable)",
 )  # fmt: skip
 GATEWAY_OPTIONS = (
-    Option("--max-queued-streams", v.COUNT, c.DEFAULT_MAX_QUEUED_STREAMS, "streams waiting for a runner before 503"),
+    Option("--max-queued-streams", v.COUNT, c.DEFAULT_MAX_QUEUED_STREAMS,
+           "streams of one model waiting for a runner before 503"),
     Option("--queue-timeout-s", v.POSITIVE_DURATION, c.DEFAULT_QUEUE_TIMEOUT_S, "seconds a stream waits for a runner"),
     Option("--max-tokens-limit", v.POSITIVE_COUNT, c.DEFAULT_MAX_TOKENS_LIMIT,
            "largest max_tokens a request may ask for"),
+    Option("--default-max-tokens", v.POSITIVE_COUNT, c.DEFAULT_MAX_TOKENS,
+           "max_tokens of a request that gives none (at most --max-tokens-limit)"),
+    Option("--default-model", str, "",
+           "model of a request that names none while the runners serve several (empty: such a request is 400, "
+           "naming the models served); with one model served, a request naming none gets it"),
     Option("--max-messages", v.POSITIVE_COUNT, c.DEFAULT_MAX_MESSAGES, "messages one request may carry (more: 400)"),
     Option("--max-prompt-chars", v.POSITIVE_COUNT, c.DEFAULT_MAX_PROMPT_CHARS,
            "characters of all messages' content together (more: 400)"),

@@ -4,7 +4,8 @@
 plane), but admitting a stream — validation against this gateway's limits, the queue bound,
 a live runner — is the gateway's job.  The streamer asks on ``tokenrelay.api.start`` (queue
 group ``gateways``: any gateway answers) and gets the new stream's record or a refusal with
-a stable error code; ``tokenrelay.api.models`` lists the live runners' models.
+a stable error code; ``tokenrelay.api.models`` lists the models the live runners serve (each runner may
+serve several).
 """
 
 from __future__ import annotations
@@ -87,5 +88,5 @@ class Admission:
         except CodecError as exc:
             log.warning("malformed models request: %s", exc)
             return
-        models = tuple(dict.fromkeys(beat.model for beat in self._streams.live_runners()))
+        models = tuple(self._streams.live_models())
         await msg.respond(codec.encode(ModelList(models=models)))

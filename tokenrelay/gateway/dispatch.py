@@ -18,11 +18,11 @@ a time.  An offer unanswered within ``offer_timeout_s`` is followed by asking th
 stream before it may be offered again, so a runner that took it but answered late keeps it instead of a second
 runner generating it too.
 
-**Per-model queues.**  Streams wait in queues keyed by :func:`queue_key`, and everything "full" or "head" means is
-per queue.  Today every runner takes every model, so all streams share :data:`SHARED_QUEUE`.  When jobs go only to
-runners of their model, :func:`queue_key` returns the job's model, :class:`Offer` goes to that model's subject,
-and a refusal fills only that model's queue: a second model is a second key, with its own head and backoff, and
-nothing in the state machine changes.  Admission would then ask the registry for runners of the request's model.
+**Per-model queues.**  Streams wait in queues keyed by :func:`queue_key` (the job's model), and everything
+"full", "head" and ``max_queued_streams`` mean is per queue.  Jobs go only to runners of their model (the shell
+offers them on that model's subject), so a refusal fills only that model's queue: a saturated model never holds
+up another, whose streams are still offered at once, side by side.  Admission asks the registry which models the
+runners serve (``gateway/models.py``).
 
 **Owners and generations.**  Which runner generates a stream is an :class:`~tokenrelay.gateway.states.Owner`
 value (runner and generation number) kept per stream, not an attribute of the runner: stops go to the current
@@ -52,6 +52,7 @@ from tokenrelay.gateway.actions import (
     StopRoute,
 )
 from tokenrelay.gateway.liveness import RunnerRegistry
+from tokenrelay.gateway.models import choose_model
 from tokenrelay.gateway.states import WAITING, DispatchState, Owner, advance
 from tokenrelay.runtime.config import (
     DEFAULT_DISPATCH_ATTEMPT_TIMEOUT_S,
@@ -72,16 +73,13 @@ forgotten first, and their stops go through the record."""
 OFFER_TAKE_FRACTION = 0.75
 """A runner may take an offer within this fraction of the gateway's wait for the answer (``answer_by``); the rest
 is for the answer's way back and for clocks that disagree by less than it (250 ms at the default 1 s)."""
-SHARED_QUEUE = "*"
-"""The key of the one queue every stream waits in while every runner takes every model."""
 
 QueueKey = str
 
 
 def queue_key(model: str) -> QueueKey:
-    """The queue a stream of ``model`` waits in: one for all models while every runner takes every job (per-model
-    queues return ``model`` here)."""
-    return SHARED_QUEUE
+    """The queue a stream of ``model`` waits in: one per model, as runners take only the jobs of their models."""
+    return model
 
 
 @dataclass(eq=False, slots=True)
@@ -118,7 +116,7 @@ class _Queue:
 class Dispatcher:
     """The dispatch of one gateway's streams to runners, fed events with ``now`` (monotonic seconds).
 
-    ``max_queued_streams``: streams waiting for a runner at most; :meth:`admit` beyond is ``overloaded``.
+    ``max_queued_streams``: streams of one model waiting for a runner at most; :meth:`admit` beyond is ``overloaded``.
     ``queue_timeout_s``: a stream no runner took within this ends with ``overloaded`` (:class:`EndUnstarted`).
     ``offer_timeout_s``: the wait for an answer to one offer, and for the holders' answer after it.
     ``runner_stale_after_s``: a runner silent this long is pinged, and lost if it does not answer.
@@ -157,7 +155,8 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        """Streams waiting for a runner (offered ones included): what counts against ``max_queued_streams``."""
+        """Streams waiting for a runner (offered ones included), of every model; each model's count against
+        ``max_queued_streams``."""
         return len(self._waiting)
 
     def state_of(self, stream_id: str) -> DispatchState | None:
@@ -201,22 +200,40 @@ class Dispatcher:
 
     # -- admission -------------------------------------------------------------------------------
 
-    def check_admission(self) -> list[RunnerHeartbeat]:
-        """The runners not declared lost, or ``overloaded`` (the queue is full) / ``unavailable`` (no runner).
+    def check_admission(self, model: str | None = None) -> list[RunnerHeartbeat]:
+        """The runners not declared lost, or ``unavailable`` (no runner) / ``overloaded`` (``model``'s queue is
+        full; without ``model``: every served model's queue is, so no stream could be admitted).
 
         A runner whose heartbeats are late is still being asked whether it is alive; until it is declared lost it
         counts here: a runner too busy to heartbeat on time made every new stream ``unavailable`` while it was late.
         """
-        if len(self._waiting) >= self._max_queued_streams:
-            raise Overloaded("too many streams are waiting for a runner", retry_after_s=1)
         runners = self._runners.registered()
+        models = [model] if model is not None else self._runners.registered_models()
+        if models and all(self._queued_of(key) >= self._max_queued_streams for key in models):
+            raise Overloaded("too many streams are waiting for a runner", retry_after_s=1)
         if not runners:
             raise Unavailable("no runner is available")
         return runners
 
+    def choose_model(self, requested: str | None, *, default_model: str | None = None) -> str:
+        """The model a new stream is for (``gateway/models.py``): ``model_not_found``, ``unavailable`` or
+        ``bad_request`` when there is none to give it."""
+        return choose_model(
+            requested,
+            served=self._runners.registered_models(),
+            knows=self._runners.knows_model,
+            default_model=default_model,
+        )
+
+    def live_models(self, now: float) -> list[str]:
+        """The models served by runners heard from within ``runner_stale_after_s``, each once."""
+        return self._runners.live_models(now)
+
     def admit(self, job: JobRequest, now: float) -> list[Action]:
-        """Queue a new stream (after :meth:`check_admission`) and offer it at once unless its queue is full."""
-        self.check_admission()
+        """Queue a new stream (after :meth:`check_admission`) and offer it at once unless its queue is full;
+        ``model_not_found`` / ``unavailable`` unless a runner serves its model."""
+        self.check_admission(job.model)
+        self.choose_model(job.model)
         stream_id = job.stream_id
         if self._stream(stream_id) is not None:
             raise ValueError(f"stream {stream_id} was admitted already")
@@ -349,6 +366,10 @@ class Dispatcher:
 
     def _stream(self, stream_id: str) -> _Stream | None:
         return self._waiting.get(stream_id) or self._left.get(stream_id)
+
+    def _queued_of(self, key: QueueKey) -> int:
+        queue = self._queues.get(key)
+        return len(queue.streams) if queue is not None else 0
 
     def _in(self, stream_id: str, state: DispatchState) -> _Stream | None:
         """The waiting stream if it is in ``state``; answers that come late or twice find it elsewhere."""

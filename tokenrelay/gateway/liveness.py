@@ -8,13 +8,23 @@ declared lost, once, and :meth:`forget` hands back every stream it may still hav
 those in its last heartbeat plus those dispatched to it since.  Their readers must get a
 ``runner_lost`` error, never silence.  A heartbeat (or the answer to the check) in between
 makes it live again.
+
+Each heartbeat names the models its runner serves.  The registry knows which runners serve which model, and
+remembers every model a runner ever announced (at most ``max_known_models``, the least recently announced
+forgotten first): a request for a model it knows whose runners are all gone is ``unavailable``, one for a model
+it never heard of is ``model_not_found``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from tokenrelay.wire.messages import RunnerHeartbeat
+
+MAX_KNOWN_MODELS = 1024
+"""Models remembered as announced once; past it the least recently announced is forgotten (then ``model_not_found``
+rather than ``unavailable`` while no runner serves it), so a stream of made-up names cannot grow the registry."""
 
 
 @dataclass
@@ -28,9 +38,12 @@ class _Runner:
 class RunnerRegistry:
     """What this gateway knows of the runners, fed with heartbeats and dispatches."""
 
-    def __init__(self, *, stale_after_s: float) -> None:
+    def __init__(self, *, stale_after_s: float, max_known_models: int = MAX_KNOWN_MODELS) -> None:
         self._stale_after_s = stale_after_s
+        self._max_known_models = max_known_models
         self._runners: dict[str, _Runner] = {}
+        self._known: OrderedDict[str, None] = OrderedDict()
+        """Every model a runner announced, the most recently announced last."""
 
     def on_heartbeat(self, beat: RunnerHeartbeat, now: float) -> None:
         """Record a heartbeat received at ``now`` (monotonic seconds)."""
@@ -38,6 +51,11 @@ class RunnerRegistry:
         if runner is None:
             runner = self._runners[beat.runner_id] = _Runner(beat, now)
         runner.beat, runner.seen = beat, now
+        for model in beat.served_models():
+            self._known[model] = None
+            self._known.move_to_end(model)
+        while len(self._known) > self._max_known_models:
+            self._known.popitem(last=False)
         runner.streams = set(beat.streams)
         # A dispatch older than this heartbeat is either listed in it or already finished.
         runner.dispatched = {sid: at for sid, at in runner.dispatched.items() if at > now - self._stale_after_s}
@@ -61,6 +79,18 @@ class RunnerRegistry:
     def registered(self) -> list[RunnerHeartbeat]:
         """Last heartbeats of every runner not declared lost: the live and the suspect ones."""
         return [r.beat for r in self._runners.values()]
+
+    def registered_models(self) -> set[str]:
+        """The models served by the runners not declared lost (live or suspect)."""
+        return {model for r in self._runners.values() for model in r.beat.served_models()}
+
+    def live_models(self, now: float) -> list[str]:
+        """The models served by the runners heard from within ``stale_after_s``, each once, in the order heard."""
+        return list(dict.fromkeys(model for beat in self.live(now) for model in beat.served_models()))
+
+    def knows_model(self, model: str) -> bool:
+        """Whether a runner ever announced ``model`` (among the ``max_known_models`` last announced)."""
+        return model in self._known
 
     def stale(self, now: float) -> list[str]:
         """Runners not heard from within ``stale_after_s`` (suspect; still registered)."""

@@ -1,4 +1,8 @@
-"""Prometheus metrics of one gateway process."""
+"""Prometheus metrics of one gateway process.
+
+A ``model`` label holds only models the runners announced (admission refuses any other), so its values are bounded
+by the models served.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,15 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         r = self.registry
-        self.streams_created = Counter("tokenrelay_gateway_streams_created", "Streams admitted", registry=r)
+        self.streams_created = Counter(
+            "tokenrelay_gateway_streams_created", "Streams admitted, by model", ["model"], registry=r
+        )
         self.streams_queued = Gauge("tokenrelay_gateway_streams_queued", "Streams waiting for a runner", registry=r)
         self.streams_not_started = Counter(
             "tokenrelay_gateway_streams_not_started",
-            "Streams that ended before any runner took them, by finish reason (cancelled while queued, error)",
-            ["finish_reason"],
+            "Streams that ended before any runner took them, by model and finish reason (cancelled while queued, "
+            "error)",
+            ["model", "finish_reason"],
             registry=r,
         )
         self.errors = Counter("tokenrelay_gateway_errors", "Errors answered, by code", ["code"], registry=r)

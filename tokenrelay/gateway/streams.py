@@ -70,8 +70,6 @@ from tokenrelay.wire.messages import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "synthetic"
-"""The model of a stream whose request names none, when the runners do not say which one they serve."""
 DISPATCH_ENDED = "the stream's dispatch ended before its stop was confirmed"
 """What a stop waiting on a stream's dispatch is told when the dispatch ends without an answer for it."""
 
@@ -147,22 +145,28 @@ class StreamManager:
         """Runners heard from within ``runner_stale_after_s``."""
         return self._runner_watch.live()
 
+    def live_models(self) -> list[str]:
+        """The models the runners heard from within ``runner_stale_after_s`` serve, each once."""
+        return self.dispatch.live_models(time.monotonic())
+
     # -- create ----------------------------------------------------------------------------------
 
     def check_admission(self) -> list[RunnerHeartbeat]:
-        """The runners not declared lost, or ``overloaded`` / ``unavailable`` at once (callers check before reading
-        a body); see :meth:`Dispatcher.check_admission`."""
+        """The runners not declared lost, or ``overloaded`` (every model's queue is full) / ``unavailable`` at once
+        (callers check before reading a body); see :meth:`Dispatcher.check_admission`."""
         return self.dispatch.check_admission()
 
     async def create(self, request: StreamRequest, *, owner: str | None = None) -> StreamRecord:
-        """Admit a stream of ``owner`` (a tenant; ``None`` without API keys): record it as queued and start
-        dispatching it to a runner."""
-        live = self.check_admission()
+        """Admit a stream of ``owner`` (a tenant; ``None`` without API keys) for the model it names (or the one
+        served, or ``default_model``; see ``gateway/models.py``): record it as queued and start dispatching it to
+        a runner of that model."""
+        self.check_admission()
+        model = self.dispatch.choose_model(request.model, default_model=self.config.default_model)
         if owner is not None:
             self._check_streams(owner)
         # No await from the check to the stream's place in the queue (in _admit, before its record is written):
         # the POSTs that run while the record is written count it against the bound, once.
-        return await self._admit(request, live, owner)
+        return await self._admit(request, model, owner)
 
     def _check_streams(self, owner: str) -> None:
         """The owner's concurrent-stream limit; over it, first forget streams no runner has any more (their
@@ -175,9 +179,8 @@ class StreamManager:
                     self.quotas.stream_ended(stream_id)
             self.quotas.check_streams(owner)
 
-    async def _admit(self, request: StreamRequest, live: list[RunnerHeartbeat], owner: str | None) -> StreamRecord:
+    async def _admit(self, request: StreamRequest, model: str, owner: str | None) -> StreamRecord:
         stream_id = subjects.new_stream_id()
-        model = request.model or live[0].model or DEFAULT_MODEL
         job = JobRequest(
             stream_id=stream_id,
             epoch=secrets.token_hex(4),
@@ -205,7 +208,7 @@ class StreamManager:
             # No 201, so nobody will read or stop it: stop it here, queued or taken by now.
             self._tasks.spawn(self._abandon(stream_id), name=f"abandon-{stream_id}")
             raise
-        self._metrics.streams_created.inc()
+        self._metrics.streams_created.labels(model=model).inc()
         log_event(LifecycleEvent.CREATED, ROLE, stream_id, model=model, max_tokens=job.max_tokens)
         return record
 
@@ -263,7 +266,7 @@ class StreamManager:
         stream_id = offer.job.stream_id
         sent = replace(offer.job, answer_by=time.time() + offer.take_within_s)
         try:
-            msg = await self._nc.request(subjects.JOBS, codec.encode(sent), timeout=offer.timeout_s)
+            msg = await self._nc.request(subjects.jobs(sent.model), codec.encode(sent), timeout=offer.timeout_s)
             reply = codec.decode(msg.data)
         except NatsTimeout:
             self._apply(self.dispatch.offer_timed_out(stream_id, time.monotonic()))
@@ -310,7 +313,7 @@ class StreamManager:
         except BaseException:
             self._settle(stream_id, Unavailable(DISPATCH_ENDED))
             raise
-        self._metrics.streams_not_started.labels(finish_reason=str(record.finish_reason)).inc()
+        self._metrics.streams_not_started.labels(model=end.job.model, finish_reason=str(record.finish_reason)).inc()
         log_event(
             LifecycleEvent.NOT_STARTED, ROLE, stream_id,
             finish_reason=str(record.finish_reason), error_code=record.error_code,

@@ -1,4 +1,8 @@
-"""Prometheus metrics of one runner process."""
+"""Prometheus metrics of one runner process.
+
+The ``model`` label holds only the models this runner serves (:data:`OTHER_MODEL` for anything else), so its values
+are bounded by the models its engine announced.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,10 @@ from tokenrelay.runtime.loopmetrics import LoopMetrics
 from tokenrelay.wire.codec import UnknownTypes
 
 log = logging.getLogger(__name__)
+
+OTHER_MODEL = "other"
+"""The ``model`` label of a stream whose model this runner does not announce (none should reach it)."""
+TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class RunnerMetrics:
@@ -74,9 +82,25 @@ class RunnerMetrics:
         self.ttft = Histogram(
             "tokenrelay_runner_ttft_seconds",
             "Job accepted -> first token published",
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=TTFT_BUCKETS_S,
             registry=r,
         )
+        self.model_streams_started = Counter(
+            "tokenrelay_runner_model_streams_started", "Streams this runner started generating, by model", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.model_streams_finished = Counter(
+            "tokenrelay_runner_model_streams_finished", "Streams this runner finished, by model and finish reason",
+            ["model", "finish_reason"], registry=r,
+        )  # fmt: skip
+        self.model_tokens = Counter(
+            "tokenrelay_runner_model_tokens", "Tokens of the streams this runner finished, by model", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.model_ttft = Histogram(
+            "tokenrelay_runner_model_ttft_seconds", "Job accepted -> first token published, by model", ["model"],
+            buckets=TTFT_BUCKETS_S, registry=r,
+        )  # fmt: skip
 
     def unknown_message(self, tag: str) -> None:
         """Count one dropped message of a type this runner does not know; log the first of each type only."""

@@ -7,6 +7,9 @@ minutes later.  Core request/reply on a queue group gives the gateway an immedia
 adds nothing to the time to first token, and spreads jobs over any number of runners.
 A runner at capacity rejects the job; the gateway retries, and the queue group's random choice
 lands the retry on another runner.
+
+Jobs are offered per model (``tokenrelay.jobs.<model>``): a runner subscribes to the subjects of the models its
+engine serves, and announces them in its heartbeats, so a job only ever reaches a runner of its model.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from nats.js.kv import KeyValue
 
 from tokenrelay.runner.engines import Engine
 from tokenrelay.runner.generation import Generation, Outcome
-from tokenrelay.runner.metrics import RunnerMetrics
+from tokenrelay.runner.metrics import OTHER_MODEL, RunnerMetrics
 from tokenrelay.runner.pace import PublishPace
 from tokenrelay.runner.replayserver import ReplayServer
 from tokenrelay.runtime import natsio
@@ -37,6 +40,7 @@ from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import (
     CancelReply,
     CancelRequest,
+    FinishReason,
     JobAccepted,
     JobRejected,
     JobRequest,
@@ -44,6 +48,7 @@ from tokenrelay.wire.messages import (
     StreamDone,
     StreamerLag,
     StreamRecord,
+    StreamState,
 )
 
 T = TypeVar("T")
@@ -53,6 +58,14 @@ log = logging.getLogger(__name__)
 FINISHED_MEMORY_STREAMS = 10_000
 """Outcomes of this many recently finished streams are kept to answer late cancels."""
 SHUTDOWN_GRACE_S = 2.0
+
+
+def served_models(engine: Engine) -> tuple[str, ...]:
+    """The models ``engine`` serves: those it lists in a ``models`` attribute (an engine may serve several),
+    else its ``model``."""
+    listed = getattr(engine, "models", None)
+    models = tuple(str(model) for model in listed) if isinstance(listed, (tuple, list)) else ()
+    return tuple(dict.fromkeys(models or (engine.model,)))
 
 
 class Runner:
@@ -74,6 +87,8 @@ class Runner:
         self._nc = nc
         self._kv = kv
         self._engine = engine
+        self.models = served_models(engine)
+        """The models this runner takes jobs of."""
         self._active: dict[str, Generation] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._subs: list[Subscription] = []
@@ -103,7 +118,9 @@ class Runner:
 
     async def start(self) -> None:
         """Subscribe to jobs and cancels, and start heartbeating."""
-        self._subs.append(await self._nc.subscribe(subjects.JOBS, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job))
+        for model in self.models:
+            subject = subjects.jobs(model)
+            self._subs.append(await self._nc.subscribe(subject, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job))
         self._subs.append(await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel))
         self._subs.append(await self._nc.subscribe(subjects.runner_ping(self.runner_id), cb=self._on_ping))
         self._subs.append(await self._nc.subscribe(subjects.HOLDERS_WILDCARD, cb=self._on_holders))
@@ -112,7 +129,7 @@ class Runner:
         await self._nc.flush()
         await self._heartbeat()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
-        log.info("runner %s ready (engine=%s model=%s)", self.runner_id, self._engine.name, self._engine.model)
+        log.info("runner %s ready (engine=%s models=%s)", self.runner_id, self._engine.name, ", ".join(self.models))
 
     async def stop(self) -> None:
         """Stop taking jobs, end what is running as ``shutting_down``, and release the engine."""
@@ -218,7 +235,21 @@ class Runner:
             log.warning("could not tell gateway %s that %s finished: %s", gateway_id, stream_id, exc)
 
     async def _write_record(self, record: StreamRecord) -> None:
+        self._count(record)
         await self._kv.put(record.stream_id, codec.encode(record))
+
+    def _count(self, record: StreamRecord) -> None:
+        """Per-model metrics from the records a generation writes: ``running`` once it started, ``finished``
+        once it ended (with its tokens and TTFT).  Every generation writes both, so no count is missed."""
+        model = record.model if record.model in self.models else OTHER_MODEL  # the label set stays bounded
+        if record.state is StreamState.RUNNING:
+            self.metrics.model_streams_started.labels(model=model).inc()
+        elif record.state is StreamState.FINISHED:
+            reason = str(record.finish_reason or FinishReason.ERROR)
+            self.metrics.model_streams_finished.labels(model=model, finish_reason=reason).inc()
+            self.metrics.model_tokens.labels(model=model).inc(record.tokens)
+            if record.ttft_ms is not None:
+                self.metrics.model_ttft.labels(model=model).observe(record.ttft_ms / 1000)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -235,6 +266,7 @@ class Runner:
             runner_id=self.runner_id,
             engine=self._engine.name,
             model=self._engine.model,
+            models=self.models,
             active=len(self._active),
             capacity=self.config.max_concurrency,
             ts=time.time(),

@@ -133,8 +133,13 @@ class GatewayConfig:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     """Decoded bytes of one image sent as a ``data:`` URL; more is ``413 payload_too_large``."""
     default_max_tokens: int = DEFAULT_MAX_TOKENS
+    """The ``max_tokens`` of a request that gives none (``--default-max-tokens``; capped at ``max_tokens_limit``)."""
+    default_model: str | None = None
+    """The model of a request that names none while the runners serve several (``None``: such a request is
+    ``400 bad_request`` naming the models served); with one model served, a request naming none gets it."""
     max_queued_streams: int = DEFAULT_MAX_QUEUED_STREAMS
-    """Streams waiting for a runner; beyond this a new stream gets 503 ``overloaded`` at once."""
+    """Streams of one model waiting for a runner; beyond this a new stream of that model gets 503 ``overloaded``
+    at once."""
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
     """A stream no runner took within this time ends with an ``overloaded`` error event."""
     dispatch_attempt_timeout_s: float = DEFAULT_DISPATCH_ATTEMPT_TIMEOUT_S

@@ -11,6 +11,7 @@ Hierarchy::
     ├── Unauthorized        401 unauthorized
     ├── Forbidden           403 forbidden
     ├── NotFound            404 not_found
+    │   └── ModelNotFound   404 model_not_found
     ├── PayloadTooLarge     413 payload_too_large
     ├── RetryLater          (carries retry_after_s: answered with Retry-After)
     │   ├── RateLimited     429 rate_limited
@@ -52,6 +53,7 @@ class ErrorCode(enum.StrEnum):
     SHUTTING_DOWN = "shutting_down"
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
     """The runner's engine cannot honour a parameter of the request (the stream ends with this error)."""
+    MODEL_NOT_FOUND = "model_not_found"
 
 
 STATUS_CODES: dict[int, ErrorCode] = {
@@ -111,6 +113,12 @@ class NotFound(TokenRelayError):
     http_status = 404
 
 
+class ModelNotFound(NotFound):
+    """No runner serves the requested model, nor has one announced it since this gateway started."""
+
+    code = ErrorCode.MODEL_NOT_FOUND
+
+
 class PayloadTooLarge(TokenRelayError):
     """The request body is over the size limit."""
 
@@ -157,7 +165,7 @@ class ResumeUnavailable(TokenRelayError):
 _CLASSES: dict[str, type[TokenRelayError]] = {
     cls.code: cls
     for cls in (
-        BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge,
+        BadRequest, Unauthorized, Forbidden, NotFound, ModelNotFound, PayloadTooLarge,
         RateLimited, Overloaded, Unavailable, ResumeUnavailable,
     )
 }  # fmt: skip

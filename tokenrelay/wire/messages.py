@@ -337,6 +337,13 @@ class RunnerHeartbeat:
     """Ids of the streams this runner is generating now."""
     v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
     """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
+    models: tuple[str, ...] = ()
+    """Every model this runner takes jobs of (on ``tokenrelay.jobs.<model>``); empty from a runner that predates
+    it, which serves ``model`` alone (:meth:`served_models`)."""
+
+    def served_models(self) -> tuple[str, ...]:
+        """The models this runner takes jobs of: :attr:`models`, or ``(model,)`` when it names none."""
+        return self.models or (self.model,)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

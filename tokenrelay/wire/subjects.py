@@ -3,8 +3,9 @@
 ==============================================  =========  ===================================
 subject                                         pattern    carries
 ==============================================  =========  ===================================
-``tokenrelay.jobs``                              req/reply  JobRequest -> JobAccepted|JobRejected
-                                                            (queue group ``runners``)
+``tokenrelay.jobs.<model>``                      req/reply  JobRequest -> JobAccepted|JobRejected
+                                                            (queue group ``runners``; one subject
+                                                            per model, :func:`model_token`)
 ``tokenrelay.stream.<id>.events``                pub/sub    StreamStart, StreamDelta, then StreamEnd
                                                             or StreamError
                                                             (captured by JetStream for replay)
@@ -46,6 +47,11 @@ subject                                         pattern    carries
 
 Stream ids are 32 lowercase hex characters (128 random bits), so they are always valid
 single subject tokens; anything else is rejected before it can reach a subject.
+
+A model name may hold anything (``meta-llama/Llama-3.1-8B-Instruct``, ``qwen2.5:7b``), and ``.``, ``*``, ``>``,
+whitespace and non-ASCII are special or unsafe in a subject: :func:`model_token` escapes it into one token that
+reads like the name (letters, digits, ``-`` and ``_`` kept; every other UTF-8 byte as ``~`` and two hex digits),
+and :func:`model_from_token` reverses it.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ from __future__ import annotations
 import re
 import secrets
 
-JOBS = "tokenrelay.jobs"
+JOBS_PREFIX = "tokenrelay.jobs"
+"""Jobs of one model are offered on ``tokenrelay.jobs.<model token>`` (:func:`jobs`)."""
 RUNNER_QUEUE_GROUP = "runners"
 RUNNER_HEARTBEAT = "tokenrelay.runners.heartbeat"
 CANCELS = "tokenrelay.cancels"
@@ -74,6 +81,10 @@ STREAMS_BUCKET = "tokenrelay_streams"
 
 _STREAM_ID = re.compile(r"[0-9a-f]{32}")
 _NODE_ID = re.compile(r"[0-9a-z_-]{1,64}")
+_MODEL_TOKEN = re.compile(r"(?:[0-9A-Za-z_-]|~[0-9A-F]{2})+")
+_KEPT_IN_MODEL_TOKEN = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-")
+MODEL_ESCAPE = "~"
+"""Starts the two uppercase hex digits of one escaped UTF-8 byte in a model token."""
 
 
 def new_stream_id() -> str:
@@ -101,6 +112,44 @@ def _stream(stream_id: str) -> str:
     if not is_stream_id(stream_id):
         raise ValueError(f"invalid stream id {stream_id!r}")
     return stream_id
+
+
+def model_token(model: str) -> str:
+    """``model`` as one subject token: letters, digits, ``-`` and ``_`` as they are, every other UTF-8 byte as
+    ``~`` and its two uppercase hex digits (``qwen2.5:7b`` -> ``qwen2~2E5~3A7b``).  Reversed by
+    :func:`model_from_token`; an empty name has no token (``ValueError``)."""
+    if not model:
+        raise ValueError("a model name must not be empty")
+    return "".join(
+        chr(byte) if byte in _KEPT_IN_MODEL_TOKEN else f"{MODEL_ESCAPE}{byte:02X}" for byte in model.encode()
+    )
+
+
+def model_from_token(token: str) -> str:
+    """The model name :func:`model_token` made ``token`` from; ``ValueError`` for anything it cannot have made."""
+    if _MODEL_TOKEN.fullmatch(token) is None:
+        raise ValueError(f"invalid model token {token!r}")
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == MODEL_ESCAPE:
+            out.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(ord(token[i]))
+            i += 1
+    try:
+        model = out.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"model token {token!r} is not UTF-8") from None
+    if model_token(model) != token:  # e.g. "~41" for "A": one name, one token
+        raise ValueError(f"model token {token!r} is not the token of {model!r}")
+    return model
+
+
+def jobs(model: str) -> str:
+    """The subject jobs of ``model`` are offered on; the runners serving it take them in queue group ``runners``."""
+    return f"{JOBS_PREFIX}.{model_token(model)}"
 
 
 def events(stream_id: str) -> str:

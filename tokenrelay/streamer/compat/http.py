@@ -1,4 +1,5 @@
-"""HTTP shell of the compatible APIs: ``POST /v1/chat/completions``, ``GET /v1/models``, ``POST /v1/messages``.
+"""HTTP shell of the compatible APIs: ``POST /v1/chat/completions``, ``GET /v1/models`` (and
+``GET /v1/models/{id}``), ``POST /v1/messages``.
 
 Admission goes through a gateway over NATS (``tokenrelay.api.start``); the stream is then
 read here like any other, with the API's framing instead of the native one.  A client of
@@ -26,6 +27,7 @@ from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError
 from tokenrelay.wire.errors import (
     ErrorCode,
+    ModelNotFound,
     PayloadTooLarge,
     RetryLater,
     TokenRelayError,
@@ -49,6 +51,10 @@ _STATUS_OF_STREAM_ERRORS: dict[str, int] = {
     ErrorCode.UPSTREAM_TIMEOUT: 504,
 }
 """HTTP status of a non-streamed request whose stream ended in an error that has no status of its own."""
+OPENAI_MODEL_NOT_FOUND_TYPE = "invalid_request_error"
+"""OpenAI's error ``type`` for a model it does not serve (its ``code`` is ``model_not_found``)."""
+ANTHROPIC_MODEL_NOT_FOUND_TYPE = "not_found_error"
+"""Anthropic's error ``type`` for a model it does not serve."""
 
 
 class _Options(Protocol):
@@ -86,7 +92,7 @@ class _OpenAI:
         )
 
     def error_body(self, code: str, message: str) -> dict[str, Any]:
-        return openai.error_body(code, message)
+        return _model_error_type(openai.error_body(code, message), code, OPENAI_MODEL_NOT_FOUND_TYPE)
 
     def status(self, code: str, status: int) -> int:
         return status
@@ -103,10 +109,18 @@ class _Anthropic:
         return anthropic.message_body(stream_id=record.stream_id, model=record.model, content=content, end=end)
 
     def error_body(self, code: str, message: str) -> dict[str, Any]:
-        return anthropic.error_body(code, message)
+        return _model_error_type(anthropic.error_body(code, message), code, ANTHROPIC_MODEL_NOT_FOUND_TYPE)
 
     def status(self, code: str, status: int) -> int:
         return anthropic.http_status(code, status)
+
+
+def _model_error_type(body: dict[str, Any], code: str, kind: str) -> dict[str, Any]:
+    """The dialect's error ``body``, typed as that API types an unknown model when ``code`` is ``model_not_found``
+    (both APIs nest the type in ``error``)."""
+    if code == ErrorCode.MODEL_NOT_FOUND:
+        body["error"]["type"] = kind
+    return body
 
 
 OPENAI: _Dialect = _OpenAI()
@@ -116,6 +130,7 @@ ANTHROPIC: _Dialect = _Anthropic()
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{id:.+}", model)  # an id may hold "/" (meta-llama/Llama-3.1-8B-Instruct)
     app.router.add_post("/v1/messages", messages)
 
 
@@ -132,15 +147,36 @@ async def messages(request: web.Request) -> web.StreamResponse:
 async def models(request: web.Request) -> web.Response:
     """OpenAI ``GET /v1/models``: the models the live runners serve."""
     try:
-        msg = await request.app[NC_KEY].request(
-            subjects.API_MODELS, codec.encode(ModelsRequest()), timeout=ADMIT_TIMEOUT_S
-        )
-        listed = codec.decode_as(msg.data, ModelList)
-    except (NoRespondersError, NatsTimeout, CodecError):
-        return _error(OPENAI, Unavailable("no gateway answered"))
+        listed = await live_models(request.app)
+    except TokenRelayError as exc:
+        return _error(OPENAI, exc)
     now = int(time.time())
-    data = [{"id": model, "object": "model", "created": now, "owned_by": OWNED_BY} for model in listed.models]
-    return json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": [_model_object(name, now) for name in listed]})
+
+
+async def model(request: web.Request) -> web.Response:
+    """OpenAI ``GET /v1/models/{id}``: one model the live runners serve, or ``404 model_not_found``."""
+    name = request.match_info["id"]
+    try:
+        if name not in await live_models(request.app):
+            raise ModelNotFound(f"no runner serves model {name!r}")
+    except TokenRelayError as exc:
+        count_error(request.app, exc.code)
+        return _error(OPENAI, exc)
+    return json_response(_model_object(name, int(time.time())))
+
+
+async def live_models(app: web.Application) -> tuple[str, ...]:
+    """The models the live runners serve, as any gateway knows them (``unavailable`` when none answers)."""
+    try:
+        msg = await app[NC_KEY].request(subjects.API_MODELS, codec.encode(ModelsRequest()), timeout=ADMIT_TIMEOUT_S)
+        return codec.decode_as(msg.data, ModelList).models
+    except (NoRespondersError, NatsTimeout, CodecError):
+        raise Unavailable("no gateway answered") from None
+
+
+def _model_object(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": OWNED_BY}
 
 
 async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
