@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from tokenrelay.streamer.disconnect import Disconnect, DisconnectLimits, decide
 from tokenrelay.streamer.frames import Framing, NativeFraming
-from tokenrelay.wire.messages import ContentDelta, ToolCallDelta
+from tokenrelay.wire.messages import ContentDelta, StreamDelta, ToolCallDelta
 
 BYTES_OVERHEAD_BYTES = 48
 """What a queued ``bytes`` object costs beyond its length (CPython's object header) plus its list slot."""
@@ -113,37 +113,58 @@ class ReaderBuffer:
         """
         if self.closed:
             return None
+        last = self._chunks[-1] if self._chunks else None
+        if type(delta) is StreamDelta and isinstance(last, _Run) and last.key is StreamDelta:
+            # The common case, text joining a run of text, at the cost it had before typed content plus one check.
+            text_size = sys.getsizeof(delta.text) + TEXT_OVERHEAD_BYTES
+            refused = self._room(text_size, now)
+            if refused is not None:
+                return refused
+            last.texts.append(delta.text)
+            last.last = delta
+            last.count += delta.count
+            last.framed = None
+        else:
+            refused = self._append_to_block(delta, now, framed, last)
+            if refused is not None:
+                return refused
+        self.tokens_pending = True
+        if live:
+            self.live_tokens += delta.count
+            if self.oldest_live_ts is None:
+                self.oldest_live_ts = delta.ts
+        return None
+
+    def _append_to_block(
+        self, delta: ContentDelta, now: float, framed: bytes | None, last: _Pending | None
+    ) -> Disconnect | None:
+        """Merge ``delta`` into the pending run when it is of the same block (kind, and call), else start a run."""
+        # The block's key: the event's class, or a tool call's ordinal.
         if isinstance(delta, ToolCallDelta):
             key: object = delta.call
-            text = delta.arguments
+            text, tool_call = delta.arguments, True
         else:
-            key, text = type(delta), delta.text
+            key, text, tool_call = type(delta), delta.text, False
         text_size = sys.getsizeof(text) + TEXT_OVERHEAD_BYTES
-        last = self._chunks[-1] if self._chunks else None
-        if isinstance(last, _Run) and last.key == key:
+        if isinstance(last, _Run) and (last.key is key or (tool_call and last.key == key)):
             refused = self._room(text_size, now)
             if refused is not None:
                 return refused
             last.texts.append(text)
-            if isinstance(delta, ToolCallDelta) and last.call_id is None and last.call_name is None:
+            if tool_call and isinstance(delta, ToolCallDelta) and last.call_id is None and last.call_name is None:
                 last.call_id, last.call_name = delta.id, delta.name  # a call whose first fragment went out already
             last.last = delta
             last.count += delta.count
             last.framed = None
         else:
             run = _Run(key=key, last=delta, framed=framed, texts=[text], count=delta.count, first_ts=delta.ts)
-            if isinstance(delta, ToolCallDelta) and (delta.id is not None or delta.name is not None):
+            if tool_call and isinstance(delta, ToolCallDelta):
                 run.call_id, run.call_name = delta.id, delta.name
                 text_size += sys.getsizeof(delta.id) + sys.getsizeof(delta.name)
             refused = self._room(RUN_OVERHEAD_BYTES + text_size, now)
             if refused is not None:
                 return refused
             self._chunks.append(run)
-        self.tokens_pending = True
-        if live:
-            self.live_tokens += delta.count
-            if self.oldest_live_ts is None:
-                self.oldest_live_ts = delta.ts
         return None
 
     def _room(self, size: int, now: float) -> Disconnect | None:
