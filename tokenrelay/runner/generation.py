@@ -198,7 +198,10 @@ class Generation:
                 if type(piece) is str:  # the answer's text: the common case, one cheap check of its block
                     if batcher.block is not TEXT and batcher.pending_tokens:
                         await self._flush()
-                    self._count_token(accepted)
+                    self._tokens += 1  # counted inline, as _count_token does: no extra call per text token
+                    self._metrics.tokens.inc()
+                    if self._ttft_ms is None:
+                        self._first_token(accepted)
                     due = batcher.add(piece, time.monotonic())
                 elif isinstance(piece, TextTail):
                     if batcher.boundary(TEXT):
@@ -233,10 +236,13 @@ class Generation:
         self._tokens += 1
         self._metrics.tokens.inc()
         if self._ttft_ms is None:
-            self._first_token_at = time.perf_counter()
-            self._ttft_ms = (self._first_token_at - accepted) * 1000
-            self._metrics.ttft.observe(self._ttft_ms / 1000)
-            log_event(LifecycleEvent.FIRST_TOKEN, ROLE, self.job.stream_id, ttft_ms=self._ttft_ms)
+            self._first_token(accepted)
+
+    def _first_token(self, accepted: float) -> None:
+        self._first_token_at = time.perf_counter()
+        self._ttft_ms = (self._first_token_at - accepted) * 1000
+        self._metrics.ttft.observe(self._ttft_ms / 1000)
+        log_event(LifecycleEvent.FIRST_TOKEN, ROLE, self.job.stream_id, ttft_ms=self._ttft_ms)
 
     def _engine_finish_reason(self) -> FinishReason:
         """Why the engine ended: what it said (``tool_calls`` only when its last block is a tool call), else stop."""
