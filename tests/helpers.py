@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from tokenrelay.runner.engines.synthetic import prompt_text, synthetic_tokens
 from tokenrelay.testing.http import get_json
-from tokenrelay.wire.messages import ChatMessage
+from tokenrelay.wire.content import ChatMessage
 
 T = TypeVar("T")
 

@@ -37,7 +37,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from tokenrelay.runner.engines.steps import StepClock
 from tokenrelay.runner.engines.synthetic import iter_synthetic_tokens, paced, prompt_text
 from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
-from tokenrelay.wire.messages import ChatMessage
+from tokenrelay.wire.content import ChatMessage
 
 DEFAULT_TTFT_MS = 0.0
 """Delay before a stream's first token, in milliseconds."""

@@ -30,12 +30,12 @@ from tokenrelay.runtime import natsio
 from tokenrelay.runtime.config import GatewayConfig, HistoryConfig
 from tokenrelay.testing.procs import NatsServer
 from tokenrelay.wire import codec, subjects
+from tokenrelay.wire.content import ChatMessage
 from tokenrelay.wire.errors import Overloaded, Unavailable
 from tokenrelay.wire.messages import (
     CancelReason,
     CancelReply,
     CancelRequest,
-    ChatMessage,
     FinishReason,
     JobAccepted,
     JobRejected,

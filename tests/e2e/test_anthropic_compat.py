@@ -14,7 +14,7 @@ from tests.compat_systems import LENGTH_TOKENS, MAX_TOKENS_LIMIT, NATURAL_TOKENS
 from tests.helpers import STOPPED_TOKENS, expected_text
 from tokenrelay.testing.http import wait_finished
 from tokenrelay.testing.procs import NatsServer, System
-from tokenrelay.wire.messages import ChatMessage
+from tokenrelay.wire.content import ChatMessage
 
 
 @pytest.fixture(scope="module")

@@ -163,7 +163,12 @@ def test_every_native_error_response_is_the_one_error_schema() -> None:
     """Native operations answer every 4xx/5xx with ``Error``; the compatible APIs with their own API's shape."""
     for path, item in SPEC["paths"].items():
         for method, operation in item.items():
-            if method not in HTTP_METHODS or path in {"/v1/chat/completions", "/v1/messages", "/v1/models", "/v1/models/{id}"}:
+            if method not in HTTP_METHODS or path in {
+                "/v1/chat/completions",
+                "/v1/messages",
+                "/v1/models",
+                "/v1/models/{id}",
+            }:
                 continue
             for status, response in operation["responses"].items():
                 if int(status) < 400:

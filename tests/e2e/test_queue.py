@@ -20,7 +20,8 @@ from tokenrelay.testing.http import create_stream, metric, post, wait_finished, 
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import read_stream
 from tokenrelay.wire import codec, subjects
-from tokenrelay.wire.messages import CancelReason, CancelRequest, ChatMessage, JobAccepted, JobRejected, JobRequest
+from tokenrelay.wire.content import ChatMessage
+from tokenrelay.wire.messages import CancelReason, CancelRequest, JobAccepted, JobRejected, JobRequest
 
 WAITING_STREAMS = 6
 

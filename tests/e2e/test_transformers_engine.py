@@ -19,7 +19,7 @@ from tokenrelay.runner.engines import GenerationRequest, TextTail  # noqa: E402
 from tokenrelay.testing.http import create_stream, metric, wait_for_metric  # noqa: E402
 from tokenrelay.testing.procs import NatsServer, System, system  # noqa: E402
 from tokenrelay.testing.sse import read_stream  # noqa: E402
-from tokenrelay.wire.messages import ChatMessage  # noqa: E402
+from tokenrelay.wire.content import ChatMessage  # noqa: E402
 
 CORPUS = ["hello world 日本語 🚀 café naïve", "the stream token relay is fast", "stop now 👩‍💻 über"] * 50
 

@@ -164,6 +164,9 @@ def _upstream(args: argparse.Namespace) -> c.UpstreamConfig | None:
         return None
     key = os.environ.get(UPSTREAM_API_KEY_ENV) or None
     return c.UpstreamConfig(
-        url=args.upstream_url, model=args.upstream_model, api_key=key, read_timeout_s=args.upstream_timeout_s,
+        url=args.upstream_url,
+        model=args.upstream_model,
+        api_key=key,
+        read_timeout_s=args.upstream_timeout_s,
         include_usage=args.upstream_include_usage == "on",
     )

@@ -41,6 +41,7 @@ from tokenrelay.client.request import RequestParams, function_tool
 from tokenrelay.client.sse import ServerSentEvent, SSEDecoder
 from tokenrelay.client.stream import Stream
 from tokenrelay.client.tracker import Phase, ReconnectPolicy, StreamTracker
+from tokenrelay.wire.content import ChatMessage, ContentPart
 from tokenrelay.wire.errors import (
     BadRequest,
     ErrorCode,
@@ -51,7 +52,6 @@ from tokenrelay.wire.errors import (
     TokenRelayError,
     Unavailable,
 )
-from tokenrelay.wire.messages import ChatMessage, ContentPart
 
 __all__ = [
     "BadRequest",

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from tokenrelay.client.errors import ProtocolError
-from tokenrelay.wire.messages import ToolCall as WireToolCall
+from tokenrelay.wire.content import ToolCall as WireToolCall
 
 
 @dataclass(frozen=True, slots=True)

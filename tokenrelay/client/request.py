@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
-from tokenrelay.wire.messages import ChatMessage
+from tokenrelay.wire.content import ChatMessage
 
 OWNED_FIELDS = frozenset(
     {"type", "ref", "prompt", "messages", "model", "max_tokens", "max_completion_tokens", "stream", "stream_options"}

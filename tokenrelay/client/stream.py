@@ -26,8 +26,8 @@ from tokenrelay.client.tracker import (
     ReconnectPolicy,
     StreamTracker,
 )
+from tokenrelay.wire.content import ChatMessage
 from tokenrelay.wire.errors import TokenRelayError, from_code
-from tokenrelay.wire.messages import ChatMessage
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokenrelay.runtime.config import DEFAULT_MAX_CONTENT_PARTS, DEFAULT_MAX_IMAGE_BYTES
+from tokenrelay.wire.content import ChatMessage, ContentPart, ToolCall
 from tokenrelay.wire.errors import BadRequest, PayloadTooLarge
-from tokenrelay.wire.messages import ChatMessage, ContentPart, ToolCall
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 IMAGE_ROLES = frozenset({"user"})

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenrelay.runtime.config import DEFAULT_MAX_TOOLS
+from tokenrelay.wire.content import JsonObject
 from tokenrelay.wire.errors import BadRequest
-from tokenrelay.wire.messages import JsonObject
 
 OWNED_FIELDS = frozenset(
     {"model", "messages", "prompt", "stream", "stream_options", "max_tokens", "max_completion_tokens"}

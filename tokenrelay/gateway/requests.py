@@ -24,8 +24,8 @@ from tokenrelay.runtime.config import (
     DEFAULT_MAX_TOOLS,
     GatewayConfig,
 )
+from tokenrelay.wire.content import ChatMessage, JsonObject
 from tokenrelay.wire.errors import BadRequest, PayloadTooLarge
-from tokenrelay.wire.messages import ChatMessage, JsonObject
 
 MAX_MODEL_CHARS = 256
 JOB_HEADROOM_BYTES = 1024

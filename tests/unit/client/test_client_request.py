@@ -9,7 +9,7 @@ import pytest
 from tokenrelay.client import ChatMessage, ContentPart, function_tool
 from tokenrelay.client.request import OWNED_FIELDS, start_command
 from tokenrelay.gateway.requests import parse_stream_request
-from tokenrelay.wire.messages import ToolCall
+from tokenrelay.wire.content import ToolCall
 
 WEATHER = function_tool(
     "get_weather", "The weather in a city now", {"type": "object", "properties": {"city": {"type": "string"}}}

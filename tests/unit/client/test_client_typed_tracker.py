@@ -15,6 +15,7 @@ from tokenrelay.client.sse import ServerSentEvent, SSEDecoder
 from tokenrelay.client.tracker import Phase
 from tokenrelay.streamer.frames import frame
 from tokenrelay.wire import messages as m
+from tokenrelay.wire.content import ToolCall as WireToolCall
 
 EPOCH = "0badcafe"
 
@@ -154,7 +155,7 @@ def test_a_reader_that_joins_inside_a_tool_calls_arguments_holds_the_rest_withou
 
 
 def test_a_whole_tool_call_goes_back_to_the_model_as_the_wire_tool_call_of_an_assistant_turn() -> None:
-    assert CALLS[0].to_wire() == m.ToolCall(id="call_a", name="get_weather", arguments='{"city": "Paris"}')
+    assert CALLS[0].to_wire() == WireToolCall(id="call_a", name="get_weather", arguments='{"city": "Paris"}')
 
 
 def test_arguments_that_are_not_whole_json_raise_protocol_error_when_parsed() -> None:

@@ -27,8 +27,9 @@ from tokenrelay.gateway.dispatch import (
     Dispatcher,
 )
 from tokenrelay.gateway.states import DispatchState, Owner
+from tokenrelay.wire.content import ChatMessage
 from tokenrelay.wire.errors import ErrorCode, Overloaded, Unavailable
-from tokenrelay.wire.messages import CancelReason, ChatMessage, FinishReason, JobRequest, RunnerHeartbeat
+from tokenrelay.wire.messages import CancelReason, FinishReason, JobRequest, RunnerHeartbeat
 
 QUEUE_TIMEOUT_S = 10.0
 OFFER_TIMEOUT_S = 1.0

@@ -13,8 +13,9 @@ from tokenrelay.gateway.actions import Action, Offer
 from tokenrelay.gateway.dispatch import Dispatcher, queue_key
 from tokenrelay.gateway.liveness import RunnerRegistry
 from tokenrelay.gateway.models import choose_model
+from tokenrelay.wire.content import ChatMessage
 from tokenrelay.wire.errors import BadRequest, ErrorCode, ModelNotFound, NotFound, Overloaded, Unavailable
-from tokenrelay.wire.messages import ChatMessage, JobRequest, RunnerHeartbeat
+from tokenrelay.wire.messages import JobRequest, RunnerHeartbeat
 
 STALE_S = 3.0
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"

@@ -8,8 +8,8 @@ import pytest
 
 from tokenrelay.gateway.requests import MAX_MODEL_CHARS, parse_stream_request
 from tokenrelay.wire.codec import parse_json_object
+from tokenrelay.wire.content import ChatMessage
 from tokenrelay.wire.errors import BadRequest
-from tokenrelay.wire.messages import ChatMessage
 
 DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS_LIMIT = 1024

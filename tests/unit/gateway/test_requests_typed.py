@@ -13,8 +13,8 @@ import pytest
 
 from tokenrelay.gateway.control import Start, parse_command
 from tokenrelay.gateway.requests import JOB_HEADROOM_BYTES, StreamRequest, check_job_bytes, parse_stream_request
+from tokenrelay.wire.content import ChatMessage, ContentPart, ToolCall
 from tokenrelay.wire.errors import TokenRelayError
-from tokenrelay.wire.messages import ChatMessage, ContentPart, ToolCall
 
 MAX_TOKENS_LIMIT = 1024
 MAX_IMAGE_BYTES = 1000

@@ -10,8 +10,8 @@ from tokenrelay.runner.generation import Generation
 from tokenrelay.runner.metrics import RunnerMetrics
 from tokenrelay.runner.pace import PublishPace
 from tokenrelay.wire import codec
+from tokenrelay.wire.content import ChatMessage
 from tokenrelay.wire.messages import (
-    ChatMessage,
     FinishReason,
     JobRequest,
     ReasoningDelta,

@@ -18,7 +18,7 @@ from tokenrelay.runner.engines import GenerationRequest
 from tokenrelay.runner.engines.steps import StepClock, step_of
 from tokenrelay.runner.engines.synthetic import SyntheticEngine, prompt_text, synthetic_tokens
 from tokenrelay.runtime.config import SyntheticConfig
-from tokenrelay.wire.messages import ChatMessage
+from tokenrelay.wire.content import ChatMessage
 
 STEP_S = 0.05
 VIRTUAL_START_S = 1000.0

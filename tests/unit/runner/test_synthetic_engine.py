@@ -10,7 +10,8 @@ from tokenrelay.runner.engines import GenerationRequest, Piece, Reasoning, ToolC
 from tokenrelay.runner.engines.synthetic import SyntheticEngine, prompt_text, prompt_tokens, synthetic_tokens
 from tokenrelay.runner.engines.synthetic_content import cut_at_stop
 from tokenrelay.runtime.config import SyntheticConfig
-from tokenrelay.wire.messages import ChatMessage, FinishReason, ToolCall
+from tokenrelay.wire.content import ChatMessage, ToolCall
+from tokenrelay.wire.messages import FinishReason
 
 PROMPT = "user: tell me about streams"
 ACCENTED = set("éïüñçÉÏÜÑÇέΩδ")

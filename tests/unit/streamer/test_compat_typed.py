@@ -11,17 +11,15 @@ import pytest
 
 from tokenrelay.streamer.compat import anthropic, openai
 from tokenrelay.streamer.compat.common import Collector
+from tokenrelay.wire.content import ChatMessage, ContentPart, ToolCall
 from tokenrelay.wire.errors import BadRequest
 from tokenrelay.wire.messages import (
-    ChatMessage,
-    ContentPart,
     FinishReason,
     ReasoningDelta,
     StreamDelta,
     StreamEnd,
     StreamEvent,
     StreamStart,
-    ToolCall,
     ToolCallDelta,
 )
 

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from tokenrelay.wire import codec
+from tokenrelay.wire import content as c
 from tokenrelay.wire import messages as m
 from tokenrelay.wire.codec import CodecError
 
@@ -21,7 +22,7 @@ SAMPLES: list[m.Message] = [
         epoch="e1",
         gateway_id="gateway-1",
         model="synthetic",
-        messages=(m.ChatMessage(role="system", content="be brief"), m.ChatMessage(role="user", content="hi")),
+        messages=(c.ChatMessage(role="system", content="be brief"), c.ChatMessage(role="user", content="hi")),
         max_tokens=64,
         created=1_700_000_000,
     ),
@@ -60,8 +61,8 @@ SAMPLES: list[m.Message] = [
     ),
     m.Feedback(stream_id=SID, rating="up", ts=4.0),
     m.Feedback(stream_id=SID, rating="down", comment="too slow", ts=4.0),
-    m.StartRequest(messages=(m.ChatMessage(role="user", content="hi"),), max_tokens=5, model="synthetic"),
-    m.StartRequest(messages=(m.ChatMessage(role="system", content="s"), m.ChatMessage(role="user", content="u"))),
+    m.StartRequest(messages=(c.ChatMessage(role="user", content="hi"),), max_tokens=5, model="synthetic"),
+    m.StartRequest(messages=(c.ChatMessage(role="system", content="s"), c.ChatMessage(role="user", content="u"))),
     m.StartRefused(code="overloaded", message="too many streams are waiting", retry_after_s=1.0),
     m.StartRefused(code="bad_request", message="max_tokens must be at most 500"),
     m.ModelsRequest(),
@@ -137,7 +138,7 @@ def test_delta_text_with_multibyte_characters_and_line_breaks_round_trips(text: 
 @pytest.mark.parametrize("text", MULTIBYTE_TEXTS)
 def test_chat_message_content_with_multibyte_characters_round_trips(text: str) -> None:
     message = dataclasses.replace(
-        typing.cast(m.JobRequest, _by_type("job")), messages=(m.ChatMessage(role="user", content=text),)
+        typing.cast(m.JobRequest, _by_type("job")), messages=(c.ChatMessage(role="user", content=text),)
     )
     assert codec.decode_as(codec.encode(message), m.JobRequest).messages[0].content == text
 
@@ -307,15 +308,15 @@ def test_a_decoder_ignores_fields_it_does_not_know() -> None:
 
 def test_a_job_carries_a_tool_conversation_with_image_parts_and_the_clients_other_fields() -> None:
     messages = (
-        m.ChatMessage(
+        c.ChatMessage(
             role="user",
             content=(
-                m.ContentPart(type="text", text="what is in "),
-                m.ContentPart(type="image_url", image_url="data:image/png;base64,iVBORw0KGgo=", detail="low"),
+                c.ContentPart(type="text", text="what is in "),
+                c.ContentPart(type="image_url", image_url="data:image/png;base64,iVBORw0KGgo=", detail="low"),
             ),
         ),
-        m.ChatMessage(role="assistant", tool_calls=(m.ToolCall(id="call_1", name="look", arguments="{}"),)),
-        m.ChatMessage(role="tool", content="a cat", tool_call_id="call_1"),
+        c.ChatMessage(role="assistant", tool_calls=(c.ToolCall(id="call_1", name="look", arguments="{}"),)),
+        c.ChatMessage(role="tool", content="a cat", tool_call_id="call_1"),
     )
     params = {"temperature": 0.2, "tools": [{"type": "function", "function": {"name": "look"}}], "top_k": 5}
     job = m.JobRequest(
@@ -325,9 +326,9 @@ def test_a_job_carries_a_tool_conversation_with_image_parts_and_the_clients_othe
 
 
 def test_a_message_in_the_openai_shape_keeps_parts_tool_calls_and_the_call_it_answers() -> None:
-    asked = m.ChatMessage(role="assistant", tool_calls=(m.ToolCall(id="c", name="f", arguments='{"a":1}'),))
-    answer = m.ChatMessage(role="tool", content="42", tool_call_id="c")
-    image = m.ChatMessage(role="user", content=(m.ContentPart(type="image_url", image_url="https://x/y.png"),))
+    asked = c.ChatMessage(role="assistant", tool_calls=(c.ToolCall(id="c", name="f", arguments='{"a":1}'),))
+    answer = c.ChatMessage(role="tool", content="42", tool_call_id="c")
+    image = c.ChatMessage(role="user", content=(c.ContentPart(type="image_url", image_url="https://x/y.png"),))
     assert asked.to_openai() == {
         "role": "assistant",
         "content": None,
@@ -338,7 +339,7 @@ def test_a_message_in_the_openai_shape_keeps_parts_tool_calls_and_the_call_it_an
         "role": "user",
         "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
     }
-    assert image.text() == "" and m.ChatMessage(role="user", content="hi").text() == "hi"
+    assert image.text() == "" and c.ChatMessage(role="user", content="hi").text() == "hi"
 
 
 def test_params_that_are_not_a_json_object_are_refused() -> None:

@@ -25,7 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tokenrelay.wire.messages import ChatMessage, FinishReason, JsonObject
+from tokenrelay.wire.content import ChatMessage, JsonObject
+from tokenrelay.wire.messages import FinishReason
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,7 +33,8 @@ from tokenrelay.runner.engines import synthetic_content as content
 from tokenrelay.runner.engines.base import GenerationRequest, Piece
 from tokenrelay.runner.engines.steps import StepClock
 from tokenrelay.runtime.config import SyntheticConfig
-from tokenrelay.wire.messages import ChatMessage, FinishReason
+from tokenrelay.wire.content import ChatMessage
+from tokenrelay.wire.messages import FinishReason
 
 P = TypeVar("P", bound=Piece)
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from tokenrelay.runner.engines.base import Reasoning, ToolCallFragment
-from tokenrelay.wire.messages import ChatMessage, JsonObject
+from tokenrelay.wire.content import ChatMessage, JsonObject
 
 REASONING_TOKENS = {"minimal": 2, "low": 4, "medium": 8, "high": 16}
 """Tokens of the reasoning prelude for each ``reasoning_effort`` (another value: ``medium``'s)."""

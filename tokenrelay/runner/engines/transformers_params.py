@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from tokenrelay.runner.engines.base import EngineError
+from tokenrelay.wire.content import JsonObject
 from tokenrelay.wire.errors import ErrorCode
-from tokenrelay.wire.messages import JsonObject
 
 SAMPLING_PARAMETERS = {"temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float}
 """Parameters passed to ``generate`` under the same name, with the type each must have."""

@@ -17,12 +17,10 @@ import orjson
 
 from tokenrelay.streamer.compat.common import Block, Collector, completion_tokens, joined_text
 from tokenrelay.streamer.sse import encode_event
+from tokenrelay.wire.content import ChatMessage, ContentPart, JsonObject, ToolCall
 from tokenrelay.wire.errors import BadRequest, ErrorCode
 from tokenrelay.wire.messages import (
-    ChatMessage,
-    ContentPart,
     FinishReason,
-    JsonObject,
     ReasoningDelta,
     StartRequest,
     StreamDelta,
@@ -30,7 +28,6 @@ from tokenrelay.wire.messages import (
     StreamError,
     StreamEvent,
     StreamStart,
-    ToolCall,
     ToolCallDelta,
 )
 

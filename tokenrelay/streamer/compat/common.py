@@ -10,16 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tokenrelay.wire.content import ChatMessage, ContentPart, ToolCall
 from tokenrelay.wire.errors import BadRequest
 from tokenrelay.wire.messages import (
-    ChatMessage,
-    ContentPart,
     ReasoningDelta,
     StreamDelta,
     StreamEnd,
     StreamError,
     StreamEvent,
-    ToolCall,
     ToolCallDelta,
 )
 
