@@ -53,6 +53,7 @@ _ERROR_TYPES: dict[str, str] = {
     ErrorCode.PAYLOAD_TOO_LARGE: "request_too_large",
     ErrorCode.UNAUTHORIZED: "authentication_error",
     ErrorCode.NOT_FOUND: "not_found_error",
+    ErrorCode.MODEL_NOT_FOUND: "not_found_error",
     ErrorCode.METHOD_NOT_ALLOWED: "invalid_request_error",
     ErrorCode.RATE_LIMITED: "rate_limit_error",
     ErrorCode.OVERLOADED: "overloaded_error",

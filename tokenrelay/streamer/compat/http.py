@@ -51,10 +51,6 @@ _STATUS_OF_STREAM_ERRORS: dict[str, int] = {
     ErrorCode.UPSTREAM_TIMEOUT: 504,
 }
 """HTTP status of a non-streamed request whose stream ended in an error that has no status of its own."""
-OPENAI_MODEL_NOT_FOUND_TYPE = "invalid_request_error"
-"""OpenAI's error ``type`` for a model it does not serve (its ``code`` is ``model_not_found``)."""
-ANTHROPIC_MODEL_NOT_FOUND_TYPE = "not_found_error"
-"""Anthropic's error ``type`` for a model it does not serve."""
 
 
 class _Options(Protocol):
@@ -92,7 +88,7 @@ class _OpenAI:
         )
 
     def error_body(self, code: str, message: str) -> dict[str, Any]:
-        return _model_error_type(openai.error_body(code, message), code, OPENAI_MODEL_NOT_FOUND_TYPE)
+        return openai.error_body(code, message)
 
     def status(self, code: str, status: int) -> int:
         return status
@@ -109,18 +105,10 @@ class _Anthropic:
         return anthropic.message_body(stream_id=record.stream_id, model=record.model, content=content, end=end)
 
     def error_body(self, code: str, message: str) -> dict[str, Any]:
-        return _model_error_type(anthropic.error_body(code, message), code, ANTHROPIC_MODEL_NOT_FOUND_TYPE)
+        return anthropic.error_body(code, message)
 
     def status(self, code: str, status: int) -> int:
         return anthropic.http_status(code, status)
-
-
-def _model_error_type(body: dict[str, Any], code: str, kind: str) -> dict[str, Any]:
-    """The dialect's error ``body``, typed as that API types an unknown model when ``code`` is ``model_not_found``
-    (both APIs nest the type in ``error``)."""
-    if code == ErrorCode.MODEL_NOT_FOUND:
-        body["error"]["type"] = kind
-    return body
 
 
 OPENAI: _Dialect = _OpenAI()
