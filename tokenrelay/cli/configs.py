@@ -99,7 +99,7 @@ def gateway_config(args: argparse.Namespace) -> c.GatewayConfig:
         host=args.host, port=args.port, nats_url=args.nats_url, public_url=args.public_url,
         streamer_url=args.streamer_url, history=_history(args), max_queued_streams=args.max_queued_streams,
         queue_timeout_s=args.queue_timeout_s, max_tokens_limit=args.max_tokens_limit,
-        default_max_tokens=args.default_max_tokens, default_model=args.default_model or None,
+        default_max_tokens=args.default_max_tokens or None, default_model=args.default_model or None,
         max_messages=args.max_messages, max_prompt_chars=args.max_prompt_chars,
         runner_stale_after_s=args.runner_stale_after_s, unread_grace_s=args.unread_grace_s,
         api_keys=keys, tokens=token_signer(keys),

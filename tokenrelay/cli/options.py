@@ -21,8 +21,8 @@ from tokenrelay.runtime.service import EVENT_LOOPS
 from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV
 
 UP_SYNTHETIC_LENGTH_TOKENS = 240
-"""``up``'s synthetic answers: long enough to watch them stream and to press Stop, and below the default
-``max_tokens`` (256, the chat page's too) so that they end on their own (``finish_reason`` ``stop``)."""
+"""``up``'s synthetic answers: long enough to watch them stream and to press Stop, and below the chat page's
+``max_tokens`` (256) so that they end on their own (``finish_reason`` ``stop``)."""
 UP_SYNTHETIC_TOKENS_PER_S = 30.0
 """``up``'s synthetic pace: about what a person reads along with (240 tokens take 8 s)."""
 
@@ -172,8 +172,9 @@ GATEWAY_OPTIONS = (
     Option("--queue-timeout-s", v.POSITIVE_DURATION, c.DEFAULT_QUEUE_TIMEOUT_S, "seconds a stream waits for a runner"),
     Option("--max-tokens-limit", v.POSITIVE_COUNT, c.DEFAULT_MAX_TOKENS_LIMIT,
            "largest max_tokens a request may ask for"),
-    Option("--default-max-tokens", v.POSITIVE_COUNT, c.DEFAULT_MAX_TOKENS,
-           "max_tokens of a request that gives none (at most --max-tokens-limit)"),
+    Option("--default-max-tokens", v.COUNT, 0,
+           "max_tokens of a request that gives none (at most --max-tokens-limit; 0: none, such a request ends at "
+           "the engine's own limit)"),
     Option("--default-model", str, "",
            "model of a request that names none while the runners serve several (empty: such a request is 400, "
            "naming the models served); with one model served, a request naming none gets it"),

@@ -38,16 +38,20 @@ class StreamRequest:
 
     messages: tuple[ChatMessage, ...]
     max_tokens: int
+    """The client's limit, else the operator's ``default_max_tokens``, else the hard cap ``max_tokens_limit``."""
     model: str | None
     params: JsonObject = field(default_factory=dict)
     """Every field of the request tokenrelay does not own, as sent (see :mod:`tokenrelay.gateway.params`)."""
+    max_tokens_set: bool = True
+    """``False`` when neither the client nor the operator set a limit: the engine ends at its own, and
+    :attr:`max_tokens` is only the hard cap (:attr:`~tokenrelay.wire.messages.JobRequest.max_tokens_set`)."""
 
 
 def parse_stream_request(
     obj: dict[str, Any],
     *,
-    default_max_tokens: int,
     max_tokens_limit: int,
+    default_max_tokens: int | None = None,
     max_messages: int = DEFAULT_MAX_MESSAGES,
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
     max_tools: int = DEFAULT_MAX_TOOLS,
@@ -56,7 +60,9 @@ def parse_stream_request(
 ) -> StreamRequest:
     """Validate ``{"messages": [...] | "prompt": "...", "max_tokens"?, "model"?, ...params}``.
 
-    ``max_tokens`` (or ``max_completion_tokens``) must be an integer in ``1..max_tokens_limit``; at most
+    ``max_tokens`` (or ``max_completion_tokens``) must be an integer in ``1..max_tokens_limit``; a request that
+    gives neither gets ``default_max_tokens`` (at most ``max_tokens_limit``) or, without one, the engine's own
+    limit under the hard cap ``max_tokens_limit`` (:attr:`StreamRequest.max_tokens_set` ``False``); at most
     ``max_messages`` messages, whose text (tool call arguments included) holds at most ``max_prompt_chars``
     characters together, with at most ``max_content_parts`` parts together; at most ``max_tools`` tools.  Over any
     of these is ``bad_request``; an image of more than ``max_image_bytes`` decoded bytes is ``payload_too_large``.
@@ -66,9 +72,13 @@ def parse_stream_request(
     chars = sum(len(m.text()) + sum(len(c.arguments) for c in m.tool_calls) for m in messages)
     if chars > max_prompt_chars:
         raise BadRequest(f"the messages hold {chars} characters; at most {max_prompt_chars} are allowed")
+    max_tokens = _max_tokens(obj, max_tokens_limit)
+    if max_tokens is None and default_max_tokens is not None:
+        max_tokens = min(default_max_tokens, max_tokens_limit)
     return StreamRequest(
         messages=messages,
-        max_tokens=_max_tokens(obj, default_max_tokens, max_tokens_limit),
+        max_tokens=max_tokens_limit if max_tokens is None else max_tokens,
+        max_tokens_set=max_tokens is not None,
         model=_model(obj.get("model")),
         params=parse_params(obj, max_tools=max_tools),
     )
@@ -128,12 +138,12 @@ def _messages(obj: dict[str, Any], max_messages: int, limits: MessageLimits) -> 
     return tuple(parsed)
 
 
-def _max_tokens(obj: dict[str, Any], default: int, limit: int) -> int:
+def _max_tokens(obj: dict[str, Any], limit: int) -> int | None:
+    """The limit the client gave (``None``: none)."""
     given = _positive("max_tokens", obj.get("max_tokens"), limit)
     # max_completion_tokens is the newer name of the same limit; it wins where a client sends both.
     newer = _positive("max_completion_tokens", obj.get("max_completion_tokens"), limit)
-    value = newer if newer is not None else given
-    return min(default, limit) if value is None else value
+    return newer if newer is not None else given
 
 
 def _positive(name: str, value: Any, limit: int) -> int | None:

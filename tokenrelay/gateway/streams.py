@@ -188,6 +188,7 @@ class StreamManager:
             model=model,
             messages=request.messages,
             max_tokens=request.max_tokens,
+            max_tokens_set=request.max_tokens_set,
             created=int(time.time()),
             owner=owner,
             params=request.params,

@@ -259,6 +259,7 @@ class Generation:
             model=self.job.model,
             messages=self.job.messages,
             max_tokens=self.job.max_tokens,
+            max_tokens_set=self.job.max_tokens_set,
             params=self.job.params,
             on_prompt_tokens=self._on_prompt_tokens,
             on_completion_tokens=self._on_completion_tokens,

@@ -37,7 +37,6 @@ DEFAULT_MAX_PROMPT_CHARS = 200_000
 DEFAULT_MAX_TOOLS = 128
 DEFAULT_MAX_CONTENT_PARTS = 256
 DEFAULT_MAX_IMAGE_BYTES = 5 << 20  # decoded bytes of one data: URL image
-DEFAULT_MAX_TOKENS = 256
 DEFAULT_MAX_QUEUED_STREAMS = 1_000
 DEFAULT_QUEUE_TIMEOUT_S = 10.0
 DEFAULT_DISPATCH_ATTEMPT_TIMEOUT_S = 1.0
@@ -132,8 +131,9 @@ class GatewayConfig:
     """Content parts (text, images) of all messages together; more is ``400 bad_request``."""
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     """Decoded bytes of one image sent as a ``data:`` URL; more is ``413 payload_too_large``."""
-    default_max_tokens: int = DEFAULT_MAX_TOKENS
-    """The ``max_tokens`` of a request that gives none (``--default-max-tokens``; capped at ``max_tokens_limit``)."""
+    default_max_tokens: int | None = None
+    """The ``max_tokens`` of a request that gives none (``--default-max-tokens``; capped at ``max_tokens_limit``).
+    ``None``: such a request ends at its engine's own limit, under the hard cap ``max_tokens_limit``."""
     default_model: str | None = None
     """The model of a request that names none while the runners serve several (``None``: such a request is
     ``400 bad_request`` naming the models served); with one model served, a request naming none gets it."""

@@ -72,9 +72,15 @@ class JobRequest:
     model: str
     messages: tuple[ChatMessage, ...]
     max_tokens: int
+    """The most tokens the runner generates: the client's limit, the gateway's ``--default-max-tokens``, or (see
+    :attr:`max_tokens_set`) its hard cap ``--max-tokens-limit``."""
     created: int
     owner: str | None = None
     """The tenant that owns the stream; the runner keeps it in every record it writes."""
+    max_tokens_set: bool = True
+    """Whether the client or the operator set :attr:`max_tokens`.  ``False``: nobody did, so the engine ends at its
+    own limit (an ``openai`` upstream is sent no ``max_tokens``) and :attr:`max_tokens` is only the hard cap the
+    runner still stops at.  A job without the field comes from a gateway older than it, whose limit was set."""
     params: JsonObject = field(default_factory=dict)
     """Every other field of the client's request in the OpenAI chat shape (``temperature``, ``tools``,
     ``tool_choice``, ``stop``, ``seed``, ``response_format``, ``reasoning_effort``, vendor fields...), as sent: an

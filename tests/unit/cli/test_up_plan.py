@@ -10,7 +10,6 @@ import pytest
 from tokenrelay.cli.commands import build_parser, command_parsers
 from tokenrelay.cli.options import UP_SYNTHETIC_LENGTH_TOKENS, UP_SYNTHETIC_TOKENS_PER_S
 from tokenrelay.cli.plan import Child, child_environment, plan
-from tokenrelay.runtime import config as c
 
 NATS_URL = "nats://127.0.0.1:4222"
 
@@ -79,7 +78,7 @@ def test_up_runs_a_synthetic_demo_of_a_few_hundred_tokens_at_reading_pace() -> N
     runner = as_parsed(children()["runner-1"])
     assert (runner.synthetic_length_tokens, runner.synthetic_tokens_per_s) == (240, 30.0)
     assert UP_SYNTHETIC_LENGTH_TOKENS / UP_SYNTHETIC_TOKENS_PER_S >= 5.0  # long enough to watch and press Stop
-    assert UP_SYNTHETIC_LENGTH_TOKENS < c.DEFAULT_MAX_TOKENS  # and it ends on its own under the default max_tokens
+    assert as_parsed(children()["gateway"]).default_max_tokens == 0  # no default max_tokens: it ends on its own
 
 
 def test_a_runner_of_its_own_keeps_the_engines_prompt_derived_length() -> None:

@@ -37,8 +37,12 @@ class GenerationRequest:
     model: str
     messages: tuple[ChatMessage, ...]
     max_tokens: int
+    """The most tokens the runner lets through: it stops reading there (finish reason ``length``)."""
     params: JsonObject = field(default_factory=dict)
     """Every other field of the client's request in the OpenAI chat shape (the job's ``params``), as sent."""
+    max_tokens_set: bool = True
+    """Whether the client or the operator set :attr:`max_tokens`.  ``False``: nobody did; the engine ends at its own
+    limit (its natural length, the model's, the upstream's) and :attr:`max_tokens` is only the gateway's hard cap."""
     on_prompt_tokens: Callable[[int], None] | None = None
     """Told the prompt's length in tokens when the engine knows it; the last report counts (``None``: nobody asks)."""
     on_completion_tokens: Callable[[int], None] | None = None

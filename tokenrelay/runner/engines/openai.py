@@ -2,7 +2,8 @@
 
 The request goes upstream in the OpenAI chat shape: the messages as clients send them and every field of the
 job's ``params`` unchanged (``temperature``, ``tools``, ``stop``, ``reasoning_effort``, vendor fields...); only
-``model``, ``messages``, ``max_tokens``, ``stream`` and ``stream_options`` are tokenrelay's.  With
+``model``, ``messages``, ``max_tokens``, ``stream`` and ``stream_options`` are tokenrelay's; a request that set
+no ``max_tokens`` (and no ``--default-max-tokens``) is sent none, so the upstream decides.  With
 ``include_usage`` (``--upstream-include-usage``, on by default) it asks for ``stream_options:
 {"include_usage": true}`` and reads the final usage chunk; turn it off for a server that refuses
 ``stream_options``.  Reasoning, tool calls, the finish reason and usage of the answer are relayed
@@ -72,10 +73,14 @@ class OpenAIEngine:
             **request.params,
             "model": self.model,
             "messages": [m.to_openai() for m in request.messages],
-            "max_tokens": request.max_tokens,
             "stream": True,
         }
-        body.pop("max_completion_tokens", None)  # the limit is tokenrelay's: max_tokens above
+        body.pop("max_completion_tokens", None)  # the limit is tokenrelay's: max_tokens below
+        if request.max_tokens_set:
+            body["max_tokens"] = request.max_tokens
+        else:
+            # Nobody set a limit: the upstream applies its own (the runner still stops at the hard cap).
+            body.pop("max_tokens", None)
         body.pop("stream_options", None)
         if self._include_usage:
             body["stream_options"] = {"include_usage": True}

@@ -14,7 +14,9 @@ It is a test engine, and honours the request parameters that shape what a stream
 * ``reasoning_effort`` (``minimal``, ``low``, ``medium``, ``high``; ``none``: off) or a ``reasoning`` object (its
   ``effort`` key, ``medium`` when absent): a reasoning prelude of 2 to 16 tokens comes before the answer;
 * ``stop`` (a string or a list): the text ends before the first stop sequence, finish reason ``stop``;
-* ``max_tokens`` (enforced by the runner) counts every token, reasoning and tool calls included.
+* ``max_tokens`` (enforced by the runner) counts every token, reasoning and tool calls included; a request that
+  set none ends at the text's natural length (``--synthetic-length-tokens``, else 16-63 tokens derived from the
+  prompt), finish reason ``stop``, unless the gateway's hard cap ``--max-tokens-limit`` comes first.
 
 It ignores sampling parameters (``temperature``, ``top_p``, ``seed``, penalties, ``logprobs``...) and every other
 field: its output depends on the prompt alone.  A request with none of the above gets exactly the text it always

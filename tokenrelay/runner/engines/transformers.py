@@ -1,10 +1,10 @@
 """The ``transformers`` engine: an in-process Hugging Face causal LM.
 
 ``generate`` runs in a worker thread (never on the event loop).  Each new token id crosses
-to the loop with ``call_soon_threadsafe``; the handoff holds at most ``max_tokens`` ids, the
-bound ``generate`` itself obeys.  Closing the stream (a cancel, ``max_tokens``, an error) sets
-a flag that a stopping criterion checks after every decode step, so generation halts at the
-next step and the worker thread is free again.
+to the loop with ``call_soon_threadsafe``; the handoff holds at most ``max_tokens`` ids (or, for a
+request that set none, the model's own limit), the bound ``generate`` itself obeys.  Closing the
+stream (a cancel, ``max_tokens``, an error) sets a flag that a stopping criterion checks after
+every decode step, so generation halts at the next step and the worker thread is free again.
 
 It generates text only; the request parameters it honours are listed in
 :mod:`~tokenrelay.runner.engines.transformers_params`, and any other ends the stream with
@@ -27,8 +27,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 
 from tokenrelay.runner.engines.base import EngineError, GenerationRequest, TextTail
 from tokenrelay.runner.engines.detokenize import IncrementalDetokenizer
-from tokenrelay.runner.engines.transformers_params import generate_kwargs
+from tokenrelay.runner.engines.transformers_params import DEFAULT_MAX_NEW_TOKENS, generate_kwargs, own_max_new_tokens
 from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import FinishReason
 
 DEFAULT_WORKER_THREADS = 1
 _END = object()
@@ -41,15 +42,28 @@ class _PromptLength(int):
 
 
 class TransformersEngine:
-    """Greedy decoding with a local model; ``worker_threads`` generations run at once."""
+    """Greedy decoding with a local model; ``worker_threads`` generations run at once.
+
+    A request that set no ``max_tokens`` ends at the ``max_new_tokens`` of the model's generation config, else at
+    ``default_max_new_tokens`` (finish reason ``length`` when that cuts the answer).
+    """
 
     name = "transformers"
 
-    def __init__(self, model_path: str, *, worker_threads: int = DEFAULT_WORKER_THREADS) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        worker_threads: int = DEFAULT_WORKER_THREADS,
+        default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ) -> None:
         self.model = model_path
         self._tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         self._model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True)
         self._model.eval()
+        self._own_max_new_tokens = own_max_new_tokens(
+            self._model.generation_config, default_max_new_tokens=default_max_new_tokens
+        )
         self._pool = concurrent.futures.ThreadPoolExecutor(worker_threads, thread_name_prefix="generate")
 
     def _input_ids(self, request: GenerationRequest) -> Any:
@@ -63,9 +77,10 @@ class TransformersEngine:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Yield one text piece per generated token ("" while a character is still incomplete)."""
         options = generate_kwargs(request.params)  # before any work: a parameter it cannot honour fails the stream
+        limit = options["max_new_tokens"] = self._limit(request)
         loop = asyncio.get_running_loop()
-        # At most: the prompt's length, max_tokens ids, an exception, the end.
-        ids: asyncio.Queue[object] = asyncio.Queue(maxsize=request.max_tokens + 3)
+        # At most: the prompt's length, limit ids, an exception, the end.
+        ids: asyncio.Queue[object] = asyncio.Queue(maxsize=limit + 3)
         stop = threading.Event()
         job = loop.run_in_executor(self._pool, self._generate, request, options, ids, loop, stop)
         detokenizer = IncrementalDetokenizer(self._decode)
@@ -79,8 +94,11 @@ class TransformersEngine:
                     continue
                 assert isinstance(item, int)
                 produced += 1
-                if produced == request.max_tokens:
-                    # The runner stops reading at max_tokens: whatever is held back goes with the last token.
+                if produced == limit:
+                    if limit < request.max_tokens and item != self._tokenizer.eos_token_id:
+                        request.report_finish_reason(FinishReason.LENGTH)  # the model's own limit cut the answer
+                    # The last token generate() makes (the runner stops reading at max_tokens too): whatever is
+                    # held back goes with it.
                     yield detokenizer.push(item) + detokenizer.flush()
                     return
                 yield detokenizer.push(item)
@@ -90,6 +108,12 @@ class TransformersEngine:
         finally:
             stop.set()  # halts generate() at its next decode step
             job.add_done_callback(_ignore_result)
+
+    def _limit(self, request: GenerationRequest) -> int:
+        """The most tokens to generate: the request's limit, or the model's own under the hard cap."""
+        if request.max_tokens_set:
+            return request.max_tokens
+        return min(request.max_tokens, self._own_max_new_tokens)
 
     def _decode(self, token_ids: Any) -> str:
         return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=True))
@@ -116,7 +140,6 @@ class TransformersEngine:
             with torch.inference_mode():
                 self._model.generate(
                     input_ids,
-                    max_new_tokens=request.max_tokens,
                     **options,
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),

@@ -5,6 +5,7 @@ It generates text only, greedily unless ``temperature`` asks for sampling.  It m
 shape generation (``user``, ``metadata``, ``store``) are accepted and change nothing.  Any other parameter given
 (``tools``, ``stop``, ``seed``, ``response_format``, ``reasoning_effort``, penalties, ``logprobs``...) cannot be
 honoured: the stream fails with ``unsupported_parameter`` naming it, rather than silently doing something else.
+A request that set no ``max_tokens`` ends at the model's own limit (:func:`own_max_new_tokens`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from tokenrelay.runner.engines.base import EngineError
 from tokenrelay.wire.content import JsonObject
 from tokenrelay.wire.errors import ErrorCode
 
+DEFAULT_MAX_NEW_TOKENS = 1024
+"""The engine's own limit for a request that set no ``max_tokens`` when the model's generation config names no
+``max_new_tokens`` of its own."""
 SAMPLING_PARAMETERS = {"temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float}
 """Parameters passed to ``generate`` under the same name, with the type each must have."""
 NEUTRAL_PARAMETERS = frozenset({"user", "metadata", "store"})
@@ -42,3 +46,10 @@ def generate_kwargs(params: JsonObject) -> dict[str, Any]:
     elif any(name in kwargs for name in SAMPLING_PARAMETERS if name != "repetition_penalty"):
         kwargs["do_sample"] = True
     return kwargs
+
+
+def own_max_new_tokens(generation_config: Any, *, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> int:
+    """The engine's own limit for a request that set no ``max_tokens``: the ``max_new_tokens`` of the model's
+    generation config (``generation_config.json``), else ``default_max_new_tokens``."""
+    value = getattr(generation_config, "max_new_tokens", None)
+    return value if type(value) is int and value > 0 else default_max_new_tokens
