@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,17 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What the fake upstream streams for one request: reasoning, then words, then tool-call fragments, then a
+    final chunk with ``finish_reason`` (when set)."""
+
+    words: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tool_fragments: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
 @dataclass
 class FakeUpstream:
     """Serves ``words`` one chunk each ``interval_s``; ``status`` != 200 answers an error instead."""
@@ -47,6 +59,9 @@ class FakeUpstream:
     """Entries of ``delta.tool_calls`` sent after the words, one chunk each (``index``, ``id``?, ``function``)."""
     finish_reason: str | None = None
     """When set, a chunk with an empty delta and this ``finish_reason`` follows the content."""
+    answer: Callable[[dict[str, object]], Answer] | None = None
+    """When set, what to stream for a request is this function of its body (instead of ``words``, ``reasoning``,
+    ``tool_fragments`` and ``finish_reason``): a multi-turn conversation gets the answer its turn calls for."""
     calls: list[Call] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -64,6 +79,11 @@ class FakeUpstream:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def _answer(self, body: dict[str, object]) -> Answer:
+        if self.answer is not None:
+            return self.answer(body)
+        return Answer(self.words, self.reasoning, self.tool_fragments, self.finish_reason)
+
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         call = Call(orjson.loads(await request.read()), headers=dict(request.headers))
         self.calls.append(call)
@@ -71,10 +91,11 @@ class FakeUpstream:
             return web.json_response({"error": {"message": "upstream says no"}}, status=self.status)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        answer = self._answer(call.body)
         try:
-            deltas: list[dict[str, Any]] = [{self.reasoning_field: piece} for piece in self.reasoning]
-            deltas += [{"content": word} for word in self.words]
-            deltas += [{"tool_calls": [fragment]} for fragment in self.tool_fragments]
+            deltas: list[dict[str, Any]] = [{self.reasoning_field: piece} for piece in answer.reasoning]
+            deltas += [{"content": word} for word in answer.words]
+            deltas += [{"tool_calls": [fragment]} for fragment in answer.tool_fragments]
             for i, delta in enumerate(deltas):
                 if self.stall_after is not None and i >= self.stall_after:
                     await asyncio.sleep(3600)
@@ -85,8 +106,8 @@ class FakeUpstream:
                 await response.write(data[len(data) - 5 :])
                 call.sent += 1
                 await asyncio.sleep(self.interval_s)
-            if self.finish_reason is not None:
-                choice = {"index": 0, "delta": {}, "finish_reason": self.finish_reason}
+            if answer.finish_reason is not None:
+                choice = {"index": 0, "delta": {}, "finish_reason": answer.finish_reason}
                 await response.write(b"data: " + orjson.dumps({"id": "c1", "choices": [choice]}) + b"\n\n")
             if self.usage_prompt_tokens is not None:
                 usage = {"prompt_tokens": self.usage_prompt_tokens, "completion_tokens": len(deltas)}

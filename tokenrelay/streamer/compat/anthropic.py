@@ -62,7 +62,12 @@ _ERROR_TYPES: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class MessagesOptions:
+    """What the request asked of the response (not of the generation)."""
+
     stream: bool
+    may_begin_with_a_block: bool = False
+    """The request offers tools or enables thinking: the answer may begin with a ``thinking`` or ``tool_use``
+    block, so no text block is opened before the content begins (see :class:`EventFraming`)."""
 
 
 def parse_messages_request(obj: dict[str, Any]) -> tuple[StartRequest, MessagesOptions]:
@@ -89,8 +94,13 @@ def parse_messages_request(obj: dict[str, Any]) -> tuple[StartRequest, MessagesO
     stream = obj.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be a boolean")
-    request = StartRequest(messages=tuple(parsed), max_tokens=max_tokens, model=model, params=_params(obj))
-    return request, MessagesOptions(stream=stream)
+    params = _params(obj)
+    request = StartRequest(messages=tuple(parsed), max_tokens=max_tokens, model=model, params=params)
+    return request, MessagesOptions(stream=stream, may_begin_with_a_block=bool(params.get("tools")) or _thinks(params))
+
+
+def _thinks(params: JsonObject) -> bool:
+    return params.get("reasoning_effort") is not None or params.get("reasoning") is not None
 
 
 def _params(obj: dict[str, Any]) -> JsonObject:
@@ -244,19 +254,21 @@ class EventFraming:
     """Stream events as Anthropic's named SSE events (``message_start`` ... ``message_stop``).
 
     Content goes out in blocks, one open at a time: ``text`` (opened with the message, so a text-only stream is
-    framed as it always was), ``thinking`` (closed with a ``signature_delta``) and ``tool_use`` (opened with its id,
-    name and an empty ``input``, then ``input_json_delta`` fragments).  Anthropic's blocks never interleave, so
+    framed as it always was), ``thinking`` (closed with a ``signature_delta``) and ``tool_use`` (opened with its
+    id, name and an empty ``input``, then ``input_json_delta`` fragments).  With ``open_text_first`` off (a request
+    whose answer may begin with a thinking or tool_use block), each block opens when its content begins, as in
+    Anthropic's own streams, so no empty text block comes first.  Anthropic's blocks never interleave, so
     fragments of a parallel tool call that arrive while another call's block is open are held, and go out as that
     call's block when the open one closes.
     """
 
     shares_native = False
 
-    def __init__(self, *, stream_id: str, model: str) -> None:
+    def __init__(self, *, stream_id: str, model: str, open_text_first: bool = True) -> None:
         self._stream_id = stream_id
         self._model = model
-        self._index = 0
-        self._open: tuple[str, int | None] = ("text", None)
+        self._index = 0 if open_text_first else -1
+        self._open: tuple[str, int | None] = ("text", None) if open_text_first else ("", None)
         self._held: dict[int, list[ToolCallDelta]] = {}
         self._calls: dict[int, tuple[str | None, str | None]] = {}
 
@@ -270,8 +282,11 @@ class EventFraming:
         if isinstance(event, ToolCallDelta):
             return self._tool_call(event)
         if isinstance(event, StreamEnd):
+            # A message with no content at all still has one (empty) text block, as a non-streamed one does.
+            empty = self._into(("text", None)) if self._index < 0 else b""
             return (
-                self._close()
+                empty
+                + self._close()
                 + _event(
                     "message_delta",
                     {
@@ -301,9 +316,10 @@ class EventFraming:
             "stop_sequence": None,
             "usage": {"input_tokens": 0, "output_tokens": 0},
         }
+        text = self._block_start({"type": "text", "text": ""}) if self._open[0] == "text" else b""
         return (
             _event("message_start", {"type": "message_start", "message": message})
-            + self._block_start({"type": "text", "text": ""})
+            + text
             + _event("ping", {"type": "ping"})
         )
 
@@ -334,6 +350,8 @@ class EventFraming:
     def _close(self) -> bytes:
         """Close the open block, then send the tool calls held while it was open, each as its own block."""
         kind, _ = self._open
+        if not kind:
+            return b""  # none is open: before the first block, or between a block and a held call's
         out = b""
         if kind == "thinking":
             out += self._delta({"type": "signature_delta", "signature": self._signature()})

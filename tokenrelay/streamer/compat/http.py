@@ -99,7 +99,10 @@ class _Anthropic:
         return anthropic.parse_messages_request(obj)
 
     def framing(self, record: StreamRecord, options: _Options) -> Framing:
-        return anthropic.EventFraming(stream_id=record.stream_id, model=record.model)
+        assert isinstance(options, anthropic.MessagesOptions)
+        return anthropic.EventFraming(
+            stream_id=record.stream_id, model=record.model, open_text_first=not options.may_begin_with_a_block
+        )
 
     def body(self, record: StreamRecord, content: Collector, end: StreamEnd) -> dict[str, Any]:
         return anthropic.message_body(stream_id=record.stream_id, model=record.model, content=content, end=end)
