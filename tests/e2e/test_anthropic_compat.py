@@ -12,6 +12,7 @@ from websockets.asyncio.client import connect
 
 from tests.compat_systems import LENGTH_TOKENS, MAX_TOKENS_LIMIT, NATURAL_TOKENS, long_texts, natural_texts
 from tests.helpers import STOPPED_TOKENS, expected_text
+from tokenrelay.runtime.config import DEFAULT_MAX_BODY_BYTES
 from tokenrelay.testing.http import wait_finished
 from tokenrelay.testing.procs import NatsServer, System
 from tokenrelay.wire.content import ChatMessage
@@ -134,7 +135,7 @@ async def test_an_invalid_request_raises_the_sdks_bad_request_error(sut: System)
             400,
             "invalid_request_error",
         ),
-        (b"{" + b'"pad": "' + b"x" * (2 << 20) + b'"}', 413, "request_too_large"),
+        (b"{" + b'"pad": "' + b"x" * DEFAULT_MAX_BODY_BYTES + b'"}', 413, "request_too_large"),
     ],
 )
 async def test_bad_bodies_get_anthropic_shaped_errors(sut: System, body: bytes, status: int, kind: str) -> None:

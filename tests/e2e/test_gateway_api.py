@@ -10,7 +10,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tokenrelay.runtime.config import DEFAULT_MAX_MESSAGES, DEFAULT_MAX_PROMPT_CHARS
+from tokenrelay.runtime.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_MESSAGES, DEFAULT_MAX_PROMPT_CHARS
 from tokenrelay.testing.http import get_json, post
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import read_stream
@@ -98,7 +98,7 @@ async def test_create_accepts_messages_and_answers_201_with_urls(sut: System) ->
 
 
 async def test_create_rejects_an_oversize_body_with_413_payload_too_large(sut: System) -> None:
-    huge = orjson.dumps({"prompt": "x" * (2 << 20)})
+    huge = orjson.dumps({"prompt": "x" * (DEFAULT_MAX_BODY_BYTES + 1)})
     status, body = await post(f"{sut.gateway_url}/v1/streams", data=huge)
     assert (status, _code(body)) == (413, "payload_too_large")
 

@@ -29,7 +29,7 @@ from websockets.asyncio.client import connect
 from tests.helpers import STOPPED_TOKENS, expected_text
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.gateway.app import WS_HEARTBEAT_S
-from tokenrelay.runtime.config import DEFAULT_HEARTBEAT_S
+from tokenrelay.runtime.config import DEFAULT_HEARTBEAT_S, DEFAULT_MAX_BODY_BYTES
 from tokenrelay.testing.http import create_stream, get_json, post, wait_finished
 from tokenrelay.testing.nginx import nginx_proxy
 from tokenrelay.testing.procs import NatsServer, System, system
@@ -251,8 +251,8 @@ async def test_closing_an_sdk_stream_through_nginx_cancels_the_generation(edge: 
 
 
 async def test_an_oversize_body_gets_payload_too_large_in_the_api_error_shape(edge: Edge) -> None:
-    # 1.5 MiB reaches the gateway, which refuses it; 3 MiB is refused by nginx itself. Same status, same body shape.
-    for size in (3 << 19, 3 << 20):
+    # 17 MiB reaches the gateway, which refuses it; 24 MiB is refused by nginx itself. Same status, same body shape.
+    for size in (DEFAULT_MAX_BODY_BYTES + (1 << 20), 24 << 20):
         status, body = await post(f"{edge.url}/v1/streams", data=b"x" * size)
         assert status == 413, (size, body)
         assert body["error"]["code"] == "payload_too_large", (size, body)

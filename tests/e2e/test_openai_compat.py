@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect
 
 from tests.compat_systems import LENGTH_TOKENS, MAX_TOKENS_LIMIT, NATURAL_TOKENS, long_texts, natural_texts
 from tests.helpers import STOPPED_TOKENS, expected_text
+from tokenrelay.runtime.config import DEFAULT_MAX_BODY_BYTES
 from tokenrelay.testing.http import wait_finished
 from tokenrelay.testing.procs import NatsServer, System
 
@@ -124,7 +125,7 @@ async def test_max_tokens_over_the_gateways_limit_is_refused_as_a_bad_request(su
         (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}', 400, "bad_request"),
         (b'{"messages": [{"role": "user", "content": "x"}], "n": 2}', 400, "bad_request"),
         (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "bad_request"),
-        (b"{" + b'"pad": "' + b"x" * (2 << 20) + b'"}', 413, "payload_too_large"),
+        (b"{" + b'"pad": "' + b"x" * DEFAULT_MAX_BODY_BYTES + b'"}', 413, "payload_too_large"),
     ],
 )
 async def test_bad_bodies_get_openai_shaped_errors_with_exact_codes(

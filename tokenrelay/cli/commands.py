@@ -72,7 +72,8 @@ def add_up(parser: argparse.ArgumentParser) -> None:
     add("--streamers", type=positive_int, default=1,
         help="streamer processes to start; more than one share --streamer-port (SO_REUSEPORT), each "
         "also on a port of its own for its /metrics and /healthz")  # fmt: skip
-    for option in (*o.SHARED_OPTIONS, *o.UP_ENGINE_OPTIONS, *o.STREAMER_OPTIONS, *o.GATEWAY_OPTIONS):
+    up_options = (*o.SHARED_OPTIONS, *o.UP_ENGINE_OPTIONS, *o.STREAMER_OPTIONS, *o.GATEWAY_OPTIONS, o.MAX_BODY_BYTES)
+    for option in up_options:
         option.add_to(parser)
     o.API_KEYS_FILE.add_to(parser)
     add("--insecure", action="store_true", default=False,
@@ -87,7 +88,7 @@ def add_gateway(parser: argparse.ArgumentParser) -> None:
                         help="base URL clients reach this gateway at (none: http://<host>:<port>)")  # fmt: skip
     parser.add_argument("--streamer-url", type=v.http_url, default=f"http://{c.DEFAULT_HOST}:{c.DEFAULT_STREAMER_PORT}",
                         help="base URL clients reach the streamers at (for events_url)")  # fmt: skip
-    for option in (*o.SHARED_OPTIONS, *o.GATEWAY_OPTIONS, o.API_KEYS_FILE):
+    for option in (*o.SHARED_OPTIONS, *o.GATEWAY_OPTIONS, o.MAX_BODY_BYTES, o.API_KEYS_FILE):
         option.add_to(parser)
 
 
@@ -100,7 +101,7 @@ def add_streamer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--process-port", type=v.PORT, default=0,
                         help="also listen on this port, without SO_REUSEPORT: this process's own address, for "
                         "its /metrics and /healthz when --port is shared (0: none)")  # fmt: skip
-    for option in (*o.SHARED_OPTIONS, *o.STREAMER_OPTIONS, o.API_KEYS_FILE):
+    for option in (*o.SHARED_OPTIONS, *o.STREAMER_OPTIONS, o.MAX_BODY_BYTES, o.API_KEYS_FILE):
         option.add_to(parser)
 
 

@@ -100,7 +100,9 @@ def gateway_config(args: argparse.Namespace) -> c.GatewayConfig:
         streamer_url=args.streamer_url, history=_history(args), max_queued_streams=args.max_queued_streams,
         queue_timeout_s=args.queue_timeout_s, max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=args.default_max_tokens or None, default_model=args.default_model or None,
-        max_messages=args.max_messages, max_prompt_chars=args.max_prompt_chars,
+        max_messages=args.max_messages, max_prompt_chars=args.max_prompt_chars, max_tools=args.max_tools,
+        max_content_parts=args.max_content_parts, max_image_bytes=args.max_image_bytes,
+        max_body_bytes=args.max_body_bytes,
         runner_stale_after_s=args.runner_stale_after_s, unread_grace_s=args.unread_grace_s,
         api_keys=keys, tokens=token_signer(keys),
         events_token_ttl_s=args.events_token_ttl_s, control_token_ttl_s=args.control_token_ttl_s,
@@ -119,6 +121,7 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
         max_flush_interval_ms=max(args.max_flush_interval_ms, args.flush_interval_ms),
         write_timeout_s=args.write_timeout_s, socket_send_buffer_bytes=args.socket_send_buffer_bytes,
         cors_allow_origins=CORS_ALLOW_ORIGIN.values(args), api_keys=keys, tokens=token_signer(keys),
+        max_body_bytes=args.max_body_bytes,
         max_readers_per_stream=args.max_readers_per_stream, direct_writes=args.direct_writes == "on",
         live_subscription=c.LiveSubscription(args.live_subscription),
     )  # fmt: skip

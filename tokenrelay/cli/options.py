@@ -155,6 +155,11 @@ STREAMER_OPTIONS = (
            choices=tuple(str(mode) for mode in c.LiveSubscription)),
     CORS_ALLOW_ORIGIN,
 )  # fmt: skip
+MAX_BODY_BYTES = Option(
+    "--max-body-bytes", v.POSITIVE_COUNT, c.DEFAULT_MAX_BODY_BYTES,
+    "largest request body the gateway's API and the streamer's compatible APIs read (more: 413 payload_too_large)",
+)  # fmt: skip
+"""Taken by the gateway and the streamer alike (one flag of ``up``, forwarded to both)."""
 API_KEYS_FILE = Option(
     "--api-keys-file", v.existing_file, "",
     f"file of 'tenant key' lines (or key digests 'tenant sha256:<hex>'); with it, or ${API_KEYS_ENV} "
@@ -181,6 +186,11 @@ GATEWAY_OPTIONS = (
     Option("--max-messages", v.POSITIVE_COUNT, c.DEFAULT_MAX_MESSAGES, "messages one request may carry (more: 400)"),
     Option("--max-prompt-chars", v.POSITIVE_COUNT, c.DEFAULT_MAX_PROMPT_CHARS,
            "characters of all messages' content together (more: 400)"),
+    Option("--max-tools", v.POSITIVE_COUNT, c.DEFAULT_MAX_TOOLS, "tools one request may define (more: 400)"),
+    Option("--max-content-parts", v.POSITIVE_COUNT, c.DEFAULT_MAX_CONTENT_PARTS,
+           "content parts (text, images) of all messages together (more: 400)"),
+    Option("--max-image-bytes", v.POSITIVE_COUNT, c.DEFAULT_MAX_IMAGE_BYTES,
+           "decoded bytes of one image sent as a data: URL (more: 413 payload_too_large)"),
     Option("--unread-grace-s", v.DURATION, c.DEFAULT_UNREAD_GRACE_S,
            "cancel a generation no reader has connected to this long after its POST (0: never)"),
     Option("--runner-stale-after-s", v.POSITIVE_DURATION, c.DEFAULT_RUNNER_STALE_AFTER_S,
@@ -204,8 +214,8 @@ GATEWAY_OPTIONS = (
 SHARED_OPTIONS = (LOG_LEVEL, *HISTORY_OPTIONS, EVENT_LOOP)
 """What every role takes besides its address and NATS, and ``up`` forwards to each child."""
 FORWARDED = {
-    "gateway": (*SHARED_OPTIONS, *GATEWAY_OPTIONS, API_KEYS_FILE),
-    "streamer": (*SHARED_OPTIONS, *STREAMER_OPTIONS, API_KEYS_FILE),
+    "gateway": (*SHARED_OPTIONS, *GATEWAY_OPTIONS, MAX_BODY_BYTES, API_KEYS_FILE),
+    "streamer": (*SHARED_OPTIONS, *STREAMER_OPTIONS, MAX_BODY_BYTES, API_KEYS_FILE),
     "runner": (*SHARED_OPTIONS, *UP_ENGINE_OPTIONS),
 }
 """Per role, the flags ``up`` passes on with its own values; ``up`` sets each child's address, port and NATS."""

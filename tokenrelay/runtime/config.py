@@ -30,7 +30,9 @@ its stream cancelled, and a client that never comes costs this much generation a
 DEFAULT_FLUSH_INTERVAL_MS = 10.0
 DEFAULT_MAX_FLUSH_INTERVAL_MS = 100.0
 DEFAULT_WRITE_TIMEOUT_S = 10.0
-DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+"""Fits a request that carries two images of :data:`DEFAULT_MAX_IMAGE_BYTES` as base64 ``data:`` URLs (4/3 of
+their size); the JSON parse of a body is bounded by it."""
 DEFAULT_MAX_TOKENS_LIMIT = 32_768
 DEFAULT_MAX_MESSAGES = 256
 DEFAULT_MAX_PROMPT_CHARS = 200_000
@@ -189,6 +191,8 @@ class StreamerConfig:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     api_keys: KeyRing | None = None
     """When set, every endpoint but the ops ones needs one of these keys (``401 unauthorized`` otherwise)."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """A larger request body on the compatible APIs is refused with 413 (``payload_too_large``)."""
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     """A reader that got nothing for this many seconds is sent a ``: ping`` comment."""
     max_reader_buffer_bytes: int = DEFAULT_MAX_READER_BUFFER_BYTES
