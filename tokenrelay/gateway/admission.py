@@ -21,8 +21,9 @@ from nats.aio.subscription import Subscription
 from tokenrelay.gateway.params import OWNED_FIELDS
 from tokenrelay.gateway.requests import stream_request
 from tokenrelay.gateway.streams import StreamManager
-from tokenrelay.runtime import natsio
+from tokenrelay.runtime import natsio, payloads
 from tokenrelay.runtime.config import GatewayConfig
+from tokenrelay.runtime.payloads import PayloadStore
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError
@@ -35,8 +36,12 @@ log = logging.getLogger(__name__)
 class Admission:
     """Answers the streamers' start and models requests with this gateway's :class:`StreamManager`."""
 
-    def __init__(self, config: GatewayConfig, *, nc: NATS, streams: StreamManager) -> None:
+    def __init__(
+        self, config: GatewayConfig, *, nc: NATS, streams: StreamManager, payloads: PayloadStore | None = None
+    ) -> None:
         self._config = config
+        self._payloads = payloads
+        """Where a start request larger than the broker's ``max_payload`` left its content."""
         self._nc = nc
         self._streams = streams
         self._subs: list[Subscription] = []
@@ -59,10 +64,26 @@ class Admission:
     async def _answer_start(self, msg: Msg) -> None:
         reply: Message
         try:
-            reply = await self.admit(codec.decode_as(msg.data, StartRequest))
+            request = codec.decode_as(msg.data, StartRequest)
         except CodecError as exc:
             reply = StartRefused(code=str(ErrorCode.BAD_REQUEST), message=f"malformed start request: {exc}")
+        else:
+            reply = await self._admit_carried(request)
         await msg.respond(codec.encode(reply))
+
+    async def _admit_carried(self, request: StartRequest) -> Message:
+        """:meth:`admit` with the request's content taken from the payload store where it was left (the object is
+        deleted once read: a start request is answered once)."""
+        if request.payload is None:
+            return await self.admit(request)
+        try:
+            unpacked = await payloads.unpack(request, self._payloads)
+        except payloads.PayloadUnavailable as exc:
+            return StartRefused(code=str(ErrorCode.UNAVAILABLE), message=str(exc))
+        finally:
+            if self._payloads is not None:
+                self._tasks.spawn(self._payloads.delete(request.payload), name="forget-start")
+        return await self.admit(unpacked)
 
     async def admit(self, request: StartRequest) -> Message:
         """The new stream's record, or why it was refused."""

@@ -324,10 +324,11 @@ async def run(config: GatewayConfig) -> None:
     await natsio.ensure_events_stream(js, config.history)
     await natsio.ensure_feedback_stream(js)
     kv = await natsio.ensure_streams_bucket(js, config.history)
+    store = await natsio.ensure_payload_store(js, config.history)
     metrics = GatewayMetrics()
-    streams = StreamManager(config, nc=nc, kv=kv, metrics=metrics, gateway_id=gateway_id)
+    streams = StreamManager(config, nc=nc, kv=kv, metrics=metrics, gateway_id=gateway_id, payloads=store)
     await streams.start()
-    admission = Admission(config, nc=nc, streams=streams)
+    admission = Admission(config, nc=nc, streams=streams, payloads=store)
     await admission.start()
     try:
         await serve(make_app(config, streams, metrics, nc), config.host, config.port, name=gateway_id)

@@ -42,13 +42,14 @@ from tokenrelay.gateway.dispatch import Dispatcher
 from tokenrelay.gateway.lost_runners import RunnerWatch
 from tokenrelay.gateway.metrics import GatewayMetrics
 from tokenrelay.gateway.quotas import TenantQuotas
-from tokenrelay.gateway.requests import StreamRequest, check_job_bytes
+from tokenrelay.gateway.requests import JOB_HEADROOM_BYTES, StreamRequest, check_job_bytes
 from tokenrelay.gateway.unread import UnreadWatch
 from tokenrelay.gateway.unread_checks import UnreadChecks
-from tokenrelay.runtime import natsio
+from tokenrelay.runtime import natsio, payloads
 from tokenrelay.runtime.auth import check_owner
 from tokenrelay.runtime.config import GatewayConfig
 from tokenrelay.runtime.lifecycle import LifecycleEvent, log_event
+from tokenrelay.runtime.payloads import PayloadStore
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError, UnknownMessageType
@@ -88,9 +89,11 @@ class StreamManager:
     """Admission, dispatch and stop for the streams of one gateway, over NATS; :attr:`dispatch` decides."""
 
     def __init__(
-        self, config: GatewayConfig, *, nc: NATS, kv: KeyValue, metrics: GatewayMetrics, gateway_id: str
-    ) -> None:
+        self, config: GatewayConfig, *, nc: NATS, kv: KeyValue, metrics: GatewayMetrics, gateway_id: str,
+        payloads: PayloadStore | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
+        self._payloads = payloads  # where a job over the broker's max_payload leaves its messages (None: refused)
         self.gateway_id = gateway_id
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
@@ -193,6 +196,12 @@ class StreamManager:
             owner=owner,
             params=request.params,
         )
+        # Over the broker's max_payload, its messages go to the payload store (no store: check_job_bytes refuses it).
+        limit = self._nc.max_payload - JOB_HEADROOM_BYTES
+        carried = await payloads.carry_job(job, self._payloads, max_payload_bytes=limit)
+        if carried is not job:
+            self._recheck(carried, owner)
+        job = carried
         check_job_bytes(len(codec.encode(job)), max_payload_bytes=self._nc.max_payload)
         actions = self.dispatch.admit(job, time.monotonic())
         if owner is not None:  # counted before the await too: the owner's next POST sees it
@@ -212,6 +221,17 @@ class StreamManager:
         self._metrics.streams_created.labels(model=model).inc()
         log_event(LifecycleEvent.CREATED, ROLE, stream_id, model=model, max_tokens=job.max_tokens)
         return record
+
+    def _recheck(self, job: JobRequest, owner: str | None) -> None:
+        """The checks again after storing the job's content (no await from them to its place in the queue)."""
+        try:
+            self.check_admission()
+            if owner is not None:
+                self._check_streams(owner)
+        except TokenRelayError:
+            if self._payloads is not None and job.payload is not None:
+                self._tasks.spawn(self._payloads.delete(job.payload), name=f"forget-{job.stream_id}")
+            raise
 
     async def _abandon(self, stream_id: str) -> None:
         """Stop a stream whose admission failed after it was offered to the runners."""

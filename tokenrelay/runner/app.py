@@ -34,8 +34,10 @@ async def run(config: RunnerConfig) -> None:
     js = nc.jetstream()
     await natsio.ensure_events_stream(js, config.history)
     kv = await natsio.ensure_streams_bucket(js, config.history)
+    store = await natsio.ensure_payload_store(js, config.history)
     metrics = RunnerMetrics()
-    node = Runner(config, nc=nc, kv=kv, engine=make_engine(config), runner_id=runner_id, metrics=metrics)
+    engine = make_engine(config)
+    node = Runner(config, nc=nc, kv=kv, engine=engine, runner_id=runner_id, metrics=metrics, payloads=store)
     await node.start()
     try:
         await serve(ops_app(nc, metrics), config.host, config.port, name=runner_id)

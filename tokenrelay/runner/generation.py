@@ -26,7 +26,9 @@ from tokenrelay.runner.batcher import REASONING, TEXT, DeltaBatcher
 from tokenrelay.runner.engines import Engine, EngineError, GenerationRequest, Reasoning, TextTail, ToolCallFragment
 from tokenrelay.runner.metrics import RunnerMetrics
 from tokenrelay.runner.pace import PublishPace
+from tokenrelay.runtime import payloads
 from tokenrelay.runtime.lifecycle import LifecycleEvent, log_event
+from tokenrelay.runtime.payloads import PayloadStore
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import (
@@ -76,8 +78,11 @@ class Generation:
         metrics: RunnerMetrics,
         write_record: RecordWriter,
         replay_log: ReplayLog | None = None,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self.job = job
+        self._payloads = payloads
+        """Where the job's content is when it names an object there (``payload``)."""
         self._replay_log = replay_log
         """Every event published, kept for readers that ask this runner for history (``None``: not kept)."""
         self._engine = engine
@@ -150,6 +155,8 @@ class Generation:
                 LifecycleEvent.STARTED, ROLE, self.job.stream_id,
                 runner_id=self._runner_id, model=self.job.model, max_tokens=self.job.max_tokens,
             )  # fmt: skip
+            if self.job.payload is not None:
+                await self._unpack()
             reason = await self._generate(accepted)
             outcome = Outcome(reason, self._tokens)
         except asyncio.CancelledError:
@@ -231,6 +238,14 @@ class Generation:
         finally:
             self._disarm_flush()
             await tokens.aclose()  # type: ignore[attr-defined]
+
+    async def _unpack(self) -> None:
+        """Take the job's messages from the payload store, where the gateway left those of a job larger than the
+        broker's ``max_payload``; content that cannot be read ends the stream with an ``unavailable`` error."""
+        try:
+            self.job = await payloads.unpack(self.job, self._payloads)
+        except payloads.PayloadUnavailable as exc:
+            raise EngineError(str(exc.code), exc.message) from None
 
     def _count_token(self, accepted: float) -> None:
         self._tokens += 1

@@ -33,6 +33,7 @@ from tokenrelay.runner.pace import PublishPace
 from tokenrelay.runner.replayserver import ReplayServer
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.config import RunnerConfig
+from tokenrelay.runtime.payloads import PayloadStore
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError, UnknownMessageType
@@ -80,8 +81,11 @@ class Runner:
         engine: Engine,
         runner_id: str,
         metrics: RunnerMetrics | None = None,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self.config = config
+        self._payloads = payloads
+        """Where the gateway leaves the content of a job larger than the broker's ``max_payload``."""
         self.runner_id = runner_id
         self.metrics = metrics or RunnerMetrics()
         self._nc = nc
@@ -173,6 +177,7 @@ class Runner:
             metrics=self.metrics,
             write_record=self._write_record,
             replay_log=await self.replay.open(job.stream_id),
+            payloads=self._payloads,
         )
         self._active[job.stream_id] = generation
         self.metrics.active_streams.set(len(self._active))
@@ -195,6 +200,8 @@ class Runner:
         # The admitting gateway counts its tenants' streams (gateway/quotas.py) and offers its queue's head
         # the slot this stream held (gateway/dispatch.py).
         self._cancel_tasks.spawn(self._tell_done(job.gateway_id, stream_id))
+        if job.payload is not None and self._payloads is not None:  # its content is not needed any more
+            self._cancel_tasks.spawn(self._payloads.delete(job.payload))
         if not task.cancelled() and task.exception() is None:
             self._finished[stream_id] = task.result()
             while len(self._finished) > FINISHED_MEMORY_STREAMS:

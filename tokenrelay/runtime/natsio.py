@@ -15,12 +15,13 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.api import DiscardPolicy, KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tokenrelay.runtime.config import HistoryConfig, StorageKind
 from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
+from tokenrelay.runtime.payloads import PayloadStore
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.errors import NotFound
 from tokenrelay.wire.messages import StreamRecord
@@ -37,6 +38,11 @@ all): a broker saturated for seconds slows a late reader down instead of failing
 RECORD_TTL_FACTOR = 2
 """Stream records outlive their history, so a cursor into expired history answers resume_unavailable, not 404."""
 DEFAULT_DIRECT_GET_BATCH = 256
+PAYLOAD_TTL_S = 600.0
+"""A request's content in the payload store outlives any wait for a runner (``--queue-timeout-s``); its reader
+deletes it sooner (:mod:`tokenrelay.runtime.payloads`)."""
+PAYLOAD_MAX_BYTES = 1 << 30
+"""The payload store's size bound: past it, storing another request fails (``unavailable``) until objects expire."""
 _STATUS_END_OF_BATCH = "204"
 _STATUS_NOT_FOUND = "404"
 
@@ -166,6 +172,17 @@ async def ensure_streams_bucket(js: JetStreamContext, history: HistoryConfig) ->
             storage=_storage(history.storage),
         )
     )
+
+
+async def ensure_payload_store(js: JetStreamContext, history: HistoryConfig) -> PayloadStore:
+    """Open (declaring if needed) the object store of requests larger than one NATS message, in the history's
+    storage, each object kept :data:`PAYLOAD_TTL_S` at most, :data:`PAYLOAD_MAX_BYTES` in all."""
+    try:
+        return PayloadStore(await js.object_store(subjects.PAYLOADS_BUCKET))
+    except BucketNotFoundError:
+        pass
+    config = ObjectStoreConfig(ttl=PAYLOAD_TTL_S, max_bytes=PAYLOAD_MAX_BYTES, storage=_storage(history.storage))
+    return PayloadStore(await js.create_object_store(subjects.PAYLOADS_BUCKET, config))
 
 
 async def someone_reads(nc: NATS, stream_id: str, *, timeout_s: float) -> bool:

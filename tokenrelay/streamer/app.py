@@ -19,6 +19,7 @@ from tokenrelay.runtime import natsio
 from tokenrelay.runtime.auth import check_owner
 from tokenrelay.runtime.config import StreamerConfig
 from tokenrelay.runtime.natsdirect import LIVE_CLIENT
+from tokenrelay.runtime.payloads import PayloadStore
 from tokenrelay.runtime.service import (
     add_ops_routes,
     auth_middleware,
@@ -116,6 +117,7 @@ def make_app(
     metrics: StreamerMetrics | None = None,
     live_nc: NATS | None = None,
     node_id: str | None = None,
+    payloads: PayloadStore | None = None,
 ) -> web.Application:
     """The streamer application over open NATS connections.
 
@@ -123,6 +125,8 @@ def make_app(
     admission.  ``live_nc`` carries the live subscriptions; a connection of its own keeps the
     replies to those requests from queueing behind a backlog of live events when the streamer
     is saturated (they timed out there, and new readers got ``unavailable``).  Default: ``nc``.
+    ``payloads``: where a compatible-API request larger than the broker's ``max_payload`` is left for the gateway
+    (``None``: such a request is ``payload_too_large``).
     """
     metrics = metrics or StreamerMetrics()
     live = live_nc or nc
@@ -142,9 +146,11 @@ def make_app(
     middlewares: list[Middleware] = [errors_middleware]
     if config.api_keys is not None:
         middlewares.append(auth_middleware(config.api_keys, token_resources={EVENTS_RESOURCE}))
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[CONFIG_KEY], app[NC_KEY], app[KV_KEY], app[HUB_KEY], app[METRICS_KEY] = config, nc, kv, hub, metrics
     app[FLUSH_KEY] = flush
+    if payloads is not None:
+        app[compat_http.PAYLOADS_KEY] = payloads
     app[CATCH_UP_KEY] = CatchUp(nc, clock=hub.clock, metrics=metrics, batch_messages=config.history_batch_messages)
     app.router.add_get(EVENTS_RESOURCE, events)
     cors.install(app, cors.CorsPolicy(config.cors_allow_origins))
@@ -194,8 +200,9 @@ async def run(config: StreamerConfig) -> None:
     js = nc.jetstream()
     await natsio.ensure_events_stream(js, config.history)
     kv = await natsio.ensure_streams_bucket(js, config.history)
+    store = await natsio.ensure_payload_store(js, config.history)
     try:
-        app = make_app(config, nc=nc, kv=kv, live_nc=live_nc, node_id=node_id)
+        app = make_app(config, nc=nc, kv=kv, live_nc=live_nc, node_id=node_id, payloads=store)
         await serve(
             app, config.host, config.port, name="streamer", cancel_on_disconnect=True,
             reuse_port=config.reuse_port, process_port=config.process_port,

@@ -89,6 +89,10 @@ class JobRequest:
     """Wall-clock time (``time.time()``) after which no runner may take this offer: the gateway has stopped waiting
     for its answer and may offer the stream again, so a runner that took it then would generate it beside another
     (``None``: no limit)."""
+    payload: str | None = None
+    """The object of the payload store (``tokenrelay_payloads``) that holds this whole job, :attr:`messages` left
+    empty: a job larger than the broker's ``max_payload`` travels so (``None``: the messages are here).  A runner
+    that cannot read the object ends the stream with an ``unavailable`` error event."""
     v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
     """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
 
@@ -353,6 +357,9 @@ class StartRequest:
     """The request's other fields in the OpenAI chat shape, as :attr:`JobRequest.params`."""
     owner: str | None = None
     """The tenant of the API key the streamer authenticated (``None`` without keys)."""
+    payload: str | None = None
+    """As :attr:`JobRequest.payload`: the object holding this whole request when it is larger than ``max_payload``
+    (the gateway refuses it ``unavailable`` when it cannot read the object)."""
     v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
     """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
 

@@ -43,6 +43,10 @@ subject                                         pattern    carries
 ``tokenrelay.api.models``                        req/reply  ModelsRequest -> ModelList
                                                             (queue group ``gateways``)
 ``tokenrelay.feedback.<id>``                     JetStream  Feedback (file storage)
+``$O.tokenrelay_payloads.>``                     object     a job or start request larger than the
+                                                 store      broker's max_payload, whole (its own
+                                                            message carries ``payload``, the object's
+                                                            name, and no messages; TTL, size bound)
 ==============================================  =========  ===================================
 
 Stream ids are 32 lowercase hex characters (128 random bits), so they are always valid
@@ -78,6 +82,8 @@ FEEDBACK_STREAM = "TOKENRELAY_FEEDBACK"
 FEEDBACK_WILDCARD = "tokenrelay.feedback.*"
 
 STREAMS_BUCKET = "tokenrelay_streams"
+PAYLOADS_BUCKET = "tokenrelay_payloads"
+"""Object store of requests too large for one NATS message (:mod:`tokenrelay.runtime.payloads`)."""
 
 _STREAM_ID = re.compile(r"[0-9a-f]{32}")
 _NODE_ID = re.compile(r"[0-9a-z_-]{1,64}")

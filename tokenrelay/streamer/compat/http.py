@@ -17,6 +17,8 @@ from aiohttp import web
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from tokenrelay.runtime import payloads
+from tokenrelay.runtime.payloads import PayloadStore
 from tokenrelay.runtime.service import count_error, json_response, request_tenant
 from tokenrelay.streamer.compat import anthropic, openai
 from tokenrelay.streamer.compat.common import Collector
@@ -40,6 +42,8 @@ ADMIT_TIMEOUT_S = 5.0
 """How long a streamer waits for a gateway to admit a compatible-API stream."""
 STREAM_ID_HEADER = "X-Tokenrelay-Stream-Id"
 OWNED_BY = "tokenrelay"
+PAYLOADS_KEY = web.AppKey("payloads", PayloadStore)
+"""The payload store a streamer leaves requests larger than one NATS message in (absent: they are refused)."""
 
 _STATUS_OF_STREAM_ERRORS: dict[str, int] = {
     ErrorCode.OVERLOADED: 503,
@@ -195,9 +199,12 @@ async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
 
 
 async def admit(app: web.Application, start: StartRequest) -> StreamRecord:
-    """Ask any gateway to admit the stream; its record, or the gateway's error (``payload_too_large`` when the
-    request is more than NATS carries in one message: its ``max_payload``)."""
-    data, nc = codec.encode(start), app[NC_KEY]
+    """Ask any gateway to admit the stream; its record, or the gateway's error.  A request larger than NATS
+    carries in one message (its ``max_payload``) leaves its content in the payload store for the gateway
+    (``payload_too_large`` without a store)."""
+    nc, store = app[NC_KEY], app.get(PAYLOADS_KEY)
+    start = await payloads.carry(start, store, name=payloads.start_payload_name(), max_payload_bytes=nc.max_payload)
+    data = codec.encode(start)
     if len(data) > nc.max_payload:
         raise PayloadTooLarge(
             f"the request makes {len(data)} bytes to send for admission; NATS carries at most {nc.max_payload} "
