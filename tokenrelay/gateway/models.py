@@ -10,13 +10,19 @@ A job goes only to runners of its model (``tokenrelay.jobs.<model>``), so admiss
 
 A gateway that has heard no runner at all answers ``503 unavailable`` for every model before this is asked
 (:meth:`~tokenrelay.gateway.dispatch.Dispatcher.check_admission`).
+
+Then the request's ``params`` are checked against what the model's runners announced they can honour
+(:func:`check_params`): a field that no runner of the model accepts is ``400 unsupported_parameter`` at once, rather
+than a stream that a runner would end with that error.  A runner that announces nothing accepts every field.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
-from tokenrelay.wire.errors import BadRequest, ModelNotFound, Unavailable
+from tokenrelay.wire.content import JsonObject
+from tokenrelay.wire.errors import BadRequest, ModelNotFound, Unavailable, UnsupportedParameter
+from tokenrelay.wire.messages import RunnerHeartbeat
 
 
 def choose_model(
@@ -37,6 +43,25 @@ def choose_model(
     if knows(model):
         raise Unavailable(f"no runner of model {model!r} is available")
     raise ModelNotFound(f"no runner serves model {model!r}; served: {_listed(served)}")
+
+
+def check_params(params: JsonObject, *, model: str, runners: Iterable[RunnerHeartbeat]) -> None:
+    """Refuse ``params`` with ``unsupported_parameter`` when one of its fields is accepted by no runner of ``model``
+    among ``runners`` (the registered ones), naming the field, the model and what its runners accept.
+
+    A field set to ``null`` sets nothing (the engines skip it) and is let through; so is everything when no runner
+    of ``model`` is registered (admission answers that case before).
+    """
+    serving = [beat for beat in runners if model in beat.served_models()]
+    if not serving:
+        return
+    for name, value in params.items():
+        if value is not None and not any(beat.accepts(name) for beat in serving):
+            accepted = sorted({field for beat in serving for field in beat.accepts_params or ()})
+            raise UnsupportedParameter(
+                f"no runner of model {model!r} can honour the parameter {name!r}; "
+                f"its runners accept: {', '.join(accepted) or 'none'}"
+            )
 
 
 def _unnamed(served: Collection[str], default_model: str | None) -> str:

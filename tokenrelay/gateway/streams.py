@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 from nats.js.kv import KeyValue
 
-from tokenrelay.gateway import ROLE, records
+from tokenrelay.gateway import ROLE, models, records
 from tokenrelay.gateway.actions import (
     Action,
     AskHolders,
@@ -160,11 +160,11 @@ class StreamManager:
         return self.dispatch.check_admission()
 
     async def create(self, request: StreamRequest, *, owner: str | None = None) -> StreamRecord:
-        """Admit a stream of ``owner`` (a tenant; ``None`` without API keys) for the model it names (or the one
-        served, or ``default_model``; see ``gateway/models.py``): record it as queued and start dispatching it to
-        a runner of that model."""
-        self.check_admission()
+        """Admit a stream of ``owner`` (a tenant; ``None`` without API keys) for its model, with parameters its
+        runners can honour (``gateway/models.py``): record it as queued and start dispatching it to one of them."""
+        runners = self.check_admission()
         model = self.dispatch.choose_model(request.model, default_model=self.config.default_model)
+        models.check_params(request.params, model=model, runners=runners)
         if owner is not None:
             self._check_streams(owner)
         # No await from the check to the stream's place in the queue (in _admit, before its record is written):

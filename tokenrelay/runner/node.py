@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from tokenrelay.runner.engines import Engine
+from tokenrelay.runner.engines.base import announced_params
 from tokenrelay.runner.generation import Generation, Outcome
 from tokenrelay.runner.metrics import OTHER_MODEL, RunnerMetrics
 from tokenrelay.runner.pace import PublishPace
@@ -278,6 +279,7 @@ class Runner:
             capacity=self.config.max_concurrency,
             ts=time.time(),
             streams=tuple(self._active),
+            accepts_params=announced_params(self._engine),
         )
 
     async def _heartbeat(self) -> None:

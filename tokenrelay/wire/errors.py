@@ -8,6 +8,7 @@ Hierarchy::
 
     TokenRelayError
     ├── BadRequest          400 bad_request
+    │   └── UnsupportedParameter  400 unsupported_parameter
     ├── Unauthorized        401 unauthorized
     ├── Forbidden           403 forbidden
     ├── NotFound            404 not_found
@@ -20,8 +21,7 @@ Hierarchy::
     └── ResumeUnavailable   410 resume_unavailable
 
 Codes that only ever reach a client inside an SSE ``error`` event (``slow_consumer``,
-``runner_lost``, ``engine_error``, ``upstream_*``, ``shutting_down``, ``unsupported_parameter``) have no
-exception class.
+``runner_lost``, ``engine_error``, ``upstream_*``, ``shutting_down``) have no exception class.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class ErrorCode(enum.StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     SHUTTING_DOWN = "shutting_down"
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
-    """The runner's engine cannot honour a parameter of the request (the stream ends with this error)."""
+    """No runner of the model can honour a parameter of the request: refused at admission (400), or the stream
+    ends with this error when the runner that took it cannot."""
     MODEL_NOT_FOUND = "model_not_found"
 
 
@@ -90,6 +91,12 @@ class BadRequest(TokenRelayError):
 
     code = ErrorCode.BAD_REQUEST
     http_status = 400
+
+
+class UnsupportedParameter(BadRequest):
+    """The request sets a parameter that no runner of its model can honour (named in the message)."""
+
+    code = ErrorCode.UNSUPPORTED_PARAMETER
 
 
 class Unauthorized(TokenRelayError):
@@ -165,7 +172,7 @@ class ResumeUnavailable(TokenRelayError):
 _CLASSES: dict[str, type[TokenRelayError]] = {
     cls.code: cls
     for cls in (
-        BadRequest, Unauthorized, Forbidden, NotFound, ModelNotFound, PayloadTooLarge,
+        BadRequest, UnsupportedParameter, Unauthorized, Forbidden, NotFound, ModelNotFound, PayloadTooLarge,
         RateLimited, Overloaded, Unavailable, ResumeUnavailable,
     )
 }  # fmt: skip

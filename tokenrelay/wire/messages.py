@@ -281,6 +281,14 @@ class RunnerHeartbeat:
     models: tuple[str, ...] = ()
     """Every model this runner takes jobs of (on ``tokenrelay.jobs.<model>``); empty from a runner that predates
     it, which serves ``model`` alone (:meth:`served_models`)."""
+    accepts_params: tuple[str, ...] | None = None
+    """The request ``params`` fields this runner's engine can honour, for every model it serves; ``None``: any (an
+    engine that passes them on, or a runner that predates the field).  Admission refuses a field no runner of the
+    model accepts (``unsupported_parameter``)."""
+
+    def accepts(self, name: str) -> bool:
+        """Whether this runner's engine can honour the request parameter ``name``."""
+        return self.accepts_params is None or name in self.accepts_params
 
     def served_models(self) -> tuple[str, ...]:
         """The models this runner takes jobs of: :attr:`models`, or ``(model,)`` when it names none."""

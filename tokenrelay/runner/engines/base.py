@@ -15,6 +15,11 @@ tokens it generated (:meth:`~GenerationRequest.report_completion_tokens`) and th
 decided (:meth:`~GenerationRequest.report_finish_reason`: ``tool_calls``, ``content_filter``,
 ``length``, ``stop``).  A text-only engine reports none of these and works unchanged.
 
+An engine declares which request ``params`` fields it can honour in an ``accepts_params`` attribute (a
+``frozenset``; ``None``, or no attribute: every field, as an engine that passes them on does).  The runner announces
+it in its heartbeats (:func:`announced_params`) so admission refuses a field no runner of the model can honour; the
+engine still fails a stream with ``unsupported_parameter`` for a value it cannot honour (the backstop).
+
 Engines import this module and nothing above it, so the registry that builds them can import
 the engines without a cycle.
 """
@@ -121,3 +126,10 @@ class Engine(Protocol):
     async def aclose(self) -> None:
         """Release the engine's resources when the runner stops."""
         ...
+
+
+def announced_params(engine: Engine) -> tuple[str, ...] | None:
+    """The request ``params`` fields ``engine`` declares it can honour (its ``accepts_params``), sorted, as a
+    heartbeat announces them; ``None`` for an engine that honours every field or declares nothing."""
+    declared = getattr(engine, "accepts_params", None)
+    return tuple(sorted(declared)) if isinstance(declared, frozenset) else None

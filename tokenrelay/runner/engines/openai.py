@@ -42,6 +42,8 @@ class OpenAIEngine:
     """Streams chat completions from ``base_url`` (which ends in ``/v1``)."""
 
     name = "openai"
+    accepts_params: frozenset[str] | None = None
+    """Every field goes upstream as sent: the upstream, not tokenrelay, decides what it honours."""
 
     def __init__(
         self,

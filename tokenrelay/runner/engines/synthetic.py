@@ -110,6 +110,9 @@ class SyntheticEngine:
     """
 
     name = "synthetic"
+    accepts_params: frozenset[str] | None = None
+    """A test engine standing in for any model: it ignores every field it does not honour (documented), so it
+    refuses none."""
 
     def __init__(self, config: SyntheticConfig, *, model: str = "synthetic") -> None:
         self._config = config

@@ -7,8 +7,8 @@ stream (a cancel, ``max_tokens``, an error) sets a flag that a stopping criterio
 every decode step, so generation halts at the next step and the worker thread is free again.
 
 It generates text only; the request parameters it honours are listed in
-:mod:`~tokenrelay.runner.engines.transformers_params`, and any other ends the stream with
-``unsupported_parameter``.
+:mod:`~tokenrelay.runner.engines.transformers_params` (and announced, so admission refuses any other); one that
+reaches it anyway ends the stream with ``unsupported_parameter``.
 
 Install with ``pip install 'tokenrelay[transformers]'``.  Models load with
 ``local_files_only``: give a local path (or a name already in the Hugging Face cache).
@@ -27,7 +27,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 
 from tokenrelay.runner.engines.base import EngineError, GenerationRequest, TextTail
 from tokenrelay.runner.engines.detokenize import IncrementalDetokenizer
-from tokenrelay.runner.engines.transformers_params import DEFAULT_MAX_NEW_TOKENS, generate_kwargs, own_max_new_tokens
+from tokenrelay.runner.engines.transformers_params import (
+    ACCEPTED_PARAMETERS,
+    DEFAULT_MAX_NEW_TOKENS,
+    generate_kwargs,
+    own_max_new_tokens,
+)
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import FinishReason
 
@@ -49,6 +54,7 @@ class TransformersEngine:
     """
 
     name = "transformers"
+    accepts_params: frozenset[str] | None = ACCEPTED_PARAMETERS
 
     def __init__(
         self,

@@ -4,7 +4,8 @@ It generates text only, greedily unless ``temperature`` asks for sampling.  It m
 ``top_k`` and ``repetition_penalty`` (a vendor field) onto ``generate``; ``n`` of 1 and the fields that do not
 shape generation (``user``, ``metadata``, ``store``) are accepted and change nothing.  Any other parameter given
 (``tools``, ``stop``, ``seed``, ``response_format``, ``reasoning_effort``, penalties, ``logprobs``...) cannot be
-honoured: the stream fails with ``unsupported_parameter`` naming it, rather than silently doing something else.
+honoured: admission refuses it (the engine announces :data:`ACCEPTED_PARAMETERS`), and a stream that reaches the
+engine anyway fails with ``unsupported_parameter`` naming it, rather than silently doing something else.
 A request that set no ``max_tokens`` ends at the model's own limit (:func:`own_max_new_tokens`).
 """
 
@@ -23,6 +24,9 @@ SAMPLING_PARAMETERS = {"temperature": float, "top_p": float, "top_k": int, "repe
 """Parameters passed to ``generate`` under the same name, with the type each must have."""
 NEUTRAL_PARAMETERS = frozenset({"user", "metadata", "store"})
 """Parameters that do not shape what is generated: accepted and ignored."""
+ACCEPTED_PARAMETERS = frozenset(SAMPLING_PARAMETERS) | NEUTRAL_PARAMETERS | {"n"}
+"""Every parameter :func:`generate_kwargs` can accept (``n`` with the value 1 only): what the engine announces, so
+admission refuses any other before a runner takes the stream."""
 
 
 def generate_kwargs(params: JsonObject) -> dict[str, Any]:

@@ -54,6 +54,7 @@ _ERROR_TYPES: dict[str, str] = {
     ErrorCode.UNAUTHORIZED: "authentication_error",
     ErrorCode.NOT_FOUND: "not_found_error",
     ErrorCode.MODEL_NOT_FOUND: "not_found_error",
+    ErrorCode.UNSUPPORTED_PARAMETER: "invalid_request_error",
     ErrorCode.METHOD_NOT_ALLOWED: "invalid_request_error",
     ErrorCode.RATE_LIMITED: "rate_limit_error",
     ErrorCode.OVERLOADED: "overloaded_error",

@@ -46,6 +46,7 @@ PAYLOADS_KEY = web.AppKey("payloads", PayloadStore)
 """The payload store a streamer leaves requests larger than one NATS message in (absent: they are refused)."""
 
 _STATUS_OF_STREAM_ERRORS: dict[str, int] = {
+    ErrorCode.UNSUPPORTED_PARAMETER: 400,  # the request's fault, the same every time: no 5xx an SDK would retry
     ErrorCode.OVERLOADED: 503,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.SHUTTING_DOWN: 503,
@@ -55,6 +56,12 @@ _STATUS_OF_STREAM_ERRORS: dict[str, int] = {
     ErrorCode.UPSTREAM_TIMEOUT: 504,
 }
 """HTTP status of a non-streamed request whose stream ended in an error that has no status of its own."""
+
+
+def stream_error_status(code: str) -> int:
+    """The HTTP status of a non-streamed request whose stream ended with the error ``code`` (500 for one not listed
+    in the table above: the server's fault)."""
+    return _STATUS_OF_STREAM_ERRORS.get(code, 500)
 
 
 class _Options(Protocol):
@@ -192,7 +199,7 @@ async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
     if collector.failure is not None:
         code, message = collector.failure
         count_error(app, code)
-        status = dialect.status(code, _STATUS_OF_STREAM_ERRORS.get(code, 500))
+        status = dialect.status(code, stream_error_status(code))
         return json_response(dialect.error_body(code, message), status=status)
     assert collector.end is not None  # a reader closes with an end or a failure
     return json_response(dialect.body(record, collector, collector.end), headers=headers)

@@ -35,6 +35,7 @@ _ERROR_TYPES: dict[str, str] = {
     ErrorCode.UNAUTHORIZED: "invalid_request_error",
     ErrorCode.NOT_FOUND: "not_found_error",
     ErrorCode.MODEL_NOT_FOUND: "invalid_request_error",  # OpenAI's type for a model it does not serve
+    ErrorCode.UNSUPPORTED_PARAMETER: "invalid_request_error",
     ErrorCode.METHOD_NOT_ALLOWED: "invalid_request_error",
     ErrorCode.RATE_LIMITED: "rate_limit_exceeded",
     ErrorCode.OVERLOADED: "server_error",
