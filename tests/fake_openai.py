@@ -8,10 +8,12 @@ reasoning, words, tool calls, finish, usage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
@@ -118,3 +120,27 @@ class FakeUpstream:
             call.disconnected_at = time.monotonic()
             raise
         return response
+
+
+class _Served(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Served)
+
+
+@contextlib.contextmanager
+def served_in_thread(server: S, *, timeout_s: float = 10.0) -> Iterator[S]:
+    """Run a fake server on an event loop of its own in a thread while the block runs (a module fixture's lifetime)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout_s)
+        yield server
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout_s)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout_s)

@@ -5,12 +5,10 @@ its own NATS user with only the permissions of ``deploy/nats-auth.conf``; an ima
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import secrets
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.e2e.test_nats_security import ROLES, auth_config, configured_nats, role_credentials, violations
+from tests.fake_openai import served_in_thread
 from tests.helpers import eventually, synthetic_args
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.runtime import natsio
@@ -99,15 +98,8 @@ class Secured:
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[RecordingUpstream]:
     """The recording upstream on its own event loop in a thread, for the whole module."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    fake = RecordingUpstream()
-    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
-    yield fake
-    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with served_in_thread(RecordingUpstream()) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")

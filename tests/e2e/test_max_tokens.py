@@ -5,14 +5,12 @@ upstream); the gateway's ``--default-max-tokens`` and hard cap ``--max-tokens-li
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 
 import openai
 import pytest
 
-from tests.fake_openai import FakeUpstream
+from tests.fake_openai import FakeUpstream, served_in_thread
 from tests.helpers import expected_text, synthetic_args
 from tokenrelay.testing.http import post
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
@@ -44,15 +42,8 @@ def with_default() -> Iterator[System]:
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeUpstream]:
     """The fake upstream runs on its own event loop in a thread, for the whole module."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    fake = FakeUpstream(UPSTREAM_WORDS, interval_s=0.0)
-    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
-    yield fake
-    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with served_in_thread(FakeUpstream(UPSTREAM_WORDS, interval_s=0.0)) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")

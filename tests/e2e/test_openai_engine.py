@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 
@@ -11,7 +9,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.fake_openai import FakeUpstream
+from tests.fake_openai import FakeUpstream, served_in_thread
 from tests.helpers import eventually_true
 from tokenrelay.testing.http import create_stream, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
@@ -23,15 +21,8 @@ WORDS = ["Hé", "llo", " 日本", "語", " 🚀", " ok", *[f" w{i}" for i in ran
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeUpstream]:
     """The fake upstream runs on its own event loop in a thread, for the whole module."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    fake = FakeUpstream(WORDS)
-    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
-    yield fake
-    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with served_in_thread(FakeUpstream(WORDS)) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,7 @@ upstream, through both SDKs and the native API.  Bad requests get their exact co
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +19,7 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from tests.fake_openai import Answer, FakeUpstream
+from tests.fake_openai import Answer, FakeUpstream, served_in_thread
 from tests.helpers import synthetic_args
 from tokenrelay.testing.http import post
 from tokenrelay.testing.procs import System, nats_server, system
@@ -96,15 +94,8 @@ def answer(body: dict[str, object]) -> Answer:
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeUpstream]:
     """The fake upstream runs on its own event loop in a thread, for the whole module."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    fake = FakeUpstream([], interval_s=0.001, usage_prompt_tokens=11, answer=answer)
-    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
-    yield fake
-    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with served_in_thread(FakeUpstream([], interval_s=0.001, usage_prompt_tokens=11, answer=answer)) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")

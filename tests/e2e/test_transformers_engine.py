@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from websockets.asyncio.client import connect  # noqa: E402
 
+from tests.tiny_model import build_tiny_gpt2  # noqa: E402
 from tokenrelay.runner.engines import GenerationRequest, TextTail  # noqa: E402
 from tokenrelay.testing.http import create_stream, metric, wait_for_metric  # noqa: E402
 from tokenrelay.testing.procs import NatsServer, System, system  # noqa: E402
@@ -27,21 +28,7 @@ CORPUS = ["hello world 日本語 🚀 café naïve", "the stream token relay is 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer GPT-2 with random weights and a byte-level BPE tokenizer trained on a few lines."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-model")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=4096, n_embd=32, n_layer=2, n_head=2,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    GPT2LMHeadModel(config).save_pretrained(path)
-    return path
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-model"), CORPUS, n_positions=4096, n_layer=2)
 
 
 def _request(prompt: str, max_tokens: int) -> GenerationRequest:

@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 import anthropic  # noqa: E402
 import openai  # noqa: E402
 
+from tests.tiny_model import build_tiny_gpt2  # noqa: E402
 from tokenrelay.testing.http import post  # noqa: E402
 from tokenrelay.testing.procs import NatsServer, System, system  # noqa: E402
 from tokenrelay.testing.sse import read_stream  # noqa: E402
@@ -36,21 +37,7 @@ REFUSED: list[dict[str, Any]] = [{"tools": [TOOL]}, {"logprobs": True}, {"stop":
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-layer GPT-2 with random weights and a byte-level BPE tokenizer trained on a few lines."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-model")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=1, n_head=2,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    GPT2LMHeadModel(config).save_pretrained(path)
-    return path
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-model"), CORPUS, n_positions=512, n_layer=1)
 
 
 @pytest.fixture(scope="module")
