@@ -1,6 +1,6 @@
 """Admission for the compatible APIs a streamer serves, answered over NATS.
 
-``POST /v1/chat/completions`` and ``POST /v1/messages`` arrive at a streamer (the data
+``POST /v1/chat/completions``, ``POST /v1/completions`` and ``POST /v1/messages`` arrive at a streamer (the data
 plane), but admitting a stream — validation against this gateway's limits, the queue bound,
 a live runner — is the gateway's job.  The streamer asks on ``tokenrelay.api.start`` (queue
 group ``gateways``: any gateway answers) and gets the new stream's record or a refusal with
@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tokenrelay.gateway.params import OWNED_FIELDS
-from tokenrelay.gateway.requests import stream_request
+from tokenrelay.gateway.requests import completion_request, stream_request
 from tokenrelay.gateway.streams import StreamManager
 from tokenrelay.runtime import natsio, payloads
 from tokenrelay.runtime.config import GatewayConfig
@@ -89,7 +89,10 @@ class Admission:
         """The new stream's record, or why it was refused."""
         # A field tokenrelay owns is taken from the request's own fields only, never from its params.
         body: dict[str, Any] = {key: value for key, value in request.params.items() if key not in OWNED_FIELDS}
-        body["messages"] = [m.to_openai() for m in request.messages]
+        if request.prompt is None:
+            body["messages"] = [m.to_openai() for m in request.messages]
+        else:
+            body["prompt"] = request.prompt
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
         if request.model is not None:
@@ -97,7 +100,10 @@ class Admission:
         try:
             if request.owner is not None:  # the streamer authenticated the key; its tenant's rate counts here
                 self._streams.quotas.check_rate(request.owner, time.monotonic())
-            parsed = stream_request(self._config, body)
+            if request.prompt is None:
+                parsed = stream_request(self._config, body)
+            else:  # a text completion: its raw prompt is continued as is, never made a chat message
+                parsed = completion_request(self._config, body)
             return await self._streams.create(parsed, owner=request.owner)
         except TokenRelayError as exc:
             retry = exc.retry_after_s if isinstance(exc, RetryLater) else None

@@ -1,5 +1,5 @@
 """Sans-I/O validation of a new stream's body (``POST /v1/streams``, the WS ``start`` message, and the compatible
-APIs' requests a streamer sends for admission).
+APIs' requests a streamer sends for admission), and of a text completion (:func:`parse_completion_request`).
 
 The body is the OpenAI chat-completions shape: ``messages`` (or a bare ``prompt``), ``model``, ``max_tokens`` (or
 ``max_completion_tokens``), and every other field in ``params`` (:mod:`tokenrelay.gateway.params`).  Messages have
@@ -28,6 +28,9 @@ from tokenrelay.wire.content import ChatMessage, JsonObject
 from tokenrelay.wire.errors import BadRequest, PayloadTooLarge
 
 MAX_MODEL_CHARS = 256
+DEFAULT_COMPLETION_MAX_TOKENS = 16
+"""The ``max_tokens`` of a text completion that gives none: OpenAI's completions API default (a short completion,
+as an editor's autocomplete asks for)."""
 JOB_HEADROOM_BYTES = 1024
 """Room kept under the broker's largest message for what the offer adds to an encoded job (its deadline)."""
 
@@ -45,6 +48,8 @@ class StreamRequest:
     max_tokens_set: bool = True
     """``False`` when neither the client nor the operator set a limit: the engine ends at its own, and
     :attr:`max_tokens` is only the hard cap (:attr:`~tokenrelay.wire.messages.JobRequest.max_tokens_set`)."""
+    prompt: str | None = None
+    """A text completion's raw prompt (:attr:`messages` empty); ``None``: a chat."""
 
 
 def parse_stream_request(
@@ -96,6 +101,47 @@ def stream_request(config: GatewayConfig, obj: dict[str, Any]) -> StreamRequest:
         max_content_parts=config.max_content_parts,
         max_image_bytes=config.max_image_bytes,
     )
+
+
+def parse_completion_request(
+    obj: dict[str, Any],
+    *,
+    max_tokens_limit: int,
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+    max_tools: int = DEFAULT_MAX_TOOLS,
+) -> StreamRequest:
+    """Validate a text completion (``POST /v1/completions``): ``{"prompt": "...", "max_tokens"?, "model"?, ...}``.
+
+    ``prompt`` is one string (it may be empty, as at the start of a file), continued as is, never made a chat
+    message; ``suffix`` (fill-in-the-middle) is a string or ``null`` and stays in ``params`` with every other field
+    tokenrelay does not own.  The prompt and the suffix hold at most ``max_prompt_chars`` characters together.
+    ``max_tokens`` is in ``1..max_tokens_limit``, :data:`DEFAULT_COMPLETION_MAX_TOKENS` (at most
+    ``max_tokens_limit``) when not given, as OpenAI's completions API defaults it.  Any refusal is ``bad_request``.
+    """
+    prompt, suffix = obj.get("prompt"), obj.get("suffix")
+    if not isinstance(prompt, str):
+        raise BadRequest("prompt must be a string")
+    if suffix is not None and not isinstance(suffix, str):
+        raise BadRequest("suffix must be a string")
+    chars = len(prompt) + len(suffix or "")
+    if chars > max_prompt_chars:
+        raise BadRequest(f"the prompt and suffix hold {chars} characters; at most {max_prompt_chars} are allowed")
+    given = _positive("max_tokens", obj.get("max_tokens"), max_tokens_limit)
+    return StreamRequest(
+        messages=(),
+        prompt=prompt,
+        max_tokens=min(DEFAULT_COMPLETION_MAX_TOKENS, max_tokens_limit) if given is None else given,
+        model=_model(obj.get("model")),
+        params=parse_params(obj, max_tools=max_tools),
+    )
+
+
+def completion_request(config: GatewayConfig, obj: dict[str, Any]) -> StreamRequest:
+    """:func:`parse_completion_request` with a gateway's limits."""
+    return parse_completion_request(
+        obj, max_tokens_limit=config.max_tokens_limit, max_prompt_chars=config.max_prompt_chars,
+        max_tools=config.max_tools,
+    )  # fmt: skip
 
 
 def check_job_bytes(job_bytes: int, *, max_payload_bytes: int) -> None:

@@ -185,17 +185,10 @@ class StreamManager:
     async def _admit(self, request: StreamRequest, model: str, owner: str | None) -> StreamRecord:
         stream_id = subjects.new_stream_id()
         job = JobRequest(
-            stream_id=stream_id,
-            epoch=secrets.token_hex(4),
-            gateway_id=self.gateway_id,
-            model=model,
-            messages=request.messages,
-            max_tokens=request.max_tokens,
-            max_tokens_set=request.max_tokens_set,
-            created=int(time.time()),
-            owner=owner,
-            params=request.params,
-        )
+            stream_id=stream_id, epoch=secrets.token_hex(4), gateway_id=self.gateway_id, model=model,
+            messages=request.messages, prompt=request.prompt, max_tokens=request.max_tokens,
+            max_tokens_set=request.max_tokens_set, created=int(time.time()), owner=owner, params=request.params,
+        )  # fmt: skip
         # Over the broker's max_payload, its messages go to the payload store (no store: check_job_bytes refuses it).
         limit = self._nc.max_payload - JOB_HEADROOM_BYTES
         carried = await payloads.carry_job(job, self._payloads, max_payload_bytes=limit)

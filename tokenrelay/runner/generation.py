@@ -273,6 +273,7 @@ class Generation:
             stream_id=self.job.stream_id,
             model=self.job.model,
             messages=self.job.messages,
+            prompt=self.job.prompt,
             max_tokens=self.job.max_tokens,
             max_tokens_set=self.job.max_tokens_set,
             params=self.job.params,

@@ -71,6 +71,7 @@ class JobRequest:
     gateway_id: str
     model: str
     messages: tuple[ChatMessage, ...]
+    """The conversation to continue; empty for a text completion (:attr:`prompt`)."""
     max_tokens: int
     """The most tokens the runner generates: the client's limit, the gateway's ``--default-max-tokens``, or (see
     :attr:`max_tokens_set`) its hard cap ``--max-tokens-limit``."""
@@ -85,6 +86,9 @@ class JobRequest:
     """Every other field of the client's request in the OpenAI chat shape (``temperature``, ``tools``,
     ``tool_choice``, ``stop``, ``seed``, ``response_format``, ``reasoning_effort``, vendor fields...), as sent: an
     ``openai`` engine passes them on unchanged, other engines honour what they can."""
+    prompt: str | None = None
+    """The raw text of a text completion (``POST /v1/completions``), continued as is: never made a chat message,
+    :attr:`messages` empty, its other fields (``suffix``, ``stop``, ...) in :attr:`params` (``None``: a chat)."""
     answer_by: float | None = None
     """Wall-clock time (``time.time()``) after which no runner may take this offer: the gateway has stopped waiting
     for its answer and may offer the stream again, so a runner that took it then would generate it beside another
@@ -363,6 +367,8 @@ class StartRequest:
     model: str | None = None
     params: JsonObject = field(default_factory=dict)
     """The request's other fields in the OpenAI chat shape, as :attr:`JobRequest.params`."""
+    prompt: str | None = None
+    """A text completion's raw prompt, as :attr:`JobRequest.prompt` (:attr:`messages` empty)."""
     owner: str | None = None
     """The tenant of the API key the streamer authenticated (``None`` without keys)."""
     payload: str | None = None

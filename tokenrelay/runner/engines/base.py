@@ -45,6 +45,9 @@ class GenerationRequest:
     """The most tokens the runner lets through: it stops reading there (finish reason ``length``)."""
     params: JsonObject = field(default_factory=dict)
     """Every other field of the client's request in the OpenAI chat shape (the job's ``params``), as sent."""
+    prompt: str | None = None
+    """A text completion's raw prompt, continued as is (no chat template; :attr:`messages` empty); its
+    ``suffix`` (fill-in-the-middle) and other fields are in :attr:`params`.  ``None``: a chat."""
     max_tokens_set: bool = True
     """Whether the client or the operator set :attr:`max_tokens`.  ``False``: nobody did; the engine ends at its own
     limit (its natural length, the model's, the upstream's) and :attr:`max_tokens` is only the gateway's hard cap."""

@@ -3,7 +3,9 @@
 The request goes upstream in the OpenAI chat shape: the messages as clients send them and every field of the
 job's ``params`` unchanged (``temperature``, ``tools``, ``stop``, ``reasoning_effort``, vendor fields...); only
 ``model``, ``messages``, ``max_tokens``, ``stream`` and ``stream_options`` are tokenrelay's; a request that set
-no ``max_tokens`` (and no ``--default-max-tokens``) is sent none, so the upstream decides.  With
+no ``max_tokens`` (and no ``--default-max-tokens``) is sent none, so the upstream decides.  A text completion (a
+job with a raw ``prompt``) goes to the upstream's own ``/completions`` instead, with ``prompt`` in place of
+``messages`` (its ``suffix`` and every other field as sent); its chunks' ``choices[0].text`` is relayed.  With
 ``include_usage`` (``--upstream-include-usage``, on by default) it asks for ``stream_options:
 {"include_usage": true}`` and reads the final usage chunk; turn it off for a server that refuses
 ``stream_options``.  Reasoning, tool calls, the finish reason and usage of the answer are relayed
@@ -39,7 +41,7 @@ _DATA = "data:"
 
 
 class OpenAIEngine:
-    """Streams chat completions from ``base_url`` (which ends in ``/v1``)."""
+    """Streams chat completions (and text completions) from ``base_url`` (which ends in ``/v1``)."""
 
     name = "openai"
     accepts_params: frozenset[str] | None = None
@@ -58,6 +60,7 @@ class OpenAIEngine:
         self.model = model
         self._include_usage = include_usage
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._completions_url = base_url.rstrip("/") + "/completions"
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -71,12 +74,11 @@ class OpenAIEngine:
 
     def _body(self, request: GenerationRequest) -> bytes:
         """The client's fields as sent, and tokenrelay's own (which replace any of the same name)."""
-        body: dict[str, Any] = {
-            **request.params,
-            "model": self.model,
-            "messages": [m.to_openai() for m in request.messages],
-            "stream": True,
-        }
+        body: dict[str, Any] = {**request.params, "model": self.model, "stream": True}
+        if request.prompt is None:
+            body["messages"] = [m.to_openai() for m in request.messages]
+        else:  # a text completion: the raw prompt, its suffix and every other field as sent
+            body["prompt"] = request.prompt
         body.pop("max_completion_tokens", None)  # the limit is tokenrelay's: max_tokens below
         if request.max_tokens_set:
             body["max_tokens"] = request.max_tokens
@@ -91,7 +93,8 @@ class OpenAIEngine:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
         """Yield the pieces of each chunk of the upstream stream (reasoning, text, tool-call fragments)."""
         try:
-            response = await self._client().post(self._url, data=self._body(request), headers=self._headers)
+            url = self._url if request.prompt is None else self._completions_url
+            response = await self._client().post(url, data=self._body(request), headers=self._headers)
         except (aiohttp.ClientConnectionError, OSError) as exc:
             raise EngineError(str(ErrorCode.UPSTREAM_UNAVAILABLE), f"cannot reach the upstream: {exc}") from None
         except TimeoutError:

@@ -1,4 +1,5 @@
-"""Sans-I/O reading of an OpenAI-compatible streaming answer: one ``chat.completion.chunk`` in, typed pieces out.
+"""Sans-I/O reading of an OpenAI-compatible streaming answer: one ``chat.completion.chunk`` (or, for a text
+completion, ``text_completion`` chunk) in, typed pieces out.
 
 A chunk's ``choices[0].delta`` may carry reasoning (``reasoning_content``, as vLLM and DeepSeek name it, or
 ``reasoning``, as others do), the answer's text (``content``) and tool-call fragments (``tool_calls``: each with
@@ -30,7 +31,11 @@ REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 def chunk_pieces(payload: str, request: GenerationRequest) -> list[Piece]:
-    """The pieces of one chunk's JSON text (often none, e.g. a usage-only chunk); usage and finish are reported."""
+    """The pieces of one chunk's JSON text (often none, e.g. a usage-only chunk); usage and finish are reported.
+
+    A text completion's chunk (``text_completion``, for a request with a raw prompt) carries its text in
+    ``choices[0].text``; a chat's in ``choices[0].delta``.
+    """
     try:
         chunk: Any = orjson.loads(payload)
         _report_usage(chunk.get("usage"), request)
@@ -38,7 +43,11 @@ def chunk_pieces(payload: str, request: GenerationRequest) -> list[Piece]:
         if not choices:
             return []
         choice = choices[0]
-        pieces = _delta_pieces(choice.get("delta") or {})
+        if request.prompt is None:
+            pieces = _delta_pieces(choice.get("delta") or {})
+        else:
+            text = _text(choice.get("text"), "text")
+            pieces = [text] if text else []
         finish = choice.get("finish_reason")
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
         raise EngineError(str(ErrorCode.UPSTREAM_ERROR), f"malformed upstream chunk: {payload[:80]!r}") from exc
@@ -73,7 +82,7 @@ def _delta_pieces(delta: Any) -> list[Piece]:
 
 def _text(value: Any, name: str) -> str | None:
     if value is not None and not isinstance(value, str):
-        raise EngineError(str(ErrorCode.UPSTREAM_ERROR), f"upstream delta {name} is not a string")
+        raise EngineError(str(ErrorCode.UPSTREAM_ERROR), f"upstream chunk's {name} is not a string")
     return value
 
 

@@ -18,6 +18,11 @@ It is a test engine, and honours the request parameters that shape what a stream
   set none ends at the text's natural length (``--synthetic-length-tokens``, else 16-63 tokens derived from the
   prompt), finish reason ``stop``, unless the gateway's hard cap ``--max-tokens-limit`` comes first.
 
+A text completion (``POST /v1/completions``: a raw prompt, no messages) is keyed on :func:`completion_text`: the
+prompt alone, or with a ``suffix`` (fill-in-the-middle) the prompt, a line ``suffix: `` and the suffix, so the same
+prompt with another suffix gets another text.  It honours ``stop`` and ``max_tokens`` as a chat does; reasoning and
+tool calls are chat features, so a completion is text only.
+
 It ignores sampling parameters (``temperature``, ``top_p``, ``seed``, penalties, ``logprobs``...) and every other
 field: its output depends on the prompt alone.  A request with none of the above gets exactly the text it always
 got.
@@ -55,8 +60,23 @@ def prompt_text(messages: tuple[ChatMessage, ...]) -> str:
     return "\n".join(f"{m.role}: {m.text()}" for m in messages)
 
 
+def completion_text(prompt: str, suffix: str | None = None) -> str:
+    """The text the synthetic engine keys a text completion on: ``prompt``, and with a non-empty ``suffix``
+    ``prompt + "\nsuffix: " + suffix`` (so its answer changes with the suffix)."""
+    return f"{prompt}\nsuffix: {suffix}" if suffix else prompt
+
+
+def keyed_text(request: GenerationRequest) -> str:
+    """The text the synthetic engine keys ``request``'s output on: a chat's :func:`prompt_text`, a completion's
+    :func:`completion_text`."""
+    if request.prompt is None:
+        return prompt_text(request.messages)
+    suffix = request.params.get("suffix")
+    return completion_text(request.prompt, suffix if isinstance(suffix, str) else None)
+
+
 def prompt_tokens(prompt: str) -> int:
-    """The synthetic engine's count of a prompt's tokens: the words (whitespace-separated) of a :func:`prompt_text`."""
+    """The synthetic engine's count of a prompt's tokens: the words (whitespace-separated) of its :func:`keyed_text`."""
     return len(prompt.split())
 
 
@@ -121,7 +141,7 @@ class SyntheticEngine:
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
         """Tokens on a fixed schedule from the start (no drift from slow consumers of the iterator)."""
-        prompt = prompt_text(request.messages)
+        prompt = keyed_text(request)
         request.report_prompt_tokens(prompt_tokens(prompt))
         tokens: Iterable[Piece]
         if not request.params:
@@ -136,10 +156,10 @@ class SyntheticEngine:
 
     def _typed(self, prompt: str, request: GenerationRequest) -> Iterator[Piece]:
         """Reasoning, then a tool call or the text (cut at a stop sequence); the finish reason is reported."""
-        params = request.params
-        thinking = content.reasoning_tokens(params)
+        params, chat = request.params, request.prompt is None  # a completion is text only
+        thinking = content.reasoning_tokens(params) if chat else 0
         yield from content.reasoning_prelude(thinking)
-        function = content.tool_to_call(params, request.messages)
+        function = content.tool_to_call(params, request.messages) if chat else None
         if function is not None:
             fragments = content.tool_call_fragments(prompt, function)
             request.report_finish_reason(FinishReason.TOOL_CALLS)

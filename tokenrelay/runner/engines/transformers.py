@@ -8,7 +8,8 @@ every decode step, so generation halts at the next step and the worker thread is
 
 It generates text only; the request parameters it honours are listed in
 :mod:`~tokenrelay.runner.engines.transformers_params` (and announced, so admission refuses any other); one that
-reaches it anyway ends the stream with ``unsupported_parameter``.
+reaches it anyway ends the stream with ``unsupported_parameter``.  A text completion's raw prompt is tokenized as is,
+without the chat template; fill-in-the-middle (``suffix``) is not among what it honours.
 
 Install with ``pip install 'tokenrelay[transformers]'``.  Models load with
 ``local_files_only``: give a local path (or a name already in the Hugging Face cache).
@@ -73,12 +74,25 @@ class TransformersEngine:
         self._pool = concurrent.futures.ThreadPoolExecutor(worker_threads, thread_name_prefix="generate")
 
     def _input_ids(self, request: GenerationRequest) -> Any:
+        if request.prompt is not None:
+            return self._completion_ids(request.prompt)
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         if getattr(self._tokenizer, "chat_template", None):
             text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return self._tokenizer(text, return_tensors="pt").input_ids
+
+    def _completion_ids(self, prompt: str) -> Any:
+        """A text completion's prompt as is (no chat template); an empty one is the start of a document, as
+        OpenAI's completions API reads it: the beginning-of-sequence token (the end-of-text one for a model with
+        none, GPT-2's ``<|endoftext|>``)."""
+        ids = self._tokenizer(prompt, return_tensors="pt").input_ids
+        if ids.shape[-1] == 0:
+            start = self._tokenizer.bos_token_id
+            start = self._tokenizer.eos_token_id if start is None else start
+            ids = torch.tensor([[start]], dtype=torch.long)
+        return ids
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Yield one text piece per generated token ("" while a character is still incomplete)."""

@@ -3,9 +3,10 @@
 It generates text only, greedily unless ``temperature`` asks for sampling.  It maps ``temperature``, ``top_p``,
 ``top_k`` and ``repetition_penalty`` (a vendor field) onto ``generate``; ``n`` of 1 and the fields that do not
 shape generation (``user``, ``metadata``, ``store``) are accepted and change nothing.  Any other parameter given
-(``tools``, ``stop``, ``seed``, ``response_format``, ``reasoning_effort``, penalties, ``logprobs``...) cannot be
-honoured: admission refuses it (the engine announces :data:`ACCEPTED_PARAMETERS`), and a stream that reaches the
-engine anyway fails with ``unsupported_parameter`` naming it, rather than silently doing something else.
+(``tools``, ``stop``, ``seed``, ``response_format``, ``reasoning_effort``, penalties, ``logprobs``, a text
+completion's ``suffix`` and ``echo``...) cannot be honoured: admission refuses it (the engine announces
+:data:`ACCEPTED_PARAMETERS`), and a stream that reaches the engine anyway fails with ``unsupported_parameter``
+naming it, rather than silently doing something else.
 A request that set no ``max_tokens`` ends at the model's own limit (:func:`own_max_new_tokens`).
 """
 

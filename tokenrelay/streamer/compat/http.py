@@ -1,10 +1,10 @@
-"""HTTP shell of the compatible APIs: ``POST /v1/chat/completions``, ``GET /v1/models`` (and
-``GET /v1/models/{id}``), ``POST /v1/messages``.
+"""HTTP shell of the compatible APIs: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``
+(and ``GET /v1/models/{id}``), ``POST /v1/messages``.
 
 Admission goes through a gateway over NATS (``tokenrelay.api.start``); the stream is then
 read here like any other, with the API's framing instead of the native one.  A client of
-these endpoints has no cursor, so its stream is cancelled as soon as it disconnects.  Both
-APIs share one request flow (:func:`_serve`); a :class:`_Dialect` supplies what differs.
+these endpoints has no cursor, so its stream is cancelled as soon as it disconnects.  Every
+API shares one request flow (:func:`_serve`); a :class:`_Dialect` supplies what differs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from tokenrelay.runtime import payloads
 from tokenrelay.runtime.payloads import PayloadStore
 from tokenrelay.runtime.service import count_error, json_response, request_tenant
-from tokenrelay.streamer.compat import anthropic, openai
+from tokenrelay.streamer.compat import anthropic, completions, openai
 from tokenrelay.streamer.compat.common import Collector
 from tokenrelay.streamer.frames import Framing
 from tokenrelay.streamer.reader import Reader
@@ -105,6 +105,28 @@ class _OpenAI:
         return status
 
 
+class _Completions:
+    def parse(self, obj: dict[str, Any]) -> tuple[StartRequest, _Options]:
+        return completions.parse_completion_request(obj)
+
+    def framing(self, record: StreamRecord, options: _Options) -> Framing:
+        assert isinstance(options, completions.CompletionOptions)
+        return completions.CompletionFraming(
+            stream_id=record.stream_id, model=record.model, created=record.created, include_usage=options.include_usage
+        )
+
+    def body(self, record: StreamRecord, content: Collector, end: StreamEnd) -> dict[str, Any]:
+        return completions.completion_body(
+            stream_id=record.stream_id, model=record.model, created=record.created, content=content, end=end
+        )
+
+    def error_body(self, code: str, message: str) -> dict[str, Any]:
+        return openai.error_body(code, message)
+
+    def status(self, code: str, status: int) -> int:
+        return status
+
+
 class _Anthropic:
     def parse(self, obj: dict[str, Any]) -> tuple[StartRequest, _Options]:
         return anthropic.parse_messages_request(obj)
@@ -127,10 +149,12 @@ class _Anthropic:
 
 OPENAI: _Dialect = _OpenAI()
 ANTHROPIC: _Dialect = _Anthropic()
+COMPLETIONS: _Dialect = _Completions()
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", text_completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{id:.+}", model)  # an id may hold "/" (meta-llama/Llama-3.1-8B-Instruct)
     app.router.add_post("/v1/messages", messages)
@@ -139,6 +163,12 @@ def add_routes(app: web.Application) -> None:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """OpenAI ``POST /v1/chat/completions``: ``chat.completion.chunk`` events, or one ``chat.completion``."""
     return await _serve(request, OPENAI)
+
+
+async def text_completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI ``POST /v1/completions`` (a raw prompt, ``suffix`` for fill-in-the-middle): ``text_completion``
+    chunks, or one ``text_completion``."""
+    return await _serve(request, COMPLETIONS)
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
