@@ -1,4 +1,5 @@
-"""A small OpenAI-compatible server for tests: streams chat chunks and records when its client left.
+"""A small OpenAI-compatible server for tests: streams chat chunks (and, on ``/v1/completions``, text completion
+chunks) and records when its client left.
 
 Besides the answer's words it can stream reasoning (``reasoning_content`` or ``reasoning`` deltas), tool-call
 fragments (``tool_calls`` deltas), a final chunk with a ``finish_reason`` and a usage-only chunk, in that order:
@@ -30,6 +31,8 @@ class Call:
     finished: bool = False
     disconnected_at: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    path: str = "/v1/chat/completions"
+    """The route it came to (``/v1/completions`` for a text completion)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class FakeUpstream:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_post("/v1/completions", self._text_completions)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
         port = free_port()
@@ -119,6 +123,33 @@ class FakeUpstream:
         except (asyncio.CancelledError, ConnectionResetError):
             call.disconnected_at = time.monotonic()
             raise
+        return response
+
+    async def _text_completions(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/completions``: records the body and streams ``words`` as ``text_completion`` chunks
+        (``choices[0].text``), then the finish reason and usage when set."""
+        call = Call(orjson.loads(await request.read()), headers=dict(request.headers), path=request.path)
+        self.calls.append(call)
+        if self.status != 200:
+            return web.json_response({"error": {"message": "upstream says no"}}, status=self.status)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        answer = self._answer(call.body)
+        for word in answer.words:
+            choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": None}
+            data = b"data: " + orjson.dumps({"id": "t1", "object": "text_completion", "choices": [choice]}) + b"\n\n"
+            await response.write(data[: len(data) - 5])  # split mid-event, as the chat route does
+            await response.write(data[len(data) - 5 :])
+            call.sent += 1
+            await asyncio.sleep(self.interval_s)
+        if answer.finish_reason is not None:
+            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": answer.finish_reason}
+            await response.write(b"data: " + orjson.dumps({"id": "t1", "choices": [choice]}) + b"\n\n")
+        if self.usage_prompt_tokens is not None:
+            usage = {"prompt_tokens": self.usage_prompt_tokens, "completion_tokens": len(answer.words)}
+            await response.write(b"data: " + orjson.dumps({"id": "t1", "choices": [], "usage": usage}) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        call.finished = True
         return response
 
 
