@@ -249,7 +249,7 @@ class UpstreamConfig:
     """An OpenAI-compatible server the ``openai`` engine streams from."""
 
     url: str
-    """Base URL ending in ``/v1`` (``/chat/completions`` is appended)."""
+    """Base URL ending in ``/v1`` (``/chat/completions``, or ``/completions`` for a raw prompt, is appended)."""
     model: str
     api_key: str | None = None
     connect_timeout_s: float = 10.0

@@ -1,4 +1,4 @@
-"""Requests larger than one NATS message: their messages travel in a JetStream object store.
+"""Requests larger than one NATS message: their messages (or raw prompt) travel in a JetStream object store.
 
 NATS carries at most the server's ``max_payload`` bytes in one message (1 MiB unless configured), and a request
 with images is larger.  A job (gateway -> runner) or a start request (streamer -> gateway) whose encoding does not
@@ -96,7 +96,7 @@ async def carry(
     if store is None or fits(len(data), max_payload_bytes=max_payload_bytes, headroom_bytes=headroom_bytes):
         return message
     await store.put(name, data)
-    return replace(message, messages=(), payload=name)
+    return replace(message, messages=(), prompt=None, payload=name)
 
 
 async def carry_job(job: JobRequest, store: PayloadStore | None, *, max_payload_bytes: int) -> JobRequest:
@@ -117,4 +117,4 @@ async def unpack(message: Carried, store: PayloadStore | None) -> Carried:
         stored = codec.decode_as(data, type(message))
     except CodecError as exc:
         raise PayloadUnavailable(f"the request's content ({message.payload}) is malformed: {exc}") from None
-    return replace(message, messages=stored.messages, payload=None)
+    return replace(message, messages=stored.messages, prompt=stored.prompt, payload=None)

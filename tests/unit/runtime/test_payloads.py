@@ -151,3 +151,12 @@ async def test_deleting_an_object_already_gone_or_on_a_failing_broker_is_left_to
     objects.failing = True
     await store_of(objects).delete("job-y")  # logged; the bucket's TTL removes it
     assert objects.objects == {}
+
+
+async def test_a_raw_prompt_over_max_payload_travels_through_the_store_too() -> None:
+    objects = FakeObjects()
+    original = replace(job(), messages=(), prompt="def f():\n" + "    x = 1\n" * 5_000)
+    sent = await carry(original, store_of(objects), name="job-p", max_payload_bytes=10_000, headroom_bytes=1024)
+    assert (sent.prompt, sent.messages, sent.payload) == (None, (), "job-p")
+    assert len(codec.encode(sent)) < 10_000 - 1024
+    assert await unpack(sent, store_of(objects)) == original
