@@ -77,3 +77,17 @@ def _unnamed(served: Collection[str], default_model: str | None) -> str:
 
 def _listed(served: Collection[str]) -> str:
     return ", ".join(sorted(served)) or "none"
+
+
+RAW_PROMPT_PROTOCOL = 3
+"""The first protocol version whose runners read a job's raw ``prompt`` (an older one would see an empty chat)."""
+
+
+def check_raw_prompt(*, model: str, runners: Iterable[RunnerHeartbeat]) -> None:
+    """Refuse a text completion (a raw prompt) with ``unavailable`` while a runner of ``model`` speaks a protocol older
+    than :data:`RAW_PROMPT_PROTOCOL`: its queue group could hand the job to that runner, which would drop the prompt."""
+    old = sorted(beat.runner_id for beat in runners if model in beat.served_models() and beat.v < RAW_PROMPT_PROTOCOL)
+    if old:
+        raise Unavailable(
+            f"runners of model {model!r} too old for a raw prompt (protocol < {RAW_PROMPT_PROTOCOL}): {', '.join(old)}"
+        )

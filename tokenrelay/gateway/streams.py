@@ -165,6 +165,8 @@ class StreamManager:
         runners = self.check_admission()
         model = self.dispatch.choose_model(request.model, default_model=self.config.default_model)
         models.check_params(request.params, model=model, runners=runners)
+        if request.prompt is not None:
+            models.check_raw_prompt(model=model, runners=runners)
         if owner is not None:
             self._check_streams(owner)
         # No await from the check to the stream's place in the queue (in _admit, before its record is written):

@@ -52,8 +52,9 @@ class CancelReason(enum.StrEnum):
     RUNNER_LOST = "runner_lost"
 
 
-PROTOCOL_VERSION = 2
-"""The wire protocol this code speaks (2: typed content), sent as ``v`` on :class:`JobRequest`,
+PROTOCOL_VERSION = 3
+"""The wire protocol this code speaks (2: typed content; 3: jobs may carry a raw ``prompt``), sent as ``v`` on
+:class:`JobRequest`,
 :class:`StreamStart`, :class:`RunnerHeartbeat` and :class:`StartRequest`.  A message without ``v`` comes from a
 process older than the field: it decodes as version 1 (:data:`WHEN_ABSENT`)."""
 WHEN_ABSENT = "when_absent"

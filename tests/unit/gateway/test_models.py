@@ -12,7 +12,7 @@ import pytest
 from tokenrelay.gateway.actions import Action, Offer
 from tokenrelay.gateway.dispatch import Dispatcher, queue_key
 from tokenrelay.gateway.liveness import RunnerRegistry
-from tokenrelay.gateway.models import choose_model
+from tokenrelay.gateway.models import RAW_PROMPT_PROTOCOL, check_raw_prompt, choose_model
 from tokenrelay.wire.content import ChatMessage
 from tokenrelay.wire.errors import BadRequest, ErrorCode, ModelNotFound, NotFound, Overloaded, Unavailable
 from tokenrelay.wire.messages import JobRequest, RunnerHeartbeat
@@ -199,3 +199,19 @@ def test_max_queued_streams_bounds_each_models_queue_apart() -> None:
     assert offered(d.admit(job("q1", QWEN), now=0.0)) == ["q1"]
     with pytest.raises(Overloaded):  # every served model's queue is full: nothing could be admitted
         d.check_admission()
+
+
+def test_a_raw_prompt_is_admitted_when_every_runner_of_its_model_reads_one() -> None:
+    check_raw_prompt(model="m", runners=[beat("r1", "m"), beat("r2", "other")])
+
+
+def test_a_raw_prompt_is_unavailable_while_a_runner_of_its_model_predates_it_naming_that_runner() -> None:
+    old = RunnerHeartbeat(runner_id="r-old", engine="synthetic", model="m", active=0, capacity=1, ts=0.0, v=2)
+    assert old.v < RAW_PROMPT_PROTOCOL
+    with pytest.raises(Unavailable, match="r-old"):
+        check_raw_prompt(model="m", runners=[beat("r1", "m"), old])
+
+
+def test_an_old_runner_of_another_model_does_not_hold_up_raw_prompts() -> None:
+    old = RunnerHeartbeat(runner_id="r-old", engine="synthetic", model="other", active=0, capacity=1, ts=0.0, v=1)
+    check_raw_prompt(model="m", runners=[beat("r1", "m"), old])
