@@ -47,7 +47,13 @@ def test_the_wheel_ships_its_type_information(wheel: list[str]) -> None:
 
 
 def test_the_wheel_ships_the_browser_page(wheel: list[str]) -> None:
-    assert {f"tokenrelay/gateway/static/{name}" for name in ("index.html", "app.js", "style.css")} <= set(wheel)
+    page = ("index.html", "app.js", "markdown.js", "style.css")
+    assert {f"tokenrelay/gateway/static/{name}" for name in page} <= set(wheel)
+
+
+def test_the_wheel_ships_the_pages_vendored_libraries_with_their_licences(wheel: list[str]) -> None:
+    vendored = ("marked.umd.js", "purify.min.js", "marked.LICENSE", "dompurify.LICENSE", "VENDORED.md")
+    assert {f"tokenrelay/gateway/static/vendor/{name}" for name in vendored} <= set(wheel)
 
 
 def test_the_wheel_ships_the_licence_and_notice(wheel: list[str]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import html
 import logging
 import time
 from pathlib import Path
@@ -235,8 +237,18 @@ async def control_socket(request: web.Request) -> web.WebSocketResponse:
 
 
 STATIC_DIR = Path(__file__).with_name("static")
-STATIC_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
-"""The chat page's assets by name: only these are served; no file path is ever built from a request."""
+STATIC_ASSETS = {
+    "app.js": "text/javascript",
+    "markdown.js": "text/javascript",
+    "style.css": "text/css",
+    "vendor/marked.umd.js": "text/javascript",
+    "vendor/purify.min.js": "text/javascript",
+}
+"""The chat page's assets by name (``vendor/``: third-party files, see ``static/vendor/VENDORED.md``): only these are
+served; no file path is ever built from a request."""
+STREAMER_URL_META = '<meta name="tokenrelay-streamer-url" content="">'
+"""The page's placeholder for the streamer's public URL, filled in when the page is served (the model picker reads
+the streamer's ``GET /v1/models`` before any stream names the streamer)."""
 
 
 def _static_file(name: str, content_type: str, headers: dict[str, str] | None = None) -> web.FileResponse:
@@ -254,10 +266,27 @@ def _page_policy(config: GatewayConfig) -> str:
     )
 
 
-async def chat_page(request: web.Request) -> web.FileResponse:
-    """``GET /``: the browser chat page (``gateway/static/index.html``)."""
-    policy = _page_policy(request.app[CONFIG_KEY])
-    return _static_file("index.html", "text/html", {"Content-Security-Policy": policy})
+@functools.cache
+def _page_template() -> str:
+    # Read once: the page is a few kilobytes and changes only with a release.
+    return (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+
+
+def page_html(streamer_url: str) -> str:
+    """The chat page with the streamer's public URL in its ``tokenrelay-streamer-url`` meta tag (HTML-escaped)."""
+    filled = STREAMER_URL_META.replace('content=""', f'content="{html.escape(streamer_url, quote=True)}"')
+    return _page_template().replace(STREAMER_URL_META, filled, 1)
+
+
+async def chat_page(request: web.Request) -> web.Response:
+    """``GET /``: the browser chat page (``gateway/static/index.html``, the streamer's URL filled in)."""
+    config = request.app[CONFIG_KEY]
+    headers = {
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": _page_policy(config),
+    }
+    return web.Response(text=page_html(config.streamer_url), content_type="text/html", headers=headers)
 
 
 async def static_asset(request: web.Request) -> web.FileResponse:
@@ -305,7 +334,7 @@ def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetr
     app.router.add_post("/v1/control/token", control_token)
     app.router.add_get(CONTROL_RESOURCE, control_socket)
     app.router.add_get("/", chat_page)
-    app.router.add_get("/static/{name}", static_asset)
+    app.router.add_get("/static/{name:.+}", static_asset)  # a name may hold "/" (vendor/...)
 
     def ready() -> str | None:
         if not nc.is_connected:
