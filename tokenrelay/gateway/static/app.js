@@ -1,5 +1,6 @@
 // tokenrelay chat page. One control WebSocket to the gateway (start, stop, feedback) and one
-// EventSource per stream to the streamer (the tokens). Plain JavaScript, no build step.
+// EventSource per stream to the streamer (the tokens). Plain JavaScript, no build step; answers are
+// rendered as sanitized markdown by markdown.js.
 "use strict";
 
 (() => {
@@ -12,13 +13,19 @@
   const RESUMABLE_CODES = new Set(["shutting_down", "slow_consumer"]);
   // States in which a stream is still producing text (Start is disabled, Stop enabled).
   const ACTIVE_STATES = new Set(["connecting", "streaming", "reconnecting", "stopping"]);
+  // States after which a turn joins the conversation sent with the next message (a stopped answer counts as said).
+  const KEPT_STATES = new Set(["finished", "stopped"]);
+  // The streamer's public URL, filled in by the gateway as it serves the page (empty: learnt from the first stream).
+  const STREAMER_META = document.querySelector('meta[name="tokenrelay-streamer-url"]');
 
   const $ = (id) => document.getElementById(id);
   const el = {
     form: $("prompt-form"), prompt: $("prompt"), maxTokens: $("max-tokens"), start: $("start"), stop: $("stop"),
     state: $("state"), output: $("output"), notice: $("notice"), ttft: $("ttft"), tokens: $("tokens"),
     tps: $("tps"), up: $("thumb-up"), down: $("thumb-down"), feedback: $("feedback-status"), apiKey: $("api-key"),
+    conversation: $("conversation"), model: $("model"), newChat: $("new-chat"),
   };
+  const markdown = window.tokenrelayMarkdown;
 
   class ControlError extends Error {
     constructor(code, message) {
@@ -102,16 +109,19 @@
   }
 
   const control = new Control(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/v1/control`);
-
-  // Text that arrived but is not on screen yet: rendered once per animation frame, not once per token.
-  const view = { pending: "", frame: 0, text: document.createTextNode("") };
+  // What arrived but is not on screen yet is rendered once per animation frame, not once per token: each part
+  // of the current turn that changed since the last frame is marked dirty and redrawn whole.
+  const view = { frame: 0, turn: null, dirty: { answer: false, reasoning: false, tools: false } };
+  // The conversation so far, as `messages` of the next request: the user's turns and the answers they got.
+  const conversation = [];
+  let streamerUrl = STREAMER_META ? STREAMER_META.content : "";
   let current = null; // the stream on screen; events of an older stream are ignored
 
-  function newStream(startedAt) {
+  function newStream(startedAt, prompt) {
     return {
       id: null, eventsUrl: null, source: null, cursor: null, retryTimer: 0, attempts: 0, resumes: 0,
       tokens: 0, skipped: 0, startedAt, firstDeltaAt: null, firstDeltaTokens: 0, lastDeltaAt: null,
-      stopping: false, terminal: false,
+      stopping: false, terminal: false, prompt, answer: "", reasoning: "", toolCalls: new Map(),
     };
   }
 
@@ -123,7 +133,8 @@
     const active = ACTIVE_STATES.has(name);
     el.start.disabled = active;
     el.stop.disabled = !active || Boolean(current && current.stopping);
-    el.output.setAttribute("aria-busy", String(active));
+    el.newChat.disabled = active;
+    el.conversation.setAttribute("aria-busy", String(active));
     const rateable = Boolean(current && current.id);
     el.up.disabled = !rateable;
     el.down.disabled = !rateable;
@@ -138,12 +149,37 @@
     el.notice.hidden = !message;
   }
 
-  function resetView() {
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  /** A user's message and the assistant's turn that answers it, appended to the conversation. */
+  function addTurn(prompt) {
+    const user = element("article", "turn user");
+    user.append(element("div", "bubble", prompt));
+    const assistant = element("article", "turn assistant");
+    const reasoning = element("details", "reasoning");
+    reasoning.hidden = true;
+    reasoning.append(element("summary", "", "Reasoning"), element("div", "reasoning-text"));
+    const answer = element("div", "answer markdown");
+    answer.dataset.testid = "answer";
+    const tools = element("div", "tool-calls");
+    tools.hidden = true;
+    assistant.append(element("div", "who", "assistant"), reasoning, answer, tools);
+    el.conversation.querySelector(".empty")?.remove();
+    el.conversation.append(user, assistant);
+    el.conversation.scrollTop = el.conversation.scrollHeight;
+    return { assistant, reasoning, reasoningText: reasoning.lastChild, answer, tools };
+  }
+
+  function resetView(prompt) {
     cancelAnimationFrame(view.frame);
     view.frame = 0;
-    view.pending = "";
-    view.text = document.createTextNode("");
-    el.output.replaceChildren(view.text);
+    view.dirty = { answer: false, reasoning: false, tools: false };
+    view.turn = addTurn(prompt);
     el.ttft.textContent = "–";
     el.tokens.textContent = "0";
     el.tps.textContent = "–";
@@ -160,13 +196,46 @@
 
   function render() {
     view.frame = 0;
-    if (view.pending) {
-      const atBottom = el.output.scrollHeight - el.output.scrollTop - el.output.clientHeight < 24;
-      view.text.appendData(view.pending);
-      view.pending = "";
-      if (atBottom) el.output.scrollTop = el.output.scrollHeight;
+    const stream = current;
+    const turn = view.turn;
+    if (stream && turn) {
+      const box = el.conversation;
+      const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
+      if (view.dirty.reasoning) {
+        turn.reasoning.hidden = false;
+        turn.reasoningText.textContent = stream.reasoning;
+      }
+      // One replacement per frame: the whole answer parsed again, so markdown cut mid-way renders as it completes.
+      if (view.dirty.answer) turn.answer.replaceChildren(markdown.render(stream.answer));
+      if (view.dirty.tools) renderToolCalls(turn.tools, stream.toolCalls);
+      view.dirty = { answer: false, reasoning: false, tools: false };
+      if (atBottom) box.scrollTop = box.scrollHeight;
     }
-    if (current) renderStats(current);
+    if (stream) renderStats(stream);
+  }
+
+  function renderToolCalls(container, calls) {
+    container.hidden = calls.size === 0;
+    container.replaceChildren(...[...calls.values()].map((call) => {
+      const box = element("div", "tool-call");
+      box.dataset.testid = "tool-call";
+      const head = element("div", "tool-call-head", "Tool call ");
+      head.append(element("code", "tool-name", call.name || "?"));
+      if (call.id) head.append(" ", element("span", "tool-id", call.id));
+      const pre = element("pre");
+      pre.append(element("code", "tool-arguments", prettyJson(call.arguments)));
+      box.append(head, pre);
+      return box;
+    }));
+  }
+
+  /** Arguments as JSON indented once they parse; as they stand while they are still arriving. */
+  function prettyJson(text) {
+    try {
+      return JSON.stringify(JSON.parse(text), null, 2);
+    } catch {
+      return text;
+    }
   }
 
   function renderNow() {
@@ -181,6 +250,28 @@
     const seconds = (stream.lastDeltaAt - stream.firstDeltaAt) / 1000;
     // Rate of the tokens after the first batch over the time they took; TTFT is shown on its own.
     if (seconds > 0) el.tps.textContent = ((stream.tokens - stream.firstDeltaTokens) / seconds).toFixed(1);
+  }
+
+  // ---- the model picker: the streamer's GET /v1/models ----
+
+  async function loadModels() {
+    if (!streamerUrl) return;
+    const key = el.apiKey.value.trim();
+    let names;
+    try {
+      const response = await fetch(`${streamerUrl.replace(/\/+$/, "")}/v1/models`, {
+        headers: key ? { Authorization: `Bearer ${key}` } : {}, cache: "no-store",
+      });
+      if (!response.ok) return; // keep what the picker shows; the next request says what is wrong
+      const body = await response.json();
+      names = (body.data || []).map((model) => model.id).filter((id) => typeof id === "string");
+    } catch {
+      return; // the streamer is unreachable now; the picker keeps its last list
+    }
+    if (!names.length) return;
+    const chosen = el.model.value;
+    el.model.replaceChildren(...names.map((name) => new Option(name, name)));
+    el.model.value = names.includes(chosen) ? chosen : names[0];
   }
 
   // ---- the data plane: one EventSource at a time, resumed by hand after a drop ----
@@ -198,7 +289,9 @@
     stream.source = source;
     source.addEventListener("open", () => stream === current && setState(liveState(stream)));
     source.addEventListener("start", (event) => onStart(stream, event));
-    source.addEventListener("delta", (event) => onDelta(stream, event));
+    source.addEventListener("delta", (event) => onContent(stream, event, "answer"));
+    source.addEventListener("reasoning", (event) => onContent(stream, event, "reasoning"));
+    source.addEventListener("tool_call", (event) => onContent(stream, event, "tools"));
     source.addEventListener("stop", (event) => onStop(stream, event));
     source.addEventListener("error", (event) => onError(stream, source, event));
   }
@@ -214,9 +307,12 @@
     if (stream !== current || stream.terminal) return;
     stream.attempts = 0;
     if (event.lastEventId) stream.cursor = event.lastEventId;
+    const model = JSON.parse(event.data).model;
+    if (model && view.turn) view.turn.assistant.querySelector(".who").textContent = model;
   }
 
-  function onDelta(stream, event) {
+  /** A `delta`, `reasoning` or `tool_call` event: every one counts tokens on the stream's one `index`. */
+  function onContent(stream, event, part) {
     if (stream !== current || stream.terminal) return;
     const data = JSON.parse(event.data);
     stream.attempts = 0;
@@ -232,9 +328,21 @@
     }
     stream.lastDeltaAt = now;
     stream.tokens = data.index;
-    view.pending += data.text;
+    if (part === "answer") stream.answer += data.text;
+    else if (part === "reasoning") stream.reasoning += data.text;
+    else addToolCallFragment(stream.toolCalls, data);
+    view.dirty[part] = true;
     if (el.state.dataset.state !== liveState(stream)) setState(liveState(stream));
     scheduleRender();
+  }
+
+  function addToolCallFragment(calls, data) {
+    // A call's id and name come on its first fragment; its arguments are the fragments joined in order.
+    const call = calls.get(data.call) || { id: null, name: null, arguments: "" };
+    if (data.id) call.id = data.id;
+    if (data.name) call.name = data.name;
+    call.arguments += data.arguments || "";
+    calls.set(data.call, call);
   }
 
   function finish(stream) {
@@ -249,7 +357,15 @@
     finish(stream);
     const reason = data.finish_reason;
     const name = reason === "cancelled" ? "stopped" : reason === "error" ? "error" : "finished";
+    if (KEPT_STATES.has(name)) keepTurn(stream);
     setState(name, `${reason}, ${data.tokens} tokens`);
+  }
+
+  /** The turn joins the conversation: the next message is sent with it. */
+  function keepTurn(stream) {
+    conversation.push({ role: "user", content: stream.prompt });
+    // Only the answer's text goes back: the page runs no tools, so there are no results to pair its calls with.
+    if (stream.answer) conversation.push({ role: "assistant", content: stream.answer });
   }
 
   function onError(stream, source, event) {
@@ -291,21 +407,27 @@
     el.state.dataset.code = code;
     setState("error", code);
     notice(message || code);
+    // The failed turn is not part of the conversation; its message goes back in the box to be sent again.
+    if (view.turn) view.turn.assistant.classList.add("failed");
+    if (!el.prompt.value.trim()) el.prompt.value = stream.prompt;
   }
 
   // ---- the control plane ----
 
   async function start(event) {
     event.preventDefault();
-    if (!el.prompt.value.trim()) return;
+    const prompt = el.prompt.value;
+    if (!prompt.trim()) return;
     if (current) closeSource(current);
-    const stream = newStream(performance.now());
+    const stream = newStream(performance.now(), prompt);
     current = stream;
-    resetView();
+    resetView(prompt);
+    el.prompt.value = "";
     delete el.state.dataset.code;
     setState("connecting");
-    const body = { type: "start", prompt: el.prompt.value };
+    const body = { type: "start", messages: [...conversation, { role: "user", content: prompt }] };
     if (Number.isFinite(el.maxTokens.valueAsNumber)) body.max_tokens = el.maxTokens.valueAsNumber;
+    if (el.model.value) body.model = el.model.value;
     let reply;
     try {
       reply = await control.request(body);
@@ -316,7 +438,11 @@
     if (stream !== current) return;
     stream.id = reply.stream_id;
     stream.eventsUrl = reply.events_url;
-    el.output.dataset.streamId = stream.id;
+    view.turn.assistant.dataset.streamId = stream.id;
+    if (!streamerUrl) {
+      streamerUrl = new URL(reply.events_url).origin; // a page served without the streamer's URL learns it here
+      loadModels();
+    }
     setState(stream.stopping ? "stopping" : "connecting");
     open(stream);
     if (stream.stopping) sendStop(stream);
@@ -343,6 +469,21 @@
     }
   }
 
+  function newChat() {
+    if (current && !current.terminal) return;
+    current = null;
+    view.turn = null;
+    conversation.length = 0;
+    const empty = element("p", "empty", "Ask something to start a conversation.");
+    empty.dataset.testid = "empty";
+    el.conversation.replaceChildren(empty);
+    delete el.state.dataset.code;
+    setState("idle");
+    notice("");
+    el.prompt.focus();
+    loadModels();
+  }
+
   async function rate(rating) {
     const stream = current;
     if (!stream || !stream.id) return;
@@ -363,8 +504,14 @@
     el.feedback.textContent = `Feedback saved (${rating === "up" ? "good" : "bad"}).`;
   }
 
+  /** Open the control socket (with the key in the box, if any), then list the models that key may use. */
+  function connect() {
+    control.connect().then(loadModels, () => {}); // a failure shows on the next Send, with its reason
+  }
+
   el.form.addEventListener("submit", start);
   el.stop.addEventListener("click", stop);
+  el.newChat.addEventListener("click", newChat);
   el.up.addEventListener("click", () => rate("up"));
   el.down.addEventListener("click", () => rate("down"));
   el.prompt.addEventListener("keydown", (event) => {
@@ -373,9 +520,9 @@
       if (!el.start.disabled) el.form.requestSubmit();
     }
   });
-  el.output.replaceChildren(view.text);
-  control.connect().catch(() => {}); // open early so the first Start does not wait for the handshake
-  el.apiKey.addEventListener("change", () => control.connect().catch(() => {}));
+  markdown.handleCopyClicks(el.conversation);
+  connect(); // open early so the first Send does not wait for the handshake
+  el.apiKey.addEventListener("change", connect);
 
   /** For tests and debugging: simulate a network drop, read the stream's client-side state. */
   window.tokenrelayDebug = Object.freeze({
@@ -390,6 +537,7 @@
       return s && {
         streamId: s.id, cursor: s.cursor, tokens: s.tokens, resumes: s.resumes, skipped: s.skipped,
         connected: Boolean(s.source && s.source.readyState === EventSource.OPEN), terminal: s.terminal,
+        answer: s.answer, reasoning: s.reasoning, conversation: conversation.length,
       };
     },
   });
