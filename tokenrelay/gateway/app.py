@@ -55,17 +55,19 @@ def _control_url(config: GatewayConfig) -> str:
 
 
 def _urls(config: GatewayConfig, stream_id: str, tenant: str | None) -> dict[str, str]:
-    """A new stream's URLs; with keys, ``events_url`` carries a token that lets a browser read it without headers."""
-    base = config.base_url()
+    """A new stream's URLs.
+
+    With keys, ``events_url`` and ``stop_url`` each carry a token bound to this stream (valid for
+    ``events_token_ttl_s``): a browser reads the stream and stops it without headers, and a page that was
+    reloaded, and so no longer holds the key, can still stop the answer it resumed.
+    """
     events_url = f"{config.streamer_url.rstrip('/')}/v1/streams/{stream_id}/events"
+    stop_url = f"{config.base_url()}/v1/streams/{stream_id}/stop"
     if tenant is not None and config.tokens is not None:
         expires_at = int(time.time() + config.events_token_ttl_s)
         events_url += "?token=" + config.tokens.issue(Scope.EVENTS, stream_id, expires_at=expires_at)
-    return {
-        "events_url": events_url,
-        "control_url": _control_url(config),
-        "stop_url": f"{base}/v1/streams/{stream_id}/stop",
-    }
+        stop_url += "?token=" + config.tokens.issue(Scope.STOP, stream_id, expires_at=expires_at)
+    return {"events_url": events_url, "control_url": _control_url(config), "stop_url": stop_url}
 
 
 def _stop_body(result: StopResult) -> dict[str, Any]:
@@ -105,8 +107,16 @@ async def stream_status(request: web.Request) -> web.Response:
 
 
 async def stop_stream(request: web.Request) -> web.Response:
-    """``POST /v1/streams/{id}/stop`` -> the final state once generation halted (only its owner may)."""
-    stopped = await request.app[STREAMS_KEY].stop(request.match_info["id"], tenant=request_tenant(request))
+    """``POST /v1/streams/{id}/stop`` -> the final state once generation halted.
+
+    Only its owner may: by its key, or (with no key presented) by the ``stop`` token of this very stream
+    that ``stop_url`` carries, which only the owner was ever given.
+    """
+    config, stream_id = request.app[CONFIG_KEY], request.match_info["id"]
+    tenant = request_tenant(request)
+    if tenant is None and config.api_keys is not None:
+        token_grant(request, config.tokens, Scope.STOP, subject=stream_id)  # 401 unless it is this stream's
+    stopped = await request.app[STREAMS_KEY].stop(stream_id, tenant=tenant)
     return json_response(_stop_body(stopped))
 
 
@@ -181,7 +191,10 @@ class ControlSession:
         if isinstance(command, control.Start):
             record = await self._streams.create(stream_request(self._config, command.body), owner=tenant)
             urls = _urls(self._config, record.stream_id, tenant)
-            return control.reply("started", command.ref, stream_id=record.stream_id, events_url=urls["events_url"])
+            return control.reply(
+                "started", command.ref,
+                stream_id=record.stream_id, events_url=urls["events_url"], stop_url=urls["stop_url"],
+            )  # fmt: skip
         if isinstance(command, control.Stop):
             result = await self._streams.stop(command.stream_id, tenant=tenant)
             body = _stop_body(result)
@@ -240,6 +253,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 STATIC_ASSETS = {
     "app.js": "text/javascript",
     "markdown.js": "text/javascript",
+    "memory.js": "text/javascript",
     "style.css": "text/css",
     "vendor/marked.umd.js": "text/javascript",
     "vendor/purify.min.js": "text/javascript",
@@ -322,7 +336,10 @@ def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetr
     if config.api_keys is not None:  # the page and its assets are public; everything it calls is not
         middlewares.append(
             auth_middleware(
-                config.api_keys, open_paths={"/"}, open_prefixes=("/static/",), token_resources={CONTROL_RESOURCE}
+                config.api_keys,
+                open_paths={"/"},
+                open_prefixes=("/static/",),
+                token_resources={CONTROL_RESOURCE, STOP_RESOURCE},
             )
         )
         middlewares.append(_rate_middleware(streams))

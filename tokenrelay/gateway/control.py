@@ -2,7 +2,8 @@
 
 Client -> gateway (JSON text; ``ref`` is optional and echoed on the reply):
 
-* ``{"type": "start", ...stream body...}`` -> ``{"type": "started", "stream_id", "events_url"}``
+* ``{"type": "start", ...stream body...}`` -> ``{"type": "started", "stream_id", "events_url", "stop_url"}``
+  (with API keys both URLs carry a token for this stream: a page can read and stop it without the key)
 * ``{"type": "stop", "stream_id"}`` -> ``{"type": "stopped", "stream_id", "tokens", "finish_reason", "halted_ts"}``
   (``halted_ts``: wall-clock time the engine halted, ``null`` if it had already finished)
 * ``{"type": "feedback", "stream_id", "rating": "up"|"down", "comment"?}`` -> ``{"type": "ack", "stream_id"}``

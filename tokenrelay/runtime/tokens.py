@@ -4,13 +4,16 @@ A browser cannot put an ``Authorization`` header on an ``EventSource`` or a ``We
 what it needs is carried in the URL instead, as a token that grants one thing until a time:
 
 - ``events``: read one stream's events (put in ``events_url`` as ``?token=``; bound to the stream id);
-- ``control``: open the control WebSocket as one tenant (``POST /v1/control/token``; short-lived).
+- ``control``: open the control WebSocket as one tenant (``POST /v1/control/token``; short-lived);
+- ``stop``: stop one stream (put in ``stop_url`` as ``?token=``; bound to the stream id), so a page that
+  holds no API key (one reloaded mid-answer, say) can still stop the answer it shows.
 
 A token is ``v1.<scope>.<subject>.<expires>.<mac>``: the subject (stream id or tenant) in
 unpadded base64url, ``expires`` in whole Unix seconds, and ``mac`` the HMAC-SHA256 of the first
-four parts under a secret the gateway (which issues tokens) and the streamer (which checks
-``events`` tokens) share.  Nothing in it is secret, and nothing can be changed without the
-secret.  Parsing is strict: one spelling per token, so no two strings grant the same thing.
+four parts under a secret the gateway (which issues tokens and checks ``control`` and ``stop``
+ones) and the streamer (which checks ``events`` tokens) share.  Nothing in it is secret, and nothing
+can be changed without the secret.  Parsing is strict: one spelling per token, so no two strings
+grant the same thing.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class Scope(enum.StrEnum):
     """Read the events of the stream named by the subject."""
     CONTROL = "control"
     """Open a control WebSocket as the tenant named by the subject."""
+    STOP = "stop"
+    """Stop the stream named by the subject."""
 
 
 class TokenError(ValueError):

@@ -47,6 +47,22 @@ def test_a_token_of_another_scope_is_refused() -> None:
         signer.verify(_token(Scope.CONTROL, "acme"), Scope.EVENTS, now=NOW, subject="acme")
 
 
+def test_a_stop_token_stops_only_its_stream() -> None:
+    token = _token(Scope.STOP)
+    assert signer.verify(token, Scope.STOP, now=NOW, subject=STREAM).subject == STREAM
+    with pytest.raises(TokenError):
+        signer.verify(token, Scope.STOP, now=NOW, subject="f" * 32)
+
+
+def test_a_stop_token_reads_no_events_and_an_events_token_stops_nothing() -> None:
+    with pytest.raises(TokenError):
+        signer.verify(_token(Scope.STOP), Scope.EVENTS, now=NOW, subject=STREAM)
+    with pytest.raises(TokenError):
+        signer.verify(_token(Scope.EVENTS), Scope.STOP, now=NOW, subject=STREAM)
+    with pytest.raises(TokenError):
+        signer.verify(_token(Scope.CONTROL, STREAM), Scope.STOP, now=NOW, subject=STREAM)
+
+
 def test_a_token_signed_with_another_secret_is_refused() -> None:
     forged = TokenSigner("x" * 32).issue(Scope.EVENTS, STREAM, expires_at=int(NOW) + 60)
     with pytest.raises(TokenError):
