@@ -2,7 +2,9 @@
 
 The page starts and stops streams over the control WebSocket, reads tokens with an
 ``EventSource`` from the streamer (another origin, so CORS is exercised for real), resumes
-after a dropped connection, and sends feedback.  Answers render as sanitized markdown, a
+after a dropped connection, and sends feedback.  The conversation survives a reload: an answer
+in flight resumes from its cursor, a finished one shows whole, and Stop works on a resumed
+answer, with no API key ever stored.  Answers render as sanitized markdown, a
 conversation goes back with each new message, and the model picker lists what the streamer
 serves: those are driven with an ``openai``-engine runner in front of a fake upstream whose
 answers hold markdown, reasoning and tool calls.  The browser is the system's Debian Chromium;
@@ -32,7 +34,7 @@ from playwright.async_api import ConsoleMessage, Locator, Page, ViewportSize, as
 from tests.fake_openai import Answer, FakeUpstream, served_in_thread
 from tests.helpers import STOPPED_TOKENS, eventually, expected_text
 from tokenrelay.cli.supervisor import http_ok
-from tokenrelay.testing.http import metric, wait_for_metric
+from tokenrelay.testing.http import get_json, metric, wait_for_metric
 from tokenrelay.testing.procs import (
     NatsServer,
     System,
@@ -111,6 +113,12 @@ class Chat:
 
     async def wait_state(self, state: str) -> None:
         await expect(self.page.locator("#state")).to_have_attribute("data-state", state, timeout=WAIT_MS)
+
+    async def storage(self) -> str:
+        """Everything the page's origin keeps in ``sessionStorage`` and ``localStorage``, as one JSON text."""
+        return str(
+            await self.page.evaluate("JSON.stringify([Object.entries(sessionStorage), Object.entries(localStorage)])")
+        )
 
     async def wait_tokens(self, at_least: int) -> None:
         await self.page.wait_for_function(
@@ -315,6 +323,77 @@ async def test_with_api_keys_the_page_trades_the_key_for_tokens_and_streams_with
             assert await chat.text() == expected_text(prompt, 30, NATURAL_TOKENS)
             assert chat.events_requests and all("token=" in url for url in chat.events_requests)
             assert chat.problems == []
+
+
+async def test_a_reload_mid_answer_resumes_from_the_cursor_and_the_answer_ends_whole_and_once(chat: Chat) -> None:
+    prompt = "survive a reload"
+    await chat.start(prompt, max_tokens=120)
+    await chat.wait_tokens(20)
+    await chat.page.reload()
+    await chat.wait_state("finished")
+    assert await chat.text() == expected_text(prompt, 120, NATURAL_TOKENS)
+    await expect(chat.page.get_by_test_id("answer")).to_have_count(1)
+    await expect(chat.page.locator(".turn.user .bubble")).to_have_text([prompt])
+    snapshot = await chat.snapshot()
+    assert snapshot["skipped"] == 0 and snapshot["tokens"] == 120, snapshot  # no delta came twice
+    first, *after_reload = chat.events_requests
+    assert "last_event_id" not in first
+    assert after_reload and all("last_event_id=" in url for url in after_reload)
+    assert (await chat.snapshot())["conversation"] == 2  # the resumed answer joins the next request
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await chat.page.screenshot(path=str(ARTIFACTS / "browser-chat-reloaded.png"))
+
+
+async def test_a_reload_after_the_answer_finished_shows_it_whole_without_reading_it_again(chat: Chat) -> None:
+    prompt = "finished before the reload"
+    await chat.start(prompt, max_tokens=30)
+    await chat.wait_state("finished")
+    requests = len(chat.events_requests)
+    await chat.page.reload()
+    await chat.wait_state("finished")
+    await expect(chat.page.locator("#state")).to_contain_text("length, 30 tokens")
+    assert await chat.text() == expected_text(prompt, 30, NATURAL_TOKENS)
+    await expect(chat.page.get_by_test_id("answer")).to_have_count(1)
+    assert len(chat.events_requests) == requests
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await chat.page.screenshot(path=str(ARTIFACTS / "browser-chat-reloaded-finished.png"))
+
+
+async def test_with_api_keys_stop_works_on_an_answer_resumed_after_a_reload_and_the_key_is_never_stored(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    _require_chromium()
+    key = "tr-browser-reload-0123456789"
+    keys = tmp_path / "api-keys"
+    keys.write_text(f"browser {key}\n")
+    auth = ["--api-keys-file", str(keys)]
+    with system(nats.url, runner_args=RUNNER_ARGS, streamer_args=auth, gateway_args=auth) as keyed:
+        # After the reload the page holds no key: its control token request and the model list are refused (401).
+        async with open_chat(keyed.gateway_url, expected_console=("401",)) as chat:
+            await chat.page.get_by_label("API key").fill(key)
+            prompt = "stop me after a reload"
+            await chat.start(prompt, max_tokens=STOPPED_TOKENS)
+            await chat.wait_tokens(10)
+            stored = await chat.storage()
+            assert "v1.events." in stored and "v1.stop." in stored and key not in stored  # the URLs with their tokens
+            await chat.page.reload()
+            await expect(chat.page.get_by_label("API key")).to_have_value("")
+            resumed_from = (await chat.snapshot())["tokens"]
+            await chat.wait_tokens(resumed_from + 5)
+            stream_id = (await chat.snapshot())["streamId"]
+            await chat.page.get_by_role("button", name="Stop").click()
+            await chat.wait_state("stopped")
+            await expect(chat.page.locator("#state")).to_contain_text("cancelled")
+            status, record = await get_json(
+                f"{keyed.gateway_url}/v1/streams/{stream_id}", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert (status, record["state"], record["finish_reason"]) == (200, "finished", "cancelled"), record
+            whole = expected_text(prompt, STOPPED_TOKENS, NATURAL_TOKENS)
+            stopped = await chat.text()
+            assert len(stopped) < len(whole) and whole.startswith(stopped)
+            assert key not in await chat.storage()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await chat.page.screenshot(path=str(ARTIFACTS / "browser-chat-reloaded-stopped.png"))
 
 
 # ---- markdown, conversations, the model picker: an openai-engine runner in front of a fake upstream ----

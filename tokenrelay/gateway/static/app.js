@@ -1,6 +1,6 @@
 // tokenrelay chat page. One control WebSocket to the gateway (start, stop, feedback) and one
 // EventSource per stream to the streamer (the tokens). Plain JavaScript, no build step; answers are
-// rendered as sanitized markdown by markdown.js.
+// rendered as sanitized markdown by markdown.js, and the conversation survives a reload through memory.js.
 "use strict";
 
 (() => {
@@ -15,6 +15,8 @@
   const ACTIVE_STATES = new Set(["connecting", "streaming", "reconnecting", "stopping"]);
   // States after which a turn joins the conversation sent with the next message (a stopped answer counts as said).
   const KEPT_STATES = new Set(["finished", "stopped"]);
+  // States that end a turn: the state line a reloaded page shows again when no answer is in flight.
+  const ENDED_STATES = new Set(["finished", "stopped", "error"]);
   // The streamer's public URL, filled in by the gateway as it serves the page (empty: learnt from the first stream).
   const STREAMER_META = document.querySelector('meta[name="tokenrelay-streamer-url"]');
 
@@ -26,6 +28,7 @@
     conversation: $("conversation"), model: $("model"), newChat: $("new-chat"),
   };
   const markdown = window.tokenrelayMarkdown;
+  const memory = window.tokenrelayMemory;
 
   class ControlError extends Error {
     constructor(code, message) {
@@ -114,14 +117,18 @@
   const view = { frame: 0, turn: null, dirty: { answer: false, reasoning: false, tools: false } };
   // The conversation so far, as `messages` of the next request: the user's turns and the answers they got.
   const conversation = [];
+  // The ended turns as shown (memory.streamRecord of each, with `failed`), kept so that a reload shows them again.
+  const turns = [];
+  let lastStatus = null; // the state line as last set: {name, detail, code}
   let streamerUrl = STREAMER_META ? STREAMER_META.content : "";
   let current = null; // the stream on screen; events of an older stream are ignored
 
   function newStream(startedAt, prompt) {
     return {
-      id: null, eventsUrl: null, source: null, cursor: null, retryTimer: 0, attempts: 0, resumes: 0,
+      id: null, eventsUrl: null, stopUrl: null, source: null, cursor: null, retryTimer: 0, attempts: 0, resumes: 0,
       tokens: 0, skipped: 0, startedAt, firstDeltaAt: null, firstDeltaTokens: 0, lastDeltaAt: null,
-      stopping: false, terminal: false, prompt, answer: "", reasoning: "", toolCalls: new Map(),
+      stopping: false, terminal: false, restored: false, prompt, model: null, answer: "", reasoning: "",
+      toolCalls: new Map(),
     };
   }
 
@@ -130,6 +137,7 @@
   function setState(name, detail = "") {
     el.state.dataset.state = name;
     el.state.textContent = detail ? `${name} (${detail})` : name;
+    lastStatus = { name, detail, code: el.state.dataset.code || null };
     const active = ACTIVE_STATES.has(name);
     el.start.disabled = active;
     el.stop.disabled = !active || Boolean(current && current.stopping);
@@ -212,6 +220,7 @@
       if (atBottom) box.scrollTop = box.scrollHeight;
     }
     if (stream) renderStats(stream);
+    persist(); // once a frame, like the view: what is saved is what is shown, with the cursor it goes up to
   }
 
   function renderToolCalls(container, calls) {
@@ -245,7 +254,8 @@
 
   function renderStats(stream) {
     el.tokens.textContent = String(stream.tokens);
-    if (stream.firstDeltaAt === null) return;
+    // A stream resumed after a reload began on another page: its TTFT is not known here.
+    if (stream.firstDeltaAt === null || stream.startedAt === null) return;
     el.ttft.textContent = `${Math.round(stream.firstDeltaAt - stream.startedAt)} ms`;
     const seconds = (stream.lastDeltaAt - stream.firstDeltaAt) / 1000;
     // Rate of the tokens after the first batch over the time they took; TTFT is shown on its own.
@@ -308,6 +318,7 @@
     stream.attempts = 0;
     if (event.lastEventId) stream.cursor = event.lastEventId;
     const model = JSON.parse(event.data).model;
+    if (model) stream.model = model;
     if (model && view.turn) view.turn.assistant.querySelector(".who").textContent = model;
   }
 
@@ -359,6 +370,13 @@
     const name = reason === "cancelled" ? "stopped" : reason === "error" ? "error" : "finished";
     if (KEPT_STATES.has(name)) keepTurn(stream);
     setState(name, `${reason}, ${data.tokens} tokens`);
+    endTurn(stream, false);
+  }
+
+  /** The stream's turn has ended: it is kept as shown, so that a reload shows it again. */
+  function endTurn(stream, failed) {
+    turns.push({ ...memory.streamRecord(stream), failed });
+    persist();
   }
 
   /** The turn joins the conversation: the next message is sent with it. */
@@ -410,6 +428,7 @@
     // The failed turn is not part of the conversation; its message goes back in the box to be sent again.
     if (view.turn) view.turn.assistant.classList.add("failed");
     if (!el.prompt.value.trim()) el.prompt.value = stream.prompt;
+    endTurn(stream, true);
   }
 
   // ---- the control plane ----
@@ -425,6 +444,7 @@
     el.prompt.value = "";
     delete el.state.dataset.code;
     setState("connecting");
+    persist(); // a reload before the gateway answers finds the message unsent (see `restore`)
     const body = { type: "start", messages: [...conversation, { role: "user", content: prompt }] };
     if (Number.isFinite(el.maxTokens.valueAsNumber)) body.max_tokens = el.maxTokens.valueAsNumber;
     if (el.model.value) body.model = el.model.value;
@@ -438,7 +458,9 @@
     if (stream !== current) return;
     stream.id = reply.stream_id;
     stream.eventsUrl = reply.events_url;
+    stream.stopUrl = reply.stop_url || null;
     view.turn.assistant.dataset.streamId = stream.id;
+    persist();
     if (!streamerUrl) {
       streamerUrl = new URL(reply.events_url).origin; // a page served without the streamer's URL learns it here
       loadModels();
@@ -458,7 +480,10 @@
 
   async function sendStop(stream) {
     try {
-      const reply = await control.request({ type: "stop", stream_id: stream.id });
+      // An answer resumed after a reload is stopped by its stop URL, whose token needs no key: the page kept none.
+      const reply = stream.restored && stream.stopUrl
+        ? await stopByUrl(stream.stopUrl)
+        : await control.request({ type: "stop", stream_id: stream.id });
       // Generation has halted; the tokens before the halt still arrive, then the terminal event.
       if (stream === current && !stream.terminal) setState("stopping", `halted at ${reply.tokens} tokens`);
     } catch (error) {
@@ -469,11 +494,24 @@
     }
   }
 
+  /** `POST stop_url`: the same halt as the control socket's `stop`, answered with `{id, finish_reason, tokens}`. */
+  async function stopByUrl(url) {
+    const response = await fetch(url, { method: "POST", cache: "no-store" });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const error = body.error || {};
+      throw new ControlError(error.code || "stop_failed", error.message || response.statusText);
+    }
+    return body;
+  }
+
   function newChat() {
     if (current && !current.terminal) return;
     current = null;
     view.turn = null;
     conversation.length = 0;
+    turns.length = 0;
+    memory.clear();
     const empty = element("p", "empty", "Ask something to start a conversation.");
     empty.dataset.testid = "empty";
     el.conversation.replaceChildren(empty);
@@ -504,6 +542,65 @@
     el.feedback.textContent = `Feedback saved (${rating === "up" ? "good" : "bad"}).`;
   }
 
+  // ---- across a reload: the conversation and the answer in flight, kept in the tab's storage (memory.js) ----
+
+  function persist() {
+    const inflight = current && !current.terminal ? memory.streamRecord(current) : null;
+    memory.save({ conversation, turns, inflight, status: inflight ? null : lastStatus });
+  }
+
+  /** A saved stream as a stream of this page: what it showed, and where to resume it. */
+  function restoredStream(saved) {
+    const stream = newStream(null, saved.prompt);
+    for (const name of ["id", "eventsUrl", "stopUrl", "cursor", "tokens", "model", "answer", "reasoning"]) {
+      if (saved[name] !== undefined) stream[name] = saved[name];
+    }
+    stream.toolCalls = new Map(saved.toolCalls || []);
+    stream.restored = true;
+    return stream;
+  }
+
+  /** Show a saved stream's turn whole, at once. */
+  function showTurn(stream, failed) {
+    current = stream;
+    resetView(stream.prompt);
+    if (stream.model) view.turn.assistant.querySelector(".who").textContent = stream.model;
+    if (stream.id) view.turn.assistant.dataset.streamId = stream.id;
+    if (failed) view.turn.assistant.classList.add("failed");
+    view.dirty = { answer: true, reasoning: Boolean(stream.reasoning), tools: stream.toolCalls.size > 0 };
+    renderNow();
+  }
+
+  /**
+   * Show the saved conversation; an answer that was in flight continues from its cursor, with no gap and no
+   * repeat (or ends at once: a stream that ended meanwhile replays its terminal event after the cursor).
+   */
+  function restore() {
+    const saved = memory.load();
+    if (!saved) return;
+    conversation.push(...saved.conversation);
+    for (const turn of saved.turns) {
+      turns.push(turn); // before it is shown: showing it saves the state
+      const stream = restoredStream(turn);
+      stream.terminal = true;
+      showTurn(stream, Boolean(turn.failed));
+    }
+    if (saved.inflight) {
+      const stream = restoredStream(saved.inflight);
+      showTurn(stream, false);
+      if (!stream.id || !stream.eventsUrl) {
+        fail(stream, "not_started", "The page was reloaded before the gateway started this answer: send it again.");
+        return;
+      }
+      setState("connecting");
+      open(stream);
+    } else if (saved.status && ENDED_STATES.has(saved.status.name)) {
+      if (saved.status.code) el.state.dataset.code = saved.status.code;
+      setState(saved.status.name, saved.status.detail);
+    }
+    persist();
+  }
+
   /** Open the control socket (with the key in the box, if any), then list the models that key may use. */
   function connect() {
     control.connect().then(loadModels, () => {}); // a failure shows on the next Send, with its reason
@@ -521,6 +618,8 @@
     }
   });
   markdown.handleCopyClicks(el.conversation);
+  restore();
+  window.addEventListener("pagehide", persist); // the latest text and cursor, should no frame have saved them yet
   connect(); // open early so the first Send does not wait for the handshake
   el.apiKey.addEventListener("change", connect);
 
