@@ -158,8 +158,9 @@ class GatewayConfig:
     max_ws_message_bytes: int = DEFAULT_MAX_WS_MESSAGE_BYTES
     """A larger control message closes the socket with 1009 (message too big)."""
     tokens: TokenSigner | None = None
-    """Signs the ``events`` tokens put in ``events_url`` and the ``control`` tokens of ``POST /v1/control/token``
-    (required with ``api_keys``; the streamers check ``events`` tokens with the same secret)."""
+    """Signs the ``events`` tokens put in ``events_url``, the ``stop`` tokens in ``stop_url`` and the ``control``
+    tokens of ``POST /v1/control/token`` (required with ``api_keys``; the streamers check ``events`` tokens with the
+    same secret)."""
     events_token_ttl_s: float = DEFAULT_EVENTS_TOKEN_TTL_S
     """How long the token in an ``events_url`` lets a client read (and resume) the stream."""
     control_token_ttl_s: float = DEFAULT_CONTROL_TOKEN_TTL_S
