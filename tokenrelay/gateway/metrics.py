@@ -10,7 +10,7 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from tokenrelay.wire.codec import UnknownTypes
+from tokenrelay.runtime.unknown import UnknownTypeCounter
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +71,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.feedback = Counter("tokenrelay_gateway_feedback", "Feedback stored, by rating", ["rating"], registry=r)
-        self.unknown_messages = Counter(
+        self.unknown_message = UnknownTypeCounter(
             "tokenrelay_gateway_unknown_messages",
             "Messages of a type this gateway does not know (a newer process's), dropped, by type",
-            ["type"],
             registry=r,
+            log=log,
+            doing="dropping messages",
+            sender="a newer process",
         )
-        self._unknown_types = UnknownTypes()
-
-    def unknown_message(self, tag: str) -> None:
-        """Count one dropped message of a type this gateway does not know; log the first of each type only."""
-        noted = self._unknown_types.note(tag)
-        self.unknown_messages.labels(type=noted.label).inc()
-        if noted.first:
-            log.warning(
-                "dropping messages of unknown type %r (from a newer process?); counted in "
-                "tokenrelay_gateway_unknown_messages_total",
-                noted.label,
-            )
+        """Count (and log the first of each type) a received message of a type this process does not know."""

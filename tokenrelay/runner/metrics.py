@@ -11,7 +11,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from tokenrelay.runtime.loopmetrics import LoopMetrics
-from tokenrelay.wire.codec import UnknownTypes
+from tokenrelay.runtime.unknown import UnknownTypeCounter
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,15 @@ class RunnerMetrics:
             registry=r,
         )
         self.jobs_rejected = Counter("tokenrelay_runner_jobs_rejected", "Jobs refused at capacity", registry=r)
-        self.unknown_messages = Counter(
+        self.unknown_message = UnknownTypeCounter(
             "tokenrelay_runner_unknown_messages",
             "Messages of a type this runner does not know (a newer process's), dropped, by type",
-            ["type"],
             registry=r,
+            log=log,
+            doing="dropping messages",
+            sender="a newer process",
         )
-        self._unknown_types = UnknownTypes()
+        """Count (and log the first of each type) a received message of a type this process does not know."""
         self.jobs_stale = Counter(
             "tokenrelay_runner_jobs_stale",
             "Job offers left unanswered because the gateway had stopped waiting for the answer (answer_by passed)",
@@ -101,14 +103,3 @@ class RunnerMetrics:
             "tokenrelay_runner_model_ttft_seconds", "Job accepted -> first token published, by model", ["model"],
             buckets=TTFT_BUCKETS_S, registry=r,
         )  # fmt: skip
-
-    def unknown_message(self, tag: str) -> None:
-        """Count one dropped message of a type this runner does not know; log the first of each type only."""
-        noted = self._unknown_types.note(tag)
-        self.unknown_messages.labels(type=noted.label).inc()
-        if noted.first:
-            log.warning(
-                "dropping messages of unknown type %r (from a newer process?); counted in "
-                "tokenrelay_runner_unknown_messages_total",
-                noted.label,
-            )

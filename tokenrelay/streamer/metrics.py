@@ -7,7 +7,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from tokenrelay.runtime.loopmetrics import LoopMetrics
-from tokenrelay.wire.codec import UnknownTypes
+from tokenrelay.runtime.unknown import UnknownTypeCounter
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +92,13 @@ class StreamerMetrics:
             ["code"],
             registry=r,
         )
-        self.unknown_events = Counter(
+        self.unknown_event = UnknownTypeCounter(
             "tokenrelay_streamer_unknown_events",
             "Stream events of a type this streamer does not know (a newer runner's), skipped with their seq counted "
             "as seen, by type; each time one is read, live or from history",
-            ["type"],
             registry=r,
+            log=log,
+            doing="skipping stream events",
+            sender="a newer runner",
         )
-        self._unknown_types = UnknownTypes()
-
-    def unknown_event(self, tag: str) -> None:
-        """Count one stream event of a type this streamer does not know; log the first of each type only."""
-        noted = self._unknown_types.note(tag)
-        self.unknown_events.labels(type=noted.label).inc()
-        if noted.first:
-            log.warning(
-                "skipping stream events of unknown type %r (from a newer runner?); counted in "
-                "tokenrelay_streamer_unknown_events_total",
-                noted.label,
-            )
+        """Count (and log the first of each type) a received message of a type this process does not know."""
