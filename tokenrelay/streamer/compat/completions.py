@@ -14,13 +14,21 @@ engine relays them.  The ``id`` is the tokenrelay stream id, as for chat complet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from tokenrelay.streamer.compat.common import Collector
-from tokenrelay.streamer.compat.openai import DONE, error_body, finish_reason, usage
+from tokenrelay.streamer.compat.openai import (
+    DONE,
+    ChatOptions,
+    error_body,
+    finish_reason,
+    optional_int,
+    optional_model,
+    response_options,
+    usage,
+)
 from tokenrelay.streamer.sse import encode_event
 from tokenrelay.wire.errors import BadRequest
 from tokenrelay.wire.messages import StartRequest, StreamDelta, StreamEnd, StreamError, StreamEvent
@@ -30,40 +38,20 @@ OWNED_FIELDS = frozenset({"model", "prompt", "stream", "stream_options", "max_to
 """The request's fields tokenrelay acts on itself; every other one is passed on in the stream's ``params``."""
 
 
-@dataclass(frozen=True, slots=True)
-class CompletionOptions:
-    """What the request asked of the response (not of the generation)."""
-
-    stream: bool
-    include_usage: bool
-
-
-def parse_completion_request(obj: dict[str, Any]) -> tuple[StartRequest, CompletionOptions]:
+def parse_completion_request(obj: dict[str, Any]) -> tuple[StartRequest, ChatOptions]:
     """An OpenAI ``completions`` body as a start request: its prompt, ``max_tokens``, ``model``, and every other
     field in ``params`` as sent; ``bad_request`` naming the field for what cannot be put in that form (the
     admitting gateway checks the rest: lengths, ``max_tokens``' range, ``suffix``, ``stop``, ``n``...)."""
     if "messages" in obj:
         raise BadRequest("messages is not a field of a completion: send prompt, or use /v1/chat/completions")
-    model = obj.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise BadRequest("model must be a non-empty string")
-    max_tokens = obj.get("max_tokens")
-    if max_tokens is not None and type(max_tokens) is not int:
-        raise BadRequest("max_tokens must be an integer")
-    stream = obj.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("stream must be a boolean")
-    stream_options = obj.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise BadRequest("stream_options must be an object")
-    include_usage = stream_options.get("include_usage", False)
-    if not isinstance(include_usage, bool):
-        raise BadRequest("stream_options.include_usage must be a boolean")
+    model = optional_model(obj)
+    max_tokens = optional_int("max_tokens", obj.get("max_tokens"))
+    options = response_options(obj)
     params = {key: value for key, value in obj.items() if key not in OWNED_FIELDS}
     request = StartRequest(
         messages=(), prompt=_prompt(obj.get("prompt")), max_tokens=max_tokens, model=model, params=params
     )
-    return request, CompletionOptions(stream=bool(stream), include_usage=include_usage)
+    return request, options
 
 
 def _prompt(value: Any) -> str:

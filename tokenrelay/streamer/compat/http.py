@@ -105,12 +105,14 @@ class _OpenAI:
         return status
 
 
-class _Completions:
+class _Completions(_OpenAI):
+    """OpenAI's text completions: its own request, chunks and body; errors and statuses as chat completions."""
+
     def parse(self, obj: dict[str, Any]) -> tuple[StartRequest, _Options]:
         return completions.parse_completion_request(obj)
 
     def framing(self, record: StreamRecord, options: _Options) -> Framing:
-        assert isinstance(options, completions.CompletionOptions)
+        assert isinstance(options, openai.ChatOptions)
         return completions.CompletionFraming(
             stream_id=record.stream_id, model=record.model, created=record.created, include_usage=options.include_usage
         )
@@ -119,12 +121,6 @@ class _Completions:
         return completions.completion_body(
             stream_id=record.stream_id, model=record.model, created=record.created, content=content, end=end
         )
-
-    def error_body(self, code: str, message: str) -> dict[str, Any]:
-        return openai.error_body(code, message)
-
-    def status(self, code: str, status: int) -> int:
-        return status
 
 
 class _Anthropic:

@@ -49,7 +49,7 @@ OWNED_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_
 
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
-    """What the request asked of the response (not of the generation)."""
+    """What an OpenAI request (chat or text completion) asked of the response (not of the generation)."""
 
     stream: bool
     include_usage: bool
@@ -63,13 +63,32 @@ def parse_chat_request(obj: dict[str, Any]) -> tuple[StartRequest, ChatOptions]:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty array")
     parsed = tuple(openai_message(f"messages[{i}]", m) for i, m in enumerate(messages))
+    model = optional_model(obj)
+    max_tokens = obj.get("max_completion_tokens")
+    max_tokens = optional_int("max_tokens", obj.get("max_tokens") if max_tokens is None else max_tokens)
+    options = response_options(obj)
+    params = {key: value for key, value in obj.items() if key not in OWNED_FIELDS}
+    return StartRequest(messages=parsed, max_tokens=max_tokens, model=model, params=params), options
+
+
+def optional_model(obj: dict[str, Any]) -> str | None:
+    """The request's ``model``: a non-empty string, or ``None`` when absent (the gateway picks one)."""
     model = obj.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise BadRequest("model must be a non-empty string")
-    max_tokens = obj.get("max_completion_tokens")
-    max_tokens = obj.get("max_tokens") if max_tokens is None else max_tokens
-    if max_tokens is not None and type(max_tokens) is not int:
-        raise BadRequest("max_tokens must be an integer")
+    return model
+
+
+def optional_int(name: str, value: Any) -> int | None:
+    """``value`` when it is an integer or ``None``, else ``bad_request`` naming the field (the gateway checks range)."""
+    if value is not None and type(value) is not int:
+        raise BadRequest(f"{name} must be an integer")
+    return value
+
+
+def response_options(obj: dict[str, Any]) -> ChatOptions:
+    """What an OpenAI request (chat or text completion) asks of its response: ``stream`` and
+    ``stream_options.include_usage``."""
     stream = obj.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("stream must be a boolean")
@@ -79,9 +98,7 @@ def parse_chat_request(obj: dict[str, Any]) -> tuple[StartRequest, ChatOptions]:
     include_usage = stream_options.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise BadRequest("stream_options.include_usage must be a boolean")
-    params = {key: value for key, value in obj.items() if key not in OWNED_FIELDS}
-    request = StartRequest(messages=parsed, max_tokens=max_tokens, model=model, params=params)
-    return request, ChatOptions(stream=bool(stream), include_usage=include_usage)
+    return ChatOptions(stream=bool(stream), include_usage=include_usage)
 
 
 def finish_reason(end: StreamEnd) -> str:
