@@ -62,7 +62,8 @@ async def test_the_native_api_refuses_a_parameter_no_runner_of_the_model_can_hon
 
 
 async def test_the_native_api_streams_a_request_with_a_parameter_the_runners_honour(sut: System) -> None:
-    body = {"messages": QUESTION, "max_tokens": 5, "temperature": 0.7, "top_k": 20}
+    # top_k 1: sampling from the one likeliest token, so the random model's answer is fixed (never an early end)
+    body = {"messages": QUESTION, "max_tokens": 5, "temperature": 0.7, "top_k": 1}
     status, created = await post(f"{sut.gateway_url}/v1/streams", body)
     assert status == 201, created
     stream = await read_stream(created["events_url"])
@@ -87,6 +88,7 @@ async def test_the_openai_sdk_streams_a_request_with_a_temperature(sut: System, 
         messages=QUESTION,
         max_tokens=5,
         temperature=0.7,
+        extra_body={"top_k": 1},  # sampling from the one likeliest token: the random model's answer is fixed
     )
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 5
