@@ -123,7 +123,8 @@ def streamer_config(args: argparse.Namespace) -> c.StreamerConfig:
         cors_allow_origins=CORS_ALLOW_ORIGIN.values(args), api_keys=keys, tokens=token_signer(keys),
         max_body_bytes=args.max_body_bytes,
         max_readers_per_stream=args.max_readers_per_stream, direct_writes=args.direct_writes == "on",
-        live_subscription=c.LiveSubscription(args.live_subscription),
+        live_subscription=c.LiveSubscription(args.live_subscription), response_ttl_s=args.response_ttl_s,
+        max_background_responses_per_key=args.max_background_responses_per_key,
     )  # fmt: skip
 
 

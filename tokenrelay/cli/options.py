@@ -153,6 +153,10 @@ STREAMER_OPTIONS = (
            "shared: one NATS subscription for every stream's events (least CPU; every streamer gets every "
            "event); per-stream: one per stream read here (for many streamers)",
            choices=tuple(str(mode) for mode in c.LiveSubscription)),
+    Option("--response-ttl-s", v.POSITIVE_DURATION, c.DEFAULT_RESPONSE_TTL_S,
+           "keep stored responses (POST /v1/responses) this long: retrievable, resumable, chainable"),
+    Option("--max-background-responses-per-key", v.COUNT, c.DEFAULT_MAX_BACKGROUND_RESPONSES_PER_KEY,
+           "stored background responses one API key's tenant may hold (one more: 429; 0: no limit)"),
     CORS_ALLOW_ORIGIN,
 )  # fmt: skip
 MAX_BODY_BYTES = Option(

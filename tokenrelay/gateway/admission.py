@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -104,6 +105,7 @@ class Admission:
                 parsed = stream_request(self._config, body)
             else:  # a text completion: its raw prompt is continued as is, never made a chat message
                 parsed = completion_request(self._config, body)
+            parsed = replace(parsed, detached=request.detached, stored=request.stored)
             return await self._streams.create(parsed, owner=request.owner)
         except TokenRelayError as exc:
             retry = exc.retry_after_s if isinstance(exc, RetryLater) else None

@@ -50,6 +50,10 @@ class StreamRequest:
     :attr:`max_tokens` is only the hard cap (:attr:`~tokenrelay.wire.messages.JobRequest.max_tokens_set`)."""
     prompt: str | None = None
     """A text completion's raw prompt (:attr:`messages` empty); ``None``: a chat."""
+    detached: bool = False
+    """A background response: no reader needed (:attr:`~tokenrelay.wire.messages.JobRequest.detached`)."""
+    stored: bool = False
+    """A stored response: the runner keeps its events (:attr:`~tokenrelay.wire.messages.JobRequest.stored`)."""
 
 
 def parse_stream_request(

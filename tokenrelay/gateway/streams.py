@@ -190,6 +190,7 @@ class StreamManager:
             stream_id=stream_id, epoch=secrets.token_hex(4), gateway_id=self.gateway_id, model=model,
             messages=request.messages, prompt=request.prompt, max_tokens=request.max_tokens,
             max_tokens_set=request.max_tokens_set, created=int(time.time()), owner=owner, params=request.params,
+            detached=request.detached, stored=request.stored,
         )  # fmt: skip
         # Over the broker's max_payload, its messages go to the payload store (no store: check_job_bytes refuses it).
         limit = self._nc.max_payload - JOB_HEADROOM_BYTES
@@ -205,7 +206,7 @@ class StreamManager:
         # record, and the first token is not behind the KV round trip (POST to first delta p50 5.9 -> 5.1 ms, a
         # runner's token 0.9 ms sooner).  A runner may so store the stream as running first: see records.store_new.
         self._apply(actions)
-        if self._unread is not None:
+        if self._unread is not None and not job.detached:  # a background response runs with no reader
             self._unread.admitted(stream_id)
         try:
             record = await records.store_new(self._kv, job)

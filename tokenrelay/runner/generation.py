@@ -29,6 +29,7 @@ from tokenrelay.runner.pace import PublishPace
 from tokenrelay.runtime import payloads
 from tokenrelay.runtime.lifecycle import LifecycleEvent, log_event
 from tokenrelay.runtime.payloads import PayloadStore
+from tokenrelay.runtime.responses import MAX_STORED_EVENTS_BYTES, EventsKeeper
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import (
@@ -79,8 +80,13 @@ class Generation:
         write_record: RecordWriter,
         replay_log: ReplayLog | None = None,
         payloads: PayloadStore | None = None,
+        keeper: EventsKeeper | None = None,
     ) -> None:
         self.job = job
+        self._keeper = keeper if job.stored else None
+        """Where a stored response's events go as its stream ends (``None``: not a stored response)."""
+        self._kept: list[bytes] | None = [] if self._keeper is not None else None
+        self._kept_bytes = 0
         self._payloads = payloads
         """Where the job's content is when it names an object there (``payload``)."""
         self._replay_log = replay_log
@@ -406,4 +412,21 @@ class Generation:
             # drops the copy by seq), so no event can be both missing from a replay and sent before the
             # reader subscribed.
             self._replay_log.append(event.seq, data)
+        if self._kept is not None:
+            await self._keep(event, data)
         await self._nc.publish(self._subject, data)
+
+    async def _keep(self, event: StreamEvent, data: bytes) -> None:
+        """A stored response's event: held until the end, then all kept before the end is published, so whoever
+        sees the end finds them (past :data:`MAX_STORED_EVENTS_BYTES` nothing is kept)."""
+        assert self._kept is not None and self._keeper is not None
+        self._kept_bytes += len(data)
+        if self._kept_bytes > MAX_STORED_EVENTS_BYTES:
+            log.warning("stream %s: over %d bytes of events; the response is not kept", self.job.stream_id,
+                        MAX_STORED_EVENTS_BYTES)  # fmt: skip
+            self._kept = None
+            return
+        self._kept.append(data)
+        if isinstance(event, StreamEnd | StreamError):
+            await self._keeper.keep(self.job.stream_id, self._kept)
+            self._kept = None

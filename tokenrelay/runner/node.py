@@ -35,6 +35,7 @@ from tokenrelay.runner.replayserver import ReplayServer
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.config import RunnerConfig
 from tokenrelay.runtime.payloads import PayloadStore
+from tokenrelay.runtime.responses import EventsKeeper
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError, UnknownMessageType
@@ -87,6 +88,8 @@ class Runner:
         self.config = config
         self._payloads = payloads
         """Where the gateway leaves the content of a job larger than the broker's ``max_payload``."""
+        self._keeper = EventsKeeper(nc.jetstream())
+        """Keeps the events of stored responses (``POST /v1/responses``) as their streams end."""
         self.runner_id = runner_id
         self.metrics = metrics or RunnerMetrics()
         self._nc = nc
@@ -179,6 +182,7 @@ class Runner:
             write_record=self._write_record,
             replay_log=await self.replay.open(job.stream_id),
             payloads=self._payloads,
+            keeper=self._keeper,
         )
         self._active[job.stream_id] = generation
         self.metrics.active_streams.set(len(self._active))

@@ -19,6 +19,10 @@ DEFAULT_STREAMER_PORT = 8081
 DEFAULT_RUNNER_PORT = 8090
 
 DEFAULT_HISTORY_TTL_S = 600.0
+DEFAULT_RESPONSE_TTL_S = 3600.0
+"""How long a stored response (``POST /v1/responses``) is kept: retrievable, resumable and chainable."""
+DEFAULT_MAX_BACKGROUND_RESPONSES_PER_KEY = 100
+"""Stored background responses one tenant may hold at once (0: no limit)."""
 DEFAULT_HISTORY_MAX_BYTES = 1 << 30
 DEFAULT_HEARTBEAT_S = 15.0
 DEFAULT_MAX_READER_BUFFER_BYTES = 1 << 20
@@ -229,6 +233,10 @@ class StreamerConfig:
     live_subscription: LiveSubscription = LiveSubscription.SHARED
     """``shared``: one wildcard subscription for every stream (for one or a few streamers); ``per-stream``:
     one per stream read here (for many streamers, each of which should receive only its readers' events)."""
+    response_ttl_s: float = DEFAULT_RESPONSE_TTL_S
+    """Stored responses (their records and events) are kept this long, in the history's storage."""
+    max_background_responses_per_key: int = DEFAULT_MAX_BACKGROUND_RESPONSES_PER_KEY
+    """Stored background responses one tenant may hold; one more answers ``429 rate_limited`` (0: no limit)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

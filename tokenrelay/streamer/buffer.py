@@ -57,7 +57,17 @@ _Pending = bytes | _Run
 class ReaderBuffer:
     """Unsent bytes of one SSE reader, bounded by ``max_buffered_bytes``."""
 
-    def __init__(self, *, max_buffered_bytes: int, now: float, epoch: str = "", framing: Framing | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_buffered_bytes: int,
+        now: float,
+        epoch: str = "",
+        framing: Framing | None = None,
+        merge_content: bool = True,
+    ) -> None:
+        self._merge_content = merge_content
+        """Whether back-to-back content events of one block are merged (off: each is framed as it came)."""
         self._limits = DisconnectLimits(max_buffered_bytes=max_buffered_bytes)
         self._framing: Framing = framing or NativeFraming(epoch)
         self._chunks: list[_Pending] = []
@@ -113,7 +123,7 @@ class ReaderBuffer:
         """
         if self.closed:
             return None
-        last = self._chunks[-1] if self._chunks else None
+        last = self._chunks[-1] if self._chunks and self._merge_content else None
         if type(delta) is StreamDelta and isinstance(last, _Run) and last.key is StreamDelta:
             # The common case, text joining a run of text, at the cost it had before typed content plus one check.
             text_size = sys.getsizeof(delta.text) + TEXT_OVERHEAD_BYTES

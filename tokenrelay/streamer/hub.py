@@ -175,7 +175,7 @@ class Hub:
         if channel.ready.done() and channel.ready.exception() is None:
             self._metrics.readers_open.dec()
         if not channel.readers:
-            if not reader.replay.finished:
+            if not reader.replay.finished and not reader.detached:
                 self.abandon.last_reader_left(reader.stream_id, resumable=reader.resumable)
             del self._channels[reader.stream_id]
             self._metrics.channels_open.set(len(self._channels))

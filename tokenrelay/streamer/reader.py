@@ -42,14 +42,20 @@ class Reader:
         framing: Framing | None = None,
         resumable: bool = True,
         max_held_events: int = DEFAULT_MAX_HELD_EVENTS,
+        merge_content: bool = True,
+        detached: bool = False,
     ) -> None:
         self.stream_id = stream_id
         self.resumable = resumable
         """Whether the client can come back with a cursor (native SSE) or not (a compatible API)."""
+        self.detached = detached
+        """Whether its stream runs without readers (a background response): its leaving never cancels it."""
         self.epoch = epoch
         self.framing: Framing = framing or NativeFraming(epoch)
         self.replay = Replay(epoch=epoch, resume=resume)
-        self.buffer = ReaderBuffer(max_buffered_bytes=max_buffered_bytes, now=now, framing=self.framing)
+        self.buffer = ReaderBuffer(
+            max_buffered_bytes=max_buffered_bytes, now=now, framing=self.framing, merge_content=merge_content
+        )
         self._limits = DisconnectLimits(max_buffered_bytes=max_buffered_bytes, max_held_events=max_held_events)
         self._state = ReaderState.CATCHING_UP
         self.wake = asyncio.Event()

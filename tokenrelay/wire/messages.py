@@ -98,6 +98,11 @@ class JobRequest:
     """The object of the payload store (``tokenrelay_payloads``) that holds this whole job, :attr:`messages` left
     empty: a job larger than the broker's ``max_payload`` travels so (``None``: the messages are here).  A runner
     that cannot read the object ends the stream with an ``unavailable`` error event."""
+    detached: bool = False
+    """Whether the stream runs to its end with no reader (a background response): no disconnect or unread check
+    cancels it."""
+    stored: bool = False
+    """Whether the runner keeps the stream's events in the response store when it ends (a stored response)."""
     v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
     """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
 
@@ -322,6 +327,8 @@ class StreamRecord:
     read, stop, query or rate the stream."""
     prompt_tokens: int | None = None
     """The engine's count of the prompt, once it gave one."""
+    detached: bool = False
+    """As :attr:`JobRequest.detached`: no reader leaving cancels the stream."""
 
 
 def job_record(
@@ -343,7 +350,7 @@ def job_record(
     return StreamRecord(
         stream_id=job.stream_id, state=state, model=job.model, created=job.created, epoch=job.epoch,
         gateway_id=job.gateway_id, owner=job.owner, runner_id=runner_id, finish_reason=finish_reason,
-        tokens=tokens, ttft_ms=ttft_ms, error_code=error_code, prompt_tokens=prompt_tokens,
+        tokens=tokens, ttft_ms=ttft_ms, error_code=error_code, prompt_tokens=prompt_tokens, detached=job.detached,
     )  # fmt: skip
 
 
@@ -375,6 +382,11 @@ class StartRequest:
     payload: str | None = None
     """As :attr:`JobRequest.payload`: the object holding this whole request when it is larger than ``max_payload``
     (the gateway refuses it ``unavailable`` when it cannot read the object)."""
+    detached: bool = False
+    """Whether the stream runs to its end with no reader (a background response): no disconnect or unread check
+    cancels it (as :attr:`JobRequest.detached`)."""
+    stored: bool = False
+    """Whether the runner keeps the stream's events when it ends (as :attr:`JobRequest.stored`)."""
     v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
     """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
 

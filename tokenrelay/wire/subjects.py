@@ -84,6 +84,10 @@ FEEDBACK_WILDCARD = "tokenrelay.feedback.*"
 STREAMS_BUCKET = "tokenrelay_streams"
 PAYLOADS_BUCKET = "tokenrelay_payloads"
 """Object store of requests too large for one NATS message (:mod:`tokenrelay.runtime.payloads`)."""
+RESPONSES_BUCKET = "tokenrelay_responses"
+"""KV bucket of stored responses' records (``POST /v1/responses``; :mod:`tokenrelay.runtime.responses`)."""
+RESPONSE_EVENTS_BUCKET = "tokenrelay_response_events"
+"""Object store of stored responses' events, written by the runner as the stream ends."""
 
 _STREAM_ID = re.compile(r"[0-9a-f]{32}")
 _NODE_ID = re.compile(r"[0-9a-z_-]{1,64}")
