@@ -32,6 +32,7 @@ from tokenrelay.runtime.tokens import Scope
 from tokenrelay.streamer import cors
 from tokenrelay.streamer.catchup import CatchUp
 from tokenrelay.streamer.compat import http as compat_http
+from tokenrelay.streamer.compat import responses_http
 from tokenrelay.streamer.flush import FlushClock, LagReporter
 from tokenrelay.streamer.hub import Hub
 from tokenrelay.streamer.metrics import StreamerMetrics
@@ -155,6 +156,7 @@ def make_app(
     app.router.add_get(EVENTS_RESOURCE, events)
     cors.install(app, cors.CorsPolicy(config.cors_allow_origins))
     compat_http.add_routes(app)
+    responses_http.add_routes(app)
     add_ops_routes(
         app,
         metrics.registry,

@@ -211,7 +211,7 @@ async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
     """Admit the stream, then stream it in the dialect's framing or answer with one body."""
     app = request.app
     try:
-        start, options = dialect.parse(await _json_body(request))
+        start, options = dialect.parse(await json_body(request))
         record = await admit(app, replace(start, owner=request_tenant(request)))
     except TokenRelayError as exc:
         count_error(app, exc.code)
@@ -259,7 +259,7 @@ async def admit(app: web.Application, start: StartRequest) -> StreamRecord:
     return reply
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
