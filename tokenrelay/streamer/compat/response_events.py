@@ -130,6 +130,9 @@ class ResponseState:
         self.status: ResponseStatus = "in_progress"
         self._items: list[_Item] = []
         self._open: _Item | None = None
+        """The open text or reasoning item."""
+        self._open_calls: dict[int, _Item] = {}
+        """The open tool call items, by call ordinal."""
         self._begun = False
         self._position = 0
         """Token position of the last event."""
@@ -199,39 +202,61 @@ class ResponseState:
         self._emit(out, content_sequence(event.index), name, body)
 
     def _item_for(self, event: StreamDelta | ReasoningDelta | ToolCallDelta, start: int, out: list[Emitted]) -> _Item:
-        """The open item this event extends, or a new one (closing the open one) at token position ``start``."""
-        kind: BlockKind = (
-            "function_call" if isinstance(event, ToolCallDelta)
-            else "message" if isinstance(event, StreamDelta) else "reasoning"
-        )  # fmt: skip
-        current = self._open
+        """The open item this event extends, or a new one at token position ``start``.
+
+        Tool calls may interleave (a model calling tools in parallel): each call's item stays open, its fragments
+        go to it, until text or reasoning follows or the response ends.  Text or reasoning after any other block
+        closes every open item first.
+        """
         if isinstance(event, ToolCallDelta):
-            if current is not None and current.call == event.call:
-                return current
-        elif current is not None and current.kind == kind:
-            return current
-        k = 1
-        if current is not None:
-            k = self._close(current, start, k, out)
+            call = self._open_calls.get(event.call)
+            if call is not None:
+                return call
+            k = self._close_all(start, 1, out, calls=False)
+            item = self._new_item("function_call", start, k, out, event)
+            self._open_calls[event.call] = item
+            return item
+        kind: BlockKind = "message" if isinstance(event, StreamDelta) else "reasoning"
+        if self._open is not None and self._open.kind == kind:
+            return self._open
+        k = self._close_all(start, 1, out)
+        self._open = self._new_item(kind, start, k, out)
+        return self._open
+
+    def _new_item(
+        self, kind: BlockKind, position: int, k: int, out: list[Emitted], call: ToolCallDelta | None = None
+    ) -> _Item:
         index = len(self._items)
         item = _Item(kind=kind, id=f"{_PREFIX[kind]}{self._stream_id}_{index}", output_index=index)
-        if isinstance(event, ToolCallDelta):
-            item.call = event.call
-            item.call_id, item.name = event.id or "", event.name or ""
+        if call is not None:  # its first fragment names it: the added item carries its call id and name
+            item.call, item.call_id, item.name = call.call, call.id or "", call.name or ""
         self._items.append(item)
-        self._open = item
         base = {"output_index": index}
-        self._emit(out, self._at(start, k), "response.output_item.added", {**base, "item": item.body("in_progress")})
+        added_item = {**base, "item": item.body("in_progress")}
+        self._emit(out, self._at(position, k), "response.output_item.added", added_item)
         if kind != "function_call":
             part = _text_part("") if kind == "message" else _reasoning_part("")
             added = {"item_id": item.id, **base, "content_index": 0, "part": part}
-            self._emit(out, self._at(start, k + 1), "response.content_part.added", added)
+            self._emit(out, self._at(position, k + 1), "response.content_part.added", added)
         return item
+
+    def _close_all(
+        self, position: int, k: int, out: list[Emitted], *, calls: bool = True, status: str = "completed"
+    ) -> int:
+        """Close the open text or reasoning item and (``calls``) every open tool call, in output order; the next
+        free offset."""
+        if self._open is not None:
+            k = self._close(self._open, position, k, out, status)
+            self._open = None
+        if calls:
+            for item in sorted(self._open_calls.values(), key=lambda open_call: open_call.output_index):
+                k = self._close(item, position, k, out, status)
+            self._open_calls.clear()
+        return k
 
     def _close(self, item: _Item, position: int, k: int, out: list[Emitted], status: str = "completed") -> int:
         """Emit the ``.done`` events of ``item`` at ``position`` from offset ``k``; the next free offset."""
         item.status = status
-        self._open = None
         base: JsonObject = {"item_id": item.id, "output_index": item.output_index}
         text = item.text()
         if item.kind == "function_call":
@@ -274,9 +299,7 @@ class ResponseState:
         self._finish("response.failed", position, out)
 
     def _finish(self, name: str, position: int, out: list[Emitted]) -> None:
-        k = 1
-        if self._open is not None:
-            k = self._close(self._open, position, k, out, "completed" if self.status == "completed" else "incomplete")
+        k = self._close_all(position, 1, out, status="completed" if self.status == "completed" else "incomplete")
         self.ended = True
         self._emit(out, self._at(position, k), name, {"response": self.response()})
 
