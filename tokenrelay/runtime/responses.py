@@ -19,7 +19,7 @@ import logging
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.errors import Error as JetStreamError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -68,13 +68,21 @@ class ResponseStore:
             raise Unavailable(f"the response could not be deleted: {exc!r}") from None
 
     async def count(self, prefix: str) -> int:
-        """How many records have keys under ``prefix`` (``<token>.`` ...)."""
+        """How many records have keys under ``prefix`` (``<token>.``...): read from the server for that prefix
+        only, deleted ones left out."""
         try:
-            return len(await self._records.keys(filters=[prefix + ">"]))
-        except NoKeysError:
-            return 0
+            watcher = await self._records.watch(prefix + ">", ignore_deletes=True, meta_only=True)
+            found = 0
+            try:
+                async for entry in watcher:
+                    if entry is None:  # the end of what is stored now
+                        break
+                    found += 1
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
         except (JetStreamError, TimeoutError) as exc:
             raise Unavailable(f"the responses could not be counted: {exc!r}") from None
+        return found
 
     async def put_events(self, stream_id: str, events: list[bytes]) -> None:
         """Keep a stream's encoded events (in order)."""
