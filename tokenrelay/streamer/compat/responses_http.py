@@ -12,6 +12,7 @@ whichever runner took it; any streamer serves it, so it outlives the one that st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 
 from aiohttp import web
@@ -119,7 +120,6 @@ async def create(request: web.Request) -> web.StreamResponse:
     app, owner = request.app, request_tenant(request)
     try:
         parsed = parse_response_request(await json_body(request))
-        stores = app[STORES_KEY]
         earlier = await _earlier(request, parsed.previous_response_id, owner) if parsed.previous_response_id else ()
         if parsed.background:
             await _check_background_cap(app, owner)
@@ -127,8 +127,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         record = await admit(app, start)
         stored = _stored(record, parsed, earlier)
         if parsed.store:
-            key = record_key(owner, record.stream_id, background=parsed.background)
-            await (await stores.get()).put_record(key, stored.encode())
+            await _put_record(app, owner, stored)
     except TokenRelayError as exc:
         return _error(request, exc)
     headers = {STREAM_ID_HEADER: record.stream_id}
@@ -152,6 +151,17 @@ def _stored(record: StreamRecord, parsed: ResponseRequest, earlier: tuple[ChatMe
         stream_id=record.stream_id, epoch=record.epoch, created_at=record.created, model=record.model,
         background=parsed.background, echo=parsed.echo, conversation=earlier + parsed.input,
     )  # fmt: skip
+
+
+async def _put_record(app: web.Application, owner: str | None, stored: StoredResponse) -> None:
+    """Record a stored response; when that fails, its stream is stopped: nobody could reach it again."""
+    try:
+        key = record_key(owner, stored.stream_id, background=stored.background)
+        await (await app[STORES_KEY].get()).put_record(key, stored.encode())
+    except TokenRelayError:
+        with contextlib.suppress(TokenRelayError):
+            await _halt(app, stored.stream_id)
+        raise
 
 
 async def _check_background_cap(app: web.Application, owner: str | None) -> None:
