@@ -8,12 +8,14 @@ output item per block (a ``message`` for text, a ``reasoning`` item, a ``functio
 events; then ``response.completed``, ``response.incomplete`` (``max_output_tokens`` or ``content_filter``; a
 cancelled response is ``response.incomplete`` too, with status ``cancelled``) or ``response.failed``.
 
-**Sequence numbers are a function of the stream position**, never of how events were grouped on the way: a content
-event whose tokens end at token position ``p`` is numbered ``2 + 8 p``; the events that close and open blocks at
-position ``p`` are numbered ``2 + 8 p + k`` (``k`` = 1, 2, ...). A delta that merges several (a reader that fell
-behind) carries its last token's number, so every streamer, and every reader however far behind, numbers the same
-event the same way, and ``starting_after=N`` resumes exactly: a reader from the start drops every event numbered
-``<= N`` (:class:`ResponseFraming`). The numbers are increasing, not consecutive.
+**Sequence numbers are a function of the stream position**, never of how events were grouped on the way. Each event
+is numbered as if every token had been an event of its own: a content event whose tokens end at token position ``p``
+is numbered ``p - 1 + s``, every other event ``p + s``, where ``s`` counts the non-content events before it
+(``response.created`` is 0, ``response.in_progress`` 1). Merging never crosses a block, so a delta that merges
+several (a reader that fell behind) has its last piece's number, and every streamer, and every reader however far
+behind, numbers the same event the same way: ``starting_after=N`` resumes exactly, a reader from the start dropping
+every event numbered ``<= N`` (:class:`ResponseFraming`). With one token per event the numbers are consecutive; a
+batch of ``n`` tokens advances them by ``n``.
 
 Ids are functions of the stream too: the response is ``resp_<stream id>``, its items ``msg_``/``rs_``/``fc_`` +
 ``<stream id>_<output index>``.
@@ -40,10 +42,6 @@ from tokenrelay.wire.messages import (
     ToolCallDelta,
 )
 
-SEQUENCE_STRIDE = 8
-"""Sequence numbers per token position: the content event ending there, then up to 7 block or final events."""
-FIRST_POSITION_SEQUENCE = 2
-"""``response.created`` is 0 and ``response.in_progress`` 1; token position 0 starts here."""
 RESPONSE_ID_PREFIX = "resp_"
 
 ResponseStatus = Literal["queued", "in_progress", "completed", "incomplete", "cancelled", "failed"]
@@ -60,11 +58,6 @@ def response_id(stream_id: str) -> str:
 def stream_id_of(response_id: str) -> str | None:
     """The stream id a Response id names (``None``: not a Response id)."""
     return response_id[len(RESPONSE_ID_PREFIX) :] if response_id.startswith(RESPONSE_ID_PREFIX) else None
-
-
-def content_sequence(index: int) -> int:
-    """The sequence number of a content event whose tokens end at position ``index``."""
-    return FIRST_POSITION_SEQUENCE + SEQUENCE_STRIDE * index
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +130,8 @@ class ResponseState:
         self._position = 0
         """Token position of the last event."""
         self._last_sequence = -1
+        self._others = 0
+        """Non-content events made so far (every one numbered by its position plus this count)."""
         self._usage: JsonObject | None = None
         self._error: JsonObject | None = None
         self._incomplete: JsonObject | None = None
@@ -176,8 +171,8 @@ class ResponseState:
 
     def _begin(self, out: list[Emitted]) -> None:
         self._begun = True
-        self._emit(out, 0, "response.created", {"response": self.response()})
-        self._emit(out, 1, "response.in_progress", {"response": self.response()})
+        self._emit_at(out, 0, "response.created", {"response": self.response()})
+        self._emit_at(out, 0, "response.in_progress", {"response": self.response()})
 
     def _content(self, event: StreamDelta | ReasoningDelta | ToolCallDelta, out: list[Emitted]) -> None:
         start = event.index - event.count
@@ -199,7 +194,7 @@ class ResponseState:
         body["delta"] = text
         if item.kind == "message":
             body["logprobs"] = []
-        self._emit(out, content_sequence(event.index), name, body)
+        self._emit(out, self._others + event.index - 1, name, body)
 
     def _item_for(self, event: StreamDelta | ReasoningDelta | ToolCallDelta, start: int, out: list[Emitted]) -> _Item:
         """The open item this event extends, or a new one at token position ``start``.
@@ -212,20 +207,18 @@ class ResponseState:
             call = self._open_calls.get(event.call)
             if call is not None:
                 return call
-            k = self._close_all(start, 1, out, calls=False)
-            item = self._new_item("function_call", start, k, out, event)
+            self._close_all(start, out, calls=False)
+            item = self._new_item("function_call", start, out, event)
             self._open_calls[event.call] = item
             return item
         kind: BlockKind = "message" if isinstance(event, StreamDelta) else "reasoning"
         if self._open is not None and self._open.kind == kind:
             return self._open
-        k = self._close_all(start, 1, out)
-        self._open = self._new_item(kind, start, k, out)
+        self._close_all(start, out)
+        self._open = self._new_item(kind, start, out)
         return self._open
 
-    def _new_item(
-        self, kind: BlockKind, position: int, k: int, out: list[Emitted], call: ToolCallDelta | None = None
-    ) -> _Item:
+    def _new_item(self, kind: BlockKind, position: int, out: list[Emitted], call: ToolCallDelta | None = None) -> _Item:
         index = len(self._items)
         item = _Item(kind=kind, id=f"{_PREFIX[kind]}{self._stream_id}_{index}", output_index=index)
         if call is not None:  # its first fragment names it: the added item carries its call id and name
@@ -233,49 +226,42 @@ class ResponseState:
         self._items.append(item)
         base = {"output_index": index}
         added_item = {**base, "item": item.body("in_progress")}
-        self._emit(out, self._at(position, k), "response.output_item.added", added_item)
+        self._emit_at(out, position, "response.output_item.added", added_item)
         if kind != "function_call":
             part = _text_part("") if kind == "message" else _reasoning_part("")
             added = {"item_id": item.id, **base, "content_index": 0, "part": part}
-            self._emit(out, self._at(position, k + 1), "response.content_part.added", added)
+            self._emit_at(out, position, "response.content_part.added", added)
         return item
 
-    def _close_all(
-        self, position: int, k: int, out: list[Emitted], *, calls: bool = True, status: str = "completed"
-    ) -> int:
-        """Close the open text or reasoning item and (``calls``) every open tool call, in output order; the next
-        free offset."""
+    def _close_all(self, position: int, out: list[Emitted], *, calls: bool = True, status: str = "completed") -> None:
+        """Close the open text or reasoning item and (``calls``) every open tool call, in output order."""
         if self._open is not None:
-            k = self._close(self._open, position, k, out, status)
+            self._close(self._open, position, out, status)
             self._open = None
         if calls:
             for item in sorted(self._open_calls.values(), key=lambda open_call: open_call.output_index):
-                k = self._close(item, position, k, out, status)
+                self._close(item, position, out, status)
             self._open_calls.clear()
-        return k
 
-    def _close(self, item: _Item, position: int, k: int, out: list[Emitted], status: str = "completed") -> int:
-        """Emit the ``.done`` events of ``item`` at ``position`` from offset ``k``; the next free offset."""
+    def _close(self, item: _Item, position: int, out: list[Emitted], status: str = "completed") -> None:
+        """Emit the ``.done`` events of ``item`` at ``position``."""
         item.status = status
         base: JsonObject = {"item_id": item.id, "output_index": item.output_index}
         text = item.text()
         if item.kind == "function_call":
             done = {**base, "name": item.name, "arguments": text}
-            self._emit(out, self._at(position, k), "response.function_call_arguments.done", done)
-            k += 1
+            self._emit_at(out, position, "response.function_call_arguments.done", done)
         else:
             if item.kind == "message":
                 name, part = "response.output_text.done", _text_part(text)
-                self._emit(out, self._at(position, k), name, {**base, "content_index": 0, "text": text, "logprobs": []})
+                self._emit_at(out, position, name, {**base, "content_index": 0, "text": text, "logprobs": []})
             else:
                 name, part = "response.reasoning_text.done", _reasoning_part(text)
-                self._emit(out, self._at(position, k), name, {**base, "content_index": 0, "text": text})
+                self._emit_at(out, position, name, {**base, "content_index": 0, "text": text})
             part_done = {**base, "content_index": 0, "part": part}
-            self._emit(out, self._at(position, k + 1), "response.content_part.done", part_done)
-            k += 2
+            self._emit_at(out, position, "response.content_part.done", part_done)
         item_done = {"output_index": item.output_index, "item": item.body(status)}
-        self._emit(out, self._at(position, k), "response.output_item.done", item_done)
-        return k + 1
+        self._emit_at(out, position, "response.output_item.done", item_done)
 
     def _end(self, end: StreamEnd, out: list[Emitted]) -> None:
         reason = end.finish_reason
@@ -299,9 +285,9 @@ class ResponseState:
         self._finish("response.failed", position, out)
 
     def _finish(self, name: str, position: int, out: list[Emitted]) -> None:
-        k = self._close_all(position, 1, out, status="completed" if self.status == "completed" else "incomplete")
+        self._close_all(position, out, status="completed" if self.status == "completed" else "incomplete")
         self.ended = True
-        self._emit(out, self._at(position, k), name, {"response": self.response()})
+        self._emit_at(out, position, name, {"response": self.response()})
 
     def _usage_of(self, end: StreamEnd) -> JsonObject:
         prompt, completion = end.prompt_tokens or 0, completion_tokens(end)
@@ -311,8 +297,10 @@ class ResponseState:
             "total_tokens": prompt + completion,
         }  # fmt: skip
 
-    def _at(self, position: int, k: int) -> int:
-        return content_sequence(position) + k
+    def _emit_at(self, out: list[Emitted], position: int, name: str, body: JsonObject) -> None:
+        """A non-content event at token position ``position``."""
+        self._emit(out, position + self._others, name, body)
+        self._others += 1
 
     def _emit(self, out: list[Emitted], sequence: int, name: str, body: JsonObject) -> None:
         # Increasing whatever a producer sends; for the events runners publish (every content event holds at least
