@@ -230,6 +230,18 @@ async def test_the_anthropic_sdk_streams_through_nginx(edge: Edge) -> None:
     assert text == expected_text("claude via proxy", 10, LENGTH_TOKENS)
 
 
+async def test_a_background_response_is_created_and_streamed_back_through_nginx(edge: Edge) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{edge.url}/v1", api_key="x", max_retries=0)
+    created = await client.responses.create(
+        model="synthetic", input="responses via proxy", background=True, max_output_tokens=10
+    )
+    events = [event async for event in await client.responses.retrieve(created.id, stream=True)]
+    final = events[-1]
+    assert final.type == "response.incomplete"
+    assert final.response.output_text == expected_text("responses via proxy", 10, LENGTH_TOKENS)
+    assert (await client.responses.retrieve(created.id)).output_text == final.response.output_text
+
+
 async def test_closing_an_sdk_stream_through_nginx_cancels_the_generation(edge: Edge) -> None:
     # nginx must pass the client's disconnect on to the streamer (it closes the upstream connection).
     client = openai.AsyncOpenAI(base_url=f"{edge.url}/v1", api_key="x", max_retries=0)
@@ -317,7 +329,14 @@ ROUTES = [
     ("GET", f"/v1/streams/{'a' * 32}/events?last_event_id=0a0b0c0d:3", "streamer"),
     ("POST", "/v1/chat/completions", "streamer"),
     ("POST", "/v1/messages", "streamer"),
+    ("POST", "/v1/completions", "streamer"),
+    ("POST", "/v1/responses", "streamer"),
+    ("GET", "/v1/responses/resp_abc", "streamer"),
+    ("GET", "/v1/responses/resp_abc?stream=true&starting_after=3", "streamer"),
+    ("POST", "/v1/responses/resp_abc/cancel", "streamer"),
+    ("DELETE", "/v1/responses/resp_abc", "streamer"),
     ("GET", "/v1/models", "streamer"),
+    ("GET", "/v1/models/meta-llama/Llama-3.1-8B-Instruct", "streamer"),
     ("POST", "/v1/streams", "gateway"),
     ("GET", f"/v1/streams/{'a' * 32}", "gateway"),
     ("POST", f"/v1/streams/{'a' * 32}/stop", "gateway"),

@@ -152,7 +152,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", text_completions)
     app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{id:.+}", model)  # an id may hold "/" (meta-llama/Llama-3.1-8B-Instruct)
+    # An id may hold "/" (meta-llama/Llama-3.1-8B-Instruct), and any other character: an unknown one is a 404 in
+    # OpenAI's shape, never the routing's own.
+    app.router.add_get(r"/v1/models/{id:[\s\S]+}", model)
     app.router.add_post("/v1/messages", messages)
 
 

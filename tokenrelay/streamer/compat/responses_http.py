@@ -261,7 +261,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         if not streamed:
             return json_response(await _current(request, stored, events))
         if events is not None:
-            return _replayed(stored.head, events, after)
+            return _replayed(stored, events, after)
         record = await _stream_record(app, stored.stream_id)
         if record is None:
             raise NotFound(f"the events of response {stored.head.id!r} are no longer kept")
@@ -272,16 +272,17 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return await serve_reader(request, reader, record.state, {**SSE_HEADERS, STREAM_ID_HEADER: stored.stream_id})
 
 
-def _replayed(head: ResponseHead, events: list[StreamEvent], after: int | None) -> web.Response:
+def _replayed(stored: StoredResponse, events: list[StreamEvent], after: int | None) -> web.Response:
+    """A finished response's events after ``after``, from its kept events (``bad_request`` past the last one)."""
     emitted: list[Emitted] = []
-    state = ResponseState(head)
+    state = ResponseState(stored.head)
     for event in events:
         emitted.extend(state.push(event))
     last = emitted[-1][0] if emitted else -1
     if after is not None and after >= last:
         raise BadRequest(f"starting_after {after} is past the response's last event ({last})")
     body = b"".join(encode(made) for made in emitted if after is None or made[0] > after)
-    return web.Response(body=body, headers={**SSE_HEADERS, STREAM_ID_HEADER: head.id})
+    return web.Response(body=body, headers={**SSE_HEADERS, STREAM_ID_HEADER: stored.stream_id})
 
 
 async def _current(request: web.Request, stored: StoredResponse, events: list[StreamEvent] | None) -> JsonObject:
