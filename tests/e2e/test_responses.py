@@ -131,6 +131,19 @@ async def test_a_background_response_is_read_in_part_then_resumed_after_a_sequen
     assert [(e.sequence_number, e.type) for e in replay] == [(e.sequence_number, e.type) for e in rest]
 
 
+async def test_starting_after_beyond_what_a_running_response_made_so_far_waits_for_those_events(sut: System) -> None:
+    sdk = client(sut)
+    created = await sdk.responses.create(model="synthetic", input="wait for it", background=True, max_output_tokens=80)
+    # At 100 tokens a second, event 60 is about half a second away when this asks for what follows it.
+    later = [event async for event in await sdk.responses.retrieve(created.id, stream=True, starting_after=60)]
+    whole = [event async for event in await sdk.responses.retrieve(created.id, stream=True)]
+    assert later[0].sequence_number > 60
+    assert [(e.sequence_number, e.type) for e in later] == [
+        (e.sequence_number, e.type) for e in whole if e.sequence_number > 60
+    ]
+    assert later[-1].type == "response.incomplete"
+
+
 async def test_a_background_response_with_no_reader_past_the_unread_grace_still_completes(sut: System) -> None:
     sdk = client(sut)
     created = await sdk.responses.create(
