@@ -107,6 +107,22 @@ async def test_a_whole_response_is_retrievable_and_chains_with_previous_response
     assert second.usage.input_tokens > alone.usage.input_tokens
 
 
+async def test_input_items_list_the_requests_own_input_newest_first(sut: System) -> None:
+    sdk = client(sut)
+    first = await sdk.responses.create(model="synthetic", input="earlier turn", max_output_tokens=3)
+    second = await sdk.responses.create(
+        model="synthetic", previous_response_id=first.id, max_output_tokens=3, instructions="Be brief.",
+        input=[
+            {"role": "user", "content": "one"}, {"role": "user", "content": [{"type": "input_text", "text": "two"}]},
+        ],
+    )  # fmt: skip
+    listed = await sdk.responses.input_items.list(second.id)
+    texts = [item.content[0].text for item in listed.data if item.type == "message"]  # type: ignore[union-attr]
+    assert texts == ["two", "one"]  # its own input only, newest first; instructions are not an item
+    ascending = await sdk.responses.input_items.list(second.id, order="asc", limit=1)
+    assert [item.id for item in ascending.data] == [listed.data[-1].id] and ascending.has_more
+
+
 async def test_a_background_response_is_read_in_part_then_resumed_after_a_sequence_number_exactly(
     sut: System,
 ) -> None:

@@ -1,5 +1,6 @@
 """HTTP shell of OpenAI's Responses API: ``POST /v1/responses``, ``GET /v1/responses/{id}`` (JSON, or its events
-with ``stream=true`` from ``starting_after``), ``POST /v1/responses/{id}/cancel``, ``DELETE /v1/responses/{id}``.
+with ``stream=true`` from ``starting_after``), ``POST /v1/responses/{id}/cancel``, ``DELETE /v1/responses/{id}``,
+``GET /v1/responses/{id}/input_items``.
 
 A Response is one tokenrelay stream (its id is ``resp_<stream id>``), admitted by a gateway like any compatible-API
 request. With ``store`` (the default) the streamer records it (``streamer/compat/responses_store.py``) and the
@@ -33,6 +34,7 @@ from tokenrelay.streamer.compat.response_events import (
     encode,
     stream_id_of,
 )
+from tokenrelay.streamer.compat.response_items import Page, input_items, listing
 from tokenrelay.streamer.compat.responses_request import (
     ResponseRequest,
     assistant_turn,
@@ -107,6 +109,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/responses/{id}", retrieve)
     app.router.add_delete("/v1/responses/{id}", delete)
     app.router.add_post("/v1/responses/{id}/cancel", cancel)
+    app.router.add_get("/v1/responses/{id}/input_items", list_input_items)
 
 
 def _error(request: web.Request, exc: TokenRelayError) -> web.Response:
@@ -150,6 +153,7 @@ def _stored(record: StreamRecord, parsed: ResponseRequest, earlier: tuple[ChatMe
     return StoredResponse(
         stream_id=record.stream_id, epoch=record.epoch, created_at=record.created, model=record.model,
         background=parsed.background, echo=parsed.echo, conversation=earlier + parsed.input,
+        input_messages=len(parsed.input),
     )  # fmt: skip
 
 
@@ -317,6 +321,17 @@ def _starting_after(request: web.Request) -> int | None:
     if after < 0:
         raise BadRequest(f"starting_after must be >= 0, got {after}")
     return after
+
+
+async def list_input_items(request: web.Request) -> web.Response:
+    """``GET /v1/responses/{id}/input_items``: the request's own input items (``limit``, ``order``, ``after``)."""
+    try:
+        stored = await _load(request, request.match_info["id"], request_tenant(request))
+        query = request.query
+        page = Page.parse(query.get("limit"), query.get("order"), query.get("after"))
+        return json_response(listing(input_items(stored.stream_id, stored.own_input), page))
+    except TokenRelayError as exc:
+        return _error(request, exc)
 
 
 async def cancel(request: web.Request) -> web.Response:

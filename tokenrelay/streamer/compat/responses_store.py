@@ -49,6 +49,14 @@ class StoredResponse:
     echo: JsonObject
     conversation: tuple[ChatMessage, ...]
     """The messages the response answered, its instructions left out (they do not carry over to a next one)."""
+    input_messages: int = 0
+    """How many of the last :attr:`conversation` messages are this request's own input (the rest came from
+    ``previous_response_id``)."""
+
+    @property
+    def own_input(self) -> tuple[ChatMessage, ...]:
+        """The messages of this request's own input."""
+        return self.conversation[len(self.conversation) - self.input_messages :]
 
     @property
     def head(self) -> ResponseHead:
@@ -62,6 +70,7 @@ class StoredResponse:
                 "stream_id": self.stream_id, "epoch": self.epoch, "created_at": self.created_at, "model": self.model,
                 "background": self.background, "echo": self.echo,
                 "conversation": [message.to_openai() for message in self.conversation],
+                "input_messages": self.input_messages,
             }
         )  # fmt: skip
 
@@ -76,6 +85,7 @@ class StoredResponse:
                 conversation=tuple(
                     openai_message(f"conversation[{i}]", m) for i, m in enumerate(obj["conversation"])
                 ),
+                input_messages=int(obj.get("input_messages", 0)),
             )  # fmt: skip
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, TokenRelayError) as exc:
             raise CodecError(f"not a stored response record: {exc}") from None
