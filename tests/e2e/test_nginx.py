@@ -334,6 +334,7 @@ ROUTES = [
     ("GET", "/v1/responses/resp_abc", "streamer"),
     ("GET", "/v1/responses/resp_abc?stream=true&starting_after=3", "streamer"),
     ("POST", "/v1/responses/resp_abc/cancel", "streamer"),
+    ("GET", "/v1/responses/resp_abc/input_items?limit=2", "streamer"),
     ("DELETE", "/v1/responses/resp_abc", "streamer"),
     ("GET", "/v1/models", "streamer"),
     ("GET", "/v1/models/meta-llama/Llama-3.1-8B-Instruct", "streamer"),
