@@ -23,12 +23,16 @@ import orjson
 import pytest
 import trustme
 from nats import errors as nats_errors
+from nats.js.errors import ObjectNotFoundError
+from openai.types.responses import Response
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.helpers import STOPPED_TOKENS, eventually_true, expected_text, wait_running
+from tests.helpers import STOPPED_TOKENS, eventually, eventually_true, expected_text, wait_running
 from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
+from tokenrelay.runtime.responses import open_response_events
+from tokenrelay.streamer.compat.response_events import stream_id_of
 from tokenrelay.testing.http import create_stream, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, nats_server, start_role, stop_process, system, wait_until
 from tokenrelay.testing.sse import read_stream
@@ -515,6 +519,148 @@ async def _a_runner_may_not_read_or_forge_what_is_not_its_own(server: NatsServer
         re.sub(r".* - (\w+) Violation - Subject (\"[^\"]*\").*", r"\1 \2", line) for line in violations(server.log_path)
     }
     assert refused == {'Subscription "tokenrelay.feedback.*"', 'Publish "tokenrelay.api.start"'}
+    assert all('"$G/user:tokenrelay-runner"' in line for line in violations(server.log_path))
+
+
+# --- stored responses under the same users: the records' bucket and the events' object store -----------------------
+
+BACKGROUND_CAP = 3
+"""The background responses the key may hold in the stored-responses spec: it makes two, then fills the cap."""
+
+
+async def test_stored_and_background_responses_work_with_only_the_documented_permissions() -> None:
+    passwords = {role: secrets.token_urlsafe(18) for role in ROLES}
+    with (
+        configured_nats(auth_config(passwords)) as server,
+        system(
+            server.url,
+            runner_args=FAST_RUNNER,
+            streamer_args=["--max-background-responses-per-key", str(BACKGROUND_CAP)],
+            # A background response with no reader outlives the gateway's unread check.
+            gateway_args=["--unread-grace-s", str(UNREAD_GRACE_S)],
+            role_env={role: role_credentials(role, passwords) for role in ("gateway", "runner", "streamer")},
+        ) as sut,
+    ):
+        sdk = openai.AsyncOpenAI(base_url=f"{sut.streamer_url}/v1", api_key="unused", max_retries=0)
+
+        # Stored and answered whole (the streamer declares both buckets and writes the record), then retrieved as
+        # JSON, as a stream, and resumed after a sequence number (the record's get, the kept events' get).
+        first = await sdk.responses.create(model="synthetic", input="kept", max_output_tokens=8)
+        assert first.status == "incomplete" and first.output_text == expected_text("kept", 8, LENGTH_TOKENS)
+        assert (await sdk.responses.retrieve(first.id)).output_text == first.output_text
+        events = [event async for event in await sdk.responses.retrieve(first.id, stream=True)]
+        assert events[-1].type == "response.incomplete"
+        middle = events[len(events) // 2].sequence_number
+        rest = [e async for e in await sdk.responses.retrieve(first.id, stream=True, starting_after=middle)]
+        assert [e.sequence_number for e in rest] == [e.sequence_number for e in events if e.sequence_number > middle]
+
+        # Chained: the earlier response's record and events make the conversation.
+        second = await sdk.responses.create(
+            model="synthetic", input="and then", previous_response_id=first.id, max_output_tokens=4
+        )
+        assert second.previous_response_id == first.id and second.status == "incomplete"
+
+        # Background (the cap's count watches the key's records first), read by nobody, past the unread check.
+        unread = await sdk.responses.create(
+            model="synthetic", input="nobody reads", background=True, max_output_tokens=100
+        )
+        assert unread.status == "queued"
+        done = await _finished(sdk, unread.id)
+        assert done.status == "incomplete" and done.output_text == expected_text("nobody reads", 100, LENGTH_TOKENS)
+
+        # Background, cancelled while its runner generates it.
+        running = await sdk.responses.create(
+            model="synthetic", input="cancel me", background=True, max_output_tokens=STOPPED_TOKENS
+        )
+        await wait_running(sut.gateway_url, _stream_id(running.id))
+        cancelled = await sdk.responses.cancel(running.id)
+        assert cancelled.status == "cancelled"
+        assert (await sdk.responses.retrieve(running.id)).status == "cancelled"
+
+        # Deleted: its record purged and its events deleted.
+        doomed = await sdk.responses.create(model="synthetic", input="delete me", max_output_tokens=3)
+        await sdk.responses.delete(doomed.id)
+        with pytest.raises(openai.NotFoundError):
+            await sdk.responses.retrieve(doomed.id)
+
+        # The key holds two background responses: one more fills the cap, the next is refused.
+        await sdk.responses.create(model="synthetic", input="third", background=True, max_output_tokens=3)
+        with pytest.raises(openai.RateLimitError) as caught:
+            await sdk.responses.create(model="synthetic", input="fourth", background=True, max_output_tokens=3)
+        assert caught.value.code == "rate_limited"
+
+        # The runner kept each finished response's events in the object store (not only the history has them).
+        kept = await _kept_events(server, passwords, [first.id, second.id, unread.id, running.id, doomed.id])
+        assert kept == {first.id: True, second.id: True, unread.id: True, running.id: True, doomed.id: False}
+        assert _events_not_kept(Path(sut.log_dir, f"{sut.runners[0].name}.log")) == []
+
+        assert violations(server.log_path) == [], "a role used a subject its user may not"
+        await _a_runner_may_not_read_or_delete_response_records(server, passwords)
+
+
+def _stream_id(response_id: str) -> str:
+    stream_id = stream_id_of(response_id)
+    assert stream_id is not None, response_id
+    return stream_id
+
+
+async def _finished(sdk: openai.AsyncOpenAI, response_id: str) -> Response:
+    async def current() -> Response:
+        return await sdk.responses.retrieve(response_id)
+
+    return await eventually(current, lambda r: r.status not in ("queued", "in_progress"), what=f"{response_id} to end")
+
+
+def _events_not_kept(runner_log: Path) -> list[str]:
+    """The runner's warnings that a stored response's events could not be kept."""
+    lines = runner_log.read_text(errors="replace").splitlines()
+    return [line for line in lines if "could not be kept" in line or "no response store" in line]
+
+
+async def _kept_events(server: NatsServer, passwords: Mapping[str, str], response_ids: list[str]) -> dict[str, bool]:
+    """As the streamer's user: whether the events of each response are in the object store."""
+    streamer = NatsSecurity.from_env(role_credentials("streamer", passwords))
+    nc = await natsio.connect(server.url, name="events-check", security=streamer)
+    try:
+        store = await open_response_events(nc.jetstream())
+        assert store is not None, "no events store was declared"
+        kept: dict[str, bool] = {}
+        for response_id in response_ids:
+            try:
+                info = await store.get_info(f"events-{_stream_id(response_id)}")
+                kept[response_id] = not info.deleted and bool(info.size)
+            except ObjectNotFoundError:
+                kept[response_id] = False
+        return kept
+    finally:
+        await nc.close()
+
+
+RECORD_SUBJECTS_NOT_THE_RUNNERS = (
+    f"$JS.API.STREAM.MSG.GET.KV_{subjects.RESPONSES_BUCKET}",  # read a record (nats-py's get)
+    f"$JS.API.DIRECT.GET.KV_{subjects.RESPONSES_BUCKET}.$KV.{subjects.RESPONSES_BUCKET}.o0.fg.s1",  # or a direct get
+    f"$KV.{subjects.RESPONSES_BUCKET}.o0.fg.s1",  # write or purge one
+)
+
+
+async def _a_runner_may_not_read_or_delete_response_records(server: NatsServer, passwords: Mapping[str, str]) -> None:
+    """The runner keeps events only: it can neither read a stored response's record nor write or purge one."""
+    runner = NatsSecurity.from_env(role_credentials("runner", passwords))
+    nc = await natsio.connect(server.url, name="not-a-streamer", security=runner)
+    try:
+        for subject in RECORD_SUBJECTS_NOT_THE_RUNNERS:
+            await nc.publish(subject, b"")
+        await nc.flush()
+        await eventually_true(
+            lambda: len(violations(server.log_path)) >= len(RECORD_SUBJECTS_NOT_THE_RUNNERS),
+            what="nats-server to log each permission violation",
+        )
+    finally:
+        await nc.close()
+    refused = {
+        re.sub(r'.* - (\w+) Violation - Subject "([^"]*)".*', r"\1 \2", line) for line in violations(server.log_path)
+    }
+    assert refused == {f"Publish {subject}" for subject in RECORD_SUBJECTS_NOT_THE_RUNNERS}
     assert all('"$G/user:tokenrelay-runner"' in line for line in violations(server.log_path))
 
 
