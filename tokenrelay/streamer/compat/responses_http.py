@@ -124,6 +124,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     try:
         parsed = parse_response_request(await json_body(request))
         earlier = await _earlier(request, parsed.previous_response_id, owner) if parsed.previous_response_id else ()
+        if parsed.store:  # declared before the runner may need it: a short answer can end before admission returns
+            await app[STORES_KEY].get()
         if parsed.background:
             await _check_background_cap(app, owner)
         start = replace(start_request(parsed, earlier), owner=owner, detached=parsed.background, stored=parsed.store)
