@@ -29,22 +29,38 @@ def env_prefix(command: str) -> str:
     return f"{ENV_PREFIX}{command.upper().replace(' ', '_')}_"
 
 
+NATS_URL_ENV = f"{ENV_PREFIX}NATS_URL"
+"""One variable for the NATS servers of every command: they all join the same cluster."""
+SHARED = {"nats_url": NATS_URL_ENV}
+
+
 def build_parser() -> CommandLine:
     """The whole command line."""
     parser = CommandLine(prog="tokenrelay", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_up(sub.add_parser("up", help="run NATS (embedded unless --nats-url), a gateway, a streamer and runners",
-                          env_prefix=env_prefix("up")))  # fmt: skip
-    add_gateway(sub.add_parser("gateway", help="run one gateway (control plane)", env_prefix=env_prefix("gateway")))
-    add_streamer(
-        sub.add_parser("streamer", help="run one streamer (SSE data plane)", env_prefix=env_prefix("streamer"))
+                          env_prefix=env_prefix("up"), env_names=SHARED))  # fmt: skip
+    add_gateway(
+        sub.add_parser(
+            "gateway", help="run one gateway (control plane)", env_prefix=env_prefix("gateway"), env_names=SHARED
+        )
     )
-    add_runner(sub.add_parser("runner", help="run one runner (inference engine)", env_prefix=env_prefix("runner")))
+    add_streamer(
+        sub.add_parser(
+            "streamer", help="run one streamer (SSE data plane)", env_prefix=env_prefix("streamer"), env_names=SHARED
+        )
+    )
+    add_runner(
+        sub.add_parser(
+            "runner", help="run one runner (inference engine)", env_prefix=env_prefix("runner"), env_names=SHARED
+        )
+    )
     feedback = sub.add_parser("feedback", help="work with stored feedback")
     feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True, metavar="COMMAND")
     add_feedback_export(
         feedback_sub.add_parser(
-            "export", help="write every stored feedback item as JSON Lines", env_prefix=env_prefix("feedback export")
+            "export", help="write every stored feedback item as JSON Lines", env_prefix=env_prefix("feedback export"),
+            env_names=SHARED,
         )
     )
     add_loadtest(
@@ -62,7 +78,8 @@ def build_parser() -> CommandLine:
 def add_up(parser: argparse.ArgumentParser) -> None:
     """``tokenrelay up``: its own flags, then every role's, which it forwards."""
     add = parser.add_argument
-    add("--nats-url", type=v.nats_url, default=None, help="use this NATS instead of starting an embedded one")
+    add("--nats-url", type=v.nats_url, default=None,
+        help="use these NATS servers (comma-separated: one cluster) instead of starting an embedded one")  # fmt: skip
     add("--nats-port", type=v.FIXED_PORT, default=4222, help="embedded NATS port (a free one if taken)")
     add("--host", type=v.host, default=c.DEFAULT_HOST,
         help="address gateway and streamer listen on (runners always use 127.0.0.1)")  # fmt: skip
@@ -115,7 +132,7 @@ def add_runner(parser: argparse.ArgumentParser) -> None:
 def add_feedback_export(parser: argparse.ArgumentParser) -> None:
     """``tokenrelay feedback export``."""
     parser.add_argument("--nats-url", type=v.nats_url, default=c.DEFAULT_NATS_URL,
-                        help="NATS server holding the feedback")  # fmt: skip
+                        help="NATS servers holding the feedback (comma-separated: one cluster)")  # fmt: skip
     parser.add_argument("--output", "-o", type=v.output_file, default="-", help="file to write (-: standard output)")
     parser.add_argument("--log-level", type=v.log_level, choices=v.LOG_LEVELS, default="WARNING", help="log level")
 

@@ -227,6 +227,7 @@ FORWARDED = {
 
 def add_role_address(parser: argparse.ArgumentParser, *, port: int) -> None:
     """The flags every role takes for where it listens and which NATS it joins."""
-    parser.add_argument("--nats-url", type=v.nats_url, default=c.DEFAULT_NATS_URL, help="NATS server to connect to")
+    parser.add_argument("--nats-url", type=v.nats_url, default=c.DEFAULT_NATS_URL,
+                        help="NATS servers to connect to (comma-separated: the servers of one cluster)")  # fmt: skip
     parser.add_argument("--host", type=v.host, default=c.DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=v.PORT, default=port, help="port to listen on (0: any free port)")

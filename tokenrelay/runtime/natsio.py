@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 from tokenrelay.runtime.config import HistoryConfig, StorageKind
 from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
 from tokenrelay.runtime.payloads import PayloadStore
+from tokenrelay.runtime.values import nats_servers
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.errors import NotFound
 from tokenrelay.wire.messages import StreamRecord
@@ -107,7 +108,7 @@ async def connect(url: str, *, name: str, security: NatsSecurity | None = None, 
 
     try:
         await nc.connect(
-            url,
+            nats_servers(url),  # one server, or the servers of one cluster: any of them, and the others on failure
             name=name,
             connect_timeout=CONNECT_TIMEOUT_S,
             reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]  # annotated int, sleeps on any number

@@ -117,10 +117,26 @@ def _url(text: str, schemes: tuple[str, ...]) -> SplitResult:
     return parts
 
 
+MAX_NATS_URLS = 32
+"""NATS servers one flag may name."""
+
+
 def nats_url(text: str) -> str:
-    """One NATS server's URL (``nats://host:port``; ``tls://``, ``ws://`` and ``wss://`` too)."""
-    _url(text, NATS_SCHEMES)
+    """One NATS server's URL (``nats://host:port``; ``tls://``, ``ws://`` and ``wss://`` too), or several separated by
+    commas: the servers of one cluster, any of which a role may connect to (:func:`nats_servers` splits them)."""
+    urls = nats_servers(text)
+    if len(urls) > MAX_NATS_URLS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_NATS_URLS} servers, got {len(urls)}")
+    for url in urls:
+        if not url:
+            raise argparse.ArgumentTypeError(f"an empty server between commas in {text!r}")
+        _url(url, NATS_SCHEMES)
     return text
+
+
+def nats_servers(text: str) -> list[str]:
+    """The servers a ``--nats-url`` value names, in its order."""
+    return text.split(",")
 
 
 def http_url(text: str) -> str:

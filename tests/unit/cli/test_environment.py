@@ -76,8 +76,17 @@ def test_a_switchs_variable_turns_it_on_or_off(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_feedback_export_reads_its_own_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TOKENRELAY_FEEDBACK_EXPORT_NATS_URL", "tls://nats.example:4222")
-    assert parse("feedback", "export").nats_url == "tls://nats.example:4222"
+    monkeypatch.setenv("TOKENRELAY_FEEDBACK_EXPORT_OUTPUT", "feedback.jsonl")
+    assert parse("feedback", "export").output == "feedback.jsonl"
+
+
+@pytest.mark.parametrize("command", [("up",), ("gateway",), ("streamer",), ("runner",), ("feedback", "export")])
+def test_every_command_takes_its_nats_servers_from_one_shared_variable(
+    monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    cluster = "nats://a.example:4222,tls://b.example:4222,nats://10.0.0.3:4222"
+    monkeypatch.setenv("TOKENRELAY_NATS_URL", cluster)
+    assert parse(*command).nats_url == cluster
 
 
 @pytest.mark.parametrize("command", COMMANDS)
