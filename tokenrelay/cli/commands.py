@@ -59,7 +59,9 @@ def build_parser() -> CommandLine:
     feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True, metavar="COMMAND")
     add_feedback_export(
         feedback_sub.add_parser(
-            "export", help="write every stored feedback item as JSON Lines", env_prefix=env_prefix("feedback export"),
+            "export",
+            help="write every stored feedback item as JSON Lines",
+            env_prefix=env_prefix("feedback export"),
             env_names=SHARED,
         )
     )

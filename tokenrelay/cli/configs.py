@@ -85,6 +85,7 @@ def _history(args: argparse.Namespace) -> c.HistoryConfig:
         ttl_s=args.history_ttl_s,
         storage=c.StorageKind(args.history_storage),
         max_bytes=args.history_max_bytes,
+        replicas=args.replicas,
     )
 
 
@@ -143,7 +144,7 @@ def runner_config(args: argparse.Namespace) -> c.RunnerConfig:
         max_publish_interval_ms=args.max_publish_interval_ms, synthetic=synthetic, upstream=_upstream(args),
         model_path=args.model_path or None,
         worker_threads=args.worker_threads, replay_max_bytes_per_stream=args.replay_max_bytes_per_stream,
-        replay_linger_s=args.replay_linger_s,
+        replay_linger_s=args.replay_linger_s, drain_timeout_s=args.drain_timeout_s,
     )  # fmt: skip
 
 

@@ -84,6 +84,9 @@ HISTORY_OPTIONS = (
            tuple(str(kind) for kind in c.StorageKind)),
     Option("--history-max-bytes", v.POSITIVE_COUNT, c.DEFAULT_HISTORY_MAX_BYTES,
            "bytes of history kept, oldest dropped first"),
+    Option("--replicas", v.COUNT, 0,
+           "copies JetStream keeps of records, history, feedback and stored requests and responses; 0: 3 on a "
+           "cluster that advertises at least 3 servers, 1 on one server (required where a cluster advertises none)"),
 )  # fmt: skip
 ENGINE_OPTIONS = (
     Option("--engine", str, "synthetic", "inference engine of the runners", ENGINES),
@@ -98,6 +101,9 @@ ENGINE_OPTIONS = (
            "a runner serves a stream's history from memory up to this many bytes (0: JetStream only)"),
     Option("--replay-linger-s", v.DURATION, c.DEFAULT_REPLAY_LINGER_S,
            "a runner keeps serving a finished stream's history from memory this long"),
+    Option("--drain-timeout-s", v.DURATION, c.DEFAULT_DRAIN_TIMEOUT_S,
+           "on SIGTERM a runner takes no new stream and lets its streams finish for this long; what still runs "
+           "then ends with shutting_down (SIGINT: at once)"),
     Option("--synthetic-ttft-ms", v.DURATION, c.DEFAULT_SYNTHETIC_TTFT_MS,
            "synthetic engine: delay before the first token"),
     Option("--synthetic-tokens-per-s", v.RATE, c.DEFAULT_SYNTHETIC_TOKENS_PER_S,

@@ -108,17 +108,20 @@ def spawn(child: Child, *, log_path: str | None = None) -> None:
 
 
 def stop(children: list[Child]) -> None:
-    """Stop the roles first (so they can drain their NATS connections), then NATS itself."""
-    _terminate([c for c in children if c.name != "nats"])
-    _terminate([c for c in children if c.name == "nats"])
+    """Stop the roles first (so they can drain their NATS connections), then NATS itself.
+
+    The roles get SIGINT, which stops each at once: Ctrl-C on ``up`` is not a rolling deploy, so a runner does not
+    wait for its streams as it does on SIGTERM (``--drain-timeout-s``)."""
+    _terminate([c for c in children if c.name != "nats"], signal.SIGINT)
+    _terminate([c for c in children if c.name == "nats"], signal.SIGTERM)
 
 
-def _terminate(children: list[Child]) -> None:
-    """SIGTERM each running child, then SIGKILL whatever outlives the grace period."""
+def _terminate(children: list[Child], sig: signal.Signals) -> None:
+    """Send ``sig`` to each running child, then SIGKILL whatever outlives the grace period."""
     for child in reversed(children):
         if child.process is not None and child.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                child.process.send_signal(signal.SIGTERM)
+                child.process.send_signal(sig)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for child in reversed(children):
         if child.process is None:

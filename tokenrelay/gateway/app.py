@@ -7,6 +7,7 @@ import functools
 import html
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -366,9 +367,10 @@ async def run(config: GatewayConfig) -> None:
     """Run one gateway until SIGINT/SIGTERM."""
     gateway_id = subjects.new_node_id("gateway")
     nc = await natsio.connect(config.nats_url, name=gateway_id)
+    config = replace(config, history=natsio.replicated(nc, config.history))
     js = nc.jetstream()
     await natsio.ensure_events_stream(js, config.history)
-    await natsio.ensure_feedback_stream(js)
+    await natsio.ensure_feedback_stream(js, replicas=config.history.replicas)
     kv = await natsio.ensure_streams_bucket(js, config.history)
     store = await natsio.ensure_payload_store(js, config.history)
     metrics = GatewayMetrics()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+from dataclasses import replace
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -18,12 +20,16 @@ from tokenrelay.wire import subjects
 log = logging.getLogger(__name__)
 
 
-def ops_app(nc: NATS, metrics: RunnerMetrics) -> web.Application:
-    """``/healthz``, ``/readyz`` (connected to NATS) and ``/metrics`` of a runner."""
+def ops_app(nc: NATS, metrics: RunnerMetrics, node: Runner | None = None) -> web.Application:
+    """``/healthz``, ``/readyz`` (connected to NATS, not draining) and ``/metrics`` of a runner."""
     app = web.Application(middlewares=[errors_middleware])
-    add_ops_routes(
-        app, metrics.registry, lambda: None if nc.is_connected else "not connected to NATS", errors=metrics.errors
-    )
+
+    def ready() -> str | None:
+        if node is not None and node.draining:
+            return "draining: taking no new stream"
+        return None if nc.is_connected else "not connected to NATS"
+
+    add_ops_routes(app, metrics.registry, ready, errors=metrics.errors)
     return app
 
 
@@ -31,6 +37,7 @@ async def run(config: RunnerConfig) -> None:
     """Run one runner until SIGINT/SIGTERM."""
     runner_id = subjects.new_node_id("runner")
     nc = await natsio.connect(config.nats_url, name=runner_id)
+    config = replace(config, history=natsio.replicated(nc, config.history))
     js = nc.jetstream()
     await natsio.ensure_events_stream(js, config.history)
     kv = await natsio.ensure_streams_bucket(js, config.history)
@@ -40,7 +47,12 @@ async def run(config: RunnerConfig) -> None:
     node = Runner(config, nc=nc, kv=kv, engine=engine, runner_id=runner_id, metrics=metrics, payloads=store)
     await node.start()
     try:
-        await serve(ops_app(nc, metrics), config.host, config.port, name=runner_id)
+
+        async def on_signal(received: signal.Signals) -> None:
+            if received is signal.SIGTERM:  # a deploy or a scale-down: let the streams finish
+                await node.drain(config.drain_timeout_s)
+
+        await serve(ops_app(nc, metrics, node), config.host, config.port, name=runner_id, on_signal=on_signal)
     finally:
         await node.stop()
         await nc.drain()

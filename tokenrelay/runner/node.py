@@ -71,6 +71,10 @@ def served_models(engine: Engine) -> tuple[str, ...]:
     return tuple(dict.fromkeys(models or (engine.model,)))
 
 
+RECORD_WRITE_TIMEOUT_S = 30.0
+"""How long a runner keeps trying to write a stream's record while JetStream elects a leader."""
+
+
 class Runner:
     """Owns every generation running in this process."""
 
@@ -100,6 +104,13 @@ class Runner:
         self._active: dict[str, Generation] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._subs: list[Subscription] = []
+        self._job_subs: list[Subscription] = []
+        """The job subscriptions (one per model): dropped first when the runner drains."""
+        self._idle = asyncio.Event()
+        """Set while no stream generates here."""
+        self._idle.set()
+        self.draining = False
+        """Told to stop: takes no job, lets its streams finish (:meth:`drain`)."""
         self.pace = PublishPace(
             config.publish_interval_ms / 1000,
             max_interval_s=max(config.max_publish_interval_ms, config.publish_interval_ms) / 1000,
@@ -128,7 +139,8 @@ class Runner:
         """Subscribe to jobs and cancels, and start heartbeating."""
         for model in self.models:
             subject = subjects.jobs(model)
-            self._subs.append(await self._nc.subscribe(subject, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job))
+            sub = await self._nc.subscribe(subject, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job)
+            self._job_subs.append(sub)
         self._subs.append(await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel))
         self._subs.append(await self._nc.subscribe(subjects.runner_ping(self.runner_id), cb=self._on_ping))
         self._subs.append(await self._nc.subscribe(subjects.HOLDERS_WILDCARD, cb=self._on_holders))
@@ -139,9 +151,27 @@ class Runner:
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         log.info("runner %s ready (engine=%s models=%s)", self.runner_id, self._engine.name, ", ".join(self.models))
 
+    async def drain(self, timeout_s: float) -> bool:
+        """Take no new job, and wait up to ``timeout_s`` for the streams generating here to finish (cancels, history
+        requests and heartbeats are still answered meanwhile); whether they all did."""
+        self.draining = True
+        for sub in self._job_subs:
+            await natsio.unsubscribe_quietly(sub)
+        self._job_subs.clear()
+        await self._nc.flush()  # no offer reaches this runner once the server has the unsubscribes
+        log.info("runner %s draining: %d streams to finish within %.0f s", self.runner_id, len(self._active), timeout_s)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning(
+                "runner %s: %d streams still running after the drain timeout", self.runner_id, len(self._active)
+            )
+            return False
+        return True
+
     async def stop(self) -> None:
         """Stop taking jobs, end what is running as ``shutting_down``, and release the engine."""
-        for sub in self._subs:
+        for sub in [*self._job_subs, *self._subs]:
             await natsio.unsubscribe_quietly(sub)
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
@@ -167,6 +197,10 @@ class Runner:
             # may offer the stream again: taking it now could make two runners generate it.  No answer at all.
             self.metrics.jobs_stale.inc()
             return
+        if self.draining:  # an offer sent before the server had this runner's unsubscribe: another runner takes it
+            reply = JobRejected(stream_id=job.stream_id, code=str(ErrorCode.SHUTTING_DOWN), message="draining")
+            await msg.respond(codec.encode(reply))
+            return
         if len(self._active) >= self.config.max_concurrency or active is not None:
             self.metrics.jobs_rejected.inc()
             reply = JobRejected(stream_id=job.stream_id, code=str(ErrorCode.OVERLOADED), message="at capacity")
@@ -185,6 +219,7 @@ class Runner:
             keeper=self._keeper,
         )
         self._active[job.stream_id] = generation
+        self._idle.clear()
         self.metrics.active_streams.set(len(self._active))
         # Reply before the first event so the gateway knows the owner before any cancel can race it.
         await msg.respond(codec.encode(JobAccepted(stream_id=job.stream_id, runner_id=self.runner_id)))
@@ -200,6 +235,8 @@ class Runner:
     def _on_done(self, job: JobRequest, task: asyncio.Task[Outcome]) -> None:
         stream_id = job.stream_id
         self._active.pop(stream_id, None)
+        if not self._active:
+            self._idle.set()
         self.metrics.active_streams.set(len(self._active))
         self.replay.finished(stream_id)
         # The admitting gateway counts its tenants' streams (gateway/quotas.py) and offers its queue's head
@@ -248,7 +285,12 @@ class Runner:
 
     async def _write_record(self, record: StreamRecord) -> None:
         self._count(record)
-        await self._kv.put(record.stream_id, codec.encode(record))
+        data = codec.encode(record)
+        # A record is the stream's state for status, stop and late readers: worth waiting out a leader election.
+        await natsio.retrying(
+            f"stream {record.stream_id}: record", lambda: self._kv.put(record.stream_id, data),
+            timeout_s=RECORD_WRITE_TIMEOUT_S,
+        )  # fmt: skip
 
     def _count(self, record: StreamRecord) -> None:
         """Per-model metrics from the records a generation writes: ``running`` once it started, ``finished``

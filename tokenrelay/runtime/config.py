@@ -19,6 +19,8 @@ DEFAULT_STREAMER_PORT = 8081
 DEFAULT_RUNNER_PORT = 8090
 
 DEFAULT_HISTORY_TTL_S = 600.0
+DEFAULT_DRAIN_TIMEOUT_S = 25.0
+"""How long a runner told to stop (SIGTERM) lets its streams finish: under Kubernetes' default 30 s grace period."""
 DEFAULT_RESPONSE_TTL_S = 3600.0
 """How long a stored response (``POST /v1/responses``) is kept: retrievable, resumable and chainable."""
 DEFAULT_MAX_BACKGROUND_RESPONSES_PER_KEY = 100
@@ -93,6 +95,9 @@ class HistoryConfig:
     ttl_s: float = DEFAULT_HISTORY_TTL_S
     storage: StorageKind = StorageKind.MEMORY
     max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
+    replicas: int = 0
+    """Copies JetStream keeps of every stream, bucket and store tokenrelay declares (0: decided from the servers the
+    NATS cluster advertises, :func:`tokenrelay.runtime.replicas.replicas_for`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,3 +306,6 @@ class RunnerConfig:
     """The ``transformers`` engine's model: a local directory (or a name in the Hugging Face cache)."""
     worker_threads: int = 1
     """``transformers`` engine: generations computed at once (others wait for a thread)."""
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    """On SIGTERM the runner takes no new job and lets its streams finish for this long; what still runs then ends
+    with ``shutting_down`` (SIGINT: at once)."""

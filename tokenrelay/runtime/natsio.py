@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
+from typing import TypeVar
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -16,18 +18,28 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError as JetStreamAPIError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from tokenrelay.runtime.config import HistoryConfig, StorageKind
 from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
 from tokenrelay.runtime.payloads import PayloadStore
+from tokenrelay.runtime.replicas import ReplicasUnknown, replicas_for
 from tokenrelay.runtime.values import nats_servers
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.errors import NotFound
 from tokenrelay.wire.messages import StreamRecord
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 0.5
@@ -36,6 +48,12 @@ DIRECT_GET_TIMEOUT_S = 2.0
 DIRECT_GET_ATTEMPTS = 3
 """A batch not answered in time is asked again on a fresh inbox with the timeout doubled (2 + 4 + 8 s in
 all): a broker saturated for seconds slows a late reader down instead of failing it as ``unavailable``."""
+DECLARE_TIMEOUT_S = 60.0
+"""How long a role keeps trying to declare its JetStream objects while JetStream cannot answer (a leader election)."""
+RETRY_FIRST_WAIT_S = 0.1
+RETRY_MAX_WAIT_S = 2.0
+"""A JetStream request refused while a leader is elected is asked again after 0.1 s, then twice as long each time up
+to this."""
 RECORD_TTL_FACTOR = 2
 """Stream records outlive their history, so a cursor into expired history answers resume_unavailable, not 404."""
 DEFAULT_DIRECT_GET_BATCH = 256
@@ -143,34 +161,77 @@ async def ensure_events_stream(js: JetStreamContext, history: HistoryConfig) -> 
         max_bytes=history.max_bytes,
         discard=DiscardPolicy.OLD,
         allow_direct=True,
+        num_replicas=history.replicas or 1,
     )
-    await _ensure_stream(js, config)
+    await declaring(subjects.EVENTS_STREAM, lambda: _ensure_stream(js, config, history.replicas))
 
 
-async def ensure_feedback_stream(js: JetStreamContext) -> None:
-    """Declare the file-backed stream that keeps feedback durably (idempotent)."""
+async def ensure_feedback_stream(js: JetStreamContext, *, replicas: int = 0) -> None:
+    """Declare the file-backed stream that keeps feedback durably (idempotent; ``replicas`` 0: one copy when
+    declared here, an existing stream left as it is)."""
     config = StreamConfig(
         name=subjects.FEEDBACK_STREAM,
         subjects=[subjects.FEEDBACK_WILDCARD],
         storage=StorageType.FILE,
         max_age=FEEDBACK_MAX_AGE_S,
         allow_direct=True,
+        num_replicas=replicas or 1,
     )
-    await _ensure_stream(js, config)
+    await declaring(subjects.FEEDBACK_STREAM, lambda: _ensure_stream(js, config, replicas))
+
+
+async def retrying(what: str, attempt: Callable[[], Awaitable[T]], *, timeout_s: float) -> T:
+    """``attempt()``, tried again while JetStream cannot answer yet (a cluster electing a leader, a replicated
+    stream's group forming, a node lost under a leader); past ``timeout_s`` the last error is raised. ``what`` names
+    the attempt in the log."""
+    loop = asyncio.get_running_loop()
+    deadline, wait_s = loop.time() + timeout_s, RETRY_FIRST_WAIT_S
+    while True:
+        try:
+            return await attempt()
+        except (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError) as exc:
+            if loop.time() + wait_s > deadline:
+                raise
+            log.warning("%s: not yet (%r); trying again in %.2f s", what, exc, wait_s)
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, RETRY_MAX_WAIT_S)
+
+
+async def declaring(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()`` declaring or opening the JetStream object ``what``, tried for :data:`DECLARE_TIMEOUT_S`."""
+    return await retrying(f"declaring JetStream {what}", attempt, timeout_s=DECLARE_TIMEOUT_S)
+
+
+def replicated(nc: NATS, history: HistoryConfig) -> HistoryConfig:
+    """``history`` with the replicas to declare with decided (``--replicas 0``: from the connected server's
+    ``INFO``, :func:`~tokenrelay.runtime.replicas.replicas_for`); :class:`NatsConnectError` when they cannot be."""
+    info = getattr(nc, "_server_info", None)  # nats-py keeps the server's INFO here; it has no public accessor
+    try:
+        return replace(history, replicas=replicas_for(history.replicas, info if isinstance(info, dict) else {}))
+    except ReplicasUnknown as exc:
+        raise NatsConnectError(str(exc)) from None
 
 
 async def ensure_streams_bucket(js: JetStreamContext, history: HistoryConfig) -> KeyValue:
     """Open (declaring if needed) the KV bucket of stream records; they outlive history ``RECORD_TTL_FACTOR`` times."""
+    return await declaring(subjects.STREAMS_BUCKET, lambda: _streams_bucket(js, history))
+
+
+async def _streams_bucket(js: JetStreamContext, history: HistoryConfig) -> KeyValue:
     try:
-        return await js.key_value(subjects.STREAMS_BUCKET)
+        bucket = await js.key_value(subjects.STREAMS_BUCKET)
     except NotFoundError:
         pass
+    else:
+        await ensure_replicas(js, f"KV_{subjects.STREAMS_BUCKET}", history.replicas)
+        return bucket
     return await js.create_key_value(
         KeyValueConfig(
             bucket=subjects.STREAMS_BUCKET,
             history=1,
             ttl=history.ttl_s * RECORD_TTL_FACTOR,
             storage=_storage(history.storage),
+            replicas=history.replicas or 1,
         )
     )
 
@@ -178,11 +239,21 @@ async def ensure_streams_bucket(js: JetStreamContext, history: HistoryConfig) ->
 async def ensure_payload_store(js: JetStreamContext, history: HistoryConfig) -> PayloadStore:
     """Open (declaring if needed) the object store of requests larger than one NATS message, in the history's
     storage, each object kept :data:`PAYLOAD_TTL_S` at most, :data:`PAYLOAD_MAX_BYTES` in all."""
+    return await declaring(subjects.PAYLOADS_BUCKET, lambda: _payload_store(js, history))
+
+
+async def _payload_store(js: JetStreamContext, history: HistoryConfig) -> PayloadStore:
     try:
-        return PayloadStore(await js.object_store(subjects.PAYLOADS_BUCKET))
+        store = PayloadStore(await js.object_store(subjects.PAYLOADS_BUCKET))
     except BucketNotFoundError:
         pass
-    config = ObjectStoreConfig(ttl=PAYLOAD_TTL_S, max_bytes=PAYLOAD_MAX_BYTES, storage=_storage(history.storage))
+    else:
+        await ensure_replicas(js, f"OBJ_{subjects.PAYLOADS_BUCKET}", history.replicas)
+        return store
+    config = ObjectStoreConfig(
+        ttl=PAYLOAD_TTL_S, max_bytes=PAYLOAD_MAX_BYTES, storage=_storage(history.storage),
+        replicas=history.replicas or 1,
+    )  # fmt: skip
     return PayloadStore(await js.create_object_store(subjects.PAYLOADS_BUCKET, config))
 
 
@@ -210,12 +281,51 @@ async def load_record(kv: KeyValue, stream_id: str) -> StreamRecord:
     return codec.decode_as(entry.value, StreamRecord)
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig, replicas: int) -> None:
     assert config.name is not None
     try:
         await js.stream_info(config.name)
     except NotFoundError:
         await js.add_stream(config)
+    else:
+        await ensure_replicas(js, config.name, replicas)
+
+
+class ReplicasMismatch(NatsConnectError):
+    """An existing JetStream stream keeps another number of copies than asked, and NATS refused to change it."""
+
+
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Give an existing stream (a bucket's or store's too: ``KV_<name>``, ``OBJ_<name>``) ``replicas`` copies when it
+    has another number: NATS moves it in place; where it cannot (fewer servers than copies), say so and stop.
+    ``replicas`` 0 leaves it as it is."""
+    if replicas <= 0:
+        return
+    info = await js.stream_info(stream)
+    current = info.config.num_replicas or 1
+    if current == replicas:
+        return
+    log.warning("JetStream stream %s has %d replicas; changing it to %d", stream, current, replicas)
+    try:
+        await js.update_stream(replace(info.config, num_replicas=replicas))
+    except JetStreamAPIError as exc:
+        raise ReplicasMismatch(
+            f"JetStream stream {stream} has {current} replicas and cannot be given {replicas}: {exc.description}"
+        ) from None
+    await _until_current(js, stream, replicas)
+
+
+async def _until_current(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Wait until every copy of a stream just moved to ``replicas`` has caught up (its writes go through them all)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DECLARE_TIMEOUT_S
+    while loop.time() < deadline:
+        cluster = (await js.stream_info(stream)).cluster
+        peers = (cluster.replicas or []) if cluster is not None else []
+        if cluster is not None and cluster.leader and len(peers) == replicas - 1 and all(p.current for p in peers):
+            return
+        await asyncio.sleep(RETRY_FIRST_WAIT_S)
+    log.warning("JetStream stream %s: its %d copies have not all caught up yet", stream, replicas)
 
 
 async def direct_get(

@@ -24,6 +24,7 @@ from nats.js.errors import Error as JetStreamError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from tokenrelay.runtime import natsio
 from tokenrelay.runtime.config import StorageKind
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError
@@ -120,14 +121,33 @@ def _storage(kind: StorageKind) -> StorageType:
     return StorageType.FILE if kind is StorageKind.FILE else StorageType.MEMORY
 
 
-async def ensure_response_store(js: JetStreamContext, *, ttl_s: float, storage: StorageKind) -> ResponseStore:
-    """Open (declaring if needed) both buckets, each keeping what it holds ``ttl_s``."""
+async def ensure_response_store(
+    js: JetStreamContext, *, ttl_s: float, storage: StorageKind, replicas: int = 0
+) -> ResponseStore:
+    """Open (declaring if needed) both buckets, each keeping what it holds ``ttl_s`` in ``replicas`` copies (0: one
+    when declared here, existing ones left as they are)."""
+    return await natsio.declaring(
+        subjects.RESPONSES_BUCKET, lambda: _response_store(js, ttl_s=ttl_s, storage=storage, replicas=replicas)
+    )
+
+
+async def _response_store(js: JetStreamContext, *, ttl_s: float, storage: StorageKind, replicas: int) -> ResponseStore:
     try:
         records = await js.key_value(subjects.RESPONSES_BUCKET)
     except (BucketNotFoundError, NotFoundError):
-        config = KeyValueConfig(bucket=subjects.RESPONSES_BUCKET, history=1, ttl=ttl_s, storage=_storage(storage))
+        config = KeyValueConfig(
+            bucket=subjects.RESPONSES_BUCKET, history=1, ttl=ttl_s, storage=_storage(storage), replicas=replicas or 1
+        )
         records = await js.create_key_value(config)
-    return ResponseStore(records, await _events_store(js, ttl_s=ttl_s, storage=storage))
+    else:
+        await natsio.ensure_replicas(js, f"KV_{subjects.RESPONSES_BUCKET}", replicas)
+    events = await open_response_events(js)
+    if events is None:
+        object_config = ObjectStoreConfig(ttl=ttl_s, storage=_storage(storage), replicas=replicas or 1)
+        events = await js.create_object_store(subjects.RESPONSE_EVENTS_BUCKET, object_config)
+    else:
+        await natsio.ensure_replicas(js, f"OBJ_{subjects.RESPONSE_EVENTS_BUCKET}", replicas)
+    return ResponseStore(records, events)
 
 
 async def open_response_events(js: JetStreamContext) -> ObjectStore | None:
@@ -136,14 +156,6 @@ async def open_response_events(js: JetStreamContext) -> ObjectStore | None:
         return await js.object_store(subjects.RESPONSE_EVENTS_BUCKET)
     except (BucketNotFoundError, NotFoundError):
         return None
-
-
-async def _events_store(js: JetStreamContext, *, ttl_s: float, storage: StorageKind) -> ObjectStore:
-    found = await open_response_events(js)
-    if found is not None:
-        return found
-    config = ObjectStoreConfig(ttl=ttl_s, storage=_storage(storage))
-    return await js.create_object_store(subjects.RESPONSE_EVENTS_BUCKET, config)
 
 
 KEEP_TIMEOUT_S = 5.0

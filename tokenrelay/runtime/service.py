@@ -202,8 +202,11 @@ async def serve(
     cancel_on_disconnect: bool = False,
     reuse_port: bool = False,
     process_port: int = 0,
+    on_signal: Callable[[signal.Signals], Awaitable[None]] | None = None,
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully.
+
+    ``on_signal`` is awaited with the signal that arrived before the server stops (a runner drains on SIGTERM).
 
     ``cancel_on_disconnect`` cancels a handler as soon as its client goes away (what a
     long-lived SSE response wants; not what a request that must finish its work wants).
@@ -227,7 +230,9 @@ async def serve(
         raise
     bound = runner.addresses[0] if runner.addresses else (host, port)
     log.info("%s listening on http://%s:%s", name, bound[0], bound[1])
-    await wait_for_signal()
+    received = await wait_for_signal()
+    if on_signal is not None:
+        await on_signal(received)  # still serving: a draining role answers /readyz and its clients meanwhile
     log.info("%s shutting down", name)
     await runner.cleanup()
 
@@ -316,14 +321,19 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else soft, hard))
 
 
-async def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM arrives."""
+async def wait_for_signal() -> signal.Signals:
+    """Block until SIGINT or SIGTERM arrives; which one."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def arrived(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, arrived, sig)
     try:
-        await stop.wait()
+        return await received
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):

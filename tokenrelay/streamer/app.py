@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -199,6 +200,7 @@ async def run(config: StreamerConfig) -> None:
     node_id = subjects.new_node_id("streamer")
     nc = await natsio.connect(config.nats_url, name=node_id)
     live_nc = await natsio.connect(config.nats_url, name=f"{node_id}-live", client=LIVE_CLIENT)
+    config = replace(config, history=natsio.replicated(nc, config.history))
     js = nc.jetstream()
     await natsio.ensure_events_stream(js, config.history)
     kv = await natsio.ensure_streams_bucket(js, config.history)

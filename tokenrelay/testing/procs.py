@@ -30,11 +30,14 @@ def wait_until(predicate: object, *, timeout_s: float = STARTUP_TIMEOUT_S, what:
         time.sleep(0.05)
 
 
-def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time."""
+def stop_process(
+    process: subprocess.Popen[bytes], *, timeout_s: float = 10.0, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    """``sig`` (SIGTERM: a runner drains its streams first; SIGINT: every role stops at once), then SIGKILL if it
+    does not exit in time."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(sig)
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -206,7 +209,7 @@ def system(
             yield System(nats_url, gateway, streamer, runner_roles, streamer_roles, logs, shared_url)
         finally:
             for role in reversed(roles):
-                stop_process(role.process)
+                stop_process(role.process, sig=signal.SIGINT)  # a test over: no runner waits for its streams
 
 
 def _healthy_or_dead(role: Role, logs: str) -> bool:

@@ -93,8 +93,9 @@ class _Stores:
                     js = self._app[NC_KEY].jetstream()
                     try:
                         self._store = await ensure_response_store(
-                            js, ttl_s=config.response_ttl_s, storage=config.history.storage
-                        )
+                            js, ttl_s=config.response_ttl_s, storage=config.history.storage,
+                            replicas=config.history.replicas,
+                        )  # fmt: skip
                     except Exception as exc:
                         raise Unavailable(f"the response store cannot be opened: {exc!r}") from None
         return self._store
