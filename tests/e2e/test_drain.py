@@ -1,10 +1,14 @@
 """A runner told to stop (SIGTERM, as a rolling deploy does) takes no new stream, lets its streams finish within
-``--drain-timeout-s`` and exits 0; what still runs then ends with ``shutting_down``; SIGINT stops it at once."""
+``--drain-timeout-s`` and exits 0; what still runs then ends with ``shutting_down``; SIGINT stops it at once.  A
+gateway told to stop admits nothing more and closes its control sockets with 1012 (service restart)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+
+import orjson
+from websockets.asyncio.client import connect
 
 from tests.helpers import expected_text, synthetic_args
 from tokenrelay.testing.http import create_stream, get_json, metric
@@ -30,6 +34,7 @@ async def until_not_ready(url: str, timeout_s: float = 10) -> None:
 
 def test_a_runner_told_to_stop_finishes_its_stream_takes_no_new_one_and_exits_0(nats: NatsServer) -> None:
     with system(nats.url, runner_args=RUNNER, runners=2) as sut:
+
         async def main() -> Role:
             created = await create_stream(sut.gateway_url, "drain me", max_tokens=3 * TOKENS_PER_S)
             reading = asyncio.create_task(read_stream(created["events_url"]))
@@ -90,3 +95,18 @@ def test_sigint_stops_a_runner_at_once_without_draining(nats: NatsServer) -> Non
             assert len(stream.of("delta")) < 50 * TOKENS_PER_S
 
         asyncio.run(main())
+
+
+def test_a_gateway_told_to_stop_closes_control_sockets_with_service_restart_and_exits_0(nats: NatsServer) -> None:
+    with system(nats.url, runner_args=RUNNER) as sut:
+
+        async def main() -> None:
+            async with connect(f"{sut.gateway_url.replace('http', 'ws')}/v1/control") as ws:
+                await ws.send(orjson.dumps({"type": "start", "prompt": "before", "max_tokens": 2}).decode())
+                assert orjson.loads(await ws.recv())["type"] == "started"
+                sut.gateway.process.send_signal(signal.SIGTERM)
+                await ws.wait_closed()
+                assert ws.close_code == 1012  # service restart: the client opens its next socket elsewhere
+
+        asyncio.run(main())
+        assert sut.gateway.process.wait(timeout=30) == 0

@@ -6,13 +6,14 @@ import asyncio
 import functools
 import html
 import logging
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Middleware
 from nats.aio.client import Client as NATS
 
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
 STREAMS_KEY = web.AppKey("streams", StreamManager)
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
+SOCKETS_KEY = web.AppKey("control_sockets", set[web.WebSocketResponse])
+"""The control sockets open now (closed with 1012 when the gateway drains)."""
+DRAIN_TIMEOUT_S = 10.0
+"""How long a draining gateway waits for the streams queued in it to reach a runner."""
+DRAIN_POLL_S = 0.05
 WS_HEARTBEAT_S = 30.0
 CONTROL_RESOURCE = "/v1/control"
 STOP_RESOURCE = "/v1/streams/{id}/stop"
@@ -238,11 +244,13 @@ async def control_socket(request: web.Request) -> web.WebSocketResponse:
         # aiohttp refuses a message of max_msg_size bytes or more; ours is the largest allowed size, inclusive.
         ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_S, max_msg_size=config.max_ws_message_bytes + 1)
         await ws.prepare(request)
-        metrics = request.app[METRICS_KEY]
+        metrics, sockets = request.app[METRICS_KEY], request.app[SOCKETS_KEY]
         metrics.control_sockets.inc()
+        sockets.add(ws)
         try:
             await ControlSession(request.app, ws, tenant).run()
         finally:
+            sockets.discard(ws)
             metrics.control_sockets.dec()
     finally:
         if tenant is not None:
@@ -346,6 +354,7 @@ def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetr
         middlewares.append(_rate_middleware(streams))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[CONFIG_KEY], app[STREAMS_KEY], app[METRICS_KEY] = config, streams, metrics
+    app[SOCKETS_KEY] = set()
     app.router.add_post("/v1/streams", create_stream)
     app.router.add_get("/v1/streams/{id}", stream_status)
     app.router.add_post("/v1/streams/{id}/stop", stop_stream)
@@ -355,6 +364,8 @@ def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetr
     app.router.add_get("/static/{name:.+}", static_asset)  # a name may hold "/" (vendor/...)
 
     def ready() -> str | None:
+        if streams.draining:
+            return "draining: admitting no new stream"
         if not nc.is_connected:
             return "not connected to NATS"
         return None if streams.live_runners() else "no runner is available"
@@ -378,9 +389,32 @@ async def run(config: GatewayConfig) -> None:
     await streams.start()
     admission = Admission(config, nc=nc, streams=streams, payloads=store)
     await admission.start()
+    app = make_app(config, streams, metrics, nc)
+
+    async def on_signal(received: signal.Signals) -> None:
+        if received is signal.SIGTERM:
+            await drain(app, admission)
+
     try:
-        await serve(make_app(config, streams, metrics, nc), config.host, config.port, name=gateway_id)
+        await serve(app, config.host, config.port, name=gateway_id, on_signal=on_signal)
     finally:
         await admission.close()
         await streams.close()
         await nc.drain()
+
+
+async def drain(app: web.Application, admission: Admission) -> None:
+    """SIGTERM: admit nothing more (``/readyz`` 503, ``shutting_down`` to a new stream, the streamers' admissions
+    left to the other gateways), let what waits in this gateway's queue reach a runner (for up to
+    :data:`DRAIN_TIMEOUT_S`), then close the control sockets with 1012 (service restart): their clients open the
+    next one on another gateway.  Requests in progress are answered as the server stops."""
+    streams = app[STREAMS_KEY]
+    streams.draining = True
+    await admission.close()
+    for _ in range(round(DRAIN_TIMEOUT_S / DRAIN_POLL_S)):
+        if not streams.dispatch.queued:
+            break
+        await asyncio.sleep(DRAIN_POLL_S)
+    sockets: set[web.WebSocketResponse] = app[SOCKETS_KEY]
+    for ws in list(sockets):
+        await ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"the gateway is restarting; reconnect")

@@ -53,7 +53,7 @@ from tokenrelay.runtime.payloads import PayloadStore
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError, UnknownMessageType
-from tokenrelay.wire.errors import RateLimited, TokenRelayError, Unavailable
+from tokenrelay.wire.errors import RateLimited, ShuttingDown, TokenRelayError, Unavailable
 from tokenrelay.wire.messages import (
     CancelReason,
     CancelReply,
@@ -112,6 +112,8 @@ class StreamManager:
         """When the clock task waits to tell the dispatcher the time (``None``: for nothing)."""
         self._closed = False
         self._unread: UnreadChecks | None = None
+        self.draining = False
+        """Told to stop: admits nothing (``shutting_down``) while what it queued goes to runners."""
         if config.unread_grace_s > 0:
             watch = UnreadWatch(grace_s=config.unread_grace_s)
             self._unread = UnreadChecks(watch, nc=nc, metrics=metrics, may_run=self.dispatch.may_run, stop=self.stop)
@@ -156,7 +158,9 @@ class StreamManager:
 
     def check_admission(self) -> list[RunnerHeartbeat]:
         """The runners not declared lost, or ``overloaded`` (every model's queue is full) / ``unavailable`` at once
-        (callers check before reading a body); see :meth:`Dispatcher.check_admission`."""
+        (callers check before reading a body); see :meth:`Dispatcher.check_admission`; ``shutting_down`` draining."""
+        if self.draining:
+            raise ShuttingDown("this gateway is shutting down; another one admits the stream")
         return self.dispatch.check_admission()
 
     async def create(self, request: StreamRequest, *, owner: str | None = None) -> StreamRecord:

@@ -155,6 +155,13 @@ class Overloaded(RetryLater):
     http_status = 503
 
 
+class ShuttingDown(RetryLater):
+    """This process is stopping (a gateway draining): the same request succeeds on another one."""
+
+    code = ErrorCode.SHUTTING_DOWN
+    http_status = 503
+
+
 class Unavailable(TokenRelayError):
     """A dependency (NATS, the runners) cannot be reached right now."""
 
@@ -173,7 +180,7 @@ _CLASSES: dict[str, type[TokenRelayError]] = {
     cls.code: cls
     for cls in (
         BadRequest, UnsupportedParameter, Unauthorized, Forbidden, NotFound, ModelNotFound, PayloadTooLarge,
-        RateLimited, Overloaded, Unavailable, ResumeUnavailable,
+        RateLimited, Overloaded, ShuttingDown, Unavailable, ResumeUnavailable,
     )
 }  # fmt: skip
 
