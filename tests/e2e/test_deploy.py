@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tokenrelay.cli import main as cli
+from tokenrelay.runtime import config as c
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -213,14 +214,25 @@ def test_roles_wait_for_a_healthy_nats_and_nginx_for_healthy_roles(compose: dict
     }
 
 
-def test_nginx_is_the_only_service_published_beyond_loopback(compose: dict[str, Any]) -> None:
-    public = {
-        name: ports
-        for name, service in services(compose).items()
-        if (ports := [p for p in published_ports(service) if p[0] not in ("127.0.0.1", "::1")])
-    }
-    assert list(public) == ["nginx"], public
-    assert [(published, target) for _, published, target in public["nginx"]] == [(8000, nginx_listen_port())]
+def test_nothing_is_published_beyond_loopback_unless_asked_and_then_only_nginx(compose: dict[str, Any]) -> None:
+    def beyond_loopback(resolved: dict[str, Any]) -> dict[str, list[tuple[str, int, int]]]:
+        return {
+            name: ports
+            for name, service in services(resolved).items()
+            if (ports := [p for p in published_ports(service) if p[0] not in ("127.0.0.1", "::1")])
+        }
+
+    assert beyond_loopback(compose) == {}  # API keys are optional here: the default reaches loopback only
+    assert published_ports(services(compose)["nginx"]) == [("127.0.0.1", 8000, nginx_listen_port())]
+    opened = beyond_loopback(compose_config({"TOKENRELAY_PUBLISH_ADDRESS": "0.0.0.0"}))
+    assert list(opened) == ["nginx"], opened
+    assert [(published, target) for _, published, target in opened["nginx"]] == [(8000, nginx_listen_port())]
+
+
+def test_runners_get_longer_to_stop_than_their_drain_takes(compose: dict[str, Any]) -> None:
+    grace = services(compose)["runner"]["stop_grace_period"]
+    grace_s = float(grace.removesuffix("s")) if isinstance(grace, str) else float(grace)
+    assert grace_s > c.DEFAULT_DRAIN_TIMEOUT_S
 
 
 def test_nginx_mounts_deploy_nginx_conf_as_its_http_server_config(compose: dict[str, Any]) -> None:
