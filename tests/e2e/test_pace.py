@@ -20,9 +20,9 @@ from tokenrelay.streamer.flush import FlushClock, LagReporter
 from tokenrelay.streamer.hub import Hub
 from tokenrelay.streamer.metrics import StreamerMetrics
 from tokenrelay.streamer.reader import Reader
-from tokenrelay.testing.http import create_stream, metric, post, wait_for_metric
+from tokenrelay.testing.http import create_stream, metric, post
 from tokenrelay.testing.procs import System, nats_server, system
-from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.sse import Stream, read_stream
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.messages import (
     LAG_REPORT_INTERVAL_S,
@@ -254,10 +254,7 @@ async def test_a_streamer_that_gets_tokens_late_reports_it_and_reports_zero_once
         stream_id, epoch = subjects.new_stream_id(), "ep-late"
         events = subjects.events(stream_id)
         start = StreamStart(stream_id=stream_id, epoch=epoch, model="m", created=0, runner_id="r", ts=time.time())
-        await nc.publish(events, codec.encode(start))
-        await nc.flush()
-        reader = asyncio.create_task(read_stream(f"{sut.streamer_url}/v1/streams/{stream_id}/events"))
-        await wait_for_metric(sut.streamer_url, "tokenrelay_streamer_readers_open", 1)
+        reader = await _reader_once_seen(sut, nc, events, start)
         seq = 0
         while not any(r.lag_s > 0.5 for r in reports):  # every token a second old
             seq += 1
@@ -276,6 +273,23 @@ async def test_a_streamer_that_gets_tokens_late_reports_it_and_reports_zero_once
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def _reader_once_seen(sut: System, nc: NATS, events: str, start: StreamStart) -> asyncio.Task[Stream]:
+    """A reader of a stream that has no record, only the start this test publishes: the streamer knows it once it
+    has read that start, which a loaded machine may not have done when the GET arrives (it answers 404); the start
+    is published again (a reader drops the copy by seq) until a reader is open."""
+    url = f"{sut.streamer_url}/v1/streams/{start.stream_id}/events"
+    for _ in range(int(WAIT_S) * 10):
+        await nc.publish(events, codec.encode(start))
+        await nc.flush()
+        reader = asyncio.create_task(read_stream(url))
+        while not reader.done():
+            if await metric(sut.streamer_url, "tokenrelay_streamer_readers_open") >= 1:
+                return reader
+            await asyncio.sleep(0.02)
+        assert reader.result().status == 404, reader.result()
+    raise AssertionError("the streamer never served the stream it saw start")
 
 
 async def test_what_a_runner_held_back_on_purpose_is_no_lateness_of_the_streamers(sut: System) -> None:
