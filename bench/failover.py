@@ -1,0 +1,165 @@
+"""Failover window: what users feel when one node of a three-node NATS cluster dies.
+
+For each node in turn, each round on a fresh cluster (every JetStream object with three copies) with a gateway, two
+streamers and a runner: ``--streams`` streams are read over SSE while a prober asks the gateway for a new stream every
+``--probe-interval-ms``; ``--kill-after-s`` in, the node is SIGKILLed. Measured:
+
+* **admission window**: from the kill to the first new stream admitted again after a refusal (0 when none was
+  refused) — the goal is at most 10 s;
+* **longest token gap** a reader saw (the delivery stall the loss caused), against the same in a round where no node
+  is killed (the baseline, measured in the same run);
+* **streams whole**: streams that ended ``stop`` with exactly the uninterrupted text (no token lost or repeated).
+
+    python -m bench.failover --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.stats import write_json
+from tokenrelay.runner.engines.synthetic import prompt_text, synthetic_tokens
+from tokenrelay.testing.cluster import NatsCluster, nats_cluster
+from tokenrelay.testing.http import create_stream, post
+from tokenrelay.testing.procs import system
+from tokenrelay.testing.sse import Stream, read_stream
+from tokenrelay.wire.content import ChatMessage
+
+LENGTH_TOKENS = 100_000
+"""The synthetic text's natural length: every stream runs to its max_tokens."""
+
+
+@dataclass
+class Round:
+    """One round's measurements."""
+
+    node: str
+    window_s: float
+    refused: int
+    max_gap_s: float
+    whole: int
+    streams: int
+    errors: list[str] = field(default_factory=list)
+
+
+async def _probe(gateway_url: str, interval_s: float, stop: asyncio.Event) -> list[tuple[float, bool]]:
+    """(time, admitted) for a new two-token stream asked for every ``interval_s``, until ``stop``."""
+    seen: list[tuple[float, bool]] = []
+    while not stop.is_set():
+        status, _ = await post(f"{gateway_url}/v1/streams", {"prompt": "probe", "max_tokens": 2})
+        seen.append((time.monotonic(), status == 201))
+        await asyncio.sleep(interval_s)
+    return seen
+
+
+def _window(seen: list[tuple[float, bool]], killed_at: float) -> tuple[float, int]:
+    """Seconds from the kill to the first admission after the last refusal, and the refusals after the kill."""
+    after = [(at, ok) for at, ok in seen if at >= killed_at]
+    refusals = [at for at, ok in after if not ok]
+    if not refusals:
+        return 0.0, 0
+    back = next((at for at, ok in after if ok and at > refusals[-1]), after[-1][0])
+    return back - killed_at, len(refusals)
+
+
+def _max_gap(stream: Stream) -> float:
+    """The longest time between two deltas' arrivals at the reader."""
+    arrivals = [event.at for event in stream.of("delta")]
+    return max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0)
+
+
+async def _round(cluster: NatsCluster, victim: int | None, args: argparse.Namespace) -> Round:
+    runner = ["--synthetic-tokens-per-s", str(args.tokens_per_s), "--synthetic-ttft-ms", "0"]
+    runner += ["--synthetic-length-tokens", str(LENGTH_TOKENS)]
+    with system(cluster.url, runner_args=runner, streamers=2) as sut:
+        await create_stream(sut.gateway_url, "warm up", max_tokens=2)
+        created = [
+            await create_stream(sut.gateway_url, f"failover {i}", max_tokens=args.max_tokens)
+            for i in range(args.streams)
+        ]
+        readers = [asyncio.create_task(read_stream(c["events_url"], timeout_s=300)) for c in created]
+        stop = asyncio.Event()
+        prober = asyncio.create_task(_probe(sut.gateway_url, args.probe_interval_ms / 1000, stop))
+        await asyncio.sleep(args.kill_after_s)
+        killed_at = time.monotonic()
+        if victim is not None:
+            cluster.nodes[victim].kill()
+        streams = await asyncio.gather(*readers)
+        await asyncio.sleep(args.settle_s)
+        stop.set()
+        seen = await prober
+    window_s, refused = _window(seen, killed_at)
+    expected = {c["id"]: _expected(f"failover {i}", args.max_tokens) for i, c in enumerate(created)}
+    whole = sum(
+        1 for c, s in zip(created, streams, strict=True) if s.terminal.event == "stop" and s.text == expected[c["id"]]
+    )
+    errors = [s.terminal.json().get("code", "") for s in streams if s.terminal.event == "error"]
+    name = cluster.nodes[victim].name if victim is not None else "none (baseline)"
+    return Round(name, window_s, refused, max(_max_gap(s) for s in streams), whole, len(streams), errors)
+
+
+def _expected(prompt: str, max_tokens: int) -> str:
+    text = prompt_text((ChatMessage(role="user", content=prompt),))
+    return "".join(synthetic_tokens(text, max_tokens=max_tokens, length_tokens=LENGTH_TOKENS))
+
+
+async def _all(args: argparse.Namespace) -> list[Round]:
+    rounds = []
+    for _ in range(args.rounds):
+        for victim in (None, *args.nodes):
+            with nats_cluster(3) as cluster:
+                rounds.append(await _round(cluster, victim, args))
+    return rounds
+
+
+def report(rounds: list[Round]) -> dict[str, Any]:
+    """Per node, the median over rounds; printed as a table."""
+    by_node: dict[str, list[Round]] = {}
+    for r in rounds:
+        by_node.setdefault(r.node, []).append(r)
+    out: dict[str, Any] = {}
+    print(f"{'node killed':<18} {'admission window s':>19} {'refused':>8} {'longest token gap s':>20} {'whole':>11}")
+    for node, rs in by_node.items():
+        row = {
+            "admission_window_s": statistics.median(r.window_s for r in rs),
+            "refused": statistics.median(r.refused for r in rs),
+            "max_token_gap_s": statistics.median(r.max_gap_s for r in rs),
+            "whole": sum(r.whole for r in rs),
+            "streams": sum(r.streams for r in rs),
+            "errors": [e for r in rs for e in r.errors],
+            "rounds": len(rs),
+        }
+        out[node] = row
+        print(
+            f"{node:<18} {row['admission_window_s']:>19.2f} {row['refused']:>8.0f} {row['max_token_gap_s']:>20.2f} "
+            f"{row['whole']:>5}/{row['streams']:<5}"
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per node (a fresh cluster each)")
+    parser.add_argument("--nodes", type=int, nargs="+", default=[0, 1, 2], help="which nodes to kill (0-2)")
+    parser.add_argument("--streams", type=int, default=20, help="streams read while the node dies")
+    parser.add_argument("--max-tokens", type=int, default=200)
+    parser.add_argument("--tokens-per-s", type=float, default=50.0)
+    parser.add_argument("--kill-after-s", type=float, default=2.0)
+    parser.add_argument("--probe-interval-ms", type=float, default=100.0)
+    parser.add_argument("--settle-s", type=float, default=1.0, help="probing goes on this long after the streams end")
+    args = parser.parse_args(argv)
+    rounds = asyncio.run(_all(args))
+    summary = report(rounds)
+    result = {"config": vars(args), "by_node": summary}
+    print(f"wrote {write_json('failover', result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
