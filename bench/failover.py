@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats
+
 from bench.stats import write_json
 from tokenrelay.runner.engines.synthetic import prompt_text, synthetic_tokens
 from tokenrelay.testing.cluster import NatsCluster, nats_cluster
@@ -35,11 +37,19 @@ LENGTH_TOKENS = 100_000
 """The synthetic text's natural length: every stream runs to its max_tokens."""
 
 
+ASSETS = (
+    "TOKENRELAY_EVENTS", "TOKENRELAY_FEEDBACK", "KV_tokenrelay_streams", "OBJ_tokenrelay_payloads",
+)  # fmt: skip
+"""The JetStream streams every deployment declares (a bucket's and a store's included)."""
+
+
 @dataclass
 class Round:
     """One round's measurements."""
 
     node: str
+    led: list[str]
+    """What the killed node led: JetStream's meta layer (``meta``) and the streams named."""
     window_s: float
     refused: int
     max_gap_s: float
@@ -87,6 +97,7 @@ async def _round(cluster: NatsCluster, victim: int | None, args: argparse.Namesp
         stop = asyncio.Event()
         prober = asyncio.create_task(_probe(sut.gateway_url, args.probe_interval_ms / 1000, stop))
         await asyncio.sleep(args.kill_after_s)
+        led = await _led_by(cluster, victim) if victim is not None else []
         killed_at = time.monotonic()
         if victim is not None:
             cluster.nodes[victim].kill()
@@ -101,7 +112,22 @@ async def _round(cluster: NatsCluster, victim: int | None, args: argparse.Namesp
     )
     errors = [s.terminal.json().get("code", "") for s in streams if s.terminal.event == "error"]
     name = cluster.nodes[victim].name if victim is not None else "none (baseline)"
-    return Round(name, window_s, refused, max(_max_gap(s) for s in streams), whole, len(streams), errors)
+    return Round(name, led, window_s, refused, max(_max_gap(s) for s in streams), whole, len(streams), errors)
+
+
+async def _led_by(cluster: NatsCluster, victim: int) -> list[str]:
+    name = cluster.nodes[victim].name
+    led = ["meta"] if cluster.meta_leader() == name else []
+    nc = await nats.connect(cluster.url.split(","))
+    try:
+        js = nc.jetstream()
+        for asset in ASSETS:
+            info = await js.stream_info(asset)
+            if info.cluster is not None and info.cluster.leader == name:
+                led.append(asset)
+    finally:
+        await nc.close()
+    return led
 
 
 def _expected(prompt: str, max_tokens: int) -> str:
@@ -118,16 +144,27 @@ async def _all(args: argparse.Namespace) -> list[Round]:
     return rounds
 
 
+def _kind(r: Round) -> str:
+    """What losing this node was: nothing (the baseline), the records' leader, or a node that did not lead them."""
+    if not r.led and r.node.startswith("none"):
+        return "no node lost (baseline)"
+    return "records' leader lost" if "KV_tokenrelay_streams" in r.led else "another node lost"
+
+
 def report(rounds: list[Round]) -> dict[str, Any]:
-    """Per node, the median over rounds; printed as a table."""
-    by_node: dict[str, list[Round]] = {}
+    """Every round, then the median over rounds by what the lost node led; printed as tables."""
+    print("each round: node killed, what it led, admission window s, refusals, longest token gap s")
     for r in rounds:
-        by_node.setdefault(r.node, []).append(r)
-    out: dict[str, Any] = {}
-    print(f"{'node killed':<18} {'admission window s':>19} {'refused':>8} {'longest token gap s':>20} {'whole':>11}")
-    for node, rs in by_node.items():
+        print(f"  {r.node:<16} {','.join(r.led) or '-':<60} {r.window_s:6.2f} {r.refused:4d} {r.max_gap_s:6.2f}")
+    by_kind: dict[str, list[Round]] = {}
+    for r in rounds:
+        by_kind.setdefault(_kind(r), []).append(r)
+    out: dict[str, Any] = {"rounds": [vars(r) for r in rounds], "by_kind": {}}
+    print(f"{'':<26} {'admission window s':>19} {'refused':>8} {'longest token gap s':>20} {'whole':>11} {'n':>3}")
+    for kind, rs in by_kind.items():
         row = {
             "admission_window_s": statistics.median(r.window_s for r in rs),
+            "admission_window_max_s": max(r.window_s for r in rs),
             "refused": statistics.median(r.refused for r in rs),
             "max_token_gap_s": statistics.median(r.max_gap_s for r in rs),
             "whole": sum(r.whole for r in rs),
@@ -135,10 +172,10 @@ def report(rounds: list[Round]) -> dict[str, Any]:
             "errors": [e for r in rs for e in r.errors],
             "rounds": len(rs),
         }
-        out[node] = row
+        out["by_kind"][kind] = row
         print(
-            f"{node:<18} {row['admission_window_s']:>19.2f} {row['refused']:>8.0f} {row['max_token_gap_s']:>20.2f} "
-            f"{row['whole']:>5}/{row['streams']:<5}"
+            f"{kind:<26} {row['admission_window_s']:>19.2f} {row['refused']:>8.0f} {row['max_token_gap_s']:>20.2f} "
+            f"{row['whole']:>5}/{row['streams']:<5} {len(rs):>3}"
         )
     return out
 
@@ -156,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     rounds = asyncio.run(_all(args))
     summary = report(rounds)
-    result = {"config": vars(args), "by_node": summary}
+    result = {"config": vars(args), **summary}
     print(f"wrote {write_json('failover', result)}")
     return result
 
