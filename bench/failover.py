@@ -52,25 +52,29 @@ class Round:
     """What the killed node led: JetStream's meta layer (``meta``) and the streams named."""
     window_s: float
     refused: int
+    slowest_admission_s: float
+    """The longest a new stream's POST took after the kill (admitted or not)."""
     max_gap_s: float
     whole: int
     streams: int
     errors: list[str] = field(default_factory=list)
 
 
-async def _probe(gateway_url: str, interval_s: float, stop: asyncio.Event) -> list[tuple[float, bool]]:
-    """(time, admitted) for a new two-token stream asked for every ``interval_s``, until ``stop``."""
-    seen: list[tuple[float, bool]] = []
+async def _probe(gateway_url: str, interval_s: float, stop: asyncio.Event) -> list[tuple[float, bool, float]]:
+    """(time answered, admitted, seconds it took) for a new two-token stream asked for every ``interval_s``, until
+    ``stop``."""
+    seen: list[tuple[float, bool, float]] = []
     while not stop.is_set():
+        asked = time.monotonic()
         status, _ = await post(f"{gateway_url}/v1/streams", {"prompt": "probe", "max_tokens": 2})
-        seen.append((time.monotonic(), status == 201))
+        seen.append((time.monotonic(), status == 201, time.monotonic() - asked))
         await asyncio.sleep(interval_s)
     return seen
 
 
-def _window(seen: list[tuple[float, bool]], killed_at: float) -> tuple[float, int]:
+def _window(seen: list[tuple[float, bool, float]], killed_at: float) -> tuple[float, int]:
     """Seconds from the kill to the first admission after the last refusal, and the refusals after the kill."""
-    after = [(at, ok) for at, ok in seen if at >= killed_at]
+    after = [(at, ok) for at, ok, _ in seen if at >= killed_at]
     refusals = [at for at, ok in after if not ok]
     if not refusals:
         return 0.0, 0
@@ -106,13 +110,15 @@ async def _round(cluster: NatsCluster, victim: int | None, args: argparse.Namesp
         stop.set()
         seen = await prober
     window_s, refused = _window(seen, killed_at)
+    slowest_s = max((took for at, _, took in seen if at >= killed_at), default=0.0)
     expected = {c["id"]: _expected(f"failover {i}", args.max_tokens) for i, c in enumerate(created)}
     whole = sum(
         1 for c, s in zip(created, streams, strict=True) if s.terminal.event == "stop" and s.text == expected[c["id"]]
     )
     errors = [s.terminal.json().get("code", "") for s in streams if s.terminal.event == "error"]
     name = cluster.nodes[victim].name if victim is not None else "none (baseline)"
-    return Round(name, led, window_s, refused, max(_max_gap(s) for s in streams), whole, len(streams), errors)
+    gap_s = max(_max_gap(s) for s in streams)
+    return Round(name, led, window_s, refused, slowest_s, gap_s, whole, len(streams), errors)
 
 
 async def _led_by(cluster: NatsCluster, victim: int) -> list[str]:
@@ -153,19 +159,26 @@ def _kind(r: Round) -> str:
 
 def report(rounds: list[Round]) -> dict[str, Any]:
     """Every round, then the median over rounds by what the lost node led; printed as tables."""
-    print("each round: node killed, what it led, admission window s, refusals, longest token gap s")
+    print("each round: node killed, what it led, admission window s, refusals, slowest POST s, longest token gap s")
     for r in rounds:
-        print(f"  {r.node:<16} {','.join(r.led) or '-':<60} {r.window_s:6.2f} {r.refused:4d} {r.max_gap_s:6.2f}")
+        led = ",".join(r.led) or "-"
+        print(
+            f"  {r.node:<16} {led:<60} {r.window_s:6.2f} {r.refused:4d} {r.slowest_admission_s:6.2f} {r.max_gap_s:6.2f}"
+        )
     by_kind: dict[str, list[Round]] = {}
     for r in rounds:
         by_kind.setdefault(_kind(r), []).append(r)
     out: dict[str, Any] = {"rounds": [vars(r) for r in rounds], "by_kind": {}}
-    print(f"{'':<26} {'admission window s':>19} {'refused':>8} {'longest token gap s':>20} {'whole':>11} {'n':>3}")
+    print(
+        f"{'':<26} {'admission window s':>19} {'refused':>8} {'slowest POST s':>15} {'longest token gap s':>20} "
+        f"{'whole':>11} {'n':>3}"
+    )
     for kind, rs in by_kind.items():
         row = {
             "admission_window_s": statistics.median(r.window_s for r in rs),
             "admission_window_max_s": max(r.window_s for r in rs),
             "refused": statistics.median(r.refused for r in rs),
+            "slowest_admission_s": statistics.median(r.slowest_admission_s for r in rs),
             "max_token_gap_s": statistics.median(r.max_gap_s for r in rs),
             "whole": sum(r.whole for r in rs),
             "streams": sum(r.streams for r in rs),
@@ -174,8 +187,9 @@ def report(rounds: list[Round]) -> dict[str, Any]:
         }
         out["by_kind"][kind] = row
         print(
-            f"{kind:<26} {row['admission_window_s']:>19.2f} {row['refused']:>8.0f} {row['max_token_gap_s']:>20.2f} "
-            f"{row['whole']:>5}/{row['streams']:<5} {len(rs):>3}"
+            f"{kind:<26} {row['admission_window_s']:>19.2f} {row['refused']:>8.0f} "
+            f"{row['slowest_admission_s']:>15.2f} {row['max_token_gap_s']:>20.2f} {row['whole']:>5}/{row['streams']:<5} "
+            f"{len(rs):>3}"
         )
     return out
 

@@ -14,6 +14,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from tokenrelay.gateway.actions import EndUnstarted
+from tokenrelay.runtime import natsio
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import (
@@ -28,12 +29,22 @@ from tokenrelay.wire.messages import (
     job_record,
 )
 
+NEW_RECORD_TIMEOUT_S = 8.0
+"""How long admission keeps trying to store a new stream's record while the records' bucket elects a leader (about
+3 s on a three-node cluster; a write in flight to a server that died is given up only after NATS's 5 s request
+timeout): past it the POST answers ``unavailable``."""
+
 
 async def store_new(kv: KeyValue, job: JobRequest) -> StreamRecord:
     """Store a new stream's record as queued; the record stored (the runner's, if its write came first)."""
     record = job_record(job, StreamState.QUEUED)
+    data = codec.encode(record)
     try:
-        await kv.create(job.stream_id, codec.encode(record))
+        # Asked again while the bucket elects a leader (a node lost): the POST waits a moment instead of failing.
+        # A create that reached the bucket before its answer was lost finds the key taken, by this same record.
+        await natsio.retrying(
+            f"stream {job.stream_id}: record", lambda: kv.create(job.stream_id, data), timeout_s=NEW_RECORD_TIMEOUT_S
+        )
     except KeyWrongLastSequenceError:
         # The id is new, so the key can only hold this stream: the runner that took the job stored it
         # running (or already finished) before our write arrived.  Its record is the newer one.
