@@ -188,8 +188,8 @@ def report(rounds: list[Round]) -> dict[str, Any]:
         out["by_kind"][kind] = row
         print(
             f"{kind:<26} {row['admission_window_s']:>19.2f} {row['refused']:>8.0f} "
-            f"{row['slowest_admission_s']:>15.2f} {row['max_token_gap_s']:>20.2f} {row['whole']:>5}/{row['streams']:<5} "
-            f"{len(rs):>3}"
+            f"{row['slowest_admission_s']:>15.2f} {row['max_token_gap_s']:>20.2f} "
+            f"{row['whole']:>5}/{row['streams']:<5} {len(rs):>3}"
         )
     return out
 
