@@ -77,7 +77,10 @@ async def end_unstarted(nc: NATS, kv: KeyValue, end: EndUnstarted, *, gateway_id
     await nc.publish(subject, codec.encode(terminal))
     error_code = str(end.error) if end.error is not None else None
     record = job_record(job, StreamState.FINISHED, finish_reason=end.finish_reason, error_code=error_code)
-    await kv.put(job.stream_id, codec.encode(record))
+    data = codec.encode(record)
+    await natsio.retrying(  # a put is idempotent: asked again through an election of the records' bucket
+        f"stream {job.stream_id}: record", lambda: kv.put(job.stream_id, data), timeout_s=NEW_RECORD_TIMEOUT_S
+    )
     return record
 
 
