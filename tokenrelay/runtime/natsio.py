@@ -20,13 +20,13 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 from nats.js.errors import APIError as JetStreamAPIError
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     NoStreamResponseError,
     NotFoundError,
     ServiceUnavailableError,
 )
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from tokenrelay.runtime.config import HistoryConfig, StorageKind
 from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
@@ -147,7 +147,8 @@ async def connect(url: str, *, name: str, security: NatsSecurity | None = None, 
     return nc
 
 
-def _storage(kind: StorageKind) -> StorageType:
+def storage_type(kind: StorageKind) -> StorageType:
+    """JetStream's storage type for a ``--history-storage`` kind."""
     return StorageType.FILE if kind is StorageKind.FILE else StorageType.MEMORY
 
 
@@ -156,7 +157,7 @@ async def ensure_events_stream(js: JetStreamContext, history: HistoryConfig) -> 
     config = StreamConfig(
         name=subjects.EVENTS_STREAM,
         subjects=[subjects.EVENTS_WILDCARD],
-        storage=_storage(history.storage),
+        storage=storage_type(history.storage),
         max_age=history.ttl_s,
         max_bytes=history.max_bytes,
         discard=DiscardPolicy.OLD,
@@ -220,22 +221,36 @@ async def ensure_streams_bucket(js: JetStreamContext, history: HistoryConfig) ->
 
 
 async def _streams_bucket(js: JetStreamContext, history: HistoryConfig) -> KeyValue:
-    try:
-        bucket = await js.key_value(subjects.STREAMS_BUCKET)
-    except NotFoundError:
-        pass
-    else:
-        await ensure_replicas(js, f"KV_{subjects.STREAMS_BUCKET}", history.replicas)
-        return bucket
-    return await js.create_key_value(
-        KeyValueConfig(
-            bucket=subjects.STREAMS_BUCKET,
-            history=1,
-            ttl=history.ttl_s * RECORD_TTL_FACTOR,
-            storage=_storage(history.storage),
-            replicas=history.replicas or 1,
-        )
+    config = KeyValueConfig(
+        bucket=subjects.STREAMS_BUCKET,
+        history=1,
+        ttl=history.ttl_s * RECORD_TTL_FACTOR,
+        storage=storage_type(history.storage),
     )
+    return await key_value_bucket(js, config, history.replicas)
+
+
+async def key_value_bucket(js: JetStreamContext, config: KeyValueConfig, replicas: int) -> KeyValue:
+    """The KV bucket ``config`` names: an existing one given ``replicas`` copies (0: left as it is), else declared
+    with ``config`` in ``replicas`` copies (0: one)."""
+    assert config.bucket is not None
+    try:
+        bucket = await js.key_value(config.bucket)
+    except NotFoundError:
+        return await js.create_key_value(replace(config, replicas=replicas or 1))
+    await ensure_replicas(js, f"KV_{config.bucket}", replicas)
+    return bucket
+
+
+async def object_store(js: JetStreamContext, name: str, config: ObjectStoreConfig, replicas: int) -> ObjectStore:
+    """The object store ``name``: an existing one given ``replicas`` copies (0: left as it is), else declared with
+    ``config`` in ``replicas`` copies (0: one)."""
+    try:
+        store = await js.object_store(name)
+    except NotFoundError:
+        return await js.create_object_store(name, replace(config, replicas=replicas or 1))
+    await ensure_replicas(js, f"OBJ_{name}", replicas)
+    return store
 
 
 async def ensure_payload_store(js: JetStreamContext, history: HistoryConfig) -> PayloadStore:
@@ -245,18 +260,8 @@ async def ensure_payload_store(js: JetStreamContext, history: HistoryConfig) -> 
 
 
 async def _payload_store(js: JetStreamContext, history: HistoryConfig) -> PayloadStore:
-    try:
-        store = PayloadStore(await js.object_store(subjects.PAYLOADS_BUCKET))
-    except BucketNotFoundError:
-        pass
-    else:
-        await ensure_replicas(js, f"OBJ_{subjects.PAYLOADS_BUCKET}", history.replicas)
-        return store
-    config = ObjectStoreConfig(
-        ttl=PAYLOAD_TTL_S, max_bytes=PAYLOAD_MAX_BYTES, storage=_storage(history.storage),
-        replicas=history.replicas or 1,
-    )  # fmt: skip
-    return PayloadStore(await js.create_object_store(subjects.PAYLOADS_BUCKET, config))
+    config = ObjectStoreConfig(ttl=PAYLOAD_TTL_S, max_bytes=PAYLOAD_MAX_BYTES, storage=storage_type(history.storage))
+    return PayloadStore(await object_store(js, subjects.PAYLOADS_BUCKET, config, history.replicas))
 
 
 async def someone_reads(nc: NATS, stream_id: str, *, timeout_s: float) -> bool:

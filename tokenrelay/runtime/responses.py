@@ -18,7 +18,7 @@ import asyncio
 import logging
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.api import KeyValueConfig, ObjectStoreConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.errors import Error as JetStreamError
 from nats.js.kv import KeyValue
@@ -85,10 +85,6 @@ class ResponseStore:
             raise Unavailable(f"the responses could not be counted: {exc!r}") from None
         return found
 
-    async def put_events(self, stream_id: str, events: list[bytes]) -> None:
-        """Keep a stream's encoded events (in order)."""
-        await self._events.put(_events_name(stream_id), LINE.join(events))
-
     async def get_events(self, stream_id: str) -> list[StreamEvent] | None:
         """A stream's events as the runner kept them (``None``: not kept, or expired)."""
         try:
@@ -117,10 +113,6 @@ def _events_name(stream_id: str) -> str:
     return f"events-{stream_id}"
 
 
-def _storage(kind: StorageKind) -> StorageType:
-    return StorageType.FILE if kind is StorageKind.FILE else StorageType.MEMORY
-
-
 async def ensure_response_store(
     js: JetStreamContext, *, ttl_s: float, storage: StorageKind, replicas: int = 0
 ) -> ResponseStore:
@@ -132,22 +124,13 @@ async def ensure_response_store(
 
 
 async def _response_store(js: JetStreamContext, *, ttl_s: float, storage: StorageKind, replicas: int) -> ResponseStore:
-    try:
-        records = await js.key_value(subjects.RESPONSES_BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        config = KeyValueConfig(
-            bucket=subjects.RESPONSES_BUCKET, history=1, ttl=ttl_s, storage=_storage(storage), replicas=replicas or 1
-        )
-        records = await js.create_key_value(config)
-    else:
-        await natsio.ensure_replicas(js, f"KV_{subjects.RESPONSES_BUCKET}", replicas)
-    events = await open_response_events(js)
-    if events is None:
-        object_config = ObjectStoreConfig(ttl=ttl_s, storage=_storage(storage), replicas=replicas or 1)
-        events = await js.create_object_store(subjects.RESPONSE_EVENTS_BUCKET, object_config)
-    else:
-        await natsio.ensure_replicas(js, f"OBJ_{subjects.RESPONSE_EVENTS_BUCKET}", replicas)
-    return ResponseStore(records, events)
+    kind = natsio.storage_type(storage)
+    records_config = KeyValueConfig(bucket=subjects.RESPONSES_BUCKET, history=1, ttl=ttl_s, storage=kind)
+    records = await natsio.key_value_bucket(js, records_config, replicas)
+    events_config = ObjectStoreConfig(ttl=ttl_s, storage=kind)
+    return ResponseStore(
+        records, await natsio.object_store(js, subjects.RESPONSE_EVENTS_BUCKET, events_config, replicas)
+    )
 
 
 async def open_response_events(js: JetStreamContext) -> ObjectStore | None:
