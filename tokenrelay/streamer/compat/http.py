@@ -179,7 +179,7 @@ async def models(request: web.Request) -> web.Response:
     try:
         listed = await live_models(request.app)
     except TokenRelayError as exc:
-        return _error(OPENAI, exc)
+        return error_response(OPENAI, exc)
     now = int(time.time())
     return json_response({"object": "list", "data": [_model_object(name, now) for name in listed]})
 
@@ -192,7 +192,7 @@ async def model(request: web.Request) -> web.Response:
             raise ModelNotFound(f"no runner serves model {name!r}")
     except TokenRelayError as exc:
         count_error(request.app, exc.code)
-        return _error(OPENAI, exc)
+        return error_response(OPENAI, exc)
     return json_response(_model_object(name, int(time.time())))
 
 
@@ -217,13 +217,15 @@ async def _serve(request: web.Request, dialect: _Dialect) -> web.StreamResponse:
         record = await admit(app, replace(start, owner=request_tenant(request)))
     except TokenRelayError as exc:
         count_error(app, exc.code)
-        return _error(dialect, exc)
+        return error_response(dialect, exc)
     headers = {STREAM_ID_HEADER: record.stream_id}
     if options.stream:
-        reader = _reader(app, record, dialect.framing(record, options))
+        reader = compat_reader(app, record.stream_id, record.epoch, dialect.framing(record, options))
         return await serve_reader(request, reader, record.state, {**SSE_HEADERS, **headers})
     collector = Collector()
-    await collect(app, _reader(app, record, collector), record.state)  # the collector keeps the content itself
+    await collect(
+        app, compat_reader(app, record.stream_id, record.epoch, collector), record.state
+    )  # the collector keeps the content itself
     if collector.failure is not None:
         code, message = collector.failure
         count_error(app, code)
@@ -269,7 +271,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return codec.parse_json_object(raw)
 
 
-def _error(dialect: _Dialect, exc: TokenRelayError) -> web.Response:
+def error_response(dialect: _Dialect, exc: TokenRelayError) -> web.Response:
     """One of our errors in the dialect's shape, with ``Retry-After`` for ``overloaded``."""
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RetryLater) else None
     code = str(exc.code)
@@ -278,14 +280,13 @@ def _error(dialect: _Dialect, exc: TokenRelayError) -> web.Response:
     )
 
 
-def _reader(app: web.Application, record: StreamRecord, framing: Framing) -> Reader:
+def compat_reader(
+    app: web.Application, stream_id: str, epoch: str, framing: Framing, *, detached: bool = False, merge: bool = True
+) -> Reader:
+    """A reader of a compatible API's client: from the stream's start (it has no cursor), not resumable, framed by
+    ``framing``; ``detached``: its leaving never cancels the stream; ``merge`` off: content events kept apart."""
     config, hub = app[CONFIG_KEY], app[HUB_KEY]
     return Reader(
-        record.stream_id,
-        epoch=record.epoch,
-        resume=None,
-        max_buffered_bytes=config.max_reader_buffer_bytes,
-        now=hub.clock(),
-        framing=framing,
-        resumable=False,
-    )
+        stream_id, epoch=epoch, resume=None, max_buffered_bytes=config.max_reader_buffer_bytes, now=hub.clock(),
+        framing=framing, resumable=False, detached=detached, merge_content=merge,
+    )  # fmt: skip

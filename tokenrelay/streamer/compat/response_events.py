@@ -76,7 +76,6 @@ class _Item:
     id: str
     output_index: int
     texts: list[str] = field(default_factory=list)
-    call: int | None = None
     call_id: str = ""
     name: str = ""
     status: str = "in_progress"
@@ -222,7 +221,7 @@ class ResponseState:
         index = len(self._items)
         item = _Item(kind=kind, id=f"{_PREFIX[kind]}{self._stream_id}_{index}", output_index=index)
         if call is not None:  # its first fragment names it: the added item carries its call id and name
-            item.call, item.call_id, item.name = call.call, call.id or "", call.name or ""
+            item.call_id, item.name = call.id or "", call.name or ""
         self._items.append(item)
         base = {"output_index": index}
         added_item = {**base, "item": item.body("in_progress")}

@@ -23,8 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.responses import ResponseStore, ensure_response_store
 from tokenrelay.runtime.service import count_error, json_response, request_tenant
-from tokenrelay.streamer.compat import openai
-from tokenrelay.streamer.compat.http import STREAM_ID_HEADER, admit, json_body
+from tokenrelay.streamer.compat.http import OPENAI, STREAM_ID_HEADER, admit, compat_reader, error_response, json_body
 from tokenrelay.streamer.compat.response_events import (
     Emitted,
     ResponseCollector,
@@ -46,9 +45,7 @@ from tokenrelay.streamer.compat.responses_store import (
     background_prefix,
     record_key,
 )
-from tokenrelay.streamer.frames import Framing
-from tokenrelay.streamer.reader import Reader
-from tokenrelay.streamer.serving import CONFIG_KEY, HUB_KEY, KV_KEY, NC_KEY, SSE_HEADERS, collect, serve_reader
+from tokenrelay.streamer.serving import CONFIG_KEY, KV_KEY, NC_KEY, SSE_HEADERS, collect, serve_reader
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError
 from tokenrelay.wire.content import ChatMessage, JsonObject
@@ -57,7 +54,6 @@ from tokenrelay.wire.errors import (
     ErrorCode,
     NotFound,
     RateLimited,
-    RetryLater,
     TokenRelayError,
     Unavailable,
     from_code,
@@ -115,8 +111,7 @@ def add_routes(app: web.Application) -> None:
 
 def _error(request: web.Request, exc: TokenRelayError) -> web.Response:
     count_error(request.app, exc.code)
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RetryLater) else None
-    return json_response(openai.error_body(str(exc.code), exc.message), status=exc.http_status, headers=headers)
+    return error_response(OPENAI, exc)
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -139,14 +134,14 @@ async def create(request: web.Request) -> web.StreamResponse:
     headers = {STREAM_ID_HEADER: record.stream_id}
     head = stored.head
     if parsed.stream:
-        reader = _reader(app, record.stream_id, record.epoch, ResponseFraming(head), detached=parsed.background)
+        reader = compat_reader(app, record.stream_id, record.epoch, ResponseFraming(head), detached=parsed.background)
         return await serve_reader(request, reader, record.state, {**SSE_HEADERS, **headers})
     if parsed.background:
         state = ResponseState(head)
         state.status = "queued"
         return json_response(state.response(), headers=headers)
     collector = ResponseCollector(head)
-    await collect(app, _reader(app, record.stream_id, record.epoch, collector, detached=False), record.state)
+    await collect(app, compat_reader(app, record.stream_id, record.epoch, collector, detached=False), record.state)
     if collector.failure is not None and not collector.state.ended:
         return _error(request, from_code(*collector.failure))
     return json_response(collector.state.response(), headers=headers)
@@ -211,7 +206,9 @@ async def _events(request: web.Request, stored: StoredResponse) -> list[StreamEv
     if record is None or record.state is not StreamState.FINISHED:
         return None
     recorder = _Recorder()
-    await collect(app, _reader(app, stored.stream_id, stored.epoch, recorder, detached=True, merge=False), record.state)
+    await collect(
+        app, compat_reader(app, stored.stream_id, stored.epoch, recorder, detached=True, merge=False), record.state
+    )
     return recorder.events if recorder.failure is None else None
 
 
@@ -275,7 +272,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     except TokenRelayError as exc:
         return _error(request, exc)
     framing = ResponseFraming(stored.head, after=after)
-    reader = _reader(app, stored.stream_id, stored.epoch, framing, detached=True, merge=after is None)
+    reader = compat_reader(app, stored.stream_id, stored.epoch, framing, detached=True, merge=after is None)
     return await serve_reader(request, reader, record.state, {**SSE_HEADERS, STREAM_ID_HEADER: stored.stream_id})
 
 
@@ -377,13 +374,3 @@ async def delete(request: web.Request) -> web.Response:
     except TokenRelayError as exc:
         return _error(request, exc)
     return json_response({"id": stored.head.id, "object": "response.deleted", "deleted": True})
-
-
-def _reader(
-    app: web.Application, stream_id: str, epoch: str, framing: Framing, *, detached: bool, merge: bool = True
-) -> Reader:
-    config, hub = app[CONFIG_KEY], app[HUB_KEY]
-    return Reader(
-        stream_id, epoch=epoch, resume=None, max_buffered_bytes=config.max_reader_buffer_bytes, now=hub.clock(),
-        framing=framing, resumable=False, detached=detached, merge_content=merge,
-    )  # fmt: skip
