@@ -29,18 +29,12 @@ from typing import Any
 from bench.stats import write_json
 from tokenrelay.cli.supervisor import free_port, http_ok
 from tokenrelay.client import Client
-from tokenrelay.runner.engines.synthetic import prompt_text, synthetic_tokens
 from tokenrelay.testing.cluster import NatsCluster, nats_cluster
 from tokenrelay.testing.procs import Role, start_role, stop_process, wait_until
-from tokenrelay.wire.content import ChatMessage
+from tokenrelay.testing.synthetic import expected_text
 from tokenrelay.wire.errors import TokenRelayError
 
 LENGTH_TOKENS = 100_000
-
-
-def expected(prompt: str, max_tokens: int) -> str:
-    text = prompt_text((ChatMessage(role="user", content=prompt),))
-    return "".join(synthetic_tokens(text, max_tokens=max_tokens, length_tokens=LENGTH_TOKENS))
 
 
 @dataclass
@@ -126,7 +120,7 @@ async def user(client: Client, i: int, args: argparse.Namespace, stop: asyncio.E
         except TokenRelayError as exc:
             tally.errors[str(exc.code)] += 1
             continue
-        if stream.finish_reason == "length" and text == expected(prompt, args.max_tokens):
+        if stream.finish_reason == "length" and text == expected_text(prompt, args.max_tokens, LENGTH_TOKENS):
             tally.whole += 1
         else:
             tally.broken.append(f"{prompt}: {stream.finish_reason}, {len(text)} characters")

@@ -26,12 +26,11 @@ from typing import Any
 import nats
 
 from bench.stats import write_json
-from tokenrelay.runner.engines.synthetic import prompt_text, synthetic_tokens
 from tokenrelay.testing.cluster import NatsCluster, nats_cluster
 from tokenrelay.testing.http import create_stream, post
 from tokenrelay.testing.procs import system
 from tokenrelay.testing.sse import Stream, read_stream
-from tokenrelay.wire.content import ChatMessage
+from tokenrelay.testing.synthetic import expected_text
 
 LENGTH_TOKENS = 100_000
 """The synthetic text's natural length: every stream runs to its max_tokens."""
@@ -111,7 +110,7 @@ async def _round(cluster: NatsCluster, victim: int | None, args: argparse.Namesp
         seen = await prober
     window_s, refused = _window(seen, killed_at)
     slowest_s = max((took for at, _, took in seen if at >= killed_at), default=0.0)
-    expected = {c["id"]: _expected(f"failover {i}", args.max_tokens) for i, c in enumerate(created)}
+    expected = {c["id"]: expected_text(f"failover {i}", args.max_tokens, LENGTH_TOKENS) for i, c in enumerate(created)}
     whole = sum(
         1 for c, s in zip(created, streams, strict=True) if s.terminal.event == "stop" and s.text == expected[c["id"]]
     )
@@ -134,11 +133,6 @@ async def _led_by(cluster: NatsCluster, victim: int) -> list[str]:
     finally:
         await nc.close()
     return led
-
-
-def _expected(prompt: str, max_tokens: int) -> str:
-    text = prompt_text((ChatMessage(role="user", content=prompt),))
-    return "".join(synthetic_tokens(text, max_tokens=max_tokens, length_tokens=LENGTH_TOKENS))
 
 
 async def _all(args: argparse.Namespace) -> list[Round]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
-from tokenrelay.runner.engines.synthetic import prompt_text, synthetic_tokens
+import orjson
+
 from tokenrelay.testing.http import get_json
-from tokenrelay.wire.content import ChatMessage
 
 T = TypeVar("T")
 
@@ -41,10 +44,14 @@ def run_on_loop(loop_factory: LoopFactory, main: Coroutine[Any, Any, None]) -> N
         runner.run(main)
 
 
-def expected_text(prompt: str, max_tokens: int, length_tokens: int = 0) -> str:
-    """What the synthetic engine generates for a one-message prompt."""
-    messages = (ChatMessage(role="user", content=prompt),)
-    return "".join(synthetic_tokens(prompt_text(messages), max_tokens=max_tokens, length_tokens=length_tokens))
+def export_feedback(nats_url: str, env: Mapping[str, str] | None = None) -> list[dict[str, object]]:
+    """Every stored feedback item, as ``tokenrelay feedback export`` writes them (``env`` laid over this process's
+    environment: a NATS user of its own)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenrelay", "feedback", "export", "--nats-url", nats_url],
+        capture_output=True, check=True, timeout=60, env={**os.environ, **env} if env is not None else None,
+    )  # fmt: skip
+    return [orjson.loads(line) for line in result.stdout.splitlines()]
 
 
 async def eventually(

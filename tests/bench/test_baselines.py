@@ -18,11 +18,12 @@ from nats.aio.msg import Msg
 
 from bench.baselines.common import forwarder, naive_relay
 from bench.baselines.forwarder import STOP_PREFIX, STREAM_SUBJECTS
-from tests.helpers import eventually_true, expected_text
+from tests.helpers import eventually_true
 from tokenrelay.runtime.natsio import barrier
 from tokenrelay.testing.http import create_stream, metric, post, wait_for_metric
 from tokenrelay.testing.procs import NatsServer
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 TOKENS_PER_S = 200.0
 """Fast enough that a finished stream takes a fraction of a second."""

@@ -18,13 +18,13 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.helpers import expected_text
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.client import Client, ConnectionLost
 from tokenrelay.runtime.auth import KeyFileError, KeyRing, digest, load_keyring, presented_key
 from tokenrelay.testing.http import metric
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 from tokenrelay.wire.errors import TokenRelayError
 
 ACME_KEY = "tr-acme-0123456789abcdef"

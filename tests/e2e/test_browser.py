@@ -32,7 +32,7 @@ import pytest
 from playwright.async_api import ConsoleMessage, Locator, Page, ViewportSize, async_playwright, expect
 
 from tests.fake_openai import Answer, FakeUpstream, served_in_thread
-from tests.helpers import STOPPED_TOKENS, eventually, expected_text
+from tests.helpers import STOPPED_TOKENS, eventually
 from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.testing.http import get_json, metric, wait_for_metric
 from tokenrelay.testing.procs import (
@@ -44,6 +44,7 @@ from tokenrelay.testing.procs import (
     system,
     wait_until,
 )
+from tokenrelay.testing.synthetic import expected_text
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import orjson
 import pytest
 
-from tests.helpers import STOPPED_TOKENS, expected_text
+from tests.helpers import STOPPED_TOKENS
 from tokenrelay.client import (
     BadRequest,
     Client,
@@ -28,6 +28,7 @@ from tokenrelay.client import (
 )
 from tokenrelay.testing.http import metric, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
+from tokenrelay.testing.synthetic import expected_text
 from tokenrelay.wire.errors import from_code
 
 LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `sut`: no text ends before its max_tokens

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import expected_text
 from tokenrelay.testing.http import create_stream, wait_finished, wait_for_metric
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 GRACE_S = 2.0
 """Long enough that a reader coming straight back is in time however slow the machine; the reader that does not

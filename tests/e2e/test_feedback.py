@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 
 import orjson
 from websockets.asyncio.client import connect
 
+from tests.helpers import export_feedback
 from tokenrelay.testing.procs import nats_server, system
 
 
@@ -25,24 +24,14 @@ async def _rate(gateway_url: str, rating: str, comment: str | None) -> str:
         return str(started["stream_id"])
 
 
-def _export(nats_url: str) -> list[dict[str, object]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenrelay", "feedback", "export", "--nats-url", nats_url],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    return [orjson.loads(line) for line in result.stdout.splitlines()]
-
-
-async def test_feedback_survives_gateway_and_nats_restart_and_appears_in_the_export() -> None:
+async def test_feedback_survives_gateway_and_nats_restart_and_appears_in_theexport_feedback() -> None:
     with tempfile.TemporaryDirectory(prefix="tokenrelay-feedback-") as store:
         with nats_server(store) as first, system(first.url, runner_args=["--synthetic-tokens-per-s", "0"]) as sut:
             up_id = await _rate(sut.gateway_url, "up", "great ✓ 日本")
             down_id = await _rate(sut.gateway_url, "down", None)
         # Gateway, runners, streamer and the broker are all gone now; start a new broker on the same store.
         with nats_server(store) as second:
-            exported = _export(second.url)
+            exported = export_feedback(second.url)
     by_stream = {item["stream_id"]: item for item in exported}
     assert by_stream[up_id]["rating"] == "up" and by_stream[up_id]["comment"] == "great ✓ 日本"
     assert by_stream[down_id]["rating"] == "down" and by_stream[down_id]["comment"] is None
@@ -51,4 +40,4 @@ async def test_feedback_survives_gateway_and_nats_restart_and_appears_in_the_exp
 
 def test_export_of_an_empty_store_writes_nothing() -> None:
     with nats_server() as server:
-        assert _export(server.url) == []
+        assert export_feedback(server.url) == []

@@ -25,11 +25,12 @@ import aiohttp
 import pytest
 
 from tests import garbage
-from tests.helpers import eventually, expected_text
+from tests.helpers import eventually
 from tokenrelay.runtime.config import DEFAULT_MAX_WS_MESSAGE_BYTES
 from tokenrelay.testing.http import metric, wait_for_metric
 from tokenrelay.testing.procs import System, nats_server, pid_alive, system
 from tokenrelay.testing.sse import Stream, read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 pytestmark = pytest.mark.slow
 

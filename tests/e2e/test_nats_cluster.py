@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import nats
@@ -14,12 +12,13 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers import eventually, expected_text, synthetic_args
+from tests.helpers import eventually, export_feedback, synthetic_args
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.testing.cluster import NatsCluster, nats_cluster
 from tokenrelay.testing.http import create_stream, get_json, post
 from tokenrelay.testing.procs import System, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 RUNNER = synthetic_args(tokens_per_s=500, length_tokens=1000)
 
@@ -73,14 +72,6 @@ async def rate(gateway_url: str, stream_id: str) -> None:
     async with connect(f"{gateway_url.replace('http', 'ws')}/v1/control") as ws:
         await ws.send(orjson.dumps({"type": "feedback", "stream_id": stream_id, "rating": "up"}).decode())
         assert orjson.loads(await ws.recv())["type"] == "ack"
-
-
-def exported(url: str) -> list[dict[str, object]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenrelay", "feedback", "export", "--nats-url", url],
-        capture_output=True, check=True, timeout=60,
-    )  # fmt: skip
-    return [orjson.loads(line) for line in result.stdout.splitlines()]
 
 
 async def use_every_asset(sut: System) -> str:
@@ -157,4 +148,4 @@ def test_losing_any_one_node_loses_no_token_record_or_feedback(cluster: NatsClus
 
         asyncio.run(main())
     survivors = ",".join(node.url for node in cluster.live())
-    assert rated in {item["stream_id"] for item in exported(survivors)}
+    assert rated in {item["stream_id"] for item in export_feedback(survivors)}

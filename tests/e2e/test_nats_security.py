@@ -11,7 +11,6 @@ import re
 import secrets
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -27,7 +26,7 @@ from nats.js.errors import ObjectNotFoundError
 from openai.types.responses import Response
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.helpers import STOPPED_TOKENS, eventually, eventually_true, expected_text, wait_running
+from tests.helpers import STOPPED_TOKENS, eventually, eventually_true, export_feedback, wait_running
 from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
@@ -36,6 +35,7 @@ from tokenrelay.streamer.compat.response_events import stream_id_of
 from tokenrelay.testing.http import create_stream, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, nats_server, start_role, stop_process, system, wait_until
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.messages import RunnerHeartbeat
 
@@ -445,7 +445,7 @@ async def test_every_role_works_end_to_end_as_its_own_user_with_only_its_documen
 
         # Feedback over the control WebSocket, stored in JetStream, read back by the export as its own user.
         stream_id = await _rate(sut.gateway_url)
-        exported = _export(server.url, role_credentials("feedback", passwords))
+        exported = export_feedback(server.url, role_credentials("feedback", passwords))
         assert [(item["stream_id"], item["rating"]) for item in exported] == [(stream_id, "up")]
 
         # The OpenAI-compatible API on the streamer: admission by a gateway over tokenrelay.api.*.
@@ -489,17 +489,6 @@ async def _rate(gateway_url: str) -> str:
         await ws.send(orjson.dumps(feedback).decode())
         assert orjson.loads(await ws.recv())["type"] == "ack"
         return str(started["stream_id"])
-
-
-def _export(nats_url: str, env: Mapping[str, str]) -> list[dict[str, object]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenrelay", "feedback", "export", "--nats-url", nats_url],
-        capture_output=True,
-        check=True,
-        timeout=60,
-        env={**os.environ, **env},
-    )
-    return [orjson.loads(line) for line in result.stdout.splitlines()]
 
 
 async def _a_runner_may_not_read_or_forge_what_is_not_its_own(server: NatsServer, passwords: Mapping[str, str]) -> None:

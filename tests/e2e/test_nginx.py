@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.client import connect
 
-from tests.helpers import STOPPED_TOKENS, expected_text
+from tests.helpers import STOPPED_TOKENS
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.gateway.app import WS_HEARTBEAT_S
 from tokenrelay.runtime.config import DEFAULT_HEARTBEAT_S, DEFAULT_MAX_BODY_BYTES
@@ -34,6 +34,7 @@ from tokenrelay.testing.http import create_stream, get_json, post, wait_finished
 from tokenrelay.testing.nginx import nginx_proxy
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import Event, Stream, read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"

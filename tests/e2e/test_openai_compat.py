@@ -12,10 +12,11 @@ from openai.types.chat import ChatCompletionMessageParam
 from websockets.asyncio.client import connect
 
 from tests.compat_systems import LENGTH_TOKENS, MAX_TOKENS_LIMIT, NATURAL_TOKENS, long_texts, natural_texts
-from tests.helpers import STOPPED_TOKENS, expected_text
+from tests.helpers import STOPPED_TOKENS
 from tokenrelay.runtime.config import DEFAULT_MAX_BODY_BYTES
 from tokenrelay.testing.http import wait_finished
 from tokenrelay.testing.procs import NatsServer, System
+from tokenrelay.testing.synthetic import expected_text
 
 
 @pytest.fixture(scope="module")

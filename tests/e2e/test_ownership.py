@@ -19,11 +19,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.helpers import expected_text
 from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV, Scope, TokenSigner
 from tokenrelay.testing.http import metric, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import Stream, read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 ACME_KEY = "tr-acme-owner-0123456789"
 GLOBEX_KEY = "tr-globex-other-987654321"

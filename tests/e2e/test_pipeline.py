@@ -9,10 +9,11 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers import STOPPED_TOKENS, eventually, expected_text
+from tests.helpers import STOPPED_TOKENS, eventually
 from tokenrelay.testing.http import create_stream, metric, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 TOKENS_PER_S = 50
 RUNNER_CAPACITY = 10

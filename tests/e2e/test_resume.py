@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from tests.helpers import expected_text
 from tokenrelay.testing.http import create_stream, post, wait_finished, wait_for_metric
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import Stream, read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 RUNNER_ARGS = ["--synthetic-tokens-per-s", "100", "--synthetic-ttft-ms", "0", "--synthetic-length-tokens", "100000"]
 

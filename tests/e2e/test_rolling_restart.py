@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from tests.helpers import expected_text, synthetic_args
+from tests.helpers import synthetic_args
 from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.client import Client
 from tokenrelay.testing.procs import NatsServer, Role, start_role, stop_process, system, wait_until
+from tokenrelay.testing.synthetic import expected_text
 
 LENGTH_TOKENS = 100_000
 RUNNER = synthetic_args(tokens_per_s=50, length_tokens=LENGTH_TOKENS)

@@ -8,10 +8,10 @@ import asyncio
 import nats as nats_client
 import pytest
 
-from tests.helpers import expected_text
 from tokenrelay.testing.http import create_stream, metric, post, wait_finished, wait_for_metric
 from tokenrelay.testing.procs import nats_server, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.messages import ReplayPage, ReplayRequest
 from tokenrelay.wire.replay import decode_page

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import expected_text
 from tokenrelay.testing.http import create_stream, metric, stalled_reader, wait_finished, wait_for_metric
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 STALLED = 5
 LENGTH = 40_000  # ~180 KB of text: well past the kernel's buffers (~24 KiB for a stalled reader) + 128 KiB of ours

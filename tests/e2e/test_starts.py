@@ -14,7 +14,6 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.helpers import expected_text
 from tokenrelay.runtime.config import LiveSubscription
 from tokenrelay.runtime.natsdirect import DirectClient
 from tokenrelay.streamer.hub import Hub
@@ -25,6 +24,7 @@ from tokenrelay.streamer.starts import START_PREFIX, TERMINAL_PREFIXES, Kept, Re
 from tokenrelay.testing.http import create_stream, metric, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.messages import (
     CancelReason,

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import expected_text
 from tokenrelay.testing.http import create_stream, get_json, metric
 from tokenrelay.testing.procs import NatsServer, System, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 STREAMS = 40
 TOKENS = 5

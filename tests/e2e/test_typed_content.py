@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.helpers import expected_text
 from tokenrelay.testing.http import post
 from tokenrelay.testing.procs import System, nats_server, system
 from tokenrelay.testing.sse import Event, Stream, read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 RUNNER_ARGS = ["--synthetic-tokens-per-s", "200", "--synthetic-ttft-ms", "0", "--publish-interval-ms", "0"]
 STREAMER_ARGS = ["--flush-interval-ms", "0"]

@@ -18,12 +18,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import expected_text
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.runtime.tokens import TOKEN_SECRET_ENV
 from tokenrelay.testing.http import create_stream
 from tokenrelay.testing.procs import pid_alive, stop_process, wait_until
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import expected_text
 
 BANNER = re.compile(r"^\s+(nats|gateway|streamer(?:-\d+)?|runner-\d+)\s+(\S+)\s+pid (\d+)", re.M)
 
