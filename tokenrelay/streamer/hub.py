@@ -42,7 +42,7 @@ from tokenrelay.streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentSt
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError, UnknownMessageType
 from tokenrelay.wire.errors import RateLimited
-from tokenrelay.wire.messages import StreamDelta, StreamStart, UnknownEvent
+from tokenrelay.wire.messages import StreamDelta, StreamFence, StreamStart, UnknownEvent
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,11 @@ class Hub:
             return
         if isinstance(event, UnknownEvent):
             self._skip_unknown(event, channel)
+            return
+        if isinstance(event, StreamFence):  # the stream moved: each reader's merge learns the cut-off
+            now = self.clock()
+            for reader in tuple(channel.readers):
+                reader.deliver(event, now, b"")
             return
         if self.starts is not None and not isinstance(event, StreamDelta):
             if isinstance(event, StreamStart):

@@ -6,7 +6,9 @@ duplicates, holds events that arrive ahead of a gap, and skips what the reader's
 says it already has.  It never guesses: a cursor from another history (epoch mismatch) or
 one that does not fall on an event boundary is an error, and so is a gap that history
 cannot fill.  An out-of-band terminal error (``seq`` -1, published when a runner is lost)
-ends the reader wherever it is.  What it holds ahead of a gap is bounded by its reader, which
+ends the reader wherever it is.  A stream that moved to another runner (``wire/fencing.py``) has events of
+several generations: those an older generation published from a newer one's fence on are void, and dropped.
+What it holds ahead of a gap is bounded by its reader, which
 asks :func:`~tokenrelay.streamer.disconnect.decide` after every push (:attr:`Replay.held_events`,
 :attr:`Replay.held_bytes`) and abandons the replay past the limits.
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from tokenrelay.wire.cursor import Cursor
 from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.fencing import Fences
 from tokenrelay.wire.messages import (
     OUT_OF_BAND_SEQ,
     ReasoningDelta,
@@ -27,6 +30,7 @@ from tokenrelay.wire.messages import (
     StreamEnd,
     StreamError,
     StreamEvent,
+    StreamFence,
     StreamStart,
     ToolCallDelta,
     UnknownEvent,
@@ -81,6 +85,9 @@ class Replay:
         self._resume_offset = resume.offset if resume is not None else 0
         self._resumed = resume is not None
         self._held: dict[int, ReceivedEvent] = {}
+        self._fences = Fences()
+        self._last_gen = 0
+        """The generation of the last event released."""
         # Plain attributes, not properties: the reader reads both for every event it is given.
         self.held_events = 0
         """Events held ahead of a gap (kept by :meth:`push`)."""
@@ -122,14 +129,25 @@ class Replay:
         """Take one event from history or live; return what may be sent now, in order."""
         if self._state is not _OPEN:
             return []
-        if event.seq == OUT_OF_BAND_SEQ and isinstance(event, StreamError):
-            self._end(_FINISHED)
-            return [event]
+        if event.seq == OUT_OF_BAND_SEQ:
+            if isinstance(event, StreamError):
+                self._end(_FINISHED)
+                return [event]
+            return self._learn(event.gen, event.fence) if isinstance(event, StreamFence) else []
+        gen = getattr(event, "gen", 0)  # a start or an unknown event has none: generation 0
+        if gen or self._fences.newest:  # a stream that moved: the one slower path
+            if gen and not isinstance(event, StreamStart | UnknownEvent | StreamFence):
+                refused = self._learn(gen, event.fence)
+                if refused:
+                    return refused
+            if self._fences.void(gen, event.seq):
+                return []
         if event.seq < self.next_seq or event.seq in self._held:
             return []
         if event.seq == self.next_seq and not self._held:
             # In step (every live event of a caught-up reader): nothing to hold or reorder.
             self.next_seq += 1
+            self._last_gen = gen
             admitted = self._admit(event)
             if admitted is None:
                 return []
@@ -143,12 +161,28 @@ class Replay:
             self.held_events -= 1
             self.held_bytes -= held_size(ready)
             self.next_seq += 1
+            self._last_gen = getattr(ready, "gen", 0)
             admitted = self._admit(ready)
             if isinstance(admitted, ReplayError):
                 return admitted
             if admitted is not None:
                 out.append(admitted)
         return out
+
+    def _learn(self, gen: int, fence: int) -> list[StreamEvent] | ReplayError:
+        """A generation's fence: what is held of older generations from there on is dropped.  When this reader
+        was already sent an older generation's events past the fence (a superseded owner published them in the
+        moment before the cut-off was read), it cannot go on without repeating or contradicting them: it ends."""
+        if not self._fences.learn(gen, fence):
+            return []
+        if self.next_seq > fence and self._last_gen < gen:
+            self._end(_ABANDONED)
+            return ReplayError(ErrorCode.RUNNER_LOST, "the stream moved to another runner past what this reader got")
+        for seq in [seq for seq, held in self._held.items() if self._fences.void(getattr(held, "gen", 0), seq)]:
+            dropped = self._held.pop(seq)
+            self.held_events -= 1
+            self.held_bytes -= held_size(dropped)
+        return []
 
     def _admit(self, event: ReceivedEvent) -> StreamEvent | ReplayError | None:
         if isinstance(event, UnknownEvent):

@@ -115,15 +115,18 @@ def decode_as(data: bytes | str, cls: type[T]) -> T:
     return message
 
 
-def decode_event(data: bytes | str) -> m.StreamEvent:
-    """Parse one per-stream event (start, delta, end or error)."""
+def decode_event(data: bytes | str) -> m.StreamEvent | m.StreamFence:
+    """Parse one per-stream event (start, delta, end or error) or a gateway's
+    :class:`~tokenrelay.wire.messages.StreamFence`."""
     obj = _loads(data)
     message: m.Message | None = _fast_delta(obj) if obj.get("type") == "delta" else None
     if message is None:
         message = _message(obj)
     if type(message) is m.StreamDelta:
         return message
-    if not isinstance(message, m.StreamStart | m.ReasoningDelta | m.ToolCallDelta | m.StreamEnd | m.StreamError):
+    if not isinstance(
+        message, m.StreamStart | m.ReasoningDelta | m.ToolCallDelta | m.StreamEnd | m.StreamError | m.StreamFence
+    ):
         raise CodecError(f"not a stream event: {type(message).__name__}")
     return message
 
@@ -165,7 +168,7 @@ def _fast_delta(obj: dict[str, Any]) -> m.StreamDelta | None:
     """A well-formed delta without the generic schema walk (the streamer decodes one per token);
     ``None`` for anything else, which the generic path then accepts or rejects with its precise error."""
     seq, text, index, count, ts = obj.get("seq"), obj.get("text"), obj.get("index"), obj.get("count"), obj.get("ts")
-    held_s = obj.get("held_s", 0.0)
+    held_s, gen, fence = obj.get("held_s", 0.0), obj.get("gen", 0), obj.get("fence", 0)
     if (
         type(seq) is int
         and type(text) is str
@@ -173,8 +176,10 @@ def _fast_delta(obj: dict[str, Any]) -> m.StreamDelta | None:
         and type(count) is int
         and type(ts) is float
         and type(held_s) is float
+        and type(gen) is int
+        and type(fence) is int
     ):
-        return m.StreamDelta(seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s)
+        return m.StreamDelta(seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s, gen=gen, fence=fence)
     return None
 
 

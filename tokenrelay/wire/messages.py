@@ -21,6 +21,20 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tokenrelay.wire.content import ChatMessage, JsonObject
+from tokenrelay.wire.service import (
+    LAG_REPORT_INTERVAL_S,
+    LAG_REPORT_TTL_S,
+    Feedback,
+    ModelList,
+    ModelsRequest,
+    ReplayPage,
+    ReplayRequest,
+    StartRefused,
+    StartRequest,
+    StreamDone,
+    StreamerLag,
+)
+from tokenrelay.wire.version import PROTOCOL_VERSION, WHEN_ABSENT
 
 
 class StreamState(enum.StrEnum):
@@ -52,14 +66,36 @@ class CancelReason(enum.StrEnum):
     RUNNER_LOST = "runner_lost"
 
 
-PROTOCOL_VERSION = 3
-"""The wire protocol this code speaks (2: typed content; 3: jobs may carry a raw ``prompt``), sent as ``v`` on
-:class:`JobRequest`,
-:class:`StreamStart`, :class:`RunnerHeartbeat` and :class:`StartRequest`.  A message without ``v`` comes from a
-process older than the field: it decodes as version 1 (:data:`WHEN_ABSENT`)."""
-WHEN_ABSENT = "when_absent"
-"""Field metadata: the value the codec gives a field that a decoded message lacks, where it differs from the
-default a message built here gets."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Continuation:
+    """Where a moved stream goes on: the owner it was taken from was lost, and another runner continues it.
+
+    Built by the gateway that moved it from the stream's history (everything the lost owner's generation published
+    before the cut-off): the new owner publishes no ``start``, numbers its events from :attr:`seq`, counts tokens
+    from :attr:`tokens`, and stamps every event with ``gen`` = :attr:`gen` and ``fence`` = :attr:`seq`.
+    """
+
+    gen: int
+    """The new owner's generation (1 for the first move)."""
+    seq: int
+    """The first ``seq`` the new owner publishes: the cut-off, one past the last event it continues."""
+    tokens: int
+    """Tokens of the stream so far (``index`` of its last content event)."""
+    text: str = ""
+    """The answer's text so far (every text delta joined)."""
+    typed: bool = False
+    """Whether reasoning or tool-call content came before: only an engine that can continue typed content may
+    take the stream (:attr:`RunnerHeartbeat.continues`)."""
+
+
+class Continues(enum.StrEnum):
+    """What a runner's engine can continue when a stream moves to it (:attr:`RunnerHeartbeat.continues`)."""
+
+    NOTHING = "nothing"
+    TEXT = "text"
+    """A stream whose content so far is the answer's text alone."""
+    ANY = "any"
+    """Any stream, reasoning and tool calls included (a deterministic engine)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +139,8 @@ class JobRequest:
     cancels it."""
     stored: bool = False
     """Whether the runner keeps the stream's events in the response store when it ends (a stored response)."""
+    continuation: Continuation | None = None
+    """Set when the stream moved here from a lost owner: go on from there (``None``: a new stream)."""
     v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
     """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
 
@@ -157,6 +195,12 @@ class StreamDelta:
     count: int
     ts: float
     held_s: float = 0.0
+    gen: int = 0
+    """The generation of the owner that published it: 0 for the runner that started the stream, one more for each
+    runner it moved to since (:class:`StreamFence`)."""
+    fence: int = 0
+    """The ``seq`` its generation starts at (0 for generation 0): an older generation's events from there on are
+    void."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +214,12 @@ class ReasoningDelta:
     count: int
     ts: float
     held_s: float = 0.0
+    gen: int = 0
+    """The generation of the owner that published it: 0 for the runner that started the stream, one more for each
+    runner it moved to since (:class:`StreamFence`)."""
+    fence: int = 0
+    """The ``seq`` its generation starts at (0 for generation 0): an older generation's events from there on are
+    void."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,6 +242,12 @@ class ToolCallDelta:
     count: int
     ts: float
     held_s: float = 0.0
+    gen: int = 0
+    """The generation of the owner that published it: 0 for the runner that started the stream, one more for each
+    runner it moved to since (:class:`StreamFence`)."""
+    fence: int = 0
+    """The ``seq`` its generation starts at (0 for generation 0): an older generation's events from there on are
+    void."""
 
 
 ContentDelta = StreamDelta | ReasoningDelta | ToolCallDelta
@@ -213,6 +269,12 @@ class StreamEnd:
     completion_tokens: int | None = None
     """The engine's own count of the tokens it generated (its usage report), when it gave one; ``tokens`` is what
     the runner counted and published."""
+    gen: int = 0
+    """The generation of the owner that published it: 0 for the runner that started the stream, one more for each
+    runner it moved to since (:class:`StreamFence`)."""
+    fence: int = 0
+    """The ``seq`` its generation starts at (0 for generation 0): an older generation's events from there on are
+    void."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,11 +286,34 @@ class StreamError:
     code: str
     message: str
     tokens: int
+    gen: int = 0
+    """The generation of the owner that published it: 0 for the runner that started the stream, one more for each
+    runner it moved to since (:class:`StreamFence`)."""
+    fence: int = 0
+    """The ``seq`` its generation starts at (0 for generation 0): an older generation's events from there on are
+    void."""
 
 
 OUT_OF_BAND_SEQ = -1
 """``seq`` of a terminal :class:`StreamError` published by someone other than the stream's runner
 (the gateway, when that runner is lost): it ends every reader wherever it is."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamFence:
+    """Gateway -> a stream's readers (on its events subject, out of band): the stream moved to generation ``gen``,
+    which starts at ``seq`` number ``fence``; every older generation's events from ``fence`` on are void.
+
+    Published after the cut-off is recorded and before the new owner is offered the stream, so a reader (and the
+    JetStream history, which stores it in the same order) learns of it before any event of the new generation
+    and before anything a superseded owner that wakes up publishes later.  Never sent to a client.
+    """
+
+    type: Literal["fence"] = "fence"
+    seq: int = OUT_OF_BAND_SEQ
+    gen: int
+    fence: int
+
 
 StreamEvent = StreamStart | StreamDelta | ReasoningDelta | ToolCallDelta | StreamEnd | StreamError
 TERMINAL_EVENTS = (StreamEnd, StreamError)
@@ -247,7 +332,7 @@ class UnknownEvent:
     """The event's ``type``."""
 
 
-ReceivedEvent = StreamEvent | UnknownEvent
+ReceivedEvent = StreamEvent | UnknownEvent | StreamFence
 """A per-stream event as a streamer receives it (:func:`~tokenrelay.wire.codec.decode_received_event`)."""
 
 
@@ -291,6 +376,8 @@ class RunnerHeartbeat:
     models: tuple[str, ...] = ()
     """Every model this runner takes jobs of (on ``tokenrelay.jobs.<model>``); empty from a runner that predates
     it, which serves ``model`` alone (:meth:`served_models`)."""
+    continues: Continues = Continues.NOTHING
+    """What this runner's engine can continue of a stream that moved to it from a lost runner."""
     accepts_params: tuple[str, ...] | None = None
     """The request ``params`` fields this runner's engine can honour, for every model it serves; ``None``: any (an
     engine that passes them on, or a runner that predates the field).  Admission refuses a field no runner of the
@@ -329,6 +416,9 @@ class StreamRecord:
     """The engine's count of the prompt, once it gave one."""
     detached: bool = False
     """As :attr:`JobRequest.detached`: no reader leaving cancels the stream."""
+    generation: int = 0
+    """The generation of the stream's current owner (0: the runner that started it; one more per move).  A
+    runner writes the record only while no newer generation has: a superseded owner's writes are refused."""
 
 
 def job_record(
@@ -351,121 +441,8 @@ def job_record(
         stream_id=job.stream_id, state=state, model=job.model, created=job.created, epoch=job.epoch,
         gateway_id=job.gateway_id, owner=job.owner, runner_id=runner_id, finish_reason=finish_reason,
         tokens=tokens, ttft_ms=ttft_ms, error_code=error_code, prompt_tokens=prompt_tokens, detached=job.detached,
+        generation=job.continuation.gen if job.continuation is not None else 0,
     )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Feedback:
-    """A user's rating of one stream, stored durably in JetStream."""
-
-    type: Literal["feedback"] = "feedback"
-    stream_id: str
-    rating: Literal["up", "down"]
-    comment: str | None = None
-    ts: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StartRequest:
-    """Streamer -> any gateway (``tokenrelay.api.start``): admit a stream for a compatible-API request."""
-
-    type: Literal["start_request"] = "start_request"
-    messages: tuple[ChatMessage, ...]
-    max_tokens: int | None = None
-    model: str | None = None
-    params: JsonObject = field(default_factory=dict)
-    """The request's other fields in the OpenAI chat shape, as :attr:`JobRequest.params`."""
-    prompt: str | None = None
-    """A text completion's raw prompt, as :attr:`JobRequest.prompt` (:attr:`messages` empty)."""
-    owner: str | None = None
-    """The tenant of the API key the streamer authenticated (``None`` without keys)."""
-    payload: str | None = None
-    """As :attr:`JobRequest.payload`: the object holding this whole request when it is larger than ``max_payload``
-    (the gateway refuses it ``unavailable`` when it cannot read the object)."""
-    detached: bool = False
-    """Whether the stream runs to its end with no reader (a background response): no disconnect or unread check
-    cancels it (as :attr:`JobRequest.detached`)."""
-    stored: bool = False
-    """Whether the runner keeps the stream's events when it ends (as :attr:`JobRequest.stored`)."""
-    v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
-    """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StartRefused:
-    """Gateway -> streamer: the stream was not admitted; ``code`` is an :class:`~tokenrelay.wire.errors.ErrorCode`."""
-
-    type: Literal["start_refused"] = "start_refused"
-    code: str
-    message: str
-    retry_after_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelsRequest:
-    """Streamer -> any gateway (``tokenrelay.api.models``): which models do live runners serve?"""
-
-    type: Literal["models_request"] = "models_request"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelList:
-    """Gateway -> streamer: the models of the runners alive now, each once."""
-
-    type: Literal["model_list"] = "model_list"
-    models: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamDone:
-    """Runner -> the gateway that admitted a stream (``tokenrelay.gateway.<id>.done``): it finished."""
-
-    type: Literal["stream_done"] = "stream_done"
-    stream_id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReplayRequest:
-    """Streamer -> the runner of a stream (``tokenrelay.stream.<id>.replay``): its events from ``from_seq`` on."""
-
-    type: Literal["replay_request"] = "replay_request"
-    stream_id: str
-    from_seq: int = 0
-    max_events: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReplayPage:
-    """Runner -> streamer: the first line of a replay page; ``events`` encoded events follow, one per line."""
-
-    type: Literal["replay_page"] = "replay_page"
-    stream_id: str
-    events: int
-    more: bool
-    """More events were published after this page's last one: ask again from its ``seq`` + 1."""
-    held: bool = True
-    """``False``: the runner no longer holds this stream's events (read them from JetStream)."""
-
-
-LAG_REPORT_INTERVAL_S = 0.25
-"""How often a late streamer sends :class:`StreamerLag`."""
-LAG_REPORT_TTL_S = 1.0
-"""How long one :class:`StreamerLag` counts at a runner: four report intervals, so one lost report changes nothing
-and a streamer that went away stops slowing anyone down."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamerLag:
-    """Streamer -> runners (``tokenrelay.streamers.lag``): how late live events reach it, on average.
-
-    Sent every :data:`LAG_REPORT_INTERVAL_S` while it is late (above its flush interval) and once with ``lag_s`` 0
-    when it is on time again; runners hold tokens up to that long so they go out in fewer messages
-    (``runner/pace.py``).
-    """
-
-    type: Literal["streamer_lag"] = "streamer_lag"
-    streamer_id: str
-    lag_s: float
 
 
 Message = (
@@ -478,6 +455,7 @@ Message = (
     | ToolCallDelta
     | StreamEnd
     | StreamError
+    | StreamFence
     | CancelRequest
     | CancelReply
     | RunnerHeartbeat
@@ -492,3 +470,10 @@ Message = (
     | ReplayPage
     | StreamerLag
 )
+
+__all__ = [
+    "LAG_REPORT_INTERVAL_S", "LAG_REPORT_TTL_S", "PROTOCOL_VERSION", "WHEN_ABSENT", "Feedback", "ModelList",
+    "ModelsRequest", "ReplayPage", "ReplayRequest", "StartRefused", "StartRequest", "StreamDone", "StreamerLag",
+]  # fmt: skip
+"""Defined in ``wire/service.py`` and ``wire/version.py``, named here too: every wire message is importable from
+this module."""
