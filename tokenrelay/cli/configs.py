@@ -105,6 +105,7 @@ def gateway_config(args: argparse.Namespace) -> c.GatewayConfig:
         max_content_parts=args.max_content_parts, max_image_bytes=args.max_image_bytes,
         max_body_bytes=args.max_body_bytes,
         runner_stale_after_s=args.runner_stale_after_s, unread_grace_s=args.unread_grace_s,
+        max_migrations=args.max_migrations, migration_timeout_s=args.migration_timeout_s,
         api_keys=keys, tokens=token_signer(keys),
         events_token_ttl_s=args.events_token_ttl_s, control_token_ttl_s=args.control_token_ttl_s,
         control_allow_origins=CONTROL_ALLOW_ORIGIN.values(args), quotas=quotas,
@@ -174,4 +175,5 @@ def _upstream(args: argparse.Namespace) -> c.UpstreamConfig | None:
         api_key=key,
         read_timeout_s=args.upstream_timeout_s,
         include_usage=args.upstream_include_usage == "on",
+        continue_final_message=args.upstream_continue_final_message == "on",
     )

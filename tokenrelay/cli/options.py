@@ -121,6 +121,9 @@ ENGINE_OPTIONS = (
     Option("--upstream-include-usage", str, "on",
            "openai engine: ask the upstream for its token counts (stream_options.include_usage); off for a "
            "server that refuses stream_options", choices=("on", "off")),
+    Option("--upstream-continue-final-message", str, "off",
+           "openai engine: take streams that move here from a lost runner, continuing the answer so far as a final "
+           "assistant message (continue_final_message, as vLLM accepts it)", choices=("on", "off")),
     Option("--model-path", str, "", "transformers engine: local model directory (or a cached Hugging Face name)"),
     Option("--worker-threads", v.POSITIVE_COUNT, 1, "transformers engine: generations computed at once"),
 )  # fmt: skip
@@ -205,7 +208,12 @@ GATEWAY_OPTIONS = (
            "cancel a generation no reader has connected to this long after its POST (0: never)"),
     Option("--runner-stale-after-s", v.POSITIVE_DURATION, c.DEFAULT_RUNNER_STALE_AFTER_S,
            "a runner silent this long is pinged; one that does not answer within as long again is lost "
-           "(its streams end with a runner_lost error)"),
+           "(its streams move to another runner, see --max-migrations, or end with a runner_lost error)"),
+    Option("--max-migrations", v.COUNT, c.DEFAULT_MAX_MIGRATIONS,
+           "times one stream may move to another runner of its model after its runner was lost (0: never; the "
+           "stream ends with runner_lost)"),
+    Option("--migration-timeout-s", v.POSITIVE_DURATION, c.DEFAULT_MIGRATION_TIMEOUT_S,
+           "how long moving a lost runner's stream may look for a runner that takes it (then runner_lost)"),
     Option("--events-token-ttl-s", v.POSITIVE_DURATION, c.DEFAULT_EVENTS_TOKEN_TTL_S,
            "with API keys: how long the token in an events_url lets a client read (and resume) its stream"),
     Option("--control-token-ttl-s", v.POSITIVE_DURATION, c.DEFAULT_CONTROL_TOKEN_TTL_S,

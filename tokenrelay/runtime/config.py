@@ -57,6 +57,10 @@ DEFAULT_REPLAY_LINGER_S = 30.0
 DEFAULT_REPLAY_LINGER_STREAMS = 1000
 DEFAULT_RUNNER_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_RUNNER_STALE_AFTER_S = 3.0
+DEFAULT_MAX_MIGRATIONS = 2
+"""Times one stream may move to another runner after its owner was lost; past it the stream ends ``runner_lost``."""
+DEFAULT_MIGRATION_TIMEOUT_S = 10.0
+"""How long a gateway tries to find a runner that continues a lost owner's stream before ending it ``runner_lost``."""
 DEFAULT_SYNTHETIC_STEP_MS = 5.0
 DEFAULT_SYNTHETIC_TTFT_MS = 50.0
 DEFAULT_SYNTHETIC_TOKENS_PER_S = 30.0
@@ -161,7 +165,12 @@ class GatewayConfig:
     whose readers all left is after the streamers' ``disconnect_grace_s``; 0: never (``gateway/unread.py``)."""
     runner_stale_after_s: float = DEFAULT_RUNNER_STALE_AFTER_S
     """A runner not heard from for this long no longer counts as available (``/readyz``) and is pinged; one that
-    does not answer within as long again is lost (``runner_lost``)."""
+    does not answer within as long again is lost: its streams move to other runners
+    (``max_migrations``), or end ``runner_lost``."""
+    max_migrations: int = DEFAULT_MAX_MIGRATIONS
+    """Times one stream may move to another runner after its owner was lost (0: never; it ends ``runner_lost``)."""
+    migration_timeout_s: float = DEFAULT_MIGRATION_TIMEOUT_S
+    """How long a move may look for a runner that takes the stream before it ends ``runner_lost``."""
     max_control_inflight: int = DEFAULT_MAX_CONTROL_INFLIGHT
     """Control messages handled at once per socket; more wait (the socket is not read)."""
     max_ws_message_bytes: int = DEFAULT_MAX_WS_MESSAGE_BYTES
@@ -272,6 +281,10 @@ class UpstreamConfig:
     include_usage: bool = True
     """Ask for the upstream's token counts (``stream_options: {"include_usage": true}``); off for a server that
     refuses ``stream_options``."""
+    continue_final_message: bool = False
+    """Continue a stream that moved here from a lost runner by sending the answer so far as a final assistant
+    message with ``continue_final_message: true, add_generation_prompt: false`` (as vLLM accepts them); off: this
+    engine takes no moved stream (not every server supports the fields)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
