@@ -384,8 +384,9 @@ async def run(config: GatewayConfig) -> None:
     await natsio.ensure_feedback_stream(js, replicas=config.history.replicas)
     kv = await natsio.ensure_streams_bucket(js, config.history)
     store = await natsio.ensure_payload_store(js, config.history)
+    jobs = await natsio.ensure_jobs_bucket(js, config.history) if config.max_migrations > 0 else None
     metrics = GatewayMetrics()
-    streams = StreamManager(config, nc=nc, kv=kv, metrics=metrics, gateway_id=gateway_id, payloads=store)
+    streams = StreamManager(config, nc=nc, kv=kv, metrics=metrics, gateway_id=gateway_id, payloads=store, jobs=jobs)
     await streams.start()
     admission = Admission(config, nc=nc, streams=streams, payloads=store)
     await admission.start()

@@ -26,10 +26,10 @@ runners serve (``gateway/models.py``).
 
 **Owners and generations.**  Which runner generates a stream is an :class:`~tokenrelay.gateway.states.Owner`
 value (runner and generation number) kept per stream, not an attribute of the runner: stops go to the current
-owner (:class:`AskOwner`), and a lost runner fails only the streams it still owns.  Fencing adds the generation to
-the job and to the runners' answers, so an answer or a ``done`` from an older generation is ignored; migration is
-one more event that replaces the owner with the next generation on another runner, after which stops route there
-and the old runner's loss no longer fails the stream.
+owner (:class:`AskOwner`), and a lost runner fails only the streams it still owns.  A stream moved to another runner
+(``gateway/migration.py``) gets a new owner (:meth:`Dispatcher.moved`): its stops route there, the old runner's loss
+no longer concerns it, the new one's does, and the old runner, should it be heard from again (a false loss,
+:class:`Heard`), has the streams it still lists that moved away cancelled on it.
 """
 
 from __future__ import annotations
@@ -70,11 +70,22 @@ DISPATCH_BACKOFF_MAX_S = 0.1
 OWNER_MEMORY_STREAMS = 100_000
 """Streams that left the queue remembered (owner, tenant), to route stops without a KV read; older ones are
 forgotten first, and their stops go through the record."""
+MAX_LOST_RUNNERS = 1024
+"""Runners declared lost that are remembered, to count one heard from again (a false loss)."""
 OFFER_TAKE_FRACTION = 0.75
 """A runner may take an offer within this fraction of the gateway's wait for the answer (``answer_by``); the rest
 is for the answer's way back and for clocks that disagree by less than it (250 ms at the default 1 s)."""
 
 QueueKey = str
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """What a heartbeat told: the runner had been declared lost (a false loss), and the streams it still lists
+    that moved to another owner (a superseded runner that woke up: they are cancelled on it)."""
+
+    returned: bool
+    superseded: tuple[str, ...]
 
 
 def queue_key(model: str) -> QueueKey:
@@ -150,6 +161,10 @@ class Dispatcher:
         """Heap of (due, tie-breaker, stream id, timer version)."""
         self._ticket = itertools.count()
         self._checking: set[str] = set()
+        self._lost: OrderedDict[str, None] = OrderedDict()
+        """Runners declared lost (the most recent last, at most ``MAX_LOST_RUNNERS``): one heard from again was not."""
+        self._moved: OrderedDict[str, None] = OrderedDict()
+        """Streams this gateway moved to another runner (the most recent last, as many as are remembered)."""
 
     # -- what it knows ---------------------------------------------------------------------------
 
@@ -328,9 +343,39 @@ class Dispatcher:
 
     # -- runners ---------------------------------------------------------------------------------
 
-    def heartbeat(self, beat: RunnerHeartbeat, now: float) -> None:
-        """A runner's heartbeat (or its answer to a ping)."""
+    def heartbeat(self, beat: RunnerHeartbeat, now: float) -> Heard:
+        """A runner's heartbeat (or its answer to a ping): whether it had been declared lost, and which of the
+        streams it lists this gateway moved to another owner since (to cancel on it)."""
         self._runners.on_heartbeat(beat, now)
+        returned = beat.runner_id in self._lost
+        if returned:
+            del self._lost[beat.runner_id]
+        superseded: tuple[str, ...] = ()
+        if self._moved:
+            superseded = tuple(
+                stream_id
+                for stream_id in beat.streams
+                if stream_id in self._moved
+                and (owner := self.owner_of(stream_id)) is not None
+                and owner.runner_id != beat.runner_id
+            )
+        return Heard(returned=returned, superseded=superseded)
+
+    def moved(self, job: JobRequest, owner: Owner, now: float) -> None:
+        """The stream of ``job`` moved to ``owner`` (a new generation on another runner): its stops go there, and
+        losing that runner is losing this stream.  A stream admitted by another gateway is remembered from here."""
+        stream_id = job.stream_id
+        stream = self._stream(stream_id)
+        if stream is None:
+            stream = _Stream(job, queue_key(job.model), now, now, self._backoff_min_s, state=DispatchState.RUNNING)
+            self._left[stream_id] = stream
+            while len(self._left) > self._max_remembered_streams:
+                self._left.popitem(last=False)
+        stream.owner = owner
+        self._runners.on_dispatch(stream_id, owner.runner_id, now)
+        self._moved[stream_id] = None
+        while len(self._moved) > self._max_remembered_streams:
+            self._moved.popitem(last=False)
 
     def live_runners(self, now: float) -> list[RunnerHeartbeat]:
         """Runners heard from within ``runner_stale_after_s``."""
@@ -348,6 +393,9 @@ class Dispatcher:
         stream_ids = self._runners.forget(runner_id, now)
         if stream_ids is None:
             return None
+        self._lost[runner_id] = None
+        while len(self._lost) > MAX_LOST_RUNNERS:
+            self._lost.popitem(last=False)
         lost: list[str] = []
         for stream_id in sorted(stream_ids):
             stream = self._left.get(stream_id)

@@ -1,8 +1,11 @@
-"""Runners whose heartbeats stopped: ping each, and end the streams of one that is gone with ``runner_lost``.
+"""Runners whose heartbeats stopped: ping each; move the streams of one that is gone, or end them ``runner_lost``.
 
 What is decided here is decided by the dispatcher (``gateway/dispatch.py``, its registry in ``gateway/liveness.py``):
 which runners are silent, whether one that did not answer its ping is lost, and which streams it still owned.
-:class:`RunnerWatch` is its shell over NATS: heartbeats in, pings out, ``runner_lost`` recorded and published.
+:class:`RunnerWatch` is its shell over NATS: heartbeats in, pings out, each lost stream handed to the mover
+(``gateway/migration.py``), and the ones that cannot move recorded and published as ``runner_lost``.  A runner heard
+from again after it was declared lost (a false loss) is counted, and the streams it still lists that moved to another
+owner are cancelled on it.
 """
 
 from __future__ import annotations
@@ -22,18 +25,24 @@ from nats.js.kv import KeyValue
 from tokenrelay.gateway import ROLE, records
 from tokenrelay.gateway.dispatch import Dispatcher
 from tokenrelay.gateway.metrics import GatewayMetrics
+from tokenrelay.gateway.migration import MoveOutcome, StreamMover
 from tokenrelay.gateway.quotas import TenantQuotas
 from tokenrelay.runtime.lifecycle import LifecycleEvent, log_event
 from tokenrelay.runtime.tasks import TaskSet
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError, UnknownMessageType
 from tokenrelay.wire.errors import ErrorCode, TokenRelayError
-from tokenrelay.wire.messages import CancelReason, RunnerHeartbeat
+from tokenrelay.wire.messages import CancelReason, CancelRequest, JobRequest, RunnerHeartbeat
 
 log = logging.getLogger(__name__)
 
 RUNNER_CHECKS_PER_STALE_PERIOD = 4
 """Silent runners are looked for this many times per ``stale_after_s``."""
+MAX_CONCURRENT_MOVES = 32
+"""A lost runner's streams moved at once (each a few NATS round trips)."""
+SUPERSEDED_CANCEL_TIMEOUT_S = 1.0
+"""How long the cancel of a moved stream on the superseded runner that woke up waits for its answer (it is sent again
+with that runner's next heartbeat if the runner still lists the stream)."""
 
 
 class RunnerWatch:
@@ -51,14 +60,22 @@ class RunnerWatch:
         metrics: GatewayMetrics,
         quotas: TenantQuotas,
         stale_after_s: float,
+        mover: StreamMover | None = None,
     ) -> None:
         self._nc = nc
+        self._mover = mover
+        """Moves a lost runner's streams to other runners (``None``: they end ``runner_lost``)."""
         self._kv = kv
         self._dispatch = dispatch
         self._metrics = metrics
         self._quotas = quotas
         self._stale_after_s = stale_after_s
         self._tasks = TaskSet()
+
+    def keep(self, job: JobRequest) -> None:
+        """Keep a dispatched stream's job for whoever moves the stream should its runner be lost."""
+        if self._mover is not None:
+            self._mover.keep(job)
 
     def live(self) -> list[RunnerHeartbeat]:
         """Runners heard from within ``stale_after_s``."""
@@ -73,7 +90,12 @@ class RunnerWatch:
             return
         except CodecError:
             return
-        self._dispatch.heartbeat(beat, time.monotonic())
+        heard = self._dispatch.heartbeat(beat, time.monotonic())
+        if heard.returned:
+            self._metrics.runners_returned.inc()
+            log.warning("runner %s, declared lost, is heard from again", beat.runner_id)
+        for stream_id in heard.superseded:
+            self._tasks.spawn(self._cancel_superseded(beat.runner_id, stream_id), name=f"supersede-{stream_id}")
         self._metrics.runners_available.set(len(self.live()))
 
     async def run(self) -> None:
@@ -86,6 +108,8 @@ class RunnerWatch:
                 self._metrics.runners_available.set(len(self.live()))
         finally:
             self._tasks.cancel()
+            if self._mover is not None:
+                self._mover.close()
 
     async def _check(self, runner_id: str) -> None:
         """Ask a silent runner whether it is alive; declare it lost only if it is not.
@@ -110,11 +134,8 @@ class RunnerWatch:
                 return
             self._metrics.runner_checks.labels(outcome="lost").inc()
             log.warning("runner %s lost with %d stream(s)", runner_id, len(lost.stream_ids))
-            for stream_id in lost.stream_ids:
-                try:
-                    await self._fail_lost_stream(stream_id)
-                except (JetStreamError, TokenRelayError) as exc:
-                    log.warning("stream %s: could not mark it lost: %s", stream_id, exc)
+            room = asyncio.Semaphore(MAX_CONCURRENT_MOVES)
+            await asyncio.gather(*(self._lost_stream(stream_id, runner_id, room) for stream_id in lost.stream_ids))
             self._metrics.runners_available.set(len(self.live()))
         finally:
             self._dispatch.runner_checked(runner_id)
@@ -129,6 +150,32 @@ class RunnerWatch:
         self._dispatch.heartbeat(beat, time.monotonic())
         log.warning("runner %s was silent for %.1f s but answered its ping", runner_id, self._stale_after_s)
         return beat
+
+    async def _lost_stream(self, stream_id: str, runner_id: str, room: asyncio.Semaphore) -> None:
+        """Move one stream of the lost runner, or end it ``runner_lost`` when it cannot move."""
+        async with room:
+            outcome = MoveOutcome.LOST
+            if self._mover is not None:
+                try:
+                    outcome = await self._mover.move(stream_id, runner_id)
+                except (NatsError, JetStreamError, TokenRelayError, CodecError) as exc:
+                    log.warning("stream %s: could not move it: %r", stream_id, exc)
+            self._metrics.moves.labels(outcome=str(outcome)).inc()
+            if outcome is not MoveOutcome.LOST:
+                return
+            try:
+                await self._fail_lost_stream(stream_id)
+            except (NatsError, JetStreamError, TokenRelayError) as exc:
+                log.warning("stream %s: could not mark it lost: %s", stream_id, exc)
+
+    async def _cancel_superseded(self, runner_id: str, stream_id: str) -> None:
+        """Halt a stream on the runner it moved away from (whatever it publishes is void anyway: this saves its
+        engine's work)."""
+        request = codec.encode(CancelRequest(stream_id=stream_id, reason=CancelReason.RUNNER_LOST))
+        try:
+            await self._nc.request(subjects.runner_cancel(runner_id), request, timeout=SUPERSEDED_CANCEL_TIMEOUT_S)
+        except NatsError as exc:
+            log.info("stream %s: the superseded runner %s did not confirm its cancel: %r", stream_id, runner_id, exc)
 
     async def _fail_lost_stream(self, stream_id: str) -> None:
         """End an unfinished stream with an out-of-band ``runner_lost`` error (one gateway wins the CAS)."""

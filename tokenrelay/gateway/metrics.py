@@ -70,6 +70,19 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.moves = Counter(
+            "tokenrelay_gateway_stream_moves",
+            "Streams of lost runners this gateway handled, by outcome (moved to another runner; ended: it had "
+            "finished; lost: ended runner_lost; taken: another gateway moved it)",
+            ["outcome"],
+            registry=r,
+        )
+        self.runners_returned = Counter(
+            "tokenrelay_gateway_runners_returned",
+            "Runners declared lost that were heard from again (a false loss: late heartbeats, a pause, a partition); "
+            "their moved streams are cancelled on them",
+            registry=r,
+        )
         self.feedback = Counter("tokenrelay_gateway_feedback", "Feedback stored, by rating", ["rating"], registry=r)
         self.unknown_message = UnknownTypeCounter(
             "tokenrelay_gateway_unknown_messages",

@@ -1,9 +1,9 @@
 """The gateway's streams over NATS: the shell that feeds the dispatcher (``gateway/dispatch.py``) with what arrives
 and carries out what it decides, and the stream's status and feedback.
 
-Ownership: while a stream waits for a runner it is owned by the gateway that admitted it
-(cancels reach it on ``tokenrelay.gateway.<id>.cancel``); once a runner accepts, that runner
-owns it (``tokenrelay.runner.<id>.cancel``).  Exactly one owner answers a stop.
+Ownership: while a stream waits for a runner it is owned by the gateway that admitted it (cancels reach it on
+``tokenrelay.gateway.<id>.cancel``); once a runner accepts, that runner owns it (``tokenrelay.runner.<id>.cancel``),
+until it moves to another runner (``gateway/migration.py``).  Exactly one owner answers a stop.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from tokenrelay.gateway.actions import (
 from tokenrelay.gateway.dispatch import Dispatcher
 from tokenrelay.gateway.lost_runners import RunnerWatch
 from tokenrelay.gateway.metrics import GatewayMetrics
+from tokenrelay.gateway.migration import mover_for
 from tokenrelay.gateway.quotas import TenantQuotas
 from tokenrelay.gateway.requests import JOB_HEADROOM_BYTES, StreamRequest, check_job_bytes
 from tokenrelay.gateway.unread import UnreadWatch
@@ -90,7 +91,7 @@ class StreamManager:
 
     def __init__(
         self, config: GatewayConfig, *, nc: NATS, kv: KeyValue, metrics: GatewayMetrics, gateway_id: str,
-        payloads: PayloadStore | None = None,
+        payloads: PayloadStore | None = None, jobs: KeyValue | None = None,
     ) -> None:  # fmt: skip
         self.config = config
         self._payloads = payloads  # where a job over the broker's max_payload leaves its messages (None: refused)
@@ -104,6 +105,7 @@ class StreamManager:
         self._runner_watch = RunnerWatch(
             nc=nc, kv=kv, dispatch=self.dispatch, metrics=metrics, quotas=self.quotas,
             stale_after_s=config.runner_stale_after_s,
+            mover=mover_for(config, nc=nc, records=kv, jobs=jobs, dispatch=self.dispatch),
         )  # fmt: skip
         self._ending: dict[str, asyncio.Future[StopResult]] = {}
         """How streams whose dispatch is ending end, for the stops that came meanwhile to wait on."""
@@ -143,8 +145,6 @@ class StreamManager:
         self._tasks.cancel()
         for stream_id in list(self._ending):
             self._settle(stream_id, Unavailable(DISPATCH_ENDED))
-
-    # -- runners -------------------------------------------------------------------------------
 
     def live_runners(self) -> list[RunnerHeartbeat]:
         """Runners heard from within ``runner_stale_after_s``."""
@@ -206,10 +206,10 @@ class StreamManager:
         actions = self.dispatch.admit(job, time.monotonic())
         if owner is not None:  # counted before the await too: the owner's next POST sees it
             self.quotas.stream_started(owner, stream_id)
-        # Offered to the runners while its record is stored, not after: the offer leaves in the same write as the
-        # record, and the first token is not behind the KV round trip (POST to first delta p50 5.9 -> 5.1 ms, a
-        # runner's token 0.9 ms sooner).  A runner may so store the stream as running first: see records.store_new.
+        # Offered while its record is stored, not after: the first token is not behind the KV round trip (POST to
+        # first delta p50 5.9 -> 5.1 ms).  A runner may so store the stream as running first: see records.store_new.
         self._apply(actions)
+        self._runner_watch.keep(job)  # for whoever moves it should its runner be lost
         if self._unread is not None and not job.detached:  # a background response runs with no reader
             self._unread.admitted(stream_id)
         try:

@@ -253,6 +253,14 @@ async def object_store(js: JetStreamContext, name: str, config: ObjectStoreConfi
     return store
 
 
+async def ensure_jobs_bucket(js: JetStreamContext, history: HistoryConfig) -> KeyValue:
+    """Open (declaring if needed) the KV bucket of running streams' jobs; kept as long as their history."""
+    config = KeyValueConfig(
+        bucket=subjects.JOBS_BUCKET, history=1, ttl=history.ttl_s, storage=storage_type(history.storage)
+    )
+    return await declaring(subjects.JOBS_BUCKET, lambda: key_value_bucket(js, config, history.replicas))
+
+
 async def ensure_payload_store(js: JetStreamContext, history: HistoryConfig) -> PayloadStore:
     """Open (declaring if needed) the object store of requests larger than one NATS message, in the history's
     storage, each object kept :data:`PAYLOAD_TTL_S` at most, :data:`PAYLOAD_MAX_BYTES` in all."""

@@ -82,6 +82,9 @@ FEEDBACK_STREAM = "TOKENRELAY_FEEDBACK"
 FEEDBACK_WILDCARD = "tokenrelay.feedback.*"
 
 STREAMS_BUCKET = "tokenrelay_streams"
+JOBS_BUCKET = "tokenrelay_jobs"
+"""KV bucket of every running stream's job as the runners were offered it (key: stream id): what a gateway offers
+another runner when the stream's runner is lost (``gateway/migration.py``)."""
 PAYLOADS_BUCKET = "tokenrelay_payloads"
 """Object store of requests too large for one NATS message (:mod:`tokenrelay.runtime.payloads`)."""
 RESPONSES_BUCKET = "tokenrelay_responses"
