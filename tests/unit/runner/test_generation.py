@@ -18,6 +18,7 @@ from tokenrelay.wire.messages import (
     StreamDelta,
     StreamEnd,
     StreamEvent,
+    StreamFence,
     StreamRecord,
     StreamStart,
     StreamState,
@@ -39,7 +40,8 @@ class FakeBroker:
         self.published.append(data)
 
     def events(self) -> list[StreamEvent]:
-        return [codec.decode_event(data) for data in self.published]
+        """What was published, decoded (a runner publishes no fence: the gateway does)."""
+        return [event for data in self.published if not isinstance(event := codec.decode_event(data), StreamFence)]
 
 
 class ScriptedEngine:

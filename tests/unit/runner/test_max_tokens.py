@@ -20,7 +20,15 @@ from tokenrelay.runner.pace import PublishPace
 from tokenrelay.runtime.config import SyntheticConfig
 from tokenrelay.wire import codec
 from tokenrelay.wire.content import ChatMessage
-from tokenrelay.wire.messages import FinishReason, JobRequest, StreamDelta, StreamEnd, StreamEvent, StreamRecord
+from tokenrelay.wire.messages import (
+    FinishReason,
+    JobRequest,
+    StreamDelta,
+    StreamEnd,
+    StreamEvent,
+    StreamFence,
+    StreamRecord,
+)
 
 HARD_CAP_TOKENS = 32_768
 LONG_TOKENS = 300
@@ -101,7 +109,7 @@ async def generate(*, max_tokens: int, max_tokens_set: bool, length_tokens: int)
     )  # fmt: skip
     await generation.start()
     await generation.records_saved()
-    return [codec.decode_event(data) for data in broker.published]
+    return [event for data in broker.published if not isinstance(event := codec.decode_event(data), StreamFence)]
 
 
 def ending(events: list[StreamEvent]) -> tuple[FinishReason, int, int]:

@@ -20,6 +20,11 @@ An engine declares which request ``params`` fields it can honour in an ``accepts
 it in its heartbeats (:func:`announced_params`) so admission refuses a field no runner of the model can honour; the
 engine still fails a stream with ``unsupported_parameter`` for a value it cannot honour (the backstop).
 
+A stream whose runner was lost moves to another runner, which continues it from where its history stops
+(:attr:`GenerationRequest.continuation`).  An engine declares what it can continue in a ``continues`` attribute (a
+:class:`~tokenrelay.wire.messages.Continues`; no attribute: nothing), which the runner announces in its heartbeats
+(:func:`continues_of`) and checks before it takes a moved stream (:func:`can_continue`).
+
 Engines import this module and nothing above it, so the registry that builds them can import
 the engines without a cycle.
 """
@@ -31,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tokenrelay.wire.content import ChatMessage, JsonObject
-from tokenrelay.wire.messages import FinishReason
+from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import Continuation, Continues, FinishReason
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,12 +57,21 @@ class GenerationRequest:
     max_tokens_set: bool = True
     """Whether the client or the operator set :attr:`max_tokens`.  ``False``: nobody did; the engine ends at its own
     limit (its natural length, the model's, the upstream's) and :attr:`max_tokens` is only the gateway's hard cap."""
+    continuation: Continuation | None = None
+    """Set when the stream moved here from a lost runner: the engine yields what follows its first
+    ``continuation.tokens`` tokens (whose text is ``continuation.text``), and :attr:`max_tokens` still counts them.
+    ``None``: a new stream."""
     on_prompt_tokens: Callable[[int], None] | None = None
     """Told the prompt's length in tokens when the engine knows it; the last report counts (``None``: nobody asks)."""
     on_completion_tokens: Callable[[int], None] | None = None
     """Told the engine's own count of the tokens it generated (its usage); the last report counts."""
     on_finish_reason: Callable[[FinishReason], None] | None = None
     """Told why the engine ended the generation, when it decided that itself; the last report counts."""
+
+    @property
+    def tokens_before(self) -> int:
+        """Tokens of the stream generated before this request (by a runner it moved from); 0 for a new stream."""
+        return self.continuation.tokens if self.continuation is not None else 0
 
     def report_prompt_tokens(self, tokens: int) -> None:
         """Tell :attr:`on_prompt_tokens` the prompt's length (engines call this)."""
@@ -136,3 +151,26 @@ def announced_params(engine: Engine) -> tuple[str, ...] | None:
     heartbeat announces them; ``None`` for an engine that honours every field or declares nothing."""
     declared = getattr(engine, "accepts_params", None)
     return tuple(sorted(declared)) if isinstance(declared, frozenset) else None
+
+
+def continues_of(engine: Engine) -> Continues:
+    """What ``engine`` can continue of a stream that moved to it (its ``continues``; ``NOTHING`` when it declares
+    nothing), as a heartbeat announces it."""
+    declared = getattr(engine, "continues", Continues.NOTHING)
+    return declared if isinstance(declared, Continues) else Continues.NOTHING
+
+
+def can_continue(continues: Continues, continuation: Continuation) -> bool:
+    """Whether an engine that continues ``continues`` can take a stream moved with ``continuation``: text-only
+    engines take a stream whose content so far is text alone."""
+    if continues is Continues.ANY:
+        return True
+    return continues is Continues.TEXT and not continuation.typed
+
+
+def require_text_continuation(request: GenerationRequest) -> None:
+    """Fail (``unsupported_parameter``) a request continuing reasoning or tool calls, for a text-only engine."""
+    if request.continuation is not None and request.continuation.typed:
+        raise EngineError(
+            str(ErrorCode.UNSUPPORTED_PARAMETER), "this engine cannot continue a stream with reasoning or tool calls"
+        )

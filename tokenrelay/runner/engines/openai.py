@@ -11,6 +11,13 @@ job with a raw ``prompt``) goes to the upstream's own ``/completions`` instead, 
 ``stream_options``.  Reasoning, tool calls, the finish reason and usage of the answer are relayed
 (:mod:`~tokenrelay.runner.engines.openai_chunks`).
 
+A stream that moved here from a lost runner continues from its text so far, when ``continue_final_message``
+(``--upstream-continue-final-message``) says the upstream can: a chat is sent its messages and the answer so far as
+a final assistant message, with vLLM's ``continue_final_message: true, add_generation_prompt: false``; a text
+completion is sent its prompt followed by the answer so far.  A limit the client set is sent as what is left of it,
+and usage counts the tokens before the move: completion tokens are those plus the upstream's, prompt tokens the
+upstream's less them (its prompt now holds the answer so far).  Reasoning and tool calls are not continued.
+
 Cancelling closes the upstream HTTP connection at once: that is how those servers notice the
 client left and free the sequence's GPU slot.  Upstream failures become ``error`` events:
 ``upstream_unavailable`` (cannot connect), ``upstream_timeout`` (nothing within
@@ -20,17 +27,19 @@ client left and free the sequence's GPU slot.  Upstream failures become ``error`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import orjson
 
-from tokenrelay.runner.engines.base import EngineError, GenerationRequest, Piece
+from tokenrelay.runner.engines.base import EngineError, GenerationRequest, Piece, require_text_continuation
 from tokenrelay.runner.engines.openai_chunks import chunk_pieces
 from tokenrelay.runner.engines.textstream import LineSplitter
 from tokenrelay.wire.errors import ErrorCode
+from tokenrelay.wire.messages import Continues
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,8 @@ class OpenAIEngine:
     name = "openai"
     accepts_params: frozenset[str] | None = None
     """Every field goes upstream as sent: the upstream, not tokenrelay, decides what it honours."""
+    continues: Continues
+    """``TEXT`` when the upstream is told it can continue a final assistant message, else ``NOTHING``."""
 
     def __init__(
         self,
@@ -56,8 +67,10 @@ class OpenAIEngine:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         include_usage: bool = True,
+        continue_final_message: bool = False,
     ) -> None:
         self.model = model
+        self.continues = Continues.TEXT if continue_final_message else Continues.NOTHING
         self._include_usage = include_usage
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._completions_url = base_url.rstrip("/") + "/completions"
@@ -74,14 +87,20 @@ class OpenAIEngine:
 
     def _body(self, request: GenerationRequest) -> bytes:
         """The client's fields as sent, and tokenrelay's own (which replace any of the same name)."""
+        require_text_continuation(request)
         body: dict[str, Any] = {**request.params, "model": self.model, "stream": True}
+        so_far = request.continuation.text if request.continuation is not None else None
         if request.prompt is None:
             body["messages"] = [m.to_openai() for m in request.messages]
+            if so_far is not None:  # the answer so far, continued where it stops rather than answered anew
+                body["messages"].append({"role": "assistant", "content": so_far})
+                body.update(continue_final_message=True, add_generation_prompt=False)
         else:  # a text completion: the raw prompt, its suffix and every other field as sent
-            body["prompt"] = request.prompt
+            body["prompt"] = request.prompt + (so_far or "")
         body.pop("max_completion_tokens", None)  # the limit is tokenrelay's: max_tokens below
         if request.max_tokens_set:
-            body["max_tokens"] = request.max_tokens
+            # What is left of it (at least 1: the runner takes no continuation with nothing left).
+            body["max_tokens"] = max(1, request.max_tokens - request.tokens_before)
         else:
             # Nobody set a limit: the upstream applies its own (the runner still stops at the hard cap).
             body.pop("max_tokens", None)
@@ -92,6 +111,7 @@ class OpenAIEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
         """Yield the pieces of each chunk of the upstream stream (reasoning, text, tool-call fragments)."""
+        request = continued_usage(request)
         try:
             url = self._url if request.prompt is None else self._completions_url
             response = await self._client().post(url, data=self._body(request), headers=self._headers)
@@ -131,3 +151,22 @@ class OpenAIEngine:
         if self._session is not None:
             await self._session.close()
             await asyncio.sleep(0)
+
+
+def continued_usage(request: GenerationRequest) -> GenerationRequest:
+    """``request`` with its usage reports shifted by the tokens before a move: the upstream's completion count plus
+    them, its prompt count less them (never below 0); unchanged for a new stream."""
+    before = request.tokens_before
+    if before == 0:
+        return request
+    return dataclasses.replace(
+        request,
+        on_prompt_tokens=_shifted(request.on_prompt_tokens, lambda tokens: max(0, tokens - before)),
+        on_completion_tokens=_shifted(request.on_completion_tokens, lambda tokens: tokens + before),
+    )
+
+
+def _shifted(report: Callable[[int], None] | None, shift: Callable[[int], int]) -> Callable[[int], None] | None:
+    if report is None:
+        return None
+    return lambda tokens: report(shift(tokens))

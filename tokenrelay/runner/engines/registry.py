@@ -40,5 +40,6 @@ def make_engine(config: RunnerConfig) -> Engine:
             connect_timeout_s=up.connect_timeout_s,
             read_timeout_s=up.read_timeout_s,
             include_usage=up.include_usage,
+            continue_final_message=up.continue_final_message,
         )
     raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")

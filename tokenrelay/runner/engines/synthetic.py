@@ -23,6 +23,11 @@ prompt alone, or with a ``suffix`` (fill-in-the-middle) the prompt, a line ``suf
 prompt with another suffix gets another text.  It honours ``stop`` and ``max_tokens`` as a chat does; reasoning and
 tool calls are chat features, so a completion is text only.
 
+A stream that moved here from a lost runner (:attr:`~GenerationRequest.continuation`) gets exactly the pieces an
+uninterrupted run of the same request would have yielded after its first ``continuation.tokens`` tokens, with the
+same prompt count, finish reason and natural length, so the moved stream's text, reasoning and tool calls are the
+uninterrupted ones (:data:`Continues.ANY <tokenrelay.wire.messages.Continues>`).
+
 It ignores sampling parameters (``temperature``, ``top_p``, ``seed``, penalties, ``logprobs``...) and every other
 field: its output depends on the prompt alone.  A request with none of the above gets exactly the text it always
 got.
@@ -37,11 +42,11 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TypeVar
 
 from tokenrelay.runner.engines import synthetic_content as content
-from tokenrelay.runner.engines.base import GenerationRequest, Piece
+from tokenrelay.runner.engines.base import GenerationRequest, Piece, TextTail
 from tokenrelay.runner.engines.steps import StepClock
 from tokenrelay.runtime.config import SyntheticConfig
 from tokenrelay.wire.content import ChatMessage
-from tokenrelay.wire.messages import FinishReason
+from tokenrelay.wire.messages import Continues, FinishReason
 
 P = TypeVar("P", bound=Piece)
 
@@ -100,6 +105,16 @@ def iter_synthetic_tokens(prompt: str, *, max_tokens: int, length_tokens: int = 
             yield " " + word
 
 
+def after_tokens(pieces: Iterable[P], tokens: int) -> Iterator[P]:
+    """``pieces`` less their first ``tokens`` tokens (a :class:`TextTail` is no token: it is never what is skipped)."""
+    skipped = 0
+    for piece in pieces:
+        if skipped < tokens and not isinstance(piece, TextTail):
+            skipped += 1
+            continue
+        yield piece
+
+
 async def paced(tokens: Iterable[P], *, ttft_ms: float, tokens_per_s: float, steps: StepClock) -> AsyncIterator[P]:
     """``tokens`` on the synthetic engine's schedule, anchored where iteration starts (no drift from a slow consumer).
 
@@ -133,6 +148,8 @@ class SyntheticEngine:
     accepts_params: frozenset[str] | None = None
     """A test engine standing in for any model: it ignores every field it does not honour (documented), so it
     refuses none."""
+    continues = Continues.ANY
+    """Deterministic: any stream moved here continues exactly as it would have on the runner it came from."""
 
     def __init__(self, config: SyntheticConfig, *, model: str = "synthetic") -> None:
         self._config = config
@@ -152,6 +169,8 @@ class SyntheticEngine:
             )
         else:
             tokens = self._typed(prompt, request)
+        if request.continuation is not None:
+            tokens = after_tokens(tokens, request.continuation.tokens)
         return paced(tokens, ttft_ms=self._config.ttft_ms, tokens_per_s=self._config.tokens_per_s, steps=self._steps)
 
     def _typed(self, prompt: str, request: GenerationRequest) -> Iterator[Piece]:

@@ -11,6 +11,9 @@ It generates text only; the request parameters it honours are listed in
 reaches it anyway ends the stream with ``unsupported_parameter``.  A text completion's raw prompt is tokenized as is,
 without the chat template; fill-in-the-middle (``suffix``) is not among what it honours.
 
+A stream that moved here from a lost runner continues from its text so far: the prompt's ids (a chat's templated
+with the generation prompt) followed by the ids of that text, with what is left of the limit to generate.
+
 Install with ``pip install 'tokenrelay[transformers]'``.  Models load with
 ``local_files_only``: give a local path (or a name already in the Hugging Face cache).
 """
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
-from tokenrelay.runner.engines.base import EngineError, GenerationRequest, TextTail
+from tokenrelay.runner.engines.base import EngineError, GenerationRequest, TextTail, require_text_continuation
 from tokenrelay.runner.engines.detokenize import IncrementalDetokenizer
 from tokenrelay.runner.engines.transformers_params import (
     ACCEPTED_PARAMETERS,
@@ -35,7 +38,7 @@ from tokenrelay.runner.engines.transformers_params import (
     own_max_new_tokens,
 )
 from tokenrelay.wire.errors import ErrorCode
-from tokenrelay.wire.messages import FinishReason
+from tokenrelay.wire.messages import Continues, FinishReason
 
 DEFAULT_WORKER_THREADS = 1
 _END = object()
@@ -56,6 +59,8 @@ class TransformersEngine:
 
     name = "transformers"
     accepts_params: frozenset[str] | None = ACCEPTED_PARAMETERS
+    continues = Continues.TEXT
+    """It generates text only, and goes on from any text."""
 
     def __init__(
         self,
@@ -73,7 +78,16 @@ class TransformersEngine:
         )
         self._pool = concurrent.futures.ThreadPoolExecutor(worker_threads, thread_name_prefix="generate")
 
-    def _input_ids(self, request: GenerationRequest) -> Any:
+    def _input_ids(self, request: GenerationRequest) -> tuple[Any, int]:
+        """The ids generation goes on from, and how many of them are the prompt's (the rest: a moved stream's text
+        so far)."""
+        prompt_ids = self._prompt_ids(request)
+        if request.continuation is None or not request.continuation.text:
+            return prompt_ids, prompt_ids.shape[-1]
+        so_far = self._tokenizer(request.continuation.text, return_tensors="pt", add_special_tokens=False).input_ids
+        return torch.cat([prompt_ids, so_far], dim=-1), prompt_ids.shape[-1]
+
+    def _prompt_ids(self, request: GenerationRequest) -> Any:
         if request.prompt is not None:
             return self._completion_ids(request.prompt)
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
@@ -96,6 +110,7 @@ class TransformersEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Yield one text piece per generated token ("" while a character is still incomplete)."""
+        require_text_continuation(request)
         options = generate_kwargs(request.params)  # before any work: a parameter it cannot honour fails the stream
         limit = options["max_new_tokens"] = self._limit(request)
         loop = asyncio.get_running_loop()
@@ -115,7 +130,7 @@ class TransformersEngine:
                 assert isinstance(item, int)
                 produced += 1
                 if produced == limit:
-                    if limit < request.max_tokens and item != self._tokenizer.eos_token_id:
+                    if limit + request.tokens_before < request.max_tokens and item != self._tokenizer.eos_token_id:
                         request.report_finish_reason(FinishReason.LENGTH)  # the model's own limit cut the answer
                     # The last token generate() makes (the runner stops reading at max_tokens too): whatever is
                     # held back goes with it.
@@ -130,10 +145,10 @@ class TransformersEngine:
             job.add_done_callback(_ignore_result)
 
     def _limit(self, request: GenerationRequest) -> int:
-        """The most tokens to generate: the request's limit, or the model's own under the hard cap."""
-        if request.max_tokens_set:
-            return request.max_tokens
-        return min(request.max_tokens, self._own_max_new_tokens)
+        """The most tokens to generate: what is left of the request's limit, or of the model's own under the hard
+        cap (at least 1: the runner takes no continuation with nothing left)."""
+        limit = request.max_tokens if request.max_tokens_set else min(request.max_tokens, self._own_max_new_tokens)
+        return max(1, limit - request.tokens_before)
 
     def _decode(self, token_ids: Any) -> str:
         return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=True))
@@ -155,8 +170,8 @@ class TransformersEngine:
             if stop.is_set():
                 return
             streamer = _IdStreamer(put)
-            input_ids = self._input_ids(request)
-            put(_PromptLength(input_ids.shape[-1]))
+            input_ids, prompt_length = self._input_ids(request)
+            put(_PromptLength(prompt_length))
             with torch.inference_mode():
                 self._model.generate(
                     input_ids,
