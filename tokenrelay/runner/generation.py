@@ -5,6 +5,11 @@ of one call) is published as its own messages (:class:`~tokenrelay.wire.messages
 :class:`~tokenrelay.wire.messages.ReasoningDelta`, :class:`~tokenrelay.wire.messages.ToolCallDelta`), batched by
 :mod:`~tokenrelay.runner.batcher`, and ``index`` counts every token whatever its kind.
 
+A stream that moved here from a lost runner (the job's :class:`~tokenrelay.wire.messages.Continuation`) goes on
+where its history stops: no ``start``, ``seq`` numbers from the fence, tokens counted from those generated before,
+and every event stamped with the new owner's generation and fence, so readers drop what the lost owner publishes
+from the fence on should it wake up.
+
 The :class:`Generation` is the single owner of its stream's cancellation.  ``cancel()``
 records why and cancels the generation task, which interrupts the engine wherever it waits
 (a pacing sleep, an upstream read) so no further token is produced.  The task then publishes
@@ -26,10 +31,11 @@ from tokenrelay.runner.batcher import REASONING, TEXT, DeltaBatcher
 from tokenrelay.runner.engines import Engine, EngineError, GenerationRequest, Reasoning, TextTail, ToolCallFragment
 from tokenrelay.runner.metrics import RunnerMetrics
 from tokenrelay.runner.pace import PublishPace
+from tokenrelay.runner.stored import KeptEvents, read_earlier_events
 from tokenrelay.runtime import payloads
 from tokenrelay.runtime.lifecycle import LifecycleEvent, log_event
 from tokenrelay.runtime.payloads import PayloadStore
-from tokenrelay.runtime.responses import MAX_STORED_EVENTS_BYTES, EventsKeeper
+from tokenrelay.runtime.responses import EventsKeeper
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import (
@@ -85,8 +91,8 @@ class Generation:
         self.job = job
         self._keeper = keeper if job.stored else None
         """Where a stored response's events go as its stream ends (``None``: not a stored response)."""
-        self._kept: list[bytes] | None = [] if self._keeper is not None else None
-        self._kept_bytes = 0
+        self._kept: KeptEvents | None = None
+        """A stored response's events so far (``None``: not a stored response, or not started)."""
         self._payloads = payloads
         """Where the job's content is when it names an object there (``payload``)."""
         self._replay_log = replay_log
@@ -98,8 +104,15 @@ class Generation:
         self._batcher = DeltaBatcher(pace)
         self._metrics = metrics
         self._write_record = write_record
-        self._seq = 0
-        self._tokens = 0
+        continuation = job.continuation
+        self._gen = continuation.gen if continuation is not None else 0
+        """The generation this runner owns the stream as (0: it started it)."""
+        self._fence = continuation.seq if continuation is not None else 0
+        """The ``seq`` that generation starts at."""
+        self._seq = self._fence - 1 if continuation is not None else 0
+        self._tokens_before = continuation.tokens if continuation is not None else 0
+        """Tokens generated before the stream moved here: counted in every total."""
+        self._tokens = self._tokens_before
         self._ttft_ms: float | None = None
         self._prompt_tokens: int | None = None
         """The prompt's length in tokens, as the engine reported it (``None``: it did not)."""
@@ -118,8 +131,13 @@ class Generation:
 
     @property
     def tokens(self) -> int:
-        """Tokens the engine has produced so far."""
+        """Tokens of the stream so far (those before it moved here included)."""
         return self._tokens
+
+    @property
+    def gen(self) -> int:
+        """The generation this runner owns the stream as (0: it started it; one more per move)."""
+        return self._gen
 
     def start(self) -> asyncio.Task[Outcome]:
         """Begin generating in a task of its own."""
@@ -145,17 +163,19 @@ class Generation:
 
     async def _run(self) -> Outcome:
         accepted = time.perf_counter()
+        self._keep_events()
         try:
-            await self._publish(
-                StreamStart(
-                    stream_id=self.job.stream_id,
-                    epoch=self.job.epoch,
-                    model=self.job.model,
-                    created=self.job.created,
-                    runner_id=self._runner_id,
-                    ts=time.time(),
+            if self.job.continuation is None:
+                await self._publish(
+                    StreamStart(
+                        stream_id=self.job.stream_id,
+                        epoch=self.job.epoch,
+                        model=self.job.model,
+                        created=self.job.created,
+                        runner_id=self._runner_id,
+                        ts=time.time(),
+                    )
                 )
-            )
             self._save_record(self._record(StreamState.RUNNING))
             log_event(
                 LifecycleEvent.STARTED, ROLE, self.job.stream_id,
@@ -194,12 +214,16 @@ class Generation:
                 cancel_reason=self._cancel_reason,
                 prompt_tokens=self._prompt_tokens,
                 completion_tokens=self._completion_tokens,
+                gen=self._gen,
+                fence=self._fence,
             )
         )
         self._finish(outcome)
         return outcome
 
     async def _generate(self, accepted: float) -> FinishReason:
+        if self._tokens >= self.job.max_tokens:
+            return FinishReason.LENGTH  # a moved stream with nothing left to generate
         tokens = self._engine.stream(self._request())
         batcher = self._batcher
         try:
@@ -283,6 +307,7 @@ class Generation:
             max_tokens=self.job.max_tokens,
             max_tokens_set=self.job.max_tokens_set,
             params=self.job.params,
+            continuation=self.job.continuation,
             on_prompt_tokens=self._on_prompt_tokens,
             on_completion_tokens=self._on_completion_tokens,
             on_finish_reason=self._on_finish_reason,
@@ -299,14 +324,18 @@ class Generation:
 
     async def _finish_with_error(self, code: str, message: str) -> None:
         await self._flush()
-        await self._publish(StreamError(seq=self._next_seq(), code=code, message=message, tokens=self._tokens))
+        await self._publish(
+            StreamError(
+                seq=self._next_seq(), code=code, message=message, tokens=self._tokens, gen=self._gen, fence=self._fence
+            )
+        )
         self._finish(Outcome(FinishReason.ERROR, self._tokens, code))
 
     def _finish(self, outcome: Outcome) -> None:
         self._metrics.streams.labels(finish_reason=str(outcome.finish_reason)).inc()
         if outcome.error_code is not None:
             self._metrics.errors.labels(code=outcome.error_code).inc()
-        tokens_per_s = self._tokens_per_s(outcome.tokens)
+        tokens_per_s = self._tokens_per_s(outcome.tokens - self._tokens_before)
         if tokens_per_s is not None:
             self._metrics.stream_tokens_per_second.observe(tokens_per_s)
         record = self._record(StreamState.FINISHED)
@@ -327,7 +356,7 @@ class Generation:
         )  # fmt: skip
 
     def _tokens_per_s(self, tokens: int) -> float | None:
-        """Decode speed after the first token (``None`` for fewer than two tokens)."""
+        """Decode speed after the first of ``tokens`` generated here (``None`` for fewer than two)."""
         if self._first_token_at is None or tokens < 2:
             return None
         elapsed_s = time.perf_counter() - self._first_token_at
@@ -387,17 +416,21 @@ class Generation:
         # Stamped with its oldest token's time on the wall clock, so what the batch held back counts as lag; and
         # with how long that was, so a streamer can tell its own lateness from the holding (runner/pace.py).
         held_s = now - held_since if held_since is not None else 0.0
-        seq, index, ts = self._next_seq(), self._tokens, time.time() - held_s
+        seq, index, ts, gen, fence = self._next_seq(), self._tokens, time.time() - held_s, self._gen, self._fence
         delta: StreamDelta | ReasoningDelta | ToolCallDelta
         if block == TEXT:
-            delta = StreamDelta(seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s)
+            delta = StreamDelta(
+                seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s, gen=gen, fence=fence
+            )
         elif isinstance(block, int):
             delta = ToolCallDelta(
                 seq=seq, call=block, id=call_id, name=call_name, arguments=text, index=index, count=count, ts=ts,
-                held_s=held_s,
+                held_s=held_s, gen=gen, fence=fence,
             )  # fmt: skip
         else:
-            delta = ReasoningDelta(seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s)
+            delta = ReasoningDelta(
+                seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s, gen=gen, fence=fence
+            )
         await self._publish(delta)
 
     def _next_seq(self) -> int:
@@ -413,20 +446,14 @@ class Generation:
             # reader subscribed.
             self._replay_log.append(event.seq, data)
         if self._kept is not None:
-            await self._keep(event, data)
+            await self._kept.add(event, data)
         await self._nc.publish(self._subject, data)
 
-    async def _keep(self, event: StreamEvent, data: bytes) -> None:
-        """A stored response's event: held until the end, then all kept before the end is published, so whoever
-        sees the end finds them (past :data:`MAX_STORED_EVENTS_BYTES` nothing is kept)."""
-        assert self._kept is not None and self._keeper is not None
-        self._kept_bytes += len(data)
-        if self._kept_bytes > MAX_STORED_EVENTS_BYTES:
-            log.warning("stream %s: over %d bytes of events; the response is not kept", self.job.stream_id,
-                        MAX_STORED_EVENTS_BYTES)  # fmt: skip
-            self._kept = None
+    def _keep_events(self) -> None:
+        """Hold a stored response's events from here on; a moved stream's earlier ones are read back meanwhile."""
+        if self._keeper is None:
             return
-        self._kept.append(data)
-        if isinstance(event, StreamEnd | StreamError):
-            await self._keeper.keep(self.job.stream_id, self._kept)
-            self._kept = None
+        earlier = None
+        if self.job.continuation is not None:
+            earlier = asyncio.create_task(read_earlier_events(self._nc, self.job.stream_id, fence=self._fence))
+        self._kept = KeptEvents(self._keeper, self.job.stream_id, earlier=earlier)

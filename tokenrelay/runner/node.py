@@ -10,6 +10,11 @@ lands the retry on another runner.
 
 Jobs are offered per model (``tokenrelay.jobs.<model>``): a runner subscribes to the subjects of the models its
 engine serves, and announces them in its heartbeats, so a job only ever reaches a runner of its model.
+
+A stream whose runner was lost is offered again, as a continuation, to a runner whose engine can continue it (it
+announces what it can in its heartbeats); one that cannot refuses it ``unsupported_parameter``.  A runner that was
+only partitioned or stopped and wakes up finds, when it writes the stream's record, that a newer generation owns
+it: the write is refused (:mod:`~tokenrelay.runner.records`) and the stream cancelled here (``runner_lost``).
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from tokenrelay.runner.engines import Engine
-from tokenrelay.runner.engines.base import announced_params
+from tokenrelay.runner.engines.base import announced_params, can_continue, continues_of
 from tokenrelay.runner.generation import Generation, Outcome
 from tokenrelay.runner.metrics import OTHER_MODEL, RunnerMetrics
 from tokenrelay.runner.pace import PublishPace
+from tokenrelay.runner.records import write_fenced
 from tokenrelay.runner.replayserver import ReplayServer
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.config import RunnerConfig
@@ -41,6 +47,7 @@ from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError, UnknownMessageType
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import (
+    CancelReason,
     CancelReply,
     CancelRequest,
     FinishReason,
@@ -101,6 +108,8 @@ class Runner:
         self._engine = engine
         self.models = served_models(engine)
         """The models this runner takes jobs of."""
+        self.continues = continues_of(engine)
+        """What this runner's engine can continue of a stream that moved here."""
         self._active: dict[str, Generation] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._subs: list[Subscription] = []
@@ -201,6 +210,16 @@ class Runner:
             reply = JobRejected(stream_id=job.stream_id, code=str(ErrorCode.SHUTTING_DOWN), message="draining")
             await msg.respond(codec.encode(reply))
             return
+        if job.continuation is not None and not can_continue(self.continues, job.continuation):
+            # Another runner of the model may: the gateway offers it there.
+            what = "reasoning or tool calls" if job.continuation.typed else "a stream"
+            reply = JobRejected(
+                stream_id=job.stream_id,
+                code=str(ErrorCode.UNSUPPORTED_PARAMETER),
+                message=f"this runner's engine cannot continue {what} that moved from another runner",
+            )
+            await msg.respond(codec.encode(reply))
+            return
         if len(self._active) >= self.config.max_concurrency or active is not None:
             self.metrics.jobs_rejected.inc()
             reply = JobRejected(stream_id=job.stream_id, code=str(ErrorCode.OVERLOADED), message="at capacity")
@@ -214,7 +233,8 @@ class Runner:
             pace=self.pace,
             metrics=self.metrics,
             write_record=self._write_record,
-            replay_log=await self.replay.open(job.stream_id),
+            # A moved stream's history is read from JetStream, where its fences are.
+            replay_log=await self.replay.open(job.stream_id, held=job.continuation is None),
             payloads=self._payloads,
             keeper=self._keeper,
         )
@@ -258,6 +278,8 @@ class Runner:
         request = _decode_or_drop(msg, CancelRequest, "cancel", self.metrics)
         if request is None:
             return
+        if request.reason is CancelReason.RUNNER_LOST:  # it moved on: what is held here may be void
+            self.replay.drop(request.stream_id)
         generation = self._active.get(request.stream_id)
         halted_ts = None
         if generation is not None:
@@ -287,10 +309,24 @@ class Runner:
         self._count(record)
         data = codec.encode(record)
         # A record is the stream's state for status, stop and late readers: worth waiting out a leader election.
-        await natsio.retrying(
-            f"stream {record.stream_id}: record", lambda: self._kv.put(record.stream_id, data),
+        written = await natsio.retrying(
+            f"stream {record.stream_id}: record", lambda: write_fenced(self._kv, record, data),
             timeout_s=RECORD_WRITE_TIMEOUT_S,
         )  # fmt: skip
+        if not written:
+            self._superseded(record)
+
+    def _superseded(self, record: StreamRecord) -> None:
+        """A newer generation owns the stream: stop generating it here, and serve none of its events any more."""
+        log.warning(
+            "stream %s moved on from this runner (generation %d superseded): cancelling it here",
+            record.stream_id, record.generation,
+        )  # fmt: skip
+        self.replay.drop(record.stream_id)
+        generation = self._active.get(record.stream_id)
+        if generation is not None and generation.gen == record.generation:
+            # Its terminal event carries its own generation: readers drop it past the newer one's fence.
+            self._cancel_tasks.spawn(_cancel_superseded(generation))
 
     def _count(self, record: StreamRecord) -> None:
         """Per-model metrics from the records a generation writes: ``running`` once it started, ``finished``
@@ -326,6 +362,7 @@ class Runner:
             ts=time.time(),
             streams=tuple(self._active),
             accepts_params=announced_params(self._engine),
+            continues=self.continues,
         )
 
     async def _heartbeat(self) -> None:
@@ -340,6 +377,10 @@ class Runner:
         """A gateway missed our heartbeats and asks whether we are alive: answer with one."""
         if msg.reply:
             await msg.respond(codec.encode(self._beat()))
+
+
+async def _cancel_superseded(generation: Generation) -> None:
+    await generation.cancel(CancelReason.RUNNER_LOST)
 
 
 def _decode_or_drop(msg: Msg, cls: type[T], what: str, metrics: RunnerMetrics) -> T | None:

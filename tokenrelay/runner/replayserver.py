@@ -5,6 +5,10 @@ first, and gets "no responders" at once when no runner holds the stream any more
 JetStream).  A stream is held while it generates and ``linger_s`` after it ends, for at most
 ``linger_streams`` finished streams (the oldest go first), and never once it is older than
 ``max_age_s`` (the history TTL: what JetStream no longer has, the runner does not serve either).
+
+A stream that moved here from a lost runner is answered "not held" from the start: its earlier events are in
+JetStream, with the fence that voids what the lost runner published past it.  So is, from the moment it is found
+out, a stream this runner was superseded on (:meth:`ReplayServer.drop`): what it holds may be void.
 """
 
 from __future__ import annotations
@@ -70,14 +74,24 @@ class ReplayServer:
         """Whether streams are held at all (``max_bytes_per_stream`` > 0)."""
         return self._max_bytes > 0
 
-    async def open(self, stream_id: str) -> ReplayLog | None:
-        """Hold a new stream's events (subscribed before its first event is published); ``None`` when disabled."""
+    async def open(self, stream_id: str, *, held: bool = True) -> ReplayLog | None:
+        """Hold a new stream's events (subscribed before its first event is published); ``None`` when disabled,
+        and when not ``held``: then requests for it are answered "not held" (a moved stream: read JetStream)."""
         if not self.enabled:
             return None
         replay_log = ReplayLog(max_bytes=self._max_bytes)
         sub = await self._nc.subscribe(subjects.replay(stream_id), cb=self._on_request)
         self._logs[stream_id] = _Held(replay_log, sub, opened=self._clock())
+        if not held:
+            replay_log.drop()
+            return None
         return replay_log
+
+    def drop(self, stream_id: str) -> None:
+        """Give up the stream's events (it moved on from this runner): requests for it are answered "not held"."""
+        held = self._logs.get(stream_id)
+        if held is not None:
+            held.log.drop()
 
     def finished(self, stream_id: str) -> None:
         """The stream ended: keep answering for ``linger_s``, then let it go."""
