@@ -27,6 +27,7 @@ from tokenrelay.wire.messages import (
     ReplayPage,
     StreamDelta,
     StreamEnd,
+    StreamFence,
     StreamStart,
     UnknownEvent,
 )
@@ -108,7 +109,7 @@ def test_a_reader_is_sent_every_known_event_and_nothing_for_an_unknown_one() -> 
     reader = Reader(SID, epoch=EPOCH, resume=None, max_buffered_bytes=1 << 20, now=T0)
     reader.caught_up()
     for event in STREAM:
-        reader.deliver(event, T0, b"" if isinstance(event, UnknownEvent) else frame(event, EPOCH))
+        reader.deliver(event, T0, b"" if isinstance(event, UnknownEvent | StreamFence) else frame(event, EPOCH))
     assert _as_read(reader.buffer.take()) == (["start", "delta", "stop"], "Hello world")
     assert reader.state is ReaderState.FINISHING
     assert not reader.gap.is_set()
