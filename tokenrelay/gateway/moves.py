@@ -28,7 +28,6 @@ from tokenrelay.wire.messages import (
     StreamFence,
     StreamStart,
     ToolCallDelta,
-    UnknownEvent,
 )
 
 
@@ -64,7 +63,7 @@ def plan_move(events: list[ReceivedEvent], *, generation: int) -> Plan:
     """
     fences = Fences()
     for event in events:
-        if not isinstance(event, StreamStart | UnknownEvent):  # a fence, or an event of some generation
+        if not isinstance(event, StreamStart):  # a fence, or an event of some generation
             fences.learn(event.gen, event.fence)
     kept: dict[int, ReceivedEvent] = {}
     for event in events:
@@ -72,7 +71,7 @@ def plan_move(events: list[ReceivedEvent], *, generation: int) -> Plan:
             continue
         if isinstance(event, StreamError) and event.seq < 0:
             return Ended(event)  # a gateway already ended it
-        gen = 0 if isinstance(event, StreamStart | UnknownEvent) else event.gen
+        gen = 0 if isinstance(event, StreamStart) else event.gen
         if gen > generation or fences.void(gen, event.seq):
             continue
         kept.setdefault(event.seq, event)

@@ -140,10 +140,10 @@ class Replay:
                 self._end(_FINISHED)
                 return [event]
             return self._learn(event.gen, event.fence) if isinstance(event, StreamFence) else []
-        gen = getattr(event, "gen", 0)  # a start or an unknown event has none: generation 0
+        gen = getattr(event, "gen", 0)  # a start has none: generation 0
         out: list[StreamEvent] = []
         if gen or self._fences.newest:  # a stream that moved: the one slower path
-            if gen and not isinstance(event, StreamStart | UnknownEvent | StreamFence):
+            if gen and not isinstance(event, StreamStart | StreamFence):
                 learned = self._learn(gen, event.fence)
                 if isinstance(learned, ReplayError):
                     return learned

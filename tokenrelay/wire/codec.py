@@ -40,10 +40,13 @@ class UnknownMessageType(CodecError):
     ``tag`` is that ``type``; ``seq`` the object's ``seq`` when it has an int one (a stream's event).
     """
 
-    def __init__(self, tag: str, seq: int | None) -> None:
+    def __init__(self, tag: str, seq: int | None, gen: int = 0, fence: int = 0) -> None:
         super().__init__(f"unknown message type {tag!r}")
         self.tag = tag
         self.seq = seq
+        self.gen = gen
+        """The object's ``gen`` and ``fence`` when they are ints (0 otherwise): a moved stream's generation."""
+        self.fence = fence
 
 
 MAX_UNKNOWN_TYPES = 32
@@ -103,7 +106,10 @@ def _message(obj: dict[str, Any]) -> m.Message:
     cls = _TYPES.get(tag)
     if cls is None:
         seq = obj.get("seq")
-        raise UnknownMessageType(tag, seq if type(seq) is int else None)
+        gen, fence = obj.get("gen", 0), obj.get("fence", 0)
+        raise UnknownMessageType(
+            tag, seq if type(seq) is int else None, gen if type(gen) is int else 0, fence if type(fence) is int else 0
+        )
     return typing.cast(m.Message, _build(cls, obj))
 
 
@@ -140,7 +146,7 @@ def decode_received_event(data: bytes | str) -> m.ReceivedEvent:
     except UnknownMessageType as exc:
         if exc.seq is None:
             raise
-        return m.UnknownEvent(seq=exc.seq, tag=exc.tag)
+        return m.UnknownEvent(seq=exc.seq, tag=exc.tag, gen=exc.gen, fence=exc.fence)
 
 
 def parse_json_object(body: bytes | str) -> dict[str, Any]:

@@ -330,6 +330,10 @@ class UnknownEvent:
     seq: int
     tag: str
     """The event's ``type``."""
+    gen: int = 0
+    """The event's ``gen`` (its generation's events are kept or dropped as those of a known type are)."""
+    fence: int = 0
+    """The event's ``fence``."""
 
 
 ReceivedEvent = StreamEvent | UnknownEvent | StreamFence

@@ -160,3 +160,17 @@ async def test_history_keeps_an_unknown_events_place_and_reports_its_type() -> N
     assert pages == [STREAM]
     assert read.source is Source.RUNNER
     assert reported == ["citation", "citation"]
+
+
+def test_a_moved_stream_s_event_of_an_unknown_type_keeps_its_generation_and_its_place() -> None:
+    data = b'{"type":"future","seq":6,"gen":1,"fence":5}'
+    assert codec.decode_received_event(data) == UnknownEvent(seq=6, tag="future", gen=1, fence=5)
+
+
+def test_a_new_generation_s_event_of_an_unknown_type_holds_its_place_after_the_fence() -> None:
+    replay = Replay(epoch=EPOCH)
+    moved = StreamDelta(seq=3, text=" world", index=2, count=1, ts=0.0, gen=1, fence=2)
+    unknown = UnknownEvent(seq=2, tag="citation", gen=1, fence=2)
+    stale = StreamDelta(seq=2, text=" stale", index=2, count=1, ts=0.0)  # the old owner, woken up
+    assert _merged([START, FIRST, StreamFence(gen=1, fence=2), stale, unknown, moved], replay) == [START, FIRST, moved]
+    assert not replay.waiting_on_gap
