@@ -1,5 +1,6 @@
 """A runner told to stop (SIGTERM, as a rolling deploy does) takes no new stream, lets its streams finish within
-``--drain-timeout-s`` and exits 0; what still runs then ends with ``shutting_down``; SIGINT stops it at once.  A
+``--drain-timeout-s`` and exits 0; what still runs then moves to another runner (``runner_lost`` when there is
+none); SIGINT stops it at once (``shutting_down``).  A
 gateway told to stop admits nothing more and closes its control sockets with 1012 (service restart)."""
 
 from __future__ import annotations
@@ -68,7 +69,27 @@ async def generating(runners: list[Role], timeout_s: float = 10) -> Role:
         await asyncio.sleep(0.05)
 
 
-def test_streams_still_running_at_the_drain_timeout_end_with_shutting_down(nats: NatsServer) -> None:
+def test_streams_still_running_at_the_drain_timeout_move_to_another_runner_and_end_whole(nats: NatsServer) -> None:
+    with system(nats.url, runner_args=[*RUNNER, "--drain-timeout-s", "0.5"], runners=2) as sut:
+
+        async def main() -> Role:
+            created = await create_stream(sut.gateway_url, "too long to wait for", max_tokens=3 * TOKENS_PER_S)
+            reading = asyncio.create_task(read_stream(created["events_url"]))
+            owner = await generating(sut.runners)
+            await asyncio.sleep(0.5)
+            owner.process.send_signal(signal.SIGTERM)
+            stream = await reading
+            assert stream.of("error") == []
+            assert stream.terminal.event == "stop" and stream.terminal.json()["finish_reason"] == "length"
+            assert stream.text == expected_text("too long to wait for", 3 * TOKENS_PER_S, 100_000)
+            assert await metric(sut.gateway_url, "tokenrelay_gateway_stream_moves_total", outcome="moved") == 1
+            return owner
+
+        owner = asyncio.run(main())
+        assert owner.process.wait(timeout=30) == 0
+
+
+def test_with_no_runner_to_move_to_a_stream_past_the_drain_timeout_ends_with_an_error(nats: NatsServer) -> None:
     with system(nats.url, runner_args=[*RUNNER, "--drain-timeout-s", "0.5"]) as sut:
 
         async def main() -> None:
@@ -77,7 +98,7 @@ def test_streams_still_running_at_the_drain_timeout_end_with_shutting_down(nats:
             await asyncio.sleep(0.5)
             sut.runners[0].process.send_signal(signal.SIGTERM)
             stream = await reading
-            assert stream.terminal.event == "error" and stream.terminal.json()["code"] == "shutting_down"
+            assert stream.terminal.event == "error" and stream.terminal.json()["code"] == "runner_lost"
 
         asyncio.run(main())
         assert sut.runners[0].process.wait(timeout=30) == 0

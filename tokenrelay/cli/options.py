@@ -103,7 +103,7 @@ ENGINE_OPTIONS = (
            "a runner keeps serving a finished stream's history from memory this long"),
     Option("--drain-timeout-s", v.DURATION, c.DEFAULT_DRAIN_TIMEOUT_S,
            "on SIGTERM a runner takes no new stream and lets its streams finish for this long; what still runs "
-           "then ends with shutting_down (SIGINT: at once)"),
+           "then moves to other runners (SIGINT: ends at once with shutting_down)"),
     Option("--synthetic-ttft-ms", v.DURATION, c.DEFAULT_SYNTHETIC_TTFT_MS,
            "synthetic engine: delay before the first token"),
     Option("--synthetic-tokens-per-s", v.RATE, c.DEFAULT_SYNTHETIC_TOKENS_PER_S,

@@ -50,7 +50,8 @@ class RunnerRegistry:
         runner = self._runners.get(beat.runner_id)
         if runner is None:
             runner = self._runners[beat.runner_id] = _Runner(beat, now)
-        runner.beat, runner.seen = beat, now
+        # A runner that says it is leaving is as good as silent: it is pinged at the next check, not in a while.
+        runner.beat, runner.seen = beat, now - self._stale_after_s if beat.leaving else now
         for model in beat.served_models():
             self._known[model] = None
             self._known.move_to_end(model)

@@ -49,8 +49,9 @@ async def run(config: RunnerConfig) -> None:
     try:
 
         async def on_signal(received: signal.Signals) -> None:
-            if received is signal.SIGTERM:  # a deploy or a scale-down: let the streams finish
-                await node.drain(config.drain_timeout_s)
+            # A deploy or a scale-down (SIGTERM): let the streams finish, and move what is left to other runners.
+            if received is signal.SIGTERM and not await node.drain(config.drain_timeout_s):
+                await node.hand_off()
 
         await serve(ops_app(nc, metrics, node), config.host, config.port, name=runner_id, on_signal=on_signal)
     finally:

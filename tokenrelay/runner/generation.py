@@ -62,6 +62,10 @@ ROLE = "runner"
 RecordWriter = Callable[[StreamRecord], Awaitable[None]]
 
 
+HANDED_OFF = "handed_off"
+"""The error code of the :class:`Outcome` of a generation left for another runner (:meth:`Generation.hand_off`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How a generation ended."""
@@ -153,6 +157,11 @@ class Generation:
             self._task.cancel()
         return await asyncio.shield(self._task)
 
+    async def hand_off(self) -> Outcome:
+        """Stop generating and leave the stream unfinished: no terminal event, no finished record (the runner is
+        going away; gateways move the stream to another runner, which continues it from its history)."""
+        return await self.abort(HANDED_OFF, "")
+
     async def abort(self, code: str, message: str) -> Outcome:
         """End the stream now with an ``error`` event (the runner is going away)."""
         assert self._task is not None, "abort() before start()"
@@ -191,6 +200,8 @@ class Generation:
                 raise  # not a cancel this generation asked for
             task.uncancel()
             self.halted_ts = time.time()
+            if self._abort is not None and self._abort[0] == HANDED_OFF:
+                return Outcome(FinishReason.ERROR, self._tokens, HANDED_OFF)
             if self._abort is not None:
                 await self._finish_with_error(*self._abort)
                 return Outcome(FinishReason.ERROR, self._tokens, self._abort[0])

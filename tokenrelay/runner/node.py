@@ -24,6 +24,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from typing import TypeVar
 
 from nats.aio.client import Client as NATS
@@ -33,7 +34,7 @@ from nats.js.kv import KeyValue
 
 from tokenrelay.runner.engines import Engine
 from tokenrelay.runner.engines.base import announced_params, can_continue, continues_of
-from tokenrelay.runner.generation import Generation, Outcome
+from tokenrelay.runner.generation import HANDED_OFF, Generation, Outcome
 from tokenrelay.runner.metrics import OTHER_MODEL, RunnerMetrics
 from tokenrelay.runner.pace import PublishPace
 from tokenrelay.runner.records import write_fenced
@@ -50,6 +51,7 @@ from tokenrelay.wire.messages import (
     CancelReason,
     CancelReply,
     CancelRequest,
+    Continues,
     FinishReason,
     JobAccepted,
     JobRejected,
@@ -178,6 +180,27 @@ class Runner:
             return False
         return True
 
+    async def hand_off(self) -> None:
+        """Past the drain timeout: leave the streams still generating here to other runners.  It stops answering
+        (cancels, pings, history), stops each generation without ending its stream, and says it is leaving in a
+        last heartbeat, so the gateways find it gone at once and move its streams (``gateway/migration.py``).  An
+        engine that continues nothing keeps today's end instead: :meth:`stop` ends them ``shutting_down``."""
+        if self.continues is Continues.NOTHING or not self._active:
+            return
+        for sub in self._subs:
+            await natsio.unsubscribe_quietly(sub)
+        self._subs.clear()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        left = tuple(self._active)
+        generations = [generation.hand_off() for generation in self._active.values()]
+        await asyncio.wait_for(asyncio.gather(*generations, return_exceptions=True), SHUTDOWN_GRACE_S)
+        await self._nc.publish(
+            subjects.RUNNER_HEARTBEAT, codec.encode(replace(self._beat(), streams=left, active=0, leaving=True))
+        )
+        await self._nc.flush()
+        log.warning("runner %s left %d streams to other runners", self.runner_id, len(left))
+
     async def stop(self) -> None:
         """Stop taking jobs, end what is running as ``shutting_down``, and release the engine."""
         for sub in [*self._job_subs, *self._subs]:
@@ -261,6 +284,9 @@ class Runner:
         self.replay.finished(stream_id)
         # The admitting gateway counts its tenants' streams (gateway/quotas.py) and offers its queue's head
         # the slot this stream held (gateway/dispatch.py).
+        handed_off = not task.cancelled() and task.exception() is None and task.result().error_code == HANDED_OFF
+        if handed_off:
+            return  # another runner continues it: its gateway is not told, and its content is needed still
         self._cancel_tasks.spawn(self._tell_done(job.gateway_id, stream_id))
         if job.payload is not None and self._payloads is not None:  # its content is not needed any more
             self._cancel_tasks.spawn(self._payloads.delete(job.payload))

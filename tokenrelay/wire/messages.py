@@ -382,6 +382,9 @@ class RunnerHeartbeat:
     it, which serves ``model`` alone (:meth:`served_models`)."""
     continues: Continues = Continues.NOTHING
     """What this runner's engine can continue of a stream that moved to it from a lost runner."""
+    leaving: bool = False
+    """The runner's last word: it is going away now (past its drain timeout), answers nothing more, and leaves the
+    unfinished :attr:`streams` to be moved; gateways check it at once instead of waiting for it to be silent."""
     accepts_params: tuple[str, ...] | None = None
     """The request ``params`` fields this runner's engine can honour, for every model it serves; ``None``: any (an
     engine that passes them on, or a runner that predates the field).  Admission refuses a field no runner of the

@@ -4,6 +4,8 @@ that is heard from again is counted as a false loss with the streams to cancel o
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tests.unit.gateway.test_dispatch import STALE_S, beat, dispatcher, job, lost_after_silence
 from tokenrelay.gateway.actions import AskOwner
 from tokenrelay.gateway.moves import Broken, Continue, Ended, can_continue, plan_move
@@ -119,3 +121,11 @@ def test_a_runner_declared_lost_and_heard_again_is_a_false_loss_with_its_moved_s
     again = d.heartbeat(beat("r1", "s1"), now=STALE_S + 2.0)
     assert not again.returned and again.superseded == ("s1",)  # cancelled again while it still lists it
     assert d.heartbeat(beat("r2", "s1"), now=STALE_S + 2.0).superseded == ()  # the new owner lists it: its own
+
+
+def test_a_runner_that_says_it_is_leaving_is_checked_at_once_and_lost_with_the_streams_it_left() -> None:
+    d = dispatcher(runners=("r1", "r2"))
+    d.heartbeat(replace(beat("r1", "s1"), leaving=True), now=1.0)
+    assert d.runners_to_check(now=1.0) == ["r1"]
+    lost = d.runner_silent("r1", now=1.0)
+    assert lost is not None and lost.stream_ids == ("s1",)

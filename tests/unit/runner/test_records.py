@@ -76,6 +76,7 @@ async def test_a_newer_generation_written_between_the_read_and_the_write_refuses
 async def test_a_record_that_changes_under_every_write_fails_after_the_last_try() -> None:
     kv = FakeKV()
     kv.store(KEY, codec.encode(of(0)))
+
     def rewrite() -> None:
         kv.store(KEY, codec.encode(of(0)))
 
