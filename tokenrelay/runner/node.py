@@ -115,6 +115,9 @@ class Runner:
         self._active: dict[str, Generation] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._subs: list[Subscription] = []
+        self._revisions: dict[str, int] = {}
+        """The revision of each unfinished stream's record as this runner last wrote it (a generation's writes are
+        in order: the finished one removes it)."""
         self._job_subs: list[Subscription] = []
         """The job subscriptions (one per model): dropped first when the runner drains."""
         self._idle = asyncio.Event()
@@ -335,12 +338,16 @@ class Runner:
         self._count(record)
         data = codec.encode(record)
         # A record is the stream's state for status, stop and late readers: worth waiting out a leader election.
+        stream_id = record.stream_id
+        last = self._revisions.pop(stream_id, None)
         written = await natsio.retrying(
-            f"stream {record.stream_id}: record", lambda: write_fenced(self._kv, record, data),
+            f"stream {stream_id}: record", lambda: write_fenced(self._kv, record, data, last=last),
             timeout_s=RECORD_WRITE_TIMEOUT_S,
         )  # fmt: skip
-        if not written:
+        if written is None:
             self._superseded(record)
+        elif record.state is not StreamState.FINISHED:  # its next write needs no read first
+            self._revisions[stream_id] = written
 
     def _superseded(self, record: StreamRecord) -> None:
         """A newer generation owns the stream: stop generating it here, and serve none of its events any more."""

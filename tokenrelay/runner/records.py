@@ -47,25 +47,29 @@ def record_write(generation: int, stored: StreamRecord | None) -> RecordWrite:
 
 
 async def write_fenced(
-    kv: KeyValue, record: StreamRecord, data: bytes, *, max_tries: int = MAX_RECORD_WRITE_TRIES
-) -> bool:
-    """Write ``record`` (encoded: ``data``) unless a newer generation's is stored; whether it was written.
+    kv: KeyValue, record: StreamRecord, data: bytes, *, last: int | None = None, max_tries: int = MAX_RECORD_WRITE_TRIES
+) -> int | None:
+    """Write ``record`` (encoded: ``data``) unless a newer generation's is stored: the revision written, or ``None``
+    when refused.
 
-    Raises :class:`RecordWriteConflict` when the record changed between the read and the write ``max_tries`` times.
+    ``last``: the revision this writer wrote before, if any: tried first as the compare-and-set's revision, so a
+    stream's later writes need no read while nobody else wrote its record (a read then, on a conflict).  Raises
+    :class:`RecordWriteConflict` when the record changed between the read and the write ``max_tries`` times.
     """
     key = record.stream_id
     for _ in range(max_tries):
-        stored, revision = await _read(kv, key)
-        if record_write(record.generation, stored) is RecordWrite.REFUSE:
-            return False
+        if last is not None:
+            revision, last = last, None
+        else:
+            stored, revision = await _read(kv, key)
+            if record_write(record.generation, stored) is RecordWrite.REFUSE:
+                return None
         try:
             if revision == 0:
-                await kv.create(key, data)  # also over a deleted record: nats-py writes on its tombstone
-            else:
-                await kv.update(key, data, last=revision)
+                return await kv.create(key, data)  # also over a deleted record: nats-py writes on its tombstone
+            return await kv.update(key, data, last=revision)
         except KeyWrongLastSequenceError:
             continue  # written in between: read it again
-        return True
     raise RecordWriteConflict(key, max_tries)
 
 

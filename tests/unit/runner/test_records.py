@@ -91,3 +91,31 @@ async def test_an_unreadable_record_is_overwritten() -> None:
     kv.store(KEY, b"not a record")
     assert await write_fenced(kv, of(0), codec.encode(of(0)))  # type: ignore[arg-type]
     assert kv.record(KEY) == of(0)
+
+
+async def test_a_writer_s_next_write_on_the_revision_it_wrote_needs_no_read() -> None:
+    kv = FakeKV()
+    first = await write_fenced(kv, of(0), codec.encode(of(0)))  # type: ignore[arg-type]
+    reads = 0
+    original_get = kv.get
+
+    async def counted_get(key: str) -> object:
+        nonlocal reads
+        reads += 1
+        return await original_get(key)
+
+    kv.get = counted_get  # type: ignore[method-assign,assignment]
+    finished = of(0, StreamState.FINISHED)
+    assert await write_fenced(kv, finished, codec.encode(finished), last=first) is not None  # type: ignore[arg-type]
+    assert reads == 0 and kv.record(KEY).state is StreamState.FINISHED
+
+
+async def test_a_write_on_a_revision_someone_else_wrote_over_reads_again_and_is_refused_under_a_newer_generation() -> (
+    None
+):
+    kv = FakeKV()
+    first = await write_fenced(kv, of(0), codec.encode(of(0)))  # type: ignore[arg-type]
+    kv.store(KEY, codec.encode(of(1)))  # a gateway moved the stream meanwhile
+    finished = of(0, StreamState.FINISHED)
+    assert await write_fenced(kv, finished, codec.encode(finished), last=first) is None  # type: ignore[arg-type]
+    assert kv.record(KEY).generation == 1
