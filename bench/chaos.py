@@ -7,8 +7,8 @@ picked at random: a NATS node (SIGKILL, started again with its store after ``--d
 (SIGKILL or SIGTERM, a replacement started at once). Measured:
 
 * streams that **ended whole**: ``length`` with exactly the text an uninterrupted run gives (none lost or repeated);
-* streams that **ended with a clear error**, by code (``runner_lost`` when its runner was SIGKILLed: moving a
-  stream to another runner is not built yet);
+* streams that **ended with a clear error**, by code (a SIGKILLed or drained runner's streams move to the other
+  runner: ``runner_lost`` only when none could take one);
 * streams **broken**: any other ending (a wrong text, a client error other than a typed one) — the target is 0.
 
     python -m bench.chaos --duration-s 180
@@ -30,6 +30,7 @@ from bench.stats import write_json
 from tokenrelay.cli.supervisor import free_port, http_ok
 from tokenrelay.client import Client
 from tokenrelay.testing.cluster import NatsCluster, nats_cluster
+from tokenrelay.testing.http import metric
 from tokenrelay.testing.procs import Role, start_role, stop_process, wait_until
 from tokenrelay.testing.synthetic import expected_text
 from tokenrelay.wire.errors import TokenRelayError
@@ -140,11 +141,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await deployment.strike(rng, tally)
                 stop.set()
                 await asyncio.gather(*users)
+            moves = {
+                outcome: await metric(deployment.gateway.url, "tokenrelay_gateway_stream_moves_total", outcome=outcome)
+                for outcome in ("moved", "ended", "lost", "taken")
+            }
         finally:
             deployment.stop()
     result = {
         "config": vars(args), "whole": tally.whole, "errors": dict(tally.errors), "broken": tally.broken,
-        "strikes": tally.events,
+        "strikes": tally.events, "moves": moves,
     }  # fmt: skip
     print(f"{len(tally.events)} strikes in {args.duration_s:.0f} s:")
     for line in tally.events:
@@ -152,6 +157,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"streams ended whole (no token lost or repeated): {tally.whole}")
     print(f"streams ended with a clear error:                 {sum(tally.errors.values())} {dict(tally.errors)}")
     print(f"streams broken:                                   {len(tally.broken)}")
+    print(f"lost runners' streams, by what became of them:   {moves}")
     for line in tally.broken[:20]:
         print(f"  {line}")
     return result
