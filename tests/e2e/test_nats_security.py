@@ -26,13 +26,14 @@ from nats.js.errors import ObjectNotFoundError
 from openai.types.responses import Response
 from websockets.asyncio.client import connect as ws_connect
 
+from tests.e2e.test_drain import generating
 from tests.helpers import STOPPED_TOKENS, eventually, eventually_true, export_feedback, wait_running
 from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.natsauth import NatsConnectError, NatsSecurity, NatsSecurityError, refusal
 from tokenrelay.runtime.responses import open_response_events
 from tokenrelay.streamer.compat.response_events import stream_id_of
-from tokenrelay.testing.http import create_stream, post, wait_finished
+from tokenrelay.testing.http import create_stream, metric, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, nats_server, start_role, stop_process, system, wait_until
 from tokenrelay.testing.sse import read_stream
 from tokenrelay.testing.synthetic import expected_text
@@ -679,3 +680,42 @@ def test_the_permissions_document_shows_exactly_the_tested_configuration() -> No
     assert set(granted) == set(DOC_SECTIONS)
     for block, title in DOC_SECTIONS.items():
         assert _documented(doc, title) == granted[block], f"the {title} table and the {block} block differ"
+
+
+# --- a stream moved off a killed runner under the same users: jobs' bucket, history reads, fenced records ---------
+
+
+async def test_a_stream_and_a_stored_response_move_off_a_killed_runner_with_only_the_documented_permissions() -> None:
+    passwords = {role: secrets.token_urlsafe(18) for role in ROLES}
+    with (
+        configured_nats(auth_config(passwords)) as server,
+        system(
+            server.url,
+            runners=2,
+            runner_args=["--synthetic-tokens-per-s", "50", "--synthetic-length-tokens", str(LENGTH_TOKENS)],
+            gateway_args=["--runner-stale-after-s", "1"],
+            role_env={role: role_credentials(role, passwords) for role in ("gateway", "runner", "streamer")},
+        ) as sut,
+    ):
+        sdk = openai.AsyncOpenAI(base_url=f"{sut.streamer_url}/v1", api_key="unused", max_retries=0)
+        stored = await sdk.responses.create(
+            model="synthetic", input="moved too", background=True, max_output_tokens=150
+        )
+        await wait_running(sut.gateway_url, _stream_id(stored.id))
+        victim = await generating(sut.runners)  # the stored response's runner: the one stream there is yet
+        created = await create_stream(sut.gateway_url, "moved", max_tokens=150)
+        reading = asyncio.create_task(read_stream(created["events_url"]))
+        await wait_running(sut.gateway_url, created["id"])
+        await asyncio.sleep(1.0)
+        victim.process.kill()  # SIGKILL: its streams move to the other runner
+
+        stream = await reading
+        assert stream.of("error") == [] and stream.terminal.json()["finish_reason"] == "length"
+        assert stream.text == expected_text("moved", 150, LENGTH_TOKENS)
+        done = await _finished(sdk, stored.id)
+        assert done.status == "incomplete" and done.output_text == expected_text("moved too", 150, LENGTH_TOKENS)
+        events = [event async for event in await sdk.responses.retrieve(stored.id, stream=True)]
+        text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+        assert text == done.output_text  # its kept events are whole: the earlier runner's part read back from history
+        assert await metric(sut.gateway_url, "tokenrelay_gateway_stream_moves_total", outcome="moved") >= 1
+        assert violations(server.log_path) == [], "a role used a subject its user may not"

@@ -29,7 +29,7 @@ from dataclasses import replace
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tokenrelay.gateway import ROLE
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 JOB_WRITE_TIMEOUT_S = 8.0
 """How long keeping a dispatched job is tried while the jobs' bucket elects a leader."""
+LEADER_CATCH_UP_S = 2.0
+"""How long a stream's history, read from any replica, may take to reach the event its leader holds last."""
 OFFER_WAIT_FIRST_S = 0.05
 """The first pause, in seconds, before a continuation no runner took is offered again (doubling)."""
 OFFER_WAIT_MAX_S = 0.5
@@ -178,8 +180,25 @@ class StreamMover:
         return codec.decode_as(entry.value, JobRequest)
 
     async def _history(self, stream_id: str) -> list[ReceivedEvent]:
-        """Every stored event of the stream (those of unknown types as such; malformed ones left out)."""
-        stored = await natsio.direct_get(self._nc, subjects.EVENTS_STREAM, subjects.events(stream_id))
+        """Every stored event of the stream (those of unknown types as such; malformed ones left out), as the stream's
+        leader has them.
+
+        The batched direct gets may be answered by a replica that lags the leader: a history cut short would put
+        the cut-off before events readers already have.  So the leader is asked for the stream's last event first,
+        and the history is read again until it reaches that one (within :data:`LEADER_CATCH_UP_S`).
+        """
+        subject = subjects.events(stream_id)
+        try:
+            last = (await self._nc.jetstream().get_last_msg(subjects.EVENTS_STREAM, subject)).seq or 0
+        except NotFoundError:
+            last = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADER_CATCH_UP_S
+        while True:
+            stored = await natsio.direct_get(self._nc, subjects.EVENTS_STREAM, subject)
+            if (stored[-1][0] if stored else 0) >= last or loop.time() >= deadline:
+                break
+            await asyncio.sleep(OFFER_WAIT_FIRST_S)
         events: list[ReceivedEvent] = []
         for _, data in stored:
             try:
