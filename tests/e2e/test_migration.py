@@ -1,16 +1,21 @@
 """A stream whose runner is lost moves to another runner of its model: readers see no error, no gap, no repeat, and
 the text equals an uninterrupted run's.  With ``--max-migrations 0`` it ends ``runner_lost`` as before.  A runner
-that was only paused (SIGSTOP) and wakes after its stream moved adds nothing to it: it is fenced."""
+that was only paused (SIGSTOP) and wakes after its stream moved adds nothing to it: it is fenced.  The moves run on
+a three-node NATS cluster (every JetStream object in three copies), as a deployment that outgrew one machine has."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+from collections.abc import Iterator
+
+import pytest
 
 from tests.e2e.test_drain import generating
 from tests.helpers import eventually, synthetic_args
 from tokenrelay.runtime import natsio
+from tokenrelay.testing.cluster import NatsCluster, nats_cluster
 from tokenrelay.testing.http import create_stream, get_json, metric
 from tokenrelay.testing.procs import NatsServer, Role, system
 from tokenrelay.testing.sse import Stream, read_stream
@@ -56,8 +61,14 @@ async def other_than(runners: list[Role], owner: Role) -> Role:
     return next(runner for runner in runners if runner is not owner)
 
 
-def test_a_stream_whose_runner_is_killed_continues_on_the_other_runner_with_the_same_text(nats: NatsServer) -> None:
-    with system(nats.url, runner_args=RUNNER, runners=2, gateway_args=STALE) as sut:
+@pytest.fixture
+def cluster() -> Iterator[NatsCluster]:
+    with nats_cluster(3) as running:
+        yield running
+
+
+def test_a_stream_whose_runner_is_killed_continues_on_the_other_runner_with_the_same_text(cluster: NatsCluster) -> None:
+    with system(cluster.url, runner_args=RUNNER, runners=2, gateway_args=STALE) as sut:
 
         async def main() -> None:
             created = await create_stream(sut.gateway_url, "move me", max_tokens=STREAM_TOKENS)
@@ -94,8 +105,8 @@ def test_with_max_migrations_0_a_killed_runner_s_stream_ends_runner_lost(nats: N
         asyncio.run(main())
 
 
-def test_a_paused_runner_that_wakes_after_its_stream_moved_adds_no_token_to_it(nats: NatsServer) -> None:
-    with system(nats.url, runner_args=RUNNER, runners=2, gateway_args=STALE) as sut:
+def test_a_paused_runner_that_wakes_after_its_stream_moved_adds_no_token_to_it(cluster: NatsCluster) -> None:
+    with system(cluster.url, runner_args=RUNNER, runners=2, gateway_args=STALE) as sut:
 
         async def main() -> None:
             created = await create_stream(sut.gateway_url, "fence me", max_tokens=STREAM_TOKENS)
