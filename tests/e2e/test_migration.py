@@ -14,10 +14,11 @@ import pytest
 
 from tests.e2e.test_drain import generating
 from tests.helpers import eventually, synthetic_args
+from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.runtime import natsio
 from tokenrelay.testing.cluster import NatsCluster, nats_cluster
 from tokenrelay.testing.http import create_stream, get_json, metric
-from tokenrelay.testing.procs import NatsServer, Role, system
+from tokenrelay.testing.procs import NatsServer, Role, start_role, stop_process, system, wait_until
 from tokenrelay.testing.sse import Stream, read_stream
 from tokenrelay.testing.synthetic import expected_text
 from tokenrelay.wire import codec, subjects
@@ -136,3 +137,27 @@ def test_a_paused_runner_that_wakes_after_its_stream_moved_adds_no_token_to_it(c
             assert status == 200 and record["state"] == "finished" and record["tokens"] == STREAM_TOKENS
 
         asyncio.run(main())
+
+
+def test_a_stream_moves_even_when_the_gateway_that_admitted_it_died_with_its_runner(cluster: NatsCluster) -> None:
+    with system(cluster.url, runner_args=RUNNER, runners=2, gateway_args=STALE) as sut:
+        other_gateway = start_role("gateway", cluster.url, sut.log_dir, "gateway-2", STALE)
+        try:
+
+            async def main() -> None:
+                await asyncio.to_thread(wait_until, lambda: http_ok(f"{other_gateway.url}/readyz"), what="gateway-2")
+                created = await create_stream(sut.gateway_url, "orphan", max_tokens=STREAM_TOKENS)
+                reading = asyncio.create_task(read_stream(created["events_url"]))
+                owner = await generating(sut.runners)
+                await asyncio.sleep(1.0)
+                sut.gateway.process.send_signal(signal.SIGKILL)
+                owner.process.send_signal(signal.SIGKILL)
+                assert_whole(await reading, "orphan")
+                moved = await metric(other_gateway.url, "tokenrelay_gateway_stream_moves_total", outcome="moved")
+                assert moved == 1
+                status, record = await get_json(f"{other_gateway.url}/v1/streams/{created['id']}")
+                assert status == 200 and record["state"] == "finished" and record["tokens"] == STREAM_TOKENS
+
+            asyncio.run(main())
+        finally:
+            stop_process(other_gateway.process, sig=signal.SIGINT)
