@@ -5,7 +5,8 @@ A runner not heard from for ``stale_after_s`` is *suspect* (:meth:`stale`): it n
 as live (:meth:`live`, ``/readyz``) but still as registered (:meth:`registered`, admission), and the
 gateway asks it directly whether it is alive.  Only when that fails is it
 declared lost, once, and :meth:`forget` hands back every stream it may still have owned:
-those in its last heartbeat plus those dispatched to it since.  Their readers must get a
+those in its last heartbeat plus those dispatched to it since (a runner that took a stream before this gateway heard
+from it at all is watched from that dispatch on).  Their readers must get a
 ``runner_lost`` error, never silence.  A heartbeat (or the answer to the check) in between
 makes it live again.
 
@@ -42,6 +43,9 @@ class RunnerRegistry:
         self._stale_after_s = stale_after_s
         self._max_known_models = max_known_models
         self._runners: dict[str, _Runner] = {}
+        self._unheard: dict[str, dict[str, float]] = {}
+        """Runners that took a stream before this gateway heard a heartbeat of theirs (jobs go to a queue group):
+        the streams each took and when.  One that stays unheard for ``stale_after_s`` is checked as a silent one."""
         self._known: OrderedDict[str, None] = OrderedDict()
         """Every model a runner announced, the most recently announced last."""
 
@@ -50,6 +54,7 @@ class RunnerRegistry:
         runner = self._runners.get(beat.runner_id)
         if runner is None:
             runner = self._runners[beat.runner_id] = _Runner(beat, now)
+            runner.dispatched.update(self._unheard.pop(beat.runner_id, {}))
         # A runner that says it is leaving is as good as silent: it is pinged at the next check, not in a while.
         runner.beat, runner.seen = beat, now - self._stale_after_s if beat.leaving else now
         for model in beat.served_models():
@@ -68,10 +73,14 @@ class RunnerRegistry:
         runner = self._runners.get(runner_id)
         if runner is not None:
             runner.dispatched[stream_id] = now
+        else:  # not heard from yet: watched all the same, or a runner that dies now would leave its stream hanging
+            self._unheard.setdefault(runner_id, {})[stream_id] = now
 
     def holds(self, stream_id: str) -> bool:
         """Whether a runner listed ``stream_id`` in its last heartbeat or accepted it since."""
-        return any(stream_id in r.streams or stream_id in r.dispatched for r in self._runners.values())
+        return any(stream_id in r.streams or stream_id in r.dispatched for r in self._runners.values()) or any(
+            stream_id in taken for taken in self._unheard.values()
+        )
 
     def live(self, now: float) -> list[RunnerHeartbeat]:
         """Last heartbeats of the runners heard from within ``stale_after_s``."""
@@ -95,7 +104,9 @@ class RunnerRegistry:
 
     def stale(self, now: float) -> list[str]:
         """Runners not heard from within ``stale_after_s`` (suspect; still registered)."""
-        return [rid for rid, r in self._runners.items() if now - r.seen >= self._stale_after_s]
+        stale_s = self._stale_after_s
+        silent = [rid for rid, r in self._runners.items() if now - r.seen >= stale_s]
+        return silent + [rid for rid, taken in self._unheard.items() if now - min(taken.values()) >= stale_s]
 
     def forget(self, runner_id: str, now: float) -> set[str] | None:
         """Declare a stale runner lost: drop it and return the streams it may still have owned.
@@ -103,7 +114,13 @@ class RunnerRegistry:
         ``None`` when it is not stale at ``now`` (heard from since it was suspected) or not known.
         """
         runner = self._runners.get(runner_id)
-        if runner is None or now - runner.seen < self._stale_after_s:
+        if runner is None:
+            taken = self._unheard.get(runner_id)
+            if taken is None or now - min(taken.values()) < self._stale_after_s:
+                return None
+            del self._unheard[runner_id]
+            return set(taken)
+        if now - runner.seen < self._stale_after_s:
             return None
         del self._runners[runner_id]
         return runner.streams | set(runner.dispatched)

@@ -129,3 +129,22 @@ def test_a_runner_that_says_it_is_leaving_is_checked_at_once_and_lost_with_the_s
     assert d.runners_to_check(now=1.0) == ["r1"]
     lost = d.runner_silent("r1", now=1.0)
     assert lost is not None and lost.stream_ids == ("s1",)
+
+
+def test_a_runner_that_took_a_stream_before_any_heartbeat_of_it_arrived_is_watched_and_lost_with_it() -> None:
+    d = dispatcher(runners=("r1",))
+    d.admit(job("s1"), now=0.0)
+    d.offer_accepted("s1", "unheard", now=0.1)  # the queue group gave it to a runner this gateway never heard from
+    assert d.holds("s1")
+    d.heartbeat(beat("r1"), now=STALE_S)
+    assert d.runners_to_check(now=0.1 + STALE_S - 0.01) == []
+    assert lost_after_silence(d, "unheard", now=0.1 + STALE_S) == ("s1",)
+
+
+def test_an_unheard_runner_s_first_heartbeat_keeps_the_streams_it_took() -> None:
+    d = dispatcher(runners=("r1",))
+    d.admit(job("s1"), now=0.0)
+    d.offer_accepted("s1", "late", now=0.1)
+    d.heartbeat(beat("late"), now=0.5)
+    d.heartbeat(beat("r1"), now=STALE_S + 0.2)
+    assert lost_after_silence(d, "late", now=STALE_S + 0.6) == ("s1",)
