@@ -74,7 +74,7 @@ class MoveOutcome(enum.StrEnum):
     MOVED = "moved"
     """Another runner continues it."""
     ENDED = "ended"
-    """It had finished: its terminal event was stored (its record is finished from it)."""
+    """It had finished: its record says so, or its terminal event was stored (its record is finished from it)."""
     LOST = "lost"
     """It cannot move (migrations used up, no job kept, history broken, no runner can continue it, none took it):
     the caller ends it ``runner_lost``."""
@@ -132,7 +132,9 @@ class StreamMover:
         if entry.value is None or entry.revision is None:
             return MoveOutcome.TAKEN
         record = codec.decode_as(entry.value, StreamRecord)
-        if record.state is StreamState.FINISHED or record.runner_id not in (lost_runner_id, None):
+        if record.state is StreamState.FINISHED:
+            return MoveOutcome.ENDED
+        if record.runner_id not in (lost_runner_id, None):
             return MoveOutcome.TAKEN
         if record.runner_id is None and record.generation > 0:
             return MoveOutcome.TAKEN  # a move under way by another gateway
