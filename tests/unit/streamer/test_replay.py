@@ -13,6 +13,7 @@ from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import (
     OUT_OF_BAND_SEQ,
     FinishReason,
+    ReceivedEvent,
     StreamDelta,
     StreamEnd,
     StreamError,
@@ -45,7 +46,7 @@ START, D1, D2, D3, END = start(), delta(1, 2, 2), delta(2, 3, 1), delta(3, 6, 3)
 STREAM: list[StreamEvent] = [START, D1, D2, D3, END]
 
 
-def push_all(replay: Replay, events: Iterable[StreamEvent]) -> list[StreamEvent]:
+def push_all(replay: Replay, events: Iterable[ReceivedEvent]) -> list[StreamEvent]:
     """Push every event; return everything released, failing the test on a ReplayError."""
     released: list[StreamEvent] = []
     for event in events:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
+from tests.unit.streamer.test_replay import push_all
 from tokenrelay.streamer.replay import MergeState, Replay, ReplayError, held_size
 from tokenrelay.wire.cursor import Cursor
 from tokenrelay.wire.errors import ErrorCode
@@ -78,16 +79,6 @@ TWICE_MOVED: list[StreamEvent] = [*(delta(seq, gen=2) for seq in range(FENCE_2, 
 ONE_ZOMBIE: list[StreamEvent] = [*(delta(seq, gen=1) for seq in range(FENCE_2, 10)), end(10, gen=1)]
 """What generation 1 publishes when it wakes up after the second move: all void."""
 EXPECTED_TWICE: list[StreamEvent] = BEFORE + ONE_MOVED + TWICE_MOVED
-
-
-def push_all(replay: Replay, events: Iterable[ReceivedEvent]) -> list[StreamEvent]:
-    """Push every event; return everything released, failing the test on a ReplayError."""
-    released: list[StreamEvent] = []
-    for event in events:
-        out = replay.push(event)
-        assert not isinstance(out, ReplayError), out
-        released.extend(out)
-    return released
 
 
 def push_until_error(replay: Replay, events: Iterable[ReceivedEvent]) -> tuple[list[StreamEvent], ReplayError | None]:
