@@ -1,7 +1,8 @@
 """A real nginx running a deployment's proxy config in front of a system on loopback ports, stopped by its PID.
 
 The config is the deployment's own file (``deploy/nginx.conf`` in the repository) with only its two upstream
-``server`` addresses and its ``listen`` port rewritten to 127.0.0.1 ports, included in a tiny main config.
+``server`` addresses and its ``listen`` port rewritten to 127.0.0.1 ports, included in a tiny main config. The
+gateway's upstream may list several addresses (gateways behind one proxy, as a scaled gateway service is).
 """
 
 from __future__ import annotations
@@ -15,17 +16,27 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.testing.procs import stop_process
 
 
-def rewrite(conf: str, *, gateway: str, streamer: str, port: int) -> str:
-    """deploy/nginx.conf with its upstream servers and listen port moved to loopback addresses."""
+def servers(addresses: str | Sequence[str]) -> str:
+    """One upstream ``server`` line per address (``host:port``); at least one."""
+    listed = [addresses] if isinstance(addresses, str) else list(addresses)
+    if not listed:
+        raise ValueError("an upstream needs at least one server address")
+    return "\n    ".join(f"server {address};" for address in listed)
+
+
+def rewrite(conf: str, *, gateway: str | Sequence[str], streamer: str, port: int) -> str:
+    """deploy/nginx.conf with its upstream servers and listen port moved to loopback addresses.
+
+    ``gateway`` is one address or several: the gateway upstream gets a ``server`` line for each (round robin)."""
     swaps = {
-        r"server\s+gateway:8080\s*;": f"server {gateway};",
+        r"server\s+gateway:8080\s*;": servers(gateway),
         r"server\s+streamer:8081\s*;": f"server {streamer};",
         r"listen\s+8000\s*;": f"listen 127.0.0.1:{port};",
     }
@@ -81,8 +92,12 @@ def port_open(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def nginx_proxy(binary: str, conf_path: Path, *, gateway: str, streamer: str, port: int | None = None) -> Iterator[str]:
+def nginx_proxy(
+    binary: str, conf_path: Path, *, gateway: str | Sequence[str], streamer: str, port: int | None = None
+) -> Iterator[str]:
     """Run ``conf_path`` (a deployment's nginx.conf) in front of ``gateway`` and ``streamer`` (host:port).
+
+    ``gateway`` may name several gateways (host:port each), all in the gateway upstream.
 
     Yields the proxy's URL; stops nginx by its PID on exit."""
     port = port or free_port()
