@@ -145,7 +145,7 @@ def nginx_upstream_servers() -> dict[str, str]:
     """upstream name -> its ``server host:port`` in deploy/nginx.conf."""
     text = NGINX_CONF.read_text()
     blocks = re.findall(r"upstream\s+(\w+)\s*\{(.*?)\}", text, re.S)
-    return {name: re.findall(r"^\s*server\s+(\S+?);", body, re.M)[0] for name, body in blocks}
+    return {name: re.findall(r"^\s*server\s+([^\s;]+)[^;]*;", body, re.M)[0] for name, body in blocks}
 
 
 def nginx_listen_port() -> int:

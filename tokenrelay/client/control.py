@@ -2,7 +2,9 @@
 
 Each command carries a fresh integer ``ref``; the gateway echoes it on the reply, which is
 how replies find their request while many are in flight.  The socket is opened on the first
-command and, if it dropped, again on the next one.
+command and, if it dropped, again on the next one.  A gateway that is shutting down refuses
+commands with ``shutting_down`` before doing anything, then closes the socket (1012): such a
+command is sent again on a fresh socket (behind a load balancer, to another gateway).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ DEFAULT_OPEN_TIMEOUT_S = 10.0
 DEFAULT_REPLY_TIMEOUT_S = 30.0
 DEFAULT_MAX_PENDING_REQUESTS = 64
 DEFAULT_MAX_MESSAGE_BYTES = 2**20
+SHUTTING_DOWN_RETRIES = 5
+"""Times a command refused ``shutting_down`` is sent again, each on a fresh socket."""
+SHUTTING_DOWN_RETRY_DELAY_S = 0.1
+"""The pause before the first such resend, doubling after each."""
 
 Reply = dict[str, Any]
 
@@ -73,18 +79,36 @@ class ControlChannel:
         If the socket drops before the reply, an ``idempotent`` command (``stop``) is sent once
         more on a fresh socket; any other raises :class:`ConnectionLost` (it may have run).
         """
-        async with self._slots:
-            try:
-                reply = await self._round_trip(message)
-            except ConnectionLost:
-                if not idempotent or self._closed:
-                    raise
-                log.info("control socket %s dropped before the reply; sending %s again", self.url, message["type"])
-                reply = await self._round_trip(message)
+        delay_s = SHUTTING_DOWN_RETRY_DELAY_S
+        for attempt in itertools.count():
+            async with self._slots:
+                reply = await self._once(message, idempotent=idempotent)
+            refused_to_go = reply.get("type") == "error" and reply.get("code") == "shutting_down"
+            if not refused_to_go or attempt >= SHUTTING_DOWN_RETRIES or self._closed:
+                break
+            log.info("the gateway behind %s is shutting down; sending %s on a fresh socket", self.url, message["type"])
+            await self._leave()
+            await asyncio.sleep(delay_s)
+            delay_s *= 2
         if reply.get("type") == "error":
             code, text = reply.get("code"), reply.get("message")
             raise from_code(code if isinstance(code, str) else "internal", str(text))
         return reply
+
+    async def _once(self, message: dict[str, Any], *, idempotent: bool) -> Reply:
+        try:
+            return await self._round_trip(message)
+        except ConnectionLost:
+            if not idempotent or self._closed:
+                raise
+            log.info("control socket %s dropped before the reply; sending %s again", self.url, message["type"])
+            return await self._round_trip(message)
+
+    async def _leave(self) -> None:
+        """Stop using the current socket (its gateway is going away); the next command opens a fresh one.  Replies
+        still due on it arrive: it closes when its gateway closes it."""
+        async with self._open_lock:
+            self._ws = None
 
     async def close(self) -> None:
         """Close the socket; commands still waiting fail with :class:`ConnectionLost`."""

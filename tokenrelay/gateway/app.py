@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
 STREAMS_KEY = web.AppKey("streams", StreamManager)
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
-SOCKETS_KEY = web.AppKey("control_sockets", set[web.WebSocketResponse])
+SOCKETS_KEY = web.AppKey("control_sockets", dict[web.WebSocketResponse, "ControlSession"])
 """The control sockets open now (closed with 1012 when the gateway drains)."""
 DRAIN_TIMEOUT_S = 10.0
 """How long a draining gateway waits for the streams queued in it to reach a runner."""
@@ -171,6 +171,14 @@ class ControlSession:
             for task in self._tasks:
                 task.cancel()
 
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) until the commands being handled now are answered: a draining gateway closes
+        the socket only then, so no reply is lost (a client cannot tell whether an unanswered start ran)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._tasks and loop.time() < deadline:  # those that arrive meanwhile (refused at once) too
+            await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._inflight.release()
@@ -246,11 +254,11 @@ async def control_socket(request: web.Request) -> web.WebSocketResponse:
         await ws.prepare(request)
         metrics, sockets = request.app[METRICS_KEY], request.app[SOCKETS_KEY]
         metrics.control_sockets.inc()
-        sockets.add(ws)
+        session = sockets[ws] = ControlSession(request.app, ws, tenant)
         try:
-            await ControlSession(request.app, ws, tenant).run()
+            await session.run()
         finally:
-            sockets.discard(ws)
+            sockets.pop(ws, None)
             metrics.control_sockets.dec()
     finally:
         if tenant is not None:
@@ -354,7 +362,7 @@ def make_app(config: GatewayConfig, streams: StreamManager, metrics: GatewayMetr
         middlewares.append(_rate_middleware(streams))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[CONFIG_KEY], app[STREAMS_KEY], app[METRICS_KEY] = config, streams, metrics
-    app[SOCKETS_KEY] = set()
+    app[SOCKETS_KEY] = {}
     app.router.add_post("/v1/streams", create_stream)
     app.router.add_get("/v1/streams/{id}", stream_status)
     app.router.add_post("/v1/streams/{id}/stop", stop_stream)
@@ -388,6 +396,7 @@ async def run(config: GatewayConfig) -> None:
     metrics = GatewayMetrics()
     streams = StreamManager(config, nc=nc, kv=kv, metrics=metrics, gateway_id=gateway_id, payloads=store, jobs=jobs)
     await streams.start()
+    await heard_from_runners(streams, timeout_s=config.runner_stale_after_s)
     admission = Admission(config, nc=nc, streams=streams, payloads=store)
     await admission.start()
     app = make_app(config, streams, metrics, nc)
@@ -404,11 +413,22 @@ async def run(config: GatewayConfig) -> None:
         await nc.drain()
 
 
+async def heard_from_runners(streams: StreamManager, *, timeout_s: float) -> None:
+    """Wait (up to ``timeout_s``) for a runner's first heartbeat before serving: a gateway that starts beside running
+    runners (a restart behind a load balancer) would otherwise answer every stream it is sent in its first second
+    ``unavailable``, as if there were no runner.  With no runner at all it serves after ``timeout_s`` all the same."""
+    for _ in range(round(timeout_s / DRAIN_POLL_S)):
+        if streams.live_runners():
+            return
+        await asyncio.sleep(DRAIN_POLL_S)
+
+
 async def drain(app: web.Application, admission: Admission) -> None:
     """SIGTERM: admit nothing more (``/readyz`` 503, ``shutting_down`` to a new stream, the streamers' admissions
     left to the other gateways), let what waits in this gateway's queue reach a runner (for up to
-    :data:`DRAIN_TIMEOUT_S`), then close the control sockets with 1012 (service restart): their clients open the
-    next one on another gateway.  Requests in progress are answered as the server stops."""
+    :data:`DRAIN_TIMEOUT_S`), answer the control commands in flight, then close the control sockets with 1012
+    (service restart): their clients open the next one on another gateway.  Requests in progress are answered as the
+    server stops."""
     streams = app[STREAMS_KEY]
     streams.draining = True
     await admission.close()
@@ -416,6 +436,9 @@ async def drain(app: web.Application, admission: Admission) -> None:
         if not streams.dispatch.queued:
             break
         await asyncio.sleep(DRAIN_POLL_S)
-    sockets: set[web.WebSocketResponse] = app[SOCKETS_KEY]
-    for ws in list(sockets):
+    sessions = list(app[SOCKETS_KEY].items())
+    # Commands in flight are answered first (new ones meanwhile are refused shutting_down, which a client may send
+    # again on its next socket: nothing was done).
+    await asyncio.gather(*(session.settle(DRAIN_TIMEOUT_S) for _, session in sessions))
+    for ws, _ in sessions:
         await ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"the gateway is restarting; reconnect")

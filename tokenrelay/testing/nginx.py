@@ -24,11 +24,12 @@ from tokenrelay.testing.procs import stop_process
 
 
 def servers(addresses: str | Sequence[str]) -> str:
-    """One upstream ``server`` line per address (``host:port``); at least one."""
+    """One upstream ``server`` line per address (``host:port``), with deploy/nginx.conf's ``max_fails=0``; at least
+    one."""
     listed = [addresses] if isinstance(addresses, str) else list(addresses)
     if not listed:
         raise ValueError("an upstream needs at least one server address")
-    return "\n    ".join(f"server {address};" for address in listed)
+    return "\n    ".join(f"server {address} max_fails=0;" for address in listed)
 
 
 def rewrite(conf: str, *, gateway: str | Sequence[str], streamer: str, port: int) -> str:
@@ -36,8 +37,8 @@ def rewrite(conf: str, *, gateway: str | Sequence[str], streamer: str, port: int
 
     ``gateway`` is one address or several: the gateway upstream gets a ``server`` line for each (round robin)."""
     swaps = {
-        r"server\s+gateway:8080\s*;": servers(gateway),
-        r"server\s+streamer:8081\s*;": f"server {streamer};",
+        r"server\s+gateway:8080\s+max_fails=0\s*;": servers(gateway),
+        r"server\s+streamer:8081\s+max_fails=0\s*;": servers(streamer),
         r"listen\s+8000\s*;": f"listen 127.0.0.1:{port};",
     }
     for pattern, replacement in swaps.items():
