@@ -11,6 +11,7 @@ import os
 import sys
 
 from tokenrelay.loadtest import plan as p
+from tokenrelay.loadtest.apis import DEFAULT_MODEL, Api
 from tokenrelay.runtime import values
 from tokenrelay.runtime.service import EVENT_LOOPS, run_on_loop
 
@@ -23,7 +24,8 @@ DESCRIPTION = """\
 Open many concurrent streams against a running tokenrelay deployment and measure what users feel:
 time to first token, token lag, gaps between tokens, start and rejection latency, stops over one
 shared control WebSocket, readers that never read, lost or duplicated tokens, and each instance's
-memory and CPU from its /metrics."""
+memory and CPU from its /metrics. With --api openai or --api anthropic the streams go to any
+compatible server instead (vLLM, a proxy, a tokenrelay streamer's compatible APIs)."""
 
 EPILOG = f"""\
 Every started stream ends in exactly one of: completed, stopped, rejected, failed, never_read.
@@ -36,7 +38,8 @@ history_lag_ms, token_lag_after_ramp_ms, inter_token_ms, start_ms, rejected_ms (
 n}} in ms), instances, samples. token_lag_ms counts the deltas published after the reader's GET was sent;
 history_lag_ms the ones published before it (they waited for the reader to connect, which TTFT shows);
 token_lag_after_ramp_ms those of token_lag_ms published once the last stream had started (the load at its
-full size, without streams starting).
+full size, without streams starting). With --api openai or anthropic the three lag figures stay empty
+(n 0: those chunks carry no producer timestamp) and tokens lost or duplicated are not checked.
 
 Exit status: {EXIT_OK} when the run finished, {EXIT_TOKENS_WRONG} when any token was lost or duplicated, 2 for bad
 options. The API key may also come from ${API_KEY_ENV} (kept out of process lists)."""
@@ -59,6 +62,16 @@ def _int_mix(text: str) -> p.Mix[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+API_NAMES = tuple(api.value for api in Api)
+
+
+def _api(text: str) -> Api:
+    try:
+        return Api(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(API_NAMES)}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every ``loadtest`` option, with its unit in its name and its meaning in ``--help``."""
     parser.description = DESCRIPTION
@@ -75,16 +88,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _target_options(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add(
+        "--api",
+        type=_api,
+        default=Api.NATIVE,
+        metavar="{" + ",".join(API_NAMES) + "}",
+        help="the API streams are started over: native (tokenrelay's POST /v1/streams, then its events), openai "
+        "(POST /v1/chat/completions, stream: true) or anthropic (POST /v1/messages, stream: true), so any "
+        "compatible server or proxy can be measured; --stop-fraction and --never-read-fraction are native only, "
+        "and no token lag is measured with the others (their chunks carry no producer timestamp) "
+        "(default: native)",
+    )
+    add(
         "--gateway-url",
         type=values.base_url,
         default=p.DEFAULT_GATEWAY_URL,
-        help="base URL of the gateway (default: %(default)s)",
+        help="base URL of the target, without /v1: the gateway for --api native, the server (a streamer, vLLM, "
+        "a proxy) for openai and anthropic (default: %(default)s)",
+    )
+    add(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="the model each request names with --api openai or anthropic (default: %(default)s)",
     )
     add(
         "--api-key",
         default=None,
-        help=f"sent as 'Authorization: Bearer KEY' on every request and the control WebSocket "
-        f"(default: ${API_KEY_ENV} if set)",
+        help="sent on every request as 'Authorization: Bearer KEY' (with --api anthropic: 'x-api-key: KEY'), and "
+        f"on the control WebSocket (default: ${API_KEY_ENV} if set)",
     )
     add(
         "--source-addresses",
@@ -245,6 +275,8 @@ def config_from_args(args: argparse.Namespace) -> p.LoadTestConfig:
     """The typed configuration of parsed arguments (``ValueError`` for inconsistent options)."""
     return p.LoadTestConfig(
         gateway_url=args.gateway_url,
+        api=args.api,
+        model=args.model,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         streams=args.streams,
         concurrency=args.concurrency,

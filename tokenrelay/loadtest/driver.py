@@ -1,9 +1,10 @@
 """The load generator: many concurrent streams against a running deployment, measured as users feel them.
 
-One task per stream: ``POST /v1/streams``, then either read the events as raw bytes through the
+One task per stream. With the native API: ``POST /v1/streams``, then either read the events as raw bytes through the
 sans-I/O :class:`~tokenrelay.client.sse.SSEDecoder` (recording TTFT, token lag, gaps and token
 accounting; some streams are stopped over one shared control WebSocket) or, for never-read
-readers (:mod:`~tokenrelay.loadtest.never_read`), send the events request and never read a byte.
+readers (:mod:`~tokenrelay.loadtest.never_read`), send the events request and never read a byte. With an
+OpenAI- or Anthropic-compatible API: one ``POST`` whose answer is the stream (:mod:`~tokenrelay.loadtest.compat`).
 Streams start at ``ramp_per_s`` up to ``concurrency`` open at once until ``streams`` were started or
 ``duration_s`` passed; in-flight streams then get ``drain_s`` to end before they are cut off.
 Everything the run keeps is bounded (histograms, thinned time series, one tally per open stream).
@@ -31,7 +32,9 @@ from tokenrelay.client.client import control_url_for
 from tokenrelay.client.control import ControlChannel, expect
 from tokenrelay.client.errors import ConnectionLost, ProtocolError
 from tokenrelay.client.sse import SSEDecoder
+from tokenrelay.loadtest.apis import API_PATHS, Api, auth_headers
 from tokenrelay.loadtest.codes import error_code, http_error_code
+from tokenrelay.loadtest.compat import CompatStreams
 from tokenrelay.loadtest.metrics import MetricsSampler
 from tokenrelay.loadtest.never_read import NeverReadReader
 from tokenrelay.loadtest.plan import LoadTestConfig, Planner, StreamPlan
@@ -77,9 +80,14 @@ class LoadTest:
         self._progress = None if config.quiet else progress
         self._planner = Planner(config)
         self._addresses = source_addresses(config.gateway_url, config.source_addresses)
-        self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._auth = auth_headers(config.api, config.api_key)
         self._post_timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
-        self._streams_url = f"{config.gateway_url.rstrip('/')}/v1/streams"
+        self._streams_url = config.gateway_url.rstrip("/") + API_PATHS[Api.NATIVE]
+        self._compat = (
+            None
+            if config.api is Api.NATIVE
+            else CompatStreams(self.totals, api=config.api, base_url=config.gateway_url, model=config.model)
+        )
         self._sessions: list[aiohttp.ClientSession] = []
         self._control: ControlChannel | None = None
         self._deadline: float | None = None
@@ -112,15 +120,9 @@ class LoadTest:
             async with contextlib.AsyncExitStack() as stack:
                 for address in self._addresses:
                     self._sessions.append(await stack.enter_async_context(self._session(address)))
-                # The channel's own timeouts are longer than the request timeout this driver puts
-                # around each stop, so a slow answer is recorded as ``timeout``.
-                self._control = ControlChannel(
-                    control_url_for(self.config.gateway_url),
-                    headers=self._auth,
-                    open_timeout_s=2 * self.config.request_timeout_s,
-                    reply_timeout_s=2 * self.config.request_timeout_s,
-                )
-                stack.push_async_callback(self._control.close)
+                if self._compat is None:  # stops go over tokenrelay's control WebSocket
+                    self._control = self._control_channel()
+                    stack.push_async_callback(self._control.close)
                 await self._start_all()
             duration_s = time.perf_counter() - self._t0
         finally:
@@ -149,6 +151,16 @@ class LoadTest:
         if self._start_scope is not None:
             self._start_scope.reschedule(now)
         self._set_deadline(now)
+
+    def _control_channel(self) -> ControlChannel:
+        # The channel's own timeouts are longer than the request timeout this driver puts
+        # around each stop, so a slow answer is recorded as ``timeout``.
+        return ControlChannel(
+            control_url_for(self.config.gateway_url),
+            headers=self._auth,
+            open_timeout_s=2 * self.config.request_timeout_s,
+            reply_timeout_s=2 * self.config.request_timeout_s,
+        )
 
     def _session(self, address: str | None) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, local_addr=(address, 0) if address else None)
@@ -191,14 +203,17 @@ class LoadTest:
     async def _stream(self, plan: StreamPlan) -> None:
         totals = self.totals
         totals.stream_started()
-        tally = StreamTally()
+        tally = StreamTally()  # left empty by the other APIs: their chunks carry no index to check
         holder = self._never_read_reader(plan) if plan.never_read else None
         outcome = Outcome.FAILED
         scope = asyncio.timeout_at(self._deadline)
         self._scopes.add(scope)
         try:
             async with scope:
-                outcome = await self._start_and_read(plan, tally, holder)
+                if self._compat is not None:
+                    outcome = await self._compat.run(self._sessions[plan.number % len(self._sessions)], plan)
+                else:
+                    outcome = await self._start_and_read(plan, tally, holder)
         except TimeoutError:
             if scope.expired():
                 totals.error("interrupted" if self._interrupted else "drain_timeout")

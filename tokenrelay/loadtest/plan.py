@@ -13,6 +13,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
+from tokenrelay.loadtest.apis import DEFAULT_MODEL, Api
+
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
 DEFAULT_STREAMS = 100
 DEFAULT_MAX_TOKENS = "64"
@@ -97,6 +99,10 @@ class LoadTestConfig:
     """Every option of ``tokenrelay loadtest``, typed (see ``tokenrelay loadtest --help``)."""
 
     gateway_url: str = DEFAULT_GATEWAY_URL
+    """The target's base URL (no ``/v1``): the gateway for the native API, the server for the others."""
+    api: Api = Api.NATIVE
+    model: str = DEFAULT_MODEL
+    """The model each request names (not sent with the native API: the gateway picks)."""
     api_key: str | None = None
     streams: int = DEFAULT_STREAMS
     concurrency: int | None = None
@@ -140,6 +146,17 @@ class LoadTestConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self._check_native_only()
+
+    def _check_native_only(self) -> None:
+        """Stops go over tokenrelay's control WebSocket and never-read readers hold its events URL: other APIs
+        have neither."""
+        if self.api is Api.NATIVE:
+            return
+        native_only = (("--stop-fraction", self.stop_fraction), ("--never-read-fraction", self.never_read_fraction))
+        for flag, value in native_only:
+            if value:
+                raise ValueError(f"{flag} works with --api native only, not with --api {self.api.value}")
 
     @property
     def max_open(self) -> int:
@@ -149,6 +166,7 @@ class LoadTestConfig:
     def to_json(self) -> dict[str, Any]:
         """Every option, as the JSON report's ``config`` (the API key is never written out)."""
         out = asdict(self)
+        out["api"] = self.api.value
         out["api_key"] = "<set>" if self.api_key else None
         out["concurrency"] = self.max_open
         out["max_tokens"] = self.max_tokens.describe()

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from tokenrelay.loadtest import svg
+from tokenrelay.loadtest.apis import Api
 from tokenrelay.loadtest.metrics import InstanceStats
 from tokenrelay.loadtest.result import RunResult
 from tokenrelay.loadtest.stats import Binned, LatencyHistogram, Outcome
@@ -43,7 +44,7 @@ def latency_rows(result: RunResult) -> list[tuple[str, str, LatencyHistogram]]:
             t.after_ramp_lag,
         ),
         ("inter_token_ms", "inter-token gap (delta -> next delta)", t.inter_token),
-        ("start_ms", "start (POST -> 201)", t.start),
+        ("start_ms", "start (POST -> 201)" if result.config.api is Api.NATIVE else "start (POST -> 200)", t.start),
         ("rejected_ms", "rejected start (POST -> error)", t.rejected),
         ("", "stop (WS stop -> stopped)", t.stop),
     ]
@@ -97,8 +98,9 @@ def headline(result: RunResult) -> str:
     if c.duration_s:
         shape.append(f"duration {c.duration_s:g} s")
     interrupted = " (interrupted)" if result.interrupted else ""
+    api = "" if c.api is Api.NATIVE else f" ({c.api.value} API, model {c.model})"
     return (
-        f"tokenrelay loadtest: {c.gateway_url}, {result.totals.started:,} streams in {result.duration_s:.1f} s"
+        f"tokenrelay loadtest: {c.gateway_url}{api}, {result.totals.started:,} streams in {result.duration_s:.1f} s"
         f"{interrupted} ({', '.join(shape)})"
     )
 
@@ -121,6 +123,11 @@ def totals_lines(result: RunResult) -> list[str]:
     lines.append(f"errors   {errors}")
     per_s = t.delivered / result.duration_s if result.duration_s > 0 else 0.0
     lines.append(f"tokens   delivered {t.delivered:,} ({per_s:,.0f}/s), lost {t.lost:,}, duplicated {t.duplicated:,}")
+    if result.config.api is not Api.NATIVE:
+        lines.append(
+            f"         the {result.config.api.value} API's chunks carry no index and no producer timestamp: "
+            "lost and duplicated tokens are not checked, token lag is not measured"
+        )
     share = result.own_cpu_s / result.duration_s * 100 if result.duration_s > 0 else 0.0
     lines.append(f"client   this process used {result.own_cpu_s:,.2f} CPU s ({share:.0f}% of one core)")
     return lines
