@@ -1,4 +1,5 @@
-"""``tokenrelay loadtest`` run as a real command against a real system (and against a fake gateway)."""
+"""``tokenrelay loadtest`` run as a real command against a real system (and against a fake gateway), over tokenrelay's
+own API and over the OpenAI and Anthropic ones (against a streamer's compatible APIs and a fake OpenAI upstream)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from tests.fake_openai import FakeUpstream, served_in_thread
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.loadtest.metrics import READERS_OPEN
 from tokenrelay.loadtest.report import PLOT_FILES
@@ -26,7 +28,8 @@ READERS_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.05
 MAX_TOKENS_LIMIT = 1000
 EVERY_OPTION = (
-    "--gateway-url", "--api-key", "--streams", "--concurrency", "--ramp-per-s", "--duration-s", "--drain-s",
+    "--api", "--model", "--gateway-url", "--api-key", "--streams", "--concurrency", "--ramp-per-s", "--duration-s",
+    "--drain-s",
     "--max-tokens", "--prompt", "--stop-fraction", "--never-read-fraction", "--seed", "--request-timeout-s",
     "--read-timeout-s", "--metrics-url", "--sample-interval-s", "--json", "--report-dir", "--source-addresses",
     "--quiet", "--log-level",
@@ -277,3 +280,64 @@ async def test_loadtest_sends_the_api_key_everywhere_stops_over_the_websocket_an
     assert {path for path, _ in fake.seen} == {"/v1/streams", "/events/s0", "/events/s1", "/v1/control", "/metrics"}
     assert {auth for _, auth in fake.seen} == {"Bearer k-123"}
     assert fake.remotes == {"127.0.0.1", "127.0.0.2"}
+
+
+NO_LATENCY = {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+
+
+def assert_every_stream_completed(result: dict[str, Any], *, streams: int, tokens: int) -> None:
+    """Every stream ended as asked with ``tokens`` in all; TTFT for each, gaps between tokens, and no token lag."""
+    assert result["streams"]["started"] == result["streams"]["completed"] == streams, result["errors"]
+    assert result["errors"] == {}
+    assert result["tokens"]["delivered"] == tokens
+    assert result["ttft_ms"]["n"] == streams
+    assert result["ttft_ms"]["p50"] > 0
+    assert result["inter_token_ms"]["n"] > 0
+    assert result["start_ms"]["n"] == streams
+    for key in ("token_lag_ms", "history_lag_ms", "token_lag_after_ramp_ms"):
+        assert result[key] == NO_LATENCY, key
+
+
+def test_loadtest_over_openai_reads_a_fake_upstreams_chunks_one_token_each(tmp_path: Path) -> None:
+    words = ["one ", "two ", "three ", "four ", "five"]
+    json_path = tmp_path / "result.json"
+    with served_in_thread(FakeUpstream(words, interval_s=0.005, finish_reason="stop")) as fake:
+        done = loadtest(
+            "--api", "openai", "--gateway-url", fake.url.removesuffix("/v1"), "--model", "fake-model",
+            "--api-key", "k-9", "--streams", "6", "--concurrency", "3", "--max-tokens", "5", "--prompt", "q {i}",
+            "--json", str(json_path), "--quiet",
+        )  # fmt: skip
+        calls = list(fake.calls)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = read_json(json_path)
+    assert_every_stream_completed(result, streams=6, tokens=6 * len(words))
+    assert result["inter_token_ms"]["n"] == 6 * (len(words) - 1)
+    assert sorted(str(call.body["messages"]) for call in calls) == sorted(
+        str([{"role": "user", "content": f"q {i}"}]) for i in range(6)
+    )
+    body = calls[0].body
+    assert (body["model"], body["max_tokens"], body["stream"]) == ("fake-model", 5, True)
+    assert body["stream_options"] == {"include_usage": True}
+    assert {call.headers["Authorization"] for call in calls} == {"Bearer k-9"}
+    assert result["config"]["api"] == "openai"
+    assert "openai API, model fake-model" in done.stdout
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+def test_loadtest_over_a_compatible_api_of_the_streamer_counts_every_token(
+    sut: System, tmp_path: Path, api: str
+) -> None:
+    json_path = tmp_path / "result.json"
+    done = loadtest(
+        "--api", api, "--gateway-url", sut.streamer_url, "--streams", "8", "--max-tokens", "6,10",
+        "--api-key", "test-key", "--json", str(json_path), "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_every_stream_completed(read_json(json_path), streams=8, tokens=4 * 6 + 4 * 10)
+
+
+@pytest.mark.parametrize("flag", ["--stop-fraction", "--never-read-fraction"])
+def test_loadtest_refuses_stops_and_never_read_readers_with_another_api(flag: str) -> None:
+    done = loadtest("--api", "anthropic", flag, "0.5", "--streams", "1")
+    assert done.returncode == 2
+    assert f"{flag} works with --api native only" in done.stderr
