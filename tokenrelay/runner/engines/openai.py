@@ -68,8 +68,12 @@ class OpenAIEngine:
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         include_usage: bool = True,
         continue_final_message: bool = False,
+        max_connections: int = 0,
     ) -> None:
         self.model = model
+        self._max_connections = max_connections
+        """Upstream connections open at once at most (0: no limit): the runner's ``--max-concurrency``, so every
+        stream it takes has its own (aiohttp's default of 100 made streams past the 100th wait for a whole stream)."""
         self.continues = Continues.TEXT if continue_final_message else Continues.NOTHING
         self._include_usage = include_usage
         self._url = base_url.rstrip("/") + "/chat/completions"
@@ -82,7 +86,8 @@ class OpenAIEngine:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self._session
 
     def _body(self, request: GenerationRequest) -> bytes:

@@ -41,5 +41,6 @@ def make_engine(config: RunnerConfig) -> Engine:
             read_timeout_s=up.read_timeout_s,
             include_usage=up.include_usage,
             continue_final_message=up.continue_final_message,
+            max_connections=config.max_concurrency,
         )
     raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
