@@ -1,6 +1,6 @@
 """The fake OpenAI-compatible upstream of ``bench.peers`` as a process of its own.
 
-It serves the tests' fake upstream (``tests.fake_openai.FakeUpstream``): every chat completion streams ``--tokens``
+It serves the fake upstream of ``tokenrelay.testing.fake_openai``: every chat completion streams ``--tokens``
 one-word chunks, the first at once and the others ``--interval-ms`` apart, then a ``stop`` finish and a usage chunk,
 as an inference server does. It runs in its own process, so the load generator and the targets never share its
 event loop, and on uvloop where installed. Once it listens it writes its base URL (``http://127.0.0.1:<port>/v1``) to
@@ -21,9 +21,9 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.fake_openai import FakeUpstream
 from tokenrelay.loadtest.command import non_negative_float, positive_int
 from tokenrelay.runtime.service import run_on_loop
+from tokenrelay.testing.fake_openai import FakeUpstream
 from tokenrelay.testing.procs import stop_process, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import ConsoleMessage, Locator, Page, ViewportSize, async_playwright, expect
 
-from tests.fake_openai import Answer, FakeUpstream, served_in_thread
 from tests.helpers import STOPPED_TOKENS, eventually
 from tokenrelay.cli.supervisor import http_ok
+from tokenrelay.testing.fake_openai import Answer, FakeUpstream, served_in_thread
 from tokenrelay.testing.http import get_json, metric, wait_for_metric
 from tokenrelay.testing.procs import (
     NatsServer,

@@ -16,10 +16,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.fake_openai import FakeUpstream, served_in_thread
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.loadtest.metrics import READERS_OPEN
 from tokenrelay.loadtest.report import PLOT_FILES
+from tokenrelay.testing.fake_openai import FakeUpstream, served_in_thread
 from tokenrelay.testing.http import metric, wait_for_metric
 from tokenrelay.testing.procs import NatsServer, System, system
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.fake_openai import FakeUpstream, served_in_thread
 from tests.helpers import synthetic_args
+from tokenrelay.testing.fake_openai import FakeUpstream, served_in_thread
 from tokenrelay.testing.http import post
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import Stream, read_stream

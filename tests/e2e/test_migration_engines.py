@@ -19,8 +19,8 @@ import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from tests.e2e.test_drain import generating
-from tests.fake_openai import Answer, FakeUpstream, served_in_thread
 from tests.helpers import eventually, eventually_true, synthetic_args
+from tokenrelay.testing.fake_openai import Answer, FakeUpstream, served_in_thread
 from tokenrelay.testing.http import create_stream, metric, post
 from tokenrelay.testing.procs import NatsServer, Role, System, system
 from tokenrelay.testing.sse import Event, Stream, read_stream

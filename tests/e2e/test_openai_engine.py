@@ -9,8 +9,8 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.fake_openai import FakeUpstream, served_in_thread
 from tests.helpers import eventually_true
+from tokenrelay.testing.fake_openai import FakeUpstream, served_in_thread
 from tokenrelay.testing.http import create_stream, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import read_stream

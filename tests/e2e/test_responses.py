@@ -14,8 +14,8 @@ import openai
 import pytest
 from openai.types.responses import FunctionToolParam, ResponseStreamEvent
 
-from tests.fake_openai import Answer, FakeUpstream, served_in_thread
 from tests.helpers import synthetic_args
+from tokenrelay.testing.fake_openai import Answer, FakeUpstream, served_in_thread
 from tokenrelay.testing.http import metric
 from tokenrelay.testing.procs import NatsServer, System, nats_server, stop_process, system
 

@@ -19,8 +19,8 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from tests.fake_openai import Answer, FakeUpstream, served_in_thread
 from tests.helpers import synthetic_args
+from tokenrelay.testing.fake_openai import Answer, FakeUpstream, served_in_thread
 from tokenrelay.testing.http import post
 from tokenrelay.testing.procs import System, nats_server, system
 from tokenrelay.testing.sse import read_stream

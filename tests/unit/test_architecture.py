@@ -79,6 +79,8 @@ def find_modules(top: str) -> dict[str, SourceModule]:
     modules: dict[str, SourceModule] = {}
     for path in sorted((REPOSITORY / top).rglob("*.py")):
         parts = path.relative_to(REPOSITORY).with_suffix("").parts
+        if any(part.startswith(".") for part in parts):
+            continue  # a hidden folder is no module of ours (a benchmark's own venv for a peer, under bench/.venvs)
         is_package = parts[-1] == "__init__"
         name = ".".join(parts[:-1] if is_package else parts)
         modules[name] = SourceModule(name=name, path=path, is_package=is_package)

@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.fake_openai import FakeUpstream
 from tokenrelay.runner.engines import EngineError, GenerationRequest, Piece, TextTail
 from tokenrelay.runner.engines.base import can_continue, continues_of
 from tokenrelay.runner.engines.openai import OpenAIEngine
 from tokenrelay.runner.engines.synthetic import SyntheticEngine, after_tokens
 from tokenrelay.runtime.config import SyntheticConfig
+from tokenrelay.testing.fake_openai import FakeUpstream
 from tokenrelay.wire.content import ChatMessage
 from tokenrelay.wire.errors import ErrorCode
 from tokenrelay.wire.messages import Continuation, Continues, FinishReason
