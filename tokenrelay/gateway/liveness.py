@@ -1,6 +1,7 @@
 """Sans-I/O registry of runners: who is alive, and which streams each one owns.
 
-Runners heartbeat every ``heartbeat_interval_s`` with the ids of the streams they generate.
+Runners heartbeat every ``heartbeat_interval_s`` with the ids of the streams they generate, a runner of many streams
+listing them over several heartbeats in turn (``wire/pages.py``): each page is kept as last heard.
 A runner not heard from for ``stale_after_s`` is *suspect* (:meth:`stale`): it no longer counts
 as live (:meth:`live`, ``/readyz``) but still as registered (:meth:`registered`, admission), and the
 gateway asks it directly whether it is alive.  Only when that fails is it
@@ -28,11 +29,20 @@ MAX_KNOWN_MODELS = 1024
 rather than ``unavailable`` while no runner serves it), so a stream of made-up names cannot grow the registry."""
 
 
+DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
+"""The interval between a runner's heartbeats assumed until two of them were heard."""
+
+
 @dataclass
 class _Runner:
     beat: RunnerHeartbeat
     seen: float
     streams: set[str] = field(default_factory=set)
+    """Every stream its heartbeats' pages list (as each page was last heard)."""
+    listed: dict[tuple[int, int], tuple[float, tuple[str, ...]]] = field(default_factory=dict)
+    """(pages, page) -> when that page was last heard, and the streams it listed (``wire/pages.py``)."""
+    interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    """The last interval between two of its heartbeats."""
     dispatched: dict[str, float] = field(default_factory=dict)
 
 
@@ -55,6 +65,8 @@ class RunnerRegistry:
         if runner is None:
             runner = self._runners[beat.runner_id] = _Runner(beat, now)
             runner.dispatched.update(self._unheard.pop(beat.runner_id, {}))
+        elif now > runner.seen:
+            runner.interval_s = min(now - runner.seen, self._stale_after_s)
         # A runner that says it is leaving is as good as silent: it is pinged at the next check, not in a while.
         runner.beat, runner.seen = beat, now - self._stale_after_s if beat.leaving else now
         for model in beat.served_models():
@@ -62,9 +74,13 @@ class RunnerRegistry:
             self._known.move_to_end(model)
         while len(self._known) > self._max_known_models:
             self._known.popitem(last=False)
-        runner.streams = set(beat.streams)
-        # A dispatch older than this heartbeat is either listed in it or already finished.
-        runner.dispatched = {sid: at for sid, at in runner.dispatched.items() if at > now - self._stale_after_s}
+        # Each page as last heard, for one cycle through the pages (and the staleness margin) at most.
+        cycle_s = self._stale_after_s + beat.pages * runner.interval_s
+        runner.listed[(beat.pages, beat.page)] = (now, beat.streams)
+        runner.listed = {key: heard for key, heard in runner.listed.items() if heard[0] > now - cycle_s}
+        runner.streams = {stream_id for _, listed in runner.listed.values() for stream_id in listed}
+        # A dispatch older than a cycle of heartbeats is either listed in one or already finished.
+        runner.dispatched = {sid: at for sid, at in runner.dispatched.items() if at > now - cycle_s}
         for stream_id in beat.streams:
             runner.dispatched.pop(stream_id, None)
 

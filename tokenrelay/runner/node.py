@@ -62,6 +62,7 @@ from tokenrelay.wire.messages import (
     StreamRecord,
     StreamState,
 )
+from tokenrelay.wire.pages import listed_on, pages_for
 
 T = TypeVar("T")
 
@@ -115,6 +116,8 @@ class Runner:
         self._active: dict[str, Generation] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._subs: list[Subscription] = []
+        self._beats = 0
+        """Heartbeats sent: which page of the streams the next one lists (``wire/pages.py``)."""
         self._revisions: dict[str, int] = {}
         """The revision of each unfinished stream's record as this runner last wrote it (a generation's writes are
         in order: the finished one removes it)."""
@@ -199,7 +202,8 @@ class Runner:
         generations = [generation.hand_off() for generation in self._active.values()]
         await asyncio.wait_for(asyncio.gather(*generations, return_exceptions=True), SHUTDOWN_GRACE_S)
         await self._nc.publish(
-            subjects.RUNNER_HEARTBEAT, codec.encode(replace(self._beat(), streams=left, active=0, leaving=True))
+            subjects.RUNNER_HEARTBEAT,
+            codec.encode(replace(self._beat(), streams=left, page=0, pages=1, active=0, leaving=True)),
         )
         await self._nc.flush()
         log.warning("runner %s left %d streams to other runners", self.runner_id, len(left))
@@ -385,6 +389,8 @@ class Runner:
                 log.warning("heartbeat failed: %s", exc)
 
     def _beat(self) -> RunnerHeartbeat:
+        pages = pages_for(len(self._active))
+        page, self._beats = self._beats % pages, self._beats + 1
         return RunnerHeartbeat(
             runner_id=self.runner_id,
             engine=self._engine.name,
@@ -393,7 +399,9 @@ class Runner:
             active=len(self._active),
             capacity=self.config.max_concurrency,
             ts=time.time(),
-            streams=tuple(self._active),
+            streams=listed_on(self._active, page, pages),
+            page=page,
+            pages=pages,
             accepts_params=announced_params(self._engine),
             continues=self.continues,
         )

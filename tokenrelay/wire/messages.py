@@ -374,7 +374,12 @@ class RunnerHeartbeat:
     capacity: int
     ts: float
     streams: tuple[str, ...] = ()
-    """Ids of the streams this runner is generating now."""
+    """Ids of the streams this runner is generating now that are on this heartbeat's :attr:`page`
+    (:func:`~tokenrelay.wire.pages.page_of`): a heartbeat stays small whatever the runner's stream count."""
+    page: int = 0
+    """Which of the :attr:`pages` this heartbeat lists (its successive heartbeats go through them in turn)."""
+    pages: int = 1
+    """Over how many heartbeats the runner's streams are listed (1: all in each)."""
     v: int = field(default=PROTOCOL_VERSION, metadata={WHEN_ABSENT: 1})
     """The sender's :data:`PROTOCOL_VERSION` (1: it predates the field)."""
     models: tuple[str, ...] = ()

@@ -25,6 +25,7 @@ from tokenrelay.wire.messages import (
     ToolCallDelta,
     UnknownEvent,
 )
+from tokenrelay.wire.pages import MAX_STREAMS_PER_HEARTBEAT, listed_on, pages_for
 
 START = StreamStart(stream_id="s1", epoch="e1", model="synthetic", created=0, runner_id="r1", ts=0.0)
 
@@ -148,3 +149,27 @@ def test_an_unheard_runner_s_first_heartbeat_keeps_the_streams_it_took() -> None
     d.heartbeat(beat("late"), now=0.5)
     d.heartbeat(beat("r1"), now=STALE_S + 0.2)
     assert lost_after_silence(d, "late", now=STALE_S + 0.6) == ("s1",)
+
+
+def test_a_runner_of_many_streams_listed_over_several_heartbeats_is_lost_with_every_one_of_them() -> None:
+    ids = [f"{i:032x}" for i in range(3 * MAX_STREAMS_PER_HEARTBEAT)]
+    pages = pages_for(len(ids))
+    d = dispatcher(runners=("r1", "r2"))
+    for beat_number in range(pages):
+        page = listed_on(ids, beat_number, pages)
+        d.heartbeat(replace(beat("r1", *page), page=beat_number, pages=pages), now=beat_number * 1.0)
+    last = (pages - 1) * 1.0
+    d.heartbeat(beat("r2"), now=last + STALE_S)
+    assert all(d.holds(stream_id) for stream_id in ids)
+    assert set(lost_after_silence(d, "r1", now=last + STALE_S)) == set(ids)
+
+
+def test_a_stream_that_finished_leaves_its_page_when_the_page_is_heard_again() -> None:
+    d = dispatcher(runners=("r1",))
+    ids = [f"{i:032x}" for i in range(2 * MAX_STREAMS_PER_HEARTBEAT)]
+    for number in range(2):
+        d.heartbeat(replace(beat("r1", *listed_on(ids, number, 2)), page=number, pages=2), now=number * 1.0)
+    done = listed_on(ids, 0, 2)[0]
+    still = [stream_id for stream_id in listed_on(ids, 0, 2) if stream_id != done]
+    d.heartbeat(replace(beat("r1", *still), page=0, pages=2), now=2.0)
+    assert not d.holds(done) and all(d.holds(stream_id) for stream_id in ids if stream_id != done)
