@@ -193,6 +193,19 @@ def add_ops_routes(
     app.router.add_get("/metrics", metrics)
 
 
+def _refusals(app: web.Application) -> Callable[[], None] | None:
+    """What counts a connection refused for want of file descriptors, on the app's ``/metrics`` (if it has one)."""
+    registry = app.get(REGISTRY_KEY)
+    if registry is None:
+        return None
+    counter = Counter(
+        "tokenrelay_connections_refused",
+        "Connections refused (accepted and closed at once) because the process had no file descriptor left",
+        registry=registry,
+    )
+    return counter.inc
+
+
 async def serve(
     app: web.Application,
     host: str,
@@ -221,10 +234,13 @@ async def serve(
         handler_cancellation=cancel_on_disconnect,
     )
     await runner.setup()
+    refused = _refusals(app)
     try:
-        await _listen(DrainingSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port), host, port)
+        site = DrainingSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port, on_refused=refused)
+        await _listen(site, host, port)
         if process_port:
-            await _listen(DrainingSite(runner, host, process_port, backlog=LISTEN_BACKLOG), host, process_port)
+            own = DrainingSite(runner, host, process_port, backlog=LISTEN_BACKLOG, on_refused=refused)
+            await _listen(own, host, process_port)
     except ListenError:
         await runner.cleanup()
         raise

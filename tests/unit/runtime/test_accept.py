@@ -85,7 +85,33 @@ def test_one_wake_up_accepts_every_connection_the_kernel_queued(loop_factory: Lo
     run_on_loop(loop_factory, scenario())
 
 
-def test_running_out_of_file_descriptors_pauses_accepting_then_queued_clients_are_served(
+def test_out_of_file_descriptors_a_queued_connection_is_refused_by_closing_it_and_counted(
+    loop_factory: LoopFactory,
+) -> None:
+    refused: list[int] = []
+
+    async def scenario() -> None:
+        async with served() as (_, site, port):
+            server = listener(site)
+            server._on_refused = lambda: refused.append(1)
+            (sock,) = server.sockets
+            failing = _Fails(sock, times=1)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock.fileno())
+            loop.add_reader(sock.fileno(), server.accept_queued, cast(socket.socket, failing))  # duck-typed socket
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                assert await reader.read() == b""  # closed before a byte was read or written: refused
+            finally:
+                writer.close()
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/ping") as response:
+                assert response.status == 200  # descriptors are back
+            assert failing.failures == 1 and refused == [1]
+
+    run_on_loop(loop_factory, scenario())
+
+
+def test_when_not_even_the_reserve_descriptor_helps_accepting_pauses_then_queued_clients_are_served(
     loop_factory: LoopFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(accept, "RESOURCE_ERROR_PAUSE_S", 0.05)
@@ -94,29 +120,30 @@ def test_running_out_of_file_descriptors_pauses_accepting_then_queued_clients_ar
         async with served() as (_, site, port):
             server = listener(site)
             (sock,) = server.sockets
-            failing = _FailsOnce(sock)
+            failing = _Fails(sock, times=2)  # the accept with the reserve given up fails too
             loop = asyncio.get_running_loop()
             loop.remove_reader(sock.fileno())
             loop.add_reader(sock.fileno(), server.accept_queued, cast(socket.socket, failing))  # duck-typed socket
             async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/ping") as response:
                 assert response.status == 200
-            assert failing.failures == 1
+            assert failing.failures == 2
 
     run_on_loop(loop_factory, scenario())
 
 
-class _FailsOnce:
-    """A listening socket whose first ``accept`` fails with EMFILE, as in a process out of descriptors."""
+class _Fails:
+    """A listening socket whose first ``times`` accepts fail with EMFILE, as in a process out of descriptors."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, times: int) -> None:
         self._sock = sock
+        self._times = times
         self.failures = 0
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def accept(self) -> tuple[socket.socket, object]:
-        if self.failures == 0:
+        if self.failures < self._times:
             self.failures += 1
             raise OSError(errno.EMFILE, "Too many open files")
         return self._sock.accept()
