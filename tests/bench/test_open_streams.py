@@ -1,4 +1,5 @@
-"""``bench.open_streams`` at tiny scale: every reader opens and stays open, the JSON has its shape.
+"""``bench.open_streams`` at tiny scale: two streamers on one port, two load generator processes; every reader
+opens, stays open and gets a token, and the JSON has its shape.
 
 No timing or memory bound is asserted (a CI machine's figures mean nothing); the full-scale numbers come
 from ``python -m bench.open_streams`` (see its docstring).
@@ -12,15 +13,19 @@ from typing import Any
 
 import pytest
 
-from bench.open_streams import HttpEventStream, main
+from bench.open_streams import main
+from bench.open_streams_loadgen import addresses_of, lag_summary, merge_reports
+from bench.open_streams_reader import HttpEventStream, error_source
 
-READERS = 50
+READERS = 240
+PER_STREAM = 4
 
 
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
-    argv = ["--readers", str(READERS), "--ramp-per-s", "200", "--hold-s", "2", "--settle-s", "0.5"]
-    argv += ["--sample-s", "0.5", "--tokens-per-s", "5", "--runs", "1"]
+    argv = ["--readers", str(READERS), "--readers-per-stream", str(PER_STREAM), "--streamers", "2"]
+    argv += ["--loadgen-processes", "2", "--source-addresses", "3", "--ramp-per-s", "400", "--hold-s", "2"]
+    argv += ["--settle-s", "0.5", "--sample-s", "0.5", "--tokens-per-s", "5", "--runs", "1"]
     return asyncio.run(main(argv))
 
 
@@ -33,34 +38,101 @@ def test_every_reader_opens_and_stays_open_in_both_phases(result: dict[str, Any]
         assert r["readers_open_at_end"] == READERS
         assert r["readers_open_gauge_min"] == READERS
         assert r["errors"] == {}
+        assert r["errors_by_source"] == {}
         assert r["closed_early"] == 0
         assert r["ended_early"] == 0
         assert r["readers_at_rss_max"] == READERS
         assert r["terminal_events"] == {}  # no stream ended while it was held
-        assert isinstance(r["rss_before_bytes"], float) and r["rss_before_bytes"] > 0
-        assert r["rss_full_bytes"] >= r["rss_before_bytes"]
         assert isinstance(r["rss_per_reader_bytes"], float)
         assert r["hold_s"] >= 2
         assert [s["t"] for s in r["samples"]] == sorted(s["t"] for s in r["samples"])
 
 
-def test_tokenrelay_readers_get_tokens_while_held_and_the_idle_baseline_none(result: dict[str, Any]) -> None:
+def test_every_tokenrelay_reader_gets_a_token_while_held_and_no_idle_baseline_reader_does(
+    result: dict[str, Any],
+) -> None:
     run = result["runs"][0]
-    assert run["tokenrelay"]["deltas_held"] > 0
-    assert run["tokenrelay"]["lag_ms"]["n"] == run["tokenrelay"]["deltas_held"]
-    assert set(run["tokenrelay"]["lag_ms"]) == {"p50", "p95", "p99", "max", "n"}
+    ours = run["tokenrelay"]
+    assert ours["readers_with_token_held"] == READERS
+    assert ours["token_pct"] == 100
+    assert ours["lag_ms"]["n"] == ours["deltas_held"] > 0
+    assert run["forwarder"]["readers_with_token_held"] == 0
     assert run["forwarder"]["deltas_held"] == 0
-    assert {"streamer", "gateway", "nats", "runner-0"} <= set(run["tokenrelay"]["process_cpu_s_held"])
     assert isinstance(run["rss_per_reader_ratio"], float)
+
+
+def test_the_readers_share_the_streamers_and_their_rss_growth_is_summed(result: dict[str, Any]) -> None:
+    ours = result["runs"][0]["tokenrelay"]
+    streamers = ours["streamers"]
+    assert set(streamers) == {"streamer-0", "streamer-1"}
+    assert sum(s["readers_at_rss_peak"] for s in streamers.values()) == READERS
+    assert all(s["readers_open_min"] > 0 for s in streamers.values())  # the kernel spread them over both
+    assert ours["rss_growth_bytes"] == sum(s["rss_growth_bytes"] for s in streamers.values())
+    assert ours["rss_per_reader_bytes"] == ours["rss_growth_bytes"] / READERS
+    assert ours["streams"] == READERS // PER_STREAM
+    assert {"streamer-0", "streamer-1", "gateway", "nats", "runner-0"} <= set(ours["process_cpu_s_held"])
+    assert len(ours["loadgen_rss_bytes"]) == 2
+
+
+def test_the_largest_runner_heartbeat_is_measured_on_the_bench_nats(result: dict[str, Any]) -> None:
+    beat = result["runs"][0]["tokenrelay"]["heartbeat"]
+    assert beat["count"] > 0
+    assert beat["max_bytes"] > 0
+    assert beat["listed_streams"] <= READERS // PER_STREAM
+    assert result["runs"][0]["forwarder"]["heartbeat"]["count"] == 0
 
 
 def test_the_json_holds_the_medians_and_the_fd_check(result: dict[str, Any]) -> None:
     assert result["fd_check"]["fits"] is True
-    assert result["fd_check"]["needed_per_process"] > READERS
+    assert result["fd_check"]["needed_per_loadgen"] > READERS // 2
     medians = result["medians"]
     assert {"forwarder", "tokenrelay", "rss_per_reader_ratio"} <= set(medians)
     assert medians["tokenrelay"]["readers_opened"] == READERS
+    assert medians["tokenrelay"]["heartbeat_max_bytes"] > 0
     assert set(medians["tokenrelay"]["lag_ms"]) == {"p50", "p95", "p99", "max", "n"}
+
+
+def test_errors_are_put_down_to_the_gateway_the_streamers_or_the_load_generator() -> None:
+    assert error_source("create_http_503") == "gateway"
+    assert error_source("create_timeout") == "gateway"
+    assert error_source("loadgen_fd_limit") == "loadgen"
+    assert error_source("eaddrnotavail") == "loadgen"
+    assert error_source("events_http_503") == "streamer"
+    assert error_source("closed_before_start") == "streamer"
+    assert error_source("timeout") == "streamer"
+
+
+def test_the_load_generators_share_the_source_addresses_without_overlap_when_there_are_enough() -> None:
+    shares = [addresses_of(i, 2, 5) for i in range(2)]
+    assert shares == [["127.0.0.1", "127.0.0.3", "127.0.0.5"], ["127.0.0.2", "127.0.0.4"]]
+    assert [addresses_of(i, 3, 2) for i in range(3)] == [["127.0.0.1"], ["127.0.0.2"], ["127.0.0.1"]]
+
+
+def _report(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "handed": 0, "opened": 0, "open_now": 0, "with_token_held": 0, "closed_early": 0, "ended_early": 0,
+        "deltas_held": 0, "errors": {}, "terminal_events": {}, "error_examples": {}, "lag_buckets": [],
+        "lag_max_ms": None, "cpu_s_held": 0.0, "rss_bytes": 1,
+    }  # fmt: skip
+    return base | fields
+
+
+def test_load_generator_reports_merge_into_summed_counts_and_lag_over_every_bucket() -> None:
+    merged = merge_reports(
+        [
+            _report(opened=3, with_token_held=2, errors={"timeout": 1}, lag_buckets=[[1.0, 90]], lag_max_ms=1.2),
+            _report(opened=4, with_token_held=4, errors={"timeout": 2, "emfile": 1}, lag_buckets=[[50.0, 10]],
+                    lag_max_ms=70.0),
+        ]
+    )  # fmt: skip
+    assert merged["opened"] == 7
+    assert merged["with_token_held"] == 6
+    assert merged["errors"] == {"timeout": 3, "emfile": 1}
+    assert merged["lag_ms"] == {"p50": 1.0, "p95": 50.0, "p99": 50.0, "max": 70.0, "n": 100}
+
+
+def test_lag_of_no_token_has_no_percentiles() -> None:
+    assert lag_summary([], None) == {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
 
 
 def test_the_reader_parser_decodes_a_chunked_sse_body_split_anywhere() -> None:
