@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import html
 import logging
 import signal
@@ -56,20 +55,6 @@ DRAIN_POLL_S = 0.05
 WS_HEARTBEAT_S = 30.0
 CONTROL_RESOURCE = "/v1/control"
 STOP_RESOURCE = "/v1/streams/{id}/stop"
-
-
-GC_YOUNG_OBJECTS = 7_000
-"""Container objects allocated (less those freed) between two collections of the young generation (CPython's
-default: 700).  At the default a burst of stream starts collects every few starts, and every tenth of those scans
-what all the streams in flight hold; memory held in reference cycles is freed that much later."""
-
-
-def settle_heap() -> None:
-    """Freeze what startup built, which lives as long as the process (no collection scans it again), and collect the
-    young generation less often (:data:`GC_YOUNG_OBJECTS`)."""
-    gc.collect()  # startup's garbage goes first: frozen, it would never be freed
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
 
 
 def _control_url(config: GatewayConfig) -> str:
@@ -415,7 +400,6 @@ async def run(config: GatewayConfig) -> None:
     admission = Admission(config, nc=nc, streams=streams, payloads=store)
     await admission.start()
     app = make_app(config, streams, metrics, nc)
-    settle_heap()
 
     async def on_signal(received: signal.Signals) -> None:
         if received is signal.SIGTERM:

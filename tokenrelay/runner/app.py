@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 from dataclasses import replace
@@ -19,20 +18,6 @@ from tokenrelay.runtime.service import add_ops_routes, errors_middleware, serve
 from tokenrelay.wire import subjects
 
 log = logging.getLogger(__name__)
-
-
-GC_YOUNG_OBJECTS = 7_000
-"""Container objects allocated (less those freed) between two collections of the young generation (CPython's
-default: 700).  At the default a burst of stream starts collects every few starts, and every tenth of those scans
-what all the streams in flight hold; memory held in reference cycles is freed that much later."""
-
-
-def settle_heap() -> None:
-    """Freeze what startup built, which lives as long as the process (no collection scans it again), and collect the
-    young generation less often (:data:`GC_YOUNG_OBJECTS`)."""
-    gc.collect()  # startup's garbage goes first: frozen, it would never be freed
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
 
 
 def ops_app(nc: NATS, metrics: RunnerMetrics, node: Runner | None = None) -> web.Application:
@@ -61,7 +46,6 @@ async def run(config: RunnerConfig) -> None:
     engine = make_engine(config)
     node = Runner(config, nc=nc, kv=kv, engine=engine, runner_id=runner_id, metrics=metrics, payloads=store)
     await node.start()
-    settle_heap()
     try:
 
         async def on_signal(received: signal.Signals) -> None:

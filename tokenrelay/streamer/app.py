@@ -8,7 +8,6 @@ compatible APIs' routes together, and :func:`run` serves them.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from dataclasses import replace
 
@@ -58,20 +57,6 @@ from tokenrelay.wire.messages import LAG_REPORT_INTERVAL_S, StreamerLag, StreamS
 log = logging.getLogger(__name__)
 
 EVENTS_RESOURCE = "/v1/streams/{id}/events"
-
-
-GC_YOUNG_OBJECTS = 7_000
-"""Container objects allocated (less those freed) between two collections of the young generation (CPython's
-default: 700).  At the default a burst of stream starts collects every few starts, and every tenth of those scans
-what all the streams in flight hold; memory held in reference cycles is freed that much later."""
-
-
-def settle_heap() -> None:
-    """Freeze what startup built, which lives as long as the process (no collection scans it again), and collect the
-    young generation less often (:data:`GC_YOUNG_OBJECTS`)."""
-    gc.collect()  # startup's garbage goes first: frozen, it would never be freed
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
 
 
 def parse_cursor(request: web.Request) -> Cursor | None:
@@ -222,7 +207,6 @@ async def run(config: StreamerConfig) -> None:
     store = await natsio.ensure_payload_store(js, config.history)
     try:
         app = make_app(config, nc=nc, kv=kv, live_nc=live_nc, node_id=node_id, payloads=store)
-        settle_heap()
         await serve(
             app, config.host, config.port, name="streamer", cancel_on_disconnect=True,
             reuse_port=config.reuse_port, process_port=config.process_port,
