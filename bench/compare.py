@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from bench.baselines.common import forwarder_processes, naive_relay
-from bench.stats import proc_cpu_s, write_json
+from bench.stats import aligned, proc_cpu_s, write_json
 from tokenrelay.loadtest.command import non_negative_float, positive_int
 from tokenrelay.loadtest.driver import run_loadtest
 from tokenrelay.loadtest.plan import DEFAULT_DRAIN_S, DEFAULT_SAMPLE_INTERVAL_S, LoadTestConfig, parse_int_mix
@@ -479,12 +479,7 @@ def format_table(summary: dict[str, Any]) -> str:
             cells.append(f"{r:.2f}x" if math.isfinite(r) else "")
         cells += [row["target"], {True: "yes", False: "NO", None: ""}[row["met"]]]
         lines.append(cells)
-    widths = [max(len(cells[k]) for cells in [header, *lines]) for k in range(len(header))]
-    out = []
-    for cells in [header, *lines]:
-        rest = "  ".join(f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=True))
-        out.append(f"{cells[0]:<{widths[0]}}  {rest}")
-    return "\n".join(out)
+    return aligned([header, *lines])
 
 
 def progress_line(raw: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ from typing import Any, TextIO
 
 from bench.peers_litellm import litellm_proxy
 from bench.peers_upstream import DEFAULT_INTERVAL_MS, DEFAULT_TOKENS, fake_upstream
-from bench.stats import write_json
+from bench.stats import aligned, write_json
 from tokenrelay.loadtest.apis import Api
 from tokenrelay.loadtest.command import non_negative_float, positive_int
 from tokenrelay.loadtest.driver import run_loadtest
@@ -291,12 +291,7 @@ def format_table(table: dict[str, Any]) -> str:
     """One concurrency's table: a heading line, then one line per target."""
     header = ["target", *(f"{name} ({unit})" if unit else name for name, unit, _ in COLUMNS)]
     lines = [[row["target"], *(cell(row) for _, _, cell in COLUMNS)] for row in table["rows"]]
-    widths = [max(len(cells[k]) for cells in [header, *lines]) for k in range(len(header))]
-    out = []
-    for cells in [header, *lines]:
-        rest = "  ".join(f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=True))
-        out.append(f"{cells[0]:<{widths[0]}}  {rest}")
-    return "\n".join(out)
+    return aligned([header, *lines])
 
 
 def format_tables(summary: dict[str, Any]) -> str:

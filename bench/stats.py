@@ -78,3 +78,14 @@ def proc_cpu_s(pid: int) -> float | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as text lines: the first column left-aligned, the others right-aligned, each column as wide as
+    its widest cell, two spaces apart."""
+    widths = [max(len(cells[k]) for cells in rows) for k in range(len(rows[0]))]
+    out = []
+    for cells in rows:
+        rest = "  ".join(f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=True))
+        out.append(f"{cells[0]:<{widths[0]}}  {rest}")
+    return "\n".join(out)
