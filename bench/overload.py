@@ -48,7 +48,7 @@ import aiohttp
 import orjson
 
 from bench.baselines.common import refuser
-from bench.open_streams import log_problems
+from bench.open_streams_report import log_problems
 from bench.stats import proc_cpu_s, write_json
 from tokenrelay.client.errors import ProtocolError
 from tokenrelay.client.sse import SSEDecoder
