@@ -85,12 +85,25 @@ async def scrape(session: aiohttp.ClientSession, base_url: str) -> dict[str, flo
 
 
 async def scrape_all(session: aiohttp.ClientSession, target: Target) -> dict[str, dict[str, float | None]]:
-    """Every streamer's RSS, CPU seconds and open readers, by role."""
+    """Every streamer's RSS, CPU seconds and open readers, by role.
+
+    A streamer out of descriptors cannot accept the ``/metrics`` request: its RSS and CPU are then read from
+    ``/proc`` (the same ``VmRSS`` and CPU time its metrics report; this machine runs it) and its readers are
+    ``None``.
+    """
     values = await asyncio.gather(*(scrape(session, url) for url in target.metrics_urls.values()))
-    return {
-        role: {"rss_bytes": v.get(RSS_BYTES), "cpu_s": v.get(CPU_SECONDS), "readers_open": v.get(READERS_OPEN)}
-        for role, v in zip(target.metrics_urls, values, strict=True)
-    }
+    out: dict[str, dict[str, float | None]] = {}
+    for role, v in zip(target.metrics_urls, values, strict=True):
+        pid = target.pids.get(role)
+        rss, cpu = v.get(RSS_BYTES), v.get(CPU_SECONDS)
+        if rss is None and pid is not None:
+            rss, cpu = _float(proc_rss_bytes(pid)), proc_cpu_s(pid)
+        out[role] = {"rss_bytes": rss, "cpu_s": cpu, "readers_open": v.get(READERS_OPEN), "from_proc": not v}
+    return out
+
+
+def _float(value: int | None) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +113,38 @@ class Handout:
     loadgens: list[Loadgen]
     turn: Iterator[int]
     begin: float
+
+
+UNREAD_CANCELS = "tokenrelay_gateway_unread_cancels_total"
+STREAMER_COUNTERS = (
+    "tokenrelay_streamer_disconnect_cancels_total",
+    "tokenrelay_streamer_history_fetches_total",
+    "tokenrelay_streamer_reader_lookups_total",
+    "tokenrelay_streamer_history_reads_skipped_total",
+    "tokenrelay_streamer_slow_consumer_disconnects_total",
+)
+"""Streamer counters summed over the streamers at the end of the hold: why generations were cancelled, and what
+each reader's join cost (record reads, history reads)."""
+
+
+async def server_counters(session: aiohttp.ClientSession, target: Target) -> dict[str, float | None]:
+    """Generations cancelled by the gateway (no streamer said it had a reader within its probe's timeout), and
+    :data:`STREAMER_COUNTERS` summed over the streamers that answered."""
+    gateway = await _metrics_text(session, target.gateway_url) if target.gateway_url else ""
+    texts = await asyncio.gather(*(_metrics_text(session, url) for url in target.metrics_urls.values()))
+    out: dict[str, float | None] = {UNREAD_CANCELS: parse_metrics(gateway, (UNREAD_CANCELS,)).get(UNREAD_CANCELS)}
+    for name in STREAMER_COUNTERS:
+        found = [parse_metrics(text, (name,)).get(name) for text in texts]
+        out[name] = sum(v for v in found if v is not None) if any(v is not None for v in found) else None
+    return out
+
+
+async def _metrics_text(session: aiohttp.ClientSession, base_url: str) -> str:
+    try:
+        async with session.get(f"{base_url}/metrics") as response:
+            return await response.text()
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return ""
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -137,8 +182,12 @@ class Phase:
         await asyncio.sleep(STARTUP_SETTLE_S)
         before = await scrape_all(session, target)
         t0 = time.perf_counter()
-        await self._open_all(session, loadgens)
-        opened = await asyncio.gather(*(loadgen.ask({"op": "drain"}) for loadgen in loadgens))
+        ticker = asyncio.create_task(self._tick(loadgens))
+        try:
+            await self._open_all(session, loadgens)
+            opened = await asyncio.gather(*(loadgen.ask({"op": "drain"}) for loadgen in loadgens))
+        finally:
+            ticker.cancel()
         ramp_s = time.perf_counter() - t0
         self._progress(f"opened {sum(o['opened'] for o in opened)} of {target.readers} in {ramp_s:.1f} s")
         await asyncio.sleep(args.settle_s)
@@ -147,10 +196,19 @@ class Phase:
             loadgen.send({"op": "record"})
         samples = await self._hold(session)
         reports = await asyncio.gather(*(loadgen.ask({"op": "report"}) for loadgen in loadgens))
+        counters = await server_counters(session, target)
         pids_cpu = {role: _minus(proc_cpu_s(pid), pids_cpu_before[role]) for role, pid in target.pids.items()}
         pids_rss = {role: proc_rss_bytes(pid) for role, pid in target.pids.items()}
         cpu_rss: dict[str, dict[str, Any]] = {"cpu": pids_cpu, "rss": pids_rss}
-        return self._result(before, samples, merge_reports(reports), ramp_s=ramp_s, pids=cpu_rss, heartbeats=heartbeats)
+        return self._result(
+            before,
+            samples,
+            merge_reports(reports),
+            ramp_s=ramp_s,
+            pids=cpu_rss,
+            heartbeats=heartbeats,
+            counters=counters,
+        )
 
     def _result(
         self,
@@ -161,15 +219,23 @@ class Phase:
         ramp_s: float,
         pids: dict[str, dict[str, Any]],
         heartbeats: dict[str, Any],
+        counters: dict[str, float | None],
     ) -> dict[str, Any]:
         target = self.target
         hold_s = samples[-1]["t"] if samples else 0.0
         per_streamer = {role: streamer_summary(role, before, samples) for role in target.metrics_urls}
         growth = [s["rss_growth_bytes"] for s in per_streamer.values()]
         counted = [s["readers_at_rss_peak"] for s in per_streamer.values()]
-        readers_at_peak = int(sum(c for c in counted if c is not None)) or loads["opened"]
+        # Divided by the readers the streamers counted at their peaks; by ours when one could not say (out of
+        # descriptors, it could not answer /metrics).
+        gauged = bool(counted) and all(c is not None for c in counted)
+        readers_at_peak = int(sum(counted)) if gauged else loads["open_now"]
         growth_sum = sum(growth) if growth and all(g is not None for g in growth) else None
-        gauge = [sum(v["readers_open"] or 0 for v in s["streamers"].values()) for s in samples]
+        gauge = [
+            sum(v["readers_open"] for v in s["streamers"].values())
+            for s in samples
+            if all(v["readers_open"] is not None for v in s["streamers"].values())
+        ]
         errors = Counter(loads["errors"]) + self.create_errors
         by_source: Counter[str] = Counter()
         for code, count in errors.items():
@@ -211,6 +277,7 @@ class Phase:
             "readers_per_stream": target.readers_per_stream,
             "streams": math.ceil(target.readers / target.readers_per_stream),
             "heartbeat": heartbeats,
+            "server_counters": counters,
             "log_problems": log_problems(target.log_dir),
             "samples": samples,
         }
@@ -223,19 +290,15 @@ class Phase:
         posts = asyncio.Semaphore(IN_FLIGHT_POSTS)
         hand_out = Handout(loadgens, itertools.count(), begin)
         tasks: set[asyncio.Task[None]] = set()
-        ticker = asyncio.create_task(self._tick(loadgens))
-        try:
-            for first in range(0, readers, per_stream):
-                await asyncio.sleep(max(0.0, begin + first / self.args.ramp_per_s - loop.time()))
-                await posts.acquire()
-                count = min(per_stream, readers - first)
-                task = asyncio.create_task(self._stream(session, posts, hand_out, first=first, count=count))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*tasks)
-        finally:
-            ticker.cancel()
+        for first in range(0, readers, per_stream):
+            await asyncio.sleep(max(0.0, begin + first / self.args.ramp_per_s - loop.time()))
+            await posts.acquire()
+            count = min(per_stream, readers - first)
+            task = asyncio.create_task(self._stream(session, posts, hand_out, first=first, count=count))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        while tasks:
+            await asyncio.gather(*tasks)
 
     async def _stream(
         self,

@@ -43,6 +43,9 @@ OPEN_TIMEOUT_S = 60.0
 ``timeout``."""
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 """Linux's option (``linux/in.h``) that defers a bound socket's local port to ``connect``."""
+DRAIN_TIMEOUT_S = OPEN_TIMEOUT_S + 10.0
+"""How long after the last reader was handed out the readers still not open are waited for; a server that stalls
+would otherwise keep the readers queued behind its in-flight ones waiting one :data:`OPEN_TIMEOUT_S` after another."""
 PROGRESS_EVERY_S = 5.0
 """How often a process says how many of its readers are open while it is opening them."""
 
@@ -115,9 +118,16 @@ class Worker:
             task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> dict[str, Any]:
-        """Wait for every reader handed out so far to open or fail; their counts."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks)
+        """Wait for every reader handed out so far to open or fail, at most :data:`DRAIN_TIMEOUT_S`; those still
+        waiting then (for a slot or for the server) are given up as ``open_deadline``; the counts."""
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                while self._tasks:
+                    await asyncio.gather(*self._tasks)
+        except TimeoutError:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         return {"op": "opened", **self.progress()}
 
     def progress(self) -> dict[str, int]:
@@ -160,8 +170,12 @@ class Worker:
                 reader.transport.abort()
 
     async def _read(self, events_url: str, number: int) -> None:
-        async with self._slots:
-            await self._connect(events_url, number)
+        try:
+            async with self._slots:
+                await self._connect(events_url, number)
+        except asyncio.CancelledError:
+            self.counters.error("open_deadline", f"not open {DRAIN_TIMEOUT_S:g} s after the last reader was handed out")
+            raise
 
     async def _connect(self, events_url: str, number: int) -> None:
         """Open one reader of ``events_url`` and wait for its ``start`` event."""

@@ -180,6 +180,7 @@ def medians(runs: list[dict[str, Any]], phases: list[str]) -> dict[str, Any]:
         }
         med["heartbeat_max_bytes"] = max((r["heartbeat"]["max_bytes"] or 0 for r in results), default=0) or None
         med["heartbeat"] = [r["heartbeat"] for r in results]
+        med["server_counters"] = [r["server_counters"] for r in results]
         med["loadgen_cpu_cores_held"] = _median(
             [r["loadgen_cpu_s_held"] / r["hold_s"] if r["hold_s"] else None for r in results]
         )
@@ -261,6 +262,8 @@ def _tokenrelay_lines(m: dict[str, Any]) -> list[str]:
             f"{_mib(s['rss_peak_bytes'])} (+{_mib(s['rss_growth_bytes'])}, {_num(s['readers_at_rss_peak'])} readers "
             f"then), CPU held {_num(s['cpu_s_held'], '.1f')} s"
         )
+    for counters in m["server_counters"]:
+        lines.append("server counters at the end: " + ", ".join(f"{k} {_num(v)}" for k, v in counters.items()))
     cores = ", ".join(f"{role} {_num(value, '.2f')}" for role, value in m["process_cpu_cores_held"].items())
     lines.append(f"tokenrelay CPU while held, cores: {cores}")
     size = m["heartbeat_max_bytes"]
@@ -273,6 +276,10 @@ def _tokenrelay_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cancels(counters: dict[str, float | None]) -> dict[str, float | None]:
+    return {name: value for name, value in counters.items() if "cancels" in name}
+
+
 def _problem_lines(phase: str, m: dict[str, Any]) -> list[str]:
     lines = []
     if m["errors"]:
@@ -281,7 +288,8 @@ def _problem_lines(phase: str, m: dict[str, Any]) -> list[str]:
     if any(m["accept_pauses"].values()):
         lines.append(f"{phase} accept pauses (out of descriptors) logged: {m['accept_pauses']}")
     if m["terminal_events"]:
-        lines.append(f"{phase} streams that ended while they should have stayed open: {m['terminal_events']}")
+        lines.append(f"{phase} readers whose stream ended while it should have stayed open: {m['terminal_events']}")
+        lines.append(f"  cancel counters, per run: {[_cancels(c) for c in m['server_counters']]}")
     if m["log_problems"]:
         lines.append(f"{phase} server log lines with WARNING/ERROR/Traceback: {m['log_problems']}")
     return lines

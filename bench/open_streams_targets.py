@@ -38,6 +38,7 @@ class Target:
     log_dir: str | None = None
     """Where the servers' logs are (``<role>.log``), read for warnings and tracebacks at the end."""
     nats_url: str | None = None
+    gateway_url: str | None = None
 
 
 def proc_open_files_limit(pid: int) -> int | None:
@@ -84,6 +85,7 @@ def tokenrelay_target(nats_url: str, nats_pid: int, args: argparse.Namespace) ->
             readers_per_stream=args.readers_per_stream,
             log_dir=sut.log_dir,
             nats_url=nats_url,
+            gateway_url=sut.gateway_url,
         )
 
 

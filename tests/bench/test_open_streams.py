@@ -16,6 +16,7 @@ import pytest
 from bench.open_streams import main
 from bench.open_streams_loadgen import addresses_of, lag_summary, merge_reports
 from bench.open_streams_reader import HttpEventStream, error_source
+from bench.open_streams_report import streamer_summary
 
 READERS = 240
 PER_STREAM = 4
@@ -106,6 +107,20 @@ def test_the_load_generators_share_the_source_addresses_without_overlap_when_the
     shares = [addresses_of(i, 2, 5) for i in range(2)]
     assert shares == [["127.0.0.1", "127.0.0.3", "127.0.0.5"], ["127.0.0.2", "127.0.0.4"]]
     assert [addresses_of(i, 3, 2) for i in range(3)] == [["127.0.0.1"], ["127.0.0.2"], ["127.0.0.1"]]
+
+
+def test_a_streamers_rss_growth_is_its_highest_sample_less_its_rss_before_with_the_readers_it_counted_then() -> None:
+    def sample(t: float, rss: float | None, readers: float | None, cpu: float) -> dict[str, Any]:
+        return {"t": t, "streamers": {"streamer-0": {"rss_bytes": rss, "cpu_s": cpu, "readers_open": readers}}}
+
+    before: dict[str, dict[str, float | None]] = {"streamer-0": {"rss_bytes": 100.0, "cpu_s": 1.0, "readers_open": 0.0}}
+    samples = [sample(0, 900, 10, 2.0), sample(1, 1100, 12, 2.5), sample(2, None, None, 3.0), sample(3, 1000, 9, 4.0)]
+    summary = streamer_summary("streamer-0", before, samples)
+    assert summary["rss_peak_bytes"] == 1100
+    assert summary["rss_growth_bytes"] == 1000
+    assert summary["readers_at_rss_peak"] == 12
+    assert summary["readers_open_min"] == 9
+    assert summary["cpu_s_held"] == 2.0
 
 
 def _report(**fields: Any) -> dict[str, Any]:
