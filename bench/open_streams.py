@@ -16,7 +16,8 @@ In both phases this process creates the streams (``POST /v1/streams``) and hands
 ``--ramp-per-s``, to ``--loadgen-processes`` load generator processes (:mod:`bench.open_streams_loadgen`),
 each connecting from its share of ``--source-addresses``: one process's open-files limit no longer bounds
 the readers.  Once all are open they are held ``--hold-s``.  Every server's RSS, CPU and open readers are
-read from its own ``/metrics`` before the first reader and every ``--sample-s`` while holding.  RSS per
+read from its own ``/metrics`` (RSS and CPU from ``/proc`` while it is out of descriptors and cannot answer)
+before the first reader and every ``--sample-s`` while holding.  RSS per
 reader = the sum over the streamers of (each one's highest RSS while holding - its RSS before) / the
 readers they counted open (``tokenrelay_streamer_readers_open``) at those highest samples.  A reader "got a
 token" when at least one delta reached it while holding; token lag (the runner's ``ts`` on each delta -> its
@@ -69,6 +70,8 @@ POST_TIMEOUT_S = 60.0
 """A stream not created this long after its ``POST`` was sent fails its readers as ``create_timeout``."""
 HAND_OUT_EVERY_S = 0.05
 """Readers are handed to the load generators in batches of this many seconds of the ramp."""
+SCRAPE_TIMEOUT_S = 2.0
+"""A ``/metrics`` read that takes longer counts as unanswered (a streamer out of descriptors leaves it queued)."""
 STARTUP_SETTLE_S = 1.0
 """Pause after the servers are healthy, before the RSS before any reader is read."""
 PROGRESS_EVERY_S = 5.0
@@ -76,12 +79,7 @@ PROGRESS_EVERY_S = 5.0
 
 async def scrape(session: aiohttp.ClientSession, base_url: str) -> dict[str, float]:
     """RSS, CPU seconds and open readers from a server's ``/metrics`` (empty if it cannot be read)."""
-    try:
-        async with session.get(f"{base_url}/metrics") as response:
-            text = await response.text()
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        return {}
-    return parse_metrics(text, (RSS_BYTES, CPU_SECONDS, READERS_OPEN))
+    return parse_metrics(await _metrics_text(session, base_url), (RSS_BYTES, CPU_SECONDS, READERS_OPEN))
 
 
 async def scrape_all(session: aiohttp.ClientSession, target: Target) -> dict[str, dict[str, float | None]]:
@@ -140,8 +138,11 @@ async def server_counters(session: aiohttp.ClientSession, target: Target) -> dic
 
 
 async def _metrics_text(session: aiohttp.ClientSession, base_url: str) -> str:
+    """A server's ``/metrics`` text ("" if it does not answer within :data:`SCRAPE_TIMEOUT_S`)."""
     try:
-        async with session.get(f"{base_url}/metrics") as response:
+        async with session.get(
+            f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)
+        ) as response:
             return await response.text()
     except (aiohttp.ClientError, OSError, TimeoutError):
         return ""
@@ -264,6 +265,7 @@ class Phase:
             if growth_sum is not None and readers_at_peak
             else None,
             "readers_at_rss_max": readers_at_peak,
+            "readers_at_rss_max_counted_by": "streamers" if gauged else "load generators, after the hold",
             "streamers": per_streamer,
             "lag_ms": loads["lag_ms"],
             "deltas_held": loads["deltas_held"],

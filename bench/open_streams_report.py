@@ -150,8 +150,8 @@ def _median(values: list[Any]) -> float | None:
 
 SCALARS = (
     "readers_requested", "readers_opened", "readers_open_at_end", "readers_open_gauge_min", "readers_with_token_held",
-    "token_pct", "closed_early", "ramp_s", "hold_s", "rss_before_bytes", "rss_full_bytes", "rss_growth_bytes",
-    "rss_per_reader_bytes", "tokens_per_s_held", "server_cpu_cores_held", "loadgen_cpu_s_held",
+    "token_pct", "readers_at_rss_max", "closed_early", "ramp_s", "hold_s", "rss_before_bytes", "rss_full_bytes",
+    "rss_growth_bytes", "rss_per_reader_bytes", "tokens_per_s_held", "server_cpu_cores_held", "loadgen_cpu_s_held",
 )  # fmt: skip
 
 
@@ -181,6 +181,7 @@ def medians(runs: list[dict[str, Any]], phases: list[str]) -> dict[str, Any]:
         med["heartbeat_max_bytes"] = max((r["heartbeat"]["max_bytes"] or 0 for r in results), default=0) or None
         med["heartbeat"] = [r["heartbeat"] for r in results]
         med["server_counters"] = [r["server_counters"] for r in results]
+        med["readers_at_rss_max_counted_by"] = sorted({r["readers_at_rss_max_counted_by"] for r in results})
         med["loadgen_cpu_cores_held"] = _median(
             [r["loadgen_cpu_s_held"] / r["hold_s"] if r["hold_s"] else None for r in results]
         )
@@ -235,6 +236,7 @@ def format_table(med: dict[str, Any], args: argparse.Namespace) -> str:
     row("server RSS before any reader (sum)", lambda m: _mib(m["rss_before_bytes"]))
     row("server RSS growth (sum of peaks - before)", lambda m: _mib(m["rss_growth_bytes"]))
     row("RSS growth per reader", lambda m: _kib(m["rss_per_reader_bytes"]))
+    row("  over readers (at the RSS peaks)", lambda m: _num(m["readers_at_rss_max"]))
     row("token lag p50 while held (ms)", lambda m: _num(m["lag_ms"]["p50"], ",.1f"))
     row("token lag p99 while held (ms)", lambda m: _num(m["lag_ms"]["p99"], ",.1f"))
     row("tokens/s delivered while held", lambda m: _num(m["tokens_per_s_held"]))
@@ -255,7 +257,7 @@ def format_table(med: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def _tokenrelay_lines(m: dict[str, Any]) -> list[str]:
-    lines = []
+    lines = [f"readers at the RSS peaks counted by: {', '.join(m['readers_at_rss_max_counted_by'])}"]
     for role, s in m["streamers"].items():
         lines.append(
             f"{role}: readers open (min held) {_num(s['readers_open_min'])}, RSS {_mib(s['rss_before_bytes'])} -> "
