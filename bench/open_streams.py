@@ -421,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
         "on its own /metrics port (default: %(default)s)",
     )
     add(
+        "--unread-grace-s",
+        type=float,
+        default=None,
+        help="tokenrelay: the gateway's --unread-grace-s (0: it never cancels a stream it thinks unread; default: "
+        "the gateway's own)",
+    )
+    add(
         "--loadgen-processes",
         type=int,
         default=1,

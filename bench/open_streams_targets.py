@@ -65,6 +65,8 @@ def tokenrelay_target(nats_url: str, nats_pid: int, args: argparse.Namespace) ->
     ]  # fmt: skip
     # Every stream may wait for the runner at once: the ramp, not the gateway's queue, is what is measured.
     gateway_args = ["--max-tokens-limit", str(STREAM_MAX_TOKENS), "--max-queued-streams", str(streams + 16)]
+    if args.unread_grace_s is not None:
+        gateway_args += ["--unread-grace-s", str(args.unread_grace_s)]
     with system(
         nats_url,
         runners=args.runners,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench.open_streams import main
+from bench.open_streams import main, parse_args
 from bench.open_streams_loadgen import addresses_of, lag_summary, merge_reports
 from bench.open_streams_reader import HttpEventStream, error_source
 from bench.open_streams_report import streamer_summary
@@ -91,6 +91,11 @@ def test_the_json_holds_the_medians_and_the_fd_check(result: dict[str, Any]) -> 
     assert medians["tokenrelay"]["readers_opened"] == READERS
     assert medians["tokenrelay"]["heartbeat_max_bytes"] > 0
     assert set(medians["tokenrelay"]["lag_ms"]) == {"p50", "p95", "p99", "max", "n"}
+
+
+def test_the_gateway_keeps_its_own_unread_grace_unless_one_is_given() -> None:
+    assert parse_args([]).unread_grace_s is None
+    assert parse_args(["--unread-grace-s", "0"]).unread_grace_s == 0
 
 
 def test_errors_are_put_down_to_the_gateway_the_streamers_or_the_load_generator() -> None:
