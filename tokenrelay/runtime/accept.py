@@ -139,10 +139,10 @@ class _Listener(asyncio.AbstractServer):
         try:
             conn, _ = sock.accept()
         except OSError:
-            return False  # nothing queued any more, or not even this worked
-        finally:
             self._reserve = _reserve_descriptor()
-        conn.close()
+            return False  # nothing queued any more, or not even this worked
+        conn.close()  # first: the connection holds the one descriptor the reserve is taken back into
+        self._reserve = _reserve_descriptor()
         if self._on_refused is not None:
             self._on_refused()
         self._refused_unlogged += 1

@@ -9,6 +9,9 @@ import asyncio
 import contextlib
 import errno
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -197,3 +200,70 @@ def test_a_host_with_no_bindable_address_fails_to_start(monkeypatch: pytest.Monk
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+FD_LIMIT = 40
+"""The open-files limit of the server process in the descriptor-limit spec (it holds ~15 at rest)."""
+SERVER_SCRIPT = f"""
+import asyncio, resource, sys
+from aiohttp import web
+from tokenrelay.runtime.accept import DrainingSite
+
+async def main() -> None:
+    refused = []
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    site = DrainingSite(runner, "127.0.0.1", 0, backlog=128, on_refused=lambda: refused.append(1))
+    await site.start()
+    resource.setrlimit(resource.RLIMIT_NOFILE, ({FD_LIMIT}, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    print(len(refused), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_at_the_process_s_descriptor_limit_queued_connections_are_refused_by_a_close_and_counted() -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdin is not None and server.stdout is not None
+    clients: list[socket.socket] = []
+    try:
+        port = int(server.stdout.readline())
+        for _ in range(2 * FD_LIMIT):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        deadline = time.monotonic() + 10
+        closed: set[int] = set()
+        settled_at = time.monotonic()
+        while time.monotonic() < deadline:  # until the closes stop coming (every queued connection was taken)
+            before = len(closed)
+            for number, client in enumerate(clients):
+                if number not in closed and _closed_by_peer(client):
+                    closed.add(number)
+            if len(closed) != before:
+                settled_at = time.monotonic()
+            elif closed and time.monotonic() - settled_at > 1.0:
+                break
+            time.sleep(0.05)
+        server.stdin.write("report\n")
+        server.stdin.flush()
+        refused = int(server.stdout.readline())
+    finally:
+        for client in clients:
+            client.close()
+        server.kill()
+        server.wait()
+    assert refused >= FD_LIMIT // 2 and len(closed) == refused, (refused, len(closed))  # every one past the limit
+
+
+def _closed_by_peer(client: socket.socket) -> bool:
+    """Whether the server closed this connection (end of file, nothing sent); an open one has nothing to read."""
+    client.setblocking(False)
+    try:
+        return client.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
