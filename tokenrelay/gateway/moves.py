@@ -61,10 +61,7 @@ def plan_move(events: list[ReceivedEvent], *, generation: int) -> Plan:
     Events a newer generation cut off are left out (a stream may have moved before); the rest must be ``seq`` 0, 1,
     2, ... without a gap, from the ``start`` on.
     """
-    fences = Fences()
-    for event in events:
-        if not isinstance(event, StreamStart):  # a fence, or an event of some generation
-            fences.learn(event.gen, event.fence)
+    fences = Fences.of(events)
     kept: dict[int, ReceivedEvent] = {}
     for event in events:
         if isinstance(event, StreamFence):

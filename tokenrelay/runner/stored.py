@@ -23,7 +23,7 @@ from tokenrelay.runtime.responses import MAX_STORED_EVENTS_BYTES, EventsKeeper
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError
 from tokenrelay.wire.fencing import Fences
-from tokenrelay.wire.messages import StreamEnd, StreamError, StreamEvent, StreamFence, StreamStart
+from tokenrelay.wire.messages import StreamEnd, StreamError, StreamEvent, StreamFence
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +31,17 @@ log = logging.getLogger(__name__)
 def earlier_events(stored: Iterable[bytes], *, fence: int) -> list[bytes] | None:
     """The encoded events of ``seq`` 0 to ``fence - 1`` among ``stored`` (a stream's history in publish order), one
     per ``seq``, void ones left out; ``None`` when one of them is missing."""
-    fences, events = Fences(), list[tuple[StreamEvent, bytes]]()
+    decoded = list[tuple[StreamEvent | StreamFence, bytes]]()
     for data in stored:
         try:
-            event = codec.decode_event(data)
+            decoded.append((codec.decode_event(data), data))
         except CodecError:
             continue  # a malformed or unknown event holds no place in the response
-        if isinstance(event, StreamFence):
-            fences.learn(event.gen, event.fence)
-            continue
-        if not isinstance(event, StreamStart):  # a start has no generation: the first owner's
-            fences.learn(event.gen, event.fence)
-        events.append((event, data))
+    fences = Fences.of(event for event, _ in decoded)
     kept: dict[int, bytes] = {}
-    for event, data in events:  # only once every fence is known: a later one voids what came before it
+    for event, data in decoded:  # only once every fence is known: a later one voids what came before it
+        if isinstance(event, StreamFence):
+            continue
         if 0 <= event.seq < fence and event.seq not in kept and not fences.void(getattr(event, "gen", 0), event.seq):
             kept[event.seq] = data
     if len(kept) != fence:

@@ -13,6 +13,8 @@ generation's events), so one event is void when any newer generation starts at o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 MAX_GENERATIONS = 64
 """Generations one stream's fences are kept for; a stream moves ``--max-migrations`` times at most (default 2), so
 more is never legitimate, and past it newer fences are ignored (their events still pass by ``seq``)."""
@@ -28,6 +30,15 @@ class Fences:
         """Generation -> the ``seq`` it starts at."""
         self.newest = 0
         """The newest generation known (0: the stream never moved, as far as is known)."""
+
+    @classmethod
+    def of(cls, events: Iterable[object]) -> Fences:
+        """The fences ``events`` tell (a stream's history, in any order): every ``StreamFence`` and every event of a
+        newer generation carries its generation's; an event with no ``gen`` (a ``start``) tells none."""
+        fences = cls()
+        for event in events:
+            fences.learn(getattr(event, "gen", 0), getattr(event, "fence", 0))
+        return fences
 
     def learn(self, gen: int, fence: int) -> bool:
         """Note that generation ``gen`` starts at ``fence``; whether that is news (a first sighting)."""
