@@ -90,10 +90,16 @@ async def events(request: web.Request) -> web.StreamResponse:
     cursor = parse_cursor(request)
     # A stream seen starting here and still running needs no record read (``streamer/starts.py``); a reader with
     # an API key does, as only the record names the owner its tenant must be.
-    epoch = hub.starts.epoch(stream_id, hub.clock()) if hub.starts is not None and tenant is None else None
+    # Nor does one of a stream read here whose shared history is whole (``streamer/shared_history.py``).
+    epoch, source = None, "record"
+    if tenant is None:
+        if hub.starts is not None and (epoch := hub.starts.epoch(stream_id, hub.clock())) is not None:
+            source = "start_event"
+        elif (epoch := hub.shared_epoch(stream_id)) is not None:
+            source = "shared_history"
     if epoch is not None:
         state = StreamState.RUNNING
-        app[METRICS_KEY].reader_lookups.labels(source="start_event").inc()
+        app[METRICS_KEY].reader_lookups.labels(source=source).inc()
     else:
         record = await natsio.load_record(app[KV_KEY], stream_id)
         check_owner(record.owner, tenant)
@@ -153,7 +159,10 @@ def make_app(
     app[FLUSH_KEY] = flush
     if payloads is not None:
         app[compat_http.PAYLOADS_KEY] = payloads
-    app[CATCH_UP_KEY] = CatchUp(nc, clock=hub.clock, metrics=metrics, batch_messages=config.history_batch_messages)
+    metrics.shared_history_bytes.set_function(lambda: hub.shared_history.total_bytes)
+    app[CATCH_UP_KEY] = CatchUp(
+        nc, clock=hub.clock, metrics=metrics, shared=hub.history_read, batch_messages=config.history_batch_messages
+    )
     app.router.add_get(EVENTS_RESOURCE, events)
     cors.install(app, cors.CorsPolicy(config.cors_allow_origins))
     compat_http.add_routes(app)

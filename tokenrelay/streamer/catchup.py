@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
@@ -23,7 +24,7 @@ from tokenrelay.streamer.metrics import StreamerMetrics
 from tokenrelay.streamer.reader import Reader
 from tokenrelay.streamer.reader_state import ReaderState
 from tokenrelay.wire.errors import ErrorCode
-from tokenrelay.wire.messages import StreamState
+from tokenrelay.wire.messages import ReceivedEvent, StreamState
 
 GAP_RETRY_DELAYS_S = (0.002, 0.01, 0.05, 0.25)
 """Live events held behind a gap wait for history to store what was published just before the reader
@@ -32,6 +33,8 @@ that is gone.  JetStream stores a message a moment after it is published (well u
 idle), so the first retry usually fills it; few retries, because each read makes the broker walk the
 stream's interleaved messages from the reader's stream's first one (it was nine reads at 1, 2, 4, … ms,
 and at 1,000 streams the broker spent 167 µs of CPU per token)."""
+SharedPage = Callable[[Reader, list[ReceivedEvent], int], None]
+"""Told of each page of history a reader read, with its encoded bytes."""
 HISTORY_SETTLE_S = 0.05
 """After this long, every event published before a reader subscribed is in JetStream."""
 
@@ -39,9 +42,11 @@ HISTORY_SETTLE_S = 0.05
 class CatchUp:
     """Catches this streamer's readers up from history while their writers send.
 
-    ``batch_messages``: events a history page holds.  ``settle_s``: how long after subscribing everything
-    published before is stored in JetStream (:meth:`settle`).  ``gap_retry_delays_s``: the pauses between
-    reads of a gap before it counts as history that is gone.
+    ``shared``: told of every page read (the hub's :meth:`~tokenrelay.streamer.hub.Hub.history_read`: the
+    stream's shared history keeps it for later readers).  ``batch_messages``: events a history page holds.
+    ``settle_s``: how long after subscribing everything published before is stored in JetStream
+    (:meth:`settle`).  ``gap_retry_delays_s``: the pauses between reads of a gap before it counts as history
+    that is gone.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class CatchUp:
         *,
         clock: Clock,
         metrics: StreamerMetrics,
+        shared: SharedPage | None = None,
         batch_messages: int = DEFAULT_HISTORY_BATCH_MESSAGES,
         settle_s: float = HISTORY_SETTLE_S,
         gap_retry_delays_s: tuple[float, ...] = GAP_RETRY_DELAYS_S,
@@ -57,6 +63,7 @@ class CatchUp:
         self._nc = nc
         self._clock = clock
         self._metrics = metrics
+        self._shared: SharedPage = shared or (lambda reader, page, size: None)
         self._batch_messages = batch_messages
         self._settle_s = settle_s
         self._gap_retry_delays_s = gap_retry_delays_s
@@ -100,6 +107,7 @@ class CatchUp:
         try:
             async with contextlib.aclosing(read.pages()) as pages:
                 async for page in pages:
+                    self._shared(reader, page, read.page_bytes)
                     for event in page:
                         await reader.room()
                         if reader.ended:

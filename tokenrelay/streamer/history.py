@@ -57,6 +57,8 @@ class HistoryRead:
         """Told the type of each event of an unknown type read (it is skipped, its ``seq`` kept as seen)."""
         self.source: Source | None = None
         """Where the whole read came from, once :meth:`pages` is exhausted."""
+        self.page_bytes = 0
+        """The encoded bytes of the page :meth:`pages` yielded last."""
 
     async def pages(self) -> AsyncGenerator[list[ReceivedEvent]]:
         """The events in publish order from ``from_seq`` on (JetStream: from the start), malformed ones skipped
@@ -109,7 +111,9 @@ class HistoryRead:
 
     def _decode(self, raw: Iterable[bytes]) -> list[ReceivedEvent]:
         events: list[ReceivedEvent] = []
+        self.page_bytes = 0
         for data in raw:
+            self.page_bytes += len(data)
             try:
                 event = codec.decode_received_event(data)
             except UnknownMessageType as exc:  # no seq: it holds no place in the stream

@@ -38,11 +38,12 @@ from tokenrelay.streamer.metrics import StreamerMetrics
 from tokenrelay.streamer.reader import Reader
 from tokenrelay.streamer.reader_state import ReaderState
 from tokenrelay.streamer.replay import CONTENT_EVENTS
+from tokenrelay.streamer.shared_history import SharedHistory, SharedHistoryBudget, Sharing
 from tokenrelay.streamer.starts import START_PREFIX, TERMINAL_PREFIXES, RecentStarts
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.codec import CodecError, UnknownMessageType
 from tokenrelay.wire.errors import RateLimited
-from tokenrelay.wire.messages import StreamDelta, StreamFence, StreamStart, UnknownEvent
+from tokenrelay.wire.messages import ReceivedEvent, StreamDelta, StreamFence, StreamStart, UnknownEvent
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class _Channel:
         self.sub: Subscription | None = None
         """The stream's own subscription (``per-stream`` mode only)."""
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.shared: SharedHistory | None = None
+        """Its events from ``seq`` 0 on, kept for its later readers (opened when its second reader joins)."""
 
 
 class Hub:
@@ -81,6 +84,7 @@ class Hub:
         max_readers_per_stream: int = 0,
         live_subscription: LiveSubscription = LiveSubscription.SHARED,
         flush: FlushClock | None = None,
+        shared_history: SharedHistoryBudget | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._nc = nc
@@ -96,6 +100,8 @@ class Hub:
         self._reconnects = 0
         """The live connection's reconnect count when last checked."""
         self._max_readers_per_stream = max_readers_per_stream
+        self.shared_history = shared_history or SharedHistoryBudget()
+        """Bytes held by every stream's :class:`~tokenrelay.streamer.shared_history.SharedHistory` together."""
         self.abandon = AbandonWatcher(
             nc,
             grace_s=disconnect_grace_s,
@@ -161,6 +167,7 @@ class Hub:
             channel.ready.set_result(None)
             self._metrics.channels_open.set(len(self._channels))
         else:
+            self._share(reader, channel)
             channel.readers.add(reader)
             await asyncio.shield(channel.ready)
         self._metrics.readers_open.inc()
@@ -175,6 +182,8 @@ class Hub:
         if channel.ready.done() and channel.ready.exception() is None:
             self._metrics.readers_open.dec()
         if not channel.readers:
+            if channel.shared is not None:
+                channel.shared.end()
             if not reader.replay.finished and not reader.detached:
                 self.abandon.last_reader_left(reader.stream_id, resumable=reader.resumable)
             del self._channels[reader.stream_id]
@@ -211,6 +220,8 @@ class Hub:
         except CodecError as exc:
             log.warning("stream %s: dropping malformed event: %s", stream_id, exc)
             return
+        if channel.shared is not None:
+            channel.shared.live(event, len(data))
         if isinstance(event, UnknownEvent):
             self._skip_unknown(event, channel)
             return
@@ -291,12 +302,55 @@ class Hub:
     def _live_unbroken(self) -> bool:
         """Whether the live connection delivers inline, is up, and was not down since the last check (when it
         was, events kept so far may miss what was published meanwhile: none is whole any more)."""
-        assert self.starts is not None
         reconnects = int(self._nc.stats["reconnects"])
         if reconnects != self._reconnects:
             self._reconnects = reconnects
-            self.starts.lost_connection()
+            if self.starts is not None:
+                self.starts.lost_connection()
+            for channel in self._channels.values():
+                if channel.shared is not None:
+                    channel.shared.end()
         return self._inline and self._nc.is_connected
+
+    def shared_epoch(self, stream_id: str) -> str | None:
+        """The epoch of a stream read here whose shared history is whole (its next reader needs no record read)."""
+        channel = self._channels.get(stream_id)
+        if channel is None or channel.shared is None or channel.shared.state is not Sharing.WHOLE:
+            return None
+        return channel.epoch
+
+    def history_read(self, reader: Reader, events: list[ReceivedEvent], size: int) -> None:
+        """A page of history ``reader`` read (``size``: its encoded bytes): its stream's shared history keeps it."""
+        channel = self._channels.get(reader.stream_id)
+        if channel is not None and channel.shared is not None and reader.epoch == channel.epoch:
+            channel.shared.read(events, size)
+
+    def _share(self, reader: Reader, channel: _Channel) -> None:
+        """A later reader of a stream read here: hand it the stream's shared history when whole, as it joins.
+
+        The second reader opens it (a stream read once keeps nothing).  Handed, the reader is live at once and reads
+        no history, as one whose first events its runner served; otherwise it reads history, and its pages fill it.
+        """
+        unbroken = self._live_unbroken()
+        shared = channel.shared
+        if shared is None:
+            if unbroken:
+                channel.shared = SharedHistory(self.shared_history)
+            return
+        if (
+            shared.state is not Sharing.WHOLE
+            or not unbroken
+            or reader.epoch != channel.epoch
+            or shared.size * 2 > reader.buffer.max_buffered_bytes
+        ):
+            return
+        now = self.clock()
+        for event in shared.events:
+            reader.deliver(event, now, notify=False)
+        reader.caught_up()
+        self._metrics.shared_history_readers.inc()
+        self._metrics.history_reads_skipped.inc()
+        reader.ready()
 
     async def _heartbeat_loop(self) -> None:
         """One loop for every reader: pings for the idle, ``slow_consumer`` for writes stuck too long."""

@@ -39,7 +39,8 @@ class StreamerMetrics:
         self.reader_lookups = Counter(
             "tokenrelay_streamer_reader_lookups",
             "How native SSE readers learned their stream's epoch: start_event (seen starting on the shared "
-            "subscription, no record read) or record (read from the KV bucket)",
+            "subscription, no record read), shared_history (a stream read here whose shared history is whole) or "
+            "record (read from the KV bucket)",
             ["source"],
             registry=r,
         )
@@ -53,6 +54,17 @@ class StreamerMetrics:
             "tokenrelay_streamer_reader_prefills",
             "Readers handed their stream's first events from this streamer's memory as they joined (seen going by "
             "on the shared subscription), before any history read answered",
+            registry=r,
+        )
+        self.shared_history_readers = Counter(
+            "tokenrelay_streamer_shared_history_readers",
+            "Readers that joined a stream read here already and were handed its shared history (every event from "
+            "the start, kept from what its readers saw live and read): no history read of their own",
+            registry=r,
+        )
+        self.shared_history_bytes = Gauge(
+            "tokenrelay_streamer_shared_history_bytes",
+            "Encoded bytes of events the streams' shared histories hold now, all streams together",
             registry=r,
         )
         self.disconnect_cancels = Counter(
