@@ -20,8 +20,12 @@ and errors; and against ``direct`` in the same round: TTFT p50 ratio, gap p99 ra
 in ms. The tables show the median over rounds (errors and streams summed); each round's raw load-test JSON and the
 summary go to ``bench/results/peers-<timestamp>.json``.
 
+With ``--plot FILE`` the run also draws TTFT p50 against C, one line per target, on a log scale
+(``bench.peers_plot``); ``--plot-from`` redraws that plot from an earlier run's results file and runs nothing.
+
     python -m bench.peers
     python -m bench.peers --rounds 1 --concurrency 1,50 --targets direct,tokenrelay-openai
+    python -m bench.peers --plot-from bench/results/peers-<timestamp>.json --plot docs/peers-ttft.svg
 """
 
 from __future__ import annotations
@@ -33,9 +37,13 @@ import statistics
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
 from bench.peers_litellm import litellm_proxy
+from bench.peers_plot import run_date, ttft_plot
 from bench.peers_upstream import DEFAULT_INTERVAL_MS, DEFAULT_TOKENS, fake_upstream
 from bench.stats import aligned, write_json
 from tokenrelay.loadtest.apis import Api
@@ -380,6 +388,13 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="the load generator's own event loop; auto: uvloop where installed (default: auto)",
     )
+    add("--plot", type=Path, metavar="FILE", help="also draw TTFT p50 against C, per target, into this SVG")
+    add(
+        "--plot-from",
+        type=Path,
+        metavar="RESULTS",
+        help="run nothing: redraw the plot from this results file (into --plot, default: beside it, as .svg)",
+    )
     return p
 
 
@@ -396,12 +411,28 @@ def options_from_args(args: argparse.Namespace) -> PeersOptions:
     )
 
 
+def write_plot(summary: dict[str, Any], path: Path, *, date: str | None) -> Path:
+    """Draw ``summary``'s TTFT plot into ``path``, and return ``path``."""
+    path.write_text(ttft_plot(summary, baseline=BASELINE, date=date), encoding="utf-8")
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run every target, print one table per concurrency, write the JSON."""
-    summary = peers(options_from_args(parser().parse_args(argv)))
+    """Run every target, print one table per concurrency, write the JSON (and the plot with ``--plot``); with
+    ``--plot-from``, only redraw the plot of an earlier run."""
+    args = parser().parse_args(argv)
+    if args.plot_from is not None:
+        summary = orjson.loads(args.plot_from.read_bytes())
+        plot = args.plot or args.plot_from.with_suffix(".svg")
+        print(f"wrote {write_plot(summary, plot, date=run_date(args.plot_from))}")
+        return
+    summary = peers(options_from_args(args))
     print()
     print(format_tables(summary))
-    print(f"wrote {write_json('peers', summary)}")
+    results = write_json("peers", summary)
+    print(f"wrote {results}")
+    if args.plot is not None:
+        print(f"wrote {write_plot(summary, args.plot, date=run_date(results))}")
 
 
 if __name__ == "__main__":
