@@ -78,3 +78,58 @@ async def test_a_reader_whose_live_events_arrive_in_order_does_not_read_history_
         assert catch_up.reads == [] and not reader.gap.is_set()
     finally:
         await nc.close()
+
+
+class CountingCatchUps(CatchUp):
+    """Counts the gaps it was asked to fill instead of reading history."""
+
+    def __init__(self, nc: NATS) -> None:
+        super().__init__(nc, clock=lambda: 0.0, metrics=StreamerMetrics(), settle_s=0.0)
+        self.caught_up: list[str] = []
+
+    async def catch_up(self, reader: Reader) -> None:
+        self.caught_up.append(reader.stream_id)
+
+
+async def test_a_reader_that_starts_live_gets_a_catch_up_task_only_once_a_live_event_shows_a_gap(
+    nats: NatsServer,
+) -> None:
+    nc = await nats_client.connect(nats.url)
+    try:
+        catch_up = CountingCatchUps(nc)
+        stream_id = subjects.new_stream_id()
+        reader = Reader(stream_id, epoch=EPOCH, resume=None, max_buffered_bytes=1 << 20, now=0.0)
+        start = StreamStart(stream_id=stream_id, epoch=EPOCH, model="m", created=0, runner_id="r", ts=0.0)
+        reader.deliver(start, 0.0)
+        reader.caught_up()  # its first events were whole from memory
+        tasks = len(asyncio.all_tasks())
+        catching = catch_up.start(reader, StreamState.RUNNING)
+        assert len(asyncio.all_tasks()) == tasks  # nothing waits on its behalf
+        later = StreamDelta(seq=2, text="x", index=2, count=1, ts=0.0)
+        reader.deliver(later, 0.0, frame(later, EPOCH))  # seq 1 never came
+        assert len(asyncio.all_tasks()) == tasks + 1
+        await asyncio.sleep(0)
+        assert catch_up.caught_up == [stream_id]
+        catching.cancel()
+    finally:
+        await nc.close()
+
+
+async def test_a_catch_up_cancelled_before_any_gap_starts_none_later(nats: NatsServer) -> None:
+    nc = await nats_client.connect(nats.url)
+    try:
+        catch_up = CountingCatchUps(nc)
+        stream_id = subjects.new_stream_id()
+        reader = Reader(stream_id, epoch=EPOCH, resume=None, max_buffered_bytes=1 << 20, now=0.0)
+        start = StreamStart(stream_id=stream_id, epoch=EPOCH, model="m", created=0, runner_id="r", ts=0.0)
+        reader.deliver(start, 0.0)
+        reader.caught_up()
+        catch_up.start(reader, StreamState.RUNNING).cancel()
+        tasks = len(asyncio.all_tasks())
+        later = StreamDelta(seq=2, text="x", index=2, count=1, ts=0.0)
+        reader.deliver(later, 0.0, frame(later, EPOCH))
+        assert len(asyncio.all_tasks()) == tasks
+        await asyncio.sleep(0)
+        assert catch_up.caught_up == []
+    finally:
+        await nc.close()

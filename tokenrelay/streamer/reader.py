@@ -72,6 +72,9 @@ class Reader:
         self.write_now: Callable[[], bool] | None = None
         """Set by the writer while it is parked with nothing in flight: writes what is queued from the
         caller's stack and returns ``True``, or returns ``False`` when the writer must do it (see :meth:`ready`)."""
+        self.on_gap: Callable[[], None] | None = None
+        """Told once, when a live event is first held behind a gap (set by the catch-up of a reader that started
+        live: its history read starts then)."""
         self.on_disconnect: Callable[[Disconnect], None] | None = None
         """Told of the :class:`Disconnect` that ended this reader, once (set by the hub, which counts them)."""
 
@@ -144,6 +147,9 @@ class Reader:
         if self._state is _LIVE:
             self._move(_CATCHING_UP)
         self.gap.set()
+        on_gap, self.on_gap = self.on_gap, None
+        if on_gap is not None:
+            on_gap()
 
     def ready(self) -> None:
         """Something is queued: write it now if the writer is parked and may, else wake the writer.

@@ -97,6 +97,18 @@ def test_a_live_reader_that_sees_a_live_event_behind_a_gap_is_catching_up_again(
     assert reader.gap.is_set()
 
 
+def test_the_first_gap_a_live_event_shows_is_told_once() -> None:
+    reader = new_reader()
+    told: list[int] = []
+    reader.on_gap = lambda: told.append(reader.replay.next_seq)
+    reader.deliver(START, T0, b"framed")
+    reader.caught_up()
+    reader.deliver(delta(2), T0, b"framed")  # seq 1 was lost
+    reader.deliver(delta(3), T0, b"framed")
+    assert told == [1]
+    assert reader.on_gap is None
+
+
 def test_a_gap_in_history_alone_leaves_a_live_reader_live() -> None:
     reader = new_reader()
     reader.deliver(START, T0, b"framed")
