@@ -9,9 +9,9 @@ Its state moves by :mod:`~tokenrelay.streamer.reader_state`'s table.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
+from tokenrelay.runtime.flag import Flag
 from tokenrelay.streamer.buffer import ReaderBuffer
 from tokenrelay.streamer.disconnect import DEFAULT_MAX_HELD_EVENTS, Disconnect, DisconnectLimits, decide
 from tokenrelay.streamer.frames import Framing, NativeFraming, is_terminal
@@ -58,10 +58,10 @@ class Reader:
         )
         self._limits = DisconnectLimits(max_buffered_bytes=max_buffered_bytes, max_held_events=max_held_events)
         self._state = ReaderState.CATCHING_UP
-        self.wake = asyncio.Event()
-        self.written = asyncio.Event()
+        self.wake = Flag()
+        self.written = Flag()
         """Set by the writer after each completed write and when the reader closes."""
-        self.gap = asyncio.Event()
+        self.gap = Flag()
         """Set when a live event is held behind a gap (history must be read again to release it)."""
         self.live_events = 0
         """Events that reached this reader from its live subscription."""
