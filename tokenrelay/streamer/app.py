@@ -161,7 +161,12 @@ def make_app(
         app[compat_http.PAYLOADS_KEY] = payloads
     metrics.shared_history_bytes.set_function(lambda: hub.shared_history.total_bytes)
     app[CATCH_UP_KEY] = CatchUp(
-        nc, clock=hub.clock, metrics=metrics, shared=hub.history_read, batch_messages=config.history_batch_messages
+        nc,
+        clock=hub.clock,
+        metrics=metrics,
+        shared=hub.history_read,
+        live_outages=hub.live_outages,
+        batch_messages=config.history_batch_messages,
     )
     app.router.add_get(EVENTS_RESOURCE, events)
     cors.install(app, cors.CorsPolicy(config.cors_allow_origins))

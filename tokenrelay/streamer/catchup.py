@@ -33,6 +33,10 @@ that is gone.  JetStream stores a message a moment after it is published (well u
 idle), so the first retry usually fills it; few retries, because each read makes the broker walk the
 stream's interleaved messages from the reader's stream's first one (it was nine reads at 1, 2, 4, … ms,
 and at 1,000 streams the broker spent 167 µs of CPU per token)."""
+START_WAIT_S = 1.0
+"""How long a reader of a stream still queued waits for the stream's first event to come live before it reads
+history (:meth:`CatchUp._started_live`).  Only readers of brand-new streams wait; a first event that is not ``seq``
+0 ends the wait at once."""
 SharedPage = Callable[[Reader, list[ReceivedEvent], int], None]
 """Told of each page of history a reader read, with its encoded bytes."""
 HISTORY_SETTLE_S = 0.05
@@ -62,6 +66,9 @@ class Catching:
 class CatchUp:
     """Catches this streamer's readers up from history while their writers send.
 
+    ``live_outages``: the live connection's outages so far, or ``None`` when it cannot promise every event (the
+    hub's :meth:`~tokenrelay.streamer.hub.Hub.live_outages`; the default says ``None``: every reader reads history).
+    ``start_wait_s``: how long a reader of a queued stream waits for its first live event (0: it does not).
     ``shared``: told of every page read (the hub's :meth:`~tokenrelay.streamer.hub.Hub.history_read`: the
     stream's shared history keeps it for later readers).  ``batch_messages``: events a history page holds.
     ``settle_s``: how long after subscribing everything published before is stored in JetStream
@@ -76,6 +83,8 @@ class CatchUp:
         clock: Clock,
         metrics: StreamerMetrics,
         shared: SharedPage | None = None,
+        live_outages: Callable[[], int | None] = lambda: None,
+        start_wait_s: float = START_WAIT_S,
         batch_messages: int = DEFAULT_HISTORY_BATCH_MESSAGES,
         settle_s: float = HISTORY_SETTLE_S,
         gap_retry_delays_s: tuple[float, ...] = GAP_RETRY_DELAYS_S,
@@ -84,6 +93,8 @@ class CatchUp:
         self._clock = clock
         self._metrics = metrics
         self._shared: SharedPage = shared or (lambda reader, page, size: None)
+        self._live_outages = live_outages
+        self._start_wait_s = start_wait_s
         self._batch_messages = batch_messages
         self._settle_s = settle_s
         self._gap_retry_delays_s = gap_retry_delays_s
@@ -111,9 +122,38 @@ class CatchUp:
 
     async def _catch_up_and_settle(self, reader: Reader, state: StreamState) -> None:
         """History its runner served is complete (everything after it reaches the subscription live): no settling."""
+        if await self._started_live(reader, state):
+            self._metrics.history_reads_skipped.inc()
+            reader.caught_up()
+            return
         if await self.catch_up(reader) is history.Source.JETSTREAM:
             await self.settle(reader, state)
         reader.caught_up()
+
+    async def _started_live(self, reader: Reader, state: StreamState) -> bool:
+        """Whether a queued stream's events came live from its first on (``seq`` 0): then it has no history to read.
+
+        A reader of a stream whose record still says queued usually came before the stream's ``start`` was
+        published (or before it reached this streamer): it waits up to ``start_wait_s`` for its first live
+        event.  If that is ``seq`` 0, with no outage of the live connection meanwhile, every event reaches it live
+        and its history read (a request its runner answers, or JetStream's, then the settling re-read) is skipped.
+        Any other first event shows a gap, which ends the wait at once; so does a reader that brings a cursor or
+        got events from memory already (it reads history as before).
+        """
+        if (
+            self._start_wait_s <= 0
+            or state is not StreamState.QUEUED
+            or reader.replay.resume_offset is not None
+            or reader.prefilled
+        ):
+            return False
+        outages = self._live_outages()
+        if outages is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader.came_live.wait(), self._start_wait_s)
+        in_order = reader.live_events > 0 and not reader.replay.waiting_on_gap
+        return in_order and self._live_outages() == outages
 
     async def read(self, reader: Reader) -> history.Source | None:
         """Feed the reader its stream's past events (a page per write); where they came from, or ``None`` (it ended).

@@ -281,6 +281,7 @@ class Hub:
         if kept is None:
             return
         whole = kept.whole and unbroken
+        reader.prefilled = True
         now = self.clock()
         for seq, data in enumerate(kept.events):
             try:
@@ -311,6 +312,13 @@ class Hub:
                 if channel.shared is not None:
                     channel.shared.end()
         return self._inline and self._nc.is_connected
+
+    def live_outages(self) -> int | None:
+        """The live connection's outages so far, or ``None`` when it cannot promise every event now (it does not
+        deliver inline, or it is down)."""
+        if not (self._inline and self._nc.is_connected):
+            return None
+        return int(self._nc.stats["reconnects"])
 
     def shared_epoch(self, stream_id: str) -> str | None:
         """The epoch of a stream read here whose shared history is whole (its next reader needs no record read)."""
@@ -344,6 +352,7 @@ class Hub:
             or shared.size * 2 > reader.buffer.max_buffered_bytes
         ):
             return
+        reader.prefilled = True
         now = self.clock()
         for event in shared.events:
             reader.deliver(event, now, notify=False)

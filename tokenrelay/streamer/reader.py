@@ -65,6 +65,10 @@ class Reader:
         """Set when a live event is held behind a gap (history must be read again to release it)."""
         self.live_events = 0
         """Events that reached this reader from its live subscription."""
+        self.prefilled = False
+        """Events from the streamer's memory were handed to it as it joined (the hub's prefill or shared history)."""
+        self.came_live = Flag()
+        """Set when the first event reaches it from its live subscription."""
         self.writing_since: float | None = None
         """When the write in progress started (``None`` when not writing)."""
         self.abort: Callable[[], None] | None = None
@@ -111,6 +115,8 @@ class Reader:
             return
         if framed is not None:
             self.live_events += 1
+            if self.live_events == 1:
+                self.came_live.set()
         released = replay.push(event)
         if isinstance(released, ReplayError):
             self.fail(str(released.code), released.message, now)
