@@ -91,7 +91,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     # A stream seen starting here and still running needs no record read (``streamer/starts.py``); a reader with
     # an API key does, as only the record names the owner its tenant must be.
     # Nor does one of a stream read here whose shared history is whole (``streamer/shared_history.py``).
-    epoch, source = None, "record"
+    epoch, source, created = None, "record", None
     if tenant is None:
         if hub.starts is not None and (epoch := hub.starts.epoch(stream_id, hub.clock())) is not None:
             source = "start_event"
@@ -103,7 +103,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     else:
         record = await natsio.load_record(app[KV_KEY], stream_id)
         check_owner(record.owner, tenant)
-        epoch, state = record.epoch, record.state
+        epoch, state, created = record.epoch, record.state, record.created
         app[METRICS_KEY].reader_lookups.labels(source="record").inc()
     if cursor is not None and cursor.epoch != epoch:
         raise ResumeUnavailable("the cursor belongs to a history that is gone")
@@ -114,7 +114,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         max_buffered_bytes=config.max_reader_buffer_bytes,
         now=hub.clock(),
     )
-    return await serve_reader(request, reader, state, SSE_HEADERS)
+    return await serve_reader(request, reader, state, SSE_HEADERS, created=created)
 
 
 def make_app(

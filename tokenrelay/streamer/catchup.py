@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
 
 from nats.aio.client import Client as NATS
@@ -34,9 +35,12 @@ idle), so the first retry usually fills it; few retries, because each read makes
 stream's interleaved messages from the reader's stream's first one (it was nine reads at 1, 2, 4, … ms,
 and at 1,000 streams the broker spent 167 µs of CPU per token)."""
 START_WAIT_S = 1.0
-"""How long a reader of a stream still queued waits for the stream's first event to come live before it reads
-history (:meth:`CatchUp._started_live`).  Only readers of brand-new streams wait; a first event that is not ``seq``
-0 ends the wait at once."""
+"""How long a reader of a new stream waits for the stream's first event to come live before it reads history
+(:meth:`CatchUp._started_live`).  Only readers of new streams wait; a first event that is not ``seq`` 0 ends the
+wait at once."""
+START_WAIT_FRESH_S = 10.0
+"""A running stream admitted at most this long ago (its record's ``created``, whole seconds on the admitting
+gateway's clock) counts as new: its reader waits for its first event as a queued stream's does."""
 SharedPage = Callable[[Reader, list[ReceivedEvent], int], None]
 """Told of each page of history a reader read, with its encoded bytes."""
 HISTORY_SETTLE_S = 0.05
@@ -68,7 +72,8 @@ class CatchUp:
 
     ``live_outages``: the live connection's outages so far, or ``None`` when it cannot promise every event (the
     hub's :meth:`~tokenrelay.streamer.hub.Hub.live_outages`; the default says ``None``: every reader reads history).
-    ``start_wait_s``: how long a reader of a queued stream waits for its first live event (0: it does not).
+    ``start_wait_s``: how long a reader of a new stream waits for its first live event (0: it does not);
+    ``wall_clock``: what a record's ``created`` is compared with.
     ``shared``: told of every page read (the hub's :meth:`~tokenrelay.streamer.hub.Hub.history_read`: the
     stream's shared history keeps it for later readers).  ``batch_messages``: events a history page holds.
     ``settle_s``: how long after subscribing everything published before is stored in JetStream
@@ -85,6 +90,7 @@ class CatchUp:
         shared: SharedPage | None = None,
         live_outages: Callable[[], int | None] = lambda: None,
         start_wait_s: float = START_WAIT_S,
+        wall_clock: Callable[[], float] = time.time,
         batch_messages: int = DEFAULT_HISTORY_BATCH_MESSAGES,
         settle_s: float = HISTORY_SETTLE_S,
         gap_retry_delays_s: tuple[float, ...] = GAP_RETRY_DELAYS_S,
@@ -95,12 +101,14 @@ class CatchUp:
         self._shared: SharedPage = shared or (lambda reader, page, size: None)
         self._live_outages = live_outages
         self._start_wait_s = start_wait_s
+        self._wall = wall_clock
         self._batch_messages = batch_messages
         self._settle_s = settle_s
         self._gap_retry_delays_s = gap_retry_delays_s
 
-    def start(self, reader: Reader, state: StreamState) -> Catching:
-        """Catch ``reader`` up beside its writer; ``state``: its stream's, when the reader came.
+    def start(self, reader: Reader, state: StreamState, *, created: int | None = None) -> Catching:
+        """Catch ``reader`` up beside its writer; ``state``: its stream's, when the reader came; ``created``: when the
+        stream was admitted (its record's, wall clock), when the record was read.
 
         Called as soon as the reader joined the hub: its state then says whether its first events came whole
         from memory (it is live already) or it needs its history.  A live reader gets no task until a live event
@@ -108,7 +116,7 @@ class CatchUp:
         """
         catching = Catching()
         if reader.state is not ReaderState.LIVE:
-            catching.run(self._catch_up_and_settle(reader, state))
+            catching.run(self._catch_up_and_settle(reader, state, created))
         elif reader.gap.is_set():
             catching.run(self._fill_gap(reader))
         else:
@@ -120,9 +128,9 @@ class CatchUp:
         await self.catch_up(reader)
         reader.caught_up()
 
-    async def _catch_up_and_settle(self, reader: Reader, state: StreamState) -> None:
+    async def _catch_up_and_settle(self, reader: Reader, state: StreamState, created: int | None) -> None:
         """History its runner served is complete (everything after it reaches the subscription live): no settling."""
-        if await self._started_live(reader, state):
+        if await self._started_live(reader, state, created):
             self._metrics.history_reads_skipped.inc()
             reader.caught_up()
             return
@@ -130,11 +138,12 @@ class CatchUp:
             await self.settle(reader, state)
         reader.caught_up()
 
-    async def _started_live(self, reader: Reader, state: StreamState) -> bool:
-        """Whether a queued stream's events came live from its first on (``seq`` 0): then it has no history to read.
+    async def _started_live(self, reader: Reader, state: StreamState, created: int | None) -> bool:
+        """Whether a new stream's events came live from its first on (``seq`` 0): then it has no history to read.
 
-        A reader of a stream whose record still says queued usually came before the stream's ``start`` was
-        published (or before it reached this streamer): it waits up to ``start_wait_s`` for its first live
+        A reader of a stream whose record says queued, or running and admitted within ``START_WAIT_FRESH_S``, usually
+        came before the stream's ``start`` was published or before it reached this streamer (under a burst of
+        starts, the runner's record write overtakes the event): it waits up to ``start_wait_s`` for its first live
         event.  If that is ``seq`` 0, with no outage of the live connection meanwhile, every event reaches it live
         and its history read (a request its runner answers, or JetStream's, then the settling re-read) is skipped.
         Any other first event shows a gap, which ends the wait at once; so does a reader that brings a cursor or
@@ -142,7 +151,7 @@ class CatchUp:
         """
         if (
             self._start_wait_s <= 0
-            or state is not StreamState.QUEUED
+            or not self._fresh(state, created)
             or reader.replay.resume_offset is not None
             or reader.prefilled
         ):
@@ -154,6 +163,12 @@ class CatchUp:
             await asyncio.wait_for(reader.came_live.wait(), self._start_wait_s)
         in_order = reader.live_events > 0 and not reader.replay.waiting_on_gap
         return in_order and self._live_outages() == outages
+
+    def _fresh(self, state: StreamState, created: int | None) -> bool:
+        """Queued, or running and admitted moments ago (an older running stream's reader reads history at once)."""
+        if state is StreamState.QUEUED:
+            return True
+        return state is StreamState.RUNNING and created is not None and self._wall() - created <= START_WAIT_FRESH_S
 
     async def read(self, reader: Reader) -> history.Source | None:
         """Feed the reader its stream's past events (a page per write); where they came from, or ``None`` (it ended).

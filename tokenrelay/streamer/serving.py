@@ -58,9 +58,12 @@ def _hold_unsent_in_the_reader(transport: asyncio.Transport | None, reader: Read
 
 
 async def serve_reader(
-    request: web.Request, reader: Reader, state: StreamState, headers: dict[str, str]
+    request: web.Request, reader: Reader, state: StreamState, headers: dict[str, str], *, created: int | None = None
 ) -> web.StreamResponse:
-    """Send one reader's events (history, then live) as a streaming response until its terminal event."""
+    """Send one reader's events (history, then live) as a streaming response until its terminal event.
+
+    ``state`` and ``created``: the stream's, from its record when it was read (see :meth:`CatchUp.start`).
+    """
     app = request.app
     config, hub = app[CONFIG_KEY], app[HUB_KEY]
     response = web.StreamResponse(headers=headers)
@@ -76,7 +79,7 @@ async def serve_reader(
     try:
         await hub.attach(reader)
         # History is asked for before the headers go out: the runner answers while they are written.
-        catching_up = app[CATCH_UP_KEY].start(reader, state)
+        catching_up = app[CATCH_UP_KEY].start(reader, state, created=created)
         try:
             writer = await response.prepare(request)
             if writer is None:  # only for a response already finished, which this one is not

@@ -19,6 +19,8 @@ from tokenrelay.wire.cursor import Cursor
 from tokenrelay.wire.messages import StreamDelta, StreamStart, StreamState
 
 EPOCH = "e1"
+NOW = 1_000_000.0
+"""The wall clock, as the catch-up sees it."""
 LONG_S = 30.0
 """A wait that only the reader's live events may end (the test would time out first)."""
 
@@ -33,6 +35,7 @@ class CountingCatchUp(CatchUp):
             metrics=StreamerMetrics(),
             live_outages=lambda: outages[0],
             start_wait_s=start_wait_s,
+            wall_clock=lambda: NOW,
         )
         self.reads = 0
 
@@ -61,9 +64,9 @@ async def waiting() -> None:
         await asyncio.sleep(0)
 
 
-async def caught_up(catching: CountingCatchUp, reader: Reader, state: StreamState) -> None:
+async def caught_up(catching: CountingCatchUp, reader: Reader, state: StreamState, created: int | None = None) -> None:
     """Start the reader's catch-up; return once it is done."""
-    handle = catching.start(reader, state)
+    handle = catching.start(reader, state, created=created)
     for _ in range(1000):
         if reader.state is not ReaderState.CATCHING_UP:
             return
@@ -117,17 +120,26 @@ async def test_a_live_connection_that_cannot_promise_every_event_means_no_wait()
     assert catching.reads == 1
 
 
-async def test_readers_of_running_streams_with_a_cursor_or_with_events_from_memory_read_history_without_waiting() -> (
-    None
-):
+async def test_a_running_stream_admitted_moments_ago_is_waited_for_as_a_queued_one() -> None:
+    catching, reader = CountingCatchUp(start_wait_s=LONG_S, outages=[0]), new_reader()
+    done = asyncio.create_task(caught_up(catching, reader, StreamState.RUNNING, created=int(NOW) - 2))
+    await waiting()
+    live(reader, START)
+    await done
+    assert catching.reads == 0
+
+
+async def test_readers_of_older_or_finished_streams_with_a_cursor_or_with_events_from_memory_do_not_wait() -> None:
     catching = CountingCatchUp(start_wait_s=LONG_S, outages=[0])
-    await caught_up(catching, new_reader(), StreamState.RUNNING)
+    await caught_up(catching, new_reader(), StreamState.RUNNING)  # no record read: age unknown
+    await caught_up(catching, new_reader(), StreamState.RUNNING, created=int(NOW) - 60)
+    await caught_up(catching, new_reader(), StreamState.FINISHED, created=int(NOW))
     await caught_up(catching, new_reader(Cursor(EPOCH, 3)), StreamState.QUEUED)
     prefilled = new_reader()
     prefilled.deliver(START, 0.0, notify=False)  # as the hub hands a head start that was not whole
     prefilled.prefilled = True
     await caught_up(catching, prefilled, StreamState.QUEUED)
-    assert catching.reads == 3
+    assert catching.reads == 5
 
 
 async def test_live_events_that_came_in_order_before_the_catch_up_started_count() -> None:
