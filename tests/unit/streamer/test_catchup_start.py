@@ -1,4 +1,5 @@
-"""Spec of a queued stream's reader waiting for the stream's first event instead of reading its history.
+"""Spec of when a reader's catch-up reads history: a new stream's reader waits for the stream's first event
+instead, and a reader that starts live gets no task until a gap shows.
 
 The catch-up's history reads are counted, not made: what is asked is whether a reader reads history at all.
 """
@@ -146,4 +147,34 @@ async def test_live_events_that_came_in_order_before_the_catch_up_started_count(
     catching, reader = CountingCatchUp(start_wait_s=LONG_S, outages=[0]), new_reader()
     live(reader, START)  # between joining the hub and the catch-up's start
     await caught_up(catching, reader, StreamState.QUEUED)
+    assert catching.reads == 0
+
+
+def live_reader() -> Reader:
+    """A reader whose first events were whole from memory: it starts live."""
+    reader = new_reader()
+    reader.deliver(START, 0.0)
+    reader.caught_up()
+    return reader
+
+
+async def test_a_reader_that_starts_live_gets_a_catch_up_task_only_once_a_live_event_shows_a_gap() -> None:
+    catching, reader = CountingCatchUp(start_wait_s=LONG_S, outages=[0]), live_reader()
+    tasks = len(asyncio.all_tasks())
+    handle = catching.start(reader, StreamState.RUNNING)
+    assert len(asyncio.all_tasks()) == tasks  # nothing waits on its behalf
+    live(reader, delta(2))  # seq 1 never came
+    assert len(asyncio.all_tasks()) == tasks + 1
+    await waiting()
+    assert catching.reads == 1
+    handle.cancel()
+
+
+async def test_a_catch_up_cancelled_before_any_gap_starts_none_later() -> None:
+    catching, reader = CountingCatchUp(start_wait_s=LONG_S, outages=[0]), live_reader()
+    catching.start(reader, StreamState.RUNNING).cancel()
+    tasks = len(asyncio.all_tasks())
+    live(reader, delta(2))
+    assert len(asyncio.all_tasks()) == tasks
+    await waiting()
     assert catching.reads == 0
