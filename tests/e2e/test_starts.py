@@ -65,6 +65,17 @@ def test_a_stream_seen_ending_is_forgotten_with_its_events() -> None:
     starts.ended("never-seen")  # harmless
 
 
+def test_a_stream_seen_starting_stays_seen_after_its_end_within_the_ttl_and_one_never_seen_is_not() -> None:
+    starts = RecentStarts(ttl_s=10.0)
+    starts.started("s1", "e1", b"start", now=0.0)
+    assert starts.seen("s1", now=1.0)
+    starts.ended("s1")
+    assert starts.seen("s1", now=1.0)
+    assert starts.epoch("s1", now=1.0) is None  # its reader reads the record for how it ended
+    assert not starts.seen("s1", now=11.0)
+    assert not starts.seen("never", now=1.0)
+
+
 def test_a_stream_started_again_is_known_by_its_new_epoch_and_starts_its_events_over() -> None:
     starts = RecentStarts()
     starts.started("s1", "e1", b"start-1", now=0.0)

@@ -166,6 +166,7 @@ def make_app(
         metrics=metrics,
         shared=hub.history_read,
         live_outages=hub.live_outages,
+        unseen=hub.unseen,
         batch_messages=config.history_batch_messages,
     )
     app.router.add_get(EVENTS_RESOURCE, events)

@@ -72,6 +72,8 @@ class CatchUp:
 
     ``live_outages``: the live connection's outages so far, or ``None`` when it cannot promise every event (the
     hub's :meth:`~tokenrelay.streamer.hub.Hub.live_outages`; the default says ``None``: every reader reads history).
+    ``unseen``: whether no ``start`` of a stream admitted at ``created`` went by here although it would have (the
+    hub's :meth:`~tokenrelay.streamer.hub.Hub.unseen`; default: it cannot tell, no reader waits).
     ``start_wait_s``: how long a reader of a new stream waits for its first live event (0: it does not);
     ``wall_clock``: what a record's ``created`` is compared with.
     ``shared``: told of every page read (the hub's :meth:`~tokenrelay.streamer.hub.Hub.history_read`: the
@@ -89,6 +91,7 @@ class CatchUp:
         metrics: StreamerMetrics,
         shared: SharedPage | None = None,
         live_outages: Callable[[], int | None] = lambda: None,
+        unseen: Callable[[str, int | None], bool] = lambda stream_id, created: False,
         start_wait_s: float = START_WAIT_S,
         wall_clock: Callable[[], float] = time.time,
         batch_messages: int = DEFAULT_HISTORY_BATCH_MESSAGES,
@@ -100,6 +103,7 @@ class CatchUp:
         self._metrics = metrics
         self._shared: SharedPage = shared or (lambda reader, page, size: None)
         self._live_outages = live_outages
+        self._unseen = unseen
         self._start_wait_s = start_wait_s
         self._wall = wall_clock
         self._batch_messages = batch_messages
@@ -116,7 +120,9 @@ class CatchUp:
         """
         catching = Catching()
         if reader.state is not ReaderState.LIVE:
-            catching.run(self._catch_up_and_settle(reader, state, created))
+            # Asked now, as it joined: once its stream's events reach it live, the hub has seen its start too.
+            new = reader.live_events > 0 or self._unseen(reader.stream_id, created)
+            catching.run(self._catch_up_and_settle(reader, state, created, new=new))
         elif reader.gap.is_set():
             catching.run(self._fill_gap(reader))
         else:
@@ -128,9 +134,14 @@ class CatchUp:
         await self.catch_up(reader)
         reader.caught_up()
 
-    async def _catch_up_and_settle(self, reader: Reader, state: StreamState, created: int | None) -> None:
-        """History its runner served is complete (everything after it reaches the subscription live): no settling."""
-        if await self._started_live(reader, state, created):
+    async def _catch_up_and_settle(
+        self, reader: Reader, state: StreamState, created: int | None, *, new: bool = False
+    ) -> None:
+        """History its runner served is complete (everything after it reaches the subscription live): no settling.
+
+        ``new``: its stream's ``start`` had not gone by here when it joined, or its events already reach it live.
+        """
+        if new and await self._started_live(reader, state, created):
             self._metrics.history_reads_skipped.inc()
             reader.caught_up()
             return
@@ -144,8 +155,10 @@ class CatchUp:
         A reader of a stream whose record says queued, or running and admitted within ``START_WAIT_FRESH_S``, usually
         came before the stream's ``start`` was published or before it reached this streamer (under a burst of
         starts, the runner's record write overtakes the event): it waits up to ``start_wait_s`` for its first live
-        event.  If that is ``seq`` 0, with no outage of the live connection meanwhile, every event reaches it live
-        and its history read (a request its runner answers, or JetStream's, then the settling re-read) is skipped.
+        event (only when its stream's ``start`` had not gone by here as it joined: a stream that started and ended
+        before would send nothing more).  If that is ``seq`` 0, with no outage of the live connection meanwhile,
+        every event reaches it live and its history read (a request its runner answers, or JetStream's, then the
+        settling re-read) is skipped.
         Any other first event shows a gap, which ends the wait at once; so does a reader that brings a cursor or
         got events from memory already (it reads history as before).
         """

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 MAX_HEARTBEAT_TICK_S = 1.0
+CLOCK_MARGIN_S = 2.0
+"""How far apart a gateway's clock and this streamer's may be, plus a record's ``created`` rounding down to a second."""
 SHARED_PENDING_BYTES_LIMIT = 256 * 1024 * 1024
 """Bytes of live events the shared subscription may hold undelivered before nats-py drops them
 (its per-subscription default is 128 MiB, sized for one stream, not all of them).  A dropped event
@@ -117,6 +119,8 @@ class Hub:
         self.clock = clock
         self._channels: dict[str, _Channel] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._watching_since: float | None = None
+        """When the shared subscription began, on the wall clock (every ``start`` since went by here)."""
         self._cleanup_tasks = TaskSet()
 
     async def start(self) -> None:
@@ -127,6 +131,7 @@ class Hub:
             )
             # Once the server has it, every event published from then on reaches us.
             await natsio.barrier(self._nc)
+            self._watching_since = time.time()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         await self.abandon.start()
 
@@ -312,6 +317,18 @@ class Hub:
                 if channel.shared is not None:
                     channel.shared.end()
         return self._inline and self._nc.is_connected
+
+    def unseen(self, stream_id: str, created: int | None) -> bool:
+        """Whether no ``start`` of ``stream_id`` went by here although it would have: it has not started yet, or its
+        ``start`` is on its way.  ``created``: when it was admitted (its record's, whole seconds on the admitting
+        gateway's clock; ``None``: just now, by a request to this streamer); one admitted before this streamer
+        watched every ``start`` (or within :data:`CLOCK_MARGIN_S` of it) is not told apart.  ``False`` whenever
+        that cannot be told (``per-stream`` mode)."""
+        if self.starts is None or self._watching_since is None:
+            return False
+        if created is not None and created < self._watching_since + CLOCK_MARGIN_S:
+            return False
+        return not self.starts.seen(stream_id, self.clock())
 
     def live_outages(self) -> int | None:
         """The live connection's outages so far, or ``None`` when it cannot promise every event now (it does not

@@ -10,9 +10,11 @@ reader connects, so it can remember them.
 
 :class:`RecentStarts` is that memory, sans-I/O.  For each stream whose ``start`` it saw and whose
 terminal event it has not: the epoch, and the stream's events as they were published (raw bytes,
-from the ``start`` on) until its first reader here takes them.  Bounds: ``max_streams`` streams (the
-oldest go first), none older than ``ttl_s``, at most ``max_stream_bytes`` of events per stream (past
-it only the epoch is kept) and ``max_total_bytes`` in all (past it a new stream keeps only its epoch).
+from the ``start`` on) until its first reader here takes them; once its terminal event went by, only
+that it was seen (:meth:`RecentStarts.seen`: a reader of a stream never seen starting waits for its
+``start``).  Bounds: ``max_streams`` streams (the oldest go first), none older than ``ttl_s``, at most
+``max_stream_bytes`` of events per stream (past it only the epoch is kept) and ``max_total_bytes`` in
+all (past it a new stream keeps only its epoch).
 
 What the hub and the HTTP shell do with it: a stream it does not know (a miss, an ended stream, a
 streamer that joined late, ``per-stream`` mode) has its record read as before, and so has every
@@ -65,6 +67,8 @@ class _Seen:
     """Raw events from the ``start`` on, or ``None``: taken by a reader, over a bound, or never kept."""
     size: int = 0
     whole: bool = True
+    ended: bool = False
+    """Its terminal event went by: only the fact that it was seen is kept (:meth:`RecentStarts.seen`)."""
 
 
 class RecentStarts:
@@ -131,13 +135,23 @@ class RecentStarts:
             seen.whole = False
 
     def ended(self, stream_id: str) -> None:
-        """Its terminal event went by: a reader from now on learns how it ended from the record."""
-        self._forget(stream_id)
+        """Its terminal event went by: a reader from now on learns how it ended from the record (its events and
+        epoch are dropped; that it was seen is kept, within the same bounds)."""
+        seen = self._seen.get(stream_id)
+        if seen is not None:
+            self._drop_events(seen)
+            seen.ended = True
+
+    def seen(self, stream_id: str, now: float) -> bool:
+        """Whether its ``start`` went by within ``ttl_s`` (running or ended since); ``False`` for one never seen,
+        or forgotten (older than ``ttl_s``, or past ``max_streams``)."""
+        seen = self._seen.get(stream_id)
+        return seen is not None and now - seen.at <= self._ttl_s
 
     def epoch(self, stream_id: str, now: float) -> str | None:
         """The epoch of a running stream seen starting within ``ttl_s``, else ``None`` (read the record)."""
         seen = self._seen.get(stream_id)
-        if seen is None or now - seen.at > self._ttl_s:
+        if seen is None or seen.ended or now - seen.at > self._ttl_s:
             return None
         return seen.epoch
 

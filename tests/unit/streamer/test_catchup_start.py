@@ -29,12 +29,13 @@ LONG_S = 30.0
 class CountingCatchUp(CatchUp):
     """Counts its history reads instead of making them; the live connection's outages are the test's."""
 
-    def __init__(self, *, start_wait_s: float, outages: list[int | None]) -> None:
+    def __init__(self, *, start_wait_s: float, outages: list[int | None], seen: bool = False) -> None:
         super().__init__(
             cast(NATS, None),
             clock=lambda: 0.0,
             metrics=StreamerMetrics(),
             live_outages=lambda: outages[0],
+            unseen=lambda stream_id, created: not seen,
             start_wait_s=start_wait_s,
             wall_clock=lambda: NOW,
         )
@@ -141,6 +142,13 @@ async def test_readers_of_older_or_finished_streams_with_a_cursor_or_with_events
     prefilled.prefilled = True
     await caught_up(catching, prefilled, StreamState.QUEUED)
     assert catching.reads == 5
+
+
+async def test_a_reader_of_a_stream_whose_start_went_by_before_it_joined_reads_history_without_waiting() -> None:
+    # It may have ended already (nothing more would come live): the hub forgets a stream's events at its end.
+    catching = CountingCatchUp(start_wait_s=LONG_S, outages=[0], seen=True)
+    await caught_up(catching, new_reader(), StreamState.QUEUED)
+    assert catching.reads == 1
 
 
 async def test_live_events_that_came_in_order_before_the_catch_up_started_count() -> None:
