@@ -1,11 +1,13 @@
 """What starting a stream costs each process: CPU per start, and TTFT, under bursts of simultaneous starts.
 
-One system (an embedded nats-server, a gateway, a streamer and one runner whose synthetic engine sends its first token
-at once, then ``--tokens`` tokens at ``--tokens-per-s``) takes ``--bursts`` bursts of ``--burst`` streams started at
-the same instant, each read to its end: through tokenrelay's own API (``POST /v1/streams``, then the events) or, with
-``--api openai``, through the streamer's OpenAI-compatible API. Before and after each burst the CPU time of every
-process is read from ``/proc``; their difference over the burst's streams is the CPU per start (the whole stream:
-its start, its tokens and its end, and whatever the process did meanwhile). The table shows each burst and the median.
+One system (an embedded nats-server, or with ``--nats-nodes 3`` a three-node cluster whose replicated history and
+records the roles use as a deployment would; a gateway, a streamer and one runner whose synthetic engine sends its
+first token at once, then ``--tokens`` tokens at ``--tokens-per-s``) takes ``--bursts`` bursts of ``--burst`` streams
+started at the same instant, each read to its end: through tokenrelay's own API (``POST /v1/streams``, then the
+events) or, with ``--api openai``, through the streamer's OpenAI-compatible API. Before and after each burst the CPU
+time of every process is read from ``/proc``; their difference over the burst's streams is the CPU per start (the
+whole stream: its start, its tokens and its end, and whatever the process did meanwhile). The table shows each burst
+and the median.
 
 ``--profile DIR`` runs the gateway, the streamer and the runner under cProfile during the bursts (not while they
 start): a ``sitecustomize`` laid on the roles' ``PYTHONPATH`` turns the profiler on at SIGUSR1 and writes
@@ -15,6 +17,7 @@ slows every Python call, so CPU figures of a profiled run only rank the costs: m
     python -m bench.starts
     python -m bench.starts --burst 200 --bursts 5 --api openai
     python -m bench.starts --bursts 2 --profile /tmp/starts-profile
+    python -m bench.starts --nats-nodes 3
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from tokenrelay.loadtest.plan import LoadTestConfig, parse_int_mix
 from tokenrelay.loadtest.report import to_json
 from tokenrelay.loadtest.result import RunResult
 from tokenrelay.runtime.service import run_on_loop
+from tokenrelay.testing.cluster import nats_cluster
 from tokenrelay.testing.procs import System, nats_server, system, wait_until
 
 ROLES = ("gateway", "streamer", "runner")
@@ -82,6 +86,8 @@ class StartsOptions:
     tokens_per_s: float = DEFAULT_TOKENS_PER_S
     profile_dir: str | None = None
     """Profile the roles into this folder (``None``: no profiler)."""
+    nats_nodes: int = 1
+    """1: one embedded nats-server; more: a cluster of that many (the history and records replicated on up to 3)."""
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-ready data."""
@@ -186,18 +192,32 @@ def run_load(config: LoadTestConfig) -> RunResult:
     return run_on_loop(run_loadtest(config, progress=None), event_loop=config.event_loop)
 
 
-def cpu_of(pids: Mapping[str, int]) -> dict[str, float]:
-    """CPU seconds each process has used so far."""
+def cpu_of(pids: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """CPU seconds each named group of processes has used so far (a cluster's nats-servers are one group)."""
     out = {}
-    for name, pid in pids.items():
-        cpu = proc_cpu_s(pid)
-        if cpu is None:
-            raise RuntimeError(f"{name} (pid {pid}) is gone")
-        out[name] = cpu
+    for name, group in pids.items():
+        total = 0.0
+        for pid in group:
+            cpu = proc_cpu_s(pid)
+            if cpu is None:
+                raise RuntimeError(f"{name} (pid {pid}) is gone")
+            total += cpu
+        out[name] = total
     return out
 
 
-def burst(sut: System, pids: Mapping[str, int], options: StartsOptions) -> dict[str, Any]:
+@contextlib.contextmanager
+def broker(nodes: int) -> Iterator[tuple[str, list[int]]]:
+    """One embedded nats-server, or a cluster of ``nodes``: its URL (every node's) and its processes."""
+    if nodes == 1:
+        with nats_server() as server:
+            yield server.url, [server.process.pid]
+        return
+    with nats_cluster(nodes) as cluster:
+        yield cluster.url, [node.process.pid for node in cluster.nodes if node.process is not None]
+
+
+def burst(sut: System, pids: Mapping[str, Sequence[int]], options: StartsOptions) -> dict[str, Any]:
     """One burst: its TTFT, errors and each process's CPU µs per start (and the load generator's own)."""
     before = cpu_of(pids)
     result = run_load(load_config(sut, options.burst, options))
@@ -217,12 +237,12 @@ def burst(sut: System, pids: Mapping[str, int], options: StartsOptions) -> dict[
 def starts(options: StartsOptions, *, progress: TextIO | None = None) -> dict[str, Any]:
     """Start the system, warm it, run every burst (profiled if asked); the summary."""
     out = progress if progress is not None else sys.stdout
-    with nats_server() as broker, profiled_env(options.profile_dir) as env:
+    with broker(options.nats_nodes) as (nats_url, nats_pids), profiled_env(options.profile_dir) as env:
         gateway_args = ["--max-queued-streams", str(RUNNER_CONCURRENCY)]
-        with system(broker.url, runner_args=synthetic_args(options), gateway_args=gateway_args, env=env) as sut:
+        with system(nats_url, runner_args=synthetic_args(options), gateway_args=gateway_args, env=env) as sut:
             roles = {"gateway": sut.gateway.process.pid, "streamer": sut.streamer.process.pid}
             roles["runner"] = sut.runners[0].process.pid
-            pids = roles | {"nats-server": broker.process.pid}
+            pids = {name: [pid] for name, pid in roles.items()} | {"nats-server": nats_pids}
             run_load(load_config(sut, WARMUP_STREAMS, options))
             if options.profile_dir is not None:
                 signal_roles(roles, signal.SIGUSR1)
@@ -282,9 +302,10 @@ def format_table(summary: Mapping[str, Any]) -> str:
 def title(options: StartsOptions) -> str:
     """What the table measured, in a line."""
     profiled = " (profiled: CPU figures inflated)" if options.profile_dir is not None else ""
+    nodes = "one nats-server" if options.nats_nodes == 1 else f"a {options.nats_nodes}-node NATS cluster"
     return (
         f"{options.bursts} burst(s) of {options.burst} streams at once over the {options.api.value} API, "
-        f"{options.tokens} tokens at {options.tokens_per_s:g}/s each{profiled}"
+        f"{options.tokens} tokens at {options.tokens_per_s:g}/s each, on {nodes}{profiled}"
     )
 
 
@@ -308,6 +329,13 @@ def parser() -> argparse.ArgumentParser:
         help=f"the synthetic engine's pace (default: {DEFAULT_TOKENS_PER_S:g})",
     )
     add("--profile", metavar="DIR", default=None, help="profile the roles during the bursts into DIR/<role>.prof")
+    add(
+        "--nats-nodes",
+        type=positive_int,
+        default=1,
+        help="1: one embedded nats-server; 3: a three-node cluster (the nats-server column sums its nodes) "
+        "(default: 1)",
+    )
     return p
 
 
@@ -320,6 +348,7 @@ def options_from_args(args: argparse.Namespace) -> StartsOptions:
         tokens=args.tokens,
         tokens_per_s=args.tokens_per_s,
         profile_dir=args.profile,
+        nats_nodes=args.nats_nodes,
     )
 
 

@@ -28,3 +28,11 @@ def test_a_profiled_run_over_the_openai_api_writes_each_roles_profile(tmp_path: 
     for path in result["profiles"].values():
         assert Path(path).exists()
         assert "ncalls" in top_functions(Path(path), "cumulative")
+
+
+def test_on_a_three_node_cluster_the_nats_column_sums_its_three_servers() -> None:
+    result = main(["--burst", "3", "--bursts", "1", "--tokens", "5", "--tokens-per-s", "200", "--nats-nodes", "3"])
+    assert result["options"]["nats_nodes"] == 3
+    (only,) = result["bursts"]
+    assert (only["completed"], only["errors"]) == (3, {})
+    assert only["cpu_s"]["nats-server"] > 0
