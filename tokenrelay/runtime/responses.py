@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
@@ -37,6 +38,8 @@ MAX_STORED_EVENTS_BYTES = 64 * 1024 * 1024
 """A stream whose encoded events pass this many bytes is not kept (its response can be read while its history
 lasts, not after)."""
 LINE = b"\n"
+COUNT_TIMEOUT_S = 5.0
+"""How long a count waits for the next of the records it was told are there."""
 
 
 class ResponseStore:
@@ -70,18 +73,31 @@ class ResponseStore:
 
     async def count(self, prefix: str) -> int:
         """How many records have keys under ``prefix`` (``<token>.``...): read from the server for that prefix
-        only, deleted ones left out."""
+        only, deleted ones left out.
+
+        Counted to the number of messages the watch's consumer holds when asked, not to the watch's "that is all"
+        marker: nats-py sends that marker at once when the server had sent every message but none was processed
+        yet, and a count taken then missed records that were stored (a key's cap let one more in).
+        """
         try:
-            watcher = await self._records.watch(prefix + ">", ignore_deletes=True, meta_only=True)
-            found = 0
+            watcher = await self._records.watch(prefix + ">", meta_only=True)  # deletes too: one entry a message
             try:
-                async for entry in watcher:
-                    if entry is None:  # the end of what is stored now
-                        break
-                    found += 1
+                sub = watcher._sub
+                if sub is None:  # nats-py sets it before watch() returns
+                    raise Unavailable("the responses could not be counted: no watch subscription")
+                info = await sub.consumer_info()
+                expected = info.delivered.consumer_seq + info.num_pending
+                found = seen = 0
+                while seen < expected:
+                    entry = await watcher.updates(timeout=COUNT_TIMEOUT_S)  # type: ignore[no-untyped-call]
+                    if entry is None:  # the marker
+                        continue
+                    seen += 1
+                    if entry.operation is None:  # a put (a delete or purge is marked)
+                        found += 1
             finally:
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-        except (JetStreamError, TimeoutError) as exc:
+        except (JetStreamError, TimeoutError, NatsTimeoutError) as exc:
             raise Unavailable(f"the responses could not be counted: {exc!r}") from None
         return found
 
