@@ -61,12 +61,17 @@ queues nothing."""
 
 
 class _Channel:
+    """One stream read here: its readers and what they share (slotted: one per stream, 10,000s of them)."""
+
+    __slots__ = ("epoch", "readers", "ready", "shared", "sub")
+
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
         self.readers: set[Reader] = set()
         self.sub: Subscription | None = None
         """The stream's own subscription (``per-stream`` mode only)."""
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[None] | None = None
+        """While its subscription is being made (``per-stream`` mode): later readers wait for it; ``None``: ready."""
         self.shared: SharedHistory | None = None
         """Its events from ``seq`` 0 on, kept for its later readers (opened when its second reader joins)."""
 
@@ -157,25 +162,32 @@ class Hub:
             channel.readers.add(reader)
             if self.starts is not None:
                 self._prefill(reader)
-            try:
-                if not self._shared:
-                    channel.sub = await subscribe_raw(self._nc, subjects.events(reader.stream_id), self._on_event)
-                    # The reader's history request goes out on another connection, so the server must
-                    # have the SUB first: once the barrier returns, whatever is published after the
-                    # history source answered reaches us live.
-                    await natsio.barrier(self._nc)
-            except BaseException as exc:
-                channel.ready.set_exception(exc)
-                channel.ready.exception()  # mark retrieved
-                self.detach(reader)
-                raise
-            channel.ready.set_result(None)
+            if not self._shared:
+                await self._subscribe(reader, channel)
             self._metrics.channels_open.set(len(self._channels))
         else:
             self._share(reader, channel)
             channel.readers.add(reader)
-            await asyncio.shield(channel.ready)
+            if channel.ready is not None:
+                await asyncio.shield(channel.ready)
         self._metrics.readers_open.inc()
+
+    async def _subscribe(self, reader: Reader, channel: _Channel) -> None:
+        """The stream's own subscription (``per-stream`` mode), its later readers waiting meanwhile."""
+        ready = channel.ready = asyncio.get_running_loop().create_future()
+        try:
+            channel.sub = await subscribe_raw(self._nc, subjects.events(reader.stream_id), self._on_event)
+            # The reader's history request goes out on another connection, so the server must
+            # have the SUB first: once the barrier returns, whatever is published after the
+            # history source answered reaches us live.
+            await natsio.barrier(self._nc)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            ready.exception()  # mark retrieved
+            self.detach(reader)
+            raise
+        ready.set_result(None)
+        channel.ready = None
 
     def detach(self, reader: Reader) -> None:
         """Forget a reader (it is closed); drop the stream's subscription when it was the last one."""
@@ -184,7 +196,8 @@ class Hub:
             return
         channel.readers.discard(reader)
         reader.close()
-        if channel.ready.done() and channel.ready.exception() is None:
+        ready = channel.ready
+        if ready is None or (ready.done() and ready.exception() is None):
             self._metrics.readers_open.dec()
         if not channel.readers:
             if channel.shared is not None:
