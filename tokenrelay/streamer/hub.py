@@ -299,8 +299,7 @@ class Hub:
         if kept is None:
             return
         whole = kept.whole and unbroken
-        reader.prefilled = True
-        now = self.clock()
+        events: list[ReceivedEvent] = []
         for seq, data in enumerate(kept.events):
             try:
                 event = codec.decode_received_event(data)
@@ -310,11 +309,19 @@ class Hub:
             if isinstance(event, UnknownEvent):
                 self._metrics.unknown_event(event.tag)
             whole = whole and event.seq == seq
+            events.append(event)
+        self._hand(reader, events, whole=whole)
+        self._metrics.reader_prefills.inc()
+
+    def _hand(self, reader: Reader, events: list[ReceivedEvent], *, whole: bool) -> None:
+        """Give a joining reader events from this streamer's memory, as one write; ``whole`` (every event from
+        ``seq`` 0 on, with every later one coming live): it is live at once and reads no history."""
+        reader.prefilled = True
+        now = self.clock()
+        for event in events:
             reader.deliver(event, now, notify=False)
         if whole:
             reader.caught_up()
-        self._metrics.reader_prefills.inc()
-        if whole:
             self._metrics.history_reads_skipped.inc()
         reader.ready()
 
@@ -329,7 +336,7 @@ class Hub:
             for channel in self._channels.values():
                 if channel.shared is not None:
                     channel.shared.end()
-        return self._inline and self._nc.is_connected
+        return self.live_outages() is not None
 
     def unseen(self, stream_id: str, created: int | None) -> bool:
         """Whether no ``start`` of ``stream_id`` went by here although it would have: it has not started yet, or its
@@ -382,14 +389,8 @@ class Hub:
             or shared.size * 2 > reader.buffer.max_buffered_bytes
         ):
             return
-        reader.prefilled = True
-        now = self.clock()
-        for event in shared.events:
-            reader.deliver(event, now, notify=False)
-        reader.caught_up()
+        self._hand(reader, shared.events, whole=True)
         self._metrics.shared_history_readers.inc()
-        self._metrics.history_reads_skipped.inc()
-        reader.ready()
 
     async def _heartbeat_loop(self) -> None:
         """One loop for every reader: pings for the idle, ``slow_consumer`` for writes stuck too long."""
