@@ -62,13 +62,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from bench.baselines.common import forwarder_processes, naive_relay
-from bench.stats import aligned, proc_cpu_s, write_json
+from bench.stats import aligned, proc_cpu_s, run_load, write_json
 from tokenrelay.loadtest.command import non_negative_float, positive_int
-from tokenrelay.loadtest.driver import run_loadtest
 from tokenrelay.loadtest.plan import DEFAULT_DRAIN_S, DEFAULT_SAMPLE_INTERVAL_S, LoadTestConfig, parse_int_mix
 from tokenrelay.loadtest.report import to_json
 from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
-from tokenrelay.runtime.service import EVENT_LOOPS, run_on_loop
+from tokenrelay.runtime.service import EVENT_LOOPS
 from tokenrelay.testing.procs import NatsServer, nats_server, system
 
 TARGETS = ("tokenrelay", "forwarder", "naive", "forwarder-post")
@@ -225,7 +224,7 @@ def measure(target: str, load: Load, broker: NatsServer, options: CompareOptions
         pid = deployment.broker_pid
         broker_before = (proc_cpu_s(pid) or 0.0) if pid is not None else 0.0
         config = load_config(deployment, load, options)
-        result = run_on_loop(run_loadtest(config, progress=None), event_loop=config.event_loop)
+        result = run_load(config)
         broker_cpu_s = (proc_cpu_s(pid) or 0.0) - broker_before if pid is not None else None
     return {
         "target": target,

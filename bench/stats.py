@@ -12,6 +12,11 @@ from typing import Any
 
 import orjson
 
+from tokenrelay.loadtest.driver import run_loadtest
+from tokenrelay.loadtest.plan import LoadTestConfig
+from tokenrelay.loadtest.result import RunResult
+from tokenrelay.runtime.service import run_on_loop
+
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PERCENTILES = (50, 95, 99)
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -89,3 +94,8 @@ def aligned(rows: Sequence[Sequence[str]]) -> str:
         rest = "  ".join(f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=True))
         out.append(f"{cells[0]:<{widths[0]}}  {rest}")
     return "\n".join(out)
+
+
+def run_load(config: LoadTestConfig) -> RunResult:
+    """One load test in this process, on the event loop ``config`` names, printing no progress."""
+    return run_on_loop(run_loadtest(config, progress=None), event_loop=config.event_loop)
