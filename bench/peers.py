@@ -45,14 +45,14 @@ import orjson
 from bench.peers_litellm import litellm_proxy
 from bench.peers_plot import run_date, ttft_plot
 from bench.peers_upstream import DEFAULT_INTERVAL_MS, DEFAULT_TOKENS, fake_upstream
-from bench.stats import aligned, write_json
+from bench.stats import aligned, run_load, write_json
 from tokenrelay.loadtest.apis import Api
 from tokenrelay.loadtest.command import non_negative_float, positive_int
-from tokenrelay.loadtest.driver import run_loadtest
 from tokenrelay.loadtest.plan import DEFAULT_DRAIN_S, LoadTestConfig, parse_int_mix
 from tokenrelay.loadtest.report import to_json
-from tokenrelay.runtime.service import EVENT_LOOPS, run_on_loop
+from tokenrelay.runtime.service import EVENT_LOOPS
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
+from tokenrelay.testing.synthetic import synthetic_args
 
 TARGETS = ("direct", "litellm", "tokenrelay-openai", "tokenrelay-native")
 BASELINE = "direct"
@@ -106,7 +106,7 @@ class Deployment:
 def deploy(target: str, concurrency: int, broker: NatsServer, options: PeersOptions) -> Iterator[Deployment]:
     """Start ``target`` (and the fake upstream it reads, if any); stop both afterwards."""
     if target == "tokenrelay-native":
-        with tokenrelay_system(broker, synthetic_args(options), concurrency) as sut:
+        with tokenrelay_system(broker, paced_runner_args(options), concurrency) as sut:
             yield Deployment(sut.gateway_url, Api.NATIVE)
         return
     if target not in TARGETS:
@@ -122,15 +122,11 @@ def deploy(target: str, concurrency: int, broker: NatsServer, options: PeersOpti
                 yield Deployment(sut.streamer_url, Api.OPENAI)
 
 
-def synthetic_args(options: PeersOptions) -> list[str]:
+def paced_runner_args(options: PeersOptions) -> list[str]:
     """A runner whose synthetic engine is paced as the fake upstream: first token at once, then ``tokens`` in all
     ``interval_ms`` apart."""
     tokens_per_s = 1000 / options.interval_ms if options.interval_ms else 0.0  # 0: as fast as it goes
-    return [
-        "--synthetic-ttft-ms", "0",
-        "--synthetic-tokens-per-s", f"{tokens_per_s:g}",
-        "--synthetic-length-tokens", str(options.tokens),
-    ]  # fmt: skip
+    return synthetic_args(tokens_per_s=tokens_per_s, length_tokens=options.tokens)
 
 
 def openai_engine_args(upstream_url: str) -> list[str]:
@@ -164,16 +160,16 @@ def load_config(deployment: Deployment, streams: int, options: PeersOptions) -> 
     )
 
 
-def run_load(config: LoadTestConfig) -> dict[str, Any]:
+def run_load_json(config: LoadTestConfig) -> dict[str, Any]:
     """Run one load test in this process; its JSON report."""
-    return to_json(run_on_loop(run_loadtest(config, progress=None), event_loop=config.event_loop))
+    return to_json(run_load(config))
 
 
 def measure(target: str, concurrency: int, broker: NatsServer, options: PeersOptions) -> dict[str, Any]:
     """Start ``target``, warm it, run ``concurrency`` streams at once against it, stop it; the load test's JSON."""
     with deploy(target, concurrency, broker, options) as deployment:
         run_load(load_config(deployment, WARMUP_STREAMS, options))
-        return run_load(load_config(deployment, concurrency, options))
+        return run_load_json(load_config(deployment, concurrency, options))
 
 
 def peers(

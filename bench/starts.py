@@ -40,16 +40,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from bench.stats import proc_cpu_s, write_json
+from bench.stats import proc_cpu_s, run_load, write_json
 from tokenrelay.loadtest.apis import Api
 from tokenrelay.loadtest.command import positive_int
-from tokenrelay.loadtest.driver import run_loadtest
 from tokenrelay.loadtest.plan import LoadTestConfig, parse_int_mix
 from tokenrelay.loadtest.report import to_json
-from tokenrelay.loadtest.result import RunResult
-from tokenrelay.runtime.service import run_on_loop
 from tokenrelay.testing.cluster import nats_cluster
 from tokenrelay.testing.procs import System, nats_server, system, wait_until
+from tokenrelay.testing.synthetic import synthetic_args
 
 ROLES = ("gateway", "streamer", "runner")
 """The Python processes (profiled with ``--profile``); nats-server is measured too."""
@@ -163,14 +161,10 @@ def top_functions(path: Path, sort: str, count: int = TOP_FUNCTIONS) -> str:
 # --- running -------------------------------------------------------------------------------------
 
 
-def synthetic_args(options: StartsOptions) -> list[str]:
+def runner_args(options: StartsOptions) -> list[str]:
     """A runner whose first token comes at once, then ``tokens`` in all at ``tokens_per_s``."""
-    return [
-        "--synthetic-ttft-ms", "0",
-        "--synthetic-tokens-per-s", f"{options.tokens_per_s:g}",
-        "--synthetic-length-tokens", str(options.tokens),
-        "--max-concurrency", str(RUNNER_CONCURRENCY),
-    ]  # fmt: skip
+    synthetic = synthetic_args(tokens_per_s=options.tokens_per_s, length_tokens=options.tokens)
+    return [*synthetic, "--max-concurrency", str(RUNNER_CONCURRENCY)]
 
 
 def load_config(sut: System, streams: int, options: StartsOptions) -> LoadTestConfig:
@@ -185,11 +179,6 @@ def load_config(sut: System, streams: int, options: StartsOptions) -> LoadTestCo
         max_tokens=parse_int_mix(str(options.tokens)),
         quiet=True,
     )
-
-
-def run_load(config: LoadTestConfig) -> RunResult:
-    """One load test in this process."""
-    return run_on_loop(run_loadtest(config, progress=None), event_loop=config.event_loop)
 
 
 def cpu_of(pids: Mapping[str, Sequence[int]]) -> dict[str, float]:
@@ -239,7 +228,7 @@ def starts(options: StartsOptions, *, progress: TextIO | None = None) -> dict[st
     out = progress if progress is not None else sys.stdout
     with broker(options.nats_nodes) as (nats_url, nats_pids), profiled_env(options.profile_dir) as env:
         gateway_args = ["--max-queued-streams", str(RUNNER_CONCURRENCY)]
-        with system(nats_url, runner_args=synthetic_args(options), gateway_args=gateway_args, env=env) as sut:
+        with system(nats_url, runner_args=runner_args(options), gateway_args=gateway_args, env=env) as sut:
             roles = {"gateway": sut.gateway.process.pid, "streamer": sut.streamer.process.pid}
             roles["runner"] = sut.runners[0].process.pid
             pids = {name: [pid] for name, pid in roles.items()} | {"nats-server": nats_pids}

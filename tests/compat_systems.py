@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from tests.helpers import STOPPED_TOKENS, synthetic_args
+from tests.helpers import STOPPED_TOKENS
 from tokenrelay.testing.procs import System, nats_server, system
+from tokenrelay.testing.synthetic import synthetic_args
 
 TOKENS_PER_S = 50
 LENGTH_TOKENS = 100_000  # the synthetic text's natural length at `long_texts`: no text ends before its max_tokens

@@ -26,14 +26,6 @@ such stream ends by itself first however slow the machine (slow CI runs let stre
 stop, the cut or the SIGTERM that the test was about)."""
 
 
-def synthetic_args(*, tokens_per_s: float, length_tokens: int, ttft_ms: float = 0) -> list[str]:
-    """Runner arguments: a synthetic engine at this pace whose texts end by themselves after ``length_tokens``."""
-    return [
-        *("--synthetic-tokens-per-s", str(tokens_per_s), "--synthetic-ttft-ms", str(ttft_ms)),
-        *("--synthetic-length-tokens", str(length_tokens)),
-    ]
-
-
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 """What ``asyncio.Runner`` makes its loop with (``None``: asyncio's own); the ``loop_factory`` fixture gives both."""
 

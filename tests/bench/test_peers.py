@@ -21,10 +21,10 @@ from bench.peers import (
     format_table,
     format_tables,
     options_from_args,
+    paced_runner_args,
     parser,
     peers,
     summarize,
-    synthetic_args,
 )
 from bench.peers_litellm import ensure_litellm, proxy_config, proxy_env
 from tokenrelay.testing.procs import NatsServer
@@ -122,7 +122,7 @@ def test_without_direct_a_table_has_no_ratios_and_shows_dashes() -> None:
 
 
 def test_the_synthetic_engine_is_paced_as_the_fake_upstream() -> None:
-    args = synthetic_args(PeersOptions(tokens=40, interval_ms=20))
+    args = paced_runner_args(PeersOptions(tokens=40, interval_ms=20))
 
     assert dict(zip(args[::2], args[1::2], strict=True)) == {
         "--synthetic-ttft-ms": "0",

@@ -39,13 +39,12 @@ from tests.e2e.test_deploy import (
     volumes,
 )
 from tests.e2e.test_nginx import nginx_binary
-from tests.helpers import synthetic_args
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.testing.cluster import NatsCluster, NatsNode, deployment_config, nats_cluster, rewrite
 from tokenrelay.testing.nginx import nginx_proxy
 from tokenrelay.testing.procs import system, wait_until
 from tokenrelay.testing.sse import read_stream
-from tokenrelay.testing.synthetic import expected_text
+from tokenrelay.testing.synthetic import expected_text, synthetic_args
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.cluster.yaml"

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.helpers import synthetic_args
 from tokenrelay.runner.engines.synthetic import completion_text, synthetic_tokens
 from tokenrelay.testing.fake_openai import FakeUpstream, served_in_thread
 from tokenrelay.testing.http import post
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
+from tokenrelay.testing.synthetic import synthetic_args
 
 LENGTH_TOKENS = 1000  # no text ends by itself before its max_tokens
 MAX_TOKENS_LIMIT = 64

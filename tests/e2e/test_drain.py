@@ -11,11 +11,10 @@ import signal
 import orjson
 from websockets.asyncio.client import connect
 
-from tests.helpers import synthetic_args
 from tokenrelay.testing.http import create_stream, get_json, metric
 from tokenrelay.testing.procs import NatsServer, Role, system
 from tokenrelay.testing.sse import read_stream
-from tokenrelay.testing.synthetic import expected_text
+from tokenrelay.testing.synthetic import expected_text, synthetic_args
 
 TOKENS_PER_S = 100
 RUNNER = synthetic_args(tokens_per_s=TOKENS_PER_S, length_tokens=100_000)

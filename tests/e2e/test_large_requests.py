@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.e2e.test_nats_security import ROLES, auth_config, configured_nats, role_credentials, violations
-from tests.helpers import eventually, synthetic_args
+from tests.helpers import eventually
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.natsauth import NatsSecurity
@@ -27,6 +27,7 @@ from tokenrelay.testing.fake_openai import served_in_thread
 from tokenrelay.testing.http import post
 from tokenrelay.testing.procs import NatsServer, System, start_role, stop_process, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import synthetic_args
 from tokenrelay.wire import subjects
 
 IMAGE_BYTES = 5_000_000

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.helpers import synthetic_args
 from tokenrelay.testing.fake_openai import FakeUpstream, served_in_thread
 from tokenrelay.testing.http import post
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import Stream, read_stream
-from tokenrelay.testing.synthetic import expected_text
+from tokenrelay.testing.synthetic import expected_text, synthetic_args
 
 LONG_TOKENS = 300
 """The synthetic texts' natural length: longer than the 256 tokens a request that set no limit used to get."""

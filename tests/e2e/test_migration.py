@@ -13,14 +13,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.test_drain import generating
-from tests.helpers import eventually, synthetic_args
+from tests.helpers import eventually
 from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.runtime import natsio
 from tokenrelay.testing.cluster import NatsCluster, nats_cluster
 from tokenrelay.testing.http import create_stream, get_json, metric
 from tokenrelay.testing.procs import NatsServer, Role, start_role, stop_process, system, wait_until
 from tokenrelay.testing.sse import Stream, read_stream
-from tokenrelay.testing.synthetic import expected_text
+from tokenrelay.testing.synthetic import expected_text, synthetic_args
 from tokenrelay.wire import codec, subjects
 from tokenrelay.wire.messages import StreamDelta, StreamEnd, StreamFence
 

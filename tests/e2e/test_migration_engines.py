@@ -19,12 +19,12 @@ import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from tests.e2e.test_drain import generating
-from tests.helpers import eventually, eventually_true, synthetic_args
+from tests.helpers import eventually, eventually_true
 from tokenrelay.testing.fake_openai import Answer, FakeUpstream, served_in_thread
 from tokenrelay.testing.http import create_stream, metric, post
 from tokenrelay.testing.procs import NatsServer, Role, System, system
 from tokenrelay.testing.sse import Event, Stream, read_stream
-from tokenrelay.testing.synthetic import expected_text
+from tokenrelay.testing.synthetic import expected_text, synthetic_args
 
 STALE = ["--runner-stale-after-s", "1"]
 """The runner is declared lost ~2 s after it went silent (1 s silent, 1 s more unanswered ping)."""

@@ -12,13 +12,13 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers import eventually, export_feedback, synthetic_args
+from tests.helpers import eventually, export_feedback
 from tokenrelay.cli.supervisor import free_port
 from tokenrelay.testing.cluster import NatsCluster, nats_cluster
 from tokenrelay.testing.http import create_stream, get_json, post
 from tokenrelay.testing.procs import System, system
 from tokenrelay.testing.sse import read_stream
-from tokenrelay.testing.synthetic import expected_text
+from tokenrelay.testing.synthetic import expected_text, synthetic_args
 
 RUNNER = synthetic_args(tokens_per_s=500, length_tokens=1000)
 

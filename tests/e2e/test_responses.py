@@ -14,10 +14,10 @@ import openai
 import pytest
 from openai.types.responses import FunctionToolParam, ResponseStreamEvent
 
-from tests.helpers import synthetic_args
 from tokenrelay.testing.fake_openai import Answer, FakeUpstream, served_in_thread
 from tokenrelay.testing.http import metric
 from tokenrelay.testing.procs import NatsServer, System, nats_server, stop_process, system
+from tokenrelay.testing.synthetic import synthetic_args
 
 ACME_KEY = "tr-acme-responses-0123456789"
 GLOBEX_KEY = "tr-globex-responses-987654321"

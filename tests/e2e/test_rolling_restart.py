@@ -15,13 +15,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests.e2e.test_nginx import nginx_binary
-from tests.helpers import synthetic_args
 from tokenrelay.cli.supervisor import free_port, http_ok
 from tokenrelay.client import Client
 from tokenrelay.testing.http import metric
 from tokenrelay.testing.nginx import nginx_proxy
 from tokenrelay.testing.procs import NatsServer, Role, start_role, stop_process, system, wait_until
-from tokenrelay.testing.synthetic import expected_text
+from tokenrelay.testing.synthetic import expected_text, synthetic_args
 from tokenrelay.wire.errors import TokenRelayError
 
 LENGTH_TOKENS = 100_000

@@ -19,11 +19,11 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from tests.helpers import synthetic_args
 from tokenrelay.testing.fake_openai import Answer, FakeUpstream, served_in_thread
 from tokenrelay.testing.http import post
 from tokenrelay.testing.procs import System, nats_server, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.testing.synthetic import synthetic_args
 
 MODEL = "weather-llm"
 """The model the upstream is asked for, which the relaying runner serves."""
