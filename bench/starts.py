@@ -241,6 +241,7 @@ def starts(options: StartsOptions, *, progress: TextIO | None = None) -> dict[st
                 print(f"burst {number}: {burst_line(bursts[-1])}", file=out, flush=True)
             profiles = collect_profiles(roles, options.profile_dir) if options.profile_dir is not None else {}
     summary = summarize(options, bursts)
+    summary["processes"] = {name: len(group) for name, group in pids.items()}
     summary["profiles"] = {role: str(path) for role, path in profiles.items()}
     return summary
 

@@ -35,4 +35,5 @@ def test_on_a_three_node_cluster_the_nats_column_sums_its_three_servers() -> Non
     assert result["options"]["nats_nodes"] == 3
     (only,) = result["bursts"]
     assert (only["completed"], only["errors"]) == (3, {})
-    assert only["cpu_s"]["nats-server"] > 0
+    # /proc counts CPU in 10 ms ticks: three starts may cost none of them, so the count of servers summed is asserted
+    assert result["processes"] == {"gateway": 1, "streamer": 1, "runner": 1, "nats-server": 3}
