@@ -170,8 +170,7 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        """Streams waiting for a runner (offered ones included), of every model; each model's count against
-        ``max_queued_streams``."""
+        """Streams waiting for a runner (offered ones included), of all models (each counts to its own limit)."""
         return len(self._waiting)
 
     def state_of(self, stream_id: str) -> DispatchState | None:
@@ -380,6 +379,10 @@ class Dispatcher:
     def live_runners(self, now: float) -> list[RunnerHeartbeat]:
         """Runners heard from within ``runner_stale_after_s``."""
         return self._runners.live(now)
+
+    def registered_runners(self) -> list[RunnerHeartbeat]:
+        """Runners not declared lost: the live ones and those whose heartbeats are late (still being asked)."""
+        return self._runners.registered()
 
     def runners_to_check(self, now: float) -> list[str]:
         """Silent runners to ping now (each once until :meth:`runner_checked`)."""

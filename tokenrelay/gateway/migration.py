@@ -230,9 +230,11 @@ class StreamMover:
         return MoveOutcome.ENDED
 
     def _someone_continues(self, model: str, continuation: Continuation) -> bool:
+        """Whether a runner not declared lost can take it: one whose heartbeat is late (a busy machine) is asked too,
+        as admission asks it; if none takes the offer, the stream is lost after the offer's deadline."""
         return any(
             model in beat.served_models() and can_continue(beat.continues, continuation)
-            for beat in self._dispatch.live_runners(time.monotonic())
+            for beat in self._dispatch.registered_runners()
         )
 
     async def _offer(self, job: JobRequest, lost_runner_id: str) -> str | None:

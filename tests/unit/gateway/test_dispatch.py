@@ -499,3 +499,15 @@ def test_streams_that_left_the_queue_are_remembered_up_to_a_bound_oldest_forgott
         d.offer_accepted(stream_id, "r1", now=0.1)
     assert [d.owner_of(s) for s in ("s1", "s2", "s3")] == [None, Owner("r1"), Owner("r1")]
     assert d.stop("s1", CancelReason.CLIENT, now=0.2) is None  # forgotten: its record says who owns it
+
+
+def test_a_runner_whose_heartbeat_is_late_is_still_registered_until_it_is_declared_lost() -> None:
+    d = dispatcher(runners=("r1", "r2"))
+    d.heartbeat(beat("r1"), now=0.0)
+    d.heartbeat(beat("r2"), now=STALE_S)
+    late = STALE_S + 0.5
+    assert [b.runner_id for b in d.live_runners(now=late)] == ["r2"]
+    assert sorted(b.runner_id for b in d.registered_runners()) == ["r1", "r2"]
+    d.runners_to_check(now=late)
+    assert d.runner_silent("r1", now=late + 1.0) is not None
+    assert [b.runner_id for b in d.registered_runners()] == ["r2"]
