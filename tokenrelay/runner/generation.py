@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from nats.aio.client import Client as NATS
 
@@ -428,6 +429,15 @@ class Generation:
         # with how long that was, so a streamer can tell its own lateness from the holding (runner/pace.py).
         held_s = now - held_since if held_since is not None else 0.0
         seq, index, ts, gen, fence = self._next_seq(), self._tokens, time.time() - held_s, self._gen, self._fence
+        if self._kept is None and not isinstance(block, int):
+            # The hot path: text or reasoning encoded from its fields, no message made (a stored response's
+            # events are kept as messages, below).
+            kind: Literal["delta", "reasoning"] = "delta" if block == TEXT else "reasoning"
+            data = codec.encode_text_delta(
+                kind, seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s, gen=gen, fence=fence
+            )
+            await self._send(seq, data)
+            return
         delta: StreamDelta | ReasoningDelta | ToolCallDelta
         if block == TEXT:
             delta = StreamDelta(
@@ -449,15 +459,19 @@ class Generation:
         return self._seq
 
     async def _publish(self, event: StreamEvent) -> None:
-        self._metrics.messages.inc()
         data = codec.encode(event)
+        if self._kept is not None:
+            await self._kept.add(event, data)
+        await self._send(event.seq, data)
+
+    async def _send(self, seq: int, data: bytes) -> None:
+        """Keep the encoded event ``seq`` for replays, then publish it."""
+        self._metrics.messages.inc()
         if self._replay_log is not None:
             # Kept before it is sent: a replay answered from now on includes it (a reader may see it twice, and
             # drops the copy by seq), so no event can be both missing from a replay and sent before the
             # reader subscribed.
-            self._replay_log.append(event.seq, data)
-        if self._kept is not None:
-            await self._kept.add(event, data)
+            self._replay_log.append(seq, data)
         await self._nc.publish(self._subject, data)
 
     def _keep_events(self) -> None:

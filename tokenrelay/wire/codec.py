@@ -94,6 +94,28 @@ def encode(message: m.Message) -> bytes:
     return orjson.dumps(message)
 
 
+def encode_text_delta(
+    kind: typing.Literal["delta", "reasoning"],
+    *,
+    seq: int,
+    text: str,
+    index: int,
+    count: int,
+    ts: float,
+    held_s: float,
+    gen: int,
+    fence: int,
+) -> bytes:
+    """The bytes :func:`encode` makes of a :class:`~tokenrelay.wire.messages.StreamDelta` (``kind`` ``delta``) or a
+    :class:`~tokenrelay.wire.messages.ReasoningDelta` (``reasoning``) of these fields, without making the message:
+    a runner's hot path, one per batch of tokens (a frozen dataclass costs a ``__setattr__`` per field)."""
+    fields = {
+        "type": kind, "seq": seq, "text": text, "index": index, "count": count, "ts": ts, "held_s": held_s,
+        "gen": gen, "fence": fence,
+    }  # fmt: skip
+    return orjson.dumps(fields)
+
+
 def decode(data: bytes | str) -> m.Message:
     """Parse any wire message; raise :class:`CodecError` if it is not one."""
     return _message(_loads(data))

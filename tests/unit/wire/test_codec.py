@@ -358,3 +358,21 @@ def test_params_that_are_not_a_json_object_are_refused() -> None:
     wire = codec.encode(_by_type("job")).replace(b'"params":{}', b'"params":[1]')
     with pytest.raises(CodecError, match="params"):
         codec.decode(wire)
+
+
+@pytest.mark.parametrize("kind", ["delta", "reasoning"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"text": " tok", "ts": 1796525004.9964433, "held_s": 6.088994268793613e-6, "gen": 0, "fence": 0},
+        {"text": ' \u65e5\u672c \U0001f469\u200d\U0001f4bb "q"\n', "ts": 1.0, "held_s": 0.0, "gen": 2, "fence": 41},
+        {"text": "", "ts": 0.5, "held_s": 1e-300, "gen": 1, "fence": 7},
+    ],
+)
+def test_a_text_delta_encoded_from_its_fields_is_byte_for_byte_the_encoded_message(
+    kind: str, fields: dict[str, Any]
+) -> None:
+    fields = {"seq": 12, "index": 11, "count": 3, **fields}
+    message = m.StreamDelta(**fields) if kind == "delta" else m.ReasoningDelta(**fields)
+    assert codec.encode_text_delta(kind, **fields) == codec.encode(message)  # type: ignore[arg-type]
+    assert codec.decode(codec.encode_text_delta(kind, **fields)) == message  # type: ignore[arg-type]
