@@ -192,6 +192,16 @@ def _loads(data: bytes | str) -> dict[str, Any]:
     return obj
 
 
+_new = object.__new__
+DELTA_FIELDS = ("type", "seq", "text", "index", "count", "ts", "held_s", "gen", "fence")
+"""A :class:`~tokenrelay.wire.messages.StreamDelta`'s fields in order (a spec holds them to the dataclass's)."""
+_DELTA_SETTERS: tuple[Callable[[m.StreamDelta, Any], None], ...] = tuple(
+    getattr(m.StreamDelta, name).__set__ for name in DELTA_FIELDS
+)
+"""Each field's slot setter: a checked delta is made field by field through them (0.55 µs) instead of the frozen
+dataclass's ``__init__``, which sets each field with ``object.__setattr__`` (2.1 µs)."""
+
+
 def _fast_delta(obj: dict[str, Any]) -> m.StreamDelta | None:
     """A well-formed delta without the generic schema walk (the streamer decodes one per token);
     ``None`` for anything else, which the generic path then accepts or rejects with its precise error."""
@@ -207,7 +217,18 @@ def _fast_delta(obj: dict[str, Any]) -> m.StreamDelta | None:
         and type(gen) is int
         and type(fence) is int
     ):
-        return m.StreamDelta(seq=seq, text=text, index=index, count=count, ts=ts, held_s=held_s, gen=gen, fence=fence)
+        delta = _new(m.StreamDelta)
+        set_type, set_seq, set_text, set_index, set_count, set_ts, set_held_s, set_gen, set_fence = _DELTA_SETTERS
+        set_type(delta, "delta")
+        set_seq(delta, seq)
+        set_text(delta, text)
+        set_index(delta, index)
+        set_count(delta, count)
+        set_ts(delta, ts)
+        set_held_s(delta, held_s)
+        set_gen(delta, gen)
+        set_fence(delta, fence)
+        return delta
     return None
 
 

@@ -376,3 +376,13 @@ def test_a_text_delta_encoded_from_its_fields_is_byte_for_byte_the_encoded_messa
     message = m.StreamDelta(**fields) if kind == "delta" else m.ReasoningDelta(**fields)
     assert codec.encode_text_delta(kind, **fields) == codec.encode(message)  # type: ignore[arg-type]
     assert codec.decode(codec.encode_text_delta(kind, **fields)) == message  # type: ignore[arg-type]
+
+
+def test_the_fast_delta_decoder_sets_exactly_the_fields_a_stream_delta_has() -> None:
+    assert tuple(f.name for f in dataclasses.fields(m.StreamDelta)) == codec.DELTA_FIELDS
+    data = b'{"type":"delta","seq":3,"text":"hi","index":2,"count":1,"ts":1.5,"held_s":0.25,"gen":1,"fence":2}'
+    decoded = codec.decode_event(data)
+    assert decoded == m.StreamDelta(seq=3, text="hi", index=2, count=1, ts=1.5, held_s=0.25, gen=1, fence=2)
+    assert hash(decoded) == hash(m.StreamDelta(seq=3, text="hi", index=2, count=1, ts=1.5, held_s=0.25, gen=1, fence=2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.seq = 4  # type: ignore[misc]
