@@ -13,7 +13,10 @@ Targets, each started fresh for every load and stopped after it, on one shared n
 * ``forwarder-post`` — the bare forwarder started at the ``POST`` (``--start-at post``), as tokenrelay
   starts a stream: the least tokenrelay's flow (a ``POST``, then a ``GET``, two NATS hops between
   them) can cost, so the floor of the first-token target (the forwarder's token lag is the floor of
-  the others); the relay process is the forwarder.
+  the others); the relay process is the forwarder;
+* ``forwarder-stored`` — the bare forwarder whose publisher has every frame kept in JetStream as tokenrelay keeps
+  its events (``--store``): what storing each token for replay adds (nats-server's CPU, mostly) with nothing else
+  tokenrelay does; the relay process is the forwarder.
 
 Every load is ``tokenrelay.loadtest`` run in this process (``run_loadtest``), with the same
 configuration for every target: no stops and no never-read readers (the baselines have no control
@@ -34,13 +37,13 @@ Scenarios (``--scenario``):
   one-token latency, its token lag at this load.
 
 Each round runs every scenario and, within it, every target in turn (tokenrelay, forwarder,
-naive, forwarder-post, then the next round). Ratios divide a target's figure by the forwarder's in
+naive, forwarder-post, forwarder-stored, then the next round). Ratios divide a target's figure by the forwarder's in
 the same round (the forwarder's own too where a row divides by another of its figures: its TTFT by
 its token lag); the table shows the median over rounds of each figure and of each ratio. Targets:
 active p99 token lag <= 3x the forwarder's, streamer CPU per token <= 1.5x the forwarder's,
 0 tokens lost or duplicated, first-token TTFT p50 <= 3x the forwarder's token lag p50. The naive
-relay's and forwarder-post's ratios are there for reference. Every round's raw load-test JSON per target and the
-summary go to ``bench/results/compare-<timestamp>.json``.
+relay's, forwarder-post's and forwarder-stored's ratios are there for reference. Every round's raw load-test JSON
+per target and the summary go to ``bench/results/compare-<timestamp>.json``.
 
     python -m bench.compare --runs 3
     python -m bench.compare --runs 1 --scenario active
@@ -70,7 +73,7 @@ from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
 from tokenrelay.runtime.service import EVENT_LOOPS
 from tokenrelay.testing.procs import NatsServer, nats_server, system
 
-TARGETS = ("tokenrelay", "forwarder", "naive", "forwarder-post")
+TARGETS = ("tokenrelay", "forwarder", "naive", "forwarder-post", "forwarder-stored")
 SCENARIOS = ("active", "first-token")
 BASELINE = "forwarder"
 """The target every ratio divides by."""
@@ -149,7 +152,7 @@ def deploy(target: str, load: Load, broker: NatsServer, options: CompareOptions)
     if target == "tokenrelay":
         with _tokenrelay(load, broker, options) as deployment:
             yield deployment
-    elif target in ("forwarder", "forwarder-post"):
+    elif target in ("forwarder", "forwarder-post", "forwarder-stored"):
         pacing = forwarder_processes(
             broker.url,
             ttft_ms=0,
@@ -157,6 +160,7 @@ def deploy(target: str, load: Load, broker: NatsServer, options: CompareOptions)
             step_ms=options.step_ms,
             event_loop=options.event_loop,
             start_at="post" if target == "forwarder-post" else "get",
+            store=target == "forwarder-stored",
         )
         with pacing as urls:
             processes = {"forwarder": urls.url, "publisher": urls.publisher_url}

@@ -71,8 +71,10 @@ def forwarder_processes(
     step_ms: float = DEFAULT_SYNTHETIC_STEP_MS,
     event_loop: str = "asyncio",
     start_at: str = "get",
+    store: bool = False,
 ) -> Iterator[ForwarderURLs]:
-    """:func:`forwarder`, yielding both processes' URLs (to sample the publisher's ``/metrics`` too)."""
+    """:func:`forwarder`, yielding both processes' URLs (to sample the publisher's ``/metrics`` too); ``store``: the
+    publisher keeps every frame in JetStream."""
     pacing = [
         "--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s), "--step-ms", str(step_ms),
         "--event-loop", event_loop,
@@ -80,7 +82,9 @@ def forwarder_processes(
     with tempfile.TemporaryDirectory(prefix="bench-forwarder-") as logs, contextlib.ExitStack() as stack:
         module = "bench.baselines.forwarder"
         publisher = stack.enter_context(
-            _process(module, ["--role", "publisher", "--nats-url", nats_url, *pacing], logs)
+            _process(
+                module, ["--role", "publisher", "--nats-url", nats_url, *pacing, *(["--store"] if store else [])], logs
+            )
         )
         forwarder = ["--role", "forwarder", "--nats-url", nats_url, "--event-loop", event_loop, "--start-at", start_at]
         url = stack.enter_context(_process(module, forwarder, logs))

@@ -22,6 +22,10 @@ flow of tokenrelay's native API can cost (a ``POST``, then a ``GET``, generation
 first, two NATS hops between them), with none of what tokenrelay adds: it is the floor of the
 first-token target, as the default mode is the floor of a token's lag.
 
+``--store`` (on the publisher; the ``forwarder-stored`` target) has every frame kept as it is published, in a
+JetStream stream declared as tokenrelay declares its events stream by default (in memory, the same age and byte
+bounds, direct gets allowed): what keeping each token for replay costs nats-server, with nothing reading it back.
+
 Deliberately left out, because each costs something tokenrelay pays: history (JetStream), resume,
 several readers per stream, coalescing, per-reader buffers and the slow-consumer policy (the only
 bound is nats-py's per-subscription pending limit), heartbeats, cancel on disconnect after a grace
@@ -48,6 +52,7 @@ from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js.api import DiscardPolicy, StreamConfig
 
 from bench.baselines import (
     DEFAULT_TOKENS_PER_S,
@@ -71,7 +76,8 @@ from bench.baselines import (
     stop_data,
 )
 from tokenrelay.runner.engines.steps import StepClock
-from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS
+from tokenrelay.runtime.config import DEFAULT_SYNTHETIC_STEP_MS, HistoryConfig
+from tokenrelay.runtime.natsio import storage_type
 from tokenrelay.runtime.service import run_role
 
 START_SUBJECT = "bench.start"
@@ -101,6 +107,20 @@ log = logging.getLogger("bench.baselines.forwarder")
 def stream_subject(stream_id: str) -> str:
     """Where a stream's frames are published."""
     return f"bench.stream.{stream_id}"
+
+
+STORED_FRAMES_STREAM = "BENCH_FRAMES"
+"""The JetStream stream that keeps every frame with ``--store``."""
+
+
+async def store_frames(nc: NatsClient) -> None:
+    """Declare :data:`STORED_FRAMES_STREAM` over every stream's frames, bounded as tokenrelay's events stream."""
+    history = HistoryConfig()
+    config = StreamConfig(
+        name=STORED_FRAMES_STREAM, subjects=[stream_subject("*")], storage=storage_type(history.storage),
+        max_age=history.ttl_s, max_bytes=history.max_bytes, discard=DiscardPolicy.OLD, allow_direct=True,
+    )  # fmt: skip
+    await nc.jetstream().add_stream(config)
 
 
 def stop_subject(stream_id: str) -> str:
@@ -185,6 +205,8 @@ class Publisher:
 async def run_publisher(args: argparse.Namespace) -> None:
     """The publisher process: NATS subscriptions, then ``/healthz`` and ``/metrics``."""
     nc = await nats.connect(args.nats_url)
+    if args.store:
+        await store_frames(nc)
     publisher = Publisher(nc, Pacing(args.ttft_ms, args.tokens_per_s, args.step_ms))
     await publisher.start()
     app = web.Application()
@@ -428,6 +450,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--start-at", choices=START_AT, default="get", help="forwarder: start a stream at its reader's GET or its POST"
+    )
+    parser.add_argument(
+        "--store", action="store_true", help="publisher: keep every frame in JetStream, as tokenrelay keeps events"
     )
     parser.add_argument("--log-level", default="WARNING")
     add_event_loop_argument(parser)

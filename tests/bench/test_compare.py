@@ -6,9 +6,13 @@ summary's shape and sanity, never its timings; the others feed the summary code 
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
+import nats
+
+from bench.baselines.forwarder import STORED_FRAMES_STREAM
 from bench.compare import ROWS, TARGETS, CompareOptions, Load, compare, format_table, peak_readers, summarize
 from tokenrelay.testing.procs import NatsServer
 
@@ -41,21 +45,32 @@ def test_compare_delivers_every_token_of_every_target_and_reports_finite_ratios(
         assert row["values"].keys() == set(TARGETS)
         if row["ratio_of"] is not None:
             own = {"forwarder"} if row["ratio_of"] != row["key"] else set()  # its TTFT over its lag: a ratio too
-            assert row["ratios"].keys() == {"tokenrelay", "naive", "forwarder-post"} | own
+            assert row["ratios"].keys() == {"tokenrelay", "naive", "forwarder-post", "forwarder-stored"} | own
             assert all(math.isfinite(r) and r > 0 for r in row["ratios"].values()), row
         if row["target"]:
             assert isinstance(row["met"], bool), row
         if row["key"] in ("lost_duplicated", "missing"):
             assert row["values"] == dict.fromkeys(TARGETS, 0), row
     assert len(format_table(summary).splitlines()) == 1 + len(summary["rows"])
+    # forwarder-stored kept every frame it published (each stream's start and stop are the forwarder's own)
+    stored_tokens = sum(load.expected_tokens for load in TINY.values())
+    assert asyncio.run(_stored_frames(nats.url)) >= stored_tokens
+
+
+async def _stored_frames(url: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(STORED_FRAMES_STREAM)
+        await nc.jetstream().delete_stream(STORED_FRAMES_STREAM)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
 
 
 def fake(target: str, *, lag_p99: float, relay_cpu_s: float, delivered: int = 1000) -> dict[str, Any]:
     """One measurement as :func:`bench.compare.measure` returns it, with only the figures these tests need."""
     latency = {"p50": 1.0, "p95": 2.0, "p99": lag_p99, "max": lag_p99, "n": delivered}
-    relay = {"tokenrelay": "streamer", "forwarder": "forwarder", "naive": "naive", "forwarder-post": "forwarder"}[
-        target
-    ]
+    relay = "streamer" if target == "tokenrelay" else "naive" if target == "naive" else "forwarder"
     return {
         "target": target,
         "processes": {relay: "http://relay"},
@@ -80,19 +95,28 @@ def test_compare_ratios_divide_by_the_forwarder_of_the_same_round_then_take_the_
     rounds = [
         {"active": {t: fake(t, lag_p99=lag[t], relay_cpu_s=0.01) for t in TARGETS}}
         for lag in (
-            {"tokenrelay": 10.0, "forwarder": 5.0, "naive": 1.0, "forwarder-post": 5.0},  # 2x
-            {"tokenrelay": 40.0, "forwarder": 10.0, "naive": 1.0, "forwarder-post": 10.0},  # 4x
-            {"tokenrelay": 3.0, "forwarder": 1.0, "naive": 1.0, "forwarder-post": 1.0},  # 3x
+            {"tokenrelay": 10.0, "forwarder": 5.0, "naive": 1.0, "forwarder-post": 5.0, "forwarder-stored": 5.0},  # 2x
+            {
+                "tokenrelay": 40.0,
+                "forwarder": 10.0,
+                "naive": 1.0,
+                "forwarder-post": 10.0,
+                "forwarder-stored": 20.0,
+            },  # 4x
+            {"tokenrelay": 3.0, "forwarder": 1.0, "naive": 1.0, "forwarder-post": 1.0, "forwarder-stored": 1.0},  # 3x
         )
     ]
 
     rows = {row["key"]: row for row in summarize(options, rounds)["rows"]}
 
-    assert rows["lag_p99"]["values"] == {"tokenrelay": 10.0, "forwarder": 5.0, "naive": 1.0, "forwarder-post": 5.0}
+    assert rows["lag_p99"]["values"] == {
+        "tokenrelay": 10.0, "forwarder": 5.0, "naive": 1.0, "forwarder-post": 5.0, "forwarder-stored": 5.0
+    }  # fmt: skip
+    assert rows["lag_p99"]["ratios"]["forwarder-stored"] == 1.0  # 1, 2, 1
     assert rows["lag_p99"]["ratios"]["tokenrelay"] == 3.0  # not 10 / 5
     assert rows["lag_p99"]["met"] is True
     assert rows["relay_cpu_us_per_token"]["values"]["tokenrelay"] == 10.0
-    assert rows["relay_cpu_us_per_token"]["ratios"] == {"tokenrelay": 1.0, "naive": 1.0, "forwarder-post": 1.0}
+    assert set(rows["relay_cpu_us_per_token"]["ratios"].values()) == {1.0}
     assert "forwarder" not in rows["lag_p99"]["ratios"]  # a figure over itself
     assert rows["missing"]["values"] == dict.fromkeys(TARGETS, 0.0)
     assert math.isnan(rows["nats_cpu_us_per_token"]["values"]["naive"])
@@ -101,7 +125,8 @@ def test_compare_ratios_divide_by_the_forwarder_of_the_same_round_then_take_the_
 def test_the_first_token_row_divides_every_ttft_by_the_forwarder_token_lag_its_own_included() -> None:
     options = CompareOptions(loads={"first-token": TINY["first-token"]}, runs=1)
     rounds = [{"first-token": {t: fake(t, lag_p99=1.0, relay_cpu_s=0.01) for t in TARGETS}}]
-    for target, ttft_p50 in {"tokenrelay": 4.0, "forwarder": 5.0, "naive": 2.0, "forwarder-post": 3.0}.items():
+    ttfts = {"tokenrelay": 4.0, "forwarder": 5.0, "naive": 2.0, "forwarder-post": 3.0, "forwarder-stored": 5.0}
+    for target, ttft_p50 in ttfts.items():
         report = rounds[0]["first-token"][target]["loadtest"]
         report["ttft_ms"] = {**report["ttft_ms"], "p50": ttft_p50}
     forwarder = rounds[0]["first-token"]["forwarder"]["loadtest"]
@@ -109,7 +134,9 @@ def test_the_first_token_row_divides_every_ttft_by_the_forwarder_token_lag_its_o
 
     row = {row["key"]: row for row in summarize(options, rounds)["rows"]}["ttft_p50"]
 
-    assert row["ratios"] == {"tokenrelay": 8.0, "forwarder": 10.0, "naive": 4.0, "forwarder-post": 6.0}
+    assert row["ratios"] == {
+        "tokenrelay": 8.0, "forwarder": 10.0, "naive": 4.0, "forwarder-post": 6.0, "forwarder-stored": 10.0
+    }  # fmt: skip
     assert row["met"] is False
     assert "forwarder-post ÷ fwd" in format_table(summarize(options, rounds)).splitlines()[0]
 
