@@ -1,6 +1,7 @@
 """tokenrelay against its baselines, driven by the same load in the same run, reported as ratios.
 
-Targets, each started fresh for every load and stopped after it, on one shared nats-server:
+Targets, each started fresh for every load and stopped after it, each on a nats-server of its own (started for
+that measurement: a shared one would spend the next measurement's CPU ageing out the last one's stored history):
 
 * ``tokenrelay`` — gateway, streamer and runner processes (synthetic engine, no TTFT delay, a
   natural text length past any ``max_tokens``, runner concurrency and gateway queue sized so
@@ -240,23 +241,31 @@ def measure(target: str, load: Load, broker: NatsServer, options: CompareOptions
     }
 
 
+@contextlib.contextmanager
+def _broker_for(shared: NatsServer | None) -> Iterator[NatsServer]:
+    """``shared``, or a nats-server started for one measurement."""
+    if shared is not None:
+        yield shared
+        return
+    with nats_server() as fresh:
+        yield fresh
+
+
 def compare(
     options: CompareOptions, *, broker: NatsServer | None = None, progress: TextIO | None = sys.stdout
 ) -> dict[str, Any]:
     """Run every round, scenario and target; the summary (every round's raw results, figures, table rows).
 
-    ``broker``: an already running nats-server to use (default: start one for the whole comparison).
+    ``broker``: an already running nats-server every measurement uses (default: a fresh one for each).
     """
-    if broker is None:
-        with nats_server() as started:
-            return compare(options, broker=started, progress=progress)
     rounds: list[dict[str, dict[str, dict[str, Any]]]] = []
     for number in range(1, options.runs + 1):
         measured: dict[str, dict[str, dict[str, Any]]] = {}
         for scenario, load in options.loads.items():
             measured[scenario] = {}
             for target in options.targets:
-                raw = measure(target, load, broker, options)
+                with _broker_for(broker) as used:
+                    raw = measure(target, load, used, options)
                 measured[scenario][target] = raw
                 if progress is not None:
                     print(
