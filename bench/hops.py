@@ -12,6 +12,10 @@ between this process and a peer process (``--role peer``) on the same event loop
 * **HTTP round trip**: an aiohttp request to the peer on a kept-alive connection and its answer (one more process
   on the way: the runner's request to the upstream).
 
+Then it starts a tokenrelay system (synthetic engine) on the same nats-server and reads native streams one at a time,
+timing each step with aiohttp's client tracing: the ``POST`` (its headers sent -> its answer), the ``GET`` (its
+headers sent -> the response's headers), the first delta after those, and TTFT; each next to the hops it crosses.
+
 From the medians it adds up the hops on each API's first-token critical path beyond what ``direct`` (the client's own
 request to the upstream) crosses (:data:`PATHS`): the least TTFT that path can add on this machine however cheap each
 process's own work is.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import statistics
 import subprocess
 import sys
@@ -42,7 +47,8 @@ from nats.aio.msg import Msg
 from bench.stats import percentile, write_json
 from tokenrelay.cli.ports import free_port
 from tokenrelay.runtime.service import run_on_loop
-from tokenrelay.testing.procs import nats_server
+from tokenrelay.testing.procs import nats_server, system
+from tokenrelay.testing.synthetic import synthetic_args
 
 REQUEST_SUBJECT = "bench.hops.request"
 ONE_WAY_SUBJECT = "bench.hops.one-way"
@@ -66,6 +72,14 @@ PATHS: dict[str, tuple[tuple[str, int], ...]] = {
     "OpenAI API": (("http_round_trip", 1), ("nats_one_way", 3)),
 }
 """The hops on each API's first-token critical path beyond direct's, each with how many times it is crossed."""
+NATIVE_STEPS = ("post", "get_headers", "first_delta", "ttft")
+"""What is timed of each native stream (ms): POST answered, GET's headers, first delta after them, the whole."""
+NATIVE_STEP_HOPS: dict[str, tuple[tuple[str, int], ...]] = {
+    "post": (("http_round_trip", 1), ("kv_write", 1)),  # answered once the record is stored
+    "get_headers": (("http_round_trip", 1),),  # no NATS on the way when the stream's start was seen
+}
+NATIVE_TOKENS = 5
+NATIVE_TOKENS_PER_S = 1000.0
 
 
 # --- the peer process ----------------------------------------------------------------------------
@@ -151,23 +165,68 @@ async def measure(nats_url: str, http_url: str, samples: int) -> dict[str, list[
         await nc.close()
 
 
+async def native_steps(gateway_url: str, samples: int) -> dict[str, list[float]]:
+    """Native streams one at a time, each read to its end on kept-alive connections: each step's ms."""
+    marks: dict[str, float] = {}
+    trace = aiohttp.TraceConfig()
+
+    async def headers_sent(*_: object) -> None:
+        marks["sent"] = time.perf_counter()
+
+    async def answered(*_: object) -> None:
+        marks["answered"] = time.perf_counter()
+
+    trace.on_request_headers_sent.append(headers_sent)
+    trace.on_request_end.append(answered)
+    out: dict[str, list[float]] = {step: [] for step in NATIVE_STEPS}
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+    async with aiohttp.ClientSession(trace_configs=[trace], timeout=timeout) as session:
+        for number in range(WARMUP_SAMPLES + samples):
+            started = time.perf_counter()
+            body = {"prompt": "hops", "max_tokens": NATIVE_TOKENS}
+            async with session.post(f"{gateway_url}/v1/streams", json=body) as response:
+                created = await response.json()
+            post = marks["answered"] - marks["sent"]
+            first = math.nan
+            async with session.get(created["events_url"]) as response:
+                get, headers_at = marks["answered"] - marks["sent"], marks["answered"]
+                async for line in response.content:
+                    if math.isnan(first) and line.startswith(b"event: delta"):
+                        first = time.perf_counter()
+            if number >= WARMUP_SAMPLES:
+                for step, seconds in zip(NATIVE_STEPS, (post, get, first - headers_at, first - started), strict=True):
+                    out[step].append(seconds * 1e3)
+            await asyncio.sleep(SPACING_S)
+    return out
+
+
 def floors(medians: dict[str, float]) -> dict[str, float]:
     """The least each API's first token can add over direct: its hops' medians summed (ms)."""
     return {path: sum(medians[hop] * times for hop, times in hops) for path, hops in PATHS.items()}
 
 
-def summarize(hops: dict[str, list[float]], *, samples: int) -> dict[str, Any]:
-    """Each hop's p10/p50/p90 and the paths' floors from the medians."""
-    figures = {
-        name: {"p10": percentile(values, 10), "p50": statistics.median(values), "p90": percentile(values, 90)}
-        for name, values in hops.items()
-    }
-    return {
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"p10": percentile(values, 10), "p50": statistics.median(values), "p90": percentile(values, 90)}
+
+
+def summarize(
+    hops: dict[str, list[float]], *, samples: int, native: dict[str, list[float]] | None = None
+) -> dict[str, Any]:
+    """Each hop's p10/p50/p90 and the paths' floors from the medians; each native step's, beside its hops'."""
+    figures = {name: _spread(values) for name, values in hops.items()}
+    medians = {name: figure["p50"] for name, figure in figures.items()}
+    summary: dict[str, Any] = {
         "samples": samples,
         "hops_ms": figures,
         "paths": {path: [{"hop": hop, "times": times} for hop, times in PATHS[path]] for path in PATHS},
-        "floor_ms": floors({name: figure["p50"] for name, figure in figures.items()}),
+        "floor_ms": floors(medians),
     }
+    if native is not None:
+        summary["native_ms"] = {step: _spread(values) for step, values in native.items()}
+        summary["native_hops_ms"] = {
+            step: sum(medians[hop] * times for hop, times in step_hops) for step, step_hops in NATIVE_STEP_HOPS.items()
+        }
+    return summary
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -178,6 +237,12 @@ def format_table(summary: dict[str, Any]) -> str:
     for path, floor in summary["floor_ms"].items():
         parts = " + ".join(f"{t} x {hop}" for hop, t in PATHS[path])
         lines.append(f"first token over direct, {path}: at least {floor:.2f} ms ({parts})")
+    if "native_ms" in summary:
+        lines += ["", f"{'native stream, one at a time (ms)':<36}{'p10':>8}{'p50':>8}{'p90':>8}{'its hops':>10}"]
+        for step, f in summary["native_ms"].items():
+            hops = summary["native_hops_ms"].get(step)
+            shown = f"{hops:>10.3f}" if hops is not None else f"{'':>10}"
+            lines.append(f"{step:<36}{f['p10']:>8.3f}{f['p50']:>8.3f}{f['p90']:>8.3f}{shown}")
     return "\n".join(lines)
 
 
@@ -198,12 +263,15 @@ def peer_process(nats_url: str, port: int) -> Any:
 
 
 def run(samples: int) -> dict[str, Any]:
-    """Start nats-server and the peer, measure every hop, summarize."""
+    """Start nats-server and the peer, measure every hop; then a tokenrelay system's native steps; summarize."""
+    runner = synthetic_args(tokens_per_s=NATIVE_TOKENS_PER_S, length_tokens=NATIVE_TOKENS)
     with nats_server() as server:
         port = free_port()
         with peer_process(server.url, port):
             hops = run_on_loop(measure(server.url, f"http://127.0.0.1:{port}", samples))
-    return summarize(hops, samples=samples)
+        with system(server.url, runner_args=runner) as sut:
+            native = run_on_loop(native_steps(sut.gateway_url, samples))
+    return summarize(hops, samples=samples, native=native)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
