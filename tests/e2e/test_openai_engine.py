@@ -10,10 +10,13 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.helpers import eventually_true
+from tokenrelay.runner.engines import GenerationRequest
+from tokenrelay.runner.engines.openai import OpenAIEngine
 from tokenrelay.testing.fake_openai import FakeUpstream, served_in_thread
 from tokenrelay.testing.http import create_stream, post, wait_finished
 from tokenrelay.testing.procs import NatsServer, System, nats_server, system
 from tokenrelay.testing.sse import read_stream
+from tokenrelay.wire.content import ChatMessage
 
 WORDS = ["Hé", "llo", " 日本", "語", " 🚀", " ok", *[f" w{i}" for i in range(400)]]
 
@@ -36,7 +39,7 @@ def sut(nats: NatsServer, upstream: FakeUpstream) -> Iterator[System]:
 def reset(upstream: FakeUpstream) -> None:
     upstream.status, upstream.words, upstream.stall_after, upstream.usage_prompt_tokens = 200, WORDS, None, None
     upstream.reasoning, upstream.reasoning_field, upstream.tool_fragments = [], "reasoning_content", []
-    upstream.finish_reason = None
+    upstream.finish_reason, upstream.end_after_done_s = None, 0.0
 
 
 TOOL_FRAGMENTS = [
@@ -125,6 +128,22 @@ async def test_the_prompt_count_of_an_upstream_usage_chunk_ends_the_stream(sut: 
     stream = await read_stream(created["events_url"])
     assert stream.text == "Héllo 日本語 🚀 ok"
     assert stream.terminal.json()["prompt_tokens"] == 17
+
+
+async def test_a_stream_read_to_its_end_leaves_its_upstream_connection_to_the_next(upstream: FakeUpstream) -> None:
+    upstream.words, upstream.end_after_done_s = WORDS[:3], 0.05  # the body's end comes after the stream's end
+    engine = OpenAIEngine(base_url=upstream.url, model="fake-model")
+    request = GenerationRequest(
+        stream_id="s", model="m", messages=(ChatMessage(role="user", content="hi"),), max_tokens=50
+    )
+    try:
+        for _ in range(2):
+            assert "".join([str(piece) async for piece in engine.stream(request)]) == "".join(WORDS[:3])
+            await eventually_true(lambda: engine.connections_settling == 0, what="the body's end, its connection kept")
+    finally:
+        await engine.aclose()
+    first, second = upstream.calls[-2:]
+    assert first.peer == second.peer != ""  # one TCP connection: the second stream opened none
 
 
 async def test_stop_closes_the_upstream_request_before_the_stopped_reply(sut: System, upstream: FakeUpstream) -> None:

@@ -33,6 +33,8 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     path: str = "/v1/chat/completions"
     """The route it came to (``/v1/completions`` for a text completion)."""
+    peer: str = ""
+    """The client's address and port: calls with the same one came over the same kept-alive connection."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class FakeUpstream:
     answer: Callable[[dict[str, object]], Answer] | None = None
     """When set, what to stream for a request is this function of its body (instead of ``words``, ``reasoning``,
     ``tool_fragments`` and ``finish_reason``): a multi-turn conversation gets the answer its turn calls for."""
+    end_after_done_s: float = 0.0
+    """A pause between ``data: [DONE]`` and the end of the body (as a server that ends its response in a write of
+    its own may make it arrive later)."""
     calls: list[Call] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -91,7 +96,7 @@ class FakeUpstream:
         return Answer(self.words, self.reasoning, self.tool_fragments, self.finish_reason)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        call = Call(orjson.loads(await request.read()), headers=dict(request.headers))
+        call = Call(orjson.loads(await request.read()), headers=dict(request.headers), peer=_peer(request))
         self.calls.append(call)
         if self.status != 200:
             return web.json_response({"error": {"message": "upstream says no"}}, status=self.status)
@@ -120,6 +125,8 @@ class FakeUpstream:
                 await response.write(b"data: " + orjson.dumps({"id": "c1", "choices": [], "usage": usage}) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
             call.finished = True
+            if self.end_after_done_s:
+                await asyncio.sleep(self.end_after_done_s)
         except (asyncio.CancelledError, ConnectionResetError):
             call.disconnected_at = time.monotonic()
             raise
@@ -128,7 +135,8 @@ class FakeUpstream:
     async def _text_completions(self, request: web.Request) -> web.StreamResponse:
         """``/v1/completions``: records the body and streams ``words`` as ``text_completion`` chunks
         (``choices[0].text``), then the finish reason and usage when set."""
-        call = Call(orjson.loads(await request.read()), headers=dict(request.headers), path=request.path)
+        body = orjson.loads(await request.read())
+        call = Call(body, headers=dict(request.headers), path=request.path, peer=_peer(request))
         self.calls.append(call)
         if self.status != 200:
             return web.json_response({"error": {"message": "upstream says no"}}, status=self.status)
@@ -175,3 +183,9 @@ def served_in_thread(server: S, *, timeout_s: float = 10.0) -> Iterator[S]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout_s)
+
+
+def _peer(request: web.Request) -> str:
+    """``host:port`` of the request's client connection."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""

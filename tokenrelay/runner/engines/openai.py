@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_READ_TIMEOUT_S = 60.0
 MAX_ERROR_BODY_CHARS = 300
+REUSE_WAIT_S = 1.0
+"""How long a stream read to its ``[DONE]`` waits for the rest of its body (the chunked end) before its connection
+goes back to the pool; past it the connection is closed."""
+MAX_REUSE_TAIL_BYTES = 64 * 1024
+"""What may follow ``[DONE]`` in a body whose connection is kept; more than this and the connection is closed."""
 _DATA = "data:"
 
 
@@ -83,6 +88,8 @@ class OpenAIEngine:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s, sock_read=read_timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._reusing: set[asyncio.Task[None]] = set()
+        """Streams read to their ``[DONE]`` whose body's end is awaited before their connection is kept."""
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -124,19 +131,55 @@ class OpenAIEngine:
             raise EngineError(str(ErrorCode.UPSTREAM_UNAVAILABLE), f"cannot reach the upstream: {exc}") from None
         except TimeoutError:
             raise EngineError(str(ErrorCode.UPSTREAM_TIMEOUT), "the upstream did not accept the connection") from None
+        whole = False
         try:
             if response.status != 200:
                 body = (await response.text(errors="replace"))[:MAX_ERROR_BODY_CHARS]
                 raise EngineError(str(ErrorCode.UPSTREAM_ERROR), f"the upstream answered {response.status}: {body}")
             async for piece in self._pieces(response, request):
                 yield piece
+            whole = True
         except TimeoutError:
             raise EngineError(str(ErrorCode.UPSTREAM_TIMEOUT), "the upstream stopped sending") from None
         except aiohttp.ClientPayloadError as exc:
             raise EngineError(str(ErrorCode.UPSTREAM_ERROR), f"the upstream stream broke: {exc}") from None
         finally:
-            # Closing (not releasing) drops the TCP connection now, even mid-body: the upstream sees
-            # its client go away and stops generating.  Runs on cancel, on max_tokens and on errors.
+            if whole:
+                self._keep(response)
+            else:
+                # Closing (not releasing) drops the TCP connection now, even mid-body: the upstream sees
+                # its client go away and stops generating.  Runs on cancel, on max_tokens and on errors.
+                response.close()
+
+    @property
+    def connections_settling(self) -> int:
+        """Connections of streams read to their ``[DONE]`` that wait for their body's end before they are kept."""
+        return len(self._reusing)
+
+    def _keep(self, response: aiohttp.ClientResponse) -> None:
+        """A stream read to its ``[DONE]`` (or its end): its connection goes back to the pool for the next stream,
+        which then opens none (a TCP handshake and a connection set up on both ends, on every stream before)."""
+        if response.content.at_eof():
+            response.release()
+            return
+        task = asyncio.create_task(self._keep_at_eof(response), name="upstream-keep")
+        self._reusing.add(task)
+        task.add_done_callback(self._reusing.discard)
+
+    async def _keep_at_eof(self, response: aiohttp.ClientResponse) -> None:
+        """Wait (beside the stream's end event, not before it) for the body's end, then keep the connection; close
+        it if the end does not come within :data:`REUSE_WAIT_S` or more than :data:`MAX_REUSE_TAIL_BYTES` come."""
+        tail = 0
+        try:
+            async with asyncio.timeout(REUSE_WAIT_S):
+                while tail <= MAX_REUSE_TAIL_BYTES and (chunk := await response.content.readany()):
+                    tail += len(chunk)
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            response.close()
+            return
+        if response.content.at_eof():
+            response.release()
+        else:
             response.close()
 
     async def _pieces(self, response: aiohttp.ClientResponse, request: GenerationRequest) -> AsyncIterator[Piece]:
@@ -152,7 +195,9 @@ class OpenAIEngine:
                     yield piece
 
     async def aclose(self) -> None:
-        """Close the HTTP session."""
+        """Close the HTTP session (connections still awaiting their body's end first)."""
+        for task in list(self._reusing):
+            task.cancel()
         if self._session is not None:
             await self._session.close()
             await asyncio.sleep(0)
