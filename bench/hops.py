@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -200,9 +200,14 @@ async def native_steps(gateway_url: str, samples: int) -> dict[str, list[float]]
     return out
 
 
+def crossing(medians: dict[str, float], hops: tuple[tuple[str, int], ...]) -> float:
+    """What crossing ``hops`` (each so many times) costs at these hop medians (ms)."""
+    return sum(medians[hop] * times for hop, times in hops)
+
+
 def floors(medians: dict[str, float]) -> dict[str, float]:
     """The least each API's first token can add over direct: its hops' medians summed (ms)."""
-    return {path: sum(medians[hop] * times for hop, times in hops) for path, hops in PATHS.items()}
+    return {path: crossing(medians, hops) for path, hops in PATHS.items()}
 
 
 def _spread(values: Sequence[float]) -> dict[str, float]:
@@ -223,9 +228,7 @@ def summarize(
     }
     if native is not None:
         summary["native_ms"] = {step: _spread(values) for step, values in native.items()}
-        summary["native_hops_ms"] = {
-            step: sum(medians[hop] * times for hop, times in step_hops) for step, step_hops in NATIVE_STEP_HOPS.items()
-        }
+        summary["native_hops_ms"] = {step: crossing(medians, step_hops) for step, step_hops in NATIVE_STEP_HOPS.items()}
     return summary
 
 
@@ -247,7 +250,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def peer_process(nats_url: str, port: int) -> Any:
+def peer_process(nats_url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.hops", "--role", "peer", "--nats-url", nats_url, "--port", str(port)],
         stdout=subprocess.PIPE,
