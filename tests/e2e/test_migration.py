@@ -18,6 +18,7 @@ from tokenrelay.cli.supervisor import http_ok
 from tokenrelay.runtime import natsio
 from tokenrelay.testing.cluster import NatsCluster, nats_cluster
 from tokenrelay.testing.http import create_stream, get_json, metric
+from tokenrelay.testing.offers import OfferLog
 from tokenrelay.testing.procs import NatsServer, Role, start_role, stop_process, system, wait_until
 from tokenrelay.testing.sse import Stream, read_stream
 from tokenrelay.testing.synthetic import expected_text, synthetic_args
@@ -110,6 +111,7 @@ def test_a_paused_runner_that_wakes_after_its_stream_moved_adds_no_token_to_it(c
     with system(cluster.url, runner_args=RUNNER, runners=2, gateway_args=STALE) as sut:
 
         async def main() -> None:
+            offers = await OfferLog.watching(sut.nats_url)
             created = await create_stream(sut.gateway_url, "fence me", max_tokens=STREAM_TOKENS)
             reading = asyncio.create_task(read_stream(created["events_url"]))
             owner = await generating(sut.runners)
@@ -129,6 +131,11 @@ def test_a_paused_runner_that_wakes_after_its_stream_moved_adds_no_token_to_it(c
                 lambda: metric(owner.url, "tokenrelay_runner_active_streams"), lambda n: n == 0, what="its cancel"
             )
             assert await metric(sut.gateway_url, "tokenrelay_gateway_runners_returned_total") == 1
+            offered = offers.of(created["id"])
+            await offers.close()
+            assert [job.continuation for job in offered.group] == [None], "the continuation went to the queue group"
+            assert len(offered.addressed) == 1, f"the continuation was offered to the paused runner: {offered}"
+            assert all(job.continuation is not None for jobs in offered.addressed.values() for job in jobs)
             void = await published_past_the_fence(sut.nats_url, created["id"])
             assert void > 0, "the woken runner published nothing past the cut-off: nothing was fenced"
             late = await read_stream(created["events_url"])  # the history holds what it published after waking

@@ -11,7 +11,9 @@ runner lost tries to move its streams; the record's compare-and-set lets exactly
 3. no live runner of its model can continue it (``RunnerHeartbeat.continues``): ``runner_lost``;
 4. the cut-off is recorded (the record's ``generation``, by compare-and-set) *before* anyone continues, then
    announced on the stream's subject (:class:`~tokenrelay.wire.messages.StreamFence`), then the continuation is
-   offered to the model's runners until one takes it, within ``migration_timeout_s`` (else ``runner_lost``).
+   offered to each runner that can take it, addressed to that runner (``tokenrelay.runner.<id>.jobs``: the lost
+   runner may be paused and still in the model's queue group), until one takes it, within ``migration_timeout_s``
+   (else ``runner_lost``).
 
 A stop of the stream is routed to the new owner (the dispatcher is told), and a superseded owner that wakes up is
 cancelled when its heartbeat lists the stream (``gateway/lost_runners.py``); whatever it publishes meanwhile is void
@@ -33,6 +35,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from tokenrelay.gateway import ROLE
+from tokenrelay.gateway.addressing import QUEUE_GROUP, offer_order
 from tokenrelay.gateway.dispatch import OFFER_TAKE_FRACTION, Dispatcher
 from tokenrelay.gateway.moves import Broken, Continue, Ended, can_continue, plan_move
 from tokenrelay.gateway.states import Owner
@@ -238,32 +241,47 @@ class StreamMover:
         )
 
     async def _offer(self, job: JobRequest, lost_runner_id: str) -> str | None:
-        """Offer the continuation until a runner takes it (its id) or ``migration_timeout_s`` passes (``None``)."""
+        """Offer the continuation to each runner that can take it (:func:`~tokenrelay.gateway.addressing.offer_order`),
+        round after round, until one takes it (its id) or ``migration_timeout_s`` passes (``None``)."""
+        assert job.continuation is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         wait_s = OFFER_WAIT_FIRST_S
-        subject = subjects.jobs(job.model)
         while True:
-            sent = replace(job, answer_by=time.time() + OFFER_TAKE_FRACTION * self._offer_timeout_s)
-            reply: Message | None
-            try:
-                msg = await self._nc.request(subject, codec.encode(sent), timeout=self._offer_timeout_s)
-                reply = codec.decode(msg.data)
-            except NatsTimeout:
-                reply = await self._holder(job.stream_id)  # taken, but its answer was late?
-            except (NoRespondersError, CodecError):
-                reply = None
-            if (
-                isinstance(reply, JobAccepted)
-                and reply.stream_id == job.stream_id
-                and reply.runner_id != lost_runner_id
-            ):
-                return reply.runner_id
+            order = offer_order(
+                self._dispatch.registered_runners(),
+                model=job.model,
+                continuation=job.continuation,
+                leave_out=lost_runner_id,
+                live={beat.runner_id for beat in self._dispatch.live_runners(time.monotonic())},
+            )
+            for runner_id in order or [QUEUE_GROUP]:
+                subject = subjects.jobs(job.model) if runner_id is QUEUE_GROUP else subjects.runner_jobs(runner_id)
+                taker = await self._offer_once(subject, job)
+                if taker is not None and taker != lost_runner_id:
+                    return taker
+                if loop.time() >= deadline:
+                    return None
             left_s = deadline - loop.time()
             if left_s <= 0:
                 return None
             await asyncio.sleep(min(wait_s, left_s))
             wait_s = min(2 * wait_s, OFFER_WAIT_MAX_S)
+
+    async def _offer_once(self, subject: str, job: JobRequest) -> str | None:
+        """Offer the continuation on ``subject`` once: the id of the runner that took it, or ``None``."""
+        sent = replace(job, answer_by=time.time() + OFFER_TAKE_FRACTION * self._offer_timeout_s)
+        reply: Message | None
+        try:
+            msg = await self._nc.request(subject, codec.encode(sent), timeout=self._offer_timeout_s)
+            reply = codec.decode(msg.data)
+        except NatsTimeout:
+            reply = await self._holder(job.stream_id)  # taken, but its answer was late?
+        except (NoRespondersError, CodecError):
+            reply = None
+        if isinstance(reply, JobAccepted) and reply.stream_id == job.stream_id:
+            return reply.runner_id
+        return None
 
     async def _holder(self, stream_id: str) -> JobAccepted | None:
         """The runner that says it generates the stream, asked once an unanswered offer can no longer be taken."""

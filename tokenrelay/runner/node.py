@@ -158,6 +158,9 @@ class Runner:
             subject = subjects.jobs(model)
             sub = await self._nc.subscribe(subject, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job)
             self._job_subs.append(sub)
+        # Offers addressed to this runner alone (a moved stream's continuation): a gateway moving a stream off a
+        # paused runner must not offer it through a queue group the paused runner is still a member of.
+        self._job_subs.append(await self._nc.subscribe(subjects.runner_jobs(self.runner_id), cb=self._on_job))
         self._subs.append(await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel))
         self._subs.append(await self._nc.subscribe(subjects.runner_ping(self.runner_id), cb=self._on_ping))
         self._subs.append(await self._nc.subscribe(subjects.HOLDERS_WILDCARD, cb=self._on_holders))
@@ -235,6 +238,12 @@ class Runner:
             # The gateway stopped waiting for this answer (this runner was too busy to read the offer in time) and
             # may offer the stream again: taking it now could make two runners generate it.  No answer at all.
             self.metrics.jobs_stale.inc()
+            return
+        if job.model not in self.models:  # addressed to this runner by a gateway that took it for another one
+            reply = JobRejected(
+                stream_id=job.stream_id, code=str(ErrorCode.MODEL_NOT_FOUND), message="not a model of this runner"
+            )
+            await msg.respond(codec.encode(reply))
             return
         if self.draining:  # an offer sent before the server had this runner's unsubscribe: another runner takes it
             reply = JobRejected(stream_id=job.stream_id, code=str(ErrorCode.SHUTTING_DOWN), message="draining")

@@ -180,6 +180,11 @@ def runner_cancel(runner_id: str) -> str:
     return f"tokenrelay.runner.{_node(runner_id)}.cancel"
 
 
+def runner_jobs(runner_id: str) -> str:
+    """The subject one runner takes jobs addressed to it on (a moved stream's continuation is offered there)."""
+    return f"tokenrelay.runner.{_node(runner_id)}.jobs"
+
+
 def runner_ping(runner_id: str) -> str:
     """The subject one runner answers "are you alive?" on (with its heartbeat)."""
     return f"tokenrelay.runner.{_node(runner_id)}.ping"

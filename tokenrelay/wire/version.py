@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-PROTOCOL_VERSION = 3
-"""The wire protocol this code speaks (2: typed content; 3: jobs may carry a raw ``prompt``), sent as ``v`` on
+PROTOCOL_VERSION = 4
+"""The wire protocol this code speaks (2: typed content; 3: jobs may carry a raw ``prompt``; 4: a runner takes jobs
+addressed to it on ``tokenrelay.runner.<id>.jobs``), sent as ``v`` on
 :class:`JobRequest`,
 :class:`StreamStart`, :class:`RunnerHeartbeat` and :class:`StartRequest`.  A message without ``v`` comes from a
 process older than the field: it decodes as version 1 (:data:`WHEN_ABSENT`)."""

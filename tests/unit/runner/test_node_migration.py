@@ -1,11 +1,13 @@
 """Spec of a runner's node with moved streams: it refuses a continuation its engine cannot continue, announces what
-it can, and cancels a stream it finds a newer generation owns, serving its history no more (in-memory broker and
-bucket, an engine that waits for ever without sleeping)."""
+it can, takes offers addressed to it alone, refuses a model it does not serve, and cancels a stream it finds a newer
+generation owns, serving its history no more (in-memory broker and bucket, an engine that waits for ever without
+sleeping)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from tests.unit.runner.fakes import FakeKV, FakeMsg, FakeNats
 from tokenrelay.runner.engines import GenerationRequest, Piece
@@ -88,6 +90,24 @@ async def test_a_text_only_runner_refuses_a_continuation_of_reasoning_or_tool_ca
     node, _ = runner(Continues.TEXT)
     answer = await offer(node, job(Continuation(gen=1, seq=3, tokens=2, typed=True)))
     assert isinstance(answer, JobRejected) and answer.code == ErrorCode.UNSUPPORTED_PARAMETER
+
+
+async def test_a_runner_takes_jobs_addressed_to_it_alone_on_its_own_subject() -> None:
+    node, nc = runner(Continues.TEXT)
+    await node.start()
+    try:
+        msg = FakeMsg(codec.encode(job(Continuation(gen=1, seq=3, tokens=2, text="ab"))))
+        await nc.subscriptions[subjects.runner_jobs("r1")](msg)
+        assert isinstance(codec.decode(msg.answers[0]), JobAccepted)
+    finally:
+        await node.stop()
+
+
+async def test_a_runner_refuses_a_job_of_a_model_it_does_not_serve() -> None:
+    node, _ = runner(Continues.TEXT)
+    answer = await offer(node, replace(job(Continuation(gen=1, seq=3, tokens=2)), model="other"))
+    assert isinstance(answer, JobRejected) and answer.code == ErrorCode.MODEL_NOT_FOUND
+    assert node.active == 0
 
 
 async def test_a_runner_announces_what_its_engine_can_continue() -> None:

@@ -48,8 +48,8 @@ def test_every_stream_event_decodes_as_an_event_with_fields_a_newer_process_adde
     assert codec.decode_event(orjson.dumps(_as_sent(message, **NEWER_FIELDS))) == message
 
 
-def test_protocol_version_is_the_raw_prompt_protocol() -> None:
-    assert m.PROTOCOL_VERSION == 3
+def test_protocol_version_is_the_direct_offer_protocol() -> None:
+    assert m.PROTOCOL_VERSION == 4
 
 
 @pytest.mark.parametrize("cls", VERSIONED, ids=lambda cls: cls.__name__)
