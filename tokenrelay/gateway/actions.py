@@ -15,13 +15,15 @@ from tokenrelay.wire.messages import CancelReason, FinishReason, JobRequest
 
 @dataclass(frozen=True, slots=True)
 class Offer:
-    """Offer ``job`` to the runners, waiting ``timeout_s`` for an answer; no runner may take it after
-    ``take_within_s`` (sent as the wall-clock ``answer_by``).  The outcome is reported to the dispatcher's
-    ``offer_accepted``, ``offer_refused``, ``offer_unanswered`` or ``offer_timed_out``."""
+    """Offer ``job`` to the runners (through the model's queue group, or addressed to ``runner_id`` alone), waiting
+    ``timeout_s`` for an answer; no runner may take it after ``take_within_s`` (sent as the wall-clock
+    ``answer_by``).  The outcome is reported to the dispatcher's ``offer_accepted``, ``offer_refused``,
+    ``offer_unanswered`` or ``offer_timed_out``."""
 
     job: JobRequest
     timeout_s: float
     take_within_s: float
+    runner_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

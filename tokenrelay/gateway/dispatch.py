@@ -16,9 +16,11 @@ runners one refused offer per backoff, not one per queued stream.  An offer with
 runner) is no capacity signal: taking it for one serialised a busy gateway's whole queue behind one round trip at
 a time.  An offer unanswered within ``offer_timeout_s`` is followed by asking the runners which of them holds the
 stream before it may be offered again, so a runner that took it but answered late keeps it instead of a second
-runner generating it too.
+runner generating it too.  A stream offered through the queue group that no runner answered (a member of the
+group may be paused, and NATS still hands it its share) is offered next to the model's live runners in turn, each
+offer addressed to one of them (``gateway/addressing.py``).
 
-**Per-model queues.**  Streams wait in queues keyed by :func:`queue_key` (the job's model), and everything
+**Per-model queues.**  Streams wait in queues keyed by the job's model (``gateway/waiting.py``), and everything
 "full", "head" and ``max_queued_streams`` mean is per queue.  Jobs go only to runners of their model (the shell
 offers them on that model's subject), so a refusal fills only that model's queue: a saturated model never holds
 up another, whose streams are still offered at once, side by side.  Admission asks the registry which models the
@@ -37,7 +39,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tokenrelay.gateway.actions import (
     Action,
@@ -51,9 +53,11 @@ from tokenrelay.gateway.actions import (
     RunnerLost,
     StopRoute,
 )
+from tokenrelay.gateway.addressing import QUEUE_GROUP, offer_order
 from tokenrelay.gateway.liveness import RunnerRegistry
 from tokenrelay.gateway.models import choose_model
-from tokenrelay.gateway.states import WAITING, DispatchState, Owner, advance
+from tokenrelay.gateway.states import WAITING, DispatchState, Owner
+from tokenrelay.gateway.waiting import ModelQueue, QueueKey, WaitingStream, queue_key
 from tokenrelay.runtime.config import (
     DEFAULT_DISPATCH_ATTEMPT_TIMEOUT_S,
     DEFAULT_MAX_QUEUED_STREAMS,
@@ -76,8 +80,6 @@ OFFER_TAKE_FRACTION = 0.75
 """A runner may take an offer within this fraction of the gateway's wait for the answer (``answer_by``); the rest
 is for the answer's way back and for clocks that disagree by less than it (250 ms at the default 1 s)."""
 
-QueueKey = str
-
 
 @dataclass(frozen=True, slots=True)
 class Heard:
@@ -86,42 +88,6 @@ class Heard:
 
     returned: bool
     superseded: tuple[str, ...]
-
-
-def queue_key(model: str) -> QueueKey:
-    """The queue a stream of ``model`` waits in: one per model, as runners take only the jobs of their models."""
-    return model
-
-
-@dataclass(eq=False, slots=True)
-class _Stream:
-    job: JobRequest
-    queue: QueueKey
-    admitted_at: float
-    deadline: float
-    backoff_s: float
-    state: DispatchState = DispatchState.QUEUED
-    woken: bool = False
-    """Asking the runners again may get another answer than the last: it became the head, or a runner finished one
-    of this gateway's streams while its offer was out."""
-    stop: CancelReason | None = None
-    owner: Owner | None = None
-    timer: int = 0
-    """Version of its pending timer: a timer entry with another version is stale."""
-
-    def move(self, target: DispatchState) -> None:
-        self.state = advance(self.job.stream_id, self.state, target)
-
-
-@dataclass(slots=True)
-class _Queue:
-    streams: dict[str, _Stream] = field(default_factory=dict)
-    """Streams in the order they were admitted (dicts keep it): the first is the head."""
-    runners_full: bool = False
-    """A runner refused a stream of this queue for capacity since the queue was last empty."""
-
-    def head(self) -> _Stream | None:
-        return next(iter(self.streams.values()), None)
 
 
 class Dispatcher:
@@ -153,9 +119,9 @@ class Dispatcher:
         self._backoff_max_s = backoff_max_s
         self._max_remembered_streams = max_remembered_streams
         self._runners = RunnerRegistry(stale_after_s=runner_stale_after_s)
-        self._queues: dict[QueueKey, _Queue] = {}
-        self._waiting: dict[str, _Stream] = {}
-        self._left: OrderedDict[str, _Stream] = OrderedDict()
+        self._queues: dict[QueueKey, ModelQueue] = {}
+        self._waiting: dict[str, WaitingStream] = {}
+        self._left: OrderedDict[str, WaitingStream] = OrderedDict()
         """Streams that left the queue (running or finished), the most recent last."""
         self._timers: list[tuple[float, int, str, int]] = []
         """Heap of (due, tie-breaker, stream id, timer version)."""
@@ -252,8 +218,8 @@ class Dispatcher:
         if self._stream(stream_id) is not None:
             raise ValueError(f"stream {stream_id} was admitted already")
         key = queue_key(job.model)
-        stream = _Stream(job, key, now, now + self._queue_timeout_s, self._backoff_min_s)
-        self._queues.setdefault(key, _Queue()).streams[stream_id] = stream
+        stream = WaitingStream(job, key, now, now + self._queue_timeout_s, self._backoff_min_s)
+        self._queues.setdefault(key, ModelQueue()).streams[stream_id] = stream
         self._waiting[stream_id] = stream
         return self._turn(stream, now, woken=True)
 
@@ -275,7 +241,10 @@ class Dispatcher:
     def offer_unanswered(self, stream_id: str, now: float) -> list[Action]:
         """No runner answered at once (none subscribed), or the answer was garbage: try again later."""
         stream = self._in(stream_id, DispatchState.OFFERED)
-        return self._retry(stream, now) if stream is not None else []
+        if stream is None:
+            return []
+        stream.unanswered += 1
+        return self._retry(stream, now)
 
     def offer_timed_out(self, stream_id: str, now: float) -> list[Action]:
         """No answer within ``offer_timeout_s``: a runner may have taken it late, so ask before offering again."""
@@ -290,7 +259,10 @@ class Dispatcher:
         stream = self._in(stream_id, DispatchState.CONFIRMING)
         if stream is None:
             return []
-        return self._place(stream, runner_id, now) if runner_id is not None else self._retry(stream, now)
+        if runner_id is not None:
+            return self._place(stream, runner_id, now)
+        stream.unanswered += 1
+        return self._retry(stream, now)
 
     def abandon(self, stream_id: str, now: float) -> list[Action]:
         """The shell could not go on dispatching the stream (its connection failed): it leaves the queue."""
@@ -366,7 +338,9 @@ class Dispatcher:
         stream_id = job.stream_id
         stream = self._stream(stream_id)
         if stream is None:
-            stream = _Stream(job, queue_key(job.model), now, now, self._backoff_min_s, state=DispatchState.RUNNING)
+            stream = WaitingStream(
+                job, queue_key(job.model), now, now, self._backoff_min_s, state=DispatchState.RUNNING
+            )
             self._left[stream_id] = stream
             while len(self._left) > self._max_remembered_streams:
                 self._left.popitem(last=False)
@@ -415,19 +389,19 @@ class Dispatcher:
 
     # -- transitions -----------------------------------------------------------------------------
 
-    def _stream(self, stream_id: str) -> _Stream | None:
+    def _stream(self, stream_id: str) -> WaitingStream | None:
         return self._waiting.get(stream_id) or self._left.get(stream_id)
 
     def _queued_of(self, key: QueueKey) -> int:
         queue = self._queues.get(key)
         return len(queue.streams) if queue is not None else 0
 
-    def _in(self, stream_id: str, state: DispatchState) -> _Stream | None:
+    def _in(self, stream_id: str, state: DispatchState) -> WaitingStream | None:
         """The waiting stream if it is in ``state``; answers that come late or twice find it elsewhere."""
         stream = self._waiting.get(stream_id)
         return stream if stream is not None and stream.state is state else None
 
-    def _turn(self, stream: _Stream, now: float, *, woken: bool) -> list[Action]:
+    def _turn(self, stream: WaitingStream, now: float, *, woken: bool) -> list[Action]:
         """A queued stream's turn: end it (stopped, or past its deadline unless woken), let it wait for its turn
         as the head of a full queue, or offer it."""
         if stream.stop is not None:
@@ -442,9 +416,19 @@ class Dispatcher:
         stream.timer += 1
         stream.move(DispatchState.OFFERED)
         take_within_s = OFFER_TAKE_FRACTION * self._offer_timeout_s
-        return [Offer(stream.job, timeout_s=self._offer_timeout_s, take_within_s=take_within_s)]
+        to = self._addressee(stream, now)
+        return [Offer(stream.job, timeout_s=self._offer_timeout_s, take_within_s=take_within_s, runner_id=to)]
 
-    def _retry(self, stream: _Stream, now: float) -> list[Action]:
+    def _addressee(self, stream: WaitingStream, now: float) -> str | None:
+        """The runner the stream's next offer is addressed to, ``None`` for the queue group: the group until an
+        offer went unanswered, then the model's live runners in turn, least busy first."""
+        if stream.unanswered == 0:
+            return QUEUE_GROUP
+        live = self._runners.live(now)
+        order = offer_order(live, model=stream.job.model, live={beat.runner_id for beat in live})
+        return order[(stream.unanswered - 1) % len(order)] if order else QUEUE_GROUP
+
+    def _retry(self, stream: WaitingStream, now: float) -> list[Action]:
         """Back to the queue after an offer no runner took: at once if woken or stopped meanwhile, else after the
         backoff (or at the deadline, if that comes first)."""
         stream.move(DispatchState.QUEUED)
@@ -457,7 +441,7 @@ class Dispatcher:
         self._schedule(stream, now + wait_s)
         return []
 
-    def _place(self, stream: _Stream, runner_id: str, now: float) -> list[Action]:
+    def _place(self, stream: WaitingStream, runner_id: str, now: float) -> list[Action]:
         """A runner took the stream: it owns it, and a stop that waited is sent to it."""
         stream.move(DispatchState.RUNNING)
         owner = stream.owner = Owner(runner_id)
@@ -467,11 +451,11 @@ class Dispatcher:
             actions.append(CancelOwner(stream.job.stream_id, owner, stream.stop))
         return actions + self._leave(stream, now)
 
-    def _end(self, stream: _Stream, now: float, end: EndUnstarted) -> list[Action]:
+    def _end(self, stream: WaitingStream, now: float, end: EndUnstarted) -> list[Action]:
         stream.move(DispatchState.FINISHED)
         return [end, *self._leave(stream, now)]
 
-    def _leave(self, stream: _Stream, now: float) -> list[Action]:
+    def _leave(self, stream: WaitingStream, now: float) -> list[Action]:
         """Take the stream out of its queue and remember it; the queue's head may ask at once."""
         stream_id = stream.job.stream_id
         del self._waiting[stream_id]
@@ -486,7 +470,7 @@ class Dispatcher:
             return []
         return self._wake_head(queue, now)
 
-    def _wake_head(self, queue: _Queue, now: float) -> list[Action]:
+    def _wake_head(self, queue: ModelQueue, now: float) -> list[Action]:
         head = queue.head()
         if head is None:
             return []
@@ -495,6 +479,6 @@ class Dispatcher:
         head.woken = True  # its offer is out: it asks again as soon as the answer is in
         return []
 
-    def _schedule(self, stream: _Stream, due: float) -> None:
+    def _schedule(self, stream: WaitingStream, due: float) -> None:
         stream.timer += 1
         heapq.heappush(self._timers, (due, next(self._ticket), stream.job.stream_id, stream.timer))

@@ -283,11 +283,12 @@ class StreamManager:
             self._apply(self.dispatch.tick(time.monotonic()))
 
     async def _offer(self, offer: Offer) -> None:
-        """Offer the job to the runners' queue group once; an offer may be taken only until its ``answer_by``."""
+        """Offer the job once, to the queue group or the runner it is addressed to, to be taken by its ``answer_by``."""
         stream_id = offer.job.stream_id
         sent = replace(offer.job, answer_by=time.time() + offer.take_within_s)
+        subject = subjects.jobs(sent.model) if offer.runner_id is None else subjects.runner_jobs(offer.runner_id)
         try:
-            msg = await self._nc.request(subjects.jobs(sent.model), codec.encode(sent), timeout=offer.timeout_s)
+            msg = await self._nc.request(subject, codec.encode(sent), timeout=offer.timeout_s)
             reply = codec.decode(msg.data)
         except NatsTimeout:
             self._apply(self.dispatch.offer_timed_out(stream_id, time.monotonic()))
@@ -374,8 +375,7 @@ class StreamManager:
         """Halt a stream; answer once its owner confirmed. Idempotent; a finished stream answers its state.
 
         A client's stop names its ``tenant``: ``not_found`` unless the stream is that tenant's (``None``: no keys,
-        or a stop from inside the system).
-        """
+        or a stop from inside the system)."""
         started = time.monotonic()
         log_event(LifecycleEvent.STOP_REQUESTED, ROLE, stream_id, reason=str(reason))
         result = await self._stop(stream_id, reason, tenant)

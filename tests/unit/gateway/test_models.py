@@ -10,9 +10,10 @@ from collections.abc import Sequence
 import pytest
 
 from tokenrelay.gateway.actions import Action, Offer
-from tokenrelay.gateway.dispatch import Dispatcher, queue_key
+from tokenrelay.gateway.dispatch import Dispatcher
 from tokenrelay.gateway.liveness import RunnerRegistry
 from tokenrelay.gateway.models import RAW_PROMPT_PROTOCOL, check_raw_prompt, choose_model
+from tokenrelay.gateway.waiting import queue_key
 from tokenrelay.wire.content import ChatMessage
 from tokenrelay.wire.errors import BadRequest, ErrorCode, ModelNotFound, NotFound, Overloaded, Unavailable
 from tokenrelay.wire.messages import JobRequest, RunnerHeartbeat
