@@ -243,7 +243,7 @@ class Dispatcher:
         stream = self._in(stream_id, DispatchState.OFFERED)
         if stream is None:
             return []
-        stream.unanswered += 1
+        stream.unanswered = True
         return self._retry(stream, now)
 
     def offer_timed_out(self, stream_id: str, now: float) -> list[Action]:
@@ -261,7 +261,7 @@ class Dispatcher:
             return []
         if runner_id is not None:
             return self._place(stream, runner_id, now)
-        stream.unanswered += 1
+        stream.unanswered = True
         return self._retry(stream, now)
 
     def abandon(self, stream_id: str, now: float) -> list[Action]:
@@ -421,12 +421,15 @@ class Dispatcher:
 
     def _addressee(self, stream: WaitingStream, now: float) -> str | None:
         """The runner the stream's next offer is addressed to, ``None`` for the queue group: the group until an
-        offer went unanswered, then the model's live runners in turn, least busy first."""
-        if stream.unanswered == 0:
+        offer went unanswered, then the model's live runners in turn (whatever each answered), least busy first."""
+        if not stream.unanswered:
             return QUEUE_GROUP
         live = self._runners.live(now)
         order = offer_order(live, model=stream.job.model, live={beat.runner_id for beat in live})
-        return order[(stream.unanswered - 1) % len(order)] if order else QUEUE_GROUP
+        if not order:
+            return QUEUE_GROUP
+        stream.addressed += 1
+        return order[(stream.addressed - 1) % len(order)]
 
     def _retry(self, stream: WaitingStream, now: float) -> list[Action]:
         """Back to the queue after an offer no runner took: at once if woken or stopped meanwhile, else after the

@@ -33,9 +33,11 @@ class WaitingStream:
     owner: Owner | None = None
     timer: int = 0
     """Version of its pending timer: a timer entry with another version is stale."""
-    unanswered: int = 0
-    """Offers of it that no runner answered (nor said it holds the stream): the next ones are addressed to the
-    model's runners in turn (``gateway/addressing.py``)."""
+    unanswered: bool = False
+    """An offer of it went unanswered (no runner said it holds the stream either): its next offers are addressed to
+    the model's live runners in turn (``gateway/addressing.py``), not to the queue group."""
+    addressed: int = 0
+    """Offers of it addressed to one runner so far: whose turn the next one is."""
 
     def move(self, target: DispatchState) -> None:
         self.state = advance(self.job.stream_id, self.state, target)

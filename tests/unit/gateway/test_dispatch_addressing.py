@@ -55,6 +55,16 @@ def test_an_offer_no_runner_could_receive_counts_as_unanswered() -> None:
     assert addressed(d.tick(now=0.1 + DISPATCH_BACKOFF_MIN_S)) == ["r1"]
 
 
+def test_an_addressed_runner_that_refuses_for_capacity_leaves_the_next_offer_to_the_next_runner() -> None:
+    d = dispatcher(runners=("r1", "r2"))
+    d.admit(job("s1"), now=0.0)
+    assert addressed(unanswered(d, "s1", now=0.5)) == ["r1"]
+    d.offer_refused("s1", now=1.6)
+    due = d.next_due_at()
+    assert due is not None
+    assert addressed(d.tick(now=due)) == ["r2"]
+
+
 def test_a_refusal_for_capacity_is_an_answer_and_the_stream_stays_with_the_queue_group() -> None:
     d = dispatcher(runners=("r1", "r2"))
     d.admit(job("s1"), now=0.0)
