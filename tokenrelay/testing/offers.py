@@ -30,28 +30,35 @@ class Offers:
 
 
 class OfferLog:
-    """Copies of the job offers on a NATS server, from :meth:`watching` until :meth:`close`."""
+    """Copies of the job offers on a NATS server or cluster, from :meth:`watching` until :meth:`close`.
 
-    def __init__(self, nc: NATS) -> None:
-        self._nc = nc
-        self._seen: list[tuple[str, JobRequest]] = []
+    On a cluster it watches from every node: a subscription's interest reaches the other nodes a moment after the
+    subscription, and an offer published on a node that does not know of it yet would be missed.  The node the
+    offer is published on always knows of its own subscription, so the copies from the other nodes are dropped (an
+    offer's bytes are its own: each carries the time it may be taken until)."""
+
+    def __init__(self, connections: list[NATS]) -> None:
+        self._connections = connections
+        self._seen: dict[tuple[str, bytes], JobRequest] = {}
 
     @classmethod
     async def watching(cls, nats_url: str) -> OfferLog:
-        """Watch every offer from now on (the subscriptions are in place on return)."""
-        log = cls(await natsio.connect(nats_url, name="test-offers"))
-        for subject in (GROUP_OFFERS, ADDRESSED_OFFERS):
-            await log._nc.subscribe(subject, cb=log._on_offer)
-        await log._nc.flush()
+        """Watch every offer from now on (the subscriptions are in place on every node on return)."""
+        urls = nats_url.split(",")
+        log = cls([await natsio.connect(url, name="test-offers") for url in urls])
+        for nc in log._connections:
+            for subject in (GROUP_OFFERS, ADDRESSED_OFFERS):
+                await nc.subscribe(subject, cb=log._on_offer)
+            await nc.flush()
         return log
 
     async def _on_offer(self, msg: Msg) -> None:
-        self._seen.append((msg.subject, codec.decode_as(msg.data, JobRequest)))
+        self._seen.setdefault((msg.subject, msg.data), codec.decode_as(msg.data, JobRequest))
 
     def of(self, stream_id: str) -> Offers:
         """The offers of one stream seen so far."""
         offers = Offers()
-        for subject, job in self._seen:
+        for (subject, _), job in self._seen.items():
             if job.stream_id != stream_id:
                 continue
             if subject.startswith(f"{subjects.JOBS_PREFIX}."):
@@ -61,4 +68,5 @@ class OfferLog:
         return offers
 
     async def close(self) -> None:
-        await self._nc.close()
+        for nc in self._connections:
+            await nc.close()
