@@ -1,6 +1,7 @@
 """A runner that is paused (SIGSTOP), not gone, stays a member of the runners' queue group, and NATS still hands it
 its share of the offers, which it cannot answer.  New streams start on the live runner all the same: each is
-offered once through the group and, when that offer goes unanswered, to the live runner alone."""
+offered once through the group and, when that offer goes unanswered, to the live runner alone; the gateway counts
+each offer by where it went and how it ended."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ TOKENS = 5
 LENGTH_TOKENS = 1_000
 RUNNER = synthetic_args(tokens_per_s=1_000, length_tokens=LENGTH_TOKENS)
 STALE = ["--runner-stale-after-s", "1"]
+OFFERS = "tokenrelay_gateway_job_offers_total"
 
 
 def test_new_streams_start_on_the_live_runner_while_another_runner_is_paused(nats: NatsServer) -> None:
@@ -46,6 +48,10 @@ def test_new_streams_start_on_the_live_runner_while_another_runner_is_paused(nat
             retried = [o for o in offered if o.addressed]
             assert retried, "no offer went to the paused runner (this run showed nothing)"
             assert len({subject for o in retried for subject in o.addressed}) == 1, "the paused runner was addressed"
+            assert await metric(sut.gateway_url, OFFERS, to="group") == STREAMS
+            assert await metric(sut.gateway_url, OFFERS, to="group", outcome="timed_out") >= len(retried)
+            addressed = sum(len(jobs) for o in retried for jobs in o.addressed.values())
+            assert await metric(sut.gateway_url, OFFERS, to="runner") == addressed
 
         os.kill(paused.process.pid, signal.SIGSTOP)
         try:

@@ -6,6 +6,7 @@ by the models served.
 
 from __future__ import annotations
 
+import enum
 import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -15,6 +16,18 @@ from tokenrelay.runtime.unknown import UnknownTypeCounter
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class OfferOutcome(enum.StrEnum):
+    """What became of one offer of a new stream (the ``outcome`` label of ``tokenrelay_gateway_job_offers_total``)."""
+
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+    """A runner answered no (at capacity, draining)."""
+    UNANSWERED = "unanswered"
+    """No runner could receive it ("no responders"), or its answer was not one."""
+    TIMED_OUT = "timed_out"
+    """No answer within the offer's wait: a busy runner, or a paused member of the queue group."""
 
 
 class GatewayMetrics:
@@ -83,6 +96,13 @@ class GatewayMetrics:
             "their moved streams are cancelled on them",
             registry=r,
         )
+        self.job_offers = Counter(
+            "tokenrelay_gateway_job_offers",
+            "Offers of new streams to the runners, by where they went (group: the model's queue group; runner: "
+            "addressed to one, after an offer went unanswered) and outcome (accepted, refused, unanswered, timed_out)",
+            ["to", "outcome"],
+            registry=r,
+        )
         self.feedback = Counter("tokenrelay_gateway_feedback", "Feedback stored, by rating", ["rating"], registry=r)
         self.unknown_message = UnknownTypeCounter(
             "tokenrelay_gateway_unknown_messages",
@@ -93,3 +113,7 @@ class GatewayMetrics:
             sender="a newer process",
         )
         """Count (and log the first of each type) a received message of a type this process does not know."""
+
+    def offered(self, runner_id: str | None, outcome: OfferOutcome) -> None:
+        """Count one offer of a new stream: through the queue group (``runner_id`` ``None``) or addressed to one."""
+        self.job_offers.labels(to="group" if runner_id is None else "runner", outcome=str(outcome)).inc()

@@ -40,7 +40,7 @@ from tokenrelay.gateway.actions import (
 )
 from tokenrelay.gateway.dispatch import Dispatcher
 from tokenrelay.gateway.lost_runners import RunnerWatch
-from tokenrelay.gateway.metrics import GatewayMetrics
+from tokenrelay.gateway.metrics import GatewayMetrics, OfferOutcome
 from tokenrelay.gateway.migration import mover_for
 from tokenrelay.gateway.quotas import TenantQuotas
 from tokenrelay.gateway.requests import JOB_HEADROOM_BYTES, StreamRequest, check_job_bytes
@@ -76,16 +76,6 @@ DISPATCH_ENDED = "the stream's dispatch ended before its stop was confirmed"
 """What a stop waiting on a stream's dispatch is told when the dispatch ends without an answer for it."""
 
 
-def dispatcher_for(config: GatewayConfig) -> Dispatcher:
-    """A dispatcher with the gateway's limits."""
-    return Dispatcher(
-        max_queued_streams=config.max_queued_streams,
-        queue_timeout_s=config.queue_timeout_s,
-        offer_timeout_s=config.dispatch_attempt_timeout_s,
-        runner_stale_after_s=config.runner_stale_after_s,
-    )
-
-
 class StreamManager:
     """Admission, dispatch and stop for the streams of one gateway, over NATS; :attr:`dispatch` decides."""
 
@@ -100,7 +90,12 @@ class StreamManager:
         self._js: JetStreamContext = nc.jetstream()
         self._kv = kv
         self._metrics = metrics
-        self.dispatch = dispatcher_for(config)
+        self.dispatch = Dispatcher(
+            max_queued_streams=config.max_queued_streams,
+            queue_timeout_s=config.queue_timeout_s,
+            offer_timeout_s=config.dispatch_attempt_timeout_s,
+            runner_stale_after_s=config.runner_stale_after_s,
+        )
         self.quotas = TenantQuotas(config.quotas)
         self._runner_watch = RunnerWatch(
             nc=nc, kv=kv, dispatch=self.dispatch, metrics=metrics, quotas=self.quotas,
@@ -291,6 +286,7 @@ class StreamManager:
             msg = await self._nc.request(subject, codec.encode(sent), timeout=offer.timeout_s)
             reply = codec.decode(msg.data)
         except NatsTimeout:
+            self._metrics.offered(offer.runner_id, OfferOutcome.TIMED_OUT)
             self._apply(self.dispatch.offer_timed_out(stream_id, time.monotonic()))
             return
         except (NoRespondersError, CodecError):
@@ -300,10 +296,13 @@ class StreamManager:
             raise
         now = time.monotonic()
         if isinstance(reply, JobAccepted):
+            self._metrics.offered(offer.runner_id, OfferOutcome.ACCEPTED)
             self._apply(self.dispatch.offer_accepted(stream_id, reply.runner_id, now))
         elif isinstance(reply, JobRejected):
+            self._metrics.offered(offer.runner_id, OfferOutcome.REFUSED)
             self._apply(self.dispatch.offer_refused(stream_id, now))
         else:
+            self._metrics.offered(offer.runner_id, OfferOutcome.UNANSWERED)
             self._apply(self.dispatch.offer_unanswered(stream_id, now))
 
     async def _ask_holders(self, ask: AskHolders) -> None:
