@@ -37,7 +37,7 @@ from nats.js.kv import KeyValue
 from tokenrelay.gateway import ROLE
 from tokenrelay.gateway.addressing import QUEUE_GROUP, offer_order
 from tokenrelay.gateway.dispatch import OFFER_TAKE_FRACTION, Dispatcher
-from tokenrelay.gateway.moves import Broken, Continue, Ended, can_continue, plan_move
+from tokenrelay.gateway.moves import Broken, Continue, Ended, plan_move
 from tokenrelay.gateway.states import Owner
 from tokenrelay.runtime import natsio
 from tokenrelay.runtime.config import GatewayConfig
@@ -154,7 +154,7 @@ class StreamMover:
             return MoveOutcome.LOST
         assert isinstance(plan, Continue)
         continuation = plan.continuation
-        if not self._someone_continues(job.model, continuation):
+        if not self._takers(job.model, continuation, lost_runner_id):
             log.warning("stream %s: no live runner of %s can continue it", stream_id, job.model)
             return MoveOutcome.LOST
         cut = replace(record, generation=continuation.gen, runner_id=None, tokens=continuation.tokens)
@@ -232,30 +232,27 @@ class StreamMover:
             return MoveOutcome.TAKEN
         return MoveOutcome.ENDED
 
-    def _someone_continues(self, model: str, continuation: Continuation) -> bool:
-        """Whether a runner not declared lost can take it: one whose heartbeat is late (a busy machine) is asked too,
-        as admission asks it; if none takes the offer, the stream is lost after the offer's deadline."""
-        return any(
-            model in beat.served_models() and can_continue(beat.continues, continuation)
-            for beat in self._dispatch.registered_runners()
+    def _takers(self, model: str, continuation: Continuation, lost_runner_id: str) -> list[str | None]:
+        """Where to offer the continuation, in turn (:func:`~tokenrelay.gateway.addressing.offer_order`), among the
+        runners not declared lost: one whose heartbeat is late (a busy machine) is asked too, as admission asks it;
+        empty when none can take it."""
+        return offer_order(
+            self._dispatch.registered_runners(),
+            model=model,
+            continuation=continuation,
+            leave_out=lost_runner_id,
+            live={beat.runner_id for beat in self._dispatch.live_runners(time.monotonic())},
         )
 
     async def _offer(self, job: JobRequest, lost_runner_id: str) -> str | None:
-        """Offer the continuation to each runner that can take it (:func:`~tokenrelay.gateway.addressing.offer_order`),
-        round after round, until one takes it (its id) or ``migration_timeout_s`` passes (``None``)."""
+        """Offer the continuation to each runner that can take it (:meth:`_takers`, asked again each round), round
+        after round, until one takes it (its id) or ``migration_timeout_s`` passes (``None``)."""
         assert job.continuation is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         wait_s = OFFER_WAIT_FIRST_S
         while True:
-            order = offer_order(
-                self._dispatch.registered_runners(),
-                model=job.model,
-                continuation=job.continuation,
-                leave_out=lost_runner_id,
-                live={beat.runner_id for beat in self._dispatch.live_runners(time.monotonic())},
-            )
-            for runner_id in order or [QUEUE_GROUP]:
+            for runner_id in self._takers(job.model, job.continuation, lost_runner_id) or [QUEUE_GROUP]:
                 subject = subjects.jobs(job.model) if runner_id is QUEUE_GROUP else subjects.runner_jobs(runner_id)
                 taker = await self._offer_once(subject, job)
                 if taker is not None and taker != lost_runner_id:

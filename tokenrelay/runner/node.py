@@ -158,8 +158,8 @@ class Runner:
             subject = subjects.jobs(model)
             sub = await self._nc.subscribe(subject, queue=subjects.RUNNER_QUEUE_GROUP, cb=self._on_job)
             self._job_subs.append(sub)
-        # Offers addressed to this runner alone (a moved stream's continuation): a gateway moving a stream off a
-        # paused runner must not offer it through a queue group the paused runner is still a member of.
+        # Offers addressed to this runner alone (a moved stream's continuation, a new stream whose offer through the
+        # group went unanswered): a paused member of the queue group still gets its share of the group's offers.
         self._job_subs.append(await self._nc.subscribe(subjects.runner_jobs(self.runner_id), cb=self._on_job))
         self._subs.append(await self._nc.subscribe(subjects.runner_cancel(self.runner_id), cb=self._on_cancel))
         self._subs.append(await self._nc.subscribe(subjects.runner_ping(self.runner_id), cb=self._on_ping))

@@ -181,7 +181,7 @@ def runner_cancel(runner_id: str) -> str:
 
 
 def runner_jobs(runner_id: str) -> str:
-    """The subject one runner takes jobs addressed to it on (a moved stream's continuation is offered there)."""
+    """The subject one runner takes jobs addressed to it on (a moved stream's continuation, a retried offer)."""
     return f"tokenrelay.runner.{_node(runner_id)}.jobs"
 
 
